@@ -1,1 +1,327 @@
-//! placeholder
+//! replyd's wire types: the JSON bodies of API.md, shared by the server (which
+//! serializes them and derives `/openapi.json` from them) and the Rust client.
+//!
+//! Only this crate and the HTTP edge know the wire format: the core works on
+//! its own domain types and converts at the boundary.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Where a job is in its life. `queued → running → succeeded | failed | canceled`,
+/// and `running → queued` again when an attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Succeeded, failed and canceled are final: nothing moves a job out of them.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Canceled
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far a running job has come, as its worker last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// 0 to 100.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "percent::serialize"
+    )]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+mod percent {
+    use serde::Serializer;
+
+    /// `40` rather than `40.0` when the percentage is whole.
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(p) if p.fract() == 0.0 && p.abs() < 1e15 => s.serialize_i64(*p as i64),
+            Some(p) => s.serialize_f64(*p),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Why a job failed or was canceled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// A short machine-readable code, e.g. `worker_error`, `canceled`, `lease_expired`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Links of a job. They carry the job token as `access_token`, so that a
+/// backend can hand them to a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Links {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub result: String,
+    pub events: String,
+}
+
+/// The job representation (API.md "Job representation").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub state: JobState,
+    pub progress: Option<Progress>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// True once a cancel was asked for a running job that has not ended yet.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub error: Option<JobError>,
+    pub links: Links,
+    /// The job's input: present only where a worker receives the job (lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+/// Where and which events a job's webhook receives (API.md §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub queue: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Seconds one attempt may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Seconds a finished job is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<f64>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/queues/{queue}/lease`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// A name for the worker, shown in logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Seconds the lease lasts before a heartbeat must renew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<f64>,
+    /// Seconds to wait for a job when none is ready (long poll), at most 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<f64>,
+    /// Lease up to this many jobs at once; the answer is then a [`LeaseBatch`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
+}
+
+/// One leased job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    pub job: Job,
+    pub lease_id: String,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// The answer to a lease request that named a `batch` size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseBatch {
+    pub leases: Vec<Lease>,
+}
+
+/// `POST /v1/jobs/{id}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub lease_id: String,
+    /// Seconds to extend the lease by (default: the lease's original length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<f64>,
+}
+
+/// The answer to heartbeat and progress: whether the worker should stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseStatus {
+    pub cancel_requested: bool,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/jobs/{id}/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    pub lease_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/jobs/{id}/complete` with a JSON result. A raw result is sent
+/// instead as the body with its own content type and the lease id in the
+/// `Replyd-Lease-Id` header or the `lease_id` query parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub lease_id: String,
+    #[serde(default)]
+    pub result: Value,
+}
+
+/// What a worker says went wrong: a message, or a code and a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum FailReason {
+    Message(String),
+    Error {
+        #[serde(default)]
+        code: Option<String>,
+        message: String,
+    },
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub lease_id: String,
+    pub error: FailReason,
+    /// Try again (with backoff) if attempts remain.
+    #[serde(default)]
+    pub retry: bool,
+}
+
+/// The header that carries the lease id with a raw (non-JSON) result.
+pub const LEASE_ID_HEADER: &str = "replyd-lease-id";
+
+/// An RFC 9457 problem. Every error replyd answers has this body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.title, self.status, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_percent_is_an_integer_on_the_wire() {
+        let p = Progress {
+            percent: Some(40.0),
+            message: None,
+        };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"percent":40}"#);
+        let p = Progress {
+            percent: Some(12.5),
+            message: Some("x".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"percent":12.5,"message":"x"}"#
+        );
+    }
+
+    #[test]
+    fn fail_reason_accepts_a_string_or_an_object() {
+        let r: FailRequest =
+            serde_json::from_str(r#"{"lease_id":"l","error":"boom","retry":true}"#).unwrap();
+        assert_eq!(r.error, FailReason::Message("boom".into()));
+        assert!(r.retry);
+        let r: FailRequest =
+            serde_json::from_str(r#"{"lease_id":"l","error":{"code":"x","message":"m"}}"#)
+                .unwrap();
+        assert!(matches!(r.error, FailReason::Error { .. }));
+        assert!(!r.retry);
+    }
+
+    #[test]
+    fn submit_rejects_unknown_fields() {
+        let e = serde_json::from_str::<SubmitRequest>(r#"{"queue":"q","inptu":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inptu"), "{e}");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobState::parse("done"), None);
+    }
+}

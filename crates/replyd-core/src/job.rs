@@ -1,0 +1,675 @@
+//! The job and its state machine.
+//!
+//! A store loads a [`JobRecord`], calls [`JobRecord::apply`] with a
+//! [`Command`], and writes back the record and the event the move produced,
+//! all in one transaction. The rules live here, once, for every store.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventKind;
+use crate::ids::{JobId, LeaseId, Tenant};
+
+/// Where a job is in its life: `queued → running → succeeded | failed |
+/// canceled`, and `running → queued` again when an attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Nothing moves a job out of a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Canceled
+        )
+    }
+}
+
+/// How far a running attempt has come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub percent: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Why a job failed or was canceled (also kept while a failed attempt waits
+/// for its retry, so a poller can see why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: &str, message: impl Into<String>) -> JobError {
+        JobError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The lease a worker holds on a running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The fencing token the worker must present.
+    pub id: LeaseId,
+    pub worker: String,
+    /// When the job returns to the queue unless a heartbeat extends this.
+    pub expires_at: DateTime<Utc>,
+    /// The end of the attempt's `timeout`: heartbeats never extend past it.
+    pub deadline: DateTime<Utc>,
+    /// The length a heartbeat extends the lease by, unless it names another.
+    pub length_ms: u64,
+}
+
+/// A job as the stores keep it, without its input and result (those are
+/// stored beside it and read only when needed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: Tenant,
+    pub queue: String,
+    pub state: JobState,
+    pub progress: Option<Progress>,
+    /// The number of attempts started so far.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// How long one attempt may take.
+    pub timeout_ms: u64,
+    /// How long the job is kept once finished.
+    pub ttl_ms: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// A queued job is not leased before this (retry backoff).
+    pub run_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub lease: Option<Lease>,
+    pub cancel_requested: bool,
+    pub error: Option<JobError>,
+    /// Bumped by every change a client can see; the HTTP ETag.
+    pub version: u64,
+    /// The webhook request, kept for the webhook dispatcher.
+    pub webhook: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    /// A digest of the submission, to tell a replay from a key reused for
+    /// another request.
+    pub request_hash: Option<String>,
+}
+
+/// What a client asks for when it submits a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub tenant: Tenant,
+    pub queue: String,
+    /// The input as JSON text.
+    pub input: bytes::Bytes,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub ttl: Duration,
+    pub webhook: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+}
+
+impl NewJob {
+    /// The record of this job as it is accepted at `now`.
+    pub fn into_record(self, now: DateTime<Utc>) -> (JobRecord, bytes::Bytes) {
+        let record = JobRecord {
+            id: self.id,
+            tenant: self.tenant,
+            queue: self.queue,
+            state: JobState::Queued,
+            progress: None,
+            attempt: 0,
+            max_attempts: self.max_attempts.max(1),
+            timeout_ms: millis(self.timeout),
+            ttl_ms: millis(self.ttl),
+            created_at: now,
+            updated_at: now,
+            run_at: now,
+            finished_at: None,
+            expires_at: None,
+            lease: None,
+            cancel_requested: false,
+            error: None,
+            version: 1,
+            webhook: self.webhook,
+            idempotency_key: self.idempotency_key,
+            request_hash: self.request_hash,
+        };
+        (record, self.input)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn after(t: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    t.checked_add_signed(chrono::Duration::milliseconds(ms))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// When a failed attempt is tried again: exponential backoff with a jitter
+/// derived from the job id, so it is spread out yet reproducible in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1`, after `attempt` failed
+    /// attempts: `base * 2^(attempt-1)`, capped at `max`, minus up to 20%
+    /// jitter.
+    pub fn backoff(&self, id: JobId, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let full = self.base.saturating_mul(1u32 << exp).min(self.max);
+        // The low bits of a UUIDv7 are random: a per-job, per-attempt jitter.
+        let seed = (id.0.as_u128() as u64) ^ u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let fraction = (seed % 1000) as f64 / 1000.0 * 0.2;
+        full.mul_f64(1.0 - fraction)
+    }
+}
+
+/// A request to move a job.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A worker takes a queued job.
+    Lease {
+        lease_id: LeaseId,
+        worker: String,
+        length: Duration,
+    },
+    /// A worker says it is still alive; `length` overrides the lease length.
+    Heartbeat {
+        lease_id: LeaseId,
+        length: Option<Duration>,
+    },
+    /// A worker reports progress (also a heartbeat).
+    Progress {
+        lease_id: LeaseId,
+        progress: Progress,
+    },
+    /// A worker delivers the result (stored by the caller beside the job).
+    Complete { lease_id: LeaseId },
+    /// A worker gives up on the attempt; `retry` asks for another one.
+    Fail {
+        lease_id: LeaseId,
+        error: JobError,
+        retry: bool,
+    },
+    /// A client cancels.
+    Cancel,
+    /// The reaper found the lease expired.
+    ExpireLease,
+}
+
+/// Why a command cannot apply to the job as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("the job is {0:?}, not queued")]
+    NotQueued(JobState),
+    #[error("the lease is not current: it expired, or the job was leased again")]
+    LeaseLost,
+    #[error("the job has already finished ({})", .0.as_str())]
+    AlreadyFinished(JobState),
+    #[error("the job was canceled; the completion is refused")]
+    CancelRequested,
+    #[error("the lease has not expired")]
+    LeaseNotExpired,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    /// The event to append to the job's log, if the move is visible.
+    pub event: Option<EventKind>,
+    /// The move was made, but the command itself is refused: a completion
+    /// that arrives after a cancel request cancels the job and is told so.
+    pub refused: Option<TransitionError>,
+}
+
+impl Effect {
+    fn event(kind: EventKind) -> Effect {
+        Effect {
+            event: Some(kind),
+            refused: None,
+        }
+    }
+
+    fn silent() -> Effect {
+        Effect {
+            event: None,
+            refused: None,
+        }
+    }
+}
+
+impl JobRecord {
+    /// Applies `cmd` at `now`. On error the record is unchanged.
+    pub fn apply(
+        &mut self,
+        cmd: Command,
+        now: DateTime<Utc>,
+        retry: &RetryPolicy,
+    ) -> Result<Effect, TransitionError> {
+        let effect = match cmd {
+            Command::Lease {
+                lease_id,
+                worker,
+                length,
+            } => {
+                if self.state != JobState::Queued {
+                    return Err(TransitionError::NotQueued(self.state));
+                }
+                let deadline = after(now, self.timeout_ms);
+                let length_ms = millis(length);
+                self.state = JobState::Running;
+                self.attempt += 1;
+                self.progress = None;
+                self.lease = Some(Lease {
+                    id: lease_id,
+                    worker,
+                    expires_at: after(now, length_ms).min(deadline),
+                    deadline,
+                    length_ms,
+                });
+                Effect::event(EventKind::Started)
+            }
+            Command::Heartbeat { lease_id, length } => {
+                let lease = self.current_lease(&lease_id, now)?;
+                let ms = length.map(millis).unwrap_or(lease.length_ms);
+                lease.expires_at = after(now, ms).min(lease.deadline);
+                // Not visible to clients: no event, no new version.
+                return Ok(Effect::silent());
+            }
+            Command::Progress { lease_id, progress } => {
+                let lease = self.current_lease(&lease_id, now)?;
+                lease.expires_at = after(now, lease.length_ms).min(lease.deadline);
+                self.progress = Some(progress);
+                Effect::event(EventKind::Progress)
+            }
+            Command::Complete { lease_id } => {
+                self.current_lease(&lease_id, now)?;
+                if self.cancel_requested {
+                    self.finish(JobState::Canceled, now);
+                    self.error = Some(canceled_error());
+                    Effect {
+                        event: Some(EventKind::Canceled),
+                        refused: Some(TransitionError::CancelRequested),
+                    }
+                } else {
+                    self.finish(JobState::Succeeded, now);
+                    self.error = None;
+                    Effect::event(EventKind::Succeeded)
+                }
+            }
+            Command::Fail {
+                lease_id,
+                error,
+                retry: wants_retry,
+            } => {
+                self.current_lease(&lease_id, now)?;
+                self.end_attempt(error, wants_retry, now, retry)
+            }
+            Command::Cancel => match self.state {
+                JobState::Queued => {
+                    self.finish(JobState::Canceled, now);
+                    self.error = Some(canceled_error());
+                    Effect::event(EventKind::Canceled)
+                }
+                JobState::Running if self.cancel_requested => return Ok(Effect::silent()),
+                JobState::Running => {
+                    self.cancel_requested = true;
+                    Effect::event(EventKind::CancelRequested)
+                }
+                done => return Err(TransitionError::AlreadyFinished(done)),
+            },
+            Command::ExpireLease => {
+                match &self.lease {
+                    Some(l) if self.state == JobState::Running && l.expires_at <= now => {}
+                    _ => return Err(TransitionError::LeaseNotExpired),
+                }
+                let error = JobError::new(
+                    "lease_expired",
+                    format!(
+                        "attempt {} lost its lease (no heartbeat in time, or it ran past the {} s timeout)",
+                        self.attempt,
+                        self.timeout_ms / 1000
+                    ),
+                );
+                self.end_attempt(error, true, now, retry)
+            }
+        };
+        self.updated_at = now;
+        self.version += 1;
+        Ok(effect)
+    }
+
+    /// The lease, if `lease_id` is current and unexpired: the fencing check.
+    fn current_lease(
+        &mut self,
+        lease_id: &LeaseId,
+        now: DateTime<Utc>,
+    ) -> Result<&mut Lease, TransitionError> {
+        if self.state.is_terminal() {
+            return Err(TransitionError::AlreadyFinished(self.state));
+        }
+        match &mut self.lease {
+            Some(l) if self.state == JobState::Running && &l.id == lease_id && l.expires_at > now => {
+                Ok(l)
+            }
+            _ => Err(TransitionError::LeaseLost),
+        }
+    }
+
+    /// Ends a running attempt that did not succeed: canceled if a cancel was
+    /// asked, queued again with backoff if allowed and attempts remain,
+    /// failed otherwise.
+    fn end_attempt(
+        &mut self,
+        error: JobError,
+        retry: bool,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+    ) -> Effect {
+        if self.cancel_requested {
+            self.finish(JobState::Canceled, now);
+            self.error = Some(canceled_error());
+            return Effect::event(EventKind::Canceled);
+        }
+        self.error = Some(error);
+        if retry && self.attempt < self.max_attempts {
+            self.state = JobState::Queued;
+            self.lease = None;
+            let delay = policy.backoff(self.id, self.attempt);
+            self.run_at = after(now, millis(delay));
+            Effect::event(EventKind::Retrying)
+        } else {
+            self.finish(JobState::Failed, now);
+            Effect::event(EventKind::Failed)
+        }
+    }
+
+    fn finish(&mut self, state: JobState, now: DateTime<Utc>) {
+        self.state = state;
+        self.lease = None;
+        self.finished_at = Some(now);
+        self.expires_at = Some(after(now, self.ttl_ms));
+    }
+
+    /// Whether the job's time to live has run out.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+fn canceled_error() -> JobError {
+    JobError::new("canceled", "the job was canceled by request")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn job(max_attempts: u32) -> JobRecord {
+        NewJob {
+            id: JobId::new(),
+            tenant: Tenant::open(),
+            queue: "q".into(),
+            input: bytes::Bytes::from_static(b"{}"),
+            max_attempts,
+            timeout: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            webhook: None,
+            idempotency_key: None,
+            request_hash: None,
+        }
+        .into_record(t(0))
+        .0
+    }
+
+    fn lease(j: &mut JobRecord, now: DateTime<Utc>, secs: u64) -> LeaseId {
+        let id = LeaseId::new();
+        j.apply(
+            Command::Lease {
+                lease_id: id.clone(),
+                worker: "w".into(),
+                length: Duration::from_secs(secs),
+            },
+            now,
+            &RetryPolicy::default(),
+        )
+        .unwrap();
+        id
+    }
+
+    const P: RetryPolicy = RetryPolicy {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn happy_path_bumps_version_and_sets_expiry() {
+        let mut j = job(3);
+        let l = lease(&mut j, t(1), 30);
+        assert_eq!((j.state, j.attempt, j.version), (JobState::Running, 1, 2));
+        let e = j.apply(Command::Complete { lease_id: l }, t(2), &P).unwrap();
+        assert_eq!(e.event, Some(EventKind::Succeeded));
+        assert_eq!(j.state, JobState::Succeeded);
+        assert_eq!(j.finished_at, Some(t(2)));
+        assert_eq!(j.expires_at, Some(t(3602)));
+        assert!(j.lease.is_none());
+        assert_eq!(j.version, 3);
+    }
+
+    #[test]
+    fn a_stale_lease_is_fenced_off() {
+        let mut j = job(3);
+        let old = lease(&mut j, t(0), 10);
+        // The lease expires; the reaper requeues; another worker takes it.
+        j.apply(Command::ExpireLease, t(10), &P).unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        let new = lease(&mut j, t(20), 10);
+        let err = j
+            .apply(Command::Complete { lease_id: old.clone() }, t(21), &P)
+            .unwrap_err();
+        assert_eq!(err, TransitionError::LeaseLost);
+        assert_eq!(j.state, JobState::Running);
+        j.apply(Command::Complete { lease_id: new }, t(21), &P).unwrap();
+        assert_eq!(j.state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn an_expired_lease_is_refused_even_before_the_reaper_runs() {
+        let mut j = job(3);
+        let l = lease(&mut j, t(0), 10);
+        let err = j
+            .apply(Command::Heartbeat { lease_id: l, length: None }, t(10), &P)
+            .unwrap_err();
+        assert_eq!(err, TransitionError::LeaseLost);
+    }
+
+    #[test]
+    fn heartbeats_extend_the_lease_but_never_past_the_timeout() {
+        let mut j = job(3);
+        let l = lease(&mut j, t(0), 30);
+        let v = j.version;
+        j.apply(Command::Heartbeat { lease_id: l.clone(), length: None }, t(20), &P)
+            .unwrap();
+        assert_eq!(j.lease.as_ref().unwrap().expires_at, t(50));
+        assert_eq!(j.version, v, "a heartbeat is not a visible change");
+        j.apply(Command::Heartbeat { lease_id: l, length: None }, t(45), &P)
+            .unwrap();
+        assert_eq!(j.lease.as_ref().unwrap().expires_at, t(60), "capped by the 60 s timeout");
+    }
+
+    #[test]
+    fn expired_leases_retry_with_backoff_until_max_attempts() {
+        let mut j = job(3);
+        let mut now = t(0);
+        for attempt in 1..=3 {
+            lease(&mut j, now, 10);
+            now = now + chrono::Duration::seconds(10);
+            let e = j.apply(Command::ExpireLease, now, &P).unwrap();
+            if attempt < 3 {
+                assert_eq!(e.event, Some(EventKind::Retrying));
+                assert_eq!(j.state, JobState::Queued);
+                let delay = (j.run_at - now).to_std().unwrap();
+                let full = Duration::from_secs(1 << (attempt - 1));
+                assert!(delay <= full && delay >= full.mul_f64(0.8), "{delay:?}");
+                now = j.run_at;
+            } else {
+                assert_eq!(e.event, Some(EventKind::Failed));
+                assert_eq!(j.state, JobState::Failed);
+                assert_eq!(j.error.as_ref().unwrap().code, "lease_expired");
+            }
+        }
+    }
+
+    #[test]
+    fn fail_without_retry_is_final() {
+        let mut j = job(5);
+        let l = lease(&mut j, t(0), 10);
+        let e = j
+            .apply(
+                Command::Fail {
+                    lease_id: l,
+                    error: JobError::new("worker_error", "boom"),
+                    retry: false,
+                },
+                t(1),
+                &P,
+            )
+            .unwrap();
+        assert_eq!(e.event, Some(EventKind::Failed));
+        assert_eq!(j.error.as_ref().unwrap().message, "boom");
+    }
+
+    #[test]
+    fn cancel_of_a_queued_job_is_immediate() {
+        let mut j = job(1);
+        let e = j.apply(Command::Cancel, t(1), &P).unwrap();
+        assert_eq!(e.event, Some(EventKind::Canceled));
+        assert_eq!(j.state, JobState::Canceled);
+        assert_eq!(
+            j.apply(Command::Cancel, t(2), &P).unwrap_err(),
+            TransitionError::AlreadyFinished(JobState::Canceled)
+        );
+    }
+
+    #[test]
+    fn cancel_of_a_running_job_refuses_the_late_completion() {
+        let mut j = job(1);
+        let l = lease(&mut j, t(0), 30);
+        let e = j.apply(Command::Cancel, t(1), &P).unwrap();
+        assert_eq!(e.event, Some(EventKind::CancelRequested));
+        assert!(j.cancel_requested);
+        assert_eq!(j.state, JobState::Running);
+        let e = j.apply(Command::Complete { lease_id: l }, t(2), &P).unwrap();
+        assert_eq!(e.event, Some(EventKind::Canceled));
+        assert_eq!(e.refused, Some(TransitionError::CancelRequested));
+        assert_eq!(j.state, JobState::Canceled);
+    }
+
+    #[test]
+    fn a_canceled_running_job_that_fails_or_expires_ends_canceled() {
+        for expire in [false, true] {
+            let mut j = job(3);
+            let l = lease(&mut j, t(0), 30);
+            j.apply(Command::Cancel, t(1), &P).unwrap();
+            let cmd = if expire {
+                Command::ExpireLease
+            } else {
+                Command::Fail {
+                    lease_id: l,
+                    error: JobError::new("x", "stopped"),
+                    retry: true,
+                }
+            };
+            let now = if expire { t(30) } else { t(29) };
+            j.apply(cmd, now, &P).unwrap();
+            assert_eq!(j.state, JobState::Canceled);
+        }
+    }
+
+    #[test]
+    fn only_queued_jobs_can_be_leased() {
+        let mut j = job(1);
+        lease(&mut j, t(0), 30);
+        let err = j
+            .apply(
+                Command::Lease {
+                    lease_id: LeaseId::new(),
+                    worker: "w2".into(),
+                    length: Duration::from_secs(5),
+                },
+                t(1),
+                &P,
+            )
+            .unwrap_err();
+        assert_eq!(err, TransitionError::NotQueued(JobState::Running));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let id = JobId::new();
+        let p = RetryPolicy {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(10),
+        };
+        assert!(p.backoff(id, 1) <= Duration::from_secs(2));
+        assert!(p.backoff(id, 3) > Duration::from_secs(6));
+        assert!(p.backoff(id, 40) <= Duration::from_secs(10));
+        assert!(p.backoff(id, 40) >= Duration::from_secs(8));
+    }
+}

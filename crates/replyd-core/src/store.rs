@@ -1,0 +1,160 @@
+//! The storage contract. The embedded SQLite store implements it today; a
+//! PostgreSQL store implements the same trait and passes the same
+//! conformance suite (`replyd_store::conformance`).
+//!
+//! Every method that changes a job is one transaction that writes the job,
+//! appends its event, and (later) its outbox rows. A method returns only
+//! after that transaction is durable.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::event::{EventId, EventRecord};
+use crate::ids::{JobId, LeaseId, Tenant};
+use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
+
+/// A job's result as the worker gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutput {
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// A new job.
+    Created(JobRecord),
+    /// The idempotency key was seen before with the same request: that job.
+    Existing(JobRecord),
+}
+
+impl Submitted {
+    pub fn job(&self) -> &JobRecord {
+        match self {
+            Submitted::Created(j) | Submitted::Existing(j) => j,
+        }
+    }
+}
+
+/// Which jobs to list, newest first.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// `None` lists every tenant (operator keys only).
+    pub tenant: Option<Tenant>,
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    /// Only jobs older than this one (the cursor).
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// Which jobs a worker may lease.
+#[derive(Debug, Clone)]
+pub struct LeaseQuery {
+    pub queue: String,
+    /// `None` leases any tenant's jobs.
+    pub tenant: Option<Tenant>,
+    pub worker: String,
+    pub length: Duration,
+    pub max: u32,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub job: JobRecord,
+    pub input: Bytes,
+    pub lease_id: LeaseId,
+}
+
+/// What a job in a queue and state counts to (for `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCount {
+    pub queue: String,
+    pub state: JobState,
+    pub count: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such job")]
+    NotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("the idempotency key was used before with a different request")]
+    IdempotencyMismatch,
+    /// The database cannot be reached or is overloaded: try again later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("store error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Accepts a job (or finds the one its idempotency key names). Appends
+    /// `job.accepted`. Returns only once durable.
+    async fn submit(&self, job: NewJob, now: DateTime<Utc>) -> StoreResult<Submitted>;
+
+    async fn get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+
+    async fn input(&self, id: JobId) -> StoreResult<Option<Bytes>>;
+
+    async fn output(&self, id: JobId) -> StoreResult<Option<JobOutput>>;
+
+    async fn list(&self, query: ListQuery) -> StoreResult<Vec<JobRecord>>;
+
+    /// Applies a command to a job. With `Complete`, `output` is stored in
+    /// the same transaction. A command the job refuses is
+    /// `StoreError::Transition`; a refusal that still moved the job (a
+    /// completion after a cancel request) has moved it when this returns.
+    async fn apply(
+        &self,
+        id: JobId,
+        cmd: Command,
+        output: Option<JobOutput>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<JobRecord>;
+
+    /// Leases up to `query.max` ready jobs of a queue, oldest first. No job
+    /// is ever leased to two workers at once.
+    async fn lease(&self, query: LeaseQuery, now: DateTime<Utc>) -> StoreResult<Vec<Leased>>;
+
+    /// Requeues (or fails) running jobs whose lease expired. Returns how many.
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize>;
+
+    /// When the next queued job of `queue` becomes ready, if one is waiting
+    /// for its backoff (lets a long-polling lease sleep until then).
+    async fn next_run_at(&self, queue: &str) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// Removes a finished job, its result and its events.
+    async fn delete(&self, id: JobId) -> StoreResult<()>;
+
+    /// Removes jobs whose time to live ran out before `now`. Returns how many.
+    async fn collect_garbage(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize>;
+
+    /// The job's events after `after` (all of them with `None`), in order.
+    async fn events(&self, id: JobId, after: Option<EventId>) -> StoreResult<Vec<EventRecord>>;
+
+    /// Jobs by queue and state.
+    async fn counts(&self) -> StoreResult<Vec<StateCount>>;
+
+    /// A secret shared by every node of the cluster, created on first use
+    /// (the key of job tokens).
+    async fn cluster_secret(&self) -> StoreResult<Vec<u8>>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
