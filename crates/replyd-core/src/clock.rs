@@ -41,8 +41,8 @@ impl Clock {
         match self.kind {
             Kind::System => Utc::now(),
             Kind::Tokio { base, start } => {
-                let elapsed = chrono::Duration::from_std(start.elapsed())
-                    .unwrap_or(chrono::Duration::MAX);
+                let elapsed =
+                    chrono::Duration::from_std(start.elapsed()).unwrap_or(chrono::Duration::MAX);
                 base + elapsed
             }
         }

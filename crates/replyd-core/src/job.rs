@@ -252,7 +252,7 @@ pub enum Command {
 /// Why a command cannot apply to the job as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
-    #[error("the job is {0:?}, not queued")]
+    #[error("the job is {}, not queued", .0.as_str())]
     NotQueued(JobState),
     #[error("the lease is not current: it expired, or the job was leased again")]
     LeaseLost,
@@ -262,6 +262,8 @@ pub enum TransitionError {
     CancelRequested,
     #[error("the lease has not expired")]
     LeaseNotExpired,
+    #[error("the job is {}; only a finished job can be deleted", .0.as_str())]
+    NotFinished(JobState),
 }
 
 /// What a command did.
@@ -401,7 +403,9 @@ impl JobRecord {
             return Err(TransitionError::AlreadyFinished(self.state));
         }
         match &mut self.lease {
-            Some(l) if self.state == JobState::Running && &l.id == lease_id && l.expires_at > now => {
+            Some(l)
+                if self.state == JobState::Running && &l.id == lease_id && l.expires_at > now =>
+            {
                 Ok(l)
             }
             _ => Err(TransitionError::LeaseLost),
@@ -503,7 +507,9 @@ mod tests {
         let mut j = job(3);
         let l = lease(&mut j, t(1), 30);
         assert_eq!((j.state, j.attempt, j.version), (JobState::Running, 1, 2));
-        let e = j.apply(Command::Complete { lease_id: l }, t(2), &P).unwrap();
+        let e = j
+            .apply(Command::Complete { lease_id: l }, t(2), &P)
+            .unwrap();
         assert_eq!(e.event, Some(EventKind::Succeeded));
         assert_eq!(j.state, JobState::Succeeded);
         assert_eq!(j.finished_at, Some(t(2)));
@@ -521,11 +527,18 @@ mod tests {
         assert_eq!(j.state, JobState::Queued);
         let new = lease(&mut j, t(20), 10);
         let err = j
-            .apply(Command::Complete { lease_id: old.clone() }, t(21), &P)
+            .apply(
+                Command::Complete {
+                    lease_id: old.clone(),
+                },
+                t(21),
+                &P,
+            )
             .unwrap_err();
         assert_eq!(err, TransitionError::LeaseLost);
         assert_eq!(j.state, JobState::Running);
-        j.apply(Command::Complete { lease_id: new }, t(21), &P).unwrap();
+        j.apply(Command::Complete { lease_id: new }, t(21), &P)
+            .unwrap();
         assert_eq!(j.state, JobState::Succeeded);
     }
 
@@ -534,7 +547,14 @@ mod tests {
         let mut j = job(3);
         let l = lease(&mut j, t(0), 10);
         let err = j
-            .apply(Command::Heartbeat { lease_id: l, length: None }, t(10), &P)
+            .apply(
+                Command::Heartbeat {
+                    lease_id: l,
+                    length: None,
+                },
+                t(10),
+                &P,
+            )
             .unwrap_err();
         assert_eq!(err, TransitionError::LeaseLost);
     }
@@ -544,13 +564,31 @@ mod tests {
         let mut j = job(3);
         let l = lease(&mut j, t(0), 30);
         let v = j.version;
-        j.apply(Command::Heartbeat { lease_id: l.clone(), length: None }, t(20), &P)
-            .unwrap();
+        j.apply(
+            Command::Heartbeat {
+                lease_id: l.clone(),
+                length: None,
+            },
+            t(20),
+            &P,
+        )
+        .unwrap();
         assert_eq!(j.lease.as_ref().unwrap().expires_at, t(50));
         assert_eq!(j.version, v, "a heartbeat is not a visible change");
-        j.apply(Command::Heartbeat { lease_id: l, length: None }, t(45), &P)
-            .unwrap();
-        assert_eq!(j.lease.as_ref().unwrap().expires_at, t(60), "capped by the 60 s timeout");
+        j.apply(
+            Command::Heartbeat {
+                lease_id: l,
+                length: None,
+            },
+            t(45),
+            &P,
+        )
+        .unwrap();
+        assert_eq!(
+            j.lease.as_ref().unwrap().expires_at,
+            t(60),
+            "capped by the 60 s timeout"
+        );
     }
 
     #[test]
@@ -615,7 +653,9 @@ mod tests {
         assert_eq!(e.event, Some(EventKind::CancelRequested));
         assert!(j.cancel_requested);
         assert_eq!(j.state, JobState::Running);
-        let e = j.apply(Command::Complete { lease_id: l }, t(2), &P).unwrap();
+        let e = j
+            .apply(Command::Complete { lease_id: l }, t(2), &P)
+            .unwrap();
         assert_eq!(e.event, Some(EventKind::Canceled));
         assert_eq!(e.refused, Some(TransitionError::CancelRequested));
         assert_eq!(j.state, JobState::Canceled);

@@ -100,6 +100,9 @@ impl StoreError {
     }
 }
 
+/// How long the tombstone of an expired job is kept.
+pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
@@ -139,10 +142,14 @@ pub trait Store: Send + Sync + 'static {
     /// for its backoff (lets a long-polling lease sleep until then).
     async fn next_run_at(&self, queue: &str) -> StoreResult<Option<DateTime<Utc>>>;
 
-    /// Removes a finished job, its result and its events.
+    /// Removes a finished job, its result and its events; refuses
+    /// (`TransitionError::NotFinished`) a job that has not finished.
     async fn delete(&self, id: JobId) -> StoreResult<()>;
 
-    /// Removes jobs whose time to live ran out before `now`. Returns how many.
+    /// Purges jobs whose time to live ran out before `now`: their input,
+    /// result, events and idempotency key go; a tombstone stays for
+    /// [`TOMBSTONE_RETENTION`] so that a read answers 410 Gone rather than
+    /// 404, then goes too. Returns how many jobs were purged.
     async fn collect_garbage(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize>;
 
     /// The job's events after `after` (all of them with `None`), in order.
@@ -157,4 +164,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Every event committed from now on, on this node or (with a shared
+    /// database) any other. A wake-up, not the truth: a receiver that lags
+    /// reads the log instead.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<EventRecord>>;
 }

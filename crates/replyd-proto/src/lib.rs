@@ -303,8 +303,7 @@ mod tests {
         assert_eq!(r.error, FailReason::Message("boom".into()));
         assert!(r.retry);
         let r: FailRequest =
-            serde_json::from_str(r#"{"lease_id":"l","error":{"code":"x","message":"m"}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"lease_id":"l","error":{"code":"x","message":"m"}}"#).unwrap();
         assert!(matches!(r.error, FailReason::Error { .. }));
         assert!(!r.retry);
     }

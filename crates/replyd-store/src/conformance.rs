@@ -1,0 +1,563 @@
+//! The store conformance suite: what every [`Store`] must do, written once.
+//!
+//! A store's test file instantiates it with [`conformance_tests!`], giving
+//! an async expression that builds a fresh, empty store. Time is passed in
+//! explicitly, so leases, backoff and TTLs are tested without sleeping.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use replyd_core::event::{EventId, EventKind};
+use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
+use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Store, StoreError, Submitted};
+use replyd_core::{JobId, LeaseId, Tenant};
+
+/// Instantiates every conformance test for a store. `$make` is an async
+/// expression yielding `Arc<dyn Store>`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            submit_then_get, idempotency_replay_and_mismatch, concurrent_duplicates_make_one_job,
+            lease_hands_each_job_to_one_worker, fencing_refuses_stale_leases,
+            expired_leases_retry_with_backoff_then_fail, cancel_queued_and_running,
+            complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
+            delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
+            cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases);
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: std::sync::Arc<dyn replyd_core::Store> = $make;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+fn t(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+}
+
+fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        tenant: Tenant(tenant.into()),
+        queue: queue.into(),
+        input: Bytes::from(body.to_string()),
+        max_attempts: 3,
+        timeout: Duration::from_secs(60),
+        ttl: Duration::from_secs(100),
+        webhook: None,
+        idempotency_key: key.map(str::to_string),
+        request_hash: Some(format!("hash:{body}")),
+    }
+}
+
+async fn submit(store: &dyn Store, queue: &str) -> JobId {
+    store
+        .submit(new_job("t", queue, None, "{}"), t(0))
+        .await
+        .unwrap()
+        .job()
+        .id
+}
+
+fn lq(queue: &str, max: u32) -> LeaseQuery {
+    LeaseQuery {
+        queue: queue.into(),
+        tenant: None,
+        worker: "w".into(),
+        length: Duration::from_secs(10),
+        max,
+    }
+}
+
+async fn lease_one(store: &dyn Store, queue: &str, now: DateTime<Utc>) -> (JobId, LeaseId) {
+    let mut l = store.lease(lq(queue, 1), now).await.unwrap();
+    assert_eq!(l.len(), 1, "expected a job to lease in {queue}");
+    let l = l.remove(0);
+    (l.job.id, l.lease_id)
+}
+
+fn transition_err(r: Result<impl std::fmt::Debug, StoreError>) -> TransitionError {
+    match r {
+        Err(StoreError::Transition(e)) => e,
+        other => panic!("expected a transition error, got {other:?}"),
+    }
+}
+
+pub async fn submit_then_get(store: Arc<dyn Store>) {
+    let s = store
+        .submit(new_job("t", "q", None, r#"{"a":1}"#), t(0))
+        .await
+        .unwrap();
+    let Submitted::Created(job) = s else {
+        panic!("expected a new job")
+    };
+    let got = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(got, job);
+    assert_eq!(got.state, JobState::Queued);
+    assert_eq!(
+        store.input(job.id).await.unwrap().unwrap(),
+        Bytes::from_static(br#"{"a":1}"#)
+    );
+    let events = store.events(job.id, None).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Accepted);
+    assert!(store.get(JobId::new()).await.unwrap().is_none());
+}
+
+pub async fn idempotency_replay_and_mismatch(store: Arc<dyn Store>) {
+    let a = store
+        .submit(new_job("t", "q", Some("k1"), "{}"), t(0))
+        .await
+        .unwrap();
+    let b = store
+        .submit(new_job("t", "q", Some("k1"), "{}"), t(1))
+        .await
+        .unwrap();
+    assert!(matches!(a, Submitted::Created(_)));
+    assert!(matches!(b, Submitted::Existing(_)));
+    assert_eq!(a.job().id, b.job().id);
+    let c = store
+        .submit(new_job("t", "q", Some("k1"), r#"{"other":1}"#), t(2))
+        .await;
+    assert!(matches!(c, Err(StoreError::IdempotencyMismatch)), "{c:?}");
+    // Keys are per tenant.
+    let d = store
+        .submit(new_job("u", "q", Some("k1"), r#"{"other":1}"#), t(2))
+        .await
+        .unwrap();
+    assert!(matches!(d, Submitted::Created(_)));
+}
+
+pub async fn concurrent_duplicates_make_one_job(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .submit(new_job("t", "q", Some("same"), "{}"), t(0))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let s = task.await.unwrap();
+        created += matches!(s, Submitted::Created(_)) as u32;
+        ids.insert(s.job().id);
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let all = store
+        .list(ListQuery {
+            tenant: Some(Tenant("t".into())),
+            queue: None,
+            state: None,
+            before: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+pub async fn lease_hands_each_job_to_one_worker(store: Arc<dyn Store>) {
+    let mut submitted = HashSet::new();
+    for _ in 0..60 {
+        submitted.insert(submit(&*store, "q").await);
+    }
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let l = store.lease(lq("q", 4), t(1)).await.unwrap();
+                    if l.is_empty() {
+                        return got;
+                    }
+                    got.extend(l.into_iter().map(|l| l.job.id));
+                }
+            })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for task in tasks {
+        leased.extend(task.await.unwrap());
+    }
+    let unique: HashSet<_> = leased.iter().copied().collect();
+    assert_eq!(leased.len(), 60, "every job leased exactly once");
+    assert_eq!(unique, submitted);
+    // Other queues are untouched.
+    submit(&*store, "other").await;
+    assert!(store.lease(lq("q", 10), t(2)).await.unwrap().is_empty());
+}
+
+pub async fn fencing_refuses_stale_leases(store: Arc<dyn Store>) {
+    let id = submit(&*store, "q").await;
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    let wrong = Command::Complete {
+        lease_id: LeaseId::new(),
+    };
+    let e = transition_err(store.apply(id, wrong, None, t(1)).await);
+    assert_eq!(e, TransitionError::LeaseLost);
+    // The lease expires and another worker takes the job.
+    assert_eq!(store.expire_leases(t(10), 100).await.unwrap(), 1);
+    let (_, second) = lease_one(&*store, "q", t(20)).await;
+    let stale = Command::Complete { lease_id: lease };
+    let e = transition_err(store.apply(id, stale, None, t(21)).await);
+    assert_eq!(e, TransitionError::LeaseLost);
+    let job = store
+        .apply(id, Command::Complete { lease_id: second }, None, t(22))
+        .await
+        .unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2));
+}
+
+pub async fn expired_leases_retry_with_backoff_then_fail(store: Arc<dyn Store>) {
+    let id = submit(&*store, "q").await;
+    lease_one(&*store, "q", t(0)).await;
+    assert_eq!(store.expire_leases(t(9), 100).await.unwrap(), 0, "not yet");
+    assert_eq!(store.expire_leases(t(10), 100).await.unwrap(), 1);
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.run_at > t(10), "backoff: {}", job.run_at);
+    assert_eq!(store.next_run_at("q").await.unwrap(), Some(job.run_at));
+    assert!(
+        store.lease(lq("q", 1), t(10)).await.unwrap().is_empty(),
+        "not leasable during its backoff"
+    );
+    let mut now = job.run_at;
+    for attempt in 2..=3 {
+        let (_, _) = lease_one(&*store, "q", now).await;
+        now += chrono::Duration::seconds(10);
+        store.expire_leases(now, 100).await.unwrap();
+        let job = store.get(id).await.unwrap().unwrap();
+        assert_eq!(job.attempt, attempt);
+        if attempt < 3 {
+            assert_eq!(job.state, JobState::Queued);
+            now = job.run_at;
+        } else {
+            assert_eq!(job.state, JobState::Failed);
+            assert_eq!(job.error.unwrap().code, "lease_expired");
+        }
+    }
+    let kinds: Vec<_> = store
+        .events(id, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    use EventKind::*;
+    assert_eq!(
+        kinds,
+        [
+            Accepted, Started, Retrying, Started, Retrying, Started, Failed
+        ]
+    );
+}
+
+pub async fn cancel_queued_and_running(store: Arc<dyn Store>) {
+    let queued = submit(&*store, "q").await;
+    let job = store
+        .apply(queued, Command::Cancel, None, t(1))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Canceled);
+    let e = transition_err(store.apply(queued, Command::Cancel, None, t(2)).await);
+    assert_eq!(e, TransitionError::AlreadyFinished(JobState::Canceled));
+
+    let running = submit(&*store, "q").await;
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    let job = store
+        .apply(running, Command::Cancel, None, t(1))
+        .await
+        .unwrap();
+    assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
+    let e = transition_err(
+        store
+            .apply(running, Command::Complete { lease_id: lease }, None, t(2))
+            .await,
+    );
+    assert_eq!(e, TransitionError::CancelRequested);
+    let job = store.get(running).await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Canceled,
+        "the refused completion canceled it"
+    );
+    assert!(store.output(running).await.unwrap().is_none());
+}
+
+pub async fn complete_stores_the_output(store: Arc<dyn Store>) {
+    let id = submit(&*store, "q").await;
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    store
+        .apply(
+            id,
+            Command::Progress {
+                lease_id: lease.clone(),
+                progress: replyd_core::Progress {
+                    percent: Some(50.0),
+                    message: Some("half".into()),
+                },
+            },
+            None,
+            t(1),
+        )
+        .await
+        .unwrap();
+    let out = JobOutput {
+        content_type: "image/png".into(),
+        body: Bytes::from_static(b"\x89PNG\r\n"),
+    };
+    let job = store
+        .apply(
+            id,
+            Command::Complete { lease_id: lease },
+            Some(out.clone()),
+            t(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(store.output(id).await.unwrap(), Some(out));
+
+    let failing = submit(&*store, "q").await;
+    let (_, lease) = lease_one(&*store, "q", t(3)).await;
+    let job = store
+        .apply(
+            failing,
+            Command::Fail {
+                lease_id: lease,
+                error: JobError::new("worker_error", "boom"),
+                retry: false,
+            },
+            None,
+            t(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(store.output(failing).await.unwrap().is_none());
+}
+
+pub async fn events_resume_after_an_id(store: Arc<dyn Store>) {
+    let id = submit(&*store, "q").await;
+    let other = submit(&*store, "q").await;
+    let (first, lease) = lease_one(&*store, "q", t(0)).await;
+    assert_eq!(first, id, "oldest first");
+    for p in 1..=3 {
+        store
+            .apply(
+                id,
+                Command::Progress {
+                    lease_id: lease.clone(),
+                    progress: replyd_core::Progress {
+                        percent: Some(f64::from(p) * 25.0),
+                        message: None,
+                    },
+                },
+                None,
+                t(p.into()),
+            )
+            .await
+            .unwrap();
+    }
+    let all = store.events(id, None).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(all.iter().all(|e| e.job_id == id));
+    let rest = store.events(id, Some(all[1].id)).await.unwrap();
+    assert_eq!(rest, all[2..].to_vec());
+    assert_eq!(rest[0].job.progress.as_ref().unwrap().percent, Some(25.0));
+    assert!(store.events(id, Some(all[4].id)).await.unwrap().is_empty());
+    assert_eq!(
+        store.events(other, Some(EventId(0))).await.unwrap().len(),
+        1
+    );
+}
+
+pub async fn garbage_collection_leaves_a_tombstone(store: Arc<dyn Store>) {
+    let a = store
+        .submit(new_job("t", "q", Some("gc"), "{}"), t(0))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    let out = JobOutput {
+        content_type: "application/json".into(),
+        body: Bytes::from_static(b"1"),
+    };
+    store
+        .apply(a, Command::Complete { lease_id: lease }, Some(out), t(1))
+        .await
+        .unwrap();
+    // ttl is 100 s: expires at t(101).
+    assert_eq!(store.collect_garbage(t(100), 100).await.unwrap(), 0);
+    assert_eq!(store.collect_garbage(t(101), 100).await.unwrap(), 1);
+    let tomb = store.get(a).await.unwrap().expect("a tombstone remains");
+    assert!(tomb.is_expired(t(101)));
+    assert!(store.output(a).await.unwrap().is_none());
+    assert!(store.events(a, None).await.unwrap().is_empty());
+    // The key is free again.
+    let again = store
+        .submit(new_job("t", "q", Some("gc"), "{}"), t(102))
+        .await
+        .unwrap();
+    assert!(matches!(again, Submitted::Created(_)));
+    // Tombstones go after their retention.
+    let later =
+        t(101) + chrono::Duration::from_std(replyd_core::store::TOMBSTONE_RETENTION).unwrap();
+    store.collect_garbage(later, 100).await.unwrap();
+    assert!(store.get(a).await.unwrap().is_none());
+    // Counts skip tombstones.
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 1);
+}
+
+pub async fn delete_only_finished_jobs(store: Arc<dyn Store>) {
+    let id = submit(&*store, "q").await;
+    let r = store.delete(id).await;
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::Transition(TransitionError::NotFinished(
+                JobState::Queued
+            )))
+        ),
+        "{r:?}"
+    );
+    store.apply(id, Command::Cancel, None, t(1)).await.unwrap();
+    store.delete(id).await.unwrap();
+    assert!(store.get(id).await.unwrap().is_none());
+    assert!(store.events(id, None).await.unwrap().is_empty());
+    assert!(matches!(store.delete(id).await, Err(StoreError::NotFound)));
+}
+
+pub async fn list_pages_newest_first_per_tenant(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let queue = if i % 2 == 0 { "even" } else { "odd" };
+        ids.push(
+            store
+                .submit(new_job("t", queue, None, "{}"), t(i))
+                .await
+                .unwrap()
+                .job()
+                .id,
+        );
+    }
+    store
+        .submit(new_job("other", "even", None, "{}"), t(9))
+        .await
+        .unwrap();
+    let q = |before, queue: Option<&str>| ListQuery {
+        tenant: Some(Tenant("t".into())),
+        queue: queue.map(str::to_string),
+        state: None,
+        before,
+        limit: 3,
+    };
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list(q(before, None)).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|j| j.id);
+        seen.extend(page.into_iter().map(|j| j.id));
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let even = store.list(q(None, Some("even"))).await.unwrap();
+    assert_eq!(even.len(), 3);
+    assert!(even.iter().all(|j| j.queue == "even" && j.tenant.0 == "t"));
+    let canceled = store
+        .list(ListQuery {
+            state: Some(JobState::Canceled),
+            ..q(None, None)
+        })
+        .await
+        .unwrap();
+    assert!(canceled.is_empty());
+}
+
+pub async fn counts_by_queue_and_state(store: Arc<dyn Store>) {
+    for _ in 0..3 {
+        submit(&*store, "a").await;
+    }
+    submit(&*store, "b").await;
+    lease_one(&*store, "a", t(0)).await;
+    let mut counts: Vec<_> = store
+        .counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.queue, c.state, c.count))
+        .collect();
+    counts.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
+    assert_eq!(
+        counts,
+        [
+            ("a".to_string(), JobState::Queued, 2),
+            ("a".to_string(), JobState::Running, 1),
+            ("b".to_string(), JobState::Queued, 1),
+        ]
+    );
+}
+
+pub async fn cluster_secret_is_stable(store: Arc<dyn Store>) {
+    let a = store.cluster_secret().await.unwrap();
+    let b = store.cluster_secret().await.unwrap();
+    assert_eq!(a, b);
+    assert!(a.len() >= 32);
+    store.ping().await.unwrap();
+}
+
+pub async fn subscribers_see_committed_events(store: Arc<dyn Store>) {
+    let mut rx = store.subscribe();
+    let id = submit(&*store, "q").await;
+    let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .unwrap();
+    assert_eq!((e.job_id, e.kind), (id, EventKind::Accepted));
+    let logged = store.events(id, None).await.unwrap();
+    assert_eq!(logged[0].id, e.id, "the bus carries the log's ids");
+}
+
+pub async fn tenant_scoped_leases(store: Arc<dyn Store>) {
+    store
+        .submit(new_job("a", "q", None, "{}"), t(0))
+        .await
+        .unwrap();
+    let b = store
+        .submit(new_job("b", "q", None, "{}"), t(1))
+        .await
+        .unwrap();
+    let got = store
+        .lease(
+            LeaseQuery {
+                tenant: Some(Tenant("b".into())),
+                ..lq("q", 10)
+            },
+            t(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, b.job().id);
+}

@@ -1,0 +1,81 @@
+//! Versioned schema migrations, applied in order at start (and by
+//! `replyd migrate`). Each runs once, in the same transaction as the row
+//! that records it, so a crash leaves either all of it or none.
+
+use rusqlite::{Connection, params};
+
+/// SQLite migrations: (version, SQL). Append only: never edit one that has
+/// shipped.
+pub const SQLITE: &[(i64, &str)] = &[(
+    1,
+    "
+    CREATE TABLE jobs (
+        id               BLOB PRIMARY KEY,   -- UUIDv7, 16 bytes
+        tenant           TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        run_at           INTEGER NOT NULL,   -- ms since the epoch
+        lease_expires_at INTEGER,
+        expires_at       INTEGER,
+        idempotency_key  TEXT,
+        input            BLOB,               -- NULL once purged (a tombstone)
+        record           TEXT NOT NULL       -- replyd_core::JobRecord as JSON
+    );
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_ready ON jobs (queue, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id);
+
+    CREATE TABLE job_outputs (
+        job_id       BLOB PRIMARY KEY,
+        content_type TEXT NOT NULL,
+        body         BLOB NOT NULL
+    );
+
+    CREATE TABLE events (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order (one writer)
+        job_id BLOB NOT NULL,
+        kind   TEXT NOT NULL,
+        at     INTEGER NOT NULL,
+        job    TEXT NOT NULL                       -- the record after the event
+    );
+    CREATE INDEX events_job ON events (job_id, id);
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    ",
+)];
+
+/// Applies every migration not yet applied. Safe to run from several
+/// processes at once: `BEGIN IMMEDIATE` serializes them.
+pub fn apply_sqlite(conn: &mut Connection) -> rusqlite::Result<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         )",
+    )?;
+    let mut applied = 0;
+    for (version, sql) in SQLITE {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            params![version],
+            |r| r.get(0),
+        )?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?1)",
+                params![version],
+            )?;
+            applied += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(applied)
+}

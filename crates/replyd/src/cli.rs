@@ -1,0 +1,427 @@
+//! The client subcommands of `replyd` (API.md "Command line"): `submit`,
+//! `status`, `result`, `cancel`, `wait` and `worker`, thin shells over the
+//! `replyd-client` SDK.
+//!
+//! Exit codes: 0 success; 1 the job failed or was canceled (`wait`,
+//! `submit --wait`); 2 a usage, connection or API error; 124 `wait --timeout`
+//! ran out (as `timeout(1)` does).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use replyd_client::proto::{Job, JobState, SubmitRequest};
+use replyd_client::{Client, Submitted};
+
+/// The job succeeded (or the command did what it was asked).
+pub const EXIT_OK: i32 = 0;
+/// The job failed or was canceled.
+pub const EXIT_JOB_FAILED: i32 = 1;
+/// Bad usage, an unreachable server, or an error answer.
+pub const EXIT_ERROR: i32 = 2;
+/// `wait --timeout` passed before the job finished.
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// How long `submit --wait` lets the server hold the submit (`Prefer:
+/// wait`) before falling back to long polling with progress.
+const SUBMIT_HOLD_SECS: u32 = 1;
+
+/// Where the server is. The API key is read from `REPLYD_API_KEY` only, so
+/// that it never shows in a process listing.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connection {
+    /// Base URL of the replyd server. The API key, if any, is read from
+    /// REPLYD_API_KEY.
+    #[arg(
+        long = "server",
+        env = "REPLYD_URL",
+        default_value = "http://127.0.0.1:8202",
+        value_name = "URL"
+    )]
+    pub server: String,
+}
+
+impl Connection {
+    /// An SDK client for this server, with the key from `REPLYD_API_KEY`.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let key = std::env::var("REPLYD_API_KEY").ok();
+        Client::new(&self.server, key).context("bad --server")
+    }
+}
+
+/// The client subcommands, flattened into `replyd`'s own.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Submit a job and print it (with --wait: show progress, then print the result).
+    Submit(SubmitArgs),
+    /// Print a job's current state as JSON.
+    Status {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Write a succeeded job's result to stdout, byte for byte.
+    Result {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Cancel a job and print it as JSON.
+    Cancel {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Wait for a job to finish, showing progress, then print its result.
+    Wait {
+        /// The job id.
+        id: String,
+        /// Give up after this many seconds (exit code 124).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Lease jobs over HTTP and run COMMAND for each.
+    Worker(crate::worker::WorkerArgs),
+}
+
+/// `replyd submit`.
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// The queue to submit to.
+    pub queue: String,
+    /// The job's input, as JSON (default: null).
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the job's input (JSON) from this file; `-` is stdin.
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+    /// Wait for the job: show progress on stderr, then print the result.
+    #[arg(long)]
+    pub wait: bool,
+    /// Submitting again with the same key answers the same job.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// How many times the job may be tried (default: the queue's).
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// Runs a client subcommand and answers the process exit code. Errors are
+/// reported on stderr here and mapped to exit code 2, so `Err` is not
+/// returned in practice.
+pub async fn run(cmd: ClientCommand) -> anyhow::Result<i32> {
+    let outcome = match cmd {
+        ClientCommand::Submit(args) => submit(args).await,
+        ClientCommand::Status { id, conn } => status(&conn.client()?, &id).await,
+        ClientCommand::Result { id, conn } => result(&conn.client()?, &id).await,
+        ClientCommand::Cancel { id, conn } => cancel(&conn.client()?, &id).await,
+        ClientCommand::Wait { id, timeout, conn } => wait(&conn.client()?, &id, timeout).await,
+        ClientCommand::Worker(args) => crate::worker::run(args).await,
+    };
+    match outcome {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            eprintln!("replyd: error: {err:#}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    let client = args.conn.client()?;
+    let input = read_input(args.input.as_deref(), args.input_file.as_deref())?;
+    let req = SubmitRequest {
+        queue: args.queue,
+        input,
+        webhook: None,
+        max_attempts: args.max_attempts,
+        timeout: None,
+        ttl: None,
+    };
+    let key = args.idempotency_key.as_deref();
+    if !args.wait {
+        let job = client.submit(&req, key).await?;
+        print_job(&job)?;
+        return Ok(EXIT_OK);
+    }
+    match client.submit_and_wait(&req, key, SUBMIT_HOLD_SECS).await? {
+        Submitted::Done { result, .. } => {
+            write_stdout(&result.body)?;
+            Ok(EXIT_OK)
+        }
+        Submitted::Accepted(job) => {
+            eprintln!("submitted job {}", job.id);
+            finish(&client, &job.id, None).await
+        }
+    }
+}
+
+async fn status(client: &Client, id: &str) -> anyhow::Result<i32> {
+    print_job(&client.get(id).await?.job)?;
+    Ok(EXIT_OK)
+}
+
+async fn result(client: &Client, id: &str) -> anyhow::Result<i32> {
+    let result = client.result(id).await?;
+    write_stdout(&result.body)?;
+    Ok(EXIT_OK)
+}
+
+async fn cancel(client: &Client, id: &str) -> anyhow::Result<i32> {
+    print_job(&client.cancel(id).await?)?;
+    Ok(EXIT_OK)
+}
+
+async fn wait(client: &Client, id: &str, timeout: Option<f64>) -> anyhow::Result<i32> {
+    let timeout = match timeout {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => anyhow::bail!("--timeout must be a number of seconds, not {secs}"),
+        None => None,
+    };
+    finish(client, id, timeout).await
+}
+
+/// Waits for the job with progress on stderr; prints the result (exit 0),
+/// or the job and why it did not succeed (exit 1).
+async fn finish(client: &Client, id: &str, timeout: Option<Duration>) -> anyhow::Result<i32> {
+    let job = match client.wait_with(id, timeout, draw_progress).await {
+        Ok(job) => job,
+        Err(replyd_client::Error::Timeout { job }) => {
+            print_job(&job)?;
+            eprintln!("replyd: timed out; job {} is still {}", job.id, job.state);
+            return Ok(EXIT_TIMEOUT);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if job.state == JobState::Succeeded {
+        let result = client.result(&job.id).await?;
+        write_stdout(&result.body)?;
+        return Ok(EXIT_OK);
+    }
+    print_job(&job)?;
+    eprintln!("replyd: {}", failure_line(&job));
+    Ok(EXIT_JOB_FAILED)
+}
+
+/// The job's input: `--input`, `--input-file` (`-` for stdin), or null.
+fn read_input(
+    input: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<serde_json::Value> {
+    let (text, source) = match (input, file) {
+        (Some(text), _) => (text.to_owned(), "--input".to_owned()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the input from stdin")?;
+            (text, "stdin".to_owned())
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (text, path.display().to_string())
+        }
+        (None, None) => return Ok(serde_json::Value::Null),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))
+}
+
+/// One progress line on stderr per change, e.g. `running 40% page 4 of 10`.
+fn draw_progress(job: &Job) {
+    eprintln!("{}", progress_line(job));
+}
+
+fn progress_line(job: &Job) -> String {
+    let mut line = job.state.to_string();
+    if let Some(progress) = &job.progress {
+        if let Some(percent) = progress.percent {
+            line.push_str(&format!(" {}%", format_percent(percent)));
+        }
+        if let Some(message) = progress.message.as_deref().filter(|m| !m.is_empty()) {
+            line.push(' ');
+            line.push_str(message);
+        }
+    }
+    line
+}
+
+/// `40` for 40.0, `12.5` for 12.5.
+fn format_percent(percent: f64) -> String {
+    if percent.fract() == 0.0 {
+        format!("{percent:.0}")
+    } else {
+        format!("{percent:.1}")
+    }
+}
+
+/// `job ID failed: code: message` / `job ID canceled`.
+fn failure_line(job: &Job) -> String {
+    match &job.error {
+        Some(e) if e.message.is_empty() => format!("job {} {}: {}", job.id, job.state, e.code),
+        Some(e) => format!("job {} {}: {}: {}", job.id, job.state, e.code, e.message),
+        None => format!("job {} {}", job.id, job.state),
+    }
+}
+
+fn print_job(job: &Job) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(job)?;
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use replyd_client::proto::{JobError, Links, Progress};
+
+    /// Stands in for `replyd`'s own command line, which flattens ours.
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    fn job(state: JobState) -> Job {
+        let now = "2024-01-01T00:00:00Z".parse().unwrap();
+        Job {
+            id: "j1".into(),
+            queue: "q".into(),
+            state,
+            progress: None,
+            attempt: 1,
+            max_attempts: 1,
+            cancel_requested: false,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            expires_at: None,
+            error: None,
+            links: Links {
+                self_: "/v1/jobs/j1".into(),
+                result: "/v1/jobs/j1/result".into(),
+                events: "/v1/jobs/j1/events".into(),
+            },
+            input: None,
+        }
+    }
+
+    #[test]
+    fn progress_lines() {
+        let mut j = job(JobState::Running);
+        assert_eq!(progress_line(&j), "running");
+        j.progress = Some(Progress {
+            percent: Some(40.0),
+            message: Some("page 4 of 10".into()),
+        });
+        assert_eq!(progress_line(&j), "running 40% page 4 of 10");
+        j.progress = Some(Progress {
+            percent: Some(12.5),
+            message: None,
+        });
+        assert_eq!(progress_line(&j), "running 12.5%");
+    }
+
+    #[test]
+    fn failure_lines() {
+        let mut j = job(JobState::Failed);
+        j.error = Some(JobError {
+            code: "worker_error".into(),
+            message: "exit 3".into(),
+        });
+        assert_eq!(failure_line(&j), "job j1 failed: worker_error: exit 3");
+        let j = job(JobState::Canceled);
+        assert_eq!(failure_line(&j), "job j1 canceled");
+    }
+
+    #[test]
+    fn input_sources() {
+        assert_eq!(read_input(None, None).unwrap(), serde_json::Value::Null);
+        assert_eq!(
+            read_input(Some(r#"{"n":3}"#), None).unwrap(),
+            serde_json::json!({"n": 3})
+        );
+        let err = read_input(Some("{nope"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("--input is not valid JSON"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.json");
+        std::fs::write(&path, "[1, 2]").unwrap();
+        assert_eq!(
+            read_input(None, Some(&path)).unwrap(),
+            serde_json::json!([1, 2])
+        );
+    }
+
+    #[test]
+    fn command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "replyd",
+            "submit",
+            "report",
+            "--input",
+            "{}",
+            "--wait",
+            "--server",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap();
+        match cli.cmd {
+            ClientCommand::Submit(a) => {
+                assert_eq!(a.queue, "report");
+                assert!(a.wait);
+                assert_eq!(a.conn.server, "http://127.0.0.1:9");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "replyd",
+                "submit",
+                "q",
+                "--input",
+                "{}",
+                "--input-file",
+                "f"
+            ])
+            .is_err()
+        );
+        let cli = Cli::try_parse_from(["replyd", "wait", "j1", "--timeout", "2.5"]).unwrap();
+        assert!(matches!(cli.cmd, ClientCommand::Wait { timeout: Some(t), .. } if t == 2.5));
+        let cli = Cli::try_parse_from([
+            "replyd",
+            "worker",
+            "work",
+            "--concurrency",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "cat",
+        ])
+        .unwrap();
+        match cli.cmd {
+            ClientCommand::Worker(w) => {
+                assert_eq!(w.queue, "work");
+                assert_eq!(w.concurrency, 2);
+                assert_eq!(w.command, ["sh", "-c", "cat"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["replyd", "worker", "work"]).is_err());
+    }
+}
