@@ -1,1 +1,148 @@
-//! placeholder
+//! The replyd server: configuration, the HTTP API, auth, executors and
+//! background tasks, around a [`replyd_core::Store`].
+//!
+//! One entry point, [`serve`], is what `replyd serve` and the tests call.
+//! [`Server::start`] opens the store and starts the background tasks;
+//! [`Server::router`] is the HTTP app for in-memory tests.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod executors;
+pub mod http;
+pub mod openapi;
+pub mod tasks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use replyd_core::{Clock, Store};
+use replyd_store::{SqliteOptions, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use app::App;
+pub use config::Config;
+
+use crate::config::{Executor, secs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0} with no API keys configured: add [[api_keys]] or pass --insecure"
+    )]
+    Insecure(SocketAddr),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] replyd_core::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server: the store is open, background tasks are running.
+pub struct Server {
+    app: Arc<App>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the configured store and starts the background tasks.
+    pub async fn start(config: Config, clock: Clock) -> Result<Server, ServeError> {
+        let store = SqliteStore::open(&config.storage.sqlite, SqliteOptions::default()).await?;
+        Server::with_store(config, Arc::new(store), clock).await
+    }
+
+    /// Starts a server on a store the caller opened.
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Result<Server, ServeError> {
+        let secret = store.cluster_secret().await?;
+        let app = Arc::new(App::new(
+            config,
+            store,
+            clock,
+            secret,
+            CancellationToken::new(),
+        ));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(tasks::reaper(app.clone()));
+        tasks.spawn(tasks::garbage_collector(app.clone()));
+        for (name, q) in &app.config.queues {
+            if q.executor == Executor::Demo {
+                tasks.spawn(executors::demo::run(app.clone(), name.clone(), q.concurrency));
+            }
+        }
+        Ok(Server { app, tasks })
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub fn router(&self) -> axum::Router {
+        http::router(self.app.clone())
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains: stops
+    /// accepting, lets in-flight requests finish within `shutdown_grace`,
+    /// stops the background tasks.
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let addr = listener.local_addr()?;
+        let token = self.app.shutdown.clone();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        tracing::info!("replyd listening on http://{addr}");
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let grace = secs(self.app.config.shutdown_grace);
+        tokio::select! {
+            r = server => r?,
+            _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace = ?grace, "requests still running after the grace period; closing them");
+            }
+        }
+        token.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        tracing::info!("replyd stopped");
+        Ok(())
+    }
+}
+
+/// Starts a server from `config` on `listener` and runs it until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    if config.is_open() && !config.insecure && !addr.ip().is_loopback() {
+        return Err(ServeError::Insecure(addr));
+    }
+    Server::start(config, Clock::system())
+        .await?
+        .run(listener, shutdown)
+        .await
+}

@@ -1,0 +1,340 @@
+//! The application: the store, the clock, auth and configuration, and the
+//! operations every ingress and executor shares (submit, wait, lease, act on
+//! a lease). HTTP handlers and the in-process executors both call these, so
+//! a job behaves the same whichever way it came in or is worked on.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use replyd_core::job::{Command, JobRecord, NewJob};
+use replyd_core::store::{JobOutput, LeaseQuery, Leased, Store, Submitted};
+use replyd_core::{Clock, JobId, Tenant};
+use replyd_proto as proto;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Action, Authenticator, Caller};
+use crate::config::{Config, secs};
+use crate::error::{ApiError, ApiResult};
+
+/// The longest a request may be held (long polling, `Prefer: wait`).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Shared by every request and background task of one server.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    pub auth: Authenticator,
+    /// Cancelled when the server begins to shut down: long polls answer at
+    /// once and background tasks stop.
+    pub shutdown: CancellationToken,
+    /// Idempotency keys whose first request is still being accepted.
+    in_flight: Mutex<HashSet<(Tenant, String)>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// A validated submission.
+#[derive(Debug)]
+pub struct Submission {
+    pub tenant: Tenant,
+    pub request: proto::SubmitRequest,
+    pub idempotency_key: Option<String>,
+    /// A digest of the canonical request, to tell a replay from a reuse.
+    pub request_hash: String,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        secret: Vec<u8>,
+        shutdown: CancellationToken,
+    ) -> App {
+        let auth = Authenticator::new(&config.api_keys, secret);
+        App {
+            config,
+            store,
+            clock,
+            auth,
+            shutdown,
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Accepts a job: durable when this returns.
+    pub async fn submit(&self, s: Submission) -> ApiResult<Submitted> {
+        let req = &s.request;
+        let Some(queue) = self.config.queues.get(&req.queue) else {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown-queue",
+                format!("no queue named {:?} is configured", req.queue),
+            ));
+        };
+        let limits = &self.config.limits;
+        let max_attempts = req.max_attempts.unwrap_or(queue.max_attempts);
+        if max_attempts == 0 || max_attempts > limits.max_attempts {
+            return Err(ApiError::bad_request(format!(
+                "max_attempts must be between 1 and {}",
+                limits.max_attempts
+            )));
+        }
+        let timeout = positive_secs("timeout", req.timeout, queue.timeout, 7.0 * 86_400.0)?;
+        let ttl = match req.ttl {
+            Some(v) if !(v >= 0.0 && v <= limits.max_ttl) => {
+                return Err(ApiError::bad_request(format!(
+                    "ttl must be between 0 and {} seconds",
+                    limits.max_ttl
+                )));
+            }
+            v => secs(v.unwrap_or(queue.ttl)),
+        };
+        if let Some(w) = &req.webhook {
+            return Err(ApiError::bad_request(format!(
+                "webhooks are not available in this version (webhook.url = {:?})",
+                w.url
+            )));
+        }
+        let input = serde_json::to_vec(&req.input)
+            .map_err(|e| ApiError::bad_request(format!("input: {e}")))?;
+        let new = NewJob {
+            id: JobId::new(),
+            tenant: s.tenant.clone(),
+            queue: req.queue.clone(),
+            input: input.into(),
+            max_attempts,
+            timeout,
+            ttl,
+            webhook: None,
+            idempotency_key: s.idempotency_key.clone(),
+            request_hash: Some(s.request_hash),
+        };
+        let _guard = match &s.idempotency_key {
+            Some(key) => Some(self.claim_key(&s.tenant, key)?),
+            None => None,
+        };
+        Ok(self.store.submit(new, self.now()).await?)
+    }
+
+    /// Marks an idempotency key as being accepted; a second request with it
+    /// meanwhile is 409 (IETF Idempotency-Key draft). The store's unique
+    /// key decides across nodes.
+    fn claim_key(&self, tenant: &Tenant, key: &str) -> ApiResult<KeyGuard<'_>> {
+        let entry = (tenant.clone(), key.to_string());
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(entry.clone()) {
+            return Err(ApiError::conflict(
+                "idempotency-key-in-flight",
+                "a request with this Idempotency-Key is still being processed",
+            )
+            .with_retry_after(1));
+        }
+        Ok(KeyGuard { app: self, entry })
+    }
+
+    /// Loads a job the caller may act on. Missing, another tenant's, and
+    /// purged jobs are 404; an expired one is 410.
+    pub async fn job_for(&self, caller: &Caller, action: Action, id: JobId) -> ApiResult<JobRecord> {
+        let job = self.store.get(id).await?.ok_or_else(ApiError::job_not_found)?;
+        caller.check(action, Some((id, &job.tenant)))?;
+        if job.is_expired(self.now()) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::GONE,
+                "job-expired",
+                "the job's time to live has run out; its result is gone",
+            ));
+        }
+        Ok(job)
+    }
+
+    /// Waits until `done(job)` holds, `wait` passes, or the server shuts
+    /// down; returns the job as it then is. The store's event bus wakes the
+    /// wait; the job is re-read after a lag, so nothing is missed.
+    pub async fn wait_for(
+        &self,
+        job: JobRecord,
+        wait: Duration,
+        done: impl Fn(&JobRecord) -> bool,
+    ) -> ApiResult<JobRecord> {
+        if done(&job) || wait.is_zero() {
+            return Ok(job);
+        }
+        let mut rx = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Re-read after subscribing: a change between the caller's read and
+        // the subscription is not lost.
+        let mut job = self.store.get(job.id).await?.unwrap_or(job);
+        while !done(&job) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.cancelled() => break,
+                ev = rx.recv() => match ev {
+                    Ok(ev) if ev.job_id == job.id => job = ev.job.clone(),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        job = self.store.get(job.id).await?.unwrap_or(job);
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+        Ok(job)
+    }
+
+    /// Leases up to `query.max` jobs, waiting up to `wait` for one to be
+    /// ready. Wakes on new and retried jobs of the queue, and when a job's
+    /// backoff ends.
+    pub async fn lease(&self, query: LeaseQuery, wait: Duration) -> ApiResult<Vec<Leased>> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut rx = self.store.subscribe();
+        loop {
+            let leased = self.store.lease(query.clone(), self.now()).await?;
+            if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(leased);
+            }
+            // Sleep until the deadline or the next job's backoff ends.
+            let mut wake = deadline;
+            if let Some(at) = self.store.next_run_at(&query.queue).await? {
+                let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
+                wake = wake.min(tokio::time::Instant::now() + until);
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                    ev = rx.recv() => match ev {
+                        Ok(ev) if ev.queue == query.queue
+                            && ev.job.state == replyd_core::JobState::Queued => break,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return Ok(Vec::new()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A worker's call on a job it holds a lease on.
+    pub async fn worker_apply(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        cmd: Command,
+        output: Option<JobOutput>,
+    ) -> ApiResult<JobRecord> {
+        let job = self.store.get(id).await?.ok_or_else(ApiError::job_not_found)?;
+        caller.check(Action::Work, Some((id, &job.tenant)))?;
+        Ok(self.store.apply(id, cmd, output, self.now()).await?)
+    }
+
+    /// The wire representation of a job. Its links carry the job token.
+    pub fn render(&self, job: &JobRecord) -> proto::Job {
+        let token = self.auth.job_token(job.id);
+        let base = format!("/v1/jobs/{}", job.id);
+        proto::Job {
+            id: job.id.to_string(),
+            queue: job.queue.clone(),
+            state: wire_state(job.state),
+            progress: job.progress.as_ref().map(|p| proto::Progress {
+                percent: p.percent,
+                message: p.message.clone(),
+            }),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            finished_at: job.finished_at,
+            expires_at: job.expires_at,
+            error: job.error.as_ref().map(|e| proto::JobError {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
+            links: proto::Links {
+                self_: format!("{base}?access_token={token}"),
+                result: format!("{base}/result?access_token={token}"),
+                events: format!("{base}/events?access_token={token}"),
+            },
+            input: None,
+        }
+    }
+
+    /// Seconds a poller should wait before asking again: short while a job
+    /// is young, longer as it ages, and guided by its progress when it
+    /// reports some (about half the estimated time left), 1 to 30 s.
+    pub fn retry_after(&self, job: &JobRecord) -> u64 {
+        let now = self.now();
+        let age = (now - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let mut s = age / 4.0;
+        if let Some(p) = job.progress.as_ref().and_then(|p| p.percent)
+            && p > 0.0
+            && p < 100.0
+        {
+            let running = (now - job.updated_at).num_milliseconds().max(0) as f64 / 1000.0;
+            let elapsed = age.max(running);
+            s = (elapsed * (100.0 - p) / p) / 2.0;
+        }
+        s.clamp(1.0, 30.0).round() as u64
+    }
+}
+
+/// Releases an in-flight idempotency key.
+struct KeyGuard<'a> {
+    app: &'a App,
+    entry: (Tenant, String),
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.app
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.entry);
+    }
+}
+
+fn positive_secs(name: &str, v: Option<f64>, default: f64, max: f64) -> ApiResult<Duration> {
+    match v {
+        None => Ok(secs(default)),
+        Some(v) if v > 0.0 && v <= max => Ok(secs(v)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be a number of seconds in (0, {max}]"
+        ))),
+    }
+}
+
+pub fn wire_state(s: replyd_core::JobState) -> proto::JobState {
+    use replyd_core::JobState as S;
+    match s {
+        S::Queued => proto::JobState::Queued,
+        S::Running => proto::JobState::Running,
+        S::Succeeded => proto::JobState::Succeeded,
+        S::Failed => proto::JobState::Failed,
+        S::Canceled => proto::JobState::Canceled,
+    }
+}
+
+pub fn domain_state(s: proto::JobState) -> replyd_core::JobState {
+    use replyd_core::JobState as S;
+    match s {
+        proto::JobState::Queued => S::Queued,
+        proto::JobState::Running => S::Running,
+        proto::JobState::Succeeded => S::Succeeded,
+        proto::JobState::Failed => S::Failed,
+        proto::JobState::Canceled => S::Canceled,
+    }
+}

@@ -1,0 +1,353 @@
+//! One typed configuration, layered: built-in defaults < `replyd.toml` <
+//! `REPLYD_*` environment < command-line flags. The file layer is parsed
+//! here (unknown keys are errors that name the key); the binary applies the
+//! environment and flags through [`Overrides`], so this module never reads
+//! the process environment itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of a replyd server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to listen. Loopback by default.
+    pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` with no API keys configured.
+    pub insecure: bool,
+    pub storage: Storage,
+    pub api_keys: Vec<ApiKey>,
+    /// Queues by name. A `demo` queue is added unless one is configured.
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub limits: Limits,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace: f64,
+    /// Seconds between sweeps for expired leases.
+    pub reaper_interval: f64,
+    /// Seconds between garbage collections of expired jobs.
+    pub gc_interval: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8202)),
+            insecure: false,
+            storage: Storage::default(),
+            api_keys: Vec::new(),
+            queues: BTreeMap::new(),
+            limits: Limits::default(),
+            shutdown_grace: 10.0,
+            reaper_interval: 1.0,
+            gc_interval: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// The SQLite database file.
+    pub sqlite: PathBuf,
+    /// PostgreSQL (a later release): refused for now with a clear message.
+    pub postgres_url: Option<String>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            sqlite: PathBuf::from("./replyd.db"),
+            postgres_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Client,
+    Worker,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The bearer token.
+    pub key: String,
+    /// The tenant whose jobs the key sees; `"*"` (admin and worker keys
+    /// only) sees every tenant's.
+    pub tenant: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// Workers lease jobs over HTTP (API.md §5).
+    Pull,
+    /// The built-in demo: sleeps `input.seconds` (default 3) reporting
+    /// progress, then echoes the input.
+    Demo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub executor: Executor,
+    pub max_attempts: u32,
+    /// Seconds one attempt may take.
+    pub timeout: f64,
+    /// Seconds a finished job is kept.
+    pub ttl: f64,
+    /// Jobs one in-process executor runs at once (demo).
+    pub concurrency: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            executor: Executor::Pull,
+            max_attempts: 3,
+            timeout: 60.0,
+            ttl: 86_400.0,
+            concurrency: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Bytes of a request body (a submission, a worker call).
+    pub max_body: usize,
+    /// Bytes of a worker's result.
+    pub max_result: usize,
+    /// Highest `max_attempts` a submission may ask for.
+    pub max_attempts: u32,
+    /// Longest `ttl` a submission may ask for, in seconds.
+    pub max_ttl: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1024 * 1024,
+            max_result: 10 * 1024 * 1024,
+            max_attempts: 100,
+            max_ttl: 30.0 * 86_400.0,
+        }
+    }
+}
+
+/// What the environment and the command line may override.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub sqlite: Option<PathBuf>,
+    pub postgres_url: Option<String>,
+    pub insecure: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `overrides`; validated.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the file layer. The message names the offending key.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.sqlite {
+            self.storage.sqlite = v;
+        }
+        if let Some(v) = o.postgres_url {
+            self.storage.postgres_url = Some(v);
+        }
+        if let Some(v) = o.insecure {
+            self.insecure = v;
+        }
+    }
+
+    /// Checks what serde cannot, and adds the built-in `demo` queue.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.storage.postgres_url.is_some() {
+            return bad("PostgreSQL storage is not available in this version; use [storage] sqlite".into());
+        }
+        self.queues.entry("demo".into()).or_insert_with(|| QueueConfig {
+            executor: Executor::Demo,
+            ..QueueConfig::default()
+        });
+        for (name, q) in &self.queues {
+            if !valid_queue_name(name) {
+                return bad(format!(
+                    "queue name {name:?}: use 1-64 letters, digits, '.', '_' or '-'"
+                ));
+            }
+            if q.max_attempts == 0 {
+                return bad(format!("queues.{name}.max_attempts must be at least 1"));
+            }
+            if !(q.timeout > 0.0 && q.timeout <= 7.0 * 86_400.0) {
+                return bad(format!("queues.{name}.timeout must be in (0, 604800] seconds"));
+            }
+            if !(q.ttl >= 0.0 && q.ttl <= self.limits.max_ttl) {
+                return bad(format!("queues.{name}.ttl must be in [0, limits.max_ttl] seconds"));
+            }
+            if q.concurrency == 0 {
+                return bad(format!("queues.{name}.concurrency must be at least 1"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &self.api_keys {
+            if k.key.len() < 8 {
+                return bad(format!(
+                    "api key of tenant {:?} is shorter than 8 characters",
+                    k.tenant
+                ));
+            }
+            if !seen.insert(&k.key) {
+                return bad(format!("api key of tenant {:?} is listed twice", k.tenant));
+            }
+            if k.tenant.is_empty() {
+                return bad("an api key has an empty tenant".into());
+            }
+            if k.tenant == "*" && k.role == Role::Client {
+                return bad("a client key cannot have tenant \"*\"".into());
+            }
+        }
+        for (what, v) in [
+            ("shutdown_grace", self.shutdown_grace),
+            ("reaper_interval", self.reaper_interval),
+            ("gc_interval", self.gc_interval),
+        ] {
+            if !(v > 0.0 && v < 86_400.0) {
+                return bad(format!("{what} must be a positive number of seconds"));
+            }
+        }
+        if self.limits.max_body < 1024 || self.limits.max_result < 1024 {
+            return bad("limits.max_body and limits.max_result must be at least 1024 bytes".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the server runs without authentication.
+    pub fn is_open(&self) -> bool {
+        self.api_keys.is_empty()
+    }
+}
+
+/// Seconds as a `Duration`, for values `validate` has checked.
+pub fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO)
+}
+
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_keys_parse() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:9000"
+            insecure = false
+            [storage]
+            sqlite = "/tmp/x.db"
+            [[api_keys]]
+            key = "k-acme-client"
+            tenant = "acme"
+            role = "client"
+            [queues.report]
+            executor = "pull"
+            max_attempts = 3
+            timeout = 60
+            ttl = 86400
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.api_keys[0].role, Role::Client);
+        assert_eq!(c.queues["report"].timeout, 60.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("lisen = \"x\"").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[queues.a]\nexecutr = \"pull\"").unwrap_err();
+        assert!(e.contains("executr"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win_and_demo_is_added() {
+        let mut c = Config::from_toml("listen = \"127.0.0.1:1\"").unwrap();
+        c.apply(Overrides {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Overrides::default()
+        });
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.queues["demo"].executor, Executor::Demo);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        for (toml, needle) in [
+            ("[queues.a]\nmax_attempts = 0", "max_attempts"),
+            ("[queues.\"a b\"]", "queue name"),
+            ("[[api_keys]]\nkey = \"short\"\ntenant = \"t\"\nrole = \"client\"", "shorter"),
+            ("[[api_keys]]\nkey = \"long-enough\"\ntenant = \"*\"\nrole = \"client\"", "tenant \"*\""),
+        ] {
+            let mut c = Config::from_toml(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{toml}: {e}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! `/v1/jobs`: submit, poll (with long polling), result, cancel, delete,
+//! list (API.md §1).
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use replyd_core::JobState;
+use replyd_core::job::{Command, JobRecord};
+use replyd_core::store::{ListQuery, Submitted};
+use replyd_proto as proto;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{AppState, IfNoneMatch, body, etag, job_id, parse_json, prefer_wait, query};
+use crate::app::{Submission, domain_state};
+use crate::auth::{Action, Caller};
+use crate::error::{ApiError, ApiResult};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(status).delete(delete))
+        .route("/v1/jobs/{id}/result", get(result))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+}
+
+/// The `access_token` query parameter: a job token, for clients that cannot
+/// set headers (a browser's EventSource, a link).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenParam {
+    pub access_token: Option<String>,
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response()
+}
+
+fn set(res: &mut Response, name: header::HeaderName, value: impl AsRef<str>) {
+    if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+        res.headers_mut().insert(name, v);
+    }
+}
+
+/// An Idempotency-Key: a plain token or a quoted string, 1-255 visible
+/// ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .ok()
+        .map(|s| s.trim())
+        .map(|s| s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s))
+        .filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        })?;
+    Ok(Some(s.to_string()))
+}
+
+/// Submit a job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = proto::SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the same job"),
+           ("Prefer" = Option<String>, Header, description = "wait=N: answer 200 with the result if done within N s")),
+    responses(
+        (status = 202, description = "Accepted; durable", body = proto::Job),
+        (status = 200, description = "Done within Prefer: wait; the body is the result"),
+        (status = 400, description = "Malformed request", body = proto::Problem),
+        (status = 404, description = "Unknown queue", body = proto::Problem),
+        (status = 409, description = "The same Idempotency-Key is in flight", body = proto::Problem),
+        (status = 413, description = "Body too large", body = proto::Problem),
+        (status = 422, description = "Idempotency-Key reused with another body", body = proto::Problem)))]
+pub async fn submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = app.auth.identify(&headers, None, None)?;
+    caller.check(Action::Submit, None)?;
+    let tenant = caller.tenant().cloned().ok_or_else(|| {
+        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
+    })?;
+    let bytes = body(raw, app.config.limits.max_body)?;
+    let value: serde_json::Value = parse_json(&headers, &bytes)?;
+    let request: proto::SubmitRequest = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
+    let wait = prefer_wait(&headers)?;
+    let key = idempotency_key(&headers)?;
+    // serde_json's maps are sorted: this digest ignores key order and spacing.
+    let canonical = serde_json::to_vec(&value).unwrap_or_default();
+    let request_hash = hex::encode(Sha256::digest(&canonical));
+    let submitted = app
+        .submit(Submission {
+            tenant,
+            request,
+            idempotency_key: key,
+            request_hash,
+        })
+        .await?;
+    let replayed = matches!(submitted, Submitted::Existing(_));
+    let mut job = match submitted {
+        Submitted::Created(j) | Submitted::Existing(j) => j,
+    };
+    if let Some(w) = wait {
+        job = app.wait_for(job, w, |j| j.state.is_terminal()).await?;
+        if job.state == JobState::Succeeded {
+            let mut res = result_body(&app, &job).await?;
+            set(&mut res, header::CONTENT_LOCATION, format!("/v1/jobs/{}/result", job.id));
+            set(&mut res, header::HeaderName::from_static("preference-applied"), format!("wait={}", w.as_secs()));
+            return Ok(res);
+        }
+    }
+    let mut res = json_response(StatusCode::ACCEPTED, &app.render(&job));
+    set(&mut res, header::LOCATION, format!("/v1/jobs/{}", job.id));
+    set(&mut res, header::RETRY_AFTER, app.retry_after(&job).to_string());
+    set(&mut res, header::ETAG, etag(job.version));
+    if replayed {
+        set(&mut res, header::HeaderName::from_static("idempotent-replayed"), "true");
+    }
+    Ok(res)
+}
+
+/// Identifies the caller of a route about one job.
+fn caller_for(app: &AppState, headers: &HeaderMap, token: &TokenParam, id: replyd_core::JobId) -> ApiResult<Caller> {
+    app.auth.identify(headers, token.access_token.as_deref(), Some(id))
+}
+
+/// The job's status: 202 while it runs, 303 to the result, 200 when it
+/// failed or was canceled.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path), ("access_token" = Option<String>, Query, description = "A job token"),
+           ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N: long poll")),
+    responses(
+        (status = 202, description = "Queued or running", body = proto::Job),
+        (status = 303, description = "Succeeded; see the result", body = proto::Job),
+        (status = 200, description = "Failed or canceled", body = proto::Job),
+        (status = 304, description = "Unchanged"),
+        (status = 404, description = "Unknown job", body = proto::Problem),
+        (status = 410, description = "Expired", body = proto::Problem)))]
+pub async fn status(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    q: Result<Query<TokenParam>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let token = query(q)?;
+    let caller = caller_for(&app, &headers, &token, id)?;
+    let mut job = app.job_for(&caller, Action::Read, id).await?;
+    let inm = IfNoneMatch::parse(&headers);
+    let wait = prefer_wait(&headers)?;
+    if let Some(w) = wait {
+        job = match &inm {
+            Some(m) => {
+                let seen = job.version;
+                let m_matches = m.matches(seen);
+                app.wait_for(job, w, move |j| !m_matches || j.version != seen).await?
+            }
+            None => app.wait_for(job, w, |j| j.state.is_terminal()).await?,
+        };
+    }
+    let mut res = if inm.as_ref().is_some_and(|m| m.matches(job.version)) {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if !job.state.is_terminal() {
+            set(&mut r, header::RETRY_AFTER, app.retry_after(&job).to_string());
+        }
+        r
+    } else {
+        status_response(&app, &job, token.access_token.as_deref())
+    };
+    set(&mut res, header::ETAG, etag(job.version));
+    if let Some(w) = wait {
+        set(&mut res, header::HeaderName::from_static("preference-applied"), format!("wait={}", w.as_secs()));
+    }
+    Ok(res)
+}
+
+fn status_response(app: &AppState, job: &JobRecord, query_token: Option<&str>) -> Response {
+    let view = app.render(job);
+    match job.state {
+        JobState::Queued | JobState::Running => {
+            let mut r = json_response(StatusCode::ACCEPTED, &view);
+            set(&mut r, header::RETRY_AFTER, app.retry_after(job).to_string());
+            r
+        }
+        JobState::Succeeded => {
+            let mut r = json_response(StatusCode::SEE_OTHER, &view);
+            // A caller who came with ?access_token= keeps it across the redirect.
+            let location = match query_token {
+                Some(_) => view.links.result.clone(),
+                None => format!("/v1/jobs/{}/result", job.id),
+            };
+            set(&mut r, header::LOCATION, location);
+            r
+        }
+        JobState::Failed | JobState::Canceled => json_response(StatusCode::OK, &view),
+    }
+}
+
+/// The body of a succeeded job's result, with the worker's content type.
+async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
+    let out = app
+        .store
+        .output(job.id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::GONE, "job-expired", "the result is gone"))?;
+    let mut res = (StatusCode::OK, out.body).into_response();
+    set(&mut res, header::CONTENT_TYPE, &out.content_type);
+    Ok(res)
+}
+
+/// The result of a succeeded job.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = String, Path), ("access_token" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "The result, with the content type the worker gave it"),
+        (status = 409, description = "Not finished, failed or canceled", body = proto::Problem),
+        (status = 410, description = "Expired", body = proto::Problem),
+        (status = 404, description = "Unknown job", body = proto::Problem)))]
+pub async fn result(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    q: Result<Query<TokenParam>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let token = query(q)?;
+    let caller = caller_for(&app, &headers, &token, id)?;
+    let job = app.job_for(&caller, Action::Read, id).await?;
+    if job.state != JobState::Succeeded {
+        let detail = match job.state {
+            JobState::Failed | JobState::Canceled => format!(
+                "the job is {}, so it has no result; see its error at /v1/jobs/{id}",
+                job.state.as_str()
+            ),
+            s => format!("the job is {} and has no result yet", s.as_str()),
+        };
+        return Err(ApiError::conflict("no-result", detail));
+    }
+    result_body(&app, &job).await
+}
+
+/// Cancel a job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path), ("access_token" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "Canceled (it was queued)", body = proto::Job),
+        (status = 202, description = "Cancel requested; the worker stops at its next heartbeat", body = proto::Job),
+        (status = 409, description = "Already finished", body = proto::Problem),
+        (status = 404, description = "Unknown job", body = proto::Problem)))]
+pub async fn cancel(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    q: Result<Query<TokenParam>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let token = query(q)?;
+    let caller = caller_for(&app, &headers, &token, id)?;
+    app.job_for(&caller, Action::Cancel, id).await?;
+    let job = app.store.apply(id, Command::Cancel, None, app.now()).await?;
+    let status = if job.state.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(json_response(status, &app.render(&job)))
+}
+
+/// Delete a finished job and its result.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "Not finished", body = proto::Problem),
+        (status = 404, description = "Unknown job", body = proto::Problem)))]
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let caller = app.auth.identify(&headers, None, Some(id))?;
+    if let Caller::JobToken(_) = caller {
+        return Err(ApiError::forbidden("a job token cannot delete its job"));
+    }
+    app.job_for(&caller, Action::Cancel, id).await?;
+    app.store.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    queue: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// List the caller's jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(("queue" = Option<String>, Query), ("state" = Option<String>, Query),
+           ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = proto::JobList), (status = 400, body = proto::Problem)))]
+pub async fn list(
+    State(app): State<AppState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let p = query(q)?;
+    let caller = app.auth.identify(&headers, None, None)?;
+    caller.check(Action::Read, None)?;
+    if let Caller::JobToken(_) = caller {
+        return Err(ApiError::forbidden("a job token grants access to its own job only"));
+    }
+    let state = match p.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            proto::JobState::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .map(domain_state)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "state must be one of queued, running, succeeded, failed, canceled; got {s:?}"
+                    ))
+                })?,
+        ),
+    };
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let before = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse().map_err(|_| ApiError::bad_request("malformed cursor"))?),
+    };
+    let jobs = app
+        .store
+        .list(ListQuery {
+            tenant: caller.tenant().cloned(),
+            queue: p.queue,
+            state,
+            before,
+            limit,
+        })
+        .await?;
+    let now = app.now();
+    let next_cursor = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    let list = proto::JobList {
+        jobs: jobs
+            .iter()
+            .filter(|j| !j.is_expired(now))
+            .map(|j| app.render(j))
+            .collect(),
+        next_cursor,
+    };
+    Ok(json_response(StatusCode::OK, &list))
+}

@@ -1,0 +1,188 @@
+//! The HTTP surface: one file per resource, each with its handlers and its
+//! `router()`, and here what they share: request parsing that turns every
+//! bad input into a precise problem, `Prefer` and `If-None-Match` parsing,
+//! and the middleware (metrics, panics, body limits).
+
+pub mod jobs;
+pub mod ops;
+pub mod workers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use replyd_core::JobId;
+use serde::de::DeserializeOwned;
+
+use crate::app::{App, MAX_WAIT};
+use crate::error::{ApiError, ApiResult};
+
+pub type AppState = Arc<App>;
+
+/// The whole HTTP API.
+pub fn router(app: AppState) -> Router {
+    let limits = app.config.limits.clone();
+    Router::new()
+        .merge(jobs::router())
+        .merge(workers::router(limits.max_result))
+        .merge(ops::router())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(axum::middleware::from_fn(observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred; it has been logged",
+                )
+                .into_response()
+            },
+        ))
+        .with_state(app)
+}
+
+/// Records the request latency histogram by route (never by raw URI, which
+/// may carry a job token).
+async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let res = next.run(req).await;
+    metrics::histogram!(
+        "replyd_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route,
+        "status" => res.status().as_u16().to_string(),
+    )
+    .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// A job id from a path. A malformed id is a job that does not exist: 404.
+pub fn job_id(raw: &str) -> ApiResult<JobId> {
+    raw.parse().map_err(|_| ApiError::job_not_found())
+}
+
+/// The body, or 413 past the limit.
+pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// Whether the request says its body is JSON. A missing Content-Type is
+/// taken as JSON (curl -d sends a form type; that is refused with a hint).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(v)) => {
+            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        }
+        Some(Err(_)) => false,
+    }
+}
+
+/// Parses a JSON body into `T`; the problem names what is wrong and where.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<T> {
+    if !is_json(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_json("the request body is empty; expected a JSON object"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::bad_request(format!("invalid request: {e}")),
+            _ => ApiError::invalid_json(format!("malformed JSON: {e}")),
+        }
+    })
+}
+
+/// Query parameters, or 400 naming the bad one.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+/// `Prefer: wait=N` (RFC 7240), capped at 60 s. Other preferences are
+/// ignored; a malformed wait is 400.
+pub fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
+    for value in headers.get_all("prefer") {
+        let Ok(v) = value.to_str() else { continue };
+        for pref in v.split([',', ';']) {
+            let mut kv = pref.splitn(2, '=');
+            let name = kv.next().unwrap_or("").trim();
+            if !name.eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let raw = kv.next().unwrap_or("").trim().trim_matches('"');
+            let secs: f64 = raw
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| {
+                    ApiError::bad_request("Prefer: wait must be a non-negative number of seconds")
+                })?;
+            return Ok(Some(Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64()))));
+        }
+    }
+    Ok(None)
+}
+
+/// The version an `If-None-Match` names (`"7"`, `W/"7"`), if any. `*`
+/// matches every version.
+pub enum IfNoneMatch {
+    Any,
+    Versions(Vec<u64>),
+}
+
+impl IfNoneMatch {
+    pub fn parse(headers: &HeaderMap) -> Option<IfNoneMatch> {
+        let raw = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+        if raw.trim() == "*" {
+            return Some(IfNoneMatch::Any);
+        }
+        let versions = raw
+            .split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                let t = t.strip_prefix("W/").unwrap_or(t);
+                t.trim_matches('"').parse().ok()
+            })
+            .collect();
+        Some(IfNoneMatch::Versions(versions))
+    }
+
+    pub fn matches(&self, version: u64) -> bool {
+        match self {
+            IfNoneMatch::Any => true,
+            IfNoneMatch::Versions(v) => v.contains(&version),
+        }
+    }
+}
+
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}

@@ -1,0 +1,108 @@
+//! Operations: liveness, readiness, Prometheus metrics, the OpenAPI document.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use replyd_core::JobState;
+use utoipa::OpenApi;
+
+use super::AppState;
+use crate::auth::Action;
+use crate::error::{ApiError, ApiResult};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+pub async fn healthz() -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+}
+
+/// The server can serve: its database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200), (status = 503, body = replyd_proto::Problem)))]
+pub async fn readyz(State(app): State<AppState>) -> ApiResult<Response> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    app.store.ping().await?;
+    Ok(healthz().await)
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade is global;
+/// every server in a process shares it).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only job counts");
+        }
+        handle
+    })
+}
+
+/// Prometheus metrics: jobs by queue and state and queue depth (read from
+/// the database, so every node reports the whole cluster), and request
+/// latency. Needs an admin key when keys are configured.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    app.auth.identify(&headers, None, None)?.check(Action::Operate, None)?;
+    let counts = app.store.counts().await?;
+    let mut out = String::new();
+    out.push_str("# HELP replyd_jobs Jobs by queue and state.\n# TYPE replyd_jobs gauge\n");
+    for q in app.config.queues.keys() {
+        for st in JobState::ALL {
+            let n = counts
+                .iter()
+                .find(|c| &c.queue == q && c.state == st)
+                .map_or(0, |c| c.count);
+            out.push_str(&format!("replyd_jobs{{queue=\"{q}\",state=\"{}\"}} {n}\n", st.as_str()));
+        }
+    }
+    out.push_str("# HELP replyd_queue_depth Jobs waiting to run, by queue.\n# TYPE replyd_queue_depth gauge\n");
+    for q in app.config.queues.keys() {
+        let n = counts
+            .iter()
+            .find(|c| &c.queue == q && c.state == JobState::Queued)
+            .map_or(0, |c| c.count);
+        out.push_str(&format!("replyd_queue_depth{{queue=\"{q}\"}} {n}\n"));
+    }
+    out.push_str(&prometheus().render());
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response())
+}
+
+/// The OpenAPI document, generated from the handlers and wire types.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200)))]
+pub async fn openapi() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}

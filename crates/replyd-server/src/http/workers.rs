@@ -1,0 +1,329 @@
+//! The worker API (API.md §5): lease with long polling, heartbeat, progress,
+//! complete (JSON or a raw body), fail. Every call after the lease carries
+//! the lease id: a stale one is 409 (fencing).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use replyd_core::job::{Command, JobError, JobRecord, Progress};
+use replyd_core::store::{JobOutput, LeaseQuery, Leased};
+use replyd_core::LeaseId;
+use replyd_proto as proto;
+use serde::Deserialize;
+
+use super::{AppState, body, is_json, job_id, parse_json, query};
+use crate::app::App;
+use crate::auth::{Action, Caller};
+use crate::config::{Executor, secs};
+use crate::error::{ApiError, ApiResult};
+
+/// The most jobs one lease call hands out.
+pub const MAX_BATCH: u32 = 100;
+
+pub fn router(max_result: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/queues/{queue}/lease", post(lease))
+        .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
+        .route("/v1/jobs/{id}/progress", post(progress))
+        .route(
+            "/v1/jobs/{id}/complete",
+            post(complete).layer(DefaultBodyLimit::max(max_result)),
+        )
+        .route("/v1/jobs/{id}/fail", post(fail))
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn worker(app: &App, headers: &HeaderMap) -> ApiResult<Caller> {
+    let caller = app.auth.identify(headers, None, None)?;
+    caller.check(Action::Work, None)?;
+    Ok(caller)
+}
+
+/// A duration in seconds from a request, checked against a range.
+fn seconds(name: &str, v: Option<f64>, default: Duration, max: f64) -> ApiResult<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s >= 0.0 && s <= max => Ok(secs(s)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be a number of seconds between 0 and {max}"
+        ))),
+    }
+}
+
+/// The job as a worker receives it: the representation plus its input.
+pub fn leased_view(app: &App, l: &Leased) -> proto::Lease {
+    let mut job = app.render(&l.job);
+    job.input = Some(serde_json::from_slice(&l.input).unwrap_or(serde_json::Value::Null));
+    proto::Lease {
+        job,
+        lease_id: l.lease_id.0.clone(),
+        lease_expires_at: l
+            .job
+            .lease
+            .as_ref()
+            .map(|x| x.expires_at)
+            .unwrap_or(l.job.updated_at),
+    }
+}
+
+/// Lease the oldest ready job(s) of a queue.
+#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers",
+    params(("queue" = String, Path)),
+    request_body = proto::LeaseRequest,
+    responses(
+        (status = 200, description = "A job (or, with `batch`, a LeaseBatch)", body = proto::Lease),
+        (status = 204, description = "Nothing to do within `wait`"),
+        (status = 404, description = "Unknown queue", body = proto::Problem),
+        (status = 409, description = "The queue is not served by pull workers", body = proto::Problem)))]
+pub async fn lease(
+    State(app): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = worker(&app, &headers)?;
+    let bytes = body(raw, app.config.limits.max_body)?;
+    let req: proto::LeaseRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        proto::LeaseRequest::default()
+    } else {
+        parse_json(&headers, &bytes)?
+    };
+    let q = app.config.queues.get(&queue).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown-queue", format!("no queue named {queue:?} is configured"))
+    })?;
+    if q.executor != Executor::Pull {
+        return Err(ApiError::conflict(
+            "not-a-pull-queue",
+            format!("queue {queue:?} is run by its built-in executor, not by pull workers"),
+        ));
+    }
+    let length = seconds("lease", req.lease, secs(q.timeout.min(30.0)), 3600.0)?.max(Duration::from_secs(1));
+    let wait = seconds("wait", req.wait, Duration::ZERO, 60.0)?;
+    let max = req.batch.unwrap_or(1);
+    if !(1..=MAX_BATCH).contains(&max) {
+        return Err(ApiError::bad_request(format!("batch must be between 1 and {MAX_BATCH}")));
+    }
+    let worker_name = req.worker.unwrap_or_else(|| "anonymous".into());
+    if worker_name.len() > 200 {
+        return Err(ApiError::bad_request("worker must be at most 200 characters"));
+    }
+    let leased = app
+        .lease(
+            LeaseQuery {
+                queue,
+                tenant: caller.tenant().cloned(),
+                worker: worker_name,
+                length,
+                max,
+            },
+            wait,
+        )
+        .await?;
+    if leased.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let views: Vec<proto::Lease> = leased.iter().map(|l| leased_view(&app, l)).collect();
+    Ok(match req.batch {
+        Some(_) => json(StatusCode::OK, &proto::LeaseBatch { leases: views }),
+        None => json(StatusCode::OK, &views[0]),
+    })
+}
+
+fn lease_status(job: &JobRecord) -> proto::LeaseStatus {
+    proto::LeaseStatus {
+        cancel_requested: job.cancel_requested,
+        lease_expires_at: job
+            .lease
+            .as_ref()
+            .map(|l| l.expires_at)
+            .unwrap_or(job.updated_at),
+    }
+}
+
+/// Extend a lease; learn whether the job was canceled.
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "workers",
+    params(("id" = String, Path)), request_body = proto::HeartbeatRequest,
+    responses((status = 200, body = proto::LeaseStatus),
+              (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    raw_body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let caller = worker(&app, &headers)?;
+    let req: proto::HeartbeatRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let length = match req.lease {
+        None => None,
+        Some(_) => Some(seconds("lease", req.lease, Duration::ZERO, 3600.0)?.max(Duration::from_secs(1))),
+    };
+    let cmd = Command::Heartbeat {
+        lease_id: LeaseId(req.lease_id),
+        length,
+    };
+    let job = app.worker_apply(&caller, id, cmd, None).await?;
+    Ok(json(StatusCode::OK, &lease_status(&job)))
+}
+
+/// Report progress (also extends the lease).
+#[utoipa::path(post, path = "/v1/jobs/{id}/progress", tag = "workers",
+    params(("id" = String, Path)), request_body = proto::ProgressRequest,
+    responses((status = 200, body = proto::LeaseStatus),
+              (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
+pub async fn progress(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    raw_body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let caller = worker(&app, &headers)?;
+    let req: proto::ProgressRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    if let Some(p) = req.percent
+        && !(p.is_finite() && (0.0..=100.0).contains(&p))
+    {
+        return Err(ApiError::bad_request("percent must be between 0 and 100"));
+    }
+    if req.message.as_ref().is_some_and(|m| m.len() > 4096) {
+        return Err(ApiError::bad_request("message must be at most 4096 bytes"));
+    }
+    let cmd = Command::Progress {
+        lease_id: LeaseId(req.lease_id),
+        progress: Progress {
+            percent: req.percent,
+            message: req.message,
+        },
+    };
+    let job = app.worker_apply(&caller, id, cmd, None).await?;
+    Ok(json(StatusCode::OK, &lease_status(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawParams {
+    lease_id: Option<String>,
+}
+
+/// Deliver the result: `{"lease_id", "result"}` as JSON, or any other
+/// content type as the raw result with the lease id in the
+/// `Replyd-Lease-Id` header or `?lease_id=`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/complete", tag = "workers",
+    params(("id" = String, Path), ("lease_id" = Option<String>, Query, description = "For a raw result"),
+           ("Replyd-Lease-Id" = Option<String>, Header, description = "For a raw result")),
+    request_body = proto::CompleteRequest,
+    responses((status = 200, body = proto::Job),
+              (status = 409, description = "Stale lease, or the job was canceled", body = proto::Problem),
+              (status = 413, description = "Result too large", body = proto::Problem)))]
+pub async fn complete(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    q: Result<Query<RawParams>, QueryRejection>,
+    headers: HeaderMap,
+    raw_body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let caller = worker(&app, &headers)?;
+    let bytes = body(raw_body, app.config.limits.max_result)?;
+    let (lease_id, output) = if is_json(&headers) {
+        let req: proto::CompleteRequest = parse_json(&headers, &bytes)?;
+        let body = serde_json::to_vec(&req.result).unwrap_or_default();
+        (
+            req.lease_id,
+            JobOutput {
+                content_type: "application/json".into(),
+                body: body.into(),
+            },
+        )
+    } else {
+        let params = query(q)?;
+        let from_header = headers
+            .get(proto::LEASE_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let lease_id = from_header.or(params.lease_id).ok_or_else(|| {
+            ApiError::bad_request(
+                "a raw result needs its lease id in the Replyd-Lease-Id header or ?lease_id=",
+            )
+        })?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 255)
+            .ok_or_else(|| ApiError::bad_request("malformed Content-Type"))?
+            .to_string();
+        (
+            lease_id,
+            JobOutput {
+                content_type,
+                body: bytes,
+            },
+        )
+    };
+    let cmd = Command::Complete {
+        lease_id: LeaseId(lease_id),
+    };
+    let job = app.worker_apply(&caller, id, cmd, Some(output)).await?;
+    Ok(json(StatusCode::OK, &app.render(&job)))
+}
+
+/// Give up on the attempt, asking for a retry or not.
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "workers",
+    params(("id" = String, Path)), request_body = proto::FailRequest,
+    responses((status = 200, body = proto::Job),
+              (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
+pub async fn fail(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    raw_body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let id = job_id(&raw)?;
+    let caller = worker(&app, &headers)?;
+    let req: proto::FailRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let error = match req.error {
+        proto::FailReason::Message(m) => JobError::new("worker_error", m),
+        proto::FailReason::Error { code, message } => {
+            JobError::new(code.as_deref().unwrap_or("worker_error"), message)
+        }
+    };
+    if error.code.len() > 100 || error.message.len() > 8192 {
+        return Err(ApiError::bad_request("error.code must be at most 100 bytes and error.message 8192"));
+    }
+    let cmd = Command::Fail {
+        lease_id: LeaseId(req.lease_id),
+        error,
+        retry: req.retry,
+    };
+    let job = app.worker_apply(&caller, id, cmd, None).await?;
+    Ok(json(StatusCode::OK, &app.render(&job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_range_checked() {
+        assert!(seconds("x", Some(-1.0), Duration::ZERO, 10.0).is_err());
+        assert!(seconds("x", Some(f64::NAN), Duration::ZERO, 10.0).is_err());
+        assert!(seconds("x", Some(11.0), Duration::ZERO, 10.0).is_err());
+        assert_eq!(
+            seconds("x", Some(2.5), Duration::ZERO, 10.0).unwrap(),
+            Duration::from_millis(2500)
+        );
+    }
+}
