@@ -68,17 +68,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The request could not be made or its answer not read (connection
     /// refused, timeout, TLS, ...).
-    #[error("request to replyd failed: {0}")]
+    #[error("request to replyd failed")]
     Http(#[from] reqwest::Error),
     /// The server answered 4xx or 5xx. `problem` is its RFC 9457 body, or one
     /// made up from the status and the body text when the body is not a problem.
-    #[error("replyd answered {status}: {problem}")]
+    #[error("{problem}")]
     Api { status: u16, problem: Problem },
     /// The server answered a status this call does not expect.
     #[error("unexpected answer from replyd ({status}): {body}")]
     Unexpected { status: u16, body: String },
     /// A success answer whose body is not what the contract says.
-    #[error("could not decode replyd's {status} answer: {source}")]
+    #[error("could not decode replyd's {status} answer")]
     Decode {
         status: u16,
         #[source]

@@ -37,15 +37,17 @@ impl Clock {
         }
     }
 
+    /// Now, to the millisecond (what the stores keep and the API shows).
     pub fn now(&self) -> DateTime<Utc> {
-        match self.kind {
+        let now = match self.kind {
             Kind::System => Utc::now(),
             Kind::Tokio { base, start } => {
                 let elapsed =
                     chrono::Duration::from_std(start.elapsed()).unwrap_or(chrono::Duration::MAX);
                 base + elapsed
             }
-        }
+        };
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 }
 

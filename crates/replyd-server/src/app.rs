@@ -147,8 +147,17 @@ impl App {
 
     /// Loads a job the caller may act on. Missing, another tenant's, and
     /// purged jobs are 404; an expired one is 410.
-    pub async fn job_for(&self, caller: &Caller, action: Action, id: JobId) -> ApiResult<JobRecord> {
-        let job = self.store.get(id).await?.ok_or_else(ApiError::job_not_found)?;
+    pub async fn job_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        id: JobId,
+    ) -> ApiResult<JobRecord> {
+        let job = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(ApiError::job_not_found)?;
         caller.check(action, Some((id, &job.tenant)))?;
         if job.is_expired(self.now()) {
             return Err(ApiError::new(
@@ -235,7 +244,11 @@ impl App {
         cmd: Command,
         output: Option<JobOutput>,
     ) -> ApiResult<JobRecord> {
-        let job = self.store.get(id).await?.ok_or_else(ApiError::job_not_found)?;
+        let job = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(ApiError::job_not_found)?;
         caller.check(Action::Work, Some((id, &job.tenant)))?;
         Ok(self.store.apply(id, cmd, output, self.now()).await?)
     }

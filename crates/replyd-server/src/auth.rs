@@ -62,7 +62,9 @@ impl Caller {
             Caller::JobToken(id) => match (action, job) {
                 (Action::Read | Action::Cancel, Some((job_id, _))) if job_id == *id => Ok(()),
                 (Action::Read | Action::Cancel, Some(_)) => Err(ApiError::job_not_found()),
-                _ => Err(ApiError::forbidden("a job token grants access to its own job only")),
+                _ => Err(ApiError::forbidden(
+                    "a job token grants access to its own job only",
+                )),
             },
             Caller::Key { tenant, role } => {
                 let allowed = match role {
@@ -258,7 +260,9 @@ mod tests {
         assert!(w.check(Action::Work, Some((id, &tb))).is_ok());
         assert_eq!(w.check(Action::Submit, None).unwrap_err().status, 403);
         assert_eq!(
-            a.identify(&bearer("nope-nope"), None, None).unwrap_err().status,
+            a.identify(&bearer("nope-nope"), None, None)
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(
@@ -279,11 +283,16 @@ mod tests {
         let token = a.job_token(id);
         assert!(token.starts_with("jt_") && token.len() > 30);
         let t = Tenant("a".into());
-        let c = a.identify(&HeaderMap::new(), Some(&token), Some(id)).unwrap();
+        let c = a
+            .identify(&HeaderMap::new(), Some(&token), Some(id))
+            .unwrap();
         assert!(c.check(Action::Read, Some((id, &t))).is_ok());
         assert!(c.check(Action::Cancel, Some((id, &t))).is_ok());
         assert_eq!(c.check(Action::Submit, None).unwrap_err().status, 403);
-        assert_eq!(c.check(Action::Work, Some((id, &t))).unwrap_err().status, 403);
+        assert_eq!(
+            c.check(Action::Work, Some((id, &t))).unwrap_err().status,
+            403
+        );
         // The same token presented for another job is refused as not found.
         let e = a.identify(&bearer(&token), None, Some(other)).unwrap_err();
         assert_eq!(e.status, 404);

@@ -212,12 +212,16 @@ impl Config {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.storage.postgres_url.is_some() {
-            return bad("PostgreSQL storage is not available in this version; use [storage] sqlite".into());
+            return bad(
+                "PostgreSQL storage is not available in this version; use [storage] sqlite".into(),
+            );
         }
-        self.queues.entry("demo".into()).or_insert_with(|| QueueConfig {
-            executor: Executor::Demo,
-            ..QueueConfig::default()
-        });
+        self.queues
+            .entry("demo".into())
+            .or_insert_with(|| QueueConfig {
+                executor: Executor::Demo,
+                ..QueueConfig::default()
+            });
         for (name, q) in &self.queues {
             if !valid_queue_name(name) {
                 return bad(format!(
@@ -228,10 +232,14 @@ impl Config {
                 return bad(format!("queues.{name}.max_attempts must be at least 1"));
             }
             if !(q.timeout > 0.0 && q.timeout <= 7.0 * 86_400.0) {
-                return bad(format!("queues.{name}.timeout must be in (0, 604800] seconds"));
+                return bad(format!(
+                    "queues.{name}.timeout must be in (0, 604800] seconds"
+                ));
             }
             if !(q.ttl >= 0.0 && q.ttl <= self.limits.max_ttl) {
-                return bad(format!("queues.{name}.ttl must be in [0, limits.max_ttl] seconds"));
+                return bad(format!(
+                    "queues.{name}.ttl must be in [0, limits.max_ttl] seconds"
+                ));
             }
             if q.concurrency == 0 {
                 return bad(format!("queues.{name}.concurrency must be at least 1"));
@@ -342,8 +350,14 @@ mod tests {
         for (toml, needle) in [
             ("[queues.a]\nmax_attempts = 0", "max_attempts"),
             ("[queues.\"a b\"]", "queue name"),
-            ("[[api_keys]]\nkey = \"short\"\ntenant = \"t\"\nrole = \"client\"", "shorter"),
-            ("[[api_keys]]\nkey = \"long-enough\"\ntenant = \"*\"\nrole = \"client\"", "tenant \"*\""),
+            (
+                "[[api_keys]]\nkey = \"short\"\ntenant = \"t\"\nrole = \"client\"",
+                "shorter",
+            ),
+            (
+                "[[api_keys]]\nkey = \"long-enough\"\ntenant = \"*\"\nrole = \"client\"",
+                "tenant \"*\"",
+            ),
         ] {
             let mut c = Config::from_toml(toml).unwrap();
             let e = c.validate().unwrap_err().to_string();

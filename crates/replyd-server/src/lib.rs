@@ -79,7 +79,11 @@ impl Server {
         tasks.spawn(tasks::garbage_collector(app.clone()));
         for (name, q) in &app.config.queues {
             if q.executor == Executor::Demo {
-                tasks.spawn(executors::demo::run(app.clone(), name.clone(), q.concurrency));
+                tasks.spawn(executors::demo::run(
+                    app.clone(),
+                    name.clone(),
+                    q.concurrency,
+                ));
             }
         }
         Ok(Server { app, tasks })

@@ -1,1 +1,152 @@
-fn main() {}
+//! `replyd`: one binary for the server (`serve`, `migrate`), the client
+//! commands (`submit`, `status`, `result`, `cancel`, `wait`, `worker`) and
+//! the benchmarks (`bench`). It only parses arguments, sets up logging and
+//! calls library functions.
+
+mod bench;
+mod cli;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use replyd_server::config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "replyd",
+    version,
+    about = "Asynchronous Request-Reply: 202 now, the result later, by any channel."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServerArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(ServerArgs),
+    /// Run the benchmarks and print figures against same-run baselines.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// The configuration file (TOML).
+    #[arg(long, env = "REPLYD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8202].
+    #[arg(long, env = "REPLYD_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The SQLite database file [default: ./replyd.db].
+    #[arg(long, env = "REPLYD_DB", value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// A PostgreSQL URL instead of SQLite.
+    #[arg(
+        long,
+        env = "REPLYD_DATABASE_URL",
+        value_name = "URL",
+        conflicts_with = "db"
+    )]
+    database_url: Option<String>,
+    /// Allow a non-loopback listen address with no API keys.
+    #[arg(long, env = "REPLYD_INSECURE")]
+    insecure: bool,
+}
+
+impl ServerArgs {
+    fn config(&self) -> Result<Config, replyd_server::config::ConfigError> {
+        Config::load(
+            self.config.as_deref(),
+            Overrides {
+                listen: self.listen,
+                sqlite: self.db.clone(),
+                postgres_url: self.database_url.clone(),
+                insecure: self.insecure.then_some(true),
+            },
+        )
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("replyd: {message}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging("info");
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let listener = match tokio::net::TcpListener::bind(config.listen).await {
+                Ok(l) => l,
+                Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+            };
+            match replyd_server::serve(config, listener, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Migrate(args) => {
+            init_logging("info");
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match replyd_store::SqliteStore::open(&config.storage.sqlite, Default::default()).await
+            {
+                Ok(_) => {
+                    println!("migrations applied to {}", config.storage.sqlite.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            match bench::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
+        Command::Client(cmd) => {
+            init_logging("warn");
+            match cli::run(cmd).await {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
+    }
+}

@@ -39,7 +39,10 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         bytes,
     )
         .into_response()
@@ -61,8 +64,14 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         .to_str()
         .ok()
         .map(|s| s.trim())
-        .map(|s| s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s))
-        .filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .map(|s| {
+            s.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(s)
+        })
+        .filter(|s| {
+            (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
         .ok_or_else(|| {
             ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
         })?;
@@ -117,24 +126,46 @@ pub async fn submit(
         job = app.wait_for(job, w, |j| j.state.is_terminal()).await?;
         if job.state == JobState::Succeeded {
             let mut res = result_body(&app, &job).await?;
-            set(&mut res, header::CONTENT_LOCATION, format!("/v1/jobs/{}/result", job.id));
-            set(&mut res, header::HeaderName::from_static("preference-applied"), format!("wait={}", w.as_secs()));
+            set(
+                &mut res,
+                header::CONTENT_LOCATION,
+                format!("/v1/jobs/{}/result", job.id),
+            );
+            set(
+                &mut res,
+                header::HeaderName::from_static("preference-applied"),
+                format!("wait={}", w.as_secs()),
+            );
             return Ok(res);
         }
     }
     let mut res = json_response(StatusCode::ACCEPTED, &app.render(&job));
     set(&mut res, header::LOCATION, format!("/v1/jobs/{}", job.id));
-    set(&mut res, header::RETRY_AFTER, app.retry_after(&job).to_string());
+    set(
+        &mut res,
+        header::RETRY_AFTER,
+        app.retry_after(&job).to_string(),
+    );
     set(&mut res, header::ETAG, etag(job.version));
     if replayed {
-        set(&mut res, header::HeaderName::from_static("idempotent-replayed"), "true");
+        set(
+            &mut res,
+            header::HeaderName::from_static("idempotent-replayed"),
+            "true",
+        );
     }
     Ok(res)
 }
 
 /// Identifies the caller of a route about one job.
-fn caller_for(app: &AppState, headers: &HeaderMap, token: &TokenParam, id: replyd_core::JobId) -> ApiResult<Caller> {
-    app.auth.identify(headers, token.access_token.as_deref(), Some(id))
+fn caller_for(
+    app: &AppState,
+    headers: &HeaderMap,
+    token: &TokenParam,
+    id: replyd_core::JobId,
+) -> ApiResult<Caller> {
+    app.auth
+        .identify(headers, token.access_token.as_deref(), Some(id))
 }
 
 /// The job's status: 202 while it runs, 303 to the result, 200 when it
@@ -166,7 +197,8 @@ pub async fn status(
             Some(m) => {
                 let seen = job.version;
                 let m_matches = m.matches(seen);
-                app.wait_for(job, w, move |j| !m_matches || j.version != seen).await?
+                app.wait_for(job, w, move |j| !m_matches || j.version != seen)
+                    .await?
             }
             None => app.wait_for(job, w, |j| j.state.is_terminal()).await?,
         };
@@ -174,7 +206,11 @@ pub async fn status(
     let mut res = if inm.as_ref().is_some_and(|m| m.matches(job.version)) {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         if !job.state.is_terminal() {
-            set(&mut r, header::RETRY_AFTER, app.retry_after(&job).to_string());
+            set(
+                &mut r,
+                header::RETRY_AFTER,
+                app.retry_after(&job).to_string(),
+            );
         }
         r
     } else {
@@ -182,7 +218,11 @@ pub async fn status(
     };
     set(&mut res, header::ETAG, etag(job.version));
     if let Some(w) = wait {
-        set(&mut res, header::HeaderName::from_static("preference-applied"), format!("wait={}", w.as_secs()));
+        set(
+            &mut res,
+            header::HeaderName::from_static("preference-applied"),
+            format!("wait={}", w.as_secs()),
+        );
     }
     Ok(res)
 }
@@ -192,7 +232,11 @@ fn status_response(app: &AppState, job: &JobRecord, query_token: Option<&str>) -
     match job.state {
         JobState::Queued | JobState::Running => {
             let mut r = json_response(StatusCode::ACCEPTED, &view);
-            set(&mut r, header::RETRY_AFTER, app.retry_after(job).to_string());
+            set(
+                &mut r,
+                header::RETRY_AFTER,
+                app.retry_after(job).to_string(),
+            );
             r
         }
         JobState::Succeeded => {
@@ -270,7 +314,10 @@ pub async fn cancel(
     let token = query(q)?;
     let caller = caller_for(&app, &headers, &token, id)?;
     app.job_for(&caller, Action::Cancel, id).await?;
-    let job = app.store.apply(id, Command::Cancel, None, app.now()).await?;
+    let job = app
+        .store
+        .apply(id, Command::Cancel, None, app.now())
+        .await?;
     let status = if job.state.is_terminal() {
         StatusCode::OK
     } else {
@@ -325,7 +372,9 @@ pub async fn list(
     let caller = app.auth.identify(&headers, None, None)?;
     caller.check(Action::Read, None)?;
     if let Caller::JobToken(_) = caller {
-        return Err(ApiError::forbidden("a job token grants access to its own job only"));
+        return Err(ApiError::forbidden(
+            "a job token grants access to its own job only",
+        ));
     }
     let state = match p.state.as_deref() {
         None => None,
@@ -347,7 +396,10 @@ pub async fn list(
     }
     let before = match p.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(c.parse().map_err(|_| ApiError::bad_request("malformed cursor"))?),
+        Some(c) => Some(
+            c.parse()
+                .map_err(|_| ApiError::bad_request("malformed cursor"))?,
+        ),
     };
     let jobs = app
         .store

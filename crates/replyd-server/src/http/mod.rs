@@ -92,7 +92,12 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => true,
         Some(Ok(v)) => {
-            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         }
         Some(Err(_)) => false,
@@ -109,7 +114,9 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api
         ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid_json("the request body is empty; expected a JSON object"));
+        return Err(ApiError::invalid_json(
+            "the request body is empty; expected a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
@@ -145,7 +152,9 @@ pub fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
                 .ok_or_else(|| {
                     ApiError::bad_request("Prefer: wait must be a non-negative number of seconds")
                 })?;
-            return Ok(Some(Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64()))));
+            return Ok(Some(Duration::from_secs_f64(
+                secs.min(MAX_WAIT.as_secs_f64()),
+            )));
         }
     }
     Ok(None)

@@ -26,7 +26,12 @@ pub fn router() -> Router<AppState> {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
 pub async fn healthz() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
 }
 
 /// The server can serve: its database answers.
@@ -54,7 +59,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics shows only job counts");
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only job counts"
+            );
         }
         handle
     })
@@ -66,7 +73,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    app.auth.identify(&headers, None, None)?.check(Action::Operate, None)?;
+    app.auth
+        .identify(&headers, None, None)?
+        .check(Action::Operate, None)?;
     let counts = app.store.counts().await?;
     let mut out = String::new();
     out.push_str("# HELP replyd_jobs Jobs by queue and state.\n# TYPE replyd_jobs gauge\n");
@@ -76,7 +85,10 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
                 .iter()
                 .find(|c| &c.queue == q && c.state == st)
                 .map_or(0, |c| c.count);
-            out.push_str(&format!("replyd_jobs{{queue=\"{q}\",state=\"{}\"}} {n}\n", st.as_str()));
+            out.push_str(&format!(
+                "replyd_jobs{{queue=\"{q}\",state=\"{}\"}} {n}\n",
+                st.as_str()
+            ));
         }
     }
     out.push_str("# HELP replyd_queue_depth Jobs waiting to run, by queue.\n# TYPE replyd_queue_depth gauge\n");
@@ -102,7 +114,9 @@ pub async fn openapi() -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+        crate::openapi::ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_default(),
     )
         .into_response()
 }

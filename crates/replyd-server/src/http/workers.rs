@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use replyd_core::LeaseId;
 use replyd_core::job::{Command, JobError, JobRecord, Progress};
 use replyd_core::store::{JobOutput, LeaseQuery, Leased};
-use replyd_core::LeaseId;
 use replyd_proto as proto;
 use serde::Deserialize;
 
@@ -103,7 +103,11 @@ pub async fn lease(
         parse_json(&headers, &bytes)?
     };
     let q = app.config.queues.get(&queue).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "unknown-queue", format!("no queue named {queue:?} is configured"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-queue",
+            format!("no queue named {queue:?} is configured"),
+        )
     })?;
     if q.executor != Executor::Pull {
         return Err(ApiError::conflict(
@@ -111,15 +115,20 @@ pub async fn lease(
             format!("queue {queue:?} is run by its built-in executor, not by pull workers"),
         ));
     }
-    let length = seconds("lease", req.lease, secs(q.timeout.min(30.0)), 3600.0)?.max(Duration::from_secs(1));
+    let length =
+        seconds("lease", req.lease, secs(q.timeout.min(30.0)), 3600.0)?.max(Duration::from_secs(1));
     let wait = seconds("wait", req.wait, Duration::ZERO, 60.0)?;
     let max = req.batch.unwrap_or(1);
     if !(1..=MAX_BATCH).contains(&max) {
-        return Err(ApiError::bad_request(format!("batch must be between 1 and {MAX_BATCH}")));
+        return Err(ApiError::bad_request(format!(
+            "batch must be between 1 and {MAX_BATCH}"
+        )));
     }
     let worker_name = req.worker.unwrap_or_else(|| "anonymous".into());
     if worker_name.len() > 200 {
-        return Err(ApiError::bad_request("worker must be at most 200 characters"));
+        return Err(ApiError::bad_request(
+            "worker must be at most 200 characters",
+        ));
     }
     let leased = app
         .lease(
@@ -167,10 +176,13 @@ pub async fn heartbeat(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let caller = worker(&app, &headers)?;
-    let req: proto::HeartbeatRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let req: proto::HeartbeatRequest =
+        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
     let length = match req.lease {
         None => None,
-        Some(_) => Some(seconds("lease", req.lease, Duration::ZERO, 3600.0)?.max(Duration::from_secs(1))),
+        Some(_) => {
+            Some(seconds("lease", req.lease, Duration::ZERO, 3600.0)?.max(Duration::from_secs(1)))
+        }
     };
     let cmd = Command::Heartbeat {
         lease_id: LeaseId(req.lease_id),
@@ -193,7 +205,8 @@ pub async fn progress(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let caller = worker(&app, &headers)?;
-    let req: proto::ProgressRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let req: proto::ProgressRequest =
+        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
     if let Some(p) = req.percent
         && !(p.is_finite() && (0.0..=100.0).contains(&p))
     {
@@ -293,7 +306,8 @@ pub async fn fail(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let caller = worker(&app, &headers)?;
-    let req: proto::FailRequest = parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let req: proto::FailRequest =
+        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
     let error = match req.error {
         proto::FailReason::Message(m) => JobError::new("worker_error", m),
         proto::FailReason::Error { code, message } => {
@@ -301,7 +315,9 @@ pub async fn fail(
         }
     };
     if error.code.len() > 100 || error.message.len() > 8192 {
-        return Err(ApiError::bad_request("error.code must be at most 100 bytes and error.message 8192"));
+        return Err(ApiError::bad_request(
+            "error.code must be at most 100 bytes and error.message 8192",
+        ));
     }
     let cmd = Command::Fail {
         lease_id: LeaseId(req.lease_id),

@@ -1,0 +1,373 @@
+//! `replyd bench`: the home of every benchmark. Each scenario measures
+//! replyd and, in the same run with the same client, a baseline that bounds
+//! it, and prints both with their ratio.
+//!
+//! - `submit`: C keep-alive HTTP/1.1 clients POST jobs for D seconds against
+//!   a real replyd (SQLite at full durability, a fresh database). Baseline: a
+//!   bare axum endpoint that reads the body and answers 202 doing no work,
+//!   this machine's HTTP ceiling.
+//! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
+//!   completed one by one; jobs/s from the first submit to the last
+//!   completion.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use replyd_server::Config;
+use replyd_server::config::{Executor, QueueConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_values = ["submit", "e2e"])]
+    scenarios: Vec<String>,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each submit measurement runs.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Jobs in the end-to-end scenario.
+    #[arg(long, default_value_t = 50_000)]
+    jobs: usize,
+    /// Concurrent workers in the end-to-end scenario.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// Jobs per lease call in the end-to-end scenario.
+    #[arg(long, default_value_t = 100)]
+    batch: u32,
+    /// Where the benchmark databases go (default: a temporary directory).
+    /// Put it on the disk replyd will run on: fsync cost is the point.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const SUBMIT_BODY: &[u8] = br#"{"queue":"bench","input":{"n":1}}"#;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!(
+        "replyd bench: {} cores, {} clients, database in {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.clients,
+        dir.display()
+    );
+    for scenario in &args.scenarios {
+        match scenario.as_str() {
+            "submit" => submit(&args, &dir).await?,
+            "e2e" => e2e(&args, &dir).await?,
+            other => bail!("unknown scenario {other:?} (known: submit, e2e)"),
+        }
+    }
+    Ok(())
+}
+
+/// A replyd on 127.0.0.1:0 with a fresh database and a `bench` pull queue.
+struct Replyd {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_replyd(dir: &std::path::Path, name: &str) -> anyhow::Result<Replyd> {
+    let db = dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let mut config = Config::default();
+    config.storage.sqlite = db;
+    config.queues.insert(
+        "bench".into(),
+        QueueConfig {
+            executor: Executor::Pull,
+            max_attempts: 1,
+            ..QueueConfig::default()
+        },
+    );
+    config.validate()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = replyd_server::serve(config, listener, s.cancelled_owned()).await {
+            eprintln!("bench server: {e}");
+        }
+    });
+    Ok(Replyd { addr, stop, task })
+}
+
+impl Replyd {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The ceiling: an axum endpoint that reads the body and answers 202.
+async fn start_bare() -> anyhow::Result<(SocketAddr, CancellationToken)> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/jobs",
+        post(|_body: Bytes| async {
+            (
+                StatusCode::ACCEPTED,
+                [("location", "/v1/jobs/0"), ("retry-after", "1")],
+                r#"{"id":"0","state":"queued"}"#,
+            )
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+    });
+    Ok((addr, stop))
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        self.sender.ready().await?;
+        let res = self.sender.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+struct LoadResult {
+    ok: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+/// `clients` connections POST `body` to `path` for `duration`.
+async fn load(addr: SocketAddr, clients: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut conn = Conn::open(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let mut errors = 0usize;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match conn.post("/v1/jobs", Bytes::from_static(SUBMIT_BODY)).await {
+                    Ok((StatusCode::ACCEPTED, _)) => lat.push(t.elapsed()),
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        match Conn::open(addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, err) = t.await?;
+        latencies.extend(lat);
+        errors += err;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(LoadResult {
+        ok: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, r: &LoadResult) {
+    println!(
+        "  {name:<34} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors)",
+        r.rate(),
+        ms(r.percentile(0.50)),
+        ms(r.percentile(0.99)),
+        r.ok,
+        r.errors
+    );
+}
+
+async fn submit(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(args.duration);
+    println!(
+        "\nsubmit: {} clients POST /v1/jobs for {:.0} s each",
+        args.clients, args.duration
+    );
+    let (bare_addr, bare_stop) = start_bare().await?;
+    // Warm up both, then measure the ceiling first.
+    load(bare_addr, args.clients, Duration::from_secs(1)).await?;
+    let bare = load(bare_addr, args.clients, duration).await?;
+    bare_stop.cancel();
+    report("bare axum 202 (ceiling)", &bare);
+
+    let server = start_replyd(dir, "bench-submit").await?;
+    load(server.addr, args.clients, Duration::from_secs(1)).await?;
+    let replyd = load(server.addr, args.clients, duration).await?;
+    server.stop().await;
+    report("replyd, SQLite synchronous=FULL", &replyd);
+    println!(
+        "  ratio to ceiling: {:.2}  (target >= 0.50)",
+        replyd.rate() / bare.rate()
+    );
+    if replyd.errors > 0 {
+        bail!("{} submissions failed", replyd.errors);
+    }
+    Ok(())
+}
+
+async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let n = args.jobs;
+    println!(
+        "\ne2e: {n} no-op jobs: {} clients submit, {} workers lease (batch {}) and complete",
+        args.clients, args.workers, args.batch
+    );
+    let server = start_replyd(dir, "bench-e2e").await?;
+    let addr = server.addr;
+    let completed = Arc::new(AtomicUsize::new(0));
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let submitted = submitted.clone();
+        let mut conn = Conn::open(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            while submitted.fetch_add(1, Ordering::Relaxed) < n {
+                let (status, body) = conn
+                    .post("/v1/jobs", Bytes::from_static(SUBMIT_BODY))
+                    .await?;
+                if status != StatusCode::ACCEPTED {
+                    bail!(
+                        "submit answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+            Ok(())
+        }));
+    }
+    let lease_body = Bytes::from(format!(
+        r#"{{"worker":"bench","lease":120,"wait":1,"batch":{}}}"#,
+        args.batch
+    ));
+    for _ in 0..args.workers {
+        let completed = completed.clone();
+        let lease_body = lease_body.clone();
+        let mut conn = Conn::open(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            while completed.load(Ordering::Relaxed) < n {
+                let (status, body) = conn
+                    .post("/v1/queues/bench/lease", lease_body.clone())
+                    .await?;
+                if status == StatusCode::NO_CONTENT {
+                    continue;
+                }
+                if status != StatusCode::OK {
+                    bail!(
+                        "lease answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                let batch: replyd_proto::LeaseBatch = serde_json::from_slice(&body)?;
+                for lease in batch.leases {
+                    let path = format!("/v1/jobs/{}/complete", lease.job.id);
+                    let body = format!(r#"{{"lease_id":"{}","result":null}}"#, lease.lease_id);
+                    let (status, body) = conn.post(&path, Bytes::from(body)).await?;
+                    if status != StatusCode::OK {
+                        bail!(
+                            "complete answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await?.context("a bench client failed")?;
+    }
+    let elapsed = start.elapsed();
+    server.stop().await;
+    let done = completed.load(Ordering::Relaxed);
+    println!(
+        "  {done} jobs in {:.2} s: {:.0} jobs/s end to end (submit + lease + complete, each durable)",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}

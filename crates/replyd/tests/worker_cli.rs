@@ -1,0 +1,198 @@
+//! End to end: the real `replyd serve` on port 0, jobs submitted with the
+//! SDK, and `replyd worker` running shell commands for them (API.md §5 and
+//! "Command line").
+
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use replyd_client::Client;
+use replyd_client::proto::{JobState, SubmitRequest};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_replyd");
+
+/// A `replyd serve` with one pull queue, `work`, killed when dropped.
+struct Server {
+    url: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("replyd.toml");
+    std::fs::write(&config, "[queues.work]\nexecutor = \"pull\"\n").unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("r.db"))
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            eprintln!("[server] {line}");
+            if let Some(url) = listen_url(&line) {
+                return url;
+            }
+        }
+        panic!("the server exited before saying where it listens");
+    })
+    .await
+    .expect("the server did not say where it listens within 30 s");
+    // Keep draining its log so that it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[server] {line}");
+        }
+    });
+    Server {
+        url,
+        _child: child,
+        _dir: dir,
+    }
+}
+
+/// `http://127.0.0.1:PORT` out of `replyd listening on http://127.0.0.1:PORT`
+/// (whatever the log line has around it).
+fn listen_url(line: &str) -> Option<String> {
+    let at = line.find("listening on http://")? + "listening on ".len();
+    let url: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || ":/.[]".contains(*c))
+        .collect();
+    Some(url)
+}
+
+/// `replyd worker work --server URL [extra] -- sh -c SCRIPT`.
+fn start_worker(server: &Server, extra: &[&str], script: &str) -> Child {
+    Command::new(BIN)
+        .args(["worker", "work", "--server", &server.url])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .env_remove("REPLYD_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then the worker's exit status (it must drain and exit).
+async fn stop_worker(mut worker: Child) -> ExitStatus {
+    let pid = Pid::from_raw(worker.id().unwrap() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), worker.wait())
+        .await
+        .expect("the worker did not stop within 15 s of SIGTERM")
+        .unwrap()
+}
+
+fn submit_request(input: Value, max_attempts: Option<u32>) -> SubmitRequest {
+    SubmitRequest {
+        queue: "work".into(),
+        input,
+        webhook: None,
+        max_attempts,
+        timeout: None,
+        ttl: None,
+    }
+}
+
+#[tokio::test]
+async fn worker_runs_a_command_and_completes_the_job() {
+    let server = start_server().await;
+    let client = Client::new(&server.url, None).unwrap();
+    let job = client
+        .submit(&submit_request(json!({"n": 3}), None), None)
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued);
+
+    let worker = start_worker(
+        &server,
+        &[],
+        r#"read x; echo "progress 50 half" >&2; echo "{\"got\": $x}""#,
+    );
+    let done = client
+        .wait(&job.id, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let result = client.result(&job.id).await.unwrap();
+    assert!(result.is_json(), "{}", result.content_type);
+    assert_eq!(result.json::<Value>().unwrap(), json!({"got": {"n": 3}}));
+
+    assert!(stop_worker(worker).await.success());
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_the_job() {
+    let server = start_server().await;
+    let client = Client::new(&server.url, None).unwrap();
+    let job = client
+        .submit(&submit_request(json!(null), Some(1)), None)
+        .await
+        .unwrap();
+
+    let worker = start_worker(&server, &[], "echo 'it broke' >&2; exit 3");
+    let done = client
+        .wait(&job.id, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = done.error.expect("a failed job says why");
+    assert!(error.message.contains("it broke"), "{error:?}");
+    assert!(client.result(&job.id).await.unwrap_err().is_status(409));
+
+    assert!(stop_worker(worker).await.success());
+}
+
+#[tokio::test]
+async fn canceling_a_running_job_stops_its_command() {
+    let server = start_server().await;
+    let client = Client::new(&server.url, None).unwrap();
+    let job = client
+        .submit(&submit_request(json!({}), Some(1)), None)
+        .await
+        .unwrap();
+
+    // A short lease makes the heartbeat, which carries the cancel, frequent.
+    let worker = start_worker(
+        &server,
+        &["--lease", "3"],
+        "echo 'progress 10 started' >&2; sleep 60",
+    );
+    let started = Instant::now();
+    loop {
+        let st = client.get(&job.id).await.unwrap();
+        if st.job.state == JobState::Running {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never leased: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.cancel(&job.id).await.unwrap();
+    let done = client
+        .wait(&job.id, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Canceled, "{done:?}");
+    assert!(started.elapsed() < Duration::from_secs(40));
+
+    assert!(stop_worker(worker).await.success());
+}
