@@ -155,7 +155,7 @@ pub enum Submitted {
     /// The job succeeded within the wait: here is its result.
     Done { job_id: String, result: JobResult },
     /// The job is still pending (or failed): the usual 202 representation.
-    Accepted(Job),
+    Accepted(Box<Job>),
 }
 
 /// A connection to one replyd server. Cheap to clone; clones share a pool.
@@ -249,7 +249,7 @@ impl Client {
                 let result = job_result(resp).await?;
                 Ok(Submitted::Done { job_id, result })
             }
-            201 | 202 => Ok(Submitted::Accepted(json_body(resp).await?)),
+            201 | 202 => Ok(Submitted::Accepted(Box::new(json_body(resp).await?))),
             _ => Err(error_from(resp).await),
         }
     }

@@ -1,53 +1,47 @@
 //! The one source of "now". Leases, retries and TTLs read time here, so tests
-//! can drive them with tokio's paused time instead of sleeping.
+//! can stop time and move it by hand instead of sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-/// Wall-clock time for the domain.
+/// Wall-clock time for the domain, to the millisecond.
 ///
-/// `Clock::system()` is the real clock. `Clock::tokio()` starts at the real
-/// time and then advances with tokio's clock, so under
-/// `tokio::time::pause()` a test moves it with `tokio::time::advance`.
-#[derive(Debug, Clone, Copy)]
+/// `Clock::system()` is the real clock. `Clock::manual(t)` is paused at `t`
+/// and moves only when a test calls [`Clock::advance`]; clones share it.
+#[derive(Debug, Clone)]
 pub struct Clock {
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    System,
-    Tokio {
-        base: DateTime<Utc>,
-        start: tokio::time::Instant,
-    },
+    manual: Option<Arc<AtomicI64>>,
 }
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock { kind: Kind::System }
+        Clock { manual: None }
     }
 
-    /// A clock that follows tokio's (pausable) time. Needs a tokio runtime.
-    pub fn tokio() -> Clock {
+    /// A paused clock showing `start`.
+    pub fn manual(start: DateTime<Utc>) -> Clock {
         Clock {
-            kind: Kind::Tokio {
-                base: Utc::now(),
-                start: tokio::time::Instant::now(),
-            },
+            manual: Some(Arc::new(AtomicI64::new(start.timestamp_millis()))),
         }
     }
 
-    /// Now, to the millisecond (what the stores keep and the API shows).
+    /// Moves a manual clock forward. Does nothing to the system clock.
+    pub fn advance(&self, by: Duration) {
+        if let Some(ms) = &self.manual {
+            let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            ms.fetch_add(by, Ordering::SeqCst);
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
-        let now = match self.kind {
-            Kind::System => Utc::now(),
-            Kind::Tokio { base, start } => {
-                let elapsed =
-                    chrono::Duration::from_std(start.elapsed()).unwrap_or(chrono::Duration::MAX);
-                base + elapsed
-            }
+        let ms = match &self.manual {
+            Some(ms) => ms.load(Ordering::SeqCst),
+            None => Utc::now().timestamp_millis(),
         };
-        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+        DateTime::from_timestamp_millis(ms).unwrap_or_default()
     }
 }
 
@@ -61,12 +55,20 @@ impl Default for Clock {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn tokio_clock_follows_paused_time() {
-        let clock = Clock::tokio();
-        let t0 = clock.now();
-        tokio::time::advance(std::time::Duration::from_secs(3600)).await;
-        let dt = clock.now() - t0;
-        assert_eq!(dt.num_seconds(), 3600);
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let clock = Clock::manual(start);
+        let shared = clock.clone();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(clock.now(), start);
+        shared.advance(Duration::from_secs(3600));
+        assert_eq!((clock.now() - start).num_seconds(), 3600);
+    }
+
+    #[test]
+    fn the_system_clock_has_millisecond_precision() {
+        let now = Clock::system().now();
+        assert_eq!(now.timestamp_subsec_nanos() % 1_000_000, 0);
     }
 }

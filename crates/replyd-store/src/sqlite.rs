@@ -40,17 +40,9 @@ type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 type WriteOp = Box<dyn FnOnce(&Connection, &mut Events) -> Reply + Send>;
 
 /// Options of the embedded store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
     pub retry: RetryPolicy,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions {
-            retry: RetryPolicy::default(),
-        }
-    }
 }
 
 /// The SQLite store. Cheap to clone.

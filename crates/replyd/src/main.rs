@@ -142,7 +142,8 @@ async fn main() -> ExitCode {
             }
         }
         Command::Client(cmd) => {
-            init_logging("warn");
+            let worker = matches!(cmd, cli::ClientCommand::Worker(_));
+            init_logging(if worker { "info" } else { "warn" });
             match cli::run(cmd).await {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
                 Err(e) => fail(format!("{e:#}")),

@@ -320,8 +320,9 @@ async fn run_job(
     let mut child = match spawn(&config.command) {
         Ok(child) => child,
         Err(err) => {
-            error!(job = %job_id, command = %config.command[0], error = %err, "cannot start the command");
-            let message = format!("worker could not start {:?}: {err}", config.command[0]);
+            let program = config.command.first().map_or("", String::as_str);
+            error!(job = %job_id, command = %program, error = %err, "cannot start the command");
+            let message = format!("worker could not start {program:?}: {err}");
             report(
                 client,
                 &job_id,
