@@ -47,8 +47,9 @@ pub struct Submission {
     pub tenant: Tenant,
     pub request: proto::SubmitRequest,
     pub idempotency_key: Option<String>,
-    /// A digest of the canonical request, to tell a replay from a reuse.
-    pub request_hash: String,
+    /// A digest of the canonical request, to tell a replay from a reuse
+    /// (computed only when there is an idempotency key).
+    pub request_hash: Option<String>,
 }
 
 impl App {
@@ -120,7 +121,7 @@ impl App {
             ttl,
             webhook: None,
             idempotency_key: s.idempotency_key.clone(),
-            request_hash: Some(s.request_hash),
+            request_hash: s.request_hash,
         };
         let _guard = match &s.idempotency_key {
             Some(key) => Some(self.claim_key(&s.tenant, key)?),

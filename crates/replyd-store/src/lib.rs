@@ -5,4 +5,4 @@ pub mod conformance;
 pub mod migrations;
 pub mod sqlite;
 
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};

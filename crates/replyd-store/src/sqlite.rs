@@ -3,13 +3,21 @@
 //!
 //! An fsync costs about 2 ms, so one commit per request would cap replyd near
 //! 500 writes/s. Instead every write is a closure sent to one writer thread,
-//! which takes whatever has queued up, runs it all in one transaction (each
-//! closure in its own savepoint, so one failure does not spoil the others),
+//! which takes whatever has queued up, runs it all in one transaction,
 //! commits once, and only then answers each caller: group commit. Reads run
 //! on a small pool of reader connections, which WAL lets proceed while the
 //! writer writes.
+//!
+//! An operation checks before it writes: a refusal (no such job, a stale
+//! lease, ...) happens before its first change, so it leaves the batch
+//! clean. An operation that fails after writing, or with a database error,
+//! poisons the batch: the whole transaction is rolled back and every caller
+//! in it is told the store is unavailable, to try again. (A savepoint per
+//! operation would isolate failures, but SQLite then journals every page an
+//! operation touches: it cost a third of the writer's time.)
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,14 +43,23 @@ const MAX_IDLE_READERS: usize = 8;
 
 type Events = Vec<EventRecord>;
 /// Runs after the batch's commit (or its failure) to answer the caller.
-type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-/// One write: runs inside the batch's transaction.
-type WriteOp = Box<dyn FnOnce(&Connection, &mut Events) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// One write: runs inside the batch's transaction. `Err` poisons the batch.
+type WriteOp = Box<dyn FnOnce(&Connection, &mut Events) -> Result<Reply, (Reply, String)> + Send>;
 
 /// Options of the embedded store.
 #[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
     pub retry: RetryPolicy,
+}
+
+/// What the writer thread has done: how well group commit batches.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Write operations carried by them.
+    pub ops: AtomicU64,
 }
 
 /// The SQLite store. Cheap to clone.
@@ -53,6 +70,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    stats: Arc<WriterStats>,
     writes: mpsc::Sender<WriteOp>,
     readers: Mutex<Vec<Connection>>,
     bus: broadcast::Sender<Arc<EventRecord>>,
@@ -108,19 +126,27 @@ impl SqliteStore {
         let (writes, rx) = mpsc::channel::<WriteOp>(4 * MAX_BATCH);
         let (bus, _) = broadcast::channel(4096);
         let bus_tx = bus.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("replyd-sqlite-writer".into())
-            .spawn(move || writer(conn, rx, bus_tx))
+            .spawn(move || writer(conn, rx, bus_tx, &writer_stats))
             .map_err(StoreError::backend)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
+                stats,
                 writes,
                 readers: Mutex::new(Vec::new()),
                 bus,
                 retry: options.retry,
             }),
         })
+    }
+
+    /// Commits and operations so far.
+    pub fn stats(&self) -> &WriterStats {
+        &self.inner.stats
     }
 
     /// Runs `f` in the next group commit and returns its result once the
@@ -132,30 +158,29 @@ impl SqliteStore {
     {
         let (tx, rx) = oneshot::channel();
         let op: WriteOp = Box::new(move |conn, events| {
-            let mark = events.len();
-            let result = match conn.execute_batch("SAVEPOINT op") {
-                Ok(()) => {
-                    let r = f(conn, events);
-                    let end = if r.is_ok() {
-                        "RELEASE op"
-                    } else {
-                        events.truncate(mark);
-                        "ROLLBACK TO op; RELEASE op"
-                    };
-                    match conn.execute_batch(end) {
-                        Ok(()) => r,
-                        Err(e) => Err(backend(e)),
-                    }
+            let changes = conn.total_changes();
+            let result = f(conn, events);
+            let poison = match &result {
+                Err(e @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => Some(e.to_string()),
+                Err(e) if conn.total_changes() != changes => {
+                    tracing::error!(error = %e, "a store operation failed after writing; rolling back its batch");
+                    Some(e.to_string())
                 }
-                Err(e) => Err(backend(e)),
+                _ => None,
             };
-            Box::new(move |commit_error: Option<&rusqlite::Error>| {
-                let answer = match commit_error {
+            let reply: Reply = Box::new(move |batch_error: Option<&str>| {
+                let answer = match batch_error {
                     None => result,
-                    Some(e) => Err(StoreError::Unavailable(e.to_string().into())),
+                    Some(e) => Err(StoreError::Unavailable(
+                        format!("the write was rolled back ({e}); try again").into(),
+                    )),
                 };
                 let _ = tx.send(answer);
-            })
+            });
+            match poison {
+                None => Ok(reply),
+                Some(reason) => Err((reply, reason)),
+            }
         });
         self.inner
             .writes
@@ -200,6 +225,7 @@ fn writer(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     bus: broadcast::Sender<Arc<EventRecord>>,
+    stats: &WriterStats,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -211,24 +237,31 @@ fn writer(
             }
         }
         let mut events = Vec::new();
-        let outcome = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-            let replies: Vec<Reply> = batch
-                .drain(..)
-                .filter_map(|op| run_op(&conn, &mut events, op))
-                .collect();
-            match conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(replies),
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    for reply in replies {
-                        reply(Some(&e));
-                    }
-                    Err(e)
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut failure = conn.execute_batch("BEGIN IMMEDIATE").err().map(|e| e.to_string());
+        for op in batch.drain(..) {
+            if failure.is_some() {
+                // Dropping an op answers its caller "the writer has stopped":
+                // nothing of it ran, so it may retry.
+                continue;
+            }
+            match run_op(&conn, &mut events, op) {
+                Ok(reply) => replies.push(reply),
+                Err((reply, reason)) => {
+                    replies.push(reply);
+                    failure = Some(reason);
                 }
             }
-        });
-        match outcome {
-            Ok(replies) => {
+        }
+        if failure.is_none()
+            && let Err(e) = conn.execute_batch("COMMIT")
+        {
+            failure = Some(e.to_string());
+        }
+        match failure {
+            None => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.ops.fetch_add(replies.len() as u64, Ordering::Relaxed);
                 for reply in replies {
                     reply(None);
                 }
@@ -236,27 +269,27 @@ fn writer(
                     let _ = bus.send(Arc::new(event));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "sqlite group commit failed");
-                // Ops not yet run (BEGIN failed) are answered by dropping
-                // them: their callers see "writer stopped" and may retry.
-                batch.clear();
+            Some(reason) => {
+                tracing::error!(error = %reason, "sqlite group commit rolled back");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                for reply in replies {
+                    reply(Some(&reason));
+                }
             }
         }
     }
 }
 
-/// Runs one op. A panic (a bug) loses only that op: its savepoint is rolled
-/// back and its caller, whose reply is dropped, sees the store unavailable.
-fn run_op(conn: &Connection, events: &mut Events, op: WriteOp) -> Option<Reply> {
-    let mark = events.len();
+/// Runs one op. A panic (a bug) poisons the batch like a failed write.
+fn run_op(conn: &Connection, events: &mut Events, op: WriteOp) -> Result<Reply, (Reply, String)> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn, events))) {
-        Ok(reply) => Some(reply),
+        Ok(r) => r,
         Err(_) => {
-            tracing::error!("a store write panicked; it was rolled back");
-            events.truncate(mark);
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-            None
+            tracing::error!("a store write panicked; its batch is rolled back");
+            let reply: Reply = Box::new(|_| {});
+            Err((reply, "a store write panicked".to_string()))
         }
     }
 }

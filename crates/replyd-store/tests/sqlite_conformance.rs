@@ -16,3 +16,46 @@ async fn fresh() -> Arc<dyn replyd_core::Store> {
 }
 
 replyd_store::conformance_tests!(fresh().await);
+
+/// Concurrent writes share commits: far fewer transactions (and fsyncs) than
+/// operations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_group_committed() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("g.db"), SqliteOptions::default())
+        .await
+        .unwrap();
+    let before = store.stats().commits.load(Ordering::Relaxed);
+    let tasks: Vec<_> = (0..400)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let job = replyd_core::NewJob {
+                    id: replyd_core::JobId::new(),
+                    tenant: replyd_core::Tenant::open(),
+                    queue: "q".into(),
+                    input: bytes::Bytes::from_static(b"{}"),
+                    max_attempts: 1,
+                    timeout: std::time::Duration::from_secs(1),
+                    ttl: std::time::Duration::from_secs(1),
+                    webhook: None,
+                    idempotency_key: None,
+                    request_hash: None,
+                };
+                replyd_core::Store::submit(&store, job, chrono::Utc::now())
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = store.stats().commits.load(Ordering::Relaxed) - before;
+    assert!(commits >= 1);
+    assert!(
+        commits <= 100,
+        "400 concurrent submissions took {commits} commits: group commit is not batching"
+    );
+}

@@ -108,8 +108,10 @@ pub async fn submit(
     let wait = prefer_wait(&headers)?;
     let key = idempotency_key(&headers)?;
     // serde_json's maps are sorted: this digest ignores key order and spacing.
-    let canonical = serde_json::to_vec(&value).unwrap_or_default();
-    let request_hash = hex::encode(Sha256::digest(&canonical));
+    let request_hash = key.as_ref().map(|_| {
+        let canonical = serde_json::to_vec(&value).unwrap_or_default();
+        hex::encode(Sha256::digest(&canonical))
+    });
     let submitted = app
         .submit(Submission {
             tenant,
