@@ -102,6 +102,7 @@ pub struct JobRecord {
     pub tenant: Tenant,
     pub queue: String,
     pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     /// The number of attempts started so far.
     pub attempt: u32,
@@ -114,18 +115,25 @@ pub struct JobRecord {
     pub updated_at: DateTime<Utc>,
     /// A queued job is not leased before this (retry backoff).
     pub run_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     pub cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     /// Bumped by every change a client can see; the HTTP ETag.
     pub version: u64,
     /// The webhook request, kept for the webhook dispatcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// A digest of the submission, to tell a replay from a key reused for
     /// another request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
 }
 

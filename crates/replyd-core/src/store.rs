@@ -103,6 +103,10 @@ impl StoreError {
 /// How long the tombstone of an expired job is kept.
 pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The events of one commit, in log order. One wake-up per commit rather
+/// than per event keeps the bus cheap under group commit.
+pub type EventBatch = std::sync::Arc<Vec<EventRecord>>;
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
@@ -166,7 +170,7 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     /// Every event committed from now on, on this node or (with a shared
-    /// database) any other. A wake-up, not the truth: a receiver that lags
-    /// reads the log instead.
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<EventRecord>>;
+    /// database) any other, a batch per commit. A wake-up, not the truth: a
+    /// receiver that lags reads the log instead.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventBatch>;
 }

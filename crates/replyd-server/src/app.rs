@@ -191,9 +191,12 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.shutdown.cancelled() => break,
-                ev = rx.recv() => match ev {
-                    Ok(ev) if ev.job_id == job.id => job = ev.job.clone(),
-                    Ok(_) => {}
+                batch = rx.recv() => match batch {
+                    Ok(batch) => {
+                        if let Some(ev) = batch.iter().rev().find(|e| e.job_id == job.id) {
+                            job = ev.job.clone();
+                        }
+                    }
                     Err(RecvError::Lagged(_)) => {
                         job = self.store.get(job.id).await?.unwrap_or(job);
                     }
@@ -225,9 +228,9 @@ impl App {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
                     _ = self.shutdown.cancelled() => return Ok(Vec::new()),
-                    ev = rx.recv() => match ev {
-                        Ok(ev) if ev.queue == query.queue
-                            && ev.job.state == replyd_core::JobState::Queued => break,
+                    batch = rx.recv() => match batch {
+                        Ok(batch) if batch.iter().any(|e| e.queue == query.queue
+                            && e.job.state == replyd_core::JobState::Queued) => break,
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => return Ok(Vec::new()),

@@ -530,10 +530,11 @@ pub async fn cluster_secret_is_stable(store: Arc<dyn Store>) {
 pub async fn subscribers_see_committed_events(store: Arc<dyn Store>) {
     let mut rx = store.subscribe();
     let id = submit(&*store, "q").await;
-    let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("an event within 5 s")
         .unwrap();
+    let e = &batch[0];
     assert_eq!((e.job_id, e.kind), (id, EventKind::Accepted));
     let logged = store.events(id, None).await.unwrap();
     assert_eq!(logged[0].id, e.id, "the bus carries the log's ids");
