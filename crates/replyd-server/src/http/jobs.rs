@@ -102,15 +102,14 @@ pub async fn submit(
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
     })?;
     let bytes = body(raw, app.config.limits.max_body)?;
-    let value: serde_json::Value = parse_json(&headers, &bytes)?;
-    let request: proto::SubmitRequest = serde_json::from_value(value.clone())
-        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
+    let request: proto::SubmitRequest = parse_json(&headers, &bytes)?;
     let wait = prefer_wait(&headers)?;
     let key = idempotency_key(&headers)?;
-    // serde_json's maps are sorted: this digest ignores key order and spacing.
+    // The digest of the canonical body (serde_json's maps are sorted), so a
+    // replay that spells the same request differently is still the same.
     let request_hash = key.as_ref().map(|_| {
-        let canonical = serde_json::to_vec(&value).unwrap_or_default();
-        hex::encode(Sha256::digest(&canonical))
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        hex::encode(Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()))
     });
     let submitted = app
         .submit(Submission {
