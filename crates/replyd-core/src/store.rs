@@ -127,9 +127,11 @@ pub trait Store: Send + Sync + 'static {
     /// the same transaction. A command the job refuses is
     /// `StoreError::Transition`; a refusal that still moved the job (a
     /// completion after a cancel request) has moved it when this returns.
+    /// With a `scope`, another tenant's job is `NotFound`.
     async fn apply(
         &self,
         id: JobId,
+        scope: Option<&Tenant>,
         cmd: Command,
         output: Option<JobOutput>,
         now: DateTime<Utc>,

@@ -248,13 +248,12 @@ impl App {
         cmd: Command,
         output: Option<JobOutput>,
     ) -> ApiResult<JobRecord> {
-        let job = self
+        caller.check(Action::Work, None)?;
+        // The store checks the tenant inside the transaction: no extra read.
+        Ok(self
             .store
-            .get(id)
-            .await?
-            .ok_or_else(ApiError::job_not_found)?;
-        caller.check(Action::Work, Some((id, &job.tenant)))?;
-        Ok(self.store.apply(id, cmd, output, self.now()).await?)
+            .apply(id, caller.tenant(), cmd, output, self.now())
+            .await?)
     }
 
     /// The wire representation of a job. Its links carry the job token.

@@ -208,16 +208,22 @@ pub async fn fencing_refuses_stale_leases(store: Arc<dyn Store>) {
     let wrong = Command::Complete {
         lease_id: LeaseId::new(),
     };
-    let e = transition_err(store.apply(id, wrong, None, t(1)).await);
+    let e = transition_err(store.apply(id, None, wrong, None, t(1)).await);
     assert_eq!(e, TransitionError::LeaseLost);
     // The lease expires and another worker takes the job.
     assert_eq!(store.expire_leases(t(10), 100).await.unwrap(), 1);
     let (_, second) = lease_one(&*store, "q", t(20)).await;
     let stale = Command::Complete { lease_id: lease };
-    let e = transition_err(store.apply(id, stale, None, t(21)).await);
+    let e = transition_err(store.apply(id, None, stale, None, t(21)).await);
     assert_eq!(e, TransitionError::LeaseLost);
     let job = store
-        .apply(id, Command::Complete { lease_id: second }, None, t(22))
+        .apply(
+            id,
+            None,
+            Command::Complete { lease_id: second },
+            None,
+            t(22),
+        )
         .await
         .unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Succeeded, 2));
@@ -270,23 +276,29 @@ pub async fn expired_leases_retry_with_backoff_then_fail(store: Arc<dyn Store>) 
 pub async fn cancel_queued_and_running(store: Arc<dyn Store>) {
     let queued = submit(&*store, "q").await;
     let job = store
-        .apply(queued, Command::Cancel, None, t(1))
+        .apply(queued, None, Command::Cancel, None, t(1))
         .await
         .unwrap();
     assert_eq!(job.state, JobState::Canceled);
-    let e = transition_err(store.apply(queued, Command::Cancel, None, t(2)).await);
+    let e = transition_err(store.apply(queued, None, Command::Cancel, None, t(2)).await);
     assert_eq!(e, TransitionError::AlreadyFinished(JobState::Canceled));
 
     let running = submit(&*store, "q").await;
     let (_, lease) = lease_one(&*store, "q", t(0)).await;
     let job = store
-        .apply(running, Command::Cancel, None, t(1))
+        .apply(running, None, Command::Cancel, None, t(1))
         .await
         .unwrap();
     assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
     let e = transition_err(
         store
-            .apply(running, Command::Complete { lease_id: lease }, None, t(2))
+            .apply(
+                running,
+                None,
+                Command::Complete { lease_id: lease },
+                None,
+                t(2),
+            )
             .await,
     );
     assert_eq!(e, TransitionError::CancelRequested);
@@ -305,6 +317,7 @@ pub async fn complete_stores_the_output(store: Arc<dyn Store>) {
     store
         .apply(
             id,
+            None,
             Command::Progress {
                 lease_id: lease.clone(),
                 progress: replyd_core::Progress {
@@ -324,6 +337,7 @@ pub async fn complete_stores_the_output(store: Arc<dyn Store>) {
     let job = store
         .apply(
             id,
+            None,
             Command::Complete { lease_id: lease },
             Some(out.clone()),
             t(2),
@@ -338,6 +352,7 @@ pub async fn complete_stores_the_output(store: Arc<dyn Store>) {
     let job = store
         .apply(
             failing,
+            None,
             Command::Fail {
                 lease_id: lease,
                 error: JobError::new("worker_error", "boom"),
@@ -361,6 +376,7 @@ pub async fn events_resume_after_an_id(store: Arc<dyn Store>) {
         store
             .apply(
                 id,
+                None,
                 Command::Progress {
                     lease_id: lease.clone(),
                     progress: replyd_core::Progress {
@@ -401,7 +417,13 @@ pub async fn garbage_collection_leaves_a_tombstone(store: Arc<dyn Store>) {
         body: Bytes::from_static(b"1"),
     };
     store
-        .apply(a, Command::Complete { lease_id: lease }, Some(out), t(1))
+        .apply(
+            a,
+            None,
+            Command::Complete { lease_id: lease },
+            Some(out),
+            t(1),
+        )
         .await
         .unwrap();
     // ttl is 100 s: expires at t(101).
@@ -439,7 +461,10 @@ pub async fn delete_only_finished_jobs(store: Arc<dyn Store>) {
         ),
         "{r:?}"
     );
-    store.apply(id, Command::Cancel, None, t(1)).await.unwrap();
+    store
+        .apply(id, None, Command::Cancel, None, t(1))
+        .await
+        .unwrap();
     store.delete(id).await.unwrap();
     assert!(store.get(id).await.unwrap().is_none());
     assert!(store.events(id, None).await.unwrap().is_empty());
@@ -561,4 +586,18 @@ pub async fn tenant_scoped_leases(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job.id, b.job().id);
+    // A command scoped to another tenant finds no such job, even with the
+    // right lease.
+    let complete = || Command::Complete {
+        lease_id: got[0].lease_id.clone(),
+    };
+    let id = got[0].job.id;
+    let wrong = store
+        .apply(id, Some(&Tenant("a".into())), complete(), None, t(3))
+        .await;
+    assert!(matches!(wrong, Err(StoreError::NotFound)), "{wrong:?}");
+    let right = store
+        .apply(id, Some(&Tenant("b".into())), complete(), None, t(3))
+        .await;
+    assert_eq!(right.unwrap().state, JobState::Succeeded);
 }

@@ -30,7 +30,7 @@ use replyd_core::store::{
     EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, StateCount, Store, StoreError,
     StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
-use replyd_core::{JobId, LeaseId};
+use replyd_core::{JobId, LeaseId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -108,8 +108,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // Every commit reaches the disk before anyone is told it happened.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    // 64 MiB of page cache per connection.
-    conn.pragma_update(None, "cache_size", -65536)?;
     Ok(conn)
 }
 
@@ -424,19 +422,33 @@ fn append_event(
     Ok(())
 }
 
-/// Loads a job, applies `cmd`, writes the job and its event. The shared path
-/// of every transition.
-fn transition(
-    conn: &Connection,
-    events: &mut Events,
+/// One transition to make.
+struct Step<'a> {
     id: JobId,
+    /// Refuse (as not found) a job of another tenant.
+    scope: Option<&'a Tenant>,
     cmd: Command,
     output: Option<JobOutput>,
     now: DateTime<Utc>,
+}
+
+/// Loads a job, applies the command, writes the job and its event. The
+/// shared path of every transition.
+fn transition(
+    conn: &Connection,
+    events: &mut Events,
+    step: Step<'_>,
     retry: &RetryPolicy,
 ) -> StoreResult<(JobRecord, Option<TransitionError>)> {
+    let Step {
+        id,
+        scope,
+        cmd,
+        output,
+        now,
+    } = step;
     let mut job = load(conn, id)?.ok_or(StoreError::NotFound)?;
-    if job.is_expired(now) {
+    if job.is_expired(now) || scope.is_some_and(|t| *t != job.tenant) {
         return Err(StoreError::NotFound);
     }
     let completes = matches!(cmd, Command::Complete { .. });
@@ -583,13 +595,24 @@ impl Store for SqliteStore {
     async fn apply(
         &self,
         id: JobId,
+        scope: Option<&Tenant>,
         cmd: Command,
         output: Option<JobOutput>,
         now: DateTime<Utc>,
     ) -> StoreResult<JobRecord> {
         let retry = self.inner.retry;
+        let scope = scope.cloned();
         let (job, refused) = self
-            .write(move |conn, events| transition(conn, events, id, cmd, output, now, &retry))
+            .write(move |conn, events| {
+                let step = Step {
+                    id,
+                    scope: scope.as_ref(),
+                    cmd,
+                    output,
+                    now,
+                };
+                transition(conn, events, step, &retry)
+            })
             .await?;
         match refused {
             Some(e) => Err(StoreError::Transition(e)),
@@ -622,7 +645,14 @@ impl Store for SqliteStore {
                     worker: q.worker.clone(),
                     length: q.length,
                 };
-                let (job, _) = transition(conn, events, id, cmd, None, now, &retry)?;
+                let step = Step {
+                    id,
+                    scope: None,
+                    cmd,
+                    output: None,
+                    now,
+                };
+                let (job, _) = transition(conn, events, step, &retry)?;
                 let input: Vec<u8> = conn
                     .prepare_cached("SELECT input FROM jobs WHERE id = ?1")
                     .and_then(|mut s| s.query_row([id_bytes(id)], |r| r.get(0)))
@@ -647,7 +677,14 @@ impl Store for SqliteStore {
                 params![ms(now), limit],
             )?;
             for &id in &ids {
-                transition(conn, events, id, Command::ExpireLease, None, now, &retry)?;
+                let step = Step {
+                    id,
+                    scope: None,
+                    cmd: Command::ExpireLease,
+                    output: None,
+                    now,
+                };
+                transition(conn, events, step, &retry)?;
             }
             Ok(ids.len())
         })
@@ -820,5 +857,47 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<EventBatch> {
         self.inner.bus.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_op_that_fails_after_writing_rolls_its_batch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("p.db"), SqliteOptions::default())
+            .await
+            .unwrap();
+        let r = store
+            .write(|conn, _| {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('x', x'00')", [])
+                    .map_err(backend)?;
+                Err::<(), _>(StoreError::NotFound)
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        let count: i64 = store
+            .read(|conn| {
+                conn.query_row("SELECT count(*) FROM meta WHERE key = 'x'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(count, 0, "the poisoned write was rolled back");
+        // A refusal before any write is just a refusal.
+        let r = store.write(|_, _| Err::<(), _>(StoreError::NotFound)).await;
+        assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+        // The writer carries on.
+        store.cluster_secret().await.unwrap();
+        let panicked = store
+            .write(|_, _| -> StoreResult<()> { panic!("a bug") })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Unavailable(_))));
+        store.ping().await.unwrap();
+        store.cluster_secret().await.unwrap();
     }
 }

@@ -80,14 +80,14 @@ async fn run_one(app: &App, leased: Leased) {
                 message: Some(format!("step {i} of {steps}")),
             },
         };
-        match app.store.apply(id, cmd, None, app.now()).await {
+        match app.store.apply(id, None, cmd, None, app.now()).await {
             Ok(job) if job.cancel_requested => {
                 let cmd = Command::Fail {
                     lease_id,
                     error: JobError::new("canceled", "canceled by request"),
                     retry: false,
                 };
-                let _ = app.store.apply(id, cmd, None, app.now()).await;
+                let _ = app.store.apply(id, None, cmd, None, app.now()).await;
                 return;
             }
             Ok(_) => {}
@@ -113,7 +113,7 @@ async fn run_one(app: &App, leased: Leased) {
         };
         (Command::Complete { lease_id }, Some(output))
     };
-    if let Err(e) = app.store.apply(id, cmd, output, app.now()).await {
+    if let Err(e) = app.store.apply(id, None, cmd, output, app.now()).await {
         tracing::info!(job = %id, error = %e, "demo job could not finish");
     }
 }

@@ -109,7 +109,9 @@ pub async fn submit(
     // replay that spells the same request differently is still the same.
     let request_hash = key.as_ref().map(|_| {
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        hex::encode(Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()))
+        hex::encode(Sha256::digest(
+            serde_json::to_vec(&value).unwrap_or_default(),
+        ))
     });
     let submitted = app
         .submit(Submission {
@@ -317,7 +319,7 @@ pub async fn cancel(
     app.job_for(&caller, Action::Cancel, id).await?;
     let job = app
         .store
-        .apply(id, Command::Cancel, None, app.now())
+        .apply(id, None, Command::Cancel, None, app.now())
         .await?;
     let status = if job.state.is_terminal() {
         StatusCode::OK
