@@ -87,15 +87,18 @@ pub struct Lease {
     pub id: LeaseId,
     pub worker: String,
     /// When the job returns to the queue unless a heartbeat extends this.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub expires_at: DateTime<Utc>,
     /// The end of the attempt's `timeout`: heartbeats never extend past it.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub deadline: DateTime<Utc>,
     /// The length a heartbeat extends the lease by, unless it names another.
     pub length_ms: u64,
 }
 
 /// A job as the stores keep it, without its input and result (those are
-/// stored beside it and read only when needed).
+/// stored beside it and read only when needed). Its serde form is the
+/// stores' (compact: times in ms since the epoch), not the wire's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: JobId,
@@ -111,13 +114,24 @@ pub struct JobRecord {
     pub timeout_ms: u64,
     /// How long the job is kept once finished.
     pub ttl_ms: u64,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub updated_at: DateTime<Utc>,
     /// A queued job is not leased before this (retry backoff).
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub run_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_milliseconds_option"
+    )]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_milliseconds_option"
+    )]
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,

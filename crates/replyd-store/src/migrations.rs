@@ -20,7 +20,7 @@ pub const SQLITE: &[(i64, &str)] = &[(
         idempotency_key  TEXT,
         input            BLOB,               -- NULL once purged (a tombstone)
         record           TEXT NOT NULL       -- replyd_core::JobRecord as JSON
-    );
+    ) WITHOUT ROWID;
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     CREATE INDEX jobs_ready ON jobs (queue, run_at) WHERE state = 'queued';
