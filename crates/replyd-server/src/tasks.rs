@@ -2,62 +2,64 @@
 //! worker went silent) and the garbage collector (purges expired jobs).
 //! Both are safe to run on every node at once.
 
+use std::future::Future;
 use std::sync::Arc;
+
+use replyd_core::store::StoreResult;
 
 use crate::app::App;
 use crate::config::secs;
 
-/// Rows one sweep handles before yielding.
+/// Rows one sweep handles before it goes again.
 const SWEEP: u32 = 1000;
 
 pub async fn reaper(app: Arc<App>) {
-    let mut tick = tokio::time::interval(secs(app.config.reaper_interval));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = app.shutdown.cancelled() => return,
-        }
-        loop {
-            match app.store.expire_leases(app.now(), SWEEP).await {
-                Ok(n) if n as u32 == SWEEP => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(jobs = n, "requeued jobs whose lease expired");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "lease sweep failed");
-                    break;
-                }
-            }
-        }
-    }
+    let every = app.config.reaper_interval;
+    periodically(app, every, "requeued jobs whose lease expired", |app| async move {
+        app.store.expire_leases(app.now(), SWEEP).await
+    })
+    .await;
 }
 
 pub async fn garbage_collector(app: Arc<App>) {
-    let mut tick = tokio::time::interval(secs(app.config.gc_interval));
+    let every = app.config.gc_interval;
+    periodically(app, every, "purged expired jobs", |app| async move {
+        app.store.collect_garbage(app.now(), SWEEP).await
+    })
+    .await;
+}
+
+/// Runs `sweep` every `every` seconds until shutdown; a sweep that handled a
+/// full `SWEEP` of rows runs again at once.
+async fn periodically<F, Fut>(app: Arc<App>, every: f64, what: &'static str, sweep: F)
+where
+    F: Fn(Arc<App>) -> Fut,
+    Fut: Future<Output = StoreResult<usize>>,
+{
+    let mut tick = tokio::time::interval(secs(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = app.shutdown.cancelled() => return,
         }
+        let mut total = 0;
         loop {
-            match app.store.collect_garbage(app.now(), SWEEP).await {
-                Ok(n) if n as u32 == SWEEP => continue,
+            match sweep(app.clone()).await {
                 Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(jobs = n, "purged expired jobs");
+                    total += n;
+                    if n as u32 < SWEEP {
+                        break;
                     }
-                    break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "garbage collection failed");
+                    tracing::warn!(error = %e, "{what}: sweep failed");
                     break;
                 }
             }
+        }
+        if total > 0 {
+            tracing::info!(jobs = total, "{what}");
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use replyd_proto as proto;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{AppState, IfNoneMatch, body, etag, job_id, parse_json, prefer_wait, query};
+use super::{AppState, IfNoneMatch, JobRequest, body, etag, parse_json, prefer_wait, query};
 use crate::app::{Submission, domain_state};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -26,13 +26,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}", get(status).delete(delete))
         .route("/v1/jobs/{id}/result", get(result))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-}
-
-/// The `access_token` query parameter: a job token, for clients that cannot
-/// set headers (a browser's EventSource, a link).
-#[derive(Debug, Default, Deserialize)]
-pub struct TokenParam {
-    pub access_token: Option<String>,
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -160,17 +153,6 @@ pub async fn submit(
     Ok(res)
 }
 
-/// Identifies the caller of a route about one job.
-fn caller_for(
-    app: &AppState,
-    headers: &HeaderMap,
-    token: &TokenParam,
-    id: replyd_core::JobId,
-) -> ApiResult<Caller> {
-    app.auth
-        .identify(headers, token.access_token.as_deref(), Some(id))
-}
-
 /// The job's status: 202 while it runs, 303 to the result, 200 when it
 /// failed or was canceled.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
@@ -185,14 +167,10 @@ fn caller_for(
         (status = 410, description = "Expired", body = proto::Problem)))]
 pub async fn status(
     State(app): State<AppState>,
-    Path(raw): Path<String>,
-    q: Result<Query<TokenParam>, QueryRejection>,
+    r: JobRequest,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let token = query(q)?;
-    let caller = caller_for(&app, &headers, &token, id)?;
-    let mut job = app.job_for(&caller, Action::Read, id).await?;
+    let mut job = app.job_for(&r.caller, Action::Read, r.id).await?;
     let inm = IfNoneMatch::parse(&headers);
     let wait = prefer_wait(&headers)?;
     if let Some(w) = wait {
@@ -217,7 +195,7 @@ pub async fn status(
         }
         r
     } else {
-        status_response(&app, &job, token.access_token.as_deref())
+        status_response(&app, &job, r.access_token.as_deref())
     };
     set(&mut res, header::ETAG, etag(job.version));
     if let Some(w) = wait {
@@ -276,16 +254,8 @@ async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
         (status = 409, description = "Not finished, failed or canceled", body = proto::Problem),
         (status = 410, description = "Expired", body = proto::Problem),
         (status = 404, description = "Unknown job", body = proto::Problem)))]
-pub async fn result(
-    State(app): State<AppState>,
-    Path(raw): Path<String>,
-    q: Result<Query<TokenParam>, QueryRejection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let token = query(q)?;
-    let caller = caller_for(&app, &headers, &token, id)?;
-    let job = app.job_for(&caller, Action::Read, id).await?;
+pub async fn result(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
+    let (id, job) = (r.id, app.job_for(&r.caller, Action::Read, r.id).await?);
     if job.state != JobState::Succeeded {
         let detail = match job.state {
             JobState::Failed | JobState::Canceled => format!(
@@ -307,16 +277,9 @@ pub async fn result(
         (status = 202, description = "Cancel requested; the worker stops at its next heartbeat", body = proto::Job),
         (status = 409, description = "Already finished", body = proto::Problem),
         (status = 404, description = "Unknown job", body = proto::Problem)))]
-pub async fn cancel(
-    State(app): State<AppState>,
-    Path(raw): Path<String>,
-    q: Result<Query<TokenParam>, QueryRejection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let token = query(q)?;
-    let caller = caller_for(&app, &headers, &token, id)?;
-    app.job_for(&caller, Action::Cancel, id).await?;
+pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
+    let id = r.id;
+    app.job_for(&r.caller, Action::Cancel, id).await?;
     let job = app
         .store
         .apply(id, None, Command::Cancel, None, app.now())
@@ -336,17 +299,12 @@ pub async fn cancel(
         (status = 204, description = "Deleted"),
         (status = 409, description = "Not finished", body = proto::Problem),
         (status = 404, description = "Unknown job", body = proto::Problem)))]
-pub async fn delete(
-    State(app): State<AppState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let caller = app.auth.identify(&headers, None, Some(id))?;
-    if let Caller::JobToken(_) = caller {
+pub async fn delete(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
+    let id = r.id;
+    if let Caller::JobToken(_) = r.caller {
         return Err(ApiError::forbidden("a job token cannot delete its job"));
     }
-    app.job_for(&caller, Action::Cancel, id).await?;
+    app.job_for(&r.caller, Action::Cancel, id).await?;
     app.store.delete(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

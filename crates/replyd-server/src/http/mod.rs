@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +24,7 @@ use replyd_core::JobId;
 use serde::de::DeserializeOwned;
 
 use crate::app::{App, MAX_WAIT};
+use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
 
 pub type AppState = Arc<App>;
@@ -73,6 +77,72 @@ async fn observe(req: Request, next: Next) -> Response {
 /// A job id from a path. A malformed id is a job that does not exist: 404.
 pub fn job_id(raw: &str) -> ApiResult<JobId> {
     raw.parse().map_err(|_| ApiError::job_not_found())
+}
+
+async fn path_job_id(parts: &mut Parts, app: &AppState) -> ApiResult<JobId> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, app)
+        .await
+        .map_err(|_| ApiError::job_not_found())?;
+    job_id(&raw)
+}
+
+/// The `access_token` query parameter: a job token, for clients that cannot
+/// set headers (a browser's EventSource, a link).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenParam {
+    pub access_token: Option<String>,
+}
+
+/// A request about one job: its id from the path (a malformed one is 404)
+/// and the caller, from the Authorization header or `?access_token=`.
+#[derive(Debug)]
+pub struct JobRequest {
+    pub id: JobId,
+    pub caller: Caller,
+    /// The job token the caller sent as `?access_token=`, kept across the
+    /// redirect to the result.
+    pub access_token: Option<String>,
+}
+
+impl FromRequestParts<AppState> for JobRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> ApiResult<JobRequest> {
+        let id = path_job_id(parts, app).await?;
+        let token: TokenParam = query(Query::try_from_uri(&parts.uri))?;
+        let caller = app
+            .auth
+            .identify(&parts.headers, token.access_token.as_deref(), Some(id))?;
+        Ok(JobRequest {
+            id,
+            caller,
+            access_token: token.access_token,
+        })
+    }
+}
+
+/// A worker's call about a job it leased: the job id, a caller allowed to
+/// work, and the JSON body.
+#[derive(Debug)]
+pub struct WorkerCall<T> {
+    pub id: JobId,
+    pub caller: Caller,
+    pub body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for WorkerCall<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> ApiResult<WorkerCall<T>> {
+        let (mut parts, raw) = req.into_parts();
+        let id = path_job_id(&mut parts, app).await?;
+        let caller = app.auth.identify(&parts.headers, None, None)?;
+        caller.check(Action::Work, None)?;
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, raw), app).await;
+        let body = parse_json(&headers, &body(bytes, app.config.limits.max_body)?)?;
+        Ok(WorkerCall { id, caller, body })
+    }
 }
 
 /// The body, or 413 past the limit.

@@ -17,7 +17,7 @@ use replyd_core::store::{JobOutput, LeaseQuery, Leased};
 use replyd_proto as proto;
 use serde::Deserialize;
 
-use super::{AppState, body, is_json, job_id, parse_json, query};
+use super::{AppState, WorkerCall, body, is_json, job_id, parse_json, query};
 use crate::app::App;
 use crate::auth::{Action, Caller};
 use crate::config::{Executor, secs};
@@ -170,14 +170,9 @@ fn lease_status(job: &JobRecord) -> proto::LeaseStatus {
               (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
 pub async fn heartbeat(
     State(app): State<AppState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    raw_body: Result<Bytes, BytesRejection>,
+    call: WorkerCall<proto::HeartbeatRequest>,
 ) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let caller = worker(&app, &headers)?;
-    let req: proto::HeartbeatRequest =
-        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let WorkerCall { id, caller, body: req } = call;
     let length = match req.lease {
         None => None,
         Some(_) => {
@@ -199,14 +194,9 @@ pub async fn heartbeat(
               (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
 pub async fn progress(
     State(app): State<AppState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    raw_body: Result<Bytes, BytesRejection>,
+    call: WorkerCall<proto::ProgressRequest>,
 ) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let caller = worker(&app, &headers)?;
-    let req: proto::ProgressRequest =
-        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let WorkerCall { id, caller, body: req } = call;
     if let Some(p) = req.percent
         && !(p.is_finite() && (0.0..=100.0).contains(&p))
     {
@@ -300,14 +290,9 @@ pub async fn complete(
               (status = 409, description = "The lease is stale (fencing)", body = proto::Problem)))]
 pub async fn fail(
     State(app): State<AppState>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    raw_body: Result<Bytes, BytesRejection>,
+    call: WorkerCall<proto::FailRequest>,
 ) -> ApiResult<Response> {
-    let id = job_id(&raw)?;
-    let caller = worker(&app, &headers)?;
-    let req: proto::FailRequest =
-        parse_json(&headers, &body(raw_body, app.config.limits.max_body)?)?;
+    let WorkerCall { id, caller, body: req } = call;
     let error = match req.error {
         proto::FailReason::Message(m) => JobError::new("worker_error", m),
         proto::FailReason::Error { code, message } => {
