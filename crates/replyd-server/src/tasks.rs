@@ -15,9 +15,12 @@ const SWEEP: u32 = 1000;
 
 pub async fn reaper(app: Arc<App>) {
     let every = app.config.reaper_interval;
-    periodically(app, every, "requeued jobs whose lease expired", |app| async move {
-        app.store.expire_leases(app.now(), SWEEP).await
-    })
+    periodically(
+        app,
+        every,
+        "requeued jobs whose lease expired",
+        |app| async move { app.store.expire_leases(app.now(), SWEEP).await },
+    )
     .await;
 }
 
@@ -48,7 +51,7 @@ where
             match sweep(app.clone()).await {
                 Ok(n) => {
                     total += n;
-                    if n as u32 < SWEEP {
+                    if (n as u32) < SWEEP {
                         break;
                     }
                 }

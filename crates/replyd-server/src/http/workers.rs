@@ -172,7 +172,11 @@ pub async fn heartbeat(
     State(app): State<AppState>,
     call: WorkerCall<proto::HeartbeatRequest>,
 ) -> ApiResult<Response> {
-    let WorkerCall { id, caller, body: req } = call;
+    let WorkerCall {
+        id,
+        caller,
+        body: req,
+    } = call;
     let length = match req.lease {
         None => None,
         Some(_) => {
@@ -196,7 +200,11 @@ pub async fn progress(
     State(app): State<AppState>,
     call: WorkerCall<proto::ProgressRequest>,
 ) -> ApiResult<Response> {
-    let WorkerCall { id, caller, body: req } = call;
+    let WorkerCall {
+        id,
+        caller,
+        body: req,
+    } = call;
     if let Some(p) = req.percent
         && !(p.is_finite() && (0.0..=100.0).contains(&p))
     {
@@ -292,7 +300,11 @@ pub async fn fail(
     State(app): State<AppState>,
     call: WorkerCall<proto::FailRequest>,
 ) -> ApiResult<Response> {
-    let WorkerCall { id, caller, body: req } = call;
+    let WorkerCall {
+        id,
+        caller,
+        body: req,
+    } = call;
     let error = match req.error {
         proto::FailReason::Message(m) => JobError::new("worker_error", m),
         proto::FailReason::Error { code, message } => {
