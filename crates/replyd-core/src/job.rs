@@ -619,7 +619,7 @@ mod tests {
         let mut now = t(0);
         for attempt in 1..=3 {
             lease(&mut j, now, 10);
-            now = now + chrono::Duration::seconds(10);
+            now += chrono::Duration::seconds(10);
             let e = j.apply(Command::ExpireLease, now, &P).unwrap();
             if attempt < 3 {
                 assert_eq!(e.event, Some(EventKind::Retrying));

@@ -53,7 +53,7 @@ impl Default for Config {
 pub struct Storage {
     /// The SQLite database file.
     pub sqlite: PathBuf,
-    /// PostgreSQL (a later release): refused for now with a clear message.
+    /// PostgreSQL instead of SQLite: many nodes may share it.
     pub postgres_url: Option<String>,
 }
 
@@ -211,9 +211,10 @@ impl Config {
     /// Checks what serde cannot, and adds the built-in `demo` queue.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.storage.postgres_url.is_some() {
+        if self.storage.postgres_url.is_some() && !cfg!(feature = "postgres") {
             return bad(
-                "PostgreSQL storage is not available in this version; use [storage] sqlite".into(),
+                "this replyd was built without PostgreSQL: rebuild with `--features postgres`"
+                    .into(),
             );
         }
         self.queues

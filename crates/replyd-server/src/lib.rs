@@ -56,8 +56,8 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Opens the configured store and starts the background tasks.
     pub async fn start(config: Config, clock: Clock) -> Result<Server, ServeError> {
-        let store = SqliteStore::open(&config.storage.sqlite, SqliteOptions::default()).await?;
-        Server::with_store(config, Arc::new(store), clock).await
+        let store = open_store(&config).await?;
+        Server::with_store(config, store, clock).await
     }
 
     /// Starts a server on a store the caller opened.
@@ -133,6 +133,18 @@ impl Server {
         tracing::info!("replyd stopped");
         Ok(())
     }
+}
+
+/// Opens (and migrates) the store the configuration names: PostgreSQL when
+/// `storage.postgres_url` is set, else the SQLite file.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &config.storage.postgres_url {
+        let store = replyd_store::PgStore::connect(url, replyd_store::PgOptions::default()).await?;
+        return Ok(Arc::new(store));
+    }
+    let store = SqliteStore::open(&config.storage.sqlite, SqliteOptions::default()).await?;
+    Ok(Arc::new(store))
 }
 
 /// Starts a server from `config` on `listener` and runs it until `shutdown`.

@@ -1,8 +1,14 @@
 //! replyd's stores. [`sqlite::SqliteStore`] is the embedded default;
-//! [`conformance`] is the suite every store must pass.
+//! `postgres::PgStore` (feature `postgres`) lets many nodes share one
+//! database; [`conformance`] is the suite every store must pass.
 
 pub mod conformance;
 pub mod migrations;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
+
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};

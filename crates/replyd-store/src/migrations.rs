@@ -50,6 +50,57 @@ pub const SQLITE: &[(i64, &str)] = &[(
     ",
 )];
 
+/// PostgreSQL migrations: (version, SQL), append only. Applied by
+/// `PgStore::connect` under an advisory lock, so nodes that start together
+/// take turns.
+pub const POSTGRES: &[(i64, &str)] = &[(
+    1,
+    "
+    CREATE TABLE jobs (
+        id               uuid PRIMARY KEY,   -- UUIDv7
+        tenant           text NOT NULL,
+        queue            text NOT NULL,
+        state            text NOT NULL,
+        run_at           bigint NOT NULL,    -- ms since the epoch
+        lease_expires_at bigint,
+        expires_at       bigint,
+        idempotency_key  text,
+        input            bytea,              -- NULL once purged (a tombstone)
+        record           text NOT NULL       -- replyd_core::JobRecord as JSON
+    );
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_ready ON jobs (queue, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id);
+
+    CREATE TABLE job_outputs (
+        job_id       uuid PRIMARY KEY,
+        content_type text NOT NULL,
+        body         bytea NOT NULL
+    );
+
+    -- id: insertion order; position: commit order, assigned by the
+    -- sequencer (see postgres.rs). Readers see only positioned events.
+    CREATE TABLE events (
+        id       bigserial PRIMARY KEY,
+        position bigint UNIQUE,
+        job_id   uuid NOT NULL,
+        kind     text NOT NULL,
+        at       bigint NOT NULL,
+        job      text NOT NULL
+    );
+    CREATE INDEX events_unpositioned ON events (id) WHERE position IS NULL;
+    CREATE INDEX events_job ON events (job_id, position);
+
+    CREATE TABLE meta (
+        key   text PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    ",
+)];
+
 /// Applies every migration not yet applied. Safe to run from several
 /// processes at once: `BEGIN IMMEDIATE` serializes them.
 pub fn apply_sqlite(conn: &mut Connection) -> rusqlite::Result<usize> {

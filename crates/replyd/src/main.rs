@@ -130,10 +130,9 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            match replyd_store::SqliteStore::open(&config.storage.sqlite, Default::default()).await
-            {
+            match replyd_server::open_store(&config).await {
                 Ok(_) => {
-                    println!("migrations applied to {}", config.storage.sqlite.display());
+                    println!("migrations applied");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

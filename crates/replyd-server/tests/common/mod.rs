@@ -1,5 +1,6 @@
-//! Test harness: a real replyd on 127.0.0.1:0 with a fresh SQLite file,
-//! and a small HTTP client around reqwest.
+//! Test harness: a real replyd on 127.0.0.1:0 with a fresh store (a SQLite
+//! file, or a PostgreSQL schema: the including test binary's `BACKEND`
+//! says which), and a small HTTP client around reqwest.
 
 #![allow(dead_code)]
 
@@ -11,6 +12,13 @@ use replyd_server::{Config, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+/// Which store a test binary runs its cases against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -30,15 +38,19 @@ executor = "pull"
 "#;
 
 impl TestServer {
-    /// A server with `config_toml` (plus the harness's database path).
-    pub async fn start(config_toml: &str) -> TestServer {
+    /// A server with `config_toml` (plus the harness's store). `None` when
+    /// the backend's service is absent (the test then skips, as said).
+    pub async fn start(config_toml: &str) -> Option<TestServer> {
         TestServer::start_with(config_toml, Clock::system()).await
     }
 
-    pub async fn start_with(config_toml: &str, clock: Clock) -> TestServer {
+    pub async fn start_with(config_toml: &str, clock: Clock) -> Option<TestServer> {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::from_toml(config_toml).unwrap();
         config.storage.sqlite = dir.path().join("replyd.db");
+        if crate::BACKEND == Backend::Postgres {
+            config.storage.postgres_url = Some(postgres_url().await?);
+        }
         config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -48,12 +60,12 @@ impl TestServer {
         let task = tokio::spawn(async move {
             server.run(listener, s.cancelled_owned()).await.unwrap();
         });
-        TestServer {
+        Some(TestServer {
             addr,
             stop,
             task,
             dir,
-        }
+        })
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {
@@ -66,6 +78,16 @@ impl TestServer {
                 .unwrap(),
         }
     }
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_url() -> Option<String> {
+    replyd_store::postgres::testing::fresh_schema("server_tests").await
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_url() -> Option<String> {
+    unreachable!("PostgreSQL cases are compiled only with the postgres feature")
 }
 
 #[derive(Clone)]
