@@ -161,6 +161,12 @@ pub trait Store: Send + Sync + 'static {
     /// The job's events after `after` (all of them with `None`), in order.
     async fn events(&self, id: JobId, after: Option<EventId>) -> StoreResult<Vec<EventRecord>>;
 
+    /// The whole log after `after`, in order, at most `limit` events: what
+    /// an all-jobs stream resumes from. Positions are commit-ordered, so a
+    /// reader that goes on from the last id it saw never skips an event and
+    /// never sees one twice, whichever node wrote it.
+    async fn log(&self, after: Option<EventId>, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
     /// Jobs by queue and state.
     async fn counts(&self) -> StoreResult<Vec<StateCount>>;
 

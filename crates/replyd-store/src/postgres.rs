@@ -774,6 +774,10 @@ impl Store for PgStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn log(&self, after: Option<EventId>, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        read_after(&self.inner.pool, after.map_or(0, |e| e.0), i64::from(limit)).await
+    }
+
     async fn counts(&self) -> StoreResult<Vec<StateCount>> {
         let rows = sqlx::query(
             "SELECT queue, state, count(*) AS n FROM jobs WHERE input IS NOT NULL

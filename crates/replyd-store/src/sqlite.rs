@@ -498,6 +498,43 @@ fn query_records(
         .collect()
 }
 
+/// Events from a query selecting `id, kind, at, job`.
+fn read_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<EventRecord>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (eid, kind, at, text) = row.map_err(backend)?;
+        let job = decode_record(&text)?;
+        let kind = EventKind::parse(&kind).ok_or_else(|| {
+            StoreError::Backend(format!("unknown event kind {kind:?} in the log").into())
+        })?;
+        out.push(EventRecord {
+            id: EventId(eid),
+            job_id: job.id,
+            tenant: job.tenant.clone(),
+            queue: job.queue.clone(),
+            kind,
+            at: from_ms(at),
+            job,
+        });
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, new: NewJob, now: DateTime<Utc>) -> StoreResult<Submitted> {
@@ -756,39 +793,22 @@ impl Store for SqliteStore {
 
     async fn events(&self, id: JobId, after: Option<EventId>) -> StoreResult<Vec<EventRecord>> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, kind, at, job FROM events WHERE job_id = ?1 AND id > ?2 ORDER BY id",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![id_bytes(id), after.map_or(0, |e| e.0)], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (eid, kind, at, text) = row.map_err(backend)?;
-                let job = decode_record(&text)?;
-                let kind = EventKind::parse(&kind).ok_or_else(|| {
-                    StoreError::Backend(format!("unknown event kind {kind:?} in the log").into())
-                })?;
-                out.push(EventRecord {
-                    id: EventId(eid),
-                    job_id: id,
-                    tenant: job.tenant.clone(),
-                    queue: job.queue.clone(),
-                    kind,
-                    at: from_ms(at),
-                    job,
-                });
-            }
-            Ok(out)
+            read_events(
+                conn,
+                "SELECT id, kind, at, job FROM events WHERE job_id = ?1 AND id > ?2 ORDER BY id",
+                params![id_bytes(id), after.map_or(0, |e| e.0)],
+            )
+        })
+        .await
+    }
+
+    async fn log(&self, after: Option<EventId>, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        self.read(move |conn| {
+            read_events(
+                conn,
+                "SELECT id, kind, at, job FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after.map_or(0, |e| e.0), limit],
+            )
         })
         .await
     }

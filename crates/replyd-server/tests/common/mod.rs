@@ -45,12 +45,23 @@ impl TestServer {
     }
 
     pub async fn start_with(config_toml: &str, clock: Clock) -> Option<TestServer> {
+        let url = match crate::BACKEND {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(postgres_url().await?),
+        };
+        Some(TestServer::launch(config_toml, clock, url).await)
+    }
+
+    /// A node on the PostgreSQL database at `url` (several nodes may share it).
+    pub async fn start_on(config_toml: &str, url: &str) -> TestServer {
+        TestServer::launch(config_toml, Clock::system(), Some(url.to_string())).await
+    }
+
+    async fn launch(config_toml: &str, clock: Clock, postgres_url: Option<String>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::from_toml(config_toml).unwrap();
         config.storage.sqlite = dir.path().join("replyd.db");
-        if crate::BACKEND == Backend::Postgres {
-            config.storage.postgres_url = Some(postgres_url().await?);
-        }
+        config.storage.postgres_url = postgres_url;
         config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -60,12 +71,12 @@ impl TestServer {
         let task = tokio::spawn(async move {
             server.run(listener, s.cancelled_owned()).await.unwrap();
         });
-        Some(TestServer {
+        TestServer {
             addr,
             stop,
             task,
             dir,
-        })
+        }
     }
 
     pub fn client(&self, key: Option<&str>) -> Client {
