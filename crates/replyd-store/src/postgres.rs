@@ -63,7 +63,7 @@ impl Default for PgOptions {
         PgOptions {
             retry: RetryPolicy::default(),
             max_connections: 32,
-            acquire_timeout: Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -149,3 +149,28 @@ async fn a_reader_on_another_node_never_skips_or_repeats() {
         assert_eq!(per_job, from_log);
     }
 }
+
+/// Nodes that start at once on an empty database take turns migrating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_starting_together_migrate_once() {
+    let Some(url) = testing::fresh_schema("migrate").await else {
+        return;
+    };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url, PgOptions::default()).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for s in starts {
+        stores.push(s.await.unwrap().expect("every node starts"));
+    }
+    let id = stores[0]
+        .submit(job("q"), chrono::Utc::now())
+        .await
+        .unwrap()
+        .job()
+        .id;
+    assert!(stores[3].get(id).await.unwrap().is_some());
+}
