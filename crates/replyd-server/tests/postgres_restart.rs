@@ -85,12 +85,12 @@ async fn a_database_restart_gives_quick_503s_then_recovers() {
 
     pg_ctl("start");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
+    loop {
         let r = c
             .post("/v1/jobs", json!({"queue": "work", "input": "after"}))
             .await;
         if r.status == 202 {
-            break r.json()["id"].as_str().unwrap().to_string();
+            break;
         }
         assert!(Instant::now() < deadline, "no recovery: {}", r.status);
         tokio::time::sleep(Duration::from_millis(200)).await;
