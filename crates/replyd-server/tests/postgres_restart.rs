@@ -113,5 +113,4 @@ async fn a_database_restart_gives_quick_503s_then_recovers() {
         "took {:?}",
         t.elapsed()
     );
-    let _ = id;
 }
