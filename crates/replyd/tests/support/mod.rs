@@ -1,0 +1,186 @@
+//! What the process-level tests share: `replyd serve` as a child process on
+//! 127.0.0.1 port 0, its log, and an HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_replyd");
+
+/// A pull queue `work`, as the brief's tests use it.
+pub const WORK_QUEUE: &str = "[queues.work]\nexecutor = \"pull\"\nmax_attempts = 3\ntimeout = 60\n";
+
+static SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+/// `replyd serve` with `REPLYD_*` variables removed so that only the
+/// arguments given here count.
+pub fn replyd() -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in [
+        "REPLYD_CONFIG",
+        "REPLYD_LISTEN",
+        "REPLYD_DB",
+        "REPLYD_DATABASE_URL",
+        "REPLYD_INSECURE",
+        "REPLYD_API_KEY",
+        "REPLYD_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    cmd
+}
+
+/// A running `replyd serve`; SIGKILLed when dropped if it is still running.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub name: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `replyd serve --listen 127.0.0.1:0 --db DIR/replyd.db`, with
+    /// `DIR/replyd.toml` holding `config` when one is given, and waits (at
+    /// most 30 s) for the line that says where it listens.
+    pub async fn start(dir: &Path, config: Option<&str>) -> Server {
+        let db = db_path(dir).display().to_string();
+        Server::start_on(dir, config, &["--db", &db]).await
+    }
+
+    /// As `start`, with the store named by `store_args` (`--db PATH` or
+    /// `--database-url URL`).
+    pub async fn start_on(dir: &Path, config: Option<&str>, store_args: &[&str]) -> Server {
+        let name = format!("server#{}", SERVERS.fetch_add(1, Ordering::SeqCst));
+        let mut cmd = replyd();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(store_args);
+        if let Some(config) = config {
+            let file = dir.join("replyd.toml");
+            std::fs::write(&file, config).unwrap();
+            cmd.arg("--config").arg(file);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn replyd serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let log = log.clone();
+            let name = name.clone();
+            // Reads the log for the address, then keeps draining it so that
+            // the server never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{name}] {line}");
+                    if let Some(url) = listen_url(&line)
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(url);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            url: String::new(),
+            name,
+            log,
+        };
+        let url = match got {
+            Ok(url) => url,
+            Err(_) => panic!(
+                "{} did not log `replyd listening on http://...` within 30 s (exit: {:?}); its log:\n{}",
+                server.name,
+                server.child.try_wait(),
+                server.log_text()
+            ),
+        };
+        server.addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("cannot parse the address in {url:?}: {e}"));
+        server.url = url;
+        server
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap_or_else(|e| panic!("kill {signal} {}: {e}", self.name));
+    }
+
+    /// The exit status, or None if it is still running after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let from = log.len().saturating_sub(40);
+        log[from..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("replyd.db")
+}
+
+/// `http://127.0.0.1:PORT` out of `... replyd listening on http://127.0.0.1:PORT ...`.
+pub fn listen_url(line: &str) -> Option<String> {
+    let at = line.find("replyd listening on http://")? + "replyd listening on ".len();
+    let url: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || ":/.[]".contains(*c))
+        .collect();
+    Some(url)
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
