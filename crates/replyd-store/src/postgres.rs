@@ -843,7 +843,12 @@ pub mod testing {
     /// `REPLYD_REQUIRE_SERVICES=1` that panics instead. Schemas of earlier
     /// runs with the same `prefix` are dropped once per process.
     pub async fn fresh_schema(prefix: &'static str) -> Option<String> {
-        let base = url();
+        fresh_schema_at(&url(), prefix).await
+    }
+
+    /// As [`fresh_schema`], in the database at `base`.
+    pub async fn fresh_schema_at(base: &str, prefix: &'static str) -> Option<String> {
+        let base = base.to_string();
         let admin = match sqlx::PgPool::connect(&base).await {
             Ok(p) => p,
             Err(e) => {

@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "postgres")]
+mod pg;
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,6 +57,12 @@ pub struct BenchArgs {
     /// Jobs per lease call in the end-to-end scenario.
     #[arg(long, default_value_t = 100)]
     batch: u32,
+    /// PostgreSQL for the `pg` scenario (a fresh schema per measurement).
+    #[arg(long, env = "REPLYD_BENCH_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// Node counts the `pg` scenario runs with.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
+    nodes: Vec<usize>,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -81,27 +90,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         match scenario.as_str() {
             "submit" => submit(&args, &dir).await?,
             "e2e" => e2e(&args, &dir).await?,
-            other => bail!("unknown scenario {other:?} (known: submit, e2e)"),
+            #[cfg(feature = "postgres")]
+            "pg" => pg::run(&args).await?,
+            other => bail!("unknown scenario {other:?} (known: submit, e2e, pg)"),
         }
     }
     Ok(())
 }
 
-/// A replyd on 127.0.0.1:0 with a fresh database and a `bench` pull queue.
+/// Where a benchmark's replyd keeps its jobs.
+enum Storage {
+    /// A fresh SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (several nodes may share it).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres(String),
+}
+
+/// A replyd on 127.0.0.1:0 with a `bench` pull queue.
 struct Replyd {
     addr: SocketAddr,
-    store: SqliteStore,
+    /// The SQLite store, for its group-commit figures.
+    sqlite: Option<SqliteStore>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_replyd(dir: &std::path::Path, name: &str) -> anyhow::Result<Replyd> {
-    let db = dir.join(format!("{name}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
+async fn start_replyd(storage: &Storage) -> anyhow::Result<Replyd> {
     let mut config = Config::default();
-    config.storage.sqlite = db;
+    match storage {
+        Storage::Sqlite(db) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+            config.storage.sqlite = db.clone();
+        }
+        Storage::Postgres(url) => config.storage.postgres_url = Some(url.clone()),
+    }
     config.queues.insert(
         "bench".into(),
         QueueConfig {
@@ -111,8 +136,14 @@ async fn start_replyd(dir: &std::path::Path, name: &str) -> anyhow::Result<Reply
         },
     );
     config.validate()?;
-    let store = SqliteStore::open(&config.storage.sqlite, SqliteOptions::default()).await?;
-    let server = Server::with_store(config, Arc::new(store.clone()), Clock::system()).await?;
+    let (store, sqlite): (Arc<dyn replyd_core::Store>, _) = match storage {
+        Storage::Sqlite(db) => {
+            let s = SqliteStore::open(db, SqliteOptions::default()).await?;
+            (Arc::new(s.clone()), Some(s))
+        }
+        Storage::Postgres(_) => (replyd_server::open_store(&config).await?, None),
+    };
+    let server = Server::with_store(config, store, Clock::system()).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -124,7 +155,7 @@ async fn start_replyd(dir: &std::path::Path, name: &str) -> anyhow::Result<Reply
     });
     Ok(Replyd {
         addr,
-        store,
+        sqlite,
         stop,
         task,
     })
@@ -133,7 +164,10 @@ async fn start_replyd(dir: &std::path::Path, name: &str) -> anyhow::Result<Reply
 impl Replyd {
     /// Write operations per commit so far: how well group commit batches.
     fn ops_per_commit(&self) -> f64 {
-        let s = self.store.stats();
+        let Some(store) = &self.sqlite else {
+            return 0.0;
+        };
+        let s = store.stats();
         s.ops.load(Ordering::Relaxed) as f64 / s.commits.load(Ordering::Relaxed).max(1) as f64
     }
 
@@ -223,11 +257,17 @@ impl LoadResult {
 }
 
 /// `clients` connections POST `body` to `path` for `duration`.
-async fn load(addr: SocketAddr, clients: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+/// `clients` connections, spread over `addrs`, POST jobs for `duration`.
+async fn load(
+    addrs: &[SocketAddr],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for i in 0..clients {
+        let addr = addrs[i % addrs.len()];
         let mut conn = Conn::open(addr).await?;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
@@ -288,17 +328,17 @@ async fn submit(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         args.clients, args.rounds, args.duration
     );
     let (bare_addr, bare_stop) = start_bare().await?;
-    let server = start_replyd(dir, "bench-submit").await?;
+    let server = start_replyd(&Storage::Sqlite(dir.join("bench-submit.db"))).await?;
     // Warm up both.
-    load(bare_addr, args.clients, Duration::from_secs(1)).await?;
-    load(server.addr, args.clients, Duration::from_secs(1)).await?;
+    load(&[bare_addr], args.clients, Duration::from_secs(1)).await?;
+    load(&[server.addr], args.clients, Duration::from_secs(1)).await?;
     let mut bare_runs = Vec::new();
     let mut replyd_runs = Vec::new();
     for _ in 0..args.rounds {
         // Alternate, so drift on a shared machine touches both alike.
-        let bare = load(bare_addr, args.clients, duration).await?;
+        let bare = load(&[bare_addr], args.clients, duration).await?;
         report("bare axum 202 (ceiling)", &bare);
-        let replyd = load(server.addr, args.clients, duration).await?;
+        let replyd = load(&[server.addr], args.clients, duration).await?;
         report("replyd, SQLite synchronous=FULL", &replyd);
         if replyd.errors > 0 {
             bail!("{} submissions failed", replyd.errors);
@@ -327,21 +367,36 @@ async fn submit(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
-    let n = args.jobs;
     println!(
-        "\ne2e: {n} no-op jobs: {} clients submit, {} workers lease (batch {}) and complete",
-        args.clients, args.workers, args.batch
+        "\ne2e: {} no-op jobs: {} clients submit, {} workers lease (batch {}) and complete",
+        args.jobs, args.clients, args.workers, args.batch
     );
-    let server = start_replyd(dir, "bench-e2e").await?;
-    let addr = server.addr;
+    let server = start_replyd(&Storage::Sqlite(dir.join("bench-e2e.db"))).await?;
+    let (done, elapsed) = e2e_run(args, &[server.addr]).await?;
+    let batching = server.ops_per_commit();
+    server.stop().await;
+    println!(
+        "  {done} jobs in {:.2} s: {:.0} jobs/s end to end (submit + lease + complete, each durable)",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64()
+    );
+    println!("  group commit: {batching:.1} writes per commit");
+    Ok(())
+}
+
+/// Submits `args.jobs` jobs and works them off through the worker API,
+/// clients and workers spread over `addrs`. Returns the jobs done and the
+/// time from the first submit to the last completion.
+async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::Result<(usize, Duration)> {
+    let n = args.jobs;
     let completed = Arc::new(AtomicUsize::new(0));
     let submitted = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
 
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
+    for i in 0..args.clients {
         let submitted = submitted.clone();
-        let mut conn = Conn::open(addr).await?;
+        let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
             while submitted.fetch_add(1, Ordering::Relaxed) < n {
                 let (status, body) = conn
@@ -361,10 +416,10 @@ async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         r#"{{"worker":"bench","lease":120,"wait":1,"batch":{}}}"#,
         args.batch
     ));
-    for _ in 0..args.workers {
+    for i in 0..args.workers {
         let completed = completed.clone();
         let lease_body = lease_body.clone();
-        let mut conn = Conn::open(addr).await?;
+        let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
             while completed.load(Ordering::Relaxed) < n {
                 let (status, body) = conn
@@ -399,15 +454,5 @@ async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     for t in tasks {
         t.await?.context("a bench client failed")?;
     }
-    let elapsed = start.elapsed();
-    let batching = server.ops_per_commit();
-    server.stop().await;
-    let done = completed.load(Ordering::Relaxed);
-    println!(
-        "  {done} jobs in {:.2} s: {:.0} jobs/s end to end (submit + lease + complete, each durable)",
-        elapsed.as_secs_f64(),
-        done as f64 / elapsed.as_secs_f64()
-    );
-    println!("  group commit: {batching:.1} writes per commit");
-    Ok(())
+    Ok((completed.load(Ordering::Relaxed), start.elapsed()))
 }
