@@ -179,9 +179,7 @@ pub async fn heartbeat(
     } = call;
     let length = match req.lease {
         None => None,
-        Some(_) => {
-            Some(seconds("lease", req.lease, Duration::ZERO, 3600.0)?.max(Duration::from_secs(1)))
-        }
+        lease => Some(seconds("lease", lease, Duration::ZERO, 3600.0)?.max(Duration::from_secs(1))),
     };
     let cmd = Command::Heartbeat {
         lease_id: LeaseId(req.lease_id),
