@@ -55,6 +55,11 @@ pub struct Storage {
     pub sqlite: PathBuf,
     /// PostgreSQL instead of SQLite: many nodes may share it.
     pub postgres_url: Option<String>,
+    /// Connections this node keeps to PostgreSQL.
+    pub postgres_pool_size: u32,
+    /// Seconds a request waits for a free connection before it is answered
+    /// 503 (also how quickly requests fail while the database is down).
+    pub postgres_acquire_timeout: f64,
 }
 
 impl Default for Storage {
@@ -62,6 +67,8 @@ impl Default for Storage {
         Storage {
             sqlite: PathBuf::from("./replyd.db"),
             postgres_url: None,
+            postgres_pool_size: 32,
+            postgres_acquire_timeout: 2.0,
         }
     }
 }
@@ -216,6 +223,14 @@ impl Config {
                 "this replyd was built without PostgreSQL: rebuild with `--features postgres`"
                     .into(),
             );
+        }
+        if !(1..=1000).contains(&self.storage.postgres_pool_size) {
+            return bad("storage.postgres_pool_size must be between 1 and 1000".into());
+        }
+        if !(self.storage.postgres_acquire_timeout > 0.0
+            && self.storage.postgres_acquire_timeout <= 600.0)
+        {
+            return bad("storage.postgres_acquire_timeout must be in (0, 600] seconds".into());
         }
         self.queues
             .entry("demo".into())

@@ -140,7 +140,12 @@ impl Server {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     #[cfg(feature = "postgres")]
     if let Some(url) = &config.storage.postgres_url {
-        let store = replyd_store::PgStore::connect(url, replyd_store::PgOptions::default()).await?;
+        let options = replyd_store::PgOptions {
+            max_connections: config.storage.postgres_pool_size,
+            acquire_timeout: secs(config.storage.postgres_acquire_timeout),
+            ..replyd_store::PgOptions::default()
+        };
+        let store = replyd_store::PgStore::connect(url, options).await?;
         return Ok(Arc::new(store));
     }
     let store = SqliteStore::open(&config.storage.sqlite, SqliteOptions::default()).await?;
