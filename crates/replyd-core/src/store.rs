@@ -167,6 +167,11 @@ pub trait Store: Send + Sync + 'static {
     /// never sees one twice, whichever node wrote it.
     async fn log(&self, after: Option<EventId>, limit: u32) -> StoreResult<Vec<EventRecord>>;
 
+    /// The highest event id ever removed from the log (a deleted or purged
+    /// job's events), if any: a reader resuming from an id below it may
+    /// have missed events, and is told so (`stream.reset`).
+    async fn log_floor(&self) -> StoreResult<Option<EventId>>;
+
     /// Jobs by queue and state.
     async fn counts(&self) -> StoreResult<Vec<StateCount>>;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use replyd_core::event::{EventId, EventKind};
+use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
 use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Store, StoreError, Submitted};
 use replyd_core::{JobId, LeaseId, Tenant};
@@ -27,7 +27,8 @@ macro_rules! conformance_tests {
             expired_leases_retry_with_backoff_then_fail, cancel_queued_and_running,
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
-            cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases);
+            cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases,
+            log_floor_rises_when_events_are_removed);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -450,6 +451,31 @@ pub async fn garbage_collection_leaves_a_tombstone(store: Arc<dyn Store>) {
     // Counts skip tombstones.
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 1);
+}
+
+pub async fn log_floor_rises_when_events_are_removed(store: Arc<dyn Store>) {
+    assert_eq!(store.log_floor().await.unwrap(), None);
+    let a = submit(&*store, "q").await;
+    let b = submit(&*store, "q").await;
+    let c = submit(&*store, "q").await;
+    for id in [a, b, c] {
+        store
+            .apply(id, None, Command::Cancel, None, t(1))
+            .await
+            .unwrap();
+    }
+    let last_of = |evs: Vec<EventRecord>| evs.last().unwrap().id;
+    let b_last = last_of(store.events(b, None).await.unwrap());
+    let a_last = last_of(store.events(a, None).await.unwrap());
+    store.delete(b).await.unwrap();
+    assert_eq!(store.log_floor().await.unwrap(), Some(b_last));
+    // Removing older events never lowers it.
+    store.delete(a).await.unwrap();
+    assert_eq!(store.log_floor().await.unwrap(), Some(b_last.max(a_last)));
+    // Garbage collection raises it too (ttl 100 s).
+    let c_last = last_of(store.events(c, None).await.unwrap());
+    assert_eq!(store.collect_garbage(t(200), 100).await.unwrap(), 1);
+    assert_eq!(store.log_floor().await.unwrap(), Some(c_last));
 }
 
 pub async fn delete_only_finished_jobs(store: Arc<dyn Store>) {

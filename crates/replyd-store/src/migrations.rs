@@ -6,9 +6,10 @@ use rusqlite::{Connection, params};
 
 /// SQLite migrations: (version, SQL). Append only: never edit one that has
 /// shipped.
-pub const SQLITE: &[(i64, &str)] = &[(
-    1,
-    "
+pub const SQLITE: &[(i64, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE jobs (
         id               BLOB PRIMARY KEY,   -- UUIDv7, 16 bytes
         tenant           TEXT NOT NULL,
@@ -48,14 +49,27 @@ pub const SQLITE: &[(i64, &str)] = &[(
         value BLOB NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- The highest event id ever removed from the log (by delete or garbage
+    -- collection): a reader resuming below it may have missed events.
+    CREATE TABLE log_floor (
+        one   INTEGER PRIMARY KEY CHECK (one = 1),
+        below INTEGER NOT NULL
+    );
+    ",
+    ),
+];
 
 /// PostgreSQL migrations: (version, SQL), append only. Applied by
 /// `PgStore::connect` under an advisory lock, so nodes that start together
 /// take turns.
-pub const POSTGRES: &[(i64, &str)] = &[(
-    1,
-    "
+pub const POSTGRES: &[(i64, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE jobs (
         id               uuid PRIMARY KEY,   -- UUIDv7
         tenant           text NOT NULL,
@@ -99,7 +113,18 @@ pub const POSTGRES: &[(i64, &str)] = &[(
         value bytea NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- The highest position ever removed from the log (see SQLite's v2).
+    CREATE TABLE log_floor (
+        one   integer PRIMARY KEY CHECK (one = 1),
+        below bigint NOT NULL
+    );
+    ",
+    ),
+];
 
 /// Applies every migration not yet applied. Safe to run from several
 /// processes at once: `BEGIN IMMEDIATE` serializes them.

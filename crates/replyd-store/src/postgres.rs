@@ -714,6 +714,9 @@ impl Store for PgStore {
             return Err(TransitionError::NotFinished(job.state).into());
         }
         for sql in [
+            "INSERT INTO log_floor (one, below)
+             SELECT 1, max(position) FROM events WHERE job_id = $1 HAVING max(position) IS NOT NULL
+             ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)",
             "DELETE FROM job_outputs WHERE job_id = $1",
             "DELETE FROM events WHERE job_id = $1",
             "DELETE FROM jobs WHERE id = $1",
@@ -739,6 +742,10 @@ impl Store for PgStore {
         .await
         .map_err(backend)?;
         for sql in [
+            "INSERT INTO log_floor (one, below)
+             SELECT 1, max(position) FROM events WHERE job_id = ANY($1)
+             HAVING max(position) IS NOT NULL
+             ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)",
             "DELETE FROM job_outputs WHERE job_id = ANY($1)",
             "DELETE FROM events WHERE job_id = ANY($1)",
             "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ANY($1)",
@@ -797,6 +804,14 @@ impl Store for PgStore {
                 })
             })
             .collect())
+    }
+
+    async fn log_floor(&self) -> StoreResult<Option<EventId>> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT below FROM log_floor WHERE one = 1")
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        Ok(v.map(EventId))
     }
 
     async fn cluster_secret(&self) -> StoreResult<Vec<u8>> {

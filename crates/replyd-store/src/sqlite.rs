@@ -499,6 +499,13 @@ fn query_records(
 }
 
 /// Events from a query selecting `id, kind, at, job`.
+/// Before a job's events are removed: remember the highest of them.
+const RAISE_LOG_FLOOR: &str = "
+    INSERT INTO log_floor (one, below)
+    SELECT 1, max(id) FROM events WHERE job_id = ?1 AND id IS NOT NULL
+    HAVING max(id) IS NOT NULL
+    ON CONFLICT (one) DO UPDATE SET below = max(below, excluded.below)";
+
 fn read_events(
     conn: &Connection,
     sql: &str,
@@ -749,6 +756,7 @@ impl Store for SqliteStore {
             }
             let key = id_bytes(id);
             for sql in [
+                RAISE_LOG_FLOOR,
                 "DELETE FROM job_outputs WHERE job_id = ?1",
                 "DELETE FROM events WHERE job_id = ?1",
                 "DELETE FROM jobs WHERE id = ?1",
@@ -773,6 +781,7 @@ impl Store for SqliteStore {
             for &id in &ids {
                 let key = id_bytes(id);
                 for sql in [
+                    RAISE_LOG_FLOOR,
                     "DELETE FROM job_outputs WHERE job_id = ?1",
                     "DELETE FROM events WHERE job_id = ?1",
                     "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ?1",
@@ -809,6 +818,16 @@ impl Store for SqliteStore {
                 "SELECT id, kind, at, job FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
                 params![after.map_or(0, |e| e.0), limit],
             )
+        })
+        .await
+    }
+
+    async fn log_floor(&self) -> StoreResult<Option<EventId>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT below FROM log_floor WHERE one = 1")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                .map(|v| v.map(EventId))
+                .map_err(backend)
         })
         .await
     }
