@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Action, Authenticator, Caller};
 use crate::config::{Config, secs};
 use crate::error::{ApiError, ApiResult};
+use crate::live::Hub;
 
 /// The longest a request may be held (long polling, `Prefer: wait`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -28,6 +29,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Clock,
     pub auth: Authenticator,
+    /// Routes committed events to this node's SSE and WebSocket clients.
+    pub hub: Arc<Hub>,
     /// Cancelled when the server begins to shut down: long polls answer at
     /// once and background tasks stop.
     pub shutdown: CancellationToken,
@@ -62,6 +65,7 @@ impl App {
     ) -> App {
         let auth = Authenticator::new(&config.api_keys, secret);
         App {
+            hub: Hub::new(config.streams.buffer),
             config,
             store,
             clock,
@@ -144,6 +148,16 @@ impl App {
             .with_retry_after(1));
         }
         Ok(KeyGuard { app: self, entry })
+    }
+
+    /// Cancels a job for a caller allowed to: a queued job at once, a
+    /// running one at its worker's next call.
+    pub async fn cancel(&self, caller: &Caller, id: JobId) -> ApiResult<JobRecord> {
+        self.job_for(caller, Action::Cancel, id).await?;
+        Ok(self
+            .store
+            .apply(id, None, Command::Cancel, None, self.now())
+            .await?)
     }
 
     /// Loads a job the caller may act on. Missing, another tenant's, and
@@ -305,6 +319,34 @@ impl App {
         }
         s.clamp(1.0, 30.0).round() as u64
     }
+}
+
+/// What a valid Idempotency-Key looks like.
+pub const IDEMPOTENCY_KEY_RULE: &str = "Idempotency-Key must be 1 to 255 visible ASCII characters";
+
+/// An Idempotency-Key: a plain token or a quoted string, 1-255 visible
+/// ASCII characters.
+pub fn idempotency_key(raw: &str) -> ApiResult<String> {
+    let s = raw.trim();
+    let s = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
+    if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        Ok(s.to_string())
+    } else {
+        Err(ApiError::bad_request(IDEMPOTENCY_KEY_RULE))
+    }
+}
+
+/// The digest that tells a replay of an idempotent request from a reuse of
+/// its key: SHA-256 of the canonical JSON (serde_json sorts object keys),
+/// so the same request spelled differently is still the same.
+pub fn request_hash(request: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(request).unwrap_or_default(),
+    ))
 }
 
 /// Releases an in-flight idempotency key.

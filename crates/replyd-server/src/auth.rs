@@ -100,7 +100,7 @@ fn role_name(r: Role) -> &'static str {
 }
 
 /// The prefix that tells a job token from an API key.
-const TOKEN_PREFIX: &str = "jt_";
+pub const TOKEN_PREFIX: &str = "jt_";
 
 /// Checks credentials and mints job tokens.
 pub struct Authenticator {
@@ -153,7 +153,18 @@ impl Authenticator {
         access_token: Option<&str>,
         job: Option<JobId>,
     ) -> Result<Caller, ApiError> {
-        let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
+        let bearer = self.bearer(headers, access_token)?;
+        self.identify_token(bearer, job)
+    }
+
+    /// The credential a request carries: the Bearer token of its
+    /// Authorization header, else its `access_token` parameter.
+    pub fn bearer<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        access_token: Option<&'a str>,
+    ) -> Result<Option<&'a str>, ApiError> {
+        Ok(match headers.get(axum::http::header::AUTHORIZATION) {
             Some(v) => {
                 let v = v
                     .to_str()
@@ -167,7 +178,16 @@ impl Authenticator {
                 Some(token.trim())
             }
             None => access_token,
-        };
+        })
+    }
+
+    /// Who holds `bearer` (an API key or a job token), for an action on
+    /// `job` if one is named. A job token is valid only with its own job.
+    pub fn identify_token(
+        &self,
+        bearer: Option<&str>,
+        job: Option<JobId>,
+    ) -> Result<Caller, ApiError> {
         let Some(token) = bearer else {
             return Ok(if self.open {
                 Caller::Key {

@@ -24,6 +24,8 @@ pub struct Config {
     /// Queues by name. A `demo` queue is added unless one is configured.
     pub queues: BTreeMap<String, QueueConfig>,
     pub limits: Limits,
+    /// Live channels: Server-Sent Events and WebSockets.
+    pub streams: Streams,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -41,6 +43,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             queues: BTreeMap::new(),
             limits: Limits::default(),
+            streams: Streams::default(),
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -147,6 +150,38 @@ impl Default for Limits {
             max_result: 10 * 1024 * 1024,
             max_attempts: 100,
             max_ttl: 30.0 * 86_400.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Streams {
+    /// Seconds between SSE keep-alive comments on a quiet stream.
+    pub keepalive: f64,
+    /// Milliseconds an EventSource waits before it reconnects (`retry:`).
+    pub retry_ms: u64,
+    /// Events held for one connection that is not reading; past that the
+    /// connection is closed as a slow consumer (it resumes from its last id).
+    pub buffer: usize,
+    /// Seconds between WebSocket Ping frames; a peer that answers none of
+    /// two is dropped.
+    pub ping_interval: f64,
+    /// Seconds a write to a peer may stall before the peer is dropped.
+    pub write_timeout: f64,
+    /// Subscriptions one WebSocket connection may hold.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            keepalive: 15.0,
+            retry_ms: 1000,
+            buffer: 256,
+            ping_interval: 20.0,
+            write_timeout: 30.0,
+            max_subscriptions: 100,
         }
     }
 }
@@ -283,10 +318,22 @@ impl Config {
             ("shutdown_grace", self.shutdown_grace),
             ("reaper_interval", self.reaper_interval),
             ("gc_interval", self.gc_interval),
+            ("streams.keepalive", self.streams.keepalive),
+            ("streams.ping_interval", self.streams.ping_interval),
+            ("streams.write_timeout", self.streams.write_timeout),
         ] {
             if !(v > 0.0 && v < 86_400.0) {
                 return bad(format!("{what} must be a positive number of seconds"));
             }
+        }
+        if !(1..=1_000_000).contains(&self.streams.buffer) {
+            return bad("streams.buffer must be between 1 and 1000000 events".into());
+        }
+        if !(1..=100_000).contains(&self.streams.max_subscriptions) {
+            return bad("streams.max_subscriptions must be between 1 and 100000".into());
+        }
+        if self.streams.retry_ms > 3_600_000 {
+            return bad("streams.retry_ms must be at most 3600000".into());
         }
         if self.limits.max_body < 1024 || self.limits.max_result < 1024 {
             return bad("limits.max_body and limits.max_result must be at least 1024 bytes".into());

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod executors;
 pub mod http;
+pub mod live;
 pub mod openapi;
 pub mod tasks;
 
@@ -75,6 +76,11 @@ impl Server {
             CancellationToken::new(),
         ));
         let mut tasks = JoinSet::new();
+        tasks.spawn(
+            app.hub
+                .clone()
+                .run(app.store.subscribe(), app.shutdown.clone()),
+        );
         tasks.spawn(tasks::reaper(app.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         for (name, q) in &app.config.queues {

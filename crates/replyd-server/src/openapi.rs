@@ -4,13 +4,14 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use crate::http::{jobs, ops, workers};
+use crate::http::{events, jobs, ops, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "replyd", description = "Asynchronous Request-Reply: 202 now, the result later."),
     paths(
         jobs::submit, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
+        events::job_events, events::all_events, ws::upgrade,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),

@@ -266,7 +266,12 @@ async fn sequence(pool: &PgPool) -> StoreResult<u64> {
         "WITH todo AS (
              SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $1
          ), base AS (
-             SELECT coalesce(max(position), 0) AS b FROM events
+             -- Past every position ever given, even one whose event was
+             -- removed since (log_floor keeps the highest removed).
+             SELECT greatest(
+                 (SELECT coalesce(max(position), 0) FROM events),
+                 (SELECT coalesce(max(below), 0) FROM log_floor)
+             ) AS b
          ), numbered AS (
              SELECT todo.id, base.b + row_number() OVER (ORDER BY todo.id) AS pos
              FROM todo, base

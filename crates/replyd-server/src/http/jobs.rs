@@ -9,14 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use replyd_core::JobState;
-use replyd_core::job::{Command, JobRecord};
+use replyd_core::job::JobRecord;
 use replyd_core::store::{ListQuery, Submitted};
 use replyd_proto as proto;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{AppState, IfNoneMatch, JobRequest, body, etag, parse_json, prefer_wait, query};
-use crate::app::{Submission, domain_state};
+use crate::app::{Submission, domain_state, request_hash};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
 
@@ -47,28 +46,16 @@ fn set(res: &mut Response, name: header::HeaderName, value: impl AsRef<str>) {
     }
 }
 
-/// An Idempotency-Key: a plain token or a quoted string, 1-255 visible
-/// ASCII characters.
+/// The Idempotency-Key header, if any.
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let s = v
-        .to_str()
-        .ok()
-        .map(|s| s.trim())
-        .map(|s| {
-            s.strip_prefix('"')
-                .and_then(|s| s.strip_suffix('"'))
-                .unwrap_or(s)
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(crate::app::IDEMPOTENCY_KEY_RULE))
+                .and_then(crate::app::idempotency_key)
         })
-        .filter(|s| {
-            (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        })
-        .ok_or_else(|| {
-            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
-        })?;
-    Ok(Some(s.to_string()))
+        .transpose()
 }
 
 /// Submit a job.
@@ -100,12 +87,9 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     // The digest of the canonical body (serde_json's maps are sorted), so a
     // replay that spells the same request differently is still the same.
-    let request_hash = key.as_ref().map(|_| {
-        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        hex::encode(Sha256::digest(
-            serde_json::to_vec(&value).unwrap_or_default(),
-        ))
-    });
+    let request_hash = key
+        .as_ref()
+        .map(|_| request_hash(&serde_json::from_slice(&bytes).unwrap_or_default()));
     let submitted = app
         .submit(Submission {
             tenant,
@@ -278,12 +262,7 @@ pub async fn result(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
         (status = 409, description = "Already finished", body = proto::Problem),
         (status = 404, description = "Unknown job", body = proto::Problem)))]
 pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
-    let id = r.id;
-    app.job_for(&r.caller, Action::Cancel, id).await?;
-    let job = app
-        .store
-        .apply(id, None, Command::Cancel, None, app.now())
-        .await?;
+    let job = app.cancel(&r.caller, r.id).await?;
     let status = if job.state.is_terminal() {
         StatusCode::OK
     } else {

@@ -3,9 +3,11 @@
 //! bad input into a precise problem, `Prefer` and `If-None-Match` parsing,
 //! and the middleware (metrics, panics, body limits).
 
+pub mod events;
 pub mod jobs;
 pub mod ops;
 pub mod workers;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +36,8 @@ pub fn router(app: AppState) -> Router {
     let limits = app.config.limits.clone();
     Router::new()
         .merge(jobs::router())
+        .merge(events::router())
+        .merge(ws::router())
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
