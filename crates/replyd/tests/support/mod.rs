@@ -61,10 +61,19 @@ impl Server {
     /// As `start`, with the store named by `store_args` (`--db PATH` or
     /// `--database-url URL`).
     pub async fn start_on(dir: &Path, config: Option<&str>, store_args: &[&str]) -> Server {
+        Server::start_at(dir, config, store_args, "127.0.0.1:0").await
+    }
+
+    /// As `start_on`, listening on `listen` (a restart on the same port).
+    pub async fn start_at(
+        dir: &Path,
+        config: Option<&str>,
+        store_args: &[&str],
+        listen: &str,
+    ) -> Server {
         let name = format!("server#{}", SERVERS.fetch_add(1, Ordering::SeqCst));
         let mut cmd = replyd();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(store_args);
+        cmd.args(["serve", "--listen", listen]).args(store_args);
         if let Some(config) = config {
             let file = dir.join("replyd.toml");
             std::fs::write(&file, config).unwrap();
