@@ -79,3 +79,128 @@ async fn a_worker_waiting_on_one_node_gets_a_job_submitted_on_another() {
         t.elapsed()
     );
 }
+
+/// SSE and WebSocket clients on A see, live, the events of jobs that are
+/// submitted, worked and completed through B and C; an all-jobs stream cut
+/// off on A resumes on C from its last id with no gap and no duplicate,
+/// while writes keep committing on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_follow_every_node_and_resume_on_another() {
+    use common::streams::{Sse, ws_connect, ws_recv, ws_send};
+    let Some(nodes) = cluster(3).await else {
+        return;
+    };
+    let base = |i: usize| format!("http://{}", nodes[i].addr);
+    let wait = Duration::from_secs(15);
+    let mut all_on_a = Sse::open(&base(0), "/v1/events?queue=work", None, &[]).await;
+    assert_eq!(all_on_a.status, 200);
+    all_on_a.next(wait).await.unwrap(); // retry:
+    let mut ws = ws_connect(nodes[0].addr, None).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "subscribe", "ref": "all", "all": true}),
+    )
+    .await;
+    assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+
+    // 12 jobs submitted on B and C, worked through all three nodes at once.
+    let jobs = 12;
+    let mut work = Vec::new();
+    for j in 0..jobs {
+        let submit_on = nodes[1 + j % 2].client(None);
+        let worker = nodes[j % 3].client(None);
+        let finisher = nodes[(j + 1) % 3].client(None);
+        work.push(tokio::spawn(async move {
+            let id = submit_on.submit("work", json!({"j": j})).await;
+            let r = worker
+                .post(
+                    "/v1/queues/work/lease",
+                    json!({"worker": format!("w{j}"), "lease": 60, "wait": 10}),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+            let lease = r.json();
+            let (leased, lease) = (
+                lease["job"]["id"].as_str().unwrap().to_string(),
+                lease["lease_id"].as_str().unwrap().to_string(),
+            );
+            for p in [30, 60] {
+                let r = worker
+                    .post(
+                        &format!("/v1/jobs/{leased}/progress"),
+                        json!({"lease_id": lease, "percent": p}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+            let r = finisher.complete(&leased, &lease, json!({"j": j})).await;
+            assert_eq!(r.status, 200);
+            id
+        }));
+    }
+    // Take the first half of the all-jobs stream on A, then cut it.
+    let total = jobs * 5; // accepted, started, 2 progress, succeeded
+    let mut got: Vec<(i64, String, String)> = Vec::new();
+    while got.len() < total / 2 {
+        let f = all_on_a.next_event(wait).await.expect("A's stream ended");
+        got.push((
+            f.id(),
+            f.json()["id"].as_str().unwrap().to_string(),
+            f.event.clone().unwrap(),
+        ));
+    }
+    let last = got.last().unwrap().0;
+    drop(all_on_a);
+    let mut ids = Vec::new();
+    for w in work {
+        ids.push(w.await.unwrap());
+    }
+    // Resume on C from the last id A delivered.
+    let mut on_c = Sse::open(
+        &base(2),
+        "/v1/events?queue=work",
+        None,
+        &[("last-event-id", &last.to_string())],
+    )
+    .await;
+    while got.len() < total {
+        let f = on_c.next_event(wait).await.expect("C's stream ended");
+        got.push((
+            f.id(),
+            f.json()["id"].as_str().unwrap().to_string(),
+            f.event.clone().unwrap(),
+        ));
+    }
+    let positions: Vec<i64> = got.iter().map(|g| g.0).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in log order, none twice: {positions:?}"
+    );
+    // Exactly each job's log, as any node reads it.
+    let b = nodes[1].client(None);
+    for id in &ids {
+        let mine: Vec<(i64, String)> = got
+            .iter()
+            .filter(|g| g.1 == *id)
+            .map(|g| (g.0, g.2.clone()))
+            .collect();
+        let log: Vec<(i64, String)> =
+            Sse::open(&base(1), &format!("/v1/jobs/{id}/events"), None, &[])
+                .await
+                .until_terminal(wait)
+                .await
+                .iter()
+                .map(|f| (f.id(), f.event.clone().unwrap()))
+                .collect();
+        assert_eq!(mine, log, "job {id}");
+        assert_eq!(b.state(id).await, "succeeded");
+    }
+    // The WebSocket on A saw the same events with the same ids.
+    let mut ws_got = Vec::new();
+    while ws_got.len() < total {
+        let e = ws_recv(&mut ws).await;
+        assert_eq!(e["type"], "event");
+        ws_got.push(e["id"].as_i64().unwrap());
+    }
+    assert_eq!(ws_got, positions);
+}
