@@ -12,13 +12,12 @@ use replyd_core::job::{Command, JobRecord, NewJob};
 use replyd_core::store::{JobOutput, LeaseQuery, Leased, Store, Submitted};
 use replyd_core::{Clock, JobId, Tenant};
 use replyd_proto as proto;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Action, Authenticator, Caller};
 use crate::config::{Config, secs};
 use crate::error::{ApiError, ApiResult};
-use crate::live::Hub;
+use crate::live::{Hub, Live, Scope, Target};
 
 /// The longest a request may be held (long polling, `Prefer: wait`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -185,8 +184,9 @@ impl App {
     }
 
     /// Waits until `done(job)` holds, `wait` passes, or the server shuts
-    /// down; returns the job as it then is. The store's event bus wakes the
-    /// wait; the job is re-read after a lag, so nothing is missed.
+    /// down; returns the job as it then is. The hub wakes the wait only for
+    /// this job's events; the job is re-read whenever one may have been
+    /// missed, so nothing is.
     pub async fn wait_for(
         &self,
         job: JobRecord,
@@ -196,7 +196,8 @@ impl App {
         if done(&job) || wait.is_zero() {
             return Ok(job);
         }
-        let mut rx = self.store.subscribe();
+        let mut listener = self.hub.listen();
+        listener.watch(0, Target::Job(job.id));
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         // Re-read after subscribing: a change between the caller's read and
         // the subscription is not lost.
@@ -205,16 +206,20 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.shutdown.cancelled() => break,
-                batch = rx.recv() => match batch {
-                    Ok(batch) => {
-                        if let Some(ev) = batch.iter().rev().find(|e| e.job_id == job.id) {
-                            job = ev.job.clone();
+                live = listener.recv() => match live {
+                    Some(Live::Event { event, .. }) => {
+                        if event.record.job.version > job.version {
+                            job = event.record.job.clone();
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
+                    Some(Live::Resync) => {
                         job = self.store.get(job.id).await?.unwrap_or(job);
                     }
-                    Err(RecvError::Closed) => break,
+                    // Cut off (or stopping): answer with what is true now.
+                    None => {
+                        job = self.store.get(job.id).await?.unwrap_or(job);
+                        break;
+                    }
                 },
             }
         }
@@ -226,7 +231,18 @@ impl App {
     /// backoff ends.
     pub async fn lease(&self, query: LeaseQuery, wait: Duration) -> ApiResult<Vec<Leased>> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut rx = self.store.subscribe();
+        let watch = || {
+            let listener = self.hub.listen();
+            listener.watch(
+                0,
+                Target::All(Scope {
+                    tenant: query.tenant.clone(),
+                    queue: Some(query.queue.clone()),
+                }),
+            );
+            listener
+        };
+        let mut listener = watch();
         loop {
             let leased = self.store.lease(query.clone(), self.now()).await?;
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -242,12 +258,18 @@ impl App {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
                     _ = self.shutdown.cancelled() => return Ok(Vec::new()),
-                    batch = rx.recv() => match batch {
-                        Ok(batch) if batch.iter().any(|e| e.queue == query.queue
-                            && e.job.state == replyd_core::JobState::Queued) => break,
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => return Ok(Vec::new()),
+                    live = listener.recv() => match live {
+                        Some(Live::Event { event, .. }) => {
+                            if event.record.job.state == replyd_core::JobState::Queued {
+                                break;
+                            }
+                        }
+                        Some(Live::Resync) => break,
+                        // Cut off: listen again, and look.
+                        None => {
+                            listener = watch();
+                            break;
+                        }
                     },
                 }
             }

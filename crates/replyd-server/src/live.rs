@@ -17,7 +17,7 @@
 //! it may have missed something.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -145,6 +145,8 @@ pub struct Hub {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     capacity: usize,
+    /// The newest event id dispatched: where a feed that starts "now" starts.
+    head: AtomicI64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -162,6 +164,7 @@ impl Hub {
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             capacity: capacity.max(1),
+            head: AtomicI64::new(0),
         })
     }
 
@@ -190,6 +193,15 @@ impl Hub {
         }
     }
 
+    /// The newest event id this node has dispatched (`None` before the
+    /// first): a feed that starts now starts after it.
+    pub fn head(&self) -> Option<EventId> {
+        match self.head.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(EventId(id)),
+        }
+    }
+
     /// How many listeners are registered (for metrics and tests).
     pub fn listeners(&self) -> usize {
         self.lock().listeners.len()
@@ -200,6 +212,9 @@ impl Hub {
     /// [`Listener::recv`]); nothing here ever waits.
     pub fn publish(&self, batch: &EventBatch) {
         let mut reg = self.lock();
+        if let Some(last) = batch.last() {
+            self.head.fetch_max(last.id.0, Ordering::Relaxed);
+        }
         let mut full = Vec::new();
         for e in batch.iter() {
             let mut shared: Option<Arc<LiveEvent>> = None;
@@ -379,11 +394,14 @@ impl Feed {
         }
     }
 
-    /// A feed that starts with the events committed from now on.
-    pub fn live(target: Target) -> Feed {
+    /// A feed that starts with the events committed from now on: after
+    /// `head`, the newest event already dispatched ([`Hub::head`]). If it
+    /// must catch up later, it reads the log from there, not from the
+    /// beginning.
+    pub fn live(target: Target, head: Option<EventId>) -> Feed {
         Feed {
             behind: false,
-            ..Feed::new(target, None)
+            ..Feed::new(target, head)
         }
     }
 

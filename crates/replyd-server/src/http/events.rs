@@ -131,7 +131,7 @@ pub async fn all_events(
     let listener = app.hub.listen();
     listener.watch(0, target.clone());
     let (feed, reset) = match after {
-        None => (Feed::live(target), None),
+        None => (Feed::live(target, app.hub.head()), None),
         Some(after) => {
             let floor = app.store.log_floor().await?;
             let reset = (floor > Some(after)).then(|| reset_frame(after));

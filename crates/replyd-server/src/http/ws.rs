@@ -451,7 +451,7 @@ impl Session {
         self.next_tag = self.next_tag.wrapping_add(1);
         self.listener.watch(tag, target.clone());
         let feed = match (&target, after) {
-            (Target::All(_), None) => Feed::live(target),
+            (Target::All(_), None) => Feed::live(target, self.app.hub.head()),
             _ => Feed::new(target, after),
         };
         self.subs.insert(

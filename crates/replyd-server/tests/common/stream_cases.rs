@@ -414,7 +414,7 @@ async fn ws_submits_subscribes_and_cancels_with_the_ids_of_sse() {
     assert_eq!(progress["job"]["progress"]["percent"], 50);
 
     ws_send(&mut ws, json!({"type": "cancel", "ref": "c", "job_id": id})).await;
-    let mut frames = vec![ws_recv(&mut ws).await, ws_recv(&mut ws).await];
+    let mut frames = [ws_recv(&mut ws).await, ws_recv(&mut ws).await];
     frames.sort_by_key(|f| f["type"].as_str().unwrap().to_string());
     assert_eq!(frames[0]["type"], "ack");
     assert_eq!(frames[0]["ref"], "c");
@@ -618,7 +618,7 @@ async fn ws_is_authenticated_and_tenant_scoped() {
     ws_send(&mut t, json!({"type": "cancel", "ref": 4, "job_id": other["id"]})).await;
     assert_eq!(ws_recv(&mut t).await["error"]["status"], 404);
     ws_send(&mut t, json!({"type": "cancel", "ref": 5, "job_id": a_id})).await;
-    let mut frames = vec![ws_recv(&mut t).await, ws_recv(&mut t).await];
+    let mut frames = [ws_recv(&mut t).await, ws_recv(&mut t).await];
     frames.sort_by_key(|f| f["type"].as_str().unwrap().to_string());
     assert_eq!(frames[0]["type"], "ack");
     assert_eq!(frames[0]["job"]["state"], "canceled");
