@@ -702,3 +702,34 @@ async fn a_slow_ws_reader_is_closed_and_resumes_without_loss() {
     assert_increasing(&seen);
     assert_eq!(seen.len(), 1503, "accepted, started, 1500 progress, succeeded");
 }
+
+#[tokio::test]
+async fn shutdown_ends_streams_and_websockets_promptly() {
+    let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
+    let job = submit(&s, None, "work").await;
+    let id = job["id"].as_str().unwrap();
+    let mut sse = Sse::open(&base(&s), &format!("/v1/jobs/{id}/events"), None, &[]).await;
+    assert_eq!(
+        sse.next_event(WAIT).await.unwrap().event.as_deref(),
+        Some("job.accepted")
+    );
+    let mut ws = ws_connect(s.addr, None).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "ref": 1, "all": true})).await;
+    assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+    s.stop.cancel();
+    assert!(sse.ends(WAIT).await);
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    drop(ws);
+    // Well within the 10 s grace: the streams did not hold the drain up.
+    tokio::time::timeout(Duration::from_secs(5), s.task)
+        .await
+        .expect("the server drained")
+        .unwrap();
+}
