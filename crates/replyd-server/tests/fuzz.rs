@@ -1,5 +1,6 @@
 //! Property test: random bodies and headers sent to the submit and worker
-//! endpoints never get a 5xx, never panic the server, and every error is a
+//! endpoints, and random resume ids and queries sent to the event streams,
+//! never get a 5xx, never panic the server, and every error is a
 //! problem+json.
 
 use std::sync::OnceLock;
@@ -199,4 +200,56 @@ proptest! {
             prop_assert_eq!(ct.as_deref(), Some("application/problem+json"), "{} {}", path, status);
         }
     }
+
+    #[test]
+    fn random_stream_requests_never_get_a_5xx(
+        path in stream_paths(&harness().job),
+        last in prop::option::of(prop_oneof![
+            "[0-9]{0,22}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..30),
+        ]),
+    ) {
+        let h = harness();
+        let headers = last.map(|v| vec![("last-event-id".to_string(), v)]).unwrap_or_default();
+        let sent = h.rt.block_on(head_of(&h.router, &path, headers));
+        prop_assume!(sent.is_some());
+        let (status, ct) = sent.unwrap();
+        prop_assert!(!status.is_server_error(), "{path}: {status}");
+        if status.is_client_error() {
+            prop_assert_eq!(ct.as_deref(), Some("application/problem+json"), "{} {}", path, status);
+        } else {
+            prop_assert!(status == StatusCode::OK || status == StatusCode::NO_CONTENT, "{path}: {status}");
+        }
+    }
+}
+
+fn stream_paths(job: &str) -> impl Strategy<Value = String> {
+    let job = job.to_string();
+    let query = "[a-z_=&%0-9.-]{0,30}";
+    prop_oneof![
+        query.prop_map(move |q| format!("/v1/jobs/{job}/events?{q}")),
+        query.prop_map(|q| format!("/v1/events?{q}")),
+        "[0-9]{0,25}".prop_map(|n| format!("/v1/events?last_event_id={n}")),
+        "[a-z0-9-]{0,40}".prop_map(|id| format!("/v1/jobs/{id}/events")),
+    ]
+}
+
+/// The status and content type of a GET, without reading the body (a live
+/// stream has no end).
+async fn head_of(
+    router: &axum::Router,
+    path: &str,
+    headers: Vec<(String, Vec<u8>)>,
+) -> Option<(StatusCode, Option<String>)> {
+    let mut req = Request::builder().method("GET").uri(path);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req.body(Body::empty()).ok()?;
+    let res = router.clone().oneshot(req).await.unwrap();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    Some((res.status(), ct))
 }
