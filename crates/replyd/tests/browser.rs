@@ -43,7 +43,8 @@ fn missing() -> Option<String> {
     None
 }
 
-const CONFIG: &str = "[queues.work]\nexecutor = \"pull\"\ntimeout = 120\n\n[streams]\nretry_ms = 1500\n";
+const CONFIG: &str =
+    "[queues.work]\nexecutor = \"pull\"\ntimeout = 120\n\n[streams]\nretry_ms = 1500\n";
 
 struct Api {
     base: String,
@@ -137,11 +138,12 @@ async fn a_browser_eventsource_shows_progress_and_result_across_a_server_restart
         .await;
     assert_eq!(status, 200);
     let lease_id = lease["lease_id"].as_str().unwrap().to_string();
-    let progress = |percent: i64, message: &str| {
-        json!({"lease_id": lease_id, "percent": percent, "message": message})
-    };
-    api.post(&format!("/v1/jobs/{id}/progress"), progress(20, "page 2 of 10"))
-        .await;
+    let progress = |percent: i64, message: &str| json!({"lease_id": lease_id, "percent": percent, "message": message});
+    api.post(
+        &format!("/v1/jobs/{id}/progress"),
+        progress(20, "page 2 of 10"),
+    )
+    .await;
     until!(is_event("job.progress", Some(20)));
 
     // Crash the server mid-stream, restart it on the same port, and move
@@ -154,7 +156,10 @@ async fn a_browser_eventsource_shows_progress_and_result_across_a_server_restart
     let server = Server::start_at(dir.path(), Some(CONFIG), &["--db", &db], &addr).await;
     for (percent, message) in [(40, "page 4 of 10"), (70, "page 7 of 10")] {
         let (status, _) = api
-            .post(&format!("/v1/jobs/{id}/progress"), progress(percent, message))
+            .post(
+                &format!("/v1/jobs/{id}/progress"),
+                progress(percent, message),
+            )
             .await;
         assert_eq!(status, 200, "the lease survived the restart");
     }
@@ -185,7 +190,10 @@ async fn a_browser_eventsource_shows_progress_and_result_across_a_server_restart
     assert_eq!(shown, json!({"pages": 10, "url": "/r.pdf"}));
     // It reconnected by itself...
     let opens = seen.iter().filter(|v| v["kind"] == "open").count();
-    assert!(opens >= 2, "one open before the crash and one after: {opens}");
+    assert!(
+        opens >= 2,
+        "one open before the crash and one after: {opens}"
+    );
     // ...and what it received is exactly the job's log: no gap, no duplicate.
     let got: Vec<(i64, String)> = done["events"]
         .as_array()
