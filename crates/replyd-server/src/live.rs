@@ -112,8 +112,10 @@ struct Entry {
 struct Registry {
     listeners: HashMap<u64, Entry>,
     by_job: HashMap<JobId, Vec<(u64, u32)>>,
-    /// All-jobs subscriptions: (listener, tag, scope).
-    wide: Vec<(u64, u32, Scope)>,
+    /// All-jobs subscriptions of every queue: (listener, tag, tenant).
+    wide: Vec<(u64, u32, Option<Tenant>)>,
+    /// All-jobs subscriptions of one queue, by queue.
+    by_queue: HashMap<String, Vec<(u64, u32, Option<Tenant>)>>,
 }
 
 impl Registry {
@@ -127,7 +129,19 @@ impl Registry {
                     }
                 }
             }
-            Target::All(_) => self.wide.retain(|(l, t, _)| (*l, *t) != (id, tag)),
+            Target::All(Scope { queue: None, .. }) => {
+                self.wide.retain(|(l, t, _)| (*l, *t) != (id, tag));
+            }
+            Target::All(Scope {
+                queue: Some(queue), ..
+            }) => {
+                if let Some(v) = self.by_queue.get_mut(queue) {
+                    v.retain(|(l, t, _)| (*l, *t) != (id, tag));
+                    if v.is_empty() {
+                        self.by_queue.remove(queue);
+                    }
+                }
+            }
         }
     }
 
@@ -219,10 +233,12 @@ impl Hub {
         for e in batch.iter() {
             let mut shared: Option<Arc<LiveEvent>> = None;
             let direct = reg.by_job.get(&e.job_id).into_iter().flatten().copied();
+            let this_queue = reg.by_queue.get(e.queue.as_str()).into_iter().flatten();
             let wide = reg
                 .wide
                 .iter()
-                .filter(|(_, _, scope)| scope.matches(e))
+                .chain(this_queue)
+                .filter(|(_, _, tenant)| tenant.as_ref().is_none_or(|t| *t == e.tenant))
                 .map(|&(l, t, _)| (l, t));
             for (id, tag) in direct.chain(wide) {
                 let Some(entry) = reg.listeners.get(&id) else {
@@ -280,6 +296,7 @@ impl Hub {
         self.lock().listeners.clear();
         self.lock().by_job.clear();
         self.lock().wide.clear();
+        self.lock().by_queue.clear();
     }
 }
 
@@ -317,7 +334,18 @@ impl Listener {
         entry.subs.push((tag, target.clone()));
         match target {
             Target::Job(job) => reg.by_job.entry(job).or_default().push((self.id, tag)),
-            Target::All(scope) => reg.wide.push((self.id, tag, scope)),
+            Target::All(Scope {
+                tenant,
+                queue: None,
+            }) => reg.wide.push((self.id, tag, tenant)),
+            Target::All(Scope {
+                tenant,
+                queue: Some(queue),
+            }) => reg
+                .by_queue
+                .entry(queue)
+                .or_default()
+                .push((self.id, tag, tenant)),
         }
         true
     }
@@ -544,7 +572,7 @@ mod tests {
         assert_eq!(received(&mut l1), vec![]);
         drop(l2);
         assert_eq!(hub.listeners(), 1);
-        assert!(hub.lock().wide.is_empty());
+        assert!(hub.lock().by_queue.is_empty());
     }
 
     #[test]
