@@ -9,6 +9,10 @@
 //! The client never follows redirects: `GET /v1/jobs/{id}` answers `303 See
 //! Other` for a succeeded job, and that answer is the job's status, not a hop.
 //!
+//! [`Client::wait`] follows the job over Server-Sent Events (API.md §3),
+//! resuming with `Last-Event-ID` when the connection drops, and falls back
+//! to long polling where the server does not stream.
+//!
 //! ```no_run
 //! # async fn demo() -> replyd_client::Result<()> {
 //! use replyd_client::{Client, proto::SubmitRequest};
@@ -29,6 +33,46 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Progress as it happens: [`Client::wait_with`] calls back with the job
+//! after each of its events, and [`Client::events`] hands out the events
+//! themselves (id, name, job), to follow a job in your own loop and resume
+//! it later from the last id seen:
+//!
+//! ```no_run
+//! # async fn demo(client: replyd_client::Client, id: &str) -> replyd_client::Result<()> {
+//! use futures::StreamExt;
+//! use replyd_client::{Transport, WaitOptions};
+//!
+//! // A callback per event; polling is used only if the server does not stream.
+//! let done = client
+//!     .wait_with(id, None, |job| {
+//!         if let Some(p) = &job.progress {
+//!             println!("{} {:?} {:?}", job.state, p.percent, p.message);
+//!         }
+//!     })
+//!     .await?;
+//!
+//! // The same, and which transport served it.
+//! let opts = WaitOptions { timeout: Some(std::time::Duration::from_secs(60)), ..Default::default() };
+//! let waited = client.wait_with_options(id, &opts, |_| {}).await?;
+//! if waited.transport == Transport::Polling {
+//!     eprintln!("no event stream: {:?}", waited.fallback);
+//! }
+//!
+//! // The raw events, from the start (or after a stored id).
+//! let mut events = std::pin::pin!(client.events(id, None));
+//! let mut last_id = None;
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     println!("#{} {} -> {}", event.id, event.event, event.job.state);
+//!     last_id = Some(event.id); // keep it to resume with client.events(id, last_id)
+//! }
+//! # let _ = (done, last_id);
+//! # Ok(()) }
+//! ```
+
+mod events;
 
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +86,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::Instant;
 
+pub use events::JobEvent;
 pub use replyd_proto as proto;
 use replyd_proto::{
     CompleteRequest, FailReason, FailRequest, HeartbeatRequest, Job, JobList, JobState,
@@ -90,6 +135,10 @@ pub enum Error {
     /// The server URL given to [`Client::new`] is unusable.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A job's event stream could not be used: the answer was not
+    /// `text/event-stream`, an event was malformed, or the stream broke off.
+    #[error("event stream: {0}")]
+    Stream(String),
 }
 
 impl Error {
@@ -100,7 +149,7 @@ impl Error {
             Error::Api { status, .. }
             | Error::Unexpected { status, .. }
             | Error::Decode { status, .. } => Some(*status),
-            Error::Timeout { .. } | Error::InvalidUrl { .. } => None,
+            Error::Timeout { .. } | Error::InvalidUrl { .. } | Error::Stream(_) => None,
         }
     }
 
@@ -156,6 +205,41 @@ pub enum Submitted {
     Done { job_id: String, result: JobResult },
     /// The job is still pending (or failed): the usual 202 representation.
     Accepted(Box<Job>),
+}
+
+/// How a job is followed until it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Server-Sent Events: `GET /v1/jobs/{id}/events`, an event per change.
+    Events,
+    /// Long polling: `GET /v1/jobs/{id}` with `If-None-Match` and
+    /// `Prefer: wait`. Changes that come close together may be seen as one.
+    Polling,
+}
+
+/// How [`Client::wait_with_options`] waits.
+#[derive(Debug, Clone, Default)]
+pub struct WaitOptions {
+    /// Give up with [`Error::Timeout`] once this has passed.
+    pub timeout: Option<Duration>,
+    /// `None` (the default): events, falling back to polling when the
+    /// server does not stream or the stream keeps failing. `Some(t)`: only
+    /// `t`; with [`Transport::Events`], a stream failure is the error.
+    pub transport: Option<Transport>,
+}
+
+/// What [`Client::wait_with_options`] answers.
+#[derive(Debug)]
+pub struct Waited {
+    /// The finished job.
+    pub job: Job,
+    /// The transport that saw the job finish.
+    pub transport: Transport,
+    /// How many times the event stream was resumed (`Last-Event-ID`) after
+    /// a dropped connection or a `stream.overflow`.
+    pub reconnects: u32,
+    /// Why events were given up for polling, when they were.
+    pub fallback: Option<Error>,
 }
 
 /// A connection to one replyd server. Cheap to clone; clones share a pool.
@@ -305,25 +389,147 @@ impl Client {
     }
 
     /// Waits until the job is finished (succeeded, failed or canceled) and
-    /// answers it, calling `on_change` with the first state seen and then on
-    /// every change (e.g. progress), so that a caller can draw progress.
+    /// answers it, calling `on_change` with the job after each of its
+    /// events (accepted, started, each progress, ..., the terminal one), so
+    /// that a caller can draw progress. A job followed from its start is
+    /// first seen as it was accepted: the stream replays its history.
     ///
-    /// Uses long polling (`If-None-Match` with the last `ETag` and
-    /// `Prefer: wait=30`); where the server does not hold the request, it
-    /// polls, pausing as `Retry-After` says (at most 5 s). With a `timeout`,
-    /// gives up with [`Error::Timeout`] once it has passed.
+    /// Follows the job's event stream ([`Client::events`]), resuming with
+    /// `Last-Event-ID` when the connection drops. Where the server does not
+    /// stream (404, 405 or 501 on the events endpoint, an answer that is not
+    /// `text/event-stream`) or the stream keeps failing, it falls back to
+    /// long polling (`If-None-Match` with the last `ETag` and
+    /// `Prefer: wait=30`, pausing as `Retry-After` says where the server
+    /// does not hold the request), without calling back twice for the same
+    /// state. With a `timeout`, gives up with [`Error::Timeout`] once it has
+    /// passed. See [`Client::wait_with_options`] to choose the transport
+    /// and learn which one was used.
     pub async fn wait_with<F>(
         &self,
         id: &str,
         timeout: Option<Duration>,
-        mut on_change: F,
+        on_change: F,
     ) -> Result<Job>
     where
         F: FnMut(&Job),
     {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let opts = WaitOptions {
+            timeout,
+            transport: None,
+        };
+        Ok(self.wait_with_options(id, &opts, on_change).await?.job)
+    }
+
+    /// [`Client::wait_with`], with a choice of transport, answering which
+    /// one saw the job finish.
+    pub async fn wait_with_options<F>(
+        &self,
+        id: &str,
+        opts: &WaitOptions,
+        mut on_change: F,
+    ) -> Result<Waited>
+    where
+        F: FnMut(&Job),
+    {
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        let mut seen: Option<Job> = None;
+        let mut reconnects = 0;
+        let mut fallback = None;
+        if opts.transport != Some(Transport::Polling) {
+            let mut follower = events::Follower::new(self.clone(), id, None);
+            let outcome = loop {
+                let step = match deadline {
+                    Some(deadline) => {
+                        match tokio::time::timeout_at(deadline, follower.next()).await {
+                            Ok(step) => step,
+                            Err(_) => break StreamOutcome::TimedOut,
+                        }
+                    }
+                    None => follower.next().await,
+                };
+                match step {
+                    Ok(events::Step::Event(event)) => {
+                        on_change(&event.job);
+                        let terminal = event.is_terminal();
+                        seen = Some(event.job);
+                        if terminal {
+                            break StreamOutcome::Finished;
+                        }
+                    }
+                    Ok(events::Step::End | events::Step::NoContent) => break StreamOutcome::Ended,
+                    Err(e) => break StreamOutcome::Failed(e),
+                }
+            };
+            reconnects = follower.reconnects;
+            let waited = |job| Waited {
+                job,
+                transport: Transport::Events,
+                reconnects,
+                fallback: None,
+            };
+            match outcome {
+                StreamOutcome::Finished => {
+                    return Ok(waited(seen.expect("a finished stream saw the job")));
+                }
+                StreamOutcome::TimedOut => {
+                    let job = match seen {
+                        Some(job) => job,
+                        None => {
+                            let job = self.get(id).await?.job;
+                            on_change(&job);
+                            if job.state.is_terminal() {
+                                return Ok(waited(job));
+                            }
+                            job
+                        }
+                    };
+                    return Err(Error::Timeout { job: Box::new(job) });
+                }
+                // The stream had ended before we came (204): read the job.
+                StreamOutcome::Ended => {
+                    let job = self.get(id).await?.job;
+                    if seen.as_ref() != Some(&job) {
+                        on_change(&job);
+                    }
+                    if job.state.is_terminal() {
+                        return Ok(waited(job));
+                    }
+                    seen = Some(job);
+                }
+                StreamOutcome::Failed(e) if opts.transport == Some(Transport::Events) => {
+                    return Err(e);
+                }
+                StreamOutcome::Failed(e) => fallback = Some(e),
+            }
+        }
+        let job = self
+            .poll_until_done(id, deadline, seen, &mut on_change)
+            .await?;
+        Ok(Waited {
+            job,
+            transport: Transport::Polling,
+            reconnects,
+            fallback,
+        })
+    }
+
+    /// Long polls the job until it is finished or `deadline` passes.
+    /// `on_change` is called on every change, and first with the state the
+    /// first read finds unless that is `seen` (what the caller last saw).
+    async fn poll_until_done<F>(
+        &self,
+        id: &str,
+        deadline: Option<Instant>,
+        seen: Option<Job>,
+        on_change: &mut F,
+    ) -> Result<Job>
+    where
+        F: FnMut(&Job),
+    {
         let mut last = self.get(id).await?;
-        on_change(&last.job);
+        if seen.as_ref() != Some(&last.job) {
+            on_change(&last.job);
+        }
         // Whether to pause before the next request: set when the server
         // answered "unchanged" without holding the request.
         let mut pause = false;
@@ -611,6 +817,16 @@ impl Client {
             None => self.url(&["v1", "jobs", id]),
         }
     }
+}
+
+/// How following a job's events ended, in [`Client::wait_with_options`].
+enum StreamOutcome {
+    /// The terminal event came.
+    Finished,
+    /// The stream had already ended (204).
+    Ended,
+    TimedOut,
+    Failed(Error),
 }
 
 /// Reads a `GET /v1/jobs/{id}` answer.

@@ -2,6 +2,11 @@
 //! `status`, `result`, `cancel`, `wait` and `worker`, thin shells over the
 //! `replyd-client` SDK.
 //!
+//! `wait` and `submit --wait` follow the job with the SDK's `wait` (its
+//! event stream, or long polling where the server does not stream) and draw
+//! its progress on stderr: a bar on a terminal, one line per change
+//! otherwise.
+//!
 //! Exit codes: 0 success; 1 the job failed or was canceled (`wait`,
 //! `submit --wait`); 2 a usage, connection or API error; 124 `wait --timeout`
 //! ran out (as `timeout(1)` does).
@@ -11,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replyd_client::proto::{Job, JobState, SubmitRequest};
 use replyd_client::{Client, Submitted};
 
@@ -24,7 +30,7 @@ pub const EXIT_ERROR: i32 = 2;
 pub const EXIT_TIMEOUT: i32 = 124;
 
 /// How long `submit --wait` lets the server hold the submit (`Prefer:
-/// wait`) before falling back to long polling with progress.
+/// wait`) before following the job with progress.
 const SUBMIT_HOLD_SECS: u32 = 1;
 
 /// Where the server is. The API key is read from `REPLYD_API_KEY` only, so
@@ -192,7 +198,12 @@ async fn wait(client: &Client, id: &str, timeout: Option<f64>) -> anyhow::Result
 /// Waits for the job with progress on stderr; prints the result (exit 0),
 /// or the job and why it did not succeed (exit 1).
 async fn finish(client: &Client, id: &str, timeout: Option<Duration>) -> anyhow::Result<i32> {
-    let job = match client.wait_with(id, timeout, draw_progress).await {
+    let waited = {
+        let mut view = ProgressView::new();
+        client.wait_with(id, timeout, |job| view.show(job)).await
+        // The bar is cleared here, before the result is printed.
+    };
+    let job = match waited {
         Ok(job) => job,
         Err(replyd_client::Error::Timeout { job }) => {
             print_job(&job)?;
@@ -234,9 +245,84 @@ fn read_input(
     serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))
 }
 
-/// One progress line on stderr per change, e.g. `running 40% page 4 of 10`.
-fn draw_progress(job: &Job) {
-    eprintln!("{}", progress_line(job));
+/// A job's progress on stderr while it is waited for. On a terminal, a
+/// bar with the percent and the message (a spinner while the job is queued
+/// or reports no percent), cleared when dropped. Elsewhere (a pipe, a log
+/// file, where indicatif would hide the bar) one plain line per change,
+/// e.g. `running 40% page 4 of 10`.
+struct ProgressView {
+    /// `None` when stderr is not a terminal.
+    bar: Option<ProgressBar>,
+    /// Whether the bar is drawn with a percent (else as a spinner).
+    has_percent: bool,
+    /// The last plain line printed, so that a change that does not show
+    /// (e.g. `job.cancel_requested`) does not repeat it.
+    last_line: Option<String>,
+}
+
+/// How often the spinner turns.
+const SPINNER_TICK: Duration = Duration::from_millis(120);
+
+impl ProgressView {
+    fn new() -> ProgressView {
+        let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
+        let bar = (!bar.is_hidden()).then(|| {
+            bar.set_style(spinner_style());
+            bar.enable_steady_tick(SPINNER_TICK);
+            bar
+        });
+        ProgressView {
+            bar,
+            has_percent: false,
+            last_line: None,
+        }
+    }
+
+    fn show(&mut self, job: &Job) {
+        let line = progress_line(job);
+        let Some(bar) = &self.bar else {
+            if self.last_line.as_deref() != Some(line.as_str()) {
+                eprintln!("{line}");
+                self.last_line = Some(line);
+            }
+            return;
+        };
+        let percent = job.progress.as_ref().and_then(|p| p.percent);
+        match percent {
+            Some(percent) => {
+                if !self.has_percent {
+                    bar.set_style(bar_style());
+                    self.has_percent = true;
+                }
+                // Whole percents on the bar; the message keeps decimals.
+                bar.set_position(percent.clamp(0.0, 100.0).round() as u64);
+            }
+            None if self.has_percent => {
+                bar.set_style(spinner_style());
+                self.has_percent = false;
+            }
+            None => {}
+        }
+        bar.set_message(line);
+    }
+}
+
+impl Drop for ProgressView {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg}").expect("a valid template")
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+        .expect("a valid template")
+        .progress_chars("=> ")
 }
 
 fn progress_line(job: &Job) -> String {
@@ -335,6 +421,13 @@ mod tests {
             message: None,
         });
         assert_eq!(progress_line(&j), "running 12.5%");
+    }
+
+    #[test]
+    fn progress_styles_are_valid() {
+        // `with_template` errors are turned into panics: make them here.
+        let _ = spinner_style();
+        let _ = bar_style();
     }
 
     #[test]
