@@ -467,8 +467,9 @@ impl Feed {
             }
             let page = match &self.target {
                 Target::Job(id) => {
+                    let page = store.events(*id, self.cursor).await?;
                     self.behind = false;
-                    store.events(*id, self.cursor).await?
+                    page
                 }
                 Target::All(_) => {
                     let page = store.log(self.cursor, LOG_PAGE).await?;
