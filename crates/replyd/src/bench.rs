@@ -9,6 +9,11 @@
 //! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
 //!   completed one by one; jobs/s from the first submit to the last
 //!   completion.
+//! - `streams` (`bench/streams.rs`): C idle SSE streams and C WebSocket
+//!   subscriptions on a replyd in its own process while jobs complete at
+//!   1,000/s: server RSS per idle connection and completion → client
+//!   latency. Baseline: a bare hyper SSE broadcaster, also its own process.
+//! - `pg` (`bench/pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "postgres")]
 mod pg;
+pub mod streams;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -63,6 +69,18 @@ pub struct BenchArgs {
     /// Node counts the `pg` scenario runs with.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
     nodes: Vec<usize>,
+    /// Streams scenario: C, the idle SSE streams and (as many) WebSocket
+    /// subscriptions held at once; one measurement per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000, 20_000])]
+    stream_conns: Vec<usize>,
+    /// Streams scenario: jobs completed per second while they are held.
+    #[arg(long, default_value_t = 1_000.0)]
+    stream_rate: f64,
+    /// Streams scenario: jobs completed per measurement (at most 2C), half
+    /// watched over SSE, half over WebSocket; the other connections stay
+    /// idle throughout.
+    #[arg(long, default_value_t = 10_000)]
+    stream_completions: usize,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -92,7 +110,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "e2e" => e2e(&args, &dir).await?,
             #[cfg(feature = "postgres")]
             "pg" => pg::run(&args).await?,
-            other => bail!("unknown scenario {other:?} (known: submit, e2e, pg)"),
+            "streams" => streams::run(&args, &dir).await?,
+            other => bail!("unknown scenario {other:?} (known: submit, e2e, streams, pg)"),
         }
     }
     Ok(())

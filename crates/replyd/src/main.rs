@@ -38,6 +38,13 @@ enum Command {
     Migrate(ServerArgs),
     /// Run the benchmarks and print figures against same-run baselines.
     Bench(bench::BenchArgs),
+    /// The floor of `bench --scenarios streams`: a bare hyper SSE
+    /// broadcaster, run by the bench in its own process.
+    #[command(hide = true)]
+    BenchFloorSse {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -145,6 +152,10 @@ async fn main() -> ExitCode {
                 Err(e) => fail(format!("{e:#}")),
             }
         }
+        Command::BenchFloorSse { listen } => match bench::streams::serve_floor(listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("{e:#}")),
+        },
         Command::Client(cmd) => {
             let worker = matches!(cmd, cli::ClientCommand::Worker(_));
             init_logging(if worker { "info" } else { "warn" });
