@@ -16,13 +16,17 @@
 //! Latency: the worker records the instant each `complete` call returned
 //! (the completion is durable then); each client the instant its
 //! `job.succeeded` arrived. The difference is reported as is: it may be
-//! negative when the push beats the HTTP answer.
+//! negative when the push beats the HTTP answer. Also printed ("from the
+//! call"): arrival minus the instant the `complete` call was sent, which
+//! adds the durable commit.
 //!
 //! The clients are raw tokio sockets with a 1 KiB read buffer (the bench
 //! holds up to 2C of them), spread over source addresses 127.0.0.2, .3, …
-//! (at most [`PER_SOURCE`] each) so that ephemeral ports do not run out;
-//! the descriptor limit is raised to what the hard limit (or, as root, the
-//! kernel) allows, and the servers inherit it.
+//! (at most [`PER_SOURCE`] each) so that ephemeral ports do not run out.
+//! The descriptor limit is raised as far as allowed (the kernel's
+//! `nr_open` with CAP_SYS_RESOURCE, else the hard limit) and the servers
+//! inherit it; a C that does not fit (each process holds 2C sockets) is
+//! measured at the largest C that does, and the output says so.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -90,17 +94,25 @@ struct Figures {
 struct Latencies {
     /// Nanoseconds, arrival minus completion return (may be negative).
     ns: Vec<i64>,
+    /// Nanoseconds from sending the `complete` call to the arrival: the
+    /// durable commit plus the push.
+    from_sent: Vec<i64>,
     /// Completed jobs whose event never arrived.
     missing: usize,
 }
 
+/// The `p` quantile of sorted nanoseconds, in milliseconds.
+fn percentile_ms(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
 impl Latencies {
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.ns.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.ns.len() as f64 - 1.0) * p).round() as usize;
-        self.ns[i] as f64 / 1e6
+        percentile_ms(&self.ns, p)
     }
 
     fn negative(&self) -> usize {
@@ -144,14 +156,16 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         summary.push((c, replyd, floor));
     }
     if summary.len() > 1 {
-        println!("  summary (RSS KiB per idle connection; latency ms p50/p99):");
+        println!(
+            "  summary (RSS KiB per idle connection; latency from the completion's answer, ms p50/p99):"
+        );
         println!(
             "  {:>7} {:>8} {:>8} {:>8} {:>8} {:>15} {:>15} {:>15} {:>9} {:>9}",
             "C", "SSE", "WS", "all", "floor", "SSE", "WS", "floor", "RSS/flr", "p99/flr"
         );
         for (c, r, f) in &summary {
             println!(
-                "  {c:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.1}/{:<7.1} {:>7.1}/{:<7.1} {:>7.1}/{:<7.1} {:>9.2} {:>9.2}",
+                "  {c:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>9.2} {:>9.2}",
                 r.rss_sse,
                 r.rss_ws,
                 r.rss_all,
@@ -178,9 +192,12 @@ fn worst_p99(f: &Figures) -> f64 {
 fn report(asked: usize, r: &Figures, f: &Figures) {
     let line = |name: &str, rss: f64, l: &Latencies| {
         println!(
-            "  {name:<34} {rss:>7.1} KiB/conn   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} arrived, {} missing, {} negative)",
+            "  {name:<24} {rss:>6.1} KiB/conn   p50 {:>6.2} ms   p99 {:>6.2} ms   \
+             (from the call: {:>5.2} / {:>5.2} ms)   ({} arrived, {} missing, {} negative)",
             l.percentile_ms(0.5),
             l.percentile_ms(0.99),
+            percentile_ms(&l.from_sent, 0.5),
+            percentile_ms(&l.from_sent, 0.99),
             l.ns.len(),
             l.missing,
             l.negative(),
@@ -362,6 +379,9 @@ impl Drop for Process {
 /// nanoseconds after `base`, plus one (zero: not yet).
 struct Probe {
     base: Instant,
+    /// When the `complete` call was sent.
+    sent: Vec<AtomicU64>,
+    /// When its answer returned.
     completed: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
     opened: AtomicUsize,
@@ -373,6 +393,7 @@ impl Probe {
     fn new(n: usize) -> Arc<Probe> {
         Arc::new(Probe {
             base: Instant::now(),
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             completed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
             opened: AtomicUsize::new(0),
@@ -441,10 +462,15 @@ impl Probe {
             }
             match self.arrived[i].load(Ordering::Relaxed) {
                 0 => l.missing += 1,
-                at => l.ns.push(at as i64 - done as i64),
+                at => {
+                    l.ns.push(at as i64 - done as i64);
+                    let sent = self.sent[i].load(Ordering::Relaxed);
+                    l.from_sent.push(at as i64 - sent as i64);
+                }
             }
         }
         l.ns.sort_unstable();
+        l.from_sent.sort_unstable();
         l
     }
 }
@@ -715,6 +741,7 @@ async fn complete_paced(
                     return anyhow::Ok(());
                 };
                 tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+                probe.stamp(&probe.sent[item.index], Instant::now());
                 let (status, body) = conn.post(&item.path, item.body.clone()).await?;
                 let at = Instant::now();
                 if status != StatusCode::OK {
@@ -882,8 +909,8 @@ async fn replyd_run(
         .collect();
     let rate = complete_paced(dst, items, args.stream_rate, &probe).await?;
     let (sse_idx, ws_idx): (Vec<usize>, Vec<usize>) = order.iter().partition(|&&i| i < c);
-    let sse = probe.latencies(&sse_idx, Duration::from_secs(5)).await;
-    let ws = probe.latencies(&ws_idx, Duration::from_secs(1)).await;
+    let sse = probe.latencies(&sse_idx, Duration::from_secs(10)).await;
+    let ws = probe.latencies(&ws_idx, Duration::from_secs(10)).await;
     if probe.failed.load(Ordering::Relaxed) > 0 {
         let first = probe
             .first_error
@@ -989,7 +1016,7 @@ async fn floor_run(args: &BenchArgs, c: usize, completions: usize) -> anyhow::Re
         })
         .collect();
     let rate = complete_paced(dst, items, args.stream_rate, &probe).await?;
-    let sse = probe.latencies(&order, Duration::from_secs(5)).await;
+    let sse = probe.latencies(&order, Duration::from_secs(10)).await;
     drop(server);
     stop.cancel();
     let per = (rss1 as f64 - rss0 as f64) / (2 * c) as f64;
