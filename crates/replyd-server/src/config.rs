@@ -141,6 +141,8 @@ pub struct Limits {
     pub max_attempts: u32,
     /// Longest `ttl` a submission may ask for, in seconds.
     pub max_ttl: f64,
+    /// Seconds a client may take to send a request's headers (slowloris).
+    pub header_timeout: f64,
 }
 
 impl Default for Limits {
@@ -150,6 +152,7 @@ impl Default for Limits {
             max_result: 10 * 1024 * 1024,
             max_attempts: 100,
             max_ttl: 30.0 * 86_400.0,
+            header_timeout: 30.0,
         }
     }
 }
@@ -318,6 +321,7 @@ impl Config {
             ("shutdown_grace", self.shutdown_grace),
             ("reaper_interval", self.reaper_interval),
             ("gc_interval", self.gc_interval),
+            ("limits.header_timeout", self.limits.header_timeout),
             ("streams.keepalive", self.streams.keepalive),
             ("streams.ping_interval", self.streams.ping_interval),
             ("streams.write_timeout", self.streams.write_timeout),

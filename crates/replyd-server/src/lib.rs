@@ -119,11 +119,15 @@ impl Server {
             trigger.cancel();
         });
         tracing::info!("replyd listening on http://{addr}");
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let server = http::serve::serve(
+            listener,
+            self.router(),
+            secs(self.app.config.limits.header_timeout),
+            token.clone(),
+        );
         let grace = secs(self.app.config.shutdown_grace);
         tokio::select! {
-            r = server => r?,
+            () = server => {},
             _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace = ?grace, "requests still running after the grace period; closing them");
             }

@@ -463,6 +463,11 @@ impl Feed {
                 continue;
             }
             if !self.behind {
+                // Caught up: give the replay's buffer back (an idle
+                // connection should hold as little as it can).
+                if self.backlog.capacity() > 0 {
+                    self.backlog = VecDeque::new();
+                }
                 return Ok(None);
             }
             let page = match &self.target {

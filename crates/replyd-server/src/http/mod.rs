@@ -6,6 +6,7 @@
 pub mod events;
 pub mod jobs;
 pub mod ops;
+pub mod serve;
 pub mod workers;
 pub mod ws;
 

@@ -780,3 +780,24 @@ async fn an_open_server_refuses_a_public_address() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_client_slow_to_send_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = TestServer::start("[limits]\nheader_timeout = 0.3\n").await else { return };
+    // A complete request is served on the same kind of connection.
+    let mut ok = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    ok.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // Headers that never end: the server hangs up.
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}
