@@ -801,3 +801,24 @@ async fn a_client_slow_to_send_its_headers_is_disconnected() {
     assert!(read.is_ok(), "the connection was still open after 10 s");
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_too() {
+    let Some(s) = TestServer::start("").await else { return };
+    let url = format!("http://{}/healthz", s.addr);
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &url])
+        .output()
+        .await;
+    let Ok(out) = out else {
+        eprintln!("skipped: curl is not installed");
+        return;
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &url])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
+}
