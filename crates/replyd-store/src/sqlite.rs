@@ -41,6 +41,12 @@ const MAX_BATCH: usize = 2048;
 /// Reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Reads that run at once, each on its own connection. Past this, reads
+/// wait for a turn instead of opening ever more connections (a burst of
+/// 2,000 stream connects once opened about 500, each with its own page
+/// cache and file descriptors).
+const MAX_CONCURRENT_READS: usize = 16;
+
 type Events = Vec<EventRecord>;
 /// Runs after the batch's commit (or its failure) to answer the caller.
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -75,6 +81,7 @@ struct Inner {
     stats: Arc<WriterStats>,
     writes: mpsc::Sender<WriteOp>,
     readers: Mutex<Vec<Connection>>,
+    read_turns: tokio::sync::Semaphore,
     bus: broadcast::Sender<EventBatch>,
     retry: RetryPolicy,
 }
@@ -170,6 +177,7 @@ impl SqliteStore {
                 stats,
                 writes,
                 readers: Mutex::new(Vec::new()),
+                read_turns: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
                 bus,
                 retry: options.retry,
             }),
@@ -231,6 +239,12 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
+        let _turn = self
+            .inner
+            .read_turns
+            .acquire()
+            .await
+            .map_err(StoreError::backend)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let pooled = inner
