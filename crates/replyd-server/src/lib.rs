@@ -14,6 +14,7 @@ pub mod http;
 pub mod live;
 pub mod openapi;
 pub mod tasks;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
