@@ -2,5 +2,6 @@
 //! URL, and Standard Webhooks signing. The outbox and its dispatcher build
 //! on these.
 
+pub mod deliver;
 pub mod signing;
 pub mod ssrf;

@@ -1,0 +1,298 @@
+//! One delivery attempt, and when to try again.
+//!
+//! An attempt POSTs a signed message to a vetted URL: the client's DNS
+//! resolver is the SSRF guard's ([`super::ssrf::Guard::resolve`]), so the
+//! connection goes only to an address that passed, whatever the name says
+//! the next time it is asked (DNS rebinding); an IP-literal URL is checked
+//! before sending. Redirects are not followed (a 3xx is a failure), each
+//! attempt has a timeout, and at most `max_response` bytes of the answer
+//! are read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::Rng;
+
+use super::signing::{Secret, signature_header};
+use super::ssrf::{Guard, Refused, Resolver};
+
+/// A message to deliver: the same id on every attempt, so a receiver can
+/// drop duplicates.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub body: Bytes,
+}
+
+/// What an attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A 2xx.
+    Delivered,
+    /// Worth trying again (5xx, 429, 3xx, other 4xx, timeouts, refused
+    /// connections).
+    Retry,
+    /// `410 Gone`: the receiver wants no more.
+    Gone,
+    /// The URL may not be called (SSRF guard): retrying will not help.
+    Refused,
+}
+
+/// One attempt's record (the attempt log shows these).
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub verdict: Verdict,
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// Why it failed, or the start of the answer's body.
+    pub error: Option<String>,
+    /// The receiver's `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends webhooks.
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    guard: Guard,
+    max_response: usize,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer").finish_non_exhaustive()
+    }
+}
+
+/// reqwest's resolver: every answer vetted by the guard.
+struct Vetting {
+    guard: Guard,
+    resolver: Arc<dyn Resolver>,
+}
+
+impl reqwest::dns::Resolve for Vetting {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (guard, resolver) = (self.guard.clone(), self.resolver.clone());
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            // The port is set by reqwest after resolving; any will do here.
+            let url = url::Url::parse(&format!("http://{host}/"))?;
+            let addrs: Vec<SocketAddr> = guard.resolve(&url, &*resolver).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl Deliverer {
+    pub fn new(
+        guard: Guard,
+        resolver: Arc<dyn Resolver>,
+        timeout: Duration,
+        max_response: usize,
+    ) -> Deliverer {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .user_agent(concat!("replyd-webhooks/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(Vetting {
+                guard: guard.clone(),
+                resolver,
+            }))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Deliverer {
+            client,
+            guard,
+            max_response,
+        }
+    }
+
+    /// POSTs `msg` to `url`, signed with every secret, stamped `now`.
+    pub async fn attempt(
+        &self,
+        url: &str,
+        msg: &Message,
+        secrets: &[Secret],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Attempt {
+        let start = Instant::now();
+        let refused = |e: Refused| Attempt {
+            verdict: Verdict::Refused,
+            status: None,
+            latency: start.elapsed(),
+            error: Some(e.to_string()),
+            retry_after: None,
+        };
+        // IP literals never reach the resolver: check them here.
+        let url = match self.guard.parse(url) {
+            Ok(u) => u,
+            Err(e) => return refused(e),
+        };
+        let ts = now.timestamp();
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &msg.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                signature_header(secrets, &msg.id, ts, &msg.body),
+            )
+            .body(msg.body.clone())
+            .send()
+            .await;
+        let res = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // A refusal by the guard inside the resolver.
+                let text = error_chain(&e);
+                let verdict = if text.contains("replyd does not call") {
+                    Verdict::Refused
+                } else {
+                    Verdict::Retry
+                };
+                return Attempt {
+                    verdict,
+                    status: None,
+                    latency: start.elapsed(),
+                    error: Some(text),
+                    retry_after: None,
+                };
+            }
+        };
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let excerpt = read_capped(res, self.max_response).await;
+        let verdict = match status {
+            200..=299 => Verdict::Delivered,
+            410 => Verdict::Gone,
+            _ => Verdict::Retry,
+        };
+        Attempt {
+            error: (verdict != Verdict::Delivered)
+                .then(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&excerpt))),
+            verdict,
+            status: Some(status),
+            latency: start.elapsed(),
+            retry_after,
+        }
+    }
+}
+
+/// At most `cap` bytes of the body; the rest is not read.
+async fn read_capped(res: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut body = res.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        let room = cap - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// When to try again.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Delay before each attempt (the first is usually 0).
+    pub delays: Vec<Duration>,
+    /// The longest a receiver's `Retry-After` may push the next attempt.
+    pub max_retry_after: Duration,
+    /// ± this fraction of each delay, at random, so that retries of many
+    /// messages do not arrive together.
+    pub jitter: f64,
+}
+
+impl Default for Schedule {
+    /// Close to the Standard Webhooks example: 0, 5 s, 5 min, 30 min, 2 h,
+    /// 5 h, 10 h, 10 h.
+    fn default() -> Schedule {
+        Schedule {
+            delays: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            max_retry_after: Duration::from_secs(3600),
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Schedule {
+    /// The delay before attempt `next` (1-based; attempt 1 is the first),
+    /// or `None` when the schedule is spent: the message is dead-lettered.
+    pub fn delay(&self, next: usize, retry_after: Option<Duration>) -> Option<Duration> {
+        let base = *self.delays.get(next.checked_sub(1)?)?;
+        let jittered = if base.is_zero() || self.jitter <= 0.0 {
+            base
+        } else {
+            let f = rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter);
+            base.mul_f64(f)
+        };
+        Some(match retry_after {
+            Some(ra) => jittered.max(ra.min(self.max_retry_after)),
+            None => jittered,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_schedule_is_the_standard_webhooks_one_with_jitter() {
+        let s = Schedule::default();
+        assert_eq!(s.delay(1, None), Some(Duration::ZERO));
+        for (n, secs) in [(2, 5.0), (3, 300.0), (4, 1800.0), (8, 36000.0)] {
+            let d = s.delay(n, None).unwrap().as_secs_f64();
+            assert!((secs * 0.9..=secs * 1.1).contains(&d), "attempt {n}: {d}");
+        }
+        assert_eq!(s.delay(9, None), None, "spent: dead letter");
+        assert_eq!(s.delay(0, None), None);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_a_cap() {
+        let s = Schedule {
+            jitter: 0.0,
+            ..Schedule::default()
+        };
+        assert_eq!(
+            s.delay(2, Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s.delay(2, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(5)),
+            "never sooner than the schedule"
+        );
+        assert_eq!(
+            s.delay(2, Some(Duration::from_secs(86_400))),
+            Some(Duration::from_secs(3600)),
+            "capped"
+        );
+    }
+}
