@@ -12,6 +12,7 @@ pub mod event;
 pub mod ids;
 pub mod job;
 pub mod store;
+pub mod webhook;
 
 pub use clock::Clock;
 pub use event::{EventId, EventKind, EventRecord};

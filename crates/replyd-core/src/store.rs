@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::event::{EventId, EventRecord};
 use crate::ids::{JobId, LeaseId, Tenant};
 use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
+use crate::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
 
 /// A job's result as the worker gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +172,49 @@ pub trait Store: Send + Sync + 'static {
     /// job's events), if any: a reader resuming from an id below it may
     /// have missed events, and is told so (`stream.reset`).
     async fn log_floor(&self) -> StoreResult<Option<EventId>>;
+
+    /// Claims up to `limit` due webhook deliveries for `lease`: no other
+    /// dispatcher gets them until it runs out. Only the oldest pending
+    /// delivery of each job is ever due, so a job's deliveries leave in
+    /// event order (a later one waits until the earlier one is delivered
+    /// or dead).
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Records an attempt on a delivery and what becomes of it.
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: AttemptRecord,
+        after: AfterAttempt,
+    ) -> StoreResult<Delivery>;
+
+    /// A job's deliveries, oldest first, each with its attempts.
+    async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>>;
+
+    /// Deliveries, newest first: of one tenant (`None`: all), in one state,
+    /// older than the cursor `before`.
+    async fn list_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        state: Option<DeliveryState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Queues a delivery again (a replay), due at `now`, its schedule
+    /// restarted; its attempt log stays. With a `scope`, another tenant's
+    /// delivery is `NotFound`.
+    async fn replay_delivery(
+        &self,
+        id: i64,
+        scope: Option<&Tenant>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Delivery>;
 
     /// Jobs by queue and state.
     async fn counts(&self) -> StoreResult<Vec<StateCount>>;

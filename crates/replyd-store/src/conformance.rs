@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
 use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Store, StoreError, Submitted};
+use replyd_core::webhook::{AfterAttempt, AttemptRecord, DeliveryState};
 use replyd_core::{JobId, LeaseId, Tenant};
 
 /// Instantiates every conformance test for a store. `$make` is an async
@@ -28,7 +29,8 @@ macro_rules! conformance_tests {
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
             cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases,
-            log_floor_rises_when_events_are_removed);
+            log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
+            concurrent_claims_never_share_a_delivery);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -637,4 +639,257 @@ pub async fn tenant_scoped_leases(store: Arc<dyn Store>) {
         .apply(id, Some(&Tenant("b".into())), complete(), None, t(3))
         .await;
     assert_eq!(right.unwrap().state, JobState::Succeeded);
+}
+
+fn hooked(tenant: &str, events: serde_json::Value) -> NewJob {
+    let mut job = new_job(tenant, "q", None, "{}");
+    job.webhook = Some(serde_json::json!({"url": "https://hooks.test/x", "events": events}));
+    job
+}
+
+fn attempt(at: DateTime<Utc>, status: Option<u16>) -> AttemptRecord {
+    AttemptRecord {
+        at,
+        status,
+        latency_ms: 12,
+        error: status.filter(|s| *s >= 300).map(|s| format!("HTTP {s}")),
+    }
+}
+
+pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
+    let lease_len = Duration::from_secs(30);
+    // No webhook: nothing owed.
+    let plain = submit(&*store, "other").await;
+    store
+        .apply(plain, None, Command::Cancel, None, t(1))
+        .await
+        .unwrap();
+    assert!(store.deliveries(plain).await.unwrap().is_empty());
+
+    let id = store
+        .submit(hooked("t", serde_json::json!(["job.progress"])), t(0))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    store
+        .apply(
+            id,
+            None,
+            Command::Progress {
+                lease_id: lease.clone(),
+                progress: replyd_core::Progress {
+                    percent: Some(50.0),
+                    message: None,
+                },
+            },
+            None,
+            t(1),
+        )
+        .await
+        .unwrap();
+    let out = JobOutput {
+        content_type: "application/json".into(),
+        body: Bytes::from_static(b"1"),
+    };
+    store
+        .apply(
+            id,
+            None,
+            Command::Complete { lease_id: lease },
+            Some(out),
+            t(2),
+        )
+        .await
+        .unwrap();
+    let owed = store.deliveries(id).await.unwrap();
+    let kinds: Vec<EventKind> = owed.iter().map(|(d, _)| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Progress, EventKind::Succeeded],
+        "started and accepted are not owed"
+    );
+    assert!(
+        owed.iter()
+            .all(|(d, a)| d.state == DeliveryState::Pending && a.is_empty())
+    );
+    assert_eq!(
+        owed[1].0.job.state,
+        JobState::Succeeded,
+        "the job as it was after the event"
+    );
+    let (first, second) = (owed[0].0.id, owed[1].0.id);
+    assert_ne!(owed[0].0.message_id(), owed[1].0.message_id());
+
+    // Only the oldest pending delivery of a job is due.
+    let claimed = store.claim_deliveries(t(3), lease_len, 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
+    assert!(
+        store
+            .claim_deliveries(t(4), lease_len, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed"
+    );
+    // A failed attempt: retried at t(20); meanwhile the later one waits.
+    store
+        .record_attempt(
+            first,
+            attempt(t(5), Some(503)),
+            AfterAttempt::RetryAt(t(20)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_deliveries(t(10), lease_len, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_deliveries(t(20), lease_len, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, first);
+    assert_eq!(again[0].attempts, 1);
+    store
+        .record_attempt(first, attempt(t(21), Some(200)), AfterAttempt::Delivered)
+        .await
+        .unwrap();
+    // Now the terminal one.
+    let next = store.claim_deliveries(t(22), lease_len, 10).await.unwrap();
+    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
+    // A claim that expires (the dispatcher died) is claimed again.
+    assert_eq!(
+        store
+            .claim_deliveries(t(60), lease_len, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let dead = store
+        .record_attempt(second, attempt(t(61), Some(410)), AfterAttempt::Dead)
+        .await
+        .unwrap();
+    assert_eq!(dead.state, DeliveryState::Dead);
+    assert_eq!(dead.last_error.as_deref(), Some("HTTP 410"));
+
+    // The attempt log.
+    let log = store.deliveries(id).await.unwrap();
+    assert_eq!(log[0].0.state, DeliveryState::Delivered);
+    let statuses: Vec<Option<u16>> = log[0].1.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(503), Some(200)]);
+    assert_eq!(log[0].1[0].at, t(5));
+    assert_eq!(log[0].1[0].latency_ms, 12);
+    assert_eq!(log[1].1.len(), 1);
+
+    // Dead letters: listed per tenant, replayed.
+    let listed = store
+        .list_deliveries(
+            Some(Tenant("t".into())),
+            Some(DeliveryState::Dead),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
+    assert!(
+        store
+            .list_deliveries(Some(Tenant("u".into())), None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list_deliveries(None, None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .list_deliveries(None, None, Some(second), 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the cursor pages"
+    );
+    assert!(matches!(
+        store
+            .replay_delivery(second, Some(&Tenant("u".into())), t(70))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let replayed = store
+        .replay_delivery(second, Some(&Tenant("t".into())), t(70))
+        .await
+        .unwrap();
+    assert_eq!(
+        (replayed.state, replayed.attempts),
+        (DeliveryState::Pending, 0)
+    );
+    assert_eq!(
+        store
+            .claim_deliveries(t(70), lease_len, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.deliveries(id).await.unwrap()[1].1.len(),
+        1,
+        "the log stays"
+    );
+
+    // Deleting the job takes its deliveries.
+    store.delete(id).await.unwrap();
+    assert!(store.deliveries(id).await.unwrap().is_empty());
+}
+
+pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
+    let mut ids = HashSet::new();
+    for _ in 0..30 {
+        let id = store
+            .submit(hooked("t", serde_json::json!([])), t(0))
+            .await
+            .unwrap()
+            .job()
+            .id;
+        store
+            .apply(id, None, Command::Cancel, None, t(1))
+            .await
+            .unwrap();
+        ids.insert(id);
+    }
+    let mut claimers = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store
+                    .claim_deliveries(t(2), Duration::from_secs(60), 3)
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| d.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 30, "each delivery claimed once: {all:?}");
+    assert_eq!(distinct.len(), 30);
 }

@@ -61,6 +61,40 @@ pub const SQLITE: &[(i64, &str)] = &[
     );
     ",
     ),
+    (
+        3,
+        "
+    -- Webhook deliveries owed (the outbox), written in the transaction of
+    -- the event that owes them, and the log of their attempts.
+    CREATE TABLE outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id        BLOB NOT NULL,
+        tenant        TEXT NOT NULL,
+        queue         TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        url           TEXT NOT NULL,
+        job           TEXT NOT NULL,        -- the record after the event
+        state         TEXT NOT NULL,        -- pending | delivered | dead
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_at       INTEGER NOT NULL,     -- ms since the epoch
+        claimed_until INTEGER,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        last_error    TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+    CREATE INDEX outbox_job ON outbox (job_id, id);
+    CREATE INDEX outbox_state ON outbox (state, id);
+    CREATE TABLE delivery_attempts (
+        delivery_id INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        status      INTEGER,
+        latency_ms  INTEGER NOT NULL,
+        error       TEXT
+    );
+    CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
+    ",
+    ),
 ];
 
 /// PostgreSQL migrations: (version, SQL), append only. Applied by
@@ -122,6 +156,39 @@ pub const POSTGRES: &[(i64, &str)] = &[
         one   integer PRIMARY KEY CHECK (one = 1),
         below bigint NOT NULL
     );
+    ",
+    ),
+    (
+        3,
+        "
+    -- Webhook deliveries owed (the outbox); see SQLite's v3.
+    CREATE TABLE outbox (
+        id            bigserial PRIMARY KEY,
+        job_id        uuid NOT NULL,
+        tenant        text NOT NULL,
+        queue         text NOT NULL,
+        kind          text NOT NULL,
+        url           text NOT NULL,
+        job           text NOT NULL,
+        state         text NOT NULL,
+        attempts      integer NOT NULL DEFAULT 0,
+        next_at       bigint NOT NULL,
+        claimed_until bigint,
+        created_at    bigint NOT NULL,
+        updated_at    bigint NOT NULL,
+        last_error    text
+    );
+    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+    CREATE INDEX outbox_job ON outbox (job_id, id);
+    CREATE INDEX outbox_state ON outbox (state, id);
+    CREATE TABLE delivery_attempts (
+        delivery_id bigint NOT NULL,
+        at          bigint NOT NULL,
+        status      integer,
+        latency_ms  bigint NOT NULL,
+        error       text
+    );
+    CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
     ",
     ),
 ];

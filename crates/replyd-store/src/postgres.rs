@@ -29,6 +29,7 @@ use replyd_core::store::{
     EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, StateCount, Store, StoreError,
     StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
+use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
 use replyd_core::{JobId, LeaseId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -396,6 +397,34 @@ async fn listener(
     }
 }
 
+const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, url, job, state, attempts,
+    next_at, created_at, updated_at, last_error";
+
+fn delivery_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
+    let kind: String = row.get("kind");
+    let state: String = row.get("state");
+    let job = decode(row.get::<&str, _>("job"))?;
+    let at = |c: &str| DateTime::from_timestamp_millis(row.get(c)).unwrap_or_default();
+    Ok(Delivery {
+        id: row.get("id"),
+        job_id: job.id,
+        tenant: job.tenant.clone(),
+        queue: job.queue.clone(),
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| StoreError::Backend(format!("unknown event kind {kind:?}").into()))?,
+        url: row.get("url"),
+        state: DeliveryState::parse(&state).ok_or_else(|| {
+            StoreError::Backend(format!("unknown delivery state {state:?}").into())
+        })?,
+        attempts: u32::try_from(row.get::<i32, _>("attempts")).unwrap_or(0),
+        next_at: at("next_at"),
+        created_at: at("created_at"),
+        updated_at: at("updated_at"),
+        last_error: row.get("last_error"),
+        job,
+    })
+}
+
 fn event_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<EventRecord> {
     let kind: String = row.get("kind");
     let job = decode(row.get::<&str, _>("job"))?;
@@ -471,6 +500,23 @@ async fn append_event(
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
+    if let Some(url) = job.webhook_for(kind) {
+        sqlx::query(
+            "INSERT INTO outbox (job_id, tenant, queue, kind, url, job, state, next_at,
+                                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)",
+        )
+        .bind(job.id.0)
+        .bind(&job.tenant.0)
+        .bind(&job.queue)
+        .bind(kind.name())
+        .bind(url)
+        .bind(text)
+        .bind(ms(job.updated_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
     Ok(())
 }
 
@@ -724,6 +770,9 @@ impl Store for PgStore {
              ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)",
             "DELETE FROM job_outputs WHERE job_id = $1",
             "DELETE FROM events WHERE job_id = $1",
+            "DELETE FROM delivery_attempts WHERE delivery_id IN
+                 (SELECT id FROM outbox WHERE job_id = $1)",
+            "DELETE FROM outbox WHERE job_id = $1",
             "DELETE FROM jobs WHERE id = $1",
         ] {
             sqlx::query(sql)
@@ -753,6 +802,9 @@ impl Store for PgStore {
              ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)",
             "DELETE FROM job_outputs WHERE job_id = ANY($1)",
             "DELETE FROM events WHERE job_id = ANY($1)",
+            "DELETE FROM delivery_attempts WHERE delivery_id IN
+                 (SELECT id FROM outbox WHERE job_id = ANY($1))",
+            "DELETE FROM outbox WHERE job_id = ANY($1)",
             "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ANY($1)",
         ] {
             sqlx::query(sql)
@@ -809,6 +861,160 @@ impl Store for PgStore {
                 })
             })
             .collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET claimed_until = $3 WHERE id IN (
+                 SELECT id FROM outbox o
+                 WHERE state = 'pending' AND next_at <= $1
+                   AND (claimed_until IS NULL OR claimed_until <= $1)
+                   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.job_id = o.job_id
+                                   AND p.state = 'pending' AND p.id < o.id)
+                 ORDER BY next_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING {DELIVERY_COLUMNS}"
+        )))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .bind(ms(until))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        let mut out: Vec<Delivery> = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|d| (d.next_at, d.id));
+        Ok(out)
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: AttemptRecord,
+        after: AfterAttempt,
+    ) -> StoreResult<Delivery> {
+        let (state, next_at) = match after {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, attempt.at),
+            AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
+            AfterAttempt::Dead => (DeliveryState::Dead, attempt.at),
+        };
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET state = $2, attempts = attempts + 1, next_at = $3,
+                 claimed_until = NULL, updated_at = $4, last_error = $5
+             WHERE id = $1 RETURNING {DELIVERY_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(state.as_str())
+        .bind(ms(next_at))
+        .bind(ms(attempt.at))
+        .bind(&attempt.error)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(ms(attempt.at))
+        .bind(attempt.status.map(i32::from))
+        .bind(attempt.latency_ms as i64)
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let d = delivery_from_row(&row)?;
+        self.commit(tx, false).await?;
+        Ok(d)
+    }
+
+    async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM outbox WHERE job_id = $1 ORDER BY id"
+        )))
+        .bind(job.0)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let d = delivery_from_row(row)?;
+            let attempts = sqlx::query(
+                "SELECT at, status, latency_ms, error FROM delivery_attempts
+                 WHERE delivery_id = $1 ORDER BY at, ctid",
+            )
+            .bind(d.id)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| AttemptRecord {
+                at: DateTime::from_timestamp_millis(r.get("at")).unwrap_or_default(),
+                status: r
+                    .get::<Option<i32>, _>("status")
+                    .and_then(|s| u16::try_from(s).ok()),
+                latency_ms: u64::try_from(r.get::<i64, _>("latency_ms")).unwrap_or(0),
+                error: r.get("error"),
+            })
+            .collect();
+            out.push((d, attempts));
+        }
+        Ok(out)
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        state: Option<DeliveryState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM outbox
+             WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR state = $2)
+               AND id < $3
+             ORDER BY id DESC LIMIT $4"
+        )))
+        .bind(tenant.map(|t| t.0))
+        .bind(state.map(DeliveryState::as_str))
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn replay_delivery(
+        &self,
+        id: i64,
+        scope: Option<&Tenant>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Delivery> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $2,
+                 claimed_until = NULL, updated_at = $2
+             WHERE id = $1 AND ($3::text IS NULL OR tenant = $3)
+             RETURNING {DELIVERY_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(ms(now))
+        .bind(scope.map(|t| t.0.clone()))
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+        delivery_from_row(&row)
     }
 
     async fn log_floor(&self) -> StoreResult<Option<EventId>> {

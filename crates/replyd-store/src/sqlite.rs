@@ -30,6 +30,7 @@ use replyd_core::store::{
     EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, StateCount, Store, StoreError,
     StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
+use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
 use replyd_core::{JobId, LeaseId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -424,8 +425,28 @@ fn append_event(
     conn.prepare_cached("INSERT INTO events (job_id, kind, at, job) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut s| s.execute(params![id_bytes(job.id), kind.name(), ms(at), text]))
         .map_err(backend)?;
+    let id = EventId(conn.last_insert_rowid());
+    if let Some(url) = job.webhook_for(kind) {
+        conn.prepare_cached(
+            "INSERT INTO outbox (job_id, tenant, queue, kind, url, job, state, next_at,
+                                 created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id_bytes(job.id),
+                job.tenant.0,
+                job.queue,
+                kind.name(),
+                url,
+                text,
+                ms(at)
+            ])
+        })
+        .map_err(backend)?;
+    }
     events.push(EventRecord {
-        id: EventId(conn.last_insert_rowid()),
+        id,
         job_id: job.id,
         tenant: job.tenant.clone(),
         queue: job.queue.clone(),
@@ -512,7 +533,69 @@ fn query_records(
         .collect()
 }
 
-/// Events from a query selecting `id, kind, at, job`.
+const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, url, job, state, attempts,
+    next_at, created_at, updated_at, last_error";
+
+fn query_deliveries(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<Delivery>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, i64>(11)?,
+                r.get::<_, Option<String>>(12)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, kind, url, job, state, attempts, next_at, created, updated, last_error) =
+            row.map_err(backend)?;
+        let job = decode_record(&job)?;
+        out.push(Delivery {
+            id,
+            job_id: job.id,
+            tenant: job.tenant.clone(),
+            queue: job.queue.clone(),
+            kind: EventKind::parse(&kind).ok_or_else(|| {
+                StoreError::Backend(format!("unknown event kind {kind:?}").into())
+            })?,
+            url,
+            job,
+            state: DeliveryState::parse(&state).ok_or_else(|| {
+                StoreError::Backend(format!("unknown delivery state {state:?}").into())
+            })?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            next_at: from_ms(next_at),
+            created_at: from_ms(created),
+            updated_at: from_ms(updated),
+            last_error,
+        });
+    }
+    Ok(out)
+}
+
+fn one_delivery(conn: &Connection, id: i64) -> StoreResult<Delivery> {
+    query_deliveries(
+        conn,
+        &format!("SELECT {DELIVERY_COLUMNS} FROM outbox WHERE id = ?1"),
+        params![id],
+    )?
+    .pop()
+    .ok_or(StoreError::NotFound)
+}
+
 /// Before a job's events are removed: remember the highest of them.
 const RAISE_LOG_FLOOR: &str = "
     INSERT INTO log_floor (one, below)
@@ -520,6 +603,7 @@ const RAISE_LOG_FLOOR: &str = "
     HAVING max(id) IS NOT NULL
     ON CONFLICT (one) DO UPDATE SET below = max(below, excluded.below)";
 
+/// Events from a query selecting `id, kind, at, job`.
 fn read_events(
     conn: &Connection,
     sql: &str,
@@ -773,6 +857,9 @@ impl Store for SqliteStore {
                 RAISE_LOG_FLOOR,
                 "DELETE FROM job_outputs WHERE job_id = ?1",
                 "DELETE FROM events WHERE job_id = ?1",
+                "DELETE FROM delivery_attempts WHERE delivery_id IN
+                     (SELECT id FROM outbox WHERE job_id = ?1)",
+                "DELETE FROM outbox WHERE job_id = ?1",
                 "DELETE FROM jobs WHERE id = ?1",
             ] {
                 conn.prepare_cached(sql)
@@ -798,6 +885,9 @@ impl Store for SqliteStore {
                     RAISE_LOG_FLOOR,
                     "DELETE FROM job_outputs WHERE job_id = ?1",
                     "DELETE FROM events WHERE job_id = ?1",
+                    "DELETE FROM delivery_attempts WHERE delivery_id IN
+                         (SELECT id FROM outbox WHERE job_id = ?1)",
+                    "DELETE FROM outbox WHERE job_id = ?1",
                     "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ?1",
                 ] {
                     conn.prepare_cached(sql)
@@ -842,6 +932,171 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
                 .map(|v| v.map(EventId))
                 .map_err(backend)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        self.write(move |conn, _| {
+            let rows = query_deliveries(
+                conn,
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM outbox o
+                     WHERE state = 'pending' AND next_at <= ?1
+                       AND (claimed_until IS NULL OR claimed_until <= ?1)
+                       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.job_id = o.job_id
+                                       AND p.state = 'pending' AND p.id < o.id)
+                     ORDER BY next_at, id LIMIT ?2"
+                ),
+                params![ms(now), limit],
+            )?;
+            for d in &rows {
+                conn.prepare_cached("UPDATE outbox SET claimed_until = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![d.id, ms(until)]))
+                    .map_err(backend)?;
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: AttemptRecord,
+        after: AfterAttempt,
+    ) -> StoreResult<Delivery> {
+        self.write(move |conn, _| {
+            let (state, next_at) = match after {
+                AfterAttempt::Delivered => (DeliveryState::Delivered, attempt.at),
+                AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
+                AfterAttempt::Dead => (DeliveryState::Dead, attempt.at),
+            };
+            let n = conn
+                .prepare_cached(
+                    "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_at = ?3,
+                         claimed_until = NULL, updated_at = ?4, last_error = ?5
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id,
+                        state.as_str(),
+                        ms(next_at),
+                        ms(attempt.at),
+                        attempt.error
+                    ])
+                })
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            conn.prepare_cached(
+                "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    ms(attempt.at),
+                    attempt.status,
+                    attempt.latency_ms as i64,
+                    attempt.error
+                ])
+            })
+            .map_err(backend)?;
+            one_delivery(conn, id)
+        })
+        .await
+    }
+
+    async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {
+        self.read(move |conn| {
+            let ds = query_deliveries(
+                conn,
+                &format!("SELECT {DELIVERY_COLUMNS} FROM outbox WHERE job_id = ?1 ORDER BY id"),
+                params![id_bytes(job)],
+            )?;
+            let mut out = Vec::with_capacity(ds.len());
+            for d in ds {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT at, status, latency_ms, error FROM delivery_attempts
+                         WHERE delivery_id = ?1 ORDER BY at, rowid",
+                    )
+                    .map_err(backend)?;
+                let attempts = stmt
+                    .query_map([d.id], |r| {
+                        Ok(AttemptRecord {
+                            at: from_ms(r.get(0)?),
+                            status: r.get(1)?,
+                            latency_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                            error: r.get(3)?,
+                        })
+                    })
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+                out.push((d, attempts));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        state: Option<DeliveryState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.read(move |conn| {
+            query_deliveries(
+                conn,
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM outbox
+                     WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2)
+                       AND id < ?3
+                     ORDER BY id DESC LIMIT ?4"
+                ),
+                params![
+                    tenant.map(|t| t.0),
+                    state.map(DeliveryState::as_str),
+                    before.unwrap_or(i64::MAX),
+                    limit
+                ],
+            )
+        })
+        .await
+    }
+
+    async fn replay_delivery(
+        &self,
+        id: i64,
+        scope: Option<&Tenant>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Delivery> {
+        let scope = scope.cloned();
+        self.write(move |conn, _| {
+            let d = one_delivery(conn, id)?;
+            if scope.is_some_and(|t| t != d.tenant) {
+                return Err(StoreError::NotFound);
+            }
+            conn.prepare_cached(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2,
+                     claimed_until = NULL, updated_at = ?2
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, ms(now)]))
+            .map_err(backend)?;
+            one_delivery(conn, id)
         })
         .await
     }
