@@ -30,6 +30,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Routes committed events to this node's SSE and WebSocket clients.
     pub hub: Arc<Hub>,
+    /// Vets, signs and sends webhooks.
+    pub webhooks: crate::webhooks::Runtime,
     /// Cancelled when the server begins to shut down: long polls answer at
     /// once and background tasks stop.
     pub shutdown: CancellationToken,
@@ -65,6 +67,7 @@ impl App {
         let auth = Authenticator::new(&config.api_keys, secret);
         App {
             hub: Hub::new(config.streams.buffer),
+            webhooks: crate::webhooks::Runtime::new(&config.webhooks),
             config,
             store,
             clock,
@@ -106,12 +109,10 @@ impl App {
             }
             v => secs(v.unwrap_or(queue.ttl)),
         };
-        if let Some(w) = &req.webhook {
-            return Err(ApiError::bad_request(format!(
-                "webhooks are not available in this version (webhook.url = {:?})",
-                w.url
-            )));
-        }
+        let webhook = match &req.webhook {
+            Some(w) => Some(self.webhooks.vet(w).await?),
+            None => None,
+        };
         let input = serde_json::to_vec(&req.input)
             .map_err(|e| ApiError::bad_request(format!("input: {e}")))?;
         let new = NewJob {
@@ -122,7 +123,7 @@ impl App {
             max_attempts,
             timeout,
             ttl,
-            webhook: None,
+            webhook,
             idempotency_key: s.idempotency_key.clone(),
             request_hash: s.request_hash,
         };

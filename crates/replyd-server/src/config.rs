@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     /// Live channels: Server-Sent Events and WebSockets.
     pub streams: Streams,
+    /// Webhook delivery.
+    pub webhooks: Webhooks,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -44,6 +46,7 @@ impl Default for Config {
             queues: BTreeMap::new(),
             limits: Limits::default(),
             streams: Streams::default(),
+            webhooks: Webhooks::default(),
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -189,6 +192,49 @@ impl Default for Streams {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// The signing secret (`whsec_…`). Without one, submissions with a
+    /// webhook are refused.
+    pub secret: Option<String>,
+    /// Secrets that also sign during a rotation (receivers may still know
+    /// only these).
+    pub previous_secrets: Vec<String>,
+    /// Networks the SSRF guard lets through (e.g. `127.0.0.0/8` for local
+    /// development). Empty by default.
+    pub allow_networks: Vec<String>,
+    /// Seconds before each attempt.
+    pub retry_schedule: Vec<f64>,
+    /// Seconds one attempt may take.
+    pub timeout: f64,
+    /// The longest, in seconds, a receiver's Retry-After may delay the next
+    /// attempt.
+    pub max_retry_after: f64,
+    /// Bytes of a receiver's answer kept (in the attempt log).
+    pub max_response: usize,
+    /// Attempts in flight at once, over all endpoints.
+    pub concurrency: usize,
+    /// Attempts in flight at once to one endpoint (scheme, host, port).
+    pub per_endpoint: usize,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            secret: None,
+            previous_secrets: Vec::new(),
+            allow_networks: Vec::new(),
+            retry_schedule: vec![0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+            timeout: 15.0,
+            max_retry_after: 3600.0,
+            max_response: 4096,
+            concurrency: 64,
+            per_endpoint: 4,
+        }
+    }
+}
+
 /// What the environment and the command line may override.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -329,6 +375,37 @@ impl Config {
             if !(v > 0.0 && v < 86_400.0) {
                 return bad(format!("{what} must be a positive number of seconds"));
             }
+        }
+        let w = &self.webhooks;
+        for s in w.secret.iter().chain(&w.previous_secrets) {
+            if s.parse::<crate::webhooks::signing::Secret>().is_err() {
+                return bad("webhooks.secret and webhooks.previous_secrets must be whsec_ followed by base64 of 24 to 64 bytes".into());
+            }
+        }
+        for n in &w.allow_networks {
+            if n.parse::<ipnet::IpNet>().is_err() {
+                return bad(format!(
+                    "webhooks.allow_networks: {n:?} is not a CIDR network"
+                ));
+            }
+        }
+        if w.retry_schedule.is_empty()
+            || w.retry_schedule
+                .iter()
+                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
+        {
+            return bad(
+                "webhooks.retry_schedule must list 1 or more delays of 0 to 604800 seconds".into(),
+            );
+        }
+        if !(w.timeout > 0.0 && w.timeout <= 300.0) {
+            return bad("webhooks.timeout must be in (0, 300] seconds".into());
+        }
+        if !(0.0..=86_400.0).contains(&w.max_retry_after) {
+            return bad("webhooks.max_retry_after must be in [0, 86400] seconds".into());
+        }
+        if w.concurrency == 0 || w.per_endpoint == 0 || w.max_response > 1 << 20 {
+            return bad("webhooks.concurrency and per_endpoint must be at least 1; max_response at most 1 MiB".into());
         }
         if !(1..=1_000_000).contains(&self.streams.buffer) {
             return bad("streams.buffer must be between 1 and 1000000 events".into());

@@ -83,6 +83,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
+        tasks.spawn(webhooks::dispatch::run(app.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         for (name, q) in &app.config.queues {
             if q.executor == Executor::Demo {

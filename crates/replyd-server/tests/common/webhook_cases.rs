@@ -1,0 +1,194 @@
+// Webhook cases (API.md §2) shared by the `webhooks` test binaries (one per
+// store); included with `include!`, so `BACKEND` and `common` come from
+// the includer. The receiver runs on 127.0.0.1, which the servers here
+// allow-list.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use bytes::Bytes;
+use common::TestServer;
+use serde_json::{Value, json};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn config() -> String {
+    format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [0, 0.2, 0.2, 0.2]\ntimeout = 2\n[queues.work]\n"
+    )
+}
+
+#[derive(Default)]
+struct Receiver {
+    /// (path, headers, body) of every request, in arrival order.
+    got: Mutex<Vec<(String, HeaderMap, Bytes)>>,
+    flaky_failures: AtomicUsize,
+}
+
+async fn receiver() -> (String, Arc<Receiver>) {
+    let r = Arc::new(Receiver::default());
+    async fn record(
+        State(r): State<Arc<Receiver>>,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        let path = uri.path().to_string();
+        r.got.lock().unwrap().push((path.clone(), headers, body));
+        match path.as_str() {
+            "/gone" => StatusCode::GONE,
+            "/flaky" if r.flaky_failures.fetch_add(1, Ordering::SeqCst) < 2 => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::OK,
+        }
+    }
+    let app = Router::new()
+        .route("/{*path}", post(record))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, r)
+}
+
+/// Waits until the receiver has `n` requests on `path`.
+async fn received(r: &Receiver, path: &str, n: usize) -> Vec<(HeaderMap, Value)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got: Vec<(HeaderMap, Value)> = r
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, h, b)| (h.clone(), serde_json::from_slice(b).unwrap()))
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: {} of {n} deliveries arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit_hooked(c: &common::Client, url: &str, events: Option<Value>) -> String {
+    let mut hook = json!({"url": url});
+    if let Some(e) = events {
+        hook["events"] = e;
+    }
+    let r = c
+        .post("/v1/jobs", json!({"queue": "work", "input": {}, "webhook": hook}))
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_completed_job_is_delivered_signed_with_its_result() {
+    let Some(s) = TestServer::start(&config()).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let id = submit_hooked(&c, &format!("{base}/ok"), Some(json!(["job.started"]))).await;
+    let (_, lease) = c.lease("work").await;
+    c.complete(&id, &lease, json!({"pages": 3})).await;
+    let got = received(&r, "/ok", 2).await;
+    // In event order: started, then succeeded.
+    assert_eq!(got[0].1["type"], "job.started");
+    assert_eq!(got[1].1["type"], "job.succeeded");
+    let data = &got[1].1["data"];
+    assert_eq!(data["id"], id.as_str());
+    assert_eq!(data["state"], "succeeded");
+    assert_eq!(data["result"], json!({"pages": 3}), "a small JSON result rides inline");
+    assert!(got[1].1["timestamp"].as_str().unwrap().ends_with('Z'));
+    let h = &got[1].0;
+    assert_eq!(h["content-type"], "application/json");
+    let sig = h["webhook-signature"].to_str().unwrap();
+    assert!(sig.starts_with("v1,"), "{sig}");
+    // The signature is over id.timestamp.body with the configured secret.
+    let secret: replyd_server::webhooks::signing::Secret = SECRET.parse().unwrap();
+    let body = r.got.lock().unwrap()[1].2.clone();
+    let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        sig,
+        secret.sign(h["webhook-id"].to_str().unwrap(), ts, &body)
+    );
+    assert_ne!(got[0].0["webhook-id"], got[1].0["webhook-id"]);
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_the_same_id_and_410_stops() {
+    let Some(s) = TestServer::start(&config()).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let flaky = submit_hooked(&c, &format!("{base}/flaky"), None).await;
+    let gone = submit_hooked(&c, &format!("{base}/gone"), None).await;
+    for id in [&flaky, &gone] {
+        let r = c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+        assert_eq!(r.status, 200);
+    }
+    // Two 500s, then a 200: three attempts of one delivery, one id.
+    let got = received(&r, "/flaky", 3).await;
+    let ids: Vec<_> = got.iter().map(|(h, _)| h["webhook-id"].clone()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(got[0].1["type"], "job.canceled");
+    // 410: one attempt, never again.
+    received(&r, "/gone", 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let again = r.got.lock().unwrap().iter().filter(|(p, _, _)| p == "/gone").count();
+    assert_eq!(again, 1, "410 Gone stops the retries");
+    let flaky_total = r.got.lock().unwrap().iter().filter(|(p, _, _)| p == "/flaky").count();
+    assert_eq!(flaky_total, 3, "delivered: no more attempts");
+}
+
+#[tokio::test]
+async fn unsafe_or_unconfigured_webhooks_are_refused_at_submit() {
+    let Some(s) = TestServer::start(
+        &format!("[webhooks]\nsecret = \"{SECRET}\"\n[queues.work]\n"),
+    )
+    .await
+    else {
+        return;
+    };
+    let c = s.client(None);
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/",
+        "http://2130706433/",
+        "ftp://example.com/",
+        "not a url",
+    ] {
+        let r = c
+            .post("/v1/jobs", json!({"queue": "work", "webhook": {"url": url}}))
+            .await;
+        let p = r.problem(400);
+        assert!(p["detail"].as_str().unwrap().contains("webhook.url"), "{url}: {p}");
+    }
+    let r = c
+        .post(
+            "/v1/jobs",
+            json!({"queue": "work", "webhook": {"url": "http://10.0.0.1/", "events": ["job.nope"]}}),
+        )
+        .await;
+    r.problem(400);
+    // No secret configured: webhooks are refused, saying why.
+    let Some(s2) = TestServer::start("[queues.work]\n").await else { return };
+    let r = s2
+        .client(None)
+        .post("/v1/jobs", json!({"queue": "work", "webhook": {"url": "https://hooks.example/"}}))
+        .await;
+    let p = r.problem(400);
+    assert!(p["detail"].as_str().unwrap().contains("webhooks.secret"));
+}
