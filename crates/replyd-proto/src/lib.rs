@@ -162,6 +162,45 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
+/// One attempt at a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryAttempt {
+    pub at: DateTime<Utc>,
+    /// The receiver's status code, if it answered.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A webhook delivery owed to (or made to) a job's endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub job_id: String,
+    /// The event it carries (`job.succeeded`, ...).
+    pub event: String,
+    pub url: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts since it was (re)queued.
+    pub attempts: u32,
+    /// When the next attempt is due (pending deliveries).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// The attempt log (on a job's deliveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<DeliveryAttempt>>,
+}
+
+/// `GET /v1/deliveries`, `GET /v1/jobs/{id}/deliveries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
+    pub next_cursor: Option<String>,
+}
+
 /// `POST /v1/queues/{queue}/lease`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -4,7 +4,7 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use crate::http::{events, jobs, ops, workers, ws};
+use crate::http::{deliveries, events, jobs, ops, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,6 +12,7 @@ use crate::http::{events, jobs, ops, workers, ws};
     paths(
         jobs::submit, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
         events::job_events, events::all_events, ws::upgrade,
+        deliveries::of_job, deliveries::list, deliveries::retry,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
@@ -20,7 +21,7 @@ use crate::http::{events, jobs, ops, workers, ws};
         proto::SubmitRequest, proto::WebhookSpec, proto::JobList, proto::LeaseRequest,
         proto::Lease, proto::LeaseBatch, proto::HeartbeatRequest, proto::LeaseStatus,
         proto::ProgressRequest, proto::CompleteRequest, proto::FailRequest, proto::FailReason,
-        proto::Problem,
+        proto::Problem, proto::Delivery, proto::DeliveryAttempt, proto::DeliveryList,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

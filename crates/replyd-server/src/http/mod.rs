@@ -3,6 +3,7 @@
 //! bad input into a precise problem, `Prefer` and `If-None-Match` parsing,
 //! and the middleware (metrics, panics, body limits).
 
+pub mod deliveries;
 pub mod events;
 pub mod jobs;
 pub mod ops;
@@ -38,6 +39,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(events::router())
+        .merge(deliveries::router())
         .merge(ws::router())
         .merge(workers::router(limits.max_result))
         .merge(ops::router())

@@ -192,3 +192,50 @@ async fn unsafe_or_unconfigured_webhooks_are_refused_at_submit() {
     let p = r.problem(400);
     assert!(p["detail"].as_str().unwrap().contains("webhooks.secret"));
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_with_their_attempts_and_replayed() {
+    let Some(s) = TestServer::start(&config()).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let id = submit_hooked(&c, &format!("{base}/gone"), None).await;
+    c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    received(&r, "/gone", 1).await;
+    // The dead letter shows up once its attempt is recorded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let v = c.get("/v1/deliveries?state=dead").await.json();
+        if v["deliveries"].as_array().unwrap().len() == 1 {
+            break v["deliveries"][0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead["job_id"], id.as_str());
+    assert_eq!(dead["event"], "job.canceled");
+    assert_eq!(dead["attempts"], 1);
+    assert!(dead["last_error"].as_str().unwrap().contains("410"));
+    // The job's deliveries carry the attempt log.
+    let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
+    let attempts = &log["deliveries"][0]["attempt_log"];
+    assert_eq!(attempts.as_array().unwrap().len(), 1);
+    assert_eq!(attempts[0]["status"], 410);
+    assert!(attempts[0]["latency_ms"].is_u64());
+    // Replay: attempted again (and, the receiver still saying 410, dead
+    // again).
+    let d_id = dead["id"].as_str().unwrap();
+    let r2 = c.post(&format!("/v1/deliveries/{d_id}/retry"), json!({})).await;
+    assert_eq!(r2.status, 202);
+    assert_eq!(r2.json()["state"], "pending");
+    received(&r, "/gone", 2).await;
+    // Bad input.
+    c.get("/v1/deliveries?state=lost").await.problem(400);
+    c.get("/v1/deliveries?cursor=x").await.problem(400);
+    c.post("/v1/deliveries/999999/retry", json!({})).await.problem(404);
+    c.post("/v1/deliveries/abc/retry", json!({})).await.problem(404);
+    assert!(
+        c.get("/v1/deliveries?state=pending").await.json()["deliveries"]
+            .as_array()
+            .is_some()
+    );
+}

@@ -1,0 +1,164 @@
+//! Webhook deliveries (API.md §2): a job's deliveries with their attempt
+//! log, the deliveries of the caller's tenant by state (the dead letters),
+//! and replaying one.
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState};
+use replyd_proto as proto;
+use serde::Deserialize;
+
+use super::{AppState, JobRequest, query};
+use crate::auth::{Action, Caller};
+use crate::error::{ApiError, ApiResult};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/{id}/deliveries", get(of_job))
+        .route("/v1/deliveries", get(list))
+        .route("/v1/deliveries/{id}/retry", post(retry))
+}
+
+fn wire(d: &Delivery, attempts: Option<&[AttemptRecord]>) -> proto::Delivery {
+    proto::Delivery {
+        id: d.id.to_string(),
+        job_id: d.job_id.to_string(),
+        event: d.kind.name().to_string(),
+        url: d.url.clone(),
+        state: d.state.as_str().to_string(),
+        attempts: d.attempts,
+        next_attempt_at: (d.state == DeliveryState::Pending).then_some(d.next_at),
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+        last_error: d.last_error.clone(),
+        attempt_log: attempts.map(|a| {
+            a.iter()
+                .map(|a| proto::DeliveryAttempt {
+                    at: a.at,
+                    status: a.status,
+                    latency_ms: a.latency_ms,
+                    error: a.error.clone(),
+                })
+                .collect()
+        }),
+    }
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// A job's webhook deliveries, oldest first, each with its attempts.
+#[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path)),
+    responses((status = 200, body = proto::DeliveryList),
+              (status = 404, description = "Unknown job", body = proto::Problem)))]
+pub async fn of_job(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
+    app.job_for(&r.caller, Action::Read, r.id).await?;
+    let ds = app.store.deliveries(r.id).await?;
+    let deliveries = ds.iter().map(|(d, a)| wire(d, Some(a))).collect();
+    Ok(json(
+        StatusCode::OK,
+        &proto::DeliveryList {
+            deliveries,
+            next_cursor: None,
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The caller's deliveries, newest first (`?state=dead`: the dead letters).
+#[utoipa::path(get, path = "/v1/deliveries", tag = "webhooks",
+    params(("state" = Option<String>, Query, description = "pending, delivered or dead"),
+           ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = proto::DeliveryList),
+              (status = 400, body = proto::Problem)))]
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let p = query(q)?;
+    let caller = app.auth.identify(&headers, None, None)?;
+    caller.check(Action::Read, None)?;
+    if let Caller::JobToken(_) = caller {
+        return Err(ApiError::forbidden(
+            "a job token grants access to its own job only",
+        ));
+    }
+    let state = match p.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state must be one of pending, delivered, dead; got {s:?}"
+            ))
+        })?),
+    };
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let before = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("malformed cursor"))?,
+        ),
+    };
+    let ds = app
+        .store
+        .list_deliveries(caller.tenant().cloned(), state, before, limit)
+        .await?;
+    let next_cursor = (ds.len() == limit as usize)
+        .then(|| ds.last().map(|d| d.id.to_string()))
+        .flatten();
+    Ok(json(
+        StatusCode::OK,
+        &proto::DeliveryList {
+            deliveries: ds.iter().map(|d| wire(d, None)).collect(),
+            next_cursor,
+        },
+    ))
+}
+
+/// Replay one delivery now (a dead letter, or one still waiting for its
+/// next attempt); its schedule starts again.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "Queued again", body = proto::Delivery),
+              (status = 404, description = "Unknown delivery", body = proto::Problem)))]
+pub async fn retry(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let caller = app.auth.identify(&headers, None, None)?;
+    caller.check(Action::Cancel, None)?;
+    if let Caller::JobToken(_) = caller {
+        return Err(ApiError::forbidden(
+            "a job token grants access to its own job only",
+        ));
+    }
+    let id: i64 = raw
+        .parse()
+        .map_err(|_| ApiError::not_found("no such delivery"))?;
+    let d = app
+        .store
+        .replay_delivery(id, caller.tenant(), app.now())
+        .await
+        .map_err(|e| match e {
+            replyd_core::StoreError::NotFound => ApiError::not_found("no such delivery"),
+            other => other.into(),
+        })?;
+    Ok(json(StatusCode::ACCEPTED, &wire(&d, None)))
+}
