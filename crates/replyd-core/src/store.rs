@@ -185,6 +185,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Delivery>>;
 
+    /// Gives claimed deliveries back, due again at `until`, without counting
+    /// an attempt (their endpoint was busy).
+    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()>;
+
     /// Records an attempt on a delivery and what becomes of it.
     async fn record_attempt(
         &self,

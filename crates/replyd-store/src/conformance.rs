@@ -760,6 +760,18 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     // Now the terminal one.
     let next = store.claim_deliveries(t(22), lease_len, 10).await.unwrap();
     assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
+    // Given back because its endpoint is busy: due again later, no attempt
+    // counted.
+    store.defer_deliveries(vec![second], t(30)).await.unwrap();
+    assert!(
+        store
+            .claim_deliveries(t(29), lease_len, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let back = store.claim_deliveries(t(30), lease_len, 10).await.unwrap();
+    assert_eq!((back[0].id, back[0].attempts), (second, 0));
     // A claim that expires (the dispatcher died) is claimed again.
     assert_eq!(
         store

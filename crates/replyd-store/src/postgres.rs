@@ -895,6 +895,19 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET next_at = $2, claimed_until = NULL
+             WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .bind(&ids)
+        .bind(ms(until))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
     async fn record_attempt(
         &self,
         id: i64,

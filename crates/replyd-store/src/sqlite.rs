@@ -966,6 +966,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
+        self.write(move |conn, _| {
+            for id in &ids {
+                conn.prepare_cached(
+                    "UPDATE outbox SET next_at = ?2, claimed_until = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                )
+                .and_then(|mut s| s.execute(params![id, ms(until)]))
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_attempt(
         &self,
         id: i64,

@@ -21,6 +21,9 @@ use crate::app::App;
 /// How often an idle dispatcher looks for due deliveries.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How long a delivery whose endpoint is busy waits before it is due again.
+const BUSY_DEFER_MS: i64 = 200;
+
 /// Results up to this size ride inline in the payload (`data.result`).
 const INLINE_RESULT: usize = 64 * 1024;
 
@@ -29,8 +32,9 @@ pub async fn run(app: Arc<App>) {
     let overall = Arc::new(Semaphore::new(rt.concurrency));
     let endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Default::default();
     let done = Arc::new(Notify::new());
-    // A claim outlives the longest attempt, so a live dispatcher keeps it.
-    let lease = rt.attempt_timeout + Duration::from_secs(30);
+    // A claim outlives the longest attempt, so a live dispatcher keeps it;
+    // a crashed one's claims run out soon after.
+    let lease = rt.attempt_timeout + Duration::from_secs(10);
     loop {
         if app.shutdown.is_cancelled() {
             break;
@@ -52,6 +56,7 @@ pub async fn run(app: Arc<App>) {
             }
         };
         let started = claimed.len();
+        let mut busy = Vec::new();
         for d in claimed {
             let key = endpoint_of(&d.url);
             let ep = endpoints
@@ -60,12 +65,12 @@ pub async fn run(app: Arc<App>) {
                 .entry(key)
                 .or_insert_with(|| Arc::new(Semaphore::new(rt.per_endpoint)))
                 .clone();
-            // A saturated endpoint: the delivery stays claimed and is taken
-            // up again when the claim runs out; others go on.
-            let Ok(ep_permit) = ep.try_acquire_owned() else {
-                continue;
-            };
-            let Ok(permit) = overall.clone().try_acquire_owned() else {
+            // A saturated endpoint: give the delivery back, due a moment
+            // later, and go on with the others.
+            let (Ok(ep_permit), Ok(permit)) =
+                (ep.try_acquire_owned(), overall.clone().try_acquire_owned())
+            else {
+                busy.push(d.id);
                 continue;
             };
             let (app, done) = (app.clone(), done.clone());
@@ -74,6 +79,12 @@ pub async fn run(app: Arc<App>) {
                 drop((permit, ep_permit));
                 done.notify_one();
             });
+        }
+        if !busy.is_empty() {
+            let later = app.now() + chrono::Duration::milliseconds(BUSY_DEFER_MS);
+            if let Err(e) = app.store.defer_deliveries(busy, later).await {
+                tracing::warn!(error = %e, "cannot defer webhook deliveries");
+            }
         }
         if started == 0 {
             tokio::select! {
