@@ -204,3 +204,121 @@ async fn live_streams_follow_every_node_and_resume_on_another() {
     }
     assert_eq!(ws_got, positions);
 }
+
+/// Dispatchers on three nodes share one outbox: every delivery is sent
+/// once (no node crashed), and each job's deliveries arrive in event order,
+/// whichever nodes the job's events were written on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_dispatchers_send_each_delivery_once_and_in_order() {
+    use std::sync::{Arc, Mutex};
+    let Some(url) = replyd_store::postgres::testing::fresh_schema("hooks").await else {
+        return;
+    };
+    // The receiver: (job, event type, webhook-id) in arrival order.
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Default::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let s = s.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                s.lock().unwrap().push((
+                    v["data"]["id"].as_str().unwrap().to_string(),
+                    v["type"].as_str().unwrap().to_string(),
+                    headers["webhook-id"].to_str().unwrap().to_string(),
+                ));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        "{CONFIG}[webhooks]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+         allow_networks = [\"127.0.0.0/8\"]\n"
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestServer::start_on(&config, &url).await);
+    }
+    let jobs = 15;
+    let mut work = Vec::new();
+    for j in 0..jobs {
+        let submit_on = nodes[j % 3].client(None);
+        let worker = nodes[(j + 1) % 3].client(None);
+        let finisher = nodes[(j + 2) % 3].client(None);
+        let hook = hook.clone();
+        work.push(tokio::spawn(async move {
+            let r = submit_on
+                .post(
+                    "/v1/jobs",
+                    json!({"queue": "work", "webhook": {"url": hook, "events": ["job.started", "job.progress"]}}),
+                )
+                .await;
+            assert_eq!(r.status, 202);
+            let r = worker
+                .post(
+                    "/v1/queues/work/lease",
+                    json!({"worker": format!("w{j}"), "lease": 60, "wait": 10}),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+            let l = r.json();
+            let (id, lease) = (
+                l["job"]["id"].as_str().unwrap().to_string(),
+                l["lease_id"].as_str().unwrap().to_string(),
+            );
+            for p in [25, 50, 75] {
+                let r = worker
+                    .post(
+                        &format!("/v1/jobs/{id}/progress"),
+                        json!({"lease_id": lease, "percent": p}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+            assert_eq!(finisher.complete(&id, &lease, json!(j)).await.status, 200);
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for w in work {
+        ids.push(w.await.unwrap());
+    }
+    let owed = jobs * 5; // started, 3 progress, succeeded
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < owed {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {owed} deliveries arrived",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A little longer: nothing more (no duplicate) arrives.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), owed, "each delivery once");
+    let distinct: std::collections::HashSet<&String> = seen.iter().map(|s| &s.2).collect();
+    assert_eq!(distinct.len(), owed);
+    for id in &ids {
+        let order: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.0 == *id)
+            .map(|s| s.1.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "job.started",
+                "job.progress",
+                "job.progress",
+                "job.progress",
+                "job.succeeded"
+            ],
+            "job {id}"
+        );
+    }
+}
