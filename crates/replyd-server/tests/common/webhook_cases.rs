@@ -41,6 +41,9 @@ async fn receiver() -> (String, Arc<Receiver>) {
     ) -> StatusCode {
         let path = uri.path().to_string();
         r.got.lock().unwrap().push((path.clone(), headers, body));
+        if path == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         match path.as_str() {
             "/gone" => StatusCode::GONE,
             "/flaky" if r.flaky_failures.fetch_add(1, Ordering::SeqCst) < 2 => {
@@ -238,4 +241,36 @@ async fn dead_letters_are_listed_with_their_attempts_and_replayed() {
             .as_array()
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_up_the_others() {
+    let config = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
+         timeout = 5\nconcurrency = 4\nper_endpoint = 2\n[queues.work]\n"
+    );
+    let Some(s) = TestServer::start(&config).await else { return };
+    // Two endpoints (limits count by scheme, host and port).
+    let (slow_base, slow) = receiver().await;
+    let (fast_base, fast) = receiver().await;
+    let c = s.client(None);
+    // Six deliveries to an endpoint that takes 1.5 s each, then six to a
+    // fast one.
+    for url in [format!("{slow_base}/slow"), format!("{fast_base}/ok")] {
+        for _ in 0..6 {
+            let id = submit_hooked(&c, &url, None).await;
+            c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+        }
+    }
+    received(&fast, "/ok", 6).await;
+    // The fast endpoint was served while the slow one was at its first
+    // rounds: at most two of its deliveries run at once and they take
+    // 1.5 s each, so all six starting first would mean the fast ones
+    // waited (with room for a slow machine: two rounds).
+    let slow_started = slow.got.lock().unwrap().len();
+    assert!(
+        slow_started <= 4,
+        "the six fast deliveries waited for {slow_started} slow ones"
+    );
+    received(&slow, "/slow", 6).await;
 }
