@@ -110,7 +110,7 @@ impl App {
             v => secs(v.unwrap_or(queue.ttl)),
         };
         let webhook = match &req.webhook {
-            Some(w) => Some(self.webhooks.vet(w).await?),
+            Some(w) => Some(self.webhooks.vet(&s.tenant, w).await?),
             None => None,
         };
         let input = serde_json::to_vec(&req.input)

@@ -217,6 +217,15 @@ pub struct Webhooks {
     pub concurrency: usize,
     /// Attempts in flight at once to one endpoint (scheme, host, port).
     pub per_endpoint: usize,
+    /// Secrets of particular tenants, in place of `secret`.
+    pub tenants: BTreeMap<String, TenantWebhooks>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantWebhooks {
+    pub secret: Option<String>,
+    pub previous_secrets: Vec<String>,
 }
 
 impl Default for Webhooks {
@@ -231,6 +240,7 @@ impl Default for Webhooks {
             max_response: 4096,
             concurrency: 64,
             per_endpoint: 4,
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -377,7 +387,16 @@ impl Config {
             }
         }
         let w = &self.webhooks;
-        for s in w.secret.iter().chain(&w.previous_secrets) {
+        let tenant_secrets = w
+            .tenants
+            .values()
+            .flat_map(|t| t.secret.iter().chain(&t.previous_secrets));
+        for s in w
+            .secret
+            .iter()
+            .chain(&w.previous_secrets)
+            .chain(tenant_secrets)
+        {
             if s.parse::<crate::webhooks::signing::Secret>().is_err() {
                 return bad("webhooks.secret and webhooks.previous_secrets must be whsec_ followed by base64 of 24 to 64 bytes".into());
             }

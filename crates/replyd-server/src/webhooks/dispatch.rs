@@ -116,7 +116,10 @@ async fn attempt(app: &App, d: Delivery) {
         body: payload(app, &d).await,
     };
     let now = app.now();
-    let a = rt.deliverer.attempt(&d.url, &msg, &rt.secrets, now).await;
+    let a = rt
+        .deliverer
+        .attempt(&d.url, &msg, rt.secrets_of(&d.tenant), now)
+        .await;
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,
         Verdict::Gone | Verdict::Refused => AfterAttempt::Dead,

@@ -26,6 +26,8 @@ pub struct Runtime {
     pub resolver: Arc<dyn Resolver>,
     /// The current secret first, then those of a rotation's overlap.
     pub secrets: Vec<Secret>,
+    /// Tenants with secrets of their own.
+    pub tenant_secrets: std::collections::HashMap<String, Vec<Secret>>,
     pub deliverer: Deliverer,
     pub schedule: Schedule,
     pub concurrency: usize,
@@ -53,11 +55,19 @@ impl Runtime {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
         );
-        let secrets = config
-            .secret
+        let parse = |current: &Option<String>, previous: &Vec<String>| -> Vec<Secret> {
+            current
+                .iter()
+                .chain(previous)
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        };
+        let secrets = parse(&config.secret, &config.previous_secrets);
+        let tenant_secrets = config
+            .tenants
             .iter()
-            .chain(&config.previous_secrets)
-            .filter_map(|s| s.parse().ok())
+            .map(|(t, c)| (t.clone(), parse(&c.secret, &c.previous_secrets)))
+            .filter(|(_, s)| !s.is_empty())
             .collect();
         Runtime {
             deliverer: Deliverer::new(
@@ -69,6 +79,7 @@ impl Runtime {
             guard,
             resolver,
             secrets,
+            tenant_secrets,
             schedule: Schedule {
                 delays: config.retry_schedule.iter().map(|d| secs(*d)).collect(),
                 max_retry_after: secs(config.max_retry_after),
@@ -80,11 +91,23 @@ impl Runtime {
         }
     }
 
+    /// The secrets that sign `tenant`'s webhooks: its own, else the
+    /// server's.
+    pub fn secrets_of(&self, tenant: &replyd_core::Tenant) -> &[Secret] {
+        self.tenant_secrets
+            .get(&tenant.0)
+            .map_or(&self.secrets[..], |s| &s[..])
+    }
+
     /// Vets a submission's webhook: a configured secret, known event
     /// names, and a URL the guard lets through at every address it
     /// resolves to now (delivery checks again). Returns what the job keeps.
-    pub async fn vet(&self, spec: &proto::WebhookSpec) -> ApiResult<serde_json::Value> {
-        if self.secrets.is_empty() {
+    pub async fn vet(
+        &self,
+        tenant: &replyd_core::Tenant,
+        spec: &proto::WebhookSpec,
+    ) -> ApiResult<serde_json::Value> {
+        if self.secrets_of(tenant).is_empty() {
             return Err(ApiError::bad_request(
                 "webhooks are not configured on this server (it has no webhooks.secret)",
             ));

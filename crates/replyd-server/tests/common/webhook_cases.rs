@@ -274,3 +274,35 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
     );
     received(&slow, "/slow", 6).await;
 }
+
+#[tokio::test]
+async fn a_tenant_with_its_own_secret_is_signed_with_it() {
+    let tenant_secret = replyd_server::webhooks::signing::Secret::generate().expose();
+    let config = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
+         [webhooks.tenants.a]\nsecret = \"{tenant_secret}\"\n\
+         [[api_keys]]\nkey = \"client-a-key\"\ntenant = \"a\"\nrole = \"client\"\n\
+         [[api_keys]]\nkey = \"client-b-key\"\ntenant = \"b\"\nrole = \"client\"\n\
+         [queues.work]\n"
+    );
+    let Some(s) = TestServer::start(&config).await else { return };
+    let (base, r) = receiver().await;
+    for (key, path) in [("client-a-key", "/a"), ("client-b-key", "/b")] {
+        let c = s.client(Some(key));
+        let id = submit_hooked(&c, &format!("{base}{path}"), None).await;
+        c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    }
+    received(&r, "/a", 1).await;
+    received(&r, "/b", 1).await;
+    let got = r.got.lock().unwrap().clone();
+    for (path, secret) in [("/a", tenant_secret.as_str()), ("/b", SECRET)] {
+        let (_, h, body) = got.iter().find(|(p, _, _)| p == path).unwrap();
+        let secret: replyd_server::webhooks::signing::Secret = secret.parse().unwrap();
+        let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+        assert_eq!(
+            h["webhook-signature"].to_str().unwrap(),
+            secret.sign(h["webhook-id"].to_str().unwrap(), ts, body),
+            "{path}"
+        );
+    }
+}
