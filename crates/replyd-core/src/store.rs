@@ -220,6 +220,18 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Delivery>;
 
+    /// Replays every dead delivery of a tenant (`None`: all), optionally of
+    /// one queue, that died between `from` and `to` (by its last update).
+    /// Returns how many.
+    async fn replay_dead_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        queue: Option<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
     /// Jobs by queue and state.
     async fn counts(&self) -> StoreResult<Vec<StateCount>>;
 

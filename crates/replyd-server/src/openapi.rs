@@ -12,7 +12,7 @@ use crate::http::{deliveries, events, jobs, ops, workers, ws};
     paths(
         jobs::submit, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
         events::job_events, events::all_events, ws::upgrade,
-        deliveries::of_job, deliveries::list, deliveries::retry,
+        deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
@@ -22,6 +22,7 @@ use crate::http::{deliveries, events, jobs, ops, workers, ws};
         proto::Lease, proto::LeaseBatch, proto::HeartbeatRequest, proto::LeaseStatus,
         proto::ProgressRequest, proto::CompleteRequest, proto::FailRequest, proto::FailReason,
         proto::Problem, proto::Delivery, proto::DeliveryAttempt, proto::DeliveryList,
+        deliveries::ReplayRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

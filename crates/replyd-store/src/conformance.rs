@@ -860,6 +860,42 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
         "the log stays"
     );
 
+    // Replaying dead letters in bulk: by tenant, queue and when they died.
+    store
+        .record_attempt(second, attempt(t(71), Some(410)), AfterAttempt::Dead)
+        .await
+        .unwrap();
+    let none = store
+        .replay_dead_deliveries(
+            Some(Tenant("t".into())),
+            Some("other".into()),
+            t(0),
+            t(100),
+            t(80),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, 0, "another queue");
+    let too_early = store
+        .replay_dead_deliveries(None, None, t(0), t(70), t(80))
+        .await
+        .unwrap();
+    assert_eq!(too_early, 0, "died at t(71)");
+    let n = store
+        .replay_dead_deliveries(
+            Some(Tenant("t".into())),
+            Some("q".into()),
+            t(71),
+            t(72),
+            t(80),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        store.claim_deliveries(t(80), lease_len, 10).await.unwrap()[0].id,
+        second
+    );
     // Deleting the job takes its deliveries.
     store.delete(id).await.unwrap();
     assert!(store.deliveries(id).await.unwrap().is_empty());

@@ -895,6 +895,31 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn replay_dead_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        queue: Option<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $5,
+                 claimed_until = NULL, updated_at = $5
+             WHERE state = 'dead' AND ($1::text IS NULL OR tenant = $1)
+               AND ($2::text IS NULL OR queue = $2) AND updated_at >= $3 AND updated_at <= $4",
+        )
+        .bind(tenant.map(|t| t.0))
+        .bind(queue)
+        .bind(ms(from))
+        .bind(ms(to))
+        .bind(ms(now))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
     async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
         sqlx::query(
             "UPDATE outbox SET next_at = $2, claimed_until = NULL

@@ -966,6 +966,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn replay_dead_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        queue: Option<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?5,
+                     claimed_until = NULL, updated_at = ?5
+                 WHERE state = 'dead' AND (?1 IS NULL OR tenant = ?1)
+                   AND (?2 IS NULL OR queue = ?2) AND updated_at >= ?3 AND updated_at <= ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    tenant.map(|t| t.0),
+                    queue,
+                    ms(from),
+                    ms(to),
+                    ms(now)
+                ])
+            })
+            .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
         self.write(move |conn, _| {
             for id in &ids {

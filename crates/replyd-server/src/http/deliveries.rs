@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}/deliveries", get(of_job))
         .route("/v1/deliveries", get(list))
         .route("/v1/deliveries/{id}/retry", post(retry))
+        .route("/v1/deliveries/retry", post(retry_dead))
 }
 
 fn wire(d: &Delivery, attempts: Option<&[AttemptRecord]>) -> proto::Delivery {
@@ -161,4 +162,56 @@ pub async fn retry(
             other => other.into(),
         })?;
     Ok(json(StatusCode::ACCEPTED, &wire(&d, None)))
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Only this queue's jobs.
+    pub queue: Option<String>,
+    /// Only deliveries that died at or after this time.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only deliveries that died at or before this time (default: now).
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Replay every dead delivery of the caller's tenant that died in a time
+/// range (optionally of one queue).
+#[utoipa::path(post, path = "/v1/deliveries/retry", tag = "webhooks",
+    request_body = ReplayRequest,
+    responses((status = 202, description = "{\"replayed\": N}"),
+              (status = 400, body = proto::Problem)))]
+pub async fn retry_dead(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = app.auth.identify(&headers, None, None)?;
+    caller.check(Action::Cancel, None)?;
+    if let Caller::JobToken(_) = caller {
+        return Err(ApiError::forbidden(
+            "a job token grants access to its own job only",
+        ));
+    }
+    let bytes = super::body(raw, app.config.limits.max_body)?;
+    let req: ReplayRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        super::parse_json(&headers, &bytes)?
+    };
+    let now = app.now();
+    let from = req.from.unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    let to = req.to.unwrap_or(now);
+    if from > to {
+        return Err(ApiError::bad_request("from must not be after to"));
+    }
+    let n = app
+        .store
+        .replay_dead_deliveries(caller.tenant().cloned(), req.queue, from, to, now)
+        .await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"replayed": n}),
+    ))
 }

@@ -231,6 +231,26 @@ async fn dead_letters_are_listed_with_their_attempts_and_replayed() {
     assert_eq!(r2.status, 202);
     assert_eq!(r2.json()["state"], "pending");
     received(&r, "/gone", 2).await;
+    // Replay every dead letter of the tenant at once (it died again).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.get("/v1/deliveries?state=dead").await.json();
+        if v["deliveries"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead again: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r3 = c.post("/v1/deliveries/retry", json!({"queue": "nope"})).await;
+    assert_eq!(r3.json()["replayed"], 0);
+    let r3 = c.post("/v1/deliveries/retry", json!({"queue": "work"})).await;
+    assert_eq!(r3.status, 202);
+    assert_eq!(r3.json()["replayed"], 1);
+    received(&r, "/gone", 3).await;
+    c.post("/v1/deliveries/retry", json!({"from": "2030-01-01T00:00:00Z", "to": "2029-01-01T00:00:00Z"}))
+        .await
+        .problem(400);
+    c.post("/v1/deliveries/retry", json!({"since": 1})).await.problem(400);
     // Bad input.
     c.get("/v1/deliveries?state=lost").await.problem(400);
     c.get("/v1/deliveries?cursor=x").await.problem(400);
