@@ -201,6 +201,9 @@ pub struct Webhooks {
     /// Secrets that also sign during a rotation (receivers may still know
     /// only these).
     pub previous_secrets: Vec<String>,
+    /// Ed25519 keys (`whsk_…`) that add a `v1a` signature to every
+    /// delivery.
+    pub signing_keys: Vec<String>,
     /// Networks the SSRF guard lets through (e.g. `127.0.0.0/8` for local
     /// development). Empty by default.
     pub allow_networks: Vec<String>,
@@ -233,6 +236,7 @@ impl Default for Webhooks {
         Webhooks {
             secret: None,
             previous_secrets: Vec::new(),
+            signing_keys: Vec::new(),
             allow_networks: Vec::new(),
             retry_schedule: vec![0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
             timeout: 15.0,
@@ -399,6 +403,11 @@ impl Config {
         {
             if s.parse::<crate::webhooks::signing::Secret>().is_err() {
                 return bad("webhooks.secret and webhooks.previous_secrets must be whsec_ followed by base64 of 24 to 64 bytes".into());
+            }
+        }
+        for k in &w.signing_keys {
+            if k.parse::<crate::webhooks::signing::SigningKey>().is_err() {
+                return bad("webhooks.signing_keys must be whsk_ followed by base64 of a 32-byte Ed25519 seed".into());
             }
         }
         for n in &w.allow_networks {

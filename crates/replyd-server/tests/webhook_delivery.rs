@@ -167,6 +167,7 @@ async fn a_delivery_is_signed_so_the_official_library_accepts_it() {
             &format!("http://{addr}/ok"),
             &msg(),
             &[old.clone(), new.clone()],
+            &[],
             now,
         )
         .await;
@@ -211,6 +212,7 @@ async fn a_delivery_is_signed_so_the_official_library_accepts_it() {
         &format!("http://{addr}/ok"),
         &msg(),
         std::slice::from_ref(&new),
+        &[],
         stale,
     )
     .await;
@@ -225,7 +227,7 @@ async fn failures_gone_redirects_and_timeouts() {
     let s = [Secret::generate()];
     let now = chrono::Utc::now();
     let a = d
-        .attempt(&format!("http://{addr}/fail"), &msg(), &s, now)
+        .attempt(&format!("http://{addr}/fail"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Retry);
     assert_eq!(a.status, Some(503));
@@ -238,13 +240,13 @@ async fn failures_gone_redirects_and_timeouts() {
     );
 
     let a = d
-        .attempt(&format!("http://{addr}/gone"), &msg(), &s, now)
+        .attempt(&format!("http://{addr}/gone"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Gone);
 
     let before = seen.hits.load(Ordering::SeqCst);
     let a = d
-        .attempt(&format!("http://{addr}/redirect"), &msg(), &s, now)
+        .attempt(&format!("http://{addr}/redirect"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Retry, "a 3xx is a failure");
     assert_eq!(a.status, Some(302));
@@ -255,7 +257,7 @@ async fn failures_gone_redirects_and_timeouts() {
     );
 
     let a = d
-        .attempt(&format!("http://{addr}/slow"), &msg(), &s, now)
+        .attempt(&format!("http://{addr}/slow"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Retry);
     assert_eq!(a.status, None);
@@ -267,7 +269,7 @@ async fn failures_gone_redirects_and_timeouts() {
         l.local_addr().unwrap()
     };
     let a = d
-        .attempt(&format!("http://{closed}/ok"), &msg(), &s, now)
+        .attempt(&format!("http://{closed}/ok"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Retry);
 }
@@ -280,7 +282,7 @@ async fn the_guard_stops_a_delivery_before_any_connection() {
     // Loopback not allowed: an IP literal is refused before sending.
     let d = deliverer(Guard::default(), Arc::new(SystemResolver));
     let a = d
-        .attempt(&format!("http://{addr}/ok"), &msg(), &s, now)
+        .attempt(&format!("http://{addr}/ok"), &msg(), &s, &[], now)
         .await;
     assert_eq!(a.verdict, Verdict::Refused, "{a:?}");
     // A name that resolves to loopback is refused inside the resolver:
@@ -292,6 +294,7 @@ async fn the_guard_stops_a_delivery_before_any_connection() {
             &format!("http://hooks.test:{}/ok", addr.port()),
             &msg(),
             &s,
+            &[],
             now,
         )
         .await;
@@ -310,9 +313,112 @@ async fn the_guard_stops_a_delivery_before_any_connection() {
             &format!("http://hooks.test:{}/ok", addr.port()),
             &msg(),
             &s,
+            &[],
             now,
         )
         .await;
     assert_eq!(a.verdict, Verdict::Delivered, "{a:?}");
     assert_eq!(seen.hits.load(Ordering::SeqCst), 1);
+}
+
+/// Verifies an Ed25519 signature with Python's `cryptography` package:
+/// Ok(true) accepted, Ok(false) refused, Err(why) cannot run.
+fn ed25519_verify(public_b64: &str, sig_b64: &str, content: &[u8]) -> Result<bool, String> {
+    let script = r#"
+import base64, json, sys
+try:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+except ImportError:
+    sys.exit(3)
+d = json.load(sys.stdin)
+key = Ed25519PublicKey.from_public_bytes(base64.b64decode(d["public"]))
+try:
+    key.verify(base64.b64decode(d["sig"]), d["content"].encode())
+except Exception:
+    sys.exit(1)
+"#;
+    let input = serde_json::json!({
+        "public": public_b64,
+        "sig": sig_b64,
+        "content": String::from_utf8_lossy(content),
+    });
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3: {e}"))?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    match child.wait().unwrap().code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        Some(3) => Err("the cryptography package is not installed".into()),
+        other => Err(format!("the verifier failed: {other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn v1a_ed25519_signatures_verify_with_the_public_key() {
+    use base64::Engine;
+    use replyd_server::webhooks::signing::SigningKey;
+    let (addr, seen) = receiver().await;
+    let d = deliverer(loopback_allowed(), Arc::new(SystemResolver));
+    let seed: [u8; 32] = rand::random();
+    let key: SigningKey = format!(
+        "whsk_{}",
+        base64::engine::general_purpose::STANDARD.encode(seed)
+    )
+    .parse()
+    .unwrap();
+    let public = key.public_key();
+    let secret = Secret::generate();
+    let now = chrono::Utc::now();
+    let a = d
+        .attempt(
+            &format!("http://{addr}/ok"),
+            &msg(),
+            std::slice::from_ref(&secret),
+            &[Arc::new(key)],
+            now,
+        )
+        .await;
+    assert_eq!(a.verdict, Verdict::Delivered);
+    let (headers, body) = seen.last.lock().unwrap().clone().unwrap();
+    let sigs: Vec<&str> = headers["webhook-signature"].split(' ').collect();
+    assert_eq!(sigs.len(), 2);
+    assert!(
+        sigs[0].starts_with("v1,") && sigs[1].starts_with("v1a,"),
+        "{sigs:?}"
+    );
+    let content = format!(
+        "{}.{}.{}",
+        headers["webhook-id"],
+        headers["webhook-timestamp"],
+        String::from_utf8_lossy(&body)
+    );
+    let pub_b64 = public.strip_prefix("whpk_").unwrap();
+    let sig_b64 = sigs[1].strip_prefix("v1a,").unwrap();
+    let checks = (|| -> Result<(bool, bool, bool), String> {
+        Ok((
+            ed25519_verify(pub_b64, sig_b64, content.as_bytes())?,
+            ed25519_verify(pub_b64, sig_b64, b"msg_x.1.{}")?,
+            // The official library still verifies the v1 signature beside it.
+            official_verify(&secret.expose(), &headers, &body)?,
+        ))
+    })();
+    match checks {
+        Ok(v) => assert_eq!(v, (true, false, true)),
+        Err(why) => {
+            assert!(
+                std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{why}"
+            );
+            eprintln!("skipped the external verifiers: {why}");
+        }
+    }
 }

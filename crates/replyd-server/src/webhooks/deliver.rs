@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
 
-use super::signing::{Secret, signature_header};
+use super::signing::{Secret, SigningKey, signature_header};
 use super::ssrf::{Guard, Refused, Resolver};
 
 /// A message to deliver: the same id on every attempt, so a receiver can
@@ -110,12 +110,14 @@ impl Deliverer {
         }
     }
 
-    /// POSTs `msg` to `url`, signed with every secret, stamped `now`.
+    /// POSTs `msg` to `url`, signed with every secret and key, stamped
+    /// `now`.
     pub async fn attempt(
         &self,
         url: &str,
         msg: &Message,
         secrets: &[Secret],
+        keys: &[Arc<SigningKey>],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Attempt {
         let start = Instant::now();
@@ -140,7 +142,7 @@ impl Deliverer {
             .header("webhook-timestamp", ts.to_string())
             .header(
                 "webhook-signature",
-                signature_header(secrets, &msg.id, ts, &msg.body),
+                signature_header(secrets, keys, &msg.id, ts, &msg.body),
             )
             .body(msg.body.clone())
             .send()

@@ -118,7 +118,7 @@ async fn attempt(app: &App, d: Delivery) {
     let now = app.now();
     let a = rt
         .deliverer
-        .attempt(&d.url, &msg, rt.secrets_of(&d.tenant), now)
+        .attempt(&d.url, &msg, rt.secrets_of(&d.tenant), &rt.keys, now)
         .await;
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,

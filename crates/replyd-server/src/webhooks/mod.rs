@@ -26,6 +26,8 @@ pub struct Runtime {
     pub resolver: Arc<dyn Resolver>,
     /// The current secret first, then those of a rotation's overlap.
     pub secrets: Vec<Secret>,
+    /// Ed25519 keys (`v1a`) that sign every delivery too.
+    pub keys: Vec<Arc<signing::SigningKey>>,
     /// Tenants with secrets of their own.
     pub tenant_secrets: std::collections::HashMap<String, Vec<Secret>>,
     pub deliverer: Deliverer,
@@ -79,6 +81,12 @@ impl Runtime {
             guard,
             resolver,
             secrets,
+            keys: config
+                .signing_keys
+                .iter()
+                .filter_map(|k| k.parse().ok())
+                .map(Arc::new)
+                .collect(),
             tenant_secrets,
             schedule: Schedule {
                 delays: config.retry_schedule.iter().map(|d| secs(*d)).collect(),

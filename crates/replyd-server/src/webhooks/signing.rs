@@ -4,6 +4,10 @@
 //! under a `whsec_<base64 key>` secret. During a rotation several secrets
 //! sign at once: the header then carries one signature per secret,
 //! space-separated, and a receiver accepts any it knows.
+//!
+//! The asymmetric scheme `v1a` signs the same content with Ed25519 under a
+//! `whsk_<base64 of a 32-byte seed>` key; receivers verify with its public
+//! key (`whpk_<base64>`), so they hold nothing that could forge a message.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -61,11 +65,66 @@ impl Secret {
     }
 }
 
-/// The `webhook-signature` header: one signature per secret.
-pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
+/// A `whsk_` Ed25519 signing key (`v1a`).
+pub struct SigningKey {
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(…)")
+    }
+}
+
+/// Why a string is not a signing key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an Ed25519 webhook key is whsk_ followed by base64 of a 32-byte seed")]
+pub struct BadKey;
+
+impl std::str::FromStr for SigningKey {
+    type Err = BadKey;
+
+    fn from_str(s: &str) -> Result<SigningKey, BadKey> {
+        let b64 = s.strip_prefix("whsk_").ok_or(BadKey)?;
+        let seed = STANDARD.decode(b64).map_err(|_| BadKey)?;
+        let pair =
+            ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| BadKey)?;
+        Ok(SigningKey { pair })
+    }
+}
+
+impl SigningKey {
+    /// The public key receivers verify with: `whpk_<base64>`.
+    pub fn public_key(&self) -> String {
+        use ring::signature::KeyPair;
+        format!("whpk_{}", STANDARD.encode(self.pair.public_key().as_ref()))
+    }
+
+    /// `v1a,<signature>` of one message.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut content = Vec::with_capacity(id.len() + body.len() + 24);
+        content.extend_from_slice(id.as_bytes());
+        content.push(b'.');
+        content.extend_from_slice(timestamp.to_string().as_bytes());
+        content.push(b'.');
+        content.extend_from_slice(body);
+        format!("v1a,{}", STANDARD.encode(self.pair.sign(&content).as_ref()))
+    }
+}
+
+/// The `webhook-signature` header: one signature per secret, then one per
+/// Ed25519 key.
+pub fn signature_header(
+    secrets: &[Secret],
+    keys: &[std::sync::Arc<SigningKey>],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|s| s.sign(id, timestamp, body))
+        .chain(keys.iter().map(|k| k.sign(id, timestamp, body)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -89,7 +148,7 @@ mod tests {
     #[test]
     fn rotation_signs_with_every_secret() {
         let (a, b) = (Secret::generate(), Secret::generate());
-        let header = signature_header(&[a.clone(), b.clone()], "msg_1", 1, b"{}");
+        let header = signature_header(&[a.clone(), b.clone()], &[], "msg_1", 1, b"{}");
         let parts: Vec<&str> = header.split(' ').collect();
         assert_eq!(
             parts,
