@@ -12,8 +12,8 @@ use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState};
 use replyd_proto as proto;
 use serde::Deserialize;
 
-use super::{AppState, JobRequest, query};
-use crate::auth::{Action, Caller};
+use super::{AppState, JobRequest, page, query};
+use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 
 pub fn router() -> Router<AppState> {
@@ -91,12 +91,8 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let p = query(q)?;
     let caller = app.auth.identify(&headers, None, None)?;
+    // A job token is refused here: it grants its own job only.
     caller.check(Action::Read, None)?;
-    if let Caller::JobToken(_) = caller {
-        return Err(ApiError::forbidden(
-            "a job token grants access to its own job only",
-        ));
-    }
     let state = match p.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
@@ -105,17 +101,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let before = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("malformed cursor"))?,
-        ),
-    };
+    let (limit, before) = page::<i64>(p.limit, p.cursor.as_deref())?;
     let ds = app
         .store
         .list_deliveries(caller.tenant().cloned(), state, before, limit)
@@ -144,12 +130,8 @@ pub async fn retry(
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
     let caller = app.auth.identify(&headers, None, None)?;
+    // A job token is refused here: it grants its own job only.
     caller.check(Action::Cancel, None)?;
-    if let Caller::JobToken(_) = caller {
-        return Err(ApiError::forbidden(
-            "a job token grants access to its own job only",
-        ));
-    }
     let id: i64 = raw
         .parse()
         .map_err(|_| ApiError::not_found("no such delivery"))?;
@@ -188,12 +170,8 @@ pub async fn retry_dead(
     raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = app.auth.identify(&headers, None, None)?;
+    // A job token is refused here: it grants its own job only.
     caller.check(Action::Cancel, None)?;
-    if let Caller::JobToken(_) = caller {
-        return Err(ApiError::forbidden(
-            "a job token grants access to its own job only",
-        ));
-    }
     let bytes = super::body(raw, app.config.limits.max_body)?;
     let req: ReplayRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()

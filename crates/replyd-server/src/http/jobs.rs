@@ -14,7 +14,7 @@ use replyd_core::store::{ListQuery, Submitted};
 use replyd_proto as proto;
 use serde::Deserialize;
 
-use super::{AppState, IfNoneMatch, JobRequest, body, etag, parse_json, prefer_wait, query};
+use super::{AppState, IfNoneMatch, JobRequest, body, etag, page, parse_json, prefer_wait, query};
 use crate::app::{Submission, domain_state, request_hash};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -310,12 +310,8 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let p = query(q)?;
     let caller = app.auth.identify(&headers, None, None)?;
+    // A job token is refused here: it grants its own job only.
     caller.check(Action::Read, None)?;
-    if let Caller::JobToken(_) = caller {
-        return Err(ApiError::forbidden(
-            "a job token grants access to its own job only",
-        ));
-    }
     let state = match p.state.as_deref() {
         None => None,
         Some(s) => Some(
@@ -330,17 +326,7 @@ pub async fn list(
                 })?,
         ),
     };
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let before = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse()
-                .map_err(|_| ApiError::bad_request("malformed cursor"))?,
-        ),
-    };
+    let (limit, before) = page::<replyd_core::JobId>(p.limit, p.cursor.as_deref())?;
     let jobs = app
         .store
         .list(ListQuery {

@@ -210,6 +210,26 @@ pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
 }
 
+/// A listing's page: `limit` (1-1000, default 50) and the `cursor` the
+/// previous page's `next_cursor` gave.
+pub fn page<C: std::str::FromStr>(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> ApiResult<(u32, Option<C>)> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let cursor = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse()
+                .map_err(|_| ApiError::bad_request("malformed cursor"))?,
+        ),
+    };
+    Ok((limit, cursor))
+}
+
 /// `Prefer: wait=N` (RFC 7240), capped at 60 s. Other preferences are
 /// ignored; a malformed wait is 400.
 pub fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
