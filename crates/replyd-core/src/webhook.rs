@@ -36,7 +36,8 @@ impl WebhookSpec {
 impl JobRecord {
     /// The webhook URL this event is owed to, if any.
     pub fn webhook_for(&self, kind: EventKind) -> Option<String> {
-        let spec: WebhookSpec = serde_json::from_value(self.webhook.clone()?).ok()?;
+        // Read in place: this runs for every event a hooked job appends.
+        let spec = WebhookSpec::deserialize(self.webhook.as_ref()?).ok()?;
         spec.wants(kind).then_some(spec.url)
     }
 }

@@ -293,10 +293,7 @@ impl Hub {
             }
         }
         // Dropping the senders ends every listener.
-        self.lock().listeners.clear();
-        self.lock().by_job.clear();
-        self.lock().wide.clear();
-        self.lock().by_queue.clear();
+        *self.lock() = Registry::default();
     }
 }
 
@@ -422,11 +419,33 @@ impl Feed {
         }
     }
 
+    /// Where a new subscription starts, the one rule of SSE and WebSocket
+    /// alike: a job's history after `after` (all of it without one); all
+    /// jobs' events after `after`, or from now on without one. Also says
+    /// whether events after `after` were removed from the log (then the
+    /// client is told: `stream.reset`). Call it after the listener watches
+    /// `target`, so that nothing committed meanwhile is missed.
+    pub async fn open(
+        target: Target,
+        after: Option<EventId>,
+        hub: &Hub,
+        store: &dyn Store,
+    ) -> StoreResult<(Feed, bool)> {
+        Ok(match (&target, after) {
+            (Target::All(_), None) => (Feed::live(target, hub.head()), false),
+            (Target::All(_), Some(a)) => {
+                let reset = store.log_floor().await? > Some(a);
+                (Feed::new(target, after), reset)
+            }
+            (Target::Job(_), _) => (Feed::new(target, after), false),
+        })
+    }
+
     /// A feed that starts with the events committed from now on: after
     /// `head`, the newest event already dispatched ([`Hub::head`]). If it
     /// must catch up later, it reads the log from there, not from the
     /// beginning.
-    pub fn live(target: Target, head: Option<EventId>) -> Feed {
+    fn live(target: Target, head: Option<EventId>) -> Feed {
         Feed {
             behind: false,
             ..Feed::new(target, head)

@@ -93,7 +93,7 @@ pub async fn job_events(
     let target = Target::Job(job.id);
     let listener = app.hub.listen();
     listener.watch(0, target.clone());
-    let mut feed = Feed::new(target, after);
+    let (mut feed, _) = Feed::open(target, after, &app.hub, &*app.store).await?;
     // Read the first of the history now: a store error is a 503 rather
     // than a broken stream, and a reconnect after the end is a 204.
     let first = feed.next_backlog(&*app.store).await?;
@@ -130,14 +130,8 @@ pub async fn all_events(
     });
     let listener = app.hub.listen();
     listener.watch(0, target.clone());
-    let (feed, reset) = match after {
-        None => (Feed::live(target, app.hub.head()), None),
-        Some(after) => {
-            let floor = app.store.log_floor().await?;
-            let reset = (floor > Some(after)).then(|| reset_frame(after));
-            (Feed::new(target, Some(after)), reset)
-        }
-    };
+    let (feed, reset) = Feed::open(target, after, &app.hub, &*app.store).await?;
+    let reset = after.filter(|_| reset).map(reset_frame);
     Ok(stream(app, listener, feed, None, reset))
 }
 

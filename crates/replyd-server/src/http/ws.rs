@@ -443,16 +443,16 @@ impl Session {
                 format!("a connection may hold {limit} subscriptions; unsubscribe first"),
             ));
         }
-        let reset = match (&target, after) {
-            (Target::All(_), Some(after)) => self.app.store.log_floor().await? > Some(after),
-            _ => false,
-        };
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.listener.watch(tag, target.clone());
-        let feed = match (&target, after) {
-            (Target::All(_), None) => Feed::live(target, self.app.hub.head()),
-            _ => Feed::new(target, after),
+        let opened = Feed::open(target, after, &self.app.hub, &*self.app.store).await;
+        let (feed, reset) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.listener.unwatch(tag);
+                return Err(e.into());
+            }
         };
         self.subs.insert(
             tag,
