@@ -132,6 +132,21 @@ except Exception as e:
         "headers": headers,
         "body": String::from_utf8_lossy(body),
     });
+    verify_in_python(
+        script,
+        &input,
+        "the standardwebhooks package is not installed (pip install standardwebhooks)",
+    )
+}
+
+/// Runs a Python verifier `script` on `input` (its stdin, as JSON). The
+/// script exits 0 when it accepts, 1 when it refuses, and 3 when its
+/// package is missing (`missing` says which). Err(why) when it cannot run.
+fn verify_in_python(
+    script: &str,
+    input: &serde_json::Value,
+    missing: &str,
+) -> Result<bool, String> {
     let mut child = std::process::Command::new("python3")
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
@@ -145,13 +160,10 @@ except Exception as e:
         .unwrap()
         .write_all(input.to_string().as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    match out.status.code() {
+    match child.wait_with_output().unwrap().status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        Some(3) => Err(
-            "the standardwebhooks package is not installed (pip install standardwebhooks)".into(),
-        ),
+        Some(3) => Err(missing.to_string()),
         other => Err(format!("the verifier failed: {other:?}")),
     }
 }
@@ -342,24 +354,7 @@ except Exception:
         "sig": sig_b64,
         "content": String::from_utf8_lossy(content),
     });
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("python3: {e}"))?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    match child.wait().unwrap().code() {
-        Some(0) => Ok(true),
-        Some(1) => Ok(false),
-        Some(3) => Err("the cryptography package is not installed".into()),
-        other => Err(format!("the verifier failed: {other:?}")),
-    }
+    verify_in_python(script, &input, "the cryptography package is not installed")
 }
 
 #[tokio::test]
