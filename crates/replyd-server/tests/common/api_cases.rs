@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::{PULL_QUEUES, TestServer};
+use common::{KEYS, PULL_QUEUES, TestServer};
 use reqwest::Method;
 use serde_json::json;
 
@@ -645,25 +645,6 @@ async fn operations_endpoints() {
     assert!(doc["components"]["schemas"]["Job"].is_object());
 }
 
-const KEYS: &str = r#"
-[[api_keys]]
-key = "client-a-key"
-tenant = "a"
-role = "client"
-[[api_keys]]
-key = "client-b-key"
-tenant = "b"
-role = "client"
-[[api_keys]]
-key = "worker-a-key"
-tenant = "a"
-role = "worker"
-[[api_keys]]
-key = "admin-all-key"
-tenant = "*"
-role = "admin"
-[queues.work]
-"#;
 
 #[tokio::test]
 async fn keys_scope_tenants_and_roles() {

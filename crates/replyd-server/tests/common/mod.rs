@@ -39,6 +39,29 @@ timeout = 60
 executor = "pull"
 "#;
 
+/// Keys of two tenants (`a`, `b`), a's worker, an operator admin, and
+/// queues `work` and `other`.
+pub const KEYS: &str = r#"
+[[api_keys]]
+key = "client-a-key"
+tenant = "a"
+role = "client"
+[[api_keys]]
+key = "client-b-key"
+tenant = "b"
+role = "client"
+[[api_keys]]
+key = "worker-a-key"
+tenant = "a"
+role = "worker"
+[[api_keys]]
+key = "admin-all-key"
+tenant = "*"
+role = "admin"
+[queues.work]
+[queues.other]
+"#;
+
 impl TestServer {
     /// A server with `config_toml` (plus the harness's store). `None` when
     /// the backend's service is absent (the test then skips, as said).

@@ -5,29 +5,13 @@
 use std::time::Duration;
 
 use common::streams::{RawSse, Sse, ws_connect, ws_recv, ws_send};
-use common::{PULL_QUEUES, TestServer};
+use common::{KEYS, PULL_QUEUES, TestServer};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-const STREAM_KEYS: &str = r#"
-[[api_keys]]
-key = "client-a-key"
-tenant = "a"
-role = "client"
-[[api_keys]]
-key = "client-b-key"
-tenant = "b"
-role = "client"
-[[api_keys]]
-key = "worker-all-key"
-tenant = "*"
-role = "worker"
-[queues.work]
-[queues.other]
-"#;
 
 fn base(s: &TestServer) -> String {
     format!("http://{}", s.addr)
@@ -189,7 +173,7 @@ async fn sse_resumes_exactly_and_answers_204_after_the_end() {
 
 #[tokio::test]
 async fn sse_all_jobs_streams_are_scoped_by_tenant_and_queue() {
-    let Some(s) = TestServer::start(STREAM_KEYS).await else { return };
+    let Some(s) = TestServer::start(KEYS).await else { return };
     let mut a_work = Sse::open(&base(&s), "/v1/events?queue=work", Some("client-a-key"), &[]).await;
     assert_eq!(a_work.status, 200);
     let mut a_all = Sse::open(&base(&s), "/v1/events", Some("client-a-key"), &[]).await;
@@ -576,7 +560,7 @@ async fn ws_limits_subscriptions_and_drops_peers_that_do_not_answer_pings() {
 
 #[tokio::test]
 async fn ws_is_authenticated_and_tenant_scoped() {
-    let Some(s) = TestServer::start(STREAM_KEYS).await else { return };
+    let Some(s) = TestServer::start(KEYS).await else { return };
     // No credentials: the upgrade itself is refused.
     let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
         .await
