@@ -24,6 +24,41 @@ async fn cluster(n: usize) -> Option<Vec<TestServer>> {
     Some(nodes)
 }
 
+/// Leases a job of `work` through `worker`, reports `percents` through it,
+/// and completes it through `finisher` (possibly another node). Returns
+/// the job's id.
+async fn work_one(
+    worker: &common::Client,
+    finisher: &common::Client,
+    j: usize,
+    percents: &[u32],
+) -> String {
+    let r = worker
+        .post(
+            "/v1/queues/work/lease",
+            json!({"worker": format!("w{j}"), "lease": 60, "wait": 10}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let l = r.json();
+    let id = l["job"]["id"].as_str().unwrap().to_string();
+    let lease = l["lease_id"].as_str().unwrap().to_string();
+    for p in percents {
+        let r = worker
+            .post(
+                &format!("/v1/jobs/{id}/progress"),
+                json!({"lease_id": lease, "percent": p}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        finisher.complete(&id, &lease, json!({"j": j})).await.status,
+        200
+    );
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_on_one_node_wakes_on_a_change_made_on_another() {
     let Some(nodes) = cluster(3).await else {
@@ -112,29 +147,7 @@ async fn live_streams_follow_every_node_and_resume_on_another() {
         let finisher = nodes[(j + 1) % 3].client(None);
         work.push(tokio::spawn(async move {
             let id = submit_on.submit("work", json!({"j": j})).await;
-            let r = worker
-                .post(
-                    "/v1/queues/work/lease",
-                    json!({"worker": format!("w{j}"), "lease": 60, "wait": 10}),
-                )
-                .await;
-            assert_eq!(r.status, 200);
-            let lease = r.json();
-            let (leased, lease) = (
-                lease["job"]["id"].as_str().unwrap().to_string(),
-                lease["lease_id"].as_str().unwrap().to_string(),
-            );
-            for p in [30, 60] {
-                let r = worker
-                    .post(
-                        &format!("/v1/jobs/{leased}/progress"),
-                        json!({"lease_id": lease, "percent": p}),
-                    )
-                    .await;
-                assert_eq!(r.status, 200);
-            }
-            let r = finisher.complete(&leased, &lease, json!({"j": j})).await;
-            assert_eq!(r.status, 200);
+            work_one(&worker, &finisher, j, &[30, 60]).await;
             id
         }));
     }
@@ -258,29 +271,7 @@ async fn three_dispatchers_send_each_delivery_once_and_in_order() {
                 )
                 .await;
             assert_eq!(r.status, 202);
-            let r = worker
-                .post(
-                    "/v1/queues/work/lease",
-                    json!({"worker": format!("w{j}"), "lease": 60, "wait": 10}),
-                )
-                .await;
-            assert_eq!(r.status, 200);
-            let l = r.json();
-            let (id, lease) = (
-                l["job"]["id"].as_str().unwrap().to_string(),
-                l["lease_id"].as_str().unwrap().to_string(),
-            );
-            for p in [25, 50, 75] {
-                let r = worker
-                    .post(
-                        &format!("/v1/jobs/{id}/progress"),
-                        json!({"lease_id": lease, "percent": p}),
-                    )
-                    .await;
-                assert_eq!(r.status, 200);
-            }
-            assert_eq!(finisher.complete(&id, &lease, json!(j)).await.status, 200);
-            id
+            work_one(&worker, &finisher, j, &[25, 50, 75]).await
         }));
     }
     let mut ids = Vec::new();
