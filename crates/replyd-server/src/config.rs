@@ -530,6 +530,30 @@ mod tests {
                 "[[api_keys]]\nkey = \"long-enough\"\ntenant = \"*\"\nrole = \"client\"",
                 "tenant \"*\"",
             ),
+            ("[streams]\nbuffer = 0", "streams.buffer"),
+            ("[streams]\nkeepalive = -1", "streams.keepalive"),
+            (
+                "[streams]\nmax_subscriptions = 0",
+                "streams.max_subscriptions",
+            ),
+            ("[limits]\nheader_timeout = 0", "limits.header_timeout"),
+            ("[webhooks]\nsecret = \"hunter2\"", "webhooks.secret"),
+            (
+                "[webhooks.tenants.a]\nsecret = \"whsec_!!\"",
+                "webhooks.secret",
+            ),
+            (
+                "[webhooks]\nsigning_keys = [\"whsk_x\"]",
+                "webhooks.signing_keys",
+            ),
+            (
+                "[webhooks]\nallow_networks = [\"10.0.0.0/33\"]",
+                "allow_networks",
+            ),
+            ("[webhooks]\nretry_schedule = []", "retry_schedule"),
+            ("[webhooks]\nretry_schedule = [-1]", "retry_schedule"),
+            ("[webhooks]\ntimeout = 0", "webhooks.timeout"),
+            ("[webhooks]\nper_endpoint = 0", "per_endpoint"),
         ] {
             let mut c = Config::from_toml(toml).unwrap();
             let e = c.validate().unwrap_err().to_string();
