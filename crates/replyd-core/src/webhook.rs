@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
-use crate::ids::{JobId, Tenant};
 use crate::job::JobRecord;
 
 /// The webhook a job was submitted with (kept in its record).
@@ -79,12 +78,10 @@ impl DeliveryState {
 pub struct Delivery {
     /// Stable across retries: the `webhook-id` is derived from it.
     pub id: i64,
-    pub job_id: JobId,
-    pub tenant: Tenant,
-    pub queue: String,
     pub kind: EventKind,
     pub url: String,
-    /// The job as it was right after the event.
+    /// The job as it was right after the event (its id, tenant and queue
+    /// are the delivery's).
     pub job: JobRecord,
     pub state: DeliveryState,
     /// Attempts made since it was (re)queued: the position in the schedule.
@@ -98,7 +95,7 @@ pub struct Delivery {
 impl Delivery {
     /// The `webhook-id` header: the same on every attempt.
     pub fn message_id(&self) -> String {
-        format!("msg_{}_{}", self.job_id.0.simple(), self.id)
+        format!("msg_{}_{}", self.job.id.0.simple(), self.id)
     }
 }
 

@@ -407,9 +407,6 @@ fn delivery_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
     let at = |c: &str| DateTime::from_timestamp_millis(row.get(c)).unwrap_or_default();
     Ok(Delivery {
         id: row.get("id"),
-        job_id: job.id,
-        tenant: job.tenant.clone(),
-        queue: job.queue.clone(),
         kind: EventKind::parse(&kind)
             .ok_or_else(|| StoreError::Backend(format!("unknown event kind {kind:?}").into()))?,
         url: row.get("url"),

@@ -565,9 +565,6 @@ fn query_deliveries(
         let job = decode_record(&job)?;
         out.push(Delivery {
             id,
-            job_id: job.id,
-            tenant: job.tenant.clone(),
-            queue: job.queue.clone(),
             kind: EventKind::parse(&kind).ok_or_else(|| {
                 StoreError::Backend(format!("unknown event kind {kind:?}").into())
             })?,
@@ -1131,7 +1128,7 @@ impl Store for SqliteStore {
         let scope = scope.cloned();
         self.write(move |conn, _| {
             let d = one_delivery(conn, id)?;
-            if scope.is_some_and(|t| t != d.tenant) {
+            if scope.is_some_and(|t| t != d.job.tenant) {
                 return Err(StoreError::NotFound);
             }
             conn.prepare_cached(

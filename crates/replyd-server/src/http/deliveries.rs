@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
 fn wire(d: &Delivery, attempts: Option<&[AttemptRecord]>) -> proto::Delivery {
     proto::Delivery {
         id: d.id.to_string(),
-        job_id: d.job_id.to_string(),
+        job_id: d.job.id.to_string(),
         event: d.kind.name().to_string(),
         url: d.url.clone(),
         state: d.state.as_str().to_string(),

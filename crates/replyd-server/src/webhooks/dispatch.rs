@@ -118,7 +118,7 @@ async fn attempt(app: &App, d: Delivery) {
     let now = app.now();
     let a = rt
         .deliverer
-        .attempt(&d.url, &msg, rt.secrets_of(&d.tenant), &rt.keys, now)
+        .attempt(&d.url, &msg, rt.secrets_of(&d.job.tenant), &rt.keys, now)
         .await;
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,
@@ -155,7 +155,7 @@ async fn payload(app: &App, d: &Delivery) -> Bytes {
     let mut data = serde_json::to_value(app.render(&d.job)).unwrap_or_default();
     if d.kind == EventKind::Succeeded
         && d.job.state == JobState::Succeeded
-        && let Ok(Some(out)) = app.store.output(d.job_id).await
+        && let Ok(Some(out)) = app.store.output(d.job.id).await
         && out.content_type.starts_with("application/json")
         && out.body.len() <= INLINE_RESULT
         && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.body)
