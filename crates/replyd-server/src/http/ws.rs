@@ -569,10 +569,9 @@ impl Session {
 /// A read error: an oversized frame is closed with 1009, anything else
 /// means the peer is gone.
 fn read_error(e: axum::Error) -> End {
-    let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") {
-        End::Close(close_code::SIZE, "frame too large")
-    } else {
-        End::Quiet
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(close_code::SIZE, "frame too large"),
+        _ => End::Quiet,
     }
 }
