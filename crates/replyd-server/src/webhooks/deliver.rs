@@ -150,13 +150,13 @@ impl Deliverer {
         let res = match sent {
             Ok(r) => r,
             Err(e) => {
-                // A refusal by the guard inside the resolver.
-                let text = error_chain(&e);
-                let verdict = if text.contains("replyd does not call") {
+                // The guard, inside the resolver, may have refused it.
+                let verdict = if refused_by_guard(&e) {
                     Verdict::Refused
                 } else {
                     Verdict::Retry
                 };
+                let text = error_chain(&e);
                 return Attempt {
                     verdict,
                     status: None,
@@ -202,6 +202,18 @@ async fn read_capped(res: reqwest::Response, cap: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether the SSRF guard's refusal is somewhere in the error's chain.
+fn refused_by_guard(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<Refused>().is_some() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
