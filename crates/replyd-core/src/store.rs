@@ -101,6 +101,24 @@ impl StoreError {
     }
 }
 
+/// A delivery claimed for an attempt, with what its payload needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub delivery: Delivery,
+    /// The job's result, read in the claim's transaction, for a
+    /// `job.succeeded` delivery whose result is at most
+    /// [`INLINE_RESULT`](crate::webhook::INLINE_RESULT) bytes.
+    pub result: Option<JobOutput>,
+}
+
+/// One attempt on a delivery, to record, and what becomes of the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub delivery: i64,
+    pub attempt: AttemptRecord,
+    pub after: AfterAttempt,
+}
+
 /// How long the tombstone of an expired job is kept.
 pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -183,19 +201,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> StoreResult<Vec<Delivery>>;
+    ) -> StoreResult<Vec<Claimed>>;
 
     /// Gives claimed deliveries back, due again at `until`, without counting
     /// an attempt (their endpoint was busy).
     async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()>;
 
-    /// Records an attempt on a delivery and what becomes of it.
-    async fn record_attempt(
-        &self,
-        id: i64,
-        attempt: AttemptRecord,
-        after: AfterAttempt,
-    ) -> StoreResult<Delivery>;
+    /// Records attempts on deliveries and what becomes of each, in one
+    /// transaction. A delivery that no longer exists (its job was deleted
+    /// meanwhile) is skipped.
+    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()>;
 
     /// A job's deliveries, oldest first, each with its attempts.
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>>;

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventKind;
 use crate::job::JobRecord;
 
+/// Results up to this many bytes ride inline in a `job.succeeded` payload
+/// (`data.result`, when they are JSON).
+pub const INLINE_RESULT: usize = 64 * 1024;
+
 /// The webhook a job was submitted with (kept in its record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookSpec {
@@ -115,6 +119,18 @@ pub enum AfterAttempt {
     Delivered,
     RetryAt(DateTime<Utc>),
     Dead,
+}
+
+impl AfterAttempt {
+    /// The delivery's state after an attempt made at `at`, and its
+    /// `next_at` (for a finished delivery: when it finished).
+    pub fn state_and_next(self, at: DateTime<Utc>) -> (DeliveryState, DateTime<Utc>) {
+        match self {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, at),
+            AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
+            AfterAttempt::Dead => (DeliveryState::Dead, at),
+        }
+    }
 }
 
 #[cfg(test)]

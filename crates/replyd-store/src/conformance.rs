@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
-use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Store, StoreError, Submitted};
+use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Outcome, Store, StoreError, Submitted};
 use replyd_core::webhook::{AfterAttempt, AttemptRecord, DeliveryState};
 use replyd_core::{JobId, LeaseId, Tenant};
 
@@ -698,7 +698,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
             id,
             None,
             Command::Complete { lease_id: lease },
-            Some(out),
+            Some(out.clone()),
             t(2),
         )
         .await
@@ -724,7 +724,14 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
 
     // Only the oldest pending delivery of a job is due.
     let claimed = store.claim_deliveries(t(3), lease_len, 10).await.unwrap();
-    assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), [first]);
+    assert_eq!(
+        claimed.iter().map(|c| c.delivery.id).collect::<Vec<_>>(),
+        [first]
+    );
+    assert_eq!(
+        claimed[0].result, None,
+        "a progress delivery carries no result"
+    );
     assert!(
         store
             .claim_deliveries(t(4), lease_len, 10)
@@ -734,14 +741,13 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
         "claimed"
     );
     // A failed attempt: retried at t(20); meanwhile the later one waits.
-    store
-        .record_attempt(
-            first,
-            attempt(t(5), Some(503)),
-            AfterAttempt::RetryAt(t(20)),
-        )
-        .await
-        .unwrap();
+    record(
+        &store,
+        first,
+        attempt(t(5), Some(503)),
+        AfterAttempt::RetryAt(t(20)),
+    )
+    .await;
     assert!(
         store
             .claim_deliveries(t(10), lease_len, 10)
@@ -751,15 +757,22 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     );
     let again = store.claim_deliveries(t(20), lease_len, 10).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].id, first);
-    assert_eq!(again[0].attempts, 1);
-    store
-        .record_attempt(first, attempt(t(21), Some(200)), AfterAttempt::Delivered)
-        .await
-        .unwrap();
-    // Now the terminal one.
+    assert_eq!(again[0].delivery.id, first);
+    assert_eq!(again[0].delivery.attempts, 1);
+    record(
+        &store,
+        first,
+        attempt(t(21), Some(200)),
+        AfterAttempt::Delivered,
+    )
+    .await;
+    // Now the terminal one, with the job's (small) result.
     let next = store.claim_deliveries(t(22), lease_len, 10).await.unwrap();
-    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [second]);
+    assert_eq!(
+        next.iter().map(|c| c.delivery.id).collect::<Vec<_>>(),
+        [second]
+    );
+    assert_eq!(next[0].result.as_ref(), Some(&out));
     // Given back because its endpoint is busy: due again later, no attempt
     // counted.
     store.defer_deliveries(vec![second], t(30)).await.unwrap();
@@ -771,7 +784,10 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
             .is_empty()
     );
     let back = store.claim_deliveries(t(30), lease_len, 10).await.unwrap();
-    assert_eq!((back[0].id, back[0].attempts), (second, 0));
+    assert_eq!(
+        (back[0].delivery.id, back[0].delivery.attempts),
+        (second, 0)
+    );
     // A claim that expires (the dispatcher died) is claimed again.
     assert_eq!(
         store
@@ -781,10 +797,14 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
             .len(),
         1
     );
-    let dead = store
-        .record_attempt(second, attempt(t(61), Some(410)), AfterAttempt::Dead)
-        .await
-        .unwrap();
+    record(
+        &store,
+        second,
+        attempt(t(61), Some(410)),
+        AfterAttempt::Dead,
+    )
+    .await;
+    let dead = store.deliveries(id).await.unwrap().remove(1).0;
     assert_eq!(dead.state, DeliveryState::Dead);
     assert_eq!(dead.last_error.as_deref(), Some("HTTP 410"));
 
@@ -861,10 +881,13 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     );
 
     // Replaying dead letters in bulk: by tenant, queue and when they died.
-    store
-        .record_attempt(second, attempt(t(71), Some(410)), AfterAttempt::Dead)
-        .await
-        .unwrap();
+    record(
+        &store,
+        second,
+        attempt(t(71), Some(410)),
+        AfterAttempt::Dead,
+    )
+    .await;
     let none = store
         .replay_dead_deliveries(
             Some(Tenant("t".into())),
@@ -893,12 +916,39 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(
-        store.claim_deliveries(t(80), lease_len, 10).await.unwrap()[0].id,
+        store.claim_deliveries(t(80), lease_len, 10).await.unwrap()[0]
+            .delivery
+            .id,
         second
     );
-    // Deleting the job takes its deliveries.
+    // Deleting the job takes its deliveries; an attempt on one that was
+    // in flight is then skipped, not an error.
     store.delete(id).await.unwrap();
     assert!(store.deliveries(id).await.unwrap().is_empty());
+    record(
+        &store,
+        second,
+        attempt(t(81), Some(200)),
+        AfterAttempt::Delivered,
+    )
+    .await;
+}
+
+/// Records one attempt.
+async fn record(
+    store: &Arc<dyn Store>,
+    delivery: i64,
+    attempt: AttemptRecord,
+    after: AfterAttempt,
+) {
+    store
+        .record_attempts(vec![Outcome {
+            delivery,
+            attempt,
+            after,
+        }])
+        .await
+        .unwrap();
 }
 
 pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
@@ -929,7 +979,7 @@ pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
                 if got.is_empty() {
                     return mine;
                 }
-                mine.extend(got.into_iter().map(|d| d.id));
+                mine.extend(got.into_iter().map(|c| c.delivery.id));
             }
         }));
     }

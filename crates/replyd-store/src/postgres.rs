@@ -26,10 +26,10 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, StateCount, Store, StoreError,
-    StoreResult, Submitted, TOMBSTONE_RETENTION,
+    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
+    StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
-use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
+use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::{JobId, LeaseId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -880,7 +880,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> StoreResult<Vec<Delivery>> {
+    ) -> StoreResult<Vec<Claimed>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET claimed_until = $3 WHERE id IN (
@@ -904,7 +904,43 @@ impl Store for PgStore {
             .map(delivery_from_row)
             .collect::<Result<_, _>>()?;
         out.sort_by_key(|d| (d.next_at, d.id));
-        Ok(out)
+        // The small results of those that announce a success.
+        let succeeded: Vec<Uuid> = out
+            .iter()
+            .filter(|d| d.kind == EventKind::Succeeded)
+            .map(|d| d.job.id.0)
+            .collect();
+        let mut results: std::collections::HashMap<Uuid, JobOutput> = if succeeded.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query(
+                "SELECT job_id, content_type, body FROM job_outputs
+                 WHERE job_id = ANY($1) AND length(body) <= $2",
+            )
+            .bind(&succeeded)
+            .bind(INLINE_RESULT as i64)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| {
+                let output = JobOutput {
+                    content_type: r.get("content_type"),
+                    body: Bytes::from(r.get::<Vec<u8>, _>("body")),
+                };
+                (r.get("job_id"), output)
+            })
+            .collect()
+        };
+        Ok(out
+            .into_iter()
+            .map(|d| Claimed {
+                result: (d.kind == EventKind::Succeeded)
+                    .then(|| results.remove(&d.job.id.0))
+                    .flatten(),
+                delivery: d,
+            })
+            .collect())
     }
 
     async fn replay_dead_deliveries(
@@ -945,47 +981,41 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_attempt(
-        &self,
-        id: i64,
-        attempt: AttemptRecord,
-        after: AfterAttempt,
-    ) -> StoreResult<Delivery> {
-        let (state, next_at) = match after {
-            AfterAttempt::Delivered => (DeliveryState::Delivered, attempt.at),
-            AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
-            AfterAttempt::Dead => (DeliveryState::Dead, attempt.at),
-        };
+    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET state = $2, attempts = attempts + 1, next_at = $3,
-                 claimed_until = NULL, updated_at = $4, last_error = $5
-             WHERE id = $1 RETURNING {DELIVERY_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(state.as_str())
-        .bind(ms(next_at))
-        .bind(ms(attempt.at))
-        .bind(&attempt.error)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(ms(attempt.at))
-        .bind(attempt.status.map(i32::from))
-        .bind(attempt.latency_ms as i64)
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let d = delivery_from_row(&row)?;
-        self.commit(tx, false).await?;
-        Ok(d)
+        for o in &outcomes {
+            let (state, next_at) = o.after.state_and_next(o.attempt.at);
+            let updated = sqlx::query(
+                "UPDATE outbox SET state = $2, attempts = attempts + 1, next_at = $3,
+                     claimed_until = NULL, updated_at = $4, last_error = $5
+                 WHERE id = $1",
+            )
+            .bind(o.delivery)
+            .bind(state.as_str())
+            .bind(ms(next_at))
+            .bind(ms(o.attempt.at))
+            .bind(&o.attempt.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if updated.rows_affected() == 0 {
+                // Deleted with its job meanwhile.
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(o.delivery)
+            .bind(ms(o.attempt.at))
+            .bind(o.attempt.status.map(i32::from))
+            .bind(o.attempt.latency_ms as i64)
+            .bind(&o.attempt.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        self.commit(tx, false).await
     }
 
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {

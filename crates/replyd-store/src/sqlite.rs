@@ -27,10 +27,10 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, StateCount, Store, StoreError,
-    StoreResult, Submitted, TOMBSTONE_RETENTION,
+    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
+    StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
-use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
+use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::{JobId, LeaseId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -938,27 +938,55 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> StoreResult<Vec<Delivery>> {
+    ) -> StoreResult<Vec<Claimed>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
         self.write(move |conn, _| {
             let rows = query_deliveries(
                 conn,
                 &format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM outbox o
+                    // The indexes are named: without statistics (a new
+                    // database; replyd runs no ANALYZE) SQLite's planner
+                    // picks outbox_state for both, which makes a claim
+                    // quadratic in the pending deliveries.
+                    "SELECT {DELIVERY_COLUMNS} FROM outbox o INDEXED BY outbox_due
                      WHERE state = 'pending' AND next_at <= ?1
                        AND (claimed_until IS NULL OR claimed_until <= ?1)
-                       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.job_id = o.job_id
-                                       AND p.state = 'pending' AND p.id < o.id)
+                       AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_job
+                                       WHERE p.job_id = o.job_id
+                                         AND p.state = 'pending' AND p.id < o.id)
                      ORDER BY next_at, id LIMIT ?2"
                 ),
                 params![ms(now), limit],
             )?;
-            for d in &rows {
+            let mut claimed = Vec::with_capacity(rows.len());
+            for d in rows {
                 conn.prepare_cached("UPDATE outbox SET claimed_until = ?2 WHERE id = ?1")
                     .and_then(|mut s| s.execute(params![d.id, ms(until)]))
                     .map_err(backend)?;
+                let result = if d.kind == EventKind::Succeeded {
+                    conn.prepare_cached(
+                        "SELECT content_type, body FROM job_outputs
+                         WHERE job_id = ?1 AND length(body) <= ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![id_bytes(d.job.id), INLINE_RESULT as i64], |r| {
+                            Ok(JobOutput {
+                                content_type: r.get(0)?,
+                                body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                            })
+                        })
+                        .optional()
+                    })
+                    .map_err(backend)?
+                } else {
+                    None
+                };
+                claimed.push(Claimed {
+                    delivery: d,
+                    result,
+                });
             }
-            Ok(rows)
+            Ok(claimed)
         })
         .await
     }
@@ -1008,52 +1036,46 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(
-        &self,
-        id: i64,
-        attempt: AttemptRecord,
-        after: AfterAttempt,
-    ) -> StoreResult<Delivery> {
+    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()> {
         self.write(move |conn, _| {
-            let (state, next_at) = match after {
-                AfterAttempt::Delivered => (DeliveryState::Delivered, attempt.at),
-                AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
-                AfterAttempt::Dead => (DeliveryState::Dead, attempt.at),
-            };
-            let n = conn
-                .prepare_cached(
-                    "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_at = ?3,
-                         claimed_until = NULL, updated_at = ?4, last_error = ?5
-                     WHERE id = ?1",
+            for o in &outcomes {
+                let (state, next_at) = o.after.state_and_next(o.attempt.at);
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_at = ?3,
+                             claimed_until = NULL, updated_at = ?4, last_error = ?5
+                         WHERE id = ?1",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            o.delivery,
+                            state.as_str(),
+                            ms(next_at),
+                            ms(o.attempt.at),
+                            o.attempt.error
+                        ])
+                    })
+                    .map_err(backend)?;
+                if n == 0 {
+                    // Deleted with its job meanwhile.
+                    continue;
+                }
+                conn.prepare_cached(
+                    "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
-                        id,
-                        state.as_str(),
-                        ms(next_at),
-                        ms(attempt.at),
-                        attempt.error
+                        o.delivery,
+                        ms(o.attempt.at),
+                        o.attempt.status,
+                        o.attempt.latency_ms as i64,
+                        o.attempt.error
                     ])
                 })
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
             }
-            conn.prepare_cached(
-                "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    ms(attempt.at),
-                    attempt.status,
-                    attempt.latency_ms as i64,
-                    attempt.error
-                ])
-            })
-            .map_err(backend)?;
-            one_delivery(conn, id)
+            Ok(())
         })
         .await
     }

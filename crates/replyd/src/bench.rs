@@ -13,6 +13,10 @@
 //!   subscriptions on a replyd in its own process while jobs complete at
 //!   1,000/s: server RSS per idle connection and completion → client
 //!   latency. Baseline: a bare hyper SSE broadcaster, also its own process.
+//! - `webhooks` (`bench/webhooks.rs`): completed jobs delivered to a local
+//!   receiver (always 200; 500 to every tenth request; 1 s per answer):
+//!   deliveries/s and completion → delivery latency. Baseline: a bare
+//!   reqwest client posting the same payloads to the same receiver.
 //! - `pg` (`bench/pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod streams;
+mod webhooks;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -81,6 +86,16 @@ pub struct BenchArgs {
     /// idle throughout.
     #[arg(long, default_value_t = 10_000)]
     stream_completions: usize,
+    /// Webhooks scenario: jobs per burst (the 1 s receiver takes fewer).
+    #[arg(long, default_value_t = 10_000)]
+    webhook_jobs: usize,
+    /// Webhooks scenario: deliveries in flight (replyd's
+    /// `webhooks.concurrency` and `per_endpoint`, and the ceiling's).
+    #[arg(long, default_value_t = 64)]
+    webhook_concurrency: usize,
+    /// Webhooks scenario: completions per second of the steady measurement.
+    #[arg(long, default_value_t = 500.0)]
+    webhook_rate: f64,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -111,7 +126,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             #[cfg(feature = "postgres")]
             "pg" => pg::run(&args).await?,
             "streams" => streams::run(&args, &dir).await?,
-            other => bail!("unknown scenario {other:?} (known: submit, e2e, streams, pg)"),
+            "webhooks" => webhooks::run(&args, &dir).await?,
+            other => {
+                bail!("unknown scenario {other:?} (known: submit, e2e, streams, webhooks, pg)")
+            }
         }
     }
     Ok(())
@@ -136,6 +154,14 @@ struct Replyd {
 }
 
 async fn start_replyd(storage: &Storage) -> anyhow::Result<Replyd> {
+    start_replyd_with(storage, |_| {}).await
+}
+
+/// [`start_replyd`], with the configuration adjusted by `tweak`.
+async fn start_replyd_with(
+    storage: &Storage,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<Replyd> {
     let mut config = Config::default();
     match storage {
         Storage::Sqlite(db) => {
@@ -154,6 +180,7 @@ async fn start_replyd(storage: &Storage) -> anyhow::Result<Replyd> {
             ..QueueConfig::default()
         },
     );
+    tweak(&mut config);
     config.validate()?;
     let (store, sqlite): (Arc<dyn replyd_core::Store>, _) = match storage {
         Storage::Sqlite(db) => {
@@ -323,6 +350,15 @@ async fn load(
         elapsed,
         latencies,
     })
+}
+
+/// The `p` quantile of sorted nanoseconds, in milliseconds.
+fn percentile_ms(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
 }
 
 fn ms(d: Duration) -> f64 {

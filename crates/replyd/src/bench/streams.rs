@@ -45,7 +45,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, Conn};
+use super::{BenchArgs, Conn, percentile_ms};
 
 /// Client sockets per source address (about 28k ephemeral ports each).
 const PER_SOURCE: usize = 10_000;
@@ -99,15 +99,6 @@ struct Latencies {
     from_sent: Vec<i64>,
     /// Completed jobs whose event never arrived.
     missing: usize,
-}
-
-/// The `p` quantile of sorted nanoseconds, in milliseconds.
-fn percentile_ms(sorted: &[i64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1e6
 }
 
 impl Latencies {
