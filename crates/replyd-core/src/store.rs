@@ -203,9 +203,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Gives claimed deliveries back, due again at `until`, without counting
-    /// an attempt (their endpoint was busy).
-    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()>;
+    /// Gives claimed deliveries back, each due again at its time, without
+    /// counting an attempt (their endpoint was busy).
+    async fn defer_deliveries(&self, deferred: Vec<(i64, DateTime<Utc>)>) -> StoreResult<()>;
 
     /// Records attempts on deliveries and what becomes of each, in one
     /// transaction. A delivery that no longer exists (its job was deleted

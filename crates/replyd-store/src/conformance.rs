@@ -775,7 +775,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     assert_eq!(next[0].result.as_ref(), Some(&out));
     // Given back because its endpoint is busy: due again later, no attempt
     // counted.
-    store.defer_deliveries(vec![second], t(30)).await.unwrap();
+    store.defer_deliveries(vec![(second, t(30))]).await.unwrap();
     assert!(
         store
             .claim_deliveries(t(29), lease_len, 10)

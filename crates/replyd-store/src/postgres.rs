@@ -968,13 +968,16 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
+    async fn defer_deliveries(&self, deferred: Vec<(i64, DateTime<Utc>)>) -> StoreResult<()> {
+        let (ids, until): (Vec<i64>, Vec<i64>) =
+            deferred.iter().map(|(id, t)| (*id, ms(*t))).unzip();
         sqlx::query(
-            "UPDATE outbox SET next_at = $2, claimed_until = NULL
-             WHERE id = ANY($1) AND state = 'pending'",
+            "UPDATE outbox SET next_at = d.until, claimed_until = NULL
+             FROM unnest($1::bigint[], $2::bigint[]) AS d(id, until)
+             WHERE outbox.id = d.id AND outbox.state = 'pending'",
         )
         .bind(&ids)
-        .bind(ms(until))
+        .bind(&until)
         .execute(&self.inner.pool)
         .await
         .map_err(backend)?;

@@ -1021,14 +1021,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn defer_deliveries(&self, ids: Vec<i64>, until: DateTime<Utc>) -> StoreResult<()> {
+    async fn defer_deliveries(&self, deferred: Vec<(i64, DateTime<Utc>)>) -> StoreResult<()> {
         self.write(move |conn, _| {
-            for id in &ids {
+            for (id, until) in &deferred {
                 conn.prepare_cached(
                     "UPDATE outbox SET next_at = ?2, claimed_until = NULL
                      WHERE id = ?1 AND state = 'pending'",
                 )
-                .and_then(|mut s| s.execute(params![id, ms(until)]))
+                .and_then(|mut s| s.execute(params![id, ms(*until)]))
                 .map_err(backend)?;
             }
             Ok(())

@@ -86,13 +86,18 @@ pub struct BenchArgs {
     /// idle throughout.
     #[arg(long, default_value_t = 10_000)]
     stream_completions: usize,
-    /// Webhooks scenario: jobs per burst (the 1 s receiver takes fewer).
-    #[arg(long, default_value_t = 10_000)]
+    /// Webhooks scenario: deliveries owed per drain (the 1 s receiver's
+    /// case takes fewer).
+    #[arg(long, default_value_t = 20_000)]
     webhook_jobs: usize,
     /// Webhooks scenario: deliveries in flight (replyd's
     /// `webhooks.concurrency` and `per_endpoint`, and the ceiling's).
     #[arg(long, default_value_t = 64)]
     webhook_concurrency: usize,
+    /// Webhooks scenario: replyd's `per_endpoint` (default: the
+    /// concurrency, so that it may use as many requests as the ceiling).
+    #[arg(long)]
+    webhook_per_endpoint: Option<usize>,
     /// Webhooks scenario: completions per second of the steady measurement.
     #[arg(long, default_value_t = 500.0)]
     webhook_rate: f64,
@@ -215,6 +220,17 @@ impl Replyd {
         };
         let s = store.stats();
         s.ops.load(Ordering::Relaxed) as f64 / s.commits.load(Ordering::Relaxed).max(1) as f64
+    }
+
+    /// (write operations, commits) of the SQLite store so far.
+    fn writes(&self) -> (u64, u64) {
+        self.sqlite.as_ref().map_or((0, 0), |s| {
+            let s = s.stats();
+            (
+                s.ops.load(Ordering::Relaxed),
+                s.commits.load(Ordering::Relaxed),
+            )
+        })
     }
 
     async fn stop(self) {

@@ -6,16 +6,33 @@
 //! when a claim runs out and the delivery is sent again with the same
 //! `webhook-id`).
 //!
+//! The pipeline, so that neither a claim's commit nor a record's holds up
+//! the requests:
+//! - the loop claims ahead in batches (one durable write per batch) into a
+//!   queue per endpoint, and starts what the slots allow, endpoints in
+//!   turn;
+//! - an endpoint's queue holds at most `per_endpoint` deliveries (what it
+//!   will take within about one attempt's time, well inside the claim);
+//!   what it cannot take yet is given back to the store, due again when
+//!   the endpoint should have room, spread at the pace its latency allows,
+//!   so a large backlog for one endpoint is handed back once, not churned;
+//! - each attempt frees its request slot as soon as the answer is in; the
+//!   recorder writes finished outcomes in batches (one transaction each).
+//!   Claimed deliveries whose outcome is not yet durable are bounded.
+//!
 //! It wakes when a commit appends an event that owes a delivery (the
-//! store's bus, on every node), when an attempt ends, and every
-//! [`IDLE_POLL`] for retries that have come due.
+//! store's bus, on every node), when outcomes become durable (a job's next
+//! delivery may be due), and every [`IDLE_POLL`] for retries that have come
+//! due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use replyd_core::store::{Claimed, EventBatch, JobOutput, Outcome};
+use chrono::{DateTime, Utc};
+use replyd_core::store::{Claimed, EventBatch, JobOutput, Outcome, StoreResult};
 use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, INLINE_RESULT};
 use replyd_core::{EventKind, JobState};
 use serde::Serialize;
@@ -25,6 +42,7 @@ use tokio::sync::broadcast::{
     error::{RecvError, TryRecvError},
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
 use super::deliver::{Message, Verdict};
 use crate::app::App;
@@ -33,8 +51,13 @@ use crate::app::App;
 /// deliveries whose wake-up it missed).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
-/// How long a delivery whose endpoint is busy waits before it is due again.
-const BUSY_DEFER_MS: i64 = 200;
+/// An endpoint's latency until its first answer: how a backlog for it is
+/// paced at first.
+const FIRST_LATENCY: Duration = Duration::from_millis(50);
+
+/// The least horizon deliveries given back to a busy endpoint are spread
+/// over.
+const MIN_HORIZON: chrono::Duration = chrono::Duration::seconds(2);
 
 /// Deliveries one claim takes at most.
 const MAX_CLAIM: usize = 100;
@@ -42,95 +65,207 @@ const MAX_CLAIM: usize = 100;
 /// Outcomes one transaction records at most.
 const MAX_RECORD: usize = 256;
 
-/// What an attempt holds until its outcome is durable: a slot overall and
-/// one at its endpoint.
-type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// Claimed deliveries whose outcome is not yet durable (queued, in flight,
+/// or waiting for the recorder), per request slot.
+const UNRECORDED_PER_SLOT: usize = 4;
+
+/// A claimed delivery and its place among the unrecorded.
+type Item = (Claimed, OwnedSemaphorePermit);
+
+/// What the dispatcher keeps of one endpoint (scheme, host and port).
+struct Endpoint {
+    /// Its requests in flight (`per_endpoint`).
+    slots: Arc<Semaphore>,
+    /// Claimed, waiting for one of its slots.
+    queue: VecDeque<Item>,
+    /// Mean attempt latency in µs (a moving average the attempts update).
+    latency_us: Arc<AtomicU64>,
+    /// Deliveries given back are due again from here on, one per
+    /// latency / `per_endpoint`.
+    paced_until: DateTime<Utc>,
+}
+
+impl Endpoint {
+    fn new(per_endpoint: usize, now: DateTime<Utc>) -> Endpoint {
+        Endpoint {
+            slots: Arc::new(Semaphore::new(per_endpoint)),
+            queue: VecDeque::new(),
+            latency_us: Arc::new(AtomicU64::new(FIRST_LATENCY.as_micros() as u64)),
+            paced_until: now,
+        }
+    }
+
+    /// When a delivery it cannot take now is due again: after those given
+    /// back before it, one per latency / `per_endpoint`, but never beyond
+    /// a horizon of four latencies (at least [`MIN_HORIZON`]), so that an
+    /// estimate from a slow spell delays nothing for long.
+    fn pace(&mut self, per_endpoint: usize, now: DateTime<Utc>) -> DateTime<Utc> {
+        let latency = self.latency_us.load(Ordering::Relaxed);
+        let us = |v: u64| chrono::Duration::microseconds(i64::try_from(v).unwrap_or(i64::MAX));
+        let step = us(latency / per_endpoint.max(1) as u64);
+        let horizon = us(latency.saturating_mul(4)).max(MIN_HORIZON);
+        // Idle with deliveries paced ahead: the pace was too slow.
+        let from = if self.slots.available_permits() == per_endpoint && self.queue.is_empty() {
+            now
+        } else {
+            self.paced_until.max(now)
+        };
+        self.paced_until = (from + step).min(now + horizon);
+        self.paced_until
+    }
+
+    fn idle(&self, per_endpoint: usize, now: DateTime<Utc>) -> bool {
+        self.queue.is_empty()
+            && self.slots.available_permits() == per_endpoint
+            && self.paced_until <= now
+    }
+}
 
 pub async fn run(app: Arc<App>) {
     let rt = &app.webhooks;
+    let per_endpoint = rt.per_endpoint.max(1);
+    // Requests in flight, over all endpoints.
     let overall = Arc::new(Semaphore::new(rt.concurrency));
-    let mut endpoints: HashMap<String, Arc<Semaphore>> = HashMap::new();
-    let done = Arc::new(Notify::new());
+    let unrecorded = Arc::new(Semaphore::new(rt.concurrency * UNRECORDED_PER_SLOT));
+    let mut endpoints: HashMap<String, Endpoint> = HashMap::new();
+    // Endpoints with queued deliveries, in turn.
+    let mut turns: VecDeque<String> = VecDeque::new();
+    let mut queued = 0usize;
+    // A request ended: a slot is free.
+    let slot_freed = Arc::new(Notify::new());
+    // Outcomes are durable: their jobs' next deliveries may be due.
+    let recorded = Arc::new(Notify::new());
     let mut bus = app.store.subscribe();
     let (finished, outcomes) = mpsc::unbounded_channel();
-    tokio::spawn(recorder(app.clone(), outcomes, done.clone()));
+    tokio::spawn(recorder(app.clone(), outcomes, recorded.clone()));
     // A claim outlives the longest attempt, so a live dispatcher keeps it;
-    // a crashed one's claims run out soon after.
+    // a crashed one's claims run out soon after. A queued delivery starts
+    // within about one attempt's time.
     let lease = rt.attempt_timeout + Duration::from_secs(10);
-    // Behind a backlog, claim once this many attempts can start: one claim
-    // (a durable write) per batch, not one per finished attempt.
+    let prefetch = rt.concurrency.min(MAX_CLAIM);
+    let cap_us = u64::try_from(rt.attempt_timeout.as_micros()).unwrap_or(u64::MAX);
+    // Behind a backlog, claim once this many can be taken: one claim (a
+    // durable write) per batch, not one per finished attempt.
     let batch = (rt.concurrency / 4).clamp(1, MAX_CLAIM);
+    // The claim under way, and how many it asked for.
+    let mut claiming: Option<(JoinHandle<StoreResult<Vec<Claimed>>>, usize)> = None;
+    // Whether something may be due that is not claimed yet, and whether
+    // the last claim took all it asked for (so more is due).
+    let (mut want, mut backlog) = (true, false);
     loop {
-        if app.shutdown.is_cancelled() {
-            break;
-        }
-        let free = overall.available_permits().min(MAX_CLAIM);
-        let claimed = if free == 0 {
-            Vec::new()
-        } else {
-            match app
-                .store
-                .claim_deliveries(app.now(), lease, free as u32)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim webhook deliveries");
-                    Vec::new()
+        // Start what the slots allow, one endpoint at a time in turn.
+        let mut progress = true;
+        while progress && overall.available_permits() > 0 {
+            progress = false;
+            for _ in 0..turns.len() {
+                let Some(key) = turns.pop_front() else { break };
+                let Some(ep) = endpoints.get_mut(&key) else {
+                    continue;
+                };
+                if let Ok(ep_slot) = ep.slots.clone().try_acquire_owned()
+                    && let Ok(slot) = overall.clone().try_acquire_owned()
+                    && let Some((c, place)) = ep.queue.pop_front()
+                {
+                    queued -= 1;
+                    progress = true;
+                    let latency = ep.latency_us.clone();
+                    let (app, finished, slot_freed) =
+                        (app.clone(), finished.clone(), slot_freed.clone());
+                    tokio::spawn(async move {
+                        let (outcome, took) = attempt(&app, c).await;
+                        let avg = latency.load(Ordering::Relaxed);
+                        let took = u64::try_from(took.as_micros())
+                            .unwrap_or(u64::MAX)
+                            .min(cap_us);
+                        latency.store(avg - avg / 5 + took / 5, Ordering::Relaxed);
+                        drop((slot, ep_slot));
+                        slot_freed.notify_one();
+                        let _ = finished.send((outcome, place));
+                    });
+                }
+                if !ep.queue.is_empty() {
+                    turns.push_back(key);
                 }
             }
-        };
-        // As many as asked for: more may be due.
-        let backlog = free > 0 && claimed.len() == free;
-        let mut busy = Vec::new();
-        for c in claimed {
-            let ep = endpoints
-                .entry(endpoint_of(&c.delivery.url))
-                .or_insert_with(|| Arc::new(Semaphore::new(rt.per_endpoint)))
-                .clone();
-            // A saturated endpoint: give the delivery back, due a moment
-            // later, and go on with the others.
-            let (Ok(ep_permit), Ok(permit)) =
-                (ep.try_acquire_owned(), overall.clone().try_acquire_owned())
-            else {
-                busy.push(c.delivery.id);
-                continue;
-            };
-            let (app, finished) = (app.clone(), finished.clone());
-            tokio::spawn(async move {
-                let outcome = attempt(&app, c).await;
-                let _ = finished.send((outcome, (permit, ep_permit)));
+        }
+        // Claim more while there is room: behind a backlog, a batch at a
+        // time.
+        let room = unrecorded
+            .available_permits()
+            .min(prefetch.saturating_sub(queued));
+        if claiming.is_none() && (want || backlog) && room >= if backlog { batch } else { 1 } {
+            want = false;
+            let app = app.clone();
+            let task = tokio::spawn(async move {
+                app.store
+                    .claim_deliveries(app.now(), lease, room as u32)
+                    .await
             });
+            claiming = Some((task, room));
         }
-        if !busy.is_empty() {
-            let later = app.now() + chrono::Duration::milliseconds(BUSY_DEFER_MS);
-            if let Err(e) = app.store.defer_deliveries(busy, later).await {
-                tracing::warn!(error = %e, "cannot defer webhook deliveries");
-            }
+        if queued == 0 && claiming.is_none() && !want && !backlog {
+            let now = app.now();
+            endpoints.retain(|_, ep| !ep.idle(per_endpoint, now));
         }
-        if backlog {
-            // Wait for room for a batch (or the end of every attempt).
-            while overall.available_permits() < batch.min(rt.concurrency) {
-                tokio::select! {
-                    _ = app.shutdown.cancelled() => return,
-                    _ = done.notified() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => break,
-                }
-            }
-            continue;
-        }
-        // Drained. Wake-ups that came meanwhile are stale but for those
-        // published after the claim: claim once more rather than wait.
-        if drain_owed(&mut bus) {
-            continue;
-        }
-        endpoints.retain(|_, s| s.available_permits() < rt.per_endpoint);
         tokio::select! {
             _ = app.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(IDLE_POLL) => {}
-            // An attempt ended: the job's next delivery may be due now.
-            _ = done.notified() => {}
-            _ = owed(&mut bus) => {}
+            claimed = async {
+                match claiming.as_mut() {
+                    Some((task, _)) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let asked = claiming.take().map_or(0, |(_, n)| n);
+                backlog = false;
+                let claimed = match claimed {
+                    Ok(Ok(claimed)) => claimed,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot claim webhook deliveries");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a webhook claim panicked");
+                        continue;
+                    }
+                };
+                backlog = claimed.len() == asked;
+                let now = app.now();
+                let mut give_back = Vec::new();
+                for c in claimed {
+                    let key = endpoint_of(&c.delivery.url);
+                    let ep = endpoints
+                        .entry(key.clone())
+                        .or_insert_with(|| Endpoint::new(per_endpoint, now));
+                    // Room was counted before the claim, and only this
+                    // loop takes places among the unrecorded.
+                    let room_here = ep.queue.len() < per_endpoint;
+                    match unrecorded.clone().try_acquire_owned() {
+                        Ok(place) if room_here => {
+                            if ep.queue.is_empty() {
+                                turns.push_back(key);
+                            }
+                            ep.queue.push_back((c, place));
+                            queued += 1;
+                        }
+                        _ => give_back.push((c.delivery.id, ep.pace(per_endpoint, now))),
+                    }
+                }
+                if !give_back.is_empty() {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = app.store.defer_deliveries(give_back).await {
+                            tracing::warn!(error = %e, "cannot give back webhook deliveries");
+                        }
+                    });
+                }
+                // Wake-ups published while it ran may name deliveries it
+                // did not see: claim once more.
+                want |= drain_owed(&mut bus);
+            }
+            _ = slot_freed.notified() => {}
+            _ = recorded.notified() => want = true,
+            _ = owed(&mut bus) => want = true,
+            _ = tokio::time::sleep(IDLE_POLL) => want = true,
         }
     }
 }
@@ -178,8 +313,9 @@ fn endpoint_of(url: &str) -> String {
     }
 }
 
-/// One attempt on a claimed delivery: what became of it.
-async fn attempt(app: &App, c: Claimed) -> Outcome {
+/// One attempt on a claimed delivery: what became of it, and how long the
+/// endpoint took.
+async fn attempt(app: &App, c: Claimed) -> (Outcome, Duration) {
     let rt = &app.webhooks;
     let d = &c.delivery;
     let msg = Message {
@@ -201,13 +337,13 @@ async fn attempt(app: &App, c: Claimed) -> Outcome {
             None => AfterAttempt::Dead,
         },
     };
-    let outcome = match after {
+    let label = match after {
         AfterAttempt::Delivered => "delivered",
         AfterAttempt::RetryAt(_) => "retry",
         AfterAttempt::Dead => "dead",
     };
-    metrics::counter!("replyd_webhook_attempts_total", "outcome" => outcome).increment(1);
-    Outcome {
+    metrics::counter!("replyd_webhook_attempts_total", "outcome" => label).increment(1);
+    let outcome = Outcome {
         delivery: d.id,
         attempt: AttemptRecord {
             at: now,
@@ -216,16 +352,17 @@ async fn attempt(app: &App, c: Claimed) -> Outcome {
             error: a.error,
         },
         after,
-    }
+    };
+    (outcome, a.latency)
 }
 
 /// Writes the outcomes of finished attempts, whatever has finished
-/// meanwhile in one transaction, then frees their slots (so that attempts
-/// in flight and outcomes not yet durable are bounded together).
+/// meanwhile in one transaction, then lets the dispatcher claim as many
+/// again.
 async fn recorder(
     app: Arc<App>,
-    mut finished: mpsc::UnboundedReceiver<(Outcome, Slots)>,
-    done: Arc<Notify>,
+    mut finished: mpsc::UnboundedReceiver<(Outcome, OwnedSemaphorePermit)>,
+    recorded: Arc<Notify>,
 ) {
     while let Some(first) = finished.recv().await {
         let mut batch = vec![first];
@@ -234,15 +371,15 @@ async fn recorder(
         {
             batch.push(next);
         }
-        let (outcomes, slots): (Vec<Outcome>, Vec<Slots>) = batch.into_iter().unzip();
+        let (outcomes, permits): (Vec<Outcome>, Vec<_>) = batch.into_iter().unzip();
         let n = outcomes.len();
         if let Err(e) = app.store.record_attempts(outcomes).await {
             // Their claims run out and they are attempted again: at least
             // once, with the same webhook-id.
             tracing::warn!(error = %e, attempts = n, "cannot record webhook attempts");
         }
-        drop(slots);
-        done.notify_one();
+        drop(permits);
+        recorded.notify_one();
     }
 }
 
@@ -286,4 +423,42 @@ fn payload(app: &App, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
         },
     };
     serde_json::to_vec(&body).unwrap_or_default().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_endpoint_is_paced_by_its_latency_within_a_horizon() {
+        let t0 = DateTime::<Utc>::from_timestamp(1_000_000, 0).unwrap();
+        let mut ep = Endpoint::new(4, t0);
+        ep.latency_us.store(40_000, Ordering::Relaxed);
+        // Busy: one slot taken.
+        let _taken = ep.slots.clone().try_acquire_owned().unwrap();
+        let ms = |d: DateTime<Utc>| (d - t0).num_milliseconds();
+        // 40 ms latency, 4 at once: one every 10 ms.
+        assert_eq!(ms(ep.pace(4, t0)), 10);
+        assert_eq!(ms(ep.pace(4, t0)), 20);
+        assert_eq!(ms(ep.pace(4, t0)), 30);
+        // Never beyond the horizon (here the 2 s floor: 4 latencies are
+        // 160 ms).
+        for _ in 0..1000 {
+            ep.pace(4, t0);
+        }
+        assert_eq!(ms(ep.pace(4, t0)), 2000);
+        // A slow estimate (10 s): 2.5 s apart, within four latencies.
+        ep.latency_us.store(10_000_000, Ordering::Relaxed);
+        assert_eq!(ms(ep.pace(4, t0)), 4500);
+        for _ in 0..100 {
+            ep.pace(4, t0);
+        }
+        assert_eq!(ms(ep.pace(4, t0)), 40_000);
+        // Idle (no slot taken, nothing queued): paced from now again.
+        drop(_taken);
+        ep.latency_us.store(40_000, Ordering::Relaxed);
+        assert_eq!(ms(ep.pace(4, t0)), 10);
+        assert!(ep.idle(4, t0 + chrono::Duration::milliseconds(10)));
+        assert!(!ep.idle(4, t0));
+    }
 }

@@ -312,9 +312,10 @@ fn latency_line(name: &str, ns: &[i64], of: usize) -> String {
 
 pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let w = args.webhook_concurrency.max(1);
+    let per_endpoint = args.webhook_per_endpoint.unwrap_or(w).max(1);
     println!(
-        "\nwebhooks: each completed job owes one delivery to a local receiver; {w} in flight \
-         (replyd: webhooks.concurrency = per_endpoint = {w}; the ceiling: {w} requests at once); \
+        "\nwebhooks: each completed job owes one delivery to a local receiver \
+         (replyd: webhooks.concurrency = {w}, per_endpoint = {per_endpoint}; the ceiling: {w} requests at once); \
          retry schedule {RETRY_SCHEDULE:?} s"
     );
     let mut ratio_a = None;
@@ -326,7 +327,10 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         let (n, rate) = match behaviour {
             // A 1 s receiver takes w per second at most: 8 s of them, and
             // a steady pace of half that.
-            Behaviour::Slow(_) => ((w * 8).min(args.webhook_jobs), w as f64 / 2.0),
+            Behaviour::Slow(_) => {
+                let w = w.min(per_endpoint);
+                ((w * 8).min(args.webhook_jobs), w as f64 / 2.0)
+            }
             _ => (args.webhook_jobs, args.webhook_rate),
         };
         let steady = ((rate * 5.0) as usize).clamp(1, n);
@@ -339,7 +343,7 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
                 allow_networks: vec!["127.0.0.0/8".into()],
                 retry_schedule: RETRY_SCHEDULE.to_vec(),
                 concurrency: w,
-                per_endpoint: w,
+                per_endpoint,
                 timeout: 120.0,
                 ..Webhooks::default()
             };
@@ -355,14 +359,13 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         // replyd: a backlog owed to a closed endpoint, then it opens.
         receiver.set_open(false);
         complete(server.addr, drain_leases, None).await?;
-        receiver.wait_held(w.min(n)).await?;
+        receiver.wait_held(w.min(per_endpoint).min(n)).await?;
         let t0 = Instant::now();
-        if std::env::var_os("REPLYD_BENCH_MARK").is_some() {
-            eprintln!("MARK drain");
-        }
+        let writes = server.writes();
         receiver.set_open(true);
         receiver.wait_for(n).await?;
         let rec = receiver.take();
+        let writes = (server.writes().0 - writes.0, server.writes().1 - writes.1);
         let replyd_drain = Drain::of(&rec, t0);
         let captured = rec.captured;
         // replyd: steady.
@@ -385,7 +388,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         println!("   drain of {n} deliveries owed to an endpoint that was down:");
         println!("{}", replyd_drain.line("replyd"));
         println!("{}", bare_drain.line("bare reqwest (ceiling)"));
-        println!("    ratio to ceiling: {ratio:.2}");
+        println!(
+            "    ratio to ceiling: {ratio:.2}; replyd's store: {:.2} write operations and {:.3} commits per delivery",
+            writes.0 as f64 / n as f64,
+            writes.1 as f64 / n as f64
+        );
         println!("   steady, {steady} completions paced at {rate:.0}/s: completion → delivery");
         println!("{}", latency_line("replyd", &replyd_steady, steady));
         println!(
