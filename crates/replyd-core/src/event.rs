@@ -93,6 +93,17 @@ impl EventKind {
             EventKind::Succeeded | EventKind::Failed | EventKind::Canceled
         )
     }
+
+    /// The event that ended a job in `state`, if it has ended.
+    pub fn ending(state: crate::job::JobState) -> Option<EventKind> {
+        use crate::job::JobState;
+        match state {
+            JobState::Succeeded => Some(EventKind::Succeeded),
+            JobState::Failed => Some(EventKind::Failed),
+            JobState::Canceled => Some(EventKind::Canceled),
+            JobState::Queued | JobState::Running => None,
+        }
+    }
 }
 
 /// One entry of the log: the event and the job as it was right after it.

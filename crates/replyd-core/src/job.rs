@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
 use crate::ids::{JobId, LeaseId, Tenant};
+use crate::outbox::ReplySpec;
 
 /// Where a job is in its life: `queued → running → succeeded | failed |
 /// canceled`, and `running → queued` again when an attempt is retried.
@@ -143,6 +144,9 @@ pub struct JobRecord {
     /// The webhook request, kept for the webhook dispatcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<serde_json::Value>,
+    /// Where the reply goes when the job came over a message broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// A digest of the submission, to tell a replay from a key reused for
@@ -163,6 +167,7 @@ pub struct NewJob {
     pub timeout: Duration,
     pub ttl: Duration,
     pub webhook: Option<serde_json::Value>,
+    pub reply: Option<ReplySpec>,
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
 }
@@ -190,6 +195,7 @@ impl NewJob {
             error: None,
             version: 1,
             webhook: self.webhook,
+            reply: self.reply,
             idempotency_key: self.idempotency_key,
             request_hash: self.request_hash,
         };
@@ -497,6 +503,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             ttl: Duration::from_secs(3600),
             webhook: None,
+            reply: None,
             idempotency_key: None,
             request_hash: None,
         }

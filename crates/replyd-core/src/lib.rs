@@ -11,8 +11,8 @@ pub mod clock;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod outbox;
 pub mod store;
-pub mod webhook;
 
 pub use clock::Clock;
 pub use event::{EventId, EventKind, EventRecord};

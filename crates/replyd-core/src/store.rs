@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::event::{EventId, EventRecord};
 use crate::ids::{JobId, LeaseId, Tenant};
 use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
-use crate::webhook::{AfterAttempt, AttemptRecord, Delivery, DeliveryState};
+use crate::outbox::{AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState};
 
 /// A job's result as the worker gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +107,7 @@ pub struct Claimed {
     pub delivery: Delivery,
     /// The job's result, read in the claim's transaction, for a
     /// `job.succeeded` delivery whose result is at most
-    /// [`INLINE_RESULT`](crate::webhook::INLINE_RESULT) bytes.
+    /// [`INLINE_RESULT`](crate::outbox::INLINE_RESULT) bytes.
     pub result: Option<JobOutput>,
 }
 
@@ -191,17 +191,30 @@ pub trait Store: Send + Sync + 'static {
     /// have missed events, and is told so (`stream.reset`).
     async fn log_floor(&self) -> StoreResult<Option<EventId>>;
 
-    /// Claims up to `limit` due webhook deliveries for `lease`: no other
-    /// dispatcher gets them until it runs out. Only the oldest pending
-    /// delivery of each job is ever due, so a job's deliveries leave in
-    /// event order (a later one waits until the earlier one is delivered
-    /// or dead).
+    /// Claims up to `limit` due deliveries of `channel` for `lease`: no
+    /// other dispatcher gets them until it runs out. Only the oldest pending
+    /// delivery of each job on a channel is ever due, so a job's deliveries
+    /// leave in event order (a later one waits until the earlier one is
+    /// delivered or dead); the channels do not wait for each other.
     async fn claim_deliveries(
         &self,
+        channel: Channel,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<Claimed>>;
+
+    /// Owes a finished job's terminal event once more, to `target` on
+    /// `channel` (a duplicate of the request that made the job gets its
+    /// reply again). Refuses a job that has not finished
+    /// (`TransitionError::NotFinished`): its reply is owed already.
+    async fn owe_again(
+        &self,
+        id: JobId,
+        channel: Channel,
+        target: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Gives claimed deliveries back, each due again at its time, without
     /// counting an attempt (their endpoint was busy).

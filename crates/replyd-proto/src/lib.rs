@@ -172,14 +172,24 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
 }
 
-/// A webhook delivery owed to (or made to) a job's endpoint.
+/// A delivery owed to (or made to) a job's webhook endpoint, or a reply
+/// owed to the requester over a message broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
     pub id: String,
     pub job_id: String,
+    /// How it leaves: `webhook`, or a broker (`amqp`, ...).
+    pub channel: String,
     /// The event it carries (`job.succeeded`, ...).
     pub event: String,
-    pub url: String,
+    /// A webhook's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A broker reply's destination and correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     /// `pending`, `delivered` or `dead`.
     pub state: String,
     /// Attempts since it was (re)queued.

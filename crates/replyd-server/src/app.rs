@@ -31,7 +31,7 @@ pub struct App {
     /// Routes committed events to this node's SSE and WebSocket clients.
     pub hub: Arc<Hub>,
     /// Vets, signs and sends webhooks.
-    pub webhooks: crate::webhooks::Runtime,
+    pub webhooks: Arc<crate::webhooks::Runtime>,
     /// Cancelled when the server begins to shut down: long polls answer at
     /// once and background tasks stop.
     pub shutdown: CancellationToken,
@@ -54,6 +54,8 @@ pub struct Submission {
     /// A digest of the canonical request, to tell a replay from a reuse
     /// (computed only when there is an idempotency key).
     pub request_hash: Option<String>,
+    /// Where the reply goes, for a request that came over a broker.
+    pub reply: Option<replyd_core::outbox::ReplySpec>,
 }
 
 impl App {
@@ -67,7 +69,7 @@ impl App {
         let auth = Authenticator::new(&config.api_keys, secret);
         App {
             hub: Hub::new(config.streams.buffer),
-            webhooks: crate::webhooks::Runtime::new(&config.webhooks),
+            webhooks: Arc::new(crate::webhooks::Runtime::new(&config.webhooks)),
             config,
             store,
             clock,
@@ -124,6 +126,7 @@ impl App {
             timeout,
             ttl,
             webhook,
+            reply: s.reply,
             idempotency_key: s.idempotency_key.clone(),
             request_hash: s.request_hash,
         };

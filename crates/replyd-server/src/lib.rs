@@ -13,6 +13,7 @@ pub mod executors;
 pub mod http;
 pub mod live;
 pub mod openapi;
+pub mod outbox;
 pub mod tasks;
 pub mod webhooks;
 
@@ -83,7 +84,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
-        tasks.spawn(webhooks::dispatch::run(app.clone()));
+        tasks.spawn(outbox::dispatch::run(app.clone(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         for (name, q) in &app.config.queues {
             if q.executor == Executor::Demo {

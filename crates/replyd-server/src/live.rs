@@ -545,6 +545,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             ttl: std::time::Duration::from_secs(1),
             webhook: None,
+            reply: None,
             idempotency_key: None,
             request_hash: None,
         };

@@ -15,7 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
-use replyd_server::webhooks::deliver::{Deliverer, Message, Verdict};
+use replyd_server::outbox::Verdict;
+use replyd_server::webhooks::deliver::{Deliverer, Message};
 use replyd_server::webhooks::signing::Secret;
 use replyd_server::webhooks::ssrf::{Guard, Resolver, SystemResolver};
 

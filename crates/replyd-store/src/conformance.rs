@@ -12,8 +12,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
+use replyd_core::outbox::{
+    AfterAttempt, AttemptRecord, Channel, DeliveryState, ReplySpec, ReplyTarget,
+};
 use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Outcome, Store, StoreError, Submitted};
-use replyd_core::webhook::{AfterAttempt, AttemptRecord, DeliveryState};
 use replyd_core::{JobId, LeaseId, Tenant};
 
 /// Instantiates every conformance test for a store. `$make` is an async
@@ -30,7 +32,7 @@ macro_rules! conformance_tests {
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
             cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases,
             log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
-            concurrent_claims_never_share_a_delivery);
+            concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -59,6 +61,7 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
         timeout: Duration::from_secs(60),
         ttl: Duration::from_secs(100),
         webhook: None,
+        reply: None,
         idempotency_key: key.map(str::to_string),
         request_hash: Some(format!("hash:{body}")),
     }
@@ -723,7 +726,10 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     assert_ne!(owed[0].0.message_id(), owed[1].0.message_id());
 
     // Only the oldest pending delivery of a job is due.
-    let claimed = store.claim_deliveries(t(3), lease_len, 10).await.unwrap();
+    let claimed = store
+        .claim_deliveries(Channel::Webhook, t(3), lease_len, 10)
+        .await
+        .unwrap();
     assert_eq!(
         claimed.iter().map(|c| c.delivery.id).collect::<Vec<_>>(),
         [first]
@@ -734,7 +740,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .claim_deliveries(t(4), lease_len, 10)
+            .claim_deliveries(Channel::Webhook, t(4), lease_len, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -750,12 +756,15 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     .await;
     assert!(
         store
-            .claim_deliveries(t(10), lease_len, 10)
+            .claim_deliveries(Channel::Webhook, t(10), lease_len, 10)
             .await
             .unwrap()
             .is_empty()
     );
-    let again = store.claim_deliveries(t(20), lease_len, 10).await.unwrap();
+    let again = store
+        .claim_deliveries(Channel::Webhook, t(20), lease_len, 10)
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery.id, first);
     assert_eq!(again[0].delivery.attempts, 1);
@@ -767,7 +776,10 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     )
     .await;
     // Now the terminal one, with the job's (small) result.
-    let next = store.claim_deliveries(t(22), lease_len, 10).await.unwrap();
+    let next = store
+        .claim_deliveries(Channel::Webhook, t(22), lease_len, 10)
+        .await
+        .unwrap();
     assert_eq!(
         next.iter().map(|c| c.delivery.id).collect::<Vec<_>>(),
         [second]
@@ -778,12 +790,15 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     store.defer_deliveries(vec![(second, t(30))]).await.unwrap();
     assert!(
         store
-            .claim_deliveries(t(29), lease_len, 10)
+            .claim_deliveries(Channel::Webhook, t(29), lease_len, 10)
             .await
             .unwrap()
             .is_empty()
     );
-    let back = store.claim_deliveries(t(30), lease_len, 10).await.unwrap();
+    let back = store
+        .claim_deliveries(Channel::Webhook, t(30), lease_len, 10)
+        .await
+        .unwrap();
     assert_eq!(
         (back[0].delivery.id, back[0].delivery.attempts),
         (second, 0)
@@ -791,7 +806,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     // A claim that expires (the dispatcher died) is claimed again.
     assert_eq!(
         store
-            .claim_deliveries(t(60), lease_len, 10)
+            .claim_deliveries(Channel::Webhook, t(60), lease_len, 10)
             .await
             .unwrap()
             .len(),
@@ -868,7 +883,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .claim_deliveries(t(70), lease_len, 10)
+            .claim_deliveries(Channel::Webhook, t(70), lease_len, 10)
             .await
             .unwrap()
             .len(),
@@ -916,7 +931,10 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(
-        store.claim_deliveries(t(80), lease_len, 10).await.unwrap()[0]
+        store
+            .claim_deliveries(Channel::Webhook, t(80), lease_len, 10)
+            .await
+            .unwrap()[0]
             .delivery
             .id,
         second
@@ -951,6 +969,130 @@ async fn record(
         .unwrap();
 }
 
+/// A job that came over a broker owes its reply on that broker's channel,
+/// beside (and not behind) its webhook; a duplicate request of a finished
+/// job is owed the reply again.
+pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
+    let lease_len = Duration::from_secs(30);
+    let target = ReplyTarget {
+        to: "amq.rabbitmq.reply-to.abc".into(),
+        correlation_id: Some("corr-1".into()),
+    };
+    let mut new = hooked("t", serde_json::json!([]));
+    new.reply = Some(ReplySpec {
+        channel: Channel::Amqp,
+        target: target.clone(),
+        progress: true,
+    });
+    let id = store.submit(new, t(0)).await.unwrap().job().id;
+    // Refused while it runs: its reply is owed already.
+    assert!(matches!(
+        store
+            .owe_again(id, Channel::Amqp, target.encode(), t(0))
+            .await,
+        Err(StoreError::Transition(TransitionError::NotFinished(_)))
+    ));
+    let (_, lease) = lease_one(&*store, "q", t(1)).await;
+    store
+        .apply(
+            id,
+            None,
+            Command::Progress {
+                lease_id: lease.clone(),
+                progress: replyd_core::Progress {
+                    percent: Some(50.0),
+                    message: None,
+                },
+            },
+            None,
+            t(2),
+        )
+        .await
+        .unwrap();
+    store
+        .apply(id, None, Command::Complete { lease_id: lease }, None, t(3))
+        .await
+        .unwrap();
+    // The webhook owes only the terminal event; the reply its progress too.
+    let owed: Vec<(Channel, EventKind)> = store
+        .deliveries(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(d, _)| (d.channel, d.kind))
+        .collect();
+    assert_eq!(
+        owed,
+        [
+            (Channel::Amqp, EventKind::Progress),
+            (Channel::Webhook, EventKind::Succeeded),
+            (Channel::Amqp, EventKind::Succeeded),
+        ]
+    );
+    // Each channel is claimed on its own: the webhook's pending delivery
+    // does not hold up the reply, nor the reverse.
+    let hook = store
+        .claim_deliveries(Channel::Webhook, t(4), lease_len, 10)
+        .await
+        .unwrap();
+    assert_eq!(hook.len(), 1);
+    let replies = store
+        .claim_deliveries(Channel::Amqp, t(4), lease_len, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        replies.iter().map(|c| c.delivery.kind).collect::<Vec<_>>(),
+        [EventKind::Progress],
+        "a job's replies leave in order"
+    );
+    assert_eq!(
+        ReplyTarget::decode(&replies[0].delivery.target),
+        Some(target.clone())
+    );
+    record(
+        &store,
+        replies[0].delivery.id,
+        attempt(t(5), None),
+        AfterAttempt::Delivered,
+    )
+    .await;
+    let last = store
+        .claim_deliveries(Channel::Amqp, t(6), lease_len, 10)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].delivery.kind, EventKind::Succeeded);
+    assert_eq!(last[0].delivery.job.state, JobState::Succeeded);
+    // A duplicate request once it has finished: its reply is owed again,
+    // to the duplicate's own address.
+    let again = ReplyTarget {
+        to: "replies-2".into(),
+        correlation_id: Some("corr-2".into()),
+    };
+    store
+        .owe_again(id, Channel::Amqp, again.encode(), t(7))
+        .await
+        .unwrap();
+    let all = store.deliveries(id).await.unwrap();
+    let (d, attempts) = all.last().unwrap();
+    assert_eq!(
+        (d.channel, d.kind, d.state, attempts.len()),
+        (
+            Channel::Amqp,
+            EventKind::Succeeded,
+            DeliveryState::Pending,
+            0
+        )
+    );
+    assert_eq!(ReplyTarget::decode(&d.target), Some(again));
+    assert!(matches!(
+        store
+            .owe_again(JobId::new(), Channel::Amqp, "{}".into(), t(7))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
     let mut ids = HashSet::new();
     for _ in 0..30 {
@@ -973,7 +1115,7 @@ pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
             let mut mine = Vec::new();
             loop {
                 let got = store
-                    .claim_deliveries(t(2), Duration::from_secs(60), 3)
+                    .claim_deliveries(Channel::Webhook, t(2), Duration::from_secs(60), 3)
                     .await
                     .unwrap();
                 if got.is_empty() {

@@ -95,6 +95,18 @@ pub const SQLITE: &[(i64, &str)] = &[
     CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
     ",
     ),
+    (
+        4,
+        "
+    -- The outbox carries every channel's deliveries: webhooks, and replies
+    -- over message brokers. `target` is a webhook's URL or a reply's
+    -- address (JSON). Each channel's deliveries are claimed on their own.
+    ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook';
+    ALTER TABLE outbox RENAME COLUMN url TO target;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
+    ",
+    ),
 ];
 
 /// PostgreSQL migrations: (version, SQL), append only. Applied by
@@ -189,6 +201,16 @@ pub const POSTGRES: &[(i64, &str)] = &[
         error       text
     );
     CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
+    ",
+    ),
+    (
+        4,
+        "
+    -- Every channel's deliveries; see SQLite's v4.
+    ALTER TABLE outbox ADD COLUMN channel text NOT NULL DEFAULT 'webhook';
+    ALTER TABLE outbox RENAME COLUMN url TO target;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
     ",
     ),
 ];

@@ -25,11 +25,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
+use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
     StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
-use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::{JobId, LeaseId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -419,19 +419,22 @@ async fn listener(
     }
 }
 
-const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, url, job, state, attempts,
-    next_at, created_at, updated_at, last_error";
+const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, target, job, state, attempts,
+    next_at, created_at, updated_at, last_error, channel";
 
 fn delivery_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Delivery> {
     let kind: String = row.get("kind");
     let state: String = row.get("state");
+    let channel: String = row.get("channel");
     let job = decode(row.get::<&str, _>("job"))?;
     let at = |c: &str| DateTime::from_timestamp_millis(row.get(c)).unwrap_or_default();
     Ok(Delivery {
         id: row.get("id"),
+        channel: Channel::parse(&channel)
+            .ok_or_else(|| StoreError::Backend(format!("unknown channel {channel:?}").into()))?,
         kind: EventKind::parse(&kind)
             .ok_or_else(|| StoreError::Backend(format!("unknown event kind {kind:?}").into()))?,
-        url: row.get("url"),
+        target: row.get("target"),
         state: DeliveryState::parse(&state).ok_or_else(|| {
             StoreError::Backend(format!("unknown delivery state {state:?}").into())
         })?,
@@ -519,23 +522,39 @@ async fn append_event(
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
-    if let Some(url) = job.webhook_for(kind) {
-        sqlx::query(
-            "INSERT INTO outbox (job_id, tenant, queue, kind, url, job, state, next_at,
-                                 created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7)",
-        )
-        .bind(job.id.0)
-        .bind(&job.tenant.0)
-        .bind(&job.queue)
-        .bind(kind.name())
-        .bind(url)
-        .bind(text)
-        .bind(ms(job.updated_at))
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    for (channel, target) in job.owed(kind) {
+        owe(tx, job, kind, channel, &target, text, job.updated_at).await?;
     }
+    Ok(())
+}
+
+/// Writes an outbox row: `kind` of `job` (its record after the event is
+/// `text`) owed to `target` on `channel`, due at `at`.
+async fn owe(
+    tx: &mut Tx,
+    job: &JobRecord,
+    kind: EventKind,
+    channel: Channel,
+    target: &str,
+    text: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO outbox (job_id, tenant, queue, channel, kind, target, job, state, next_at,
+                             created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8)",
+    )
+    .bind(job.id.0)
+    .bind(&job.tenant.0)
+    .bind(&job.queue)
+    .bind(channel.as_str())
+    .bind(kind.name())
+    .bind(target)
+    .bind(text)
+    .bind(ms(at))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -877,6 +896,7 @@ impl Store for PgStore {
 
     async fn claim_deliveries(
         &self,
+        channel: Channel,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
@@ -885,9 +905,10 @@ impl Store for PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET claimed_until = $3 WHERE id IN (
                  SELECT id FROM outbox o
-                 WHERE state = 'pending' AND next_at <= $1
+                 WHERE channel = $4 AND state = 'pending' AND next_at <= $1
                    AND (claimed_until IS NULL OR claimed_until <= $1)
                    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.job_id = o.job_id
+                                   AND p.channel = o.channel
                                    AND p.state = 'pending' AND p.id < o.id)
                  ORDER BY next_at, id LIMIT $2
                  FOR UPDATE SKIP LOCKED)
@@ -896,6 +917,7 @@ impl Store for PgStore {
         .bind(ms(now))
         .bind(i64::from(limit))
         .bind(ms(until))
+        .bind(channel.as_str())
         .fetch_all(&self.inner.pool)
         .await
         .map_err(backend)?;
@@ -941,6 +963,21 @@ impl Store for PgStore {
                 delivery: d,
             })
             .collect())
+    }
+
+    async fn owe_again(
+        &self,
+        id: JobId,
+        channel: Channel,
+        target: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let job = load(&mut tx, id, true).await?.ok_or(StoreError::NotFound)?;
+        let kind = EventKind::ending(job.state).ok_or(TransitionError::NotFinished(job.state))?;
+        let text = serde_json::to_string(&job).map_err(json_err)?;
+        owe(&mut tx, &job, kind, channel, &target, &text, now).await?;
+        self.commit(tx, false).await
     }
 
     async fn replay_dead_deliveries(

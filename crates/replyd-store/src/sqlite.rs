@@ -26,11 +26,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
+use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
     StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
 };
-use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::{JobId, LeaseId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -426,24 +426,8 @@ fn append_event(
         .and_then(|mut s| s.execute(params![id_bytes(job.id), kind.name(), ms(at), text]))
         .map_err(backend)?;
     let id = EventId(conn.last_insert_rowid());
-    if let Some(url) = job.webhook_for(kind) {
-        conn.prepare_cached(
-            "INSERT INTO outbox (job_id, tenant, queue, kind, url, job, state, next_at,
-                                 created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                id_bytes(job.id),
-                job.tenant.0,
-                job.queue,
-                kind.name(),
-                url,
-                text,
-                ms(at)
-            ])
-        })
-        .map_err(backend)?;
+    for (channel, target) in job.owed(kind) {
+        owe(conn, job, kind, channel, &target, text, at)?;
     }
     events.push(EventRecord {
         id,
@@ -454,6 +438,38 @@ fn append_event(
         at,
         job: job.clone(),
     });
+    Ok(())
+}
+
+/// Writes an outbox row: `kind` of `job` (its record after the event is
+/// `text`) owed to `target` on `channel`, due at `at`.
+fn owe(
+    conn: &Connection,
+    job: &JobRecord,
+    kind: EventKind,
+    channel: Channel,
+    target: &str,
+    text: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (job_id, tenant, queue, channel, kind, target, job, state, next_at,
+                             created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id_bytes(job.id),
+            job.tenant.0,
+            job.queue,
+            channel.as_str(),
+            kind.name(),
+            target,
+            text,
+            ms(at)
+        ])
+    })
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -533,8 +549,8 @@ fn query_records(
         .collect()
 }
 
-const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, url, job, state, attempts,
-    next_at, created_at, updated_at, last_error";
+const DELIVERY_COLUMNS: &str = "id, job_id, tenant, queue, kind, target, job, state, attempts,
+    next_at, created_at, updated_at, last_error, channel";
 
 fn query_deliveries(
     conn: &Connection,
@@ -555,20 +571,35 @@ fn query_deliveries(
                 r.get::<_, i64>(10)?,
                 r.get::<_, i64>(11)?,
                 r.get::<_, Option<String>>(12)?,
+                r.get::<_, String>(13)?,
             ))
         })
         .map_err(backend)?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, kind, url, job, state, attempts, next_at, created, updated, last_error) =
-            row.map_err(backend)?;
+        let (
+            id,
+            kind,
+            target,
+            job,
+            state,
+            attempts,
+            next_at,
+            created,
+            updated,
+            last_error,
+            channel,
+        ) = row.map_err(backend)?;
         let job = decode_record(&job)?;
         out.push(Delivery {
             id,
+            channel: Channel::parse(&channel).ok_or_else(|| {
+                StoreError::Backend(format!("unknown channel {channel:?}").into())
+            })?,
             kind: EventKind::parse(&kind).ok_or_else(|| {
                 StoreError::Backend(format!("unknown event kind {kind:?}").into())
             })?,
-            url,
+            target,
             job,
             state: DeliveryState::parse(&state).ok_or_else(|| {
                 StoreError::Backend(format!("unknown delivery state {state:?}").into())
@@ -935,6 +966,7 @@ impl Store for SqliteStore {
 
     async fn claim_deliveries(
         &self,
+        channel: Channel,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
@@ -949,14 +981,14 @@ impl Store for SqliteStore {
                     // picks outbox_state for both, which makes a claim
                     // quadratic in the pending deliveries.
                     "SELECT {DELIVERY_COLUMNS} FROM outbox o INDEXED BY outbox_due
-                     WHERE state = 'pending' AND next_at <= ?1
+                     WHERE channel = ?3 AND state = 'pending' AND next_at <= ?1
                        AND (claimed_until IS NULL OR claimed_until <= ?1)
                        AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_job
-                                       WHERE p.job_id = o.job_id
+                                       WHERE p.job_id = o.job_id AND p.channel = o.channel
                                          AND p.state = 'pending' AND p.id < o.id)
                      ORDER BY next_at, id LIMIT ?2"
                 ),
-                params![ms(now), limit],
+                params![ms(now), limit, channel.as_str()],
             )?;
             let mut claimed = Vec::with_capacity(rows.len());
             for d in rows {
@@ -987,6 +1019,23 @@ impl Store for SqliteStore {
                 });
             }
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn owe_again(
+        &self,
+        id: JobId,
+        channel: Channel,
+        target: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.write(move |conn, _| {
+            let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
+            let kind =
+                EventKind::ending(job.state).ok_or(TransitionError::NotFinished(job.state))?;
+            let text = serde_json::to_string(&job).map_err(json_err)?;
+            owe(conn, &job, kind, channel, &target, &text, now)
         })
         .await
     }

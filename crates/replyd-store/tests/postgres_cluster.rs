@@ -27,6 +27,7 @@ fn job(queue: &str) -> NewJob {
         timeout: Duration::from_secs(60),
         ttl: Duration::from_secs(3600),
         webhook: None,
+        reply: None,
         idempotency_key: None,
         request_hash: None,
     }

@@ -40,6 +40,7 @@ async fn concurrent_writes_are_group_committed() {
                     timeout: std::time::Duration::from_secs(1),
                     ttl: std::time::Duration::from_secs(1),
                     webhook: None,
+                    reply: None,
                     idempotency_key: None,
                     request_hash: None,
                 };

@@ -1,6 +1,6 @@
-//! Webhook deliveries (API.md §2): a job's deliveries with their attempt
-//! log, the deliveries of the caller's tenant by state (the dead letters),
-//! and replaying one.
+//! Deliveries (API.md §2): a job's deliveries (webhooks, and broker
+//! replies) with their attempt log, the deliveries of the caller's tenant
+//! by state (the dead letters), and replaying them.
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use replyd_core::webhook::{AttemptRecord, Delivery, DeliveryState};
+use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyTarget};
 use replyd_proto as proto;
 use serde::Deserialize;
 
@@ -25,11 +25,17 @@ pub fn router() -> Router<AppState> {
 }
 
 fn wire(d: &Delivery, attempts: Option<&[AttemptRecord]>) -> proto::Delivery {
+    let reply = (d.channel != Channel::Webhook)
+        .then(|| ReplyTarget::decode(&d.target))
+        .flatten();
     proto::Delivery {
         id: d.id.to_string(),
         job_id: d.job.id.to_string(),
+        channel: d.channel.as_str().to_string(),
         event: d.kind.name().to_string(),
-        url: d.url.clone(),
+        url: (d.channel == Channel::Webhook).then(|| d.target.clone()),
+        reply_to: reply.as_ref().map(|r| r.to.clone()),
+        correlation_id: reply.and_then(|r| r.correlation_id),
         state: d.state.as_str().to_string(),
         attempts: d.attempts,
         next_attempt_at: (d.state == DeliveryState::Pending).then_some(d.next_at),

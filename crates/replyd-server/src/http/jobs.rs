@@ -92,6 +92,7 @@ pub async fn submit(
         .map(|_| request_hash(&serde_json::from_slice(&bytes).unwrap_or_default()));
     let submitted = app
         .submit(Submission {
+            reply: None,
             tenant,
             request,
             idempotency_key: key,

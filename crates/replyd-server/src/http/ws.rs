@@ -327,6 +327,7 @@ impl Session {
                 let submitted = self
                     .app
                     .submit(Submission {
+                        reply: None,
                         tenant,
                         request_hash: key.as_ref().map(|_| request_hash(&job)),
                         request,

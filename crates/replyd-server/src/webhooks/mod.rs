@@ -1,22 +1,29 @@
 //! Webhooks (API.md §2): the SSRF guard that vets every outbound URL
 //! (`ssrf`), Standard Webhooks signing (`signing`), one delivery attempt
-//! and the retry schedule (`deliver`), and the dispatcher that works the
-//! outbox (`dispatch`).
+//! (`deliver`), and the [`Runtime`] that vets a submission's webhook and is
+//! the webhook channel's [`Sender`] for the outbox dispatcher.
 
 pub mod deliver;
-pub mod dispatch;
 pub mod signing;
 pub mod ssrf;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use replyd_core::EventKind;
+use async_trait::async_trait;
+use bytes::Bytes;
+use replyd_core::outbox::{Channel, Delivery, INLINE_RESULT};
+use replyd_core::store::{Claimed, JobOutput};
+use replyd_core::{EventKind, JobState};
 use replyd_proto as proto;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
+use crate::app::App;
 use crate::config::{Webhooks, secs};
 use crate::error::{ApiError, ApiResult};
-use deliver::{Deliverer, Schedule};
+use crate::outbox::{Attempt, Limits, Schedule, Sender};
+use deliver::{Deliverer, Message};
 use signing::Secret;
 use ssrf::{Guard, Resolver, SystemResolver};
 
@@ -31,10 +38,7 @@ pub struct Runtime {
     /// Tenants with secrets of their own.
     pub tenant_secrets: std::collections::HashMap<String, Vec<Secret>>,
     pub deliverer: Deliverer,
-    pub schedule: Schedule,
-    pub concurrency: usize,
-    pub per_endpoint: usize,
-    pub attempt_timeout: Duration,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -88,14 +92,16 @@ impl Runtime {
                 .map(Arc::new)
                 .collect(),
             tenant_secrets,
-            schedule: Schedule {
-                delays: config.retry_schedule.iter().map(|d| secs(*d)).collect(),
-                max_retry_after: secs(config.max_retry_after),
-                jitter: 0.1,
+            limits: Limits {
+                concurrency: config.concurrency,
+                per_endpoint: config.per_endpoint,
+                attempt_timeout: secs(config.timeout),
+                schedule: Schedule {
+                    delays: config.retry_schedule.iter().map(|d| secs(*d)).collect(),
+                    max_retry_after: secs(config.max_retry_after),
+                    jitter: 0.1,
+                },
             },
-            concurrency: config.concurrency,
-            per_endpoint: config.per_endpoint,
-            attempt_timeout: secs(config.timeout),
         }
     }
 
@@ -143,4 +149,91 @@ impl Runtime {
         resolved.map_err(bad)?;
         Ok(serde_json::json!({"url": spec.url, "events": spec.events}))
     }
+}
+
+#[async_trait]
+impl Sender for Runtime {
+    fn channel(&self) -> Channel {
+        Channel::Webhook
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn endpoint(&self, d: &Delivery) -> String {
+        endpoint_of(&d.target)
+    }
+
+    async fn attempt(&self, app: &App, c: &Claimed) -> Attempt {
+        let d = &c.delivery;
+        let msg = Message {
+            id: d.message_id(),
+            body: payload(app, d, c.result.as_ref()),
+        };
+        self.deliverer
+            .attempt(
+                &d.target,
+                &msg,
+                self.secrets_of(&d.job.tenant),
+                &self.keys,
+                app.now(),
+            )
+            .await
+    }
+}
+
+/// scheme://host:port: what per-endpoint limits count by.
+fn endpoint_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// The envelope: `{"type", "timestamp", "data"}`.
+#[derive(Serialize)]
+struct Payload<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    timestamp: String,
+    data: PayloadData<'a>,
+}
+
+/// The job as it was after the event, and its result when inline.
+#[derive(Serialize)]
+struct PayloadData<'a> {
+    #[serde(flatten)]
+    job: replyd_proto::Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+}
+
+/// The body of a delivery: the job as it was after the event, with a small
+/// JSON result inline. The same bytes on every attempt.
+fn payload(app: &App, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
+    let result = result
+        .filter(|out| {
+            d.kind == EventKind::Succeeded
+                && d.job.state == JobState::Succeeded
+                && out.content_type.starts_with("application/json")
+                && out.body.len() <= INLINE_RESULT
+        })
+        .and_then(|out| serde_json::from_slice::<&RawValue>(&out.body).ok());
+    let body = Payload {
+        kind: d.kind.name(),
+        timestamp: d
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        data: PayloadData {
+            job: app.render(&d.job),
+            result,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default().into()
 }

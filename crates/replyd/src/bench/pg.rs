@@ -118,6 +118,7 @@ fn job_row() -> (JobId, String) {
         timeout: Duration::from_secs(60),
         ttl: Duration::from_secs(86_400),
         webhook: None,
+        reply: None,
         idempotency_key: None,
         request_hash: None,
     }

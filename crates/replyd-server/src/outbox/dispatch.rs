@@ -1,10 +1,10 @@
-//! The dispatcher: claims due deliveries from the outbox, attempts them
-//! with bounded concurrency (overall, and per endpoint so that a slow or
-//! dead receiver cannot hold up the others), and records each attempt with
-//! what becomes of the delivery. Every node runs one; the store's claims
-//! keep them from sending the same delivery twice (except after a crash,
-//! when a claim runs out and the delivery is sent again with the same
-//! `webhook-id`).
+//! The dispatcher of one outbox channel: claims its due deliveries,
+//! attempts them through its [`Sender`] with bounded concurrency (overall,
+//! and per endpoint so that a slow or dead receiver cannot hold up the
+//! others), and records each attempt with what becomes of the delivery.
+//! Every node runs one per channel; the store's claims keep them from
+//! sending the same delivery twice (except after a crash, when a claim runs
+//! out and the delivery is sent again with the same message id).
 //!
 //! The pipeline, so that neither a claim's commit nor a record's holds up
 //! the requests:
@@ -30,13 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use replyd_core::store::{Claimed, EventBatch, JobOutput, Outcome, StoreResult};
-use replyd_core::webhook::{AfterAttempt, AttemptRecord, Delivery, INLINE_RESULT};
-use replyd_core::{EventKind, JobState};
-use serde::Serialize;
-use serde_json::value::RawValue;
+use replyd_core::outbox::{AfterAttempt, AttemptRecord, Channel};
+use replyd_core::store::{Claimed, EventBatch, Outcome, StoreResult};
 use tokio::sync::broadcast::{
     self,
     error::{RecvError, TryRecvError},
@@ -44,7 +40,7 @@ use tokio::sync::broadcast::{
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use super::deliver::{Message, Verdict};
+use super::{Sender, Verdict};
 use crate::app::App;
 
 /// How often an idle dispatcher looks for due deliveries (retries, and
@@ -121,8 +117,10 @@ impl Endpoint {
     }
 }
 
-pub async fn run(app: Arc<App>) {
-    let rt = &app.webhooks;
+/// Works `sender`'s channel until shutdown.
+pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
+    let rt = sender.limits();
+    let channel = sender.channel();
     let per_endpoint = rt.per_endpoint.max(1);
     // Requests in flight, over all endpoints.
     let overall = Arc::new(Semaphore::new(rt.concurrency));
@@ -169,10 +167,14 @@ pub async fn run(app: Arc<App>) {
                     queued -= 1;
                     progress = true;
                     let latency = ep.latency_us.clone();
-                    let (app, finished, slot_freed) =
-                        (app.clone(), finished.clone(), slot_freed.clone());
+                    let (app, sender, finished, slot_freed) = (
+                        app.clone(),
+                        sender.clone(),
+                        finished.clone(),
+                        slot_freed.clone(),
+                    );
                     tokio::spawn(async move {
-                        let (outcome, took) = attempt(&app, c).await;
+                        let (outcome, took) = attempt(&app, &*sender, c).await;
                         let avg = latency.load(Ordering::Relaxed);
                         let took = u64::try_from(took.as_micros())
                             .unwrap_or(u64::MAX)
@@ -198,7 +200,7 @@ pub async fn run(app: Arc<App>) {
             let app = app.clone();
             let task = tokio::spawn(async move {
                 app.store
-                    .claim_deliveries(app.now(), lease, room as u32)
+                    .claim_deliveries(channel, app.now(), lease, room as u32)
                     .await
             });
             claiming = Some((task, room));
@@ -232,7 +234,7 @@ pub async fn run(app: Arc<App>) {
                 let now = app.now();
                 let mut give_back = Vec::new();
                 for c in claimed {
-                    let key = endpoint_of(&c.delivery.url);
+                    let key = sender.endpoint(&c.delivery);
                     let ep = endpoints
                         .entry(key.clone())
                         .or_insert_with(|| Endpoint::new(per_endpoint, now));
@@ -260,22 +262,22 @@ pub async fn run(app: Arc<App>) {
                 }
                 // Wake-ups published while it ran may name deliveries it
                 // did not see: claim once more.
-                want |= drain_owed(&mut bus);
+                want |= drain_owed(&mut bus, channel);
             }
             _ = slot_freed.notified() => {}
             _ = recorded.notified() => want = true,
-            _ = owed(&mut bus) => want = true,
+            _ = owed(&mut bus, channel) => want = true,
             _ = tokio::time::sleep(IDLE_POLL) => want = true,
         }
     }
 }
 
-/// Resolves once a commit appended an event that owes a delivery (or the
-/// bus lagged, which may have hidden one).
-async fn owed(bus: &mut broadcast::Receiver<EventBatch>) {
+/// Resolves once a commit appended an event that owes a delivery on
+/// `channel` (or the bus lagged, which may have hidden one).
+async fn owed(bus: &mut broadcast::Receiver<EventBatch>, channel: Channel) {
     loop {
         match bus.recv().await {
-            Ok(batch) if owes(&batch) => return,
+            Ok(batch) if owes(&batch, channel) => return,
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => return,
             Err(RecvError::Closed) => std::future::pending().await,
@@ -283,54 +285,40 @@ async fn owed(bus: &mut broadcast::Receiver<EventBatch>) {
     }
 }
 
-/// Whether a commit's events owe a delivery.
-fn owes(batch: &EventBatch) -> bool {
-    batch.iter().any(|e| e.job.webhook_for(e.kind).is_some())
+/// Whether a commit's events owe a delivery on `channel`.
+fn owes(batch: &EventBatch, channel: Channel) -> bool {
+    batch
+        .iter()
+        .any(|e| e.job.owed(e.kind).any(|(c, _)| c == channel))
 }
 
-/// Takes what the bus holds already: whether any of it owes a delivery.
-fn drain_owed(bus: &mut broadcast::Receiver<EventBatch>) -> bool {
+/// Takes what the bus holds already: whether any of it owes a delivery on
+/// `channel`.
+fn drain_owed(bus: &mut broadcast::Receiver<EventBatch>, channel: Channel) -> bool {
     let mut owed = false;
     loop {
         match bus.try_recv() {
-            Ok(batch) => owed |= owes(&batch),
+            Ok(batch) => owed |= owes(&batch, channel),
             Err(TryRecvError::Lagged(_)) => owed = true,
             Err(_) => return owed,
         }
     }
 }
 
-/// scheme://host:port: what per-endpoint limits count by.
-fn endpoint_of(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => url.to_string(),
-    }
-}
-
 /// One attempt on a claimed delivery: what became of it, and how long the
 /// endpoint took.
-async fn attempt(app: &App, c: Claimed) -> (Outcome, Duration) {
-    let rt = &app.webhooks;
-    let d = &c.delivery;
-    let msg = Message {
-        id: d.message_id(),
-        body: payload(app, d, c.result.as_ref()),
-    };
+async fn attempt(app: &App, sender: &dyn Sender, c: Claimed) -> (Outcome, Duration) {
     let now = app.now();
-    let a = rt
-        .deliverer
-        .attempt(&d.url, &msg, rt.secrets_of(&d.job.tenant), &rt.keys, now)
-        .await;
+    let a = sender.attempt(app, &c).await;
+    let d = &c.delivery;
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,
         Verdict::Gone | Verdict::Refused => AfterAttempt::Dead,
-        Verdict::Retry => match rt.schedule.delay(d.attempts as usize + 2, a.retry_after) {
+        Verdict::Retry => match sender
+            .limits()
+            .schedule
+            .delay(d.attempts as usize + 2, a.retry_after)
+        {
             Some(delay) => {
                 AfterAttempt::RetryAt(now + chrono::Duration::from_std(delay).unwrap_or_default())
             }
@@ -342,7 +330,12 @@ async fn attempt(app: &App, c: Claimed) -> (Outcome, Duration) {
         AfterAttempt::RetryAt(_) => "retry",
         AfterAttempt::Dead => "dead",
     };
-    metrics::counter!("replyd_webhook_attempts_total", "outcome" => label).increment(1);
+    metrics::counter!(
+        "replyd_delivery_attempts_total",
+        "channel" => sender.channel().as_str(),
+        "outcome" => label
+    )
+    .increment(1);
     let outcome = Outcome {
         delivery: d.id,
         attempt: AttemptRecord {
@@ -376,53 +369,11 @@ async fn recorder(
         if let Err(e) = app.store.record_attempts(outcomes).await {
             // Their claims run out and they are attempted again: at least
             // once, with the same webhook-id.
-            tracing::warn!(error = %e, attempts = n, "cannot record webhook attempts");
+            tracing::warn!(error = %e, attempts = n, "cannot record delivery attempts");
         }
         drop(permits);
         recorded.notify_one();
     }
-}
-
-/// The envelope: `{"type", "timestamp", "data"}`.
-#[derive(Serialize)]
-struct Payload<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    timestamp: String,
-    data: PayloadData<'a>,
-}
-
-/// The job as it was after the event, and its result when inline.
-#[derive(Serialize)]
-struct PayloadData<'a> {
-    #[serde(flatten)]
-    job: replyd_proto::Job,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a RawValue>,
-}
-
-/// The body of a delivery: the job as it was after the event, with a small
-/// JSON result inline. The same bytes on every attempt.
-fn payload(app: &App, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
-    let result = result
-        .filter(|out| {
-            d.kind == EventKind::Succeeded
-                && d.job.state == JobState::Succeeded
-                && out.content_type.starts_with("application/json")
-                && out.body.len() <= INLINE_RESULT
-        })
-        .and_then(|out| serde_json::from_slice::<&RawValue>(&out.body).ok());
-    let body = Payload {
-        kind: d.kind.name(),
-        timestamp: d
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        data: PayloadData {
-            job: app.render(&d.job),
-            result,
-        },
-    };
-    serde_json::to_vec(&body).unwrap_or_default().into()
 }
 
 #[cfg(test)]

@@ -1,0 +1,322 @@
+//! The outbox: what a job owes the outside world, and its delivery.
+//!
+//! A job submitted with a webhook owes a delivery to its URL for each of its
+//! terminal events, and for the other events its `events` list names. A job
+//! that came over a message broker with a `reply_to` owes a reply there for
+//! its terminal event (and for its progress, if the request asked). The
+//! store writes each delivery in the same transaction as the event that owes
+//! it, so nothing owed lives only in memory; each channel's dispatcher
+//! claims due deliveries, attempts them, and records each attempt.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventKind;
+use crate::job::JobRecord;
+
+/// Results up to this many bytes ride inline in a `job.succeeded` delivery
+/// (a webhook's `data.result` when they are JSON, a broker reply's body).
+pub const INLINE_RESULT: usize = 64 * 1024;
+
+/// How a delivery leaves: the dispatcher that works it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// An HTTP POST to a URL (API.md §2).
+    Webhook,
+    /// A reply over RabbitMQ (AMQP 0-9-1).
+    Amqp,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Webhook, Channel::Amqp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webhook => "webhook",
+            Channel::Amqp => "amqp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// The webhook a job was submitted with (kept in its record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSpec {
+    pub url: String,
+    /// Event names beyond the terminal ones (which are always sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+impl WebhookSpec {
+    /// Whether `kind` is owed to the endpoint.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        kind.is_terminal()
+            || self
+                .events
+                .as_ref()
+                .is_some_and(|e| e.iter().any(|n| n == kind.name()))
+    }
+}
+
+/// Where a broker reply goes: the request's `reply_to` and the correlation
+/// id it asked the reply to carry. An outbox row of a broker channel keeps
+/// this, as JSON, for its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTarget {
+    /// The destination named by the request (a queue, a subject, a topic…).
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+impl ReplyTarget {
+    /// The outbox row's target text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn decode(target: &str) -> Option<ReplyTarget> {
+        serde_json::from_str(target).ok()
+    }
+}
+
+/// The reply a job that came over a broker owes (kept in its record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplySpec {
+    pub channel: Channel,
+    #[serde(flatten)]
+    pub target: ReplyTarget,
+    /// A reply for each progress report too, not only the terminal one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress: bool,
+}
+
+impl ReplySpec {
+    /// Whether `kind` is owed to the requester.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        kind.is_terminal() || (self.progress && kind == EventKind::Progress)
+    }
+}
+
+impl JobRecord {
+    /// Every delivery this event owes: (channel, target).
+    pub fn owed(&self, kind: EventKind) -> impl Iterator<Item = (Channel, String)> + '_ {
+        // The webhook is read in place: this runs for every event a hooked
+        // job appends.
+        let webhook = self
+            .webhook
+            .as_ref()
+            .and_then(|w| WebhookSpec::deserialize(w).ok())
+            .filter(|spec| spec.wants(kind))
+            .map(|spec| (Channel::Webhook, spec.url));
+        let reply = self
+            .reply
+            .as_ref()
+            .filter(|spec| spec.wants(kind))
+            .map(|spec| (spec.channel, spec.target.encode()));
+        webhook.into_iter().chain(reply)
+    }
+
+    /// Whether this event owes any delivery.
+    pub fn owes(&self, kind: EventKind) -> bool {
+        self.owed(kind).next().is_some()
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Owed: due at `next_at`.
+    Pending,
+    Delivered,
+    /// Given up on (schedule spent, `410 Gone`, or a refused URL); can be
+    /// replayed.
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Dead,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// One delivery owed to (or made to) a job's endpoint or requester.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Stable across retries: the `webhook-id` (or a reply's message id) is
+    /// derived from it.
+    pub id: i64,
+    pub channel: Channel,
+    pub kind: EventKind,
+    /// Where it goes: a webhook's URL, or a broker reply's [`ReplyTarget`]
+    /// as JSON.
+    pub target: String,
+    /// The job as it was right after the event (its id, tenant and queue
+    /// are the delivery's).
+    pub job: JobRecord,
+    pub state: DeliveryState,
+    /// Attempts made since it was (re)queued: the position in the schedule.
+    pub attempts: u32,
+    pub next_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+impl Delivery {
+    /// The `webhook-id` header (a reply's message id): the same on every
+    /// attempt.
+    pub fn message_id(&self) -> String {
+        format!("msg_{}_{}", self.job.id.0.simple(), self.id)
+    }
+}
+
+/// One attempt, as the attempt log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    /// The receiver's status, if it answered.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    Dead,
+}
+
+impl AfterAttempt {
+    /// The delivery's state after an attempt made at `at`, and its
+    /// `next_at` (for a finished delivery: when it finished).
+    pub fn state_and_next(self, at: DateTime<Utc>) -> (DeliveryState, DateTime<Utc>) {
+        match self {
+            AfterAttempt::Delivered => (DeliveryState::Delivered, at),
+            AfterAttempt::RetryAt(t) => (DeliveryState::Pending, t),
+            AfterAttempt::Dead => (DeliveryState::Dead, at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{JobId, Tenant};
+    use crate::job::NewJob;
+
+    fn job(webhook: Option<serde_json::Value>, reply: Option<ReplySpec>) -> JobRecord {
+        NewJob {
+            id: JobId::new(),
+            tenant: Tenant("t".into()),
+            queue: "q".into(),
+            input: bytes::Bytes::new(),
+            max_attempts: 1,
+            timeout: std::time::Duration::from_secs(1),
+            ttl: std::time::Duration::from_secs(1),
+            webhook,
+            reply,
+            idempotency_key: None,
+            request_hash: None,
+        }
+        .into_record(Utc::now())
+        .0
+    }
+
+    #[test]
+    fn terminal_events_always_and_listed_ones_too() {
+        let plain = WebhookSpec {
+            url: "https://h.test/".into(),
+            events: None,
+        };
+        assert!(plain.wants(EventKind::Succeeded));
+        assert!(plain.wants(EventKind::Failed));
+        assert!(plain.wants(EventKind::Canceled));
+        assert!(!plain.wants(EventKind::Progress));
+        let more = WebhookSpec {
+            events: Some(vec!["job.progress".into(), "job.started".into()]),
+            ..plain
+        };
+        assert!(more.wants(EventKind::Progress));
+        assert!(more.wants(EventKind::Started));
+        assert!(!more.wants(EventKind::Accepted));
+        assert!(more.wants(EventKind::Succeeded));
+    }
+
+    #[test]
+    fn a_job_owes_its_webhook_and_its_reply() {
+        let reply = ReplySpec {
+            channel: Channel::Amqp,
+            target: ReplyTarget {
+                to: "amq.rabbitmq.reply-to.g1h2".into(),
+                correlation_id: Some("c-1".into()),
+            },
+            progress: false,
+        };
+        let both = job(
+            Some(serde_json::json!({"url": "https://h.test/"})),
+            Some(reply.clone()),
+        );
+        let owed: Vec<_> = both.owed(EventKind::Succeeded).collect();
+        assert_eq!(
+            owed,
+            [
+                (Channel::Webhook, "https://h.test/".to_string()),
+                (Channel::Amqp, reply.target.encode()),
+            ]
+        );
+        assert!(!both.owes(EventKind::Progress));
+        let progress = job(
+            None,
+            Some(ReplySpec {
+                progress: true,
+                ..reply.clone()
+            }),
+        );
+        assert_eq!(progress.owed(EventKind::Progress).count(), 1);
+        assert!(!progress.owes(EventKind::Started));
+        assert!(!job(None, None).owes(EventKind::Succeeded));
+        assert_eq!(
+            ReplyTarget::decode(&reply.target.encode()),
+            Some(reply.target)
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Dead,
+        ] {
+            assert_eq!(DeliveryState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(DeliveryState::parse("x"), None);
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Channel::parse("smtp"), None);
+    }
+}
