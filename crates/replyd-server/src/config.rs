@@ -28,6 +28,8 @@ pub struct Config {
     pub streams: Streams,
     /// Webhook delivery.
     pub webhooks: Webhooks,
+    /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
+    pub amqp: Option<crate::brokers::amqp::config::AmqpConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -47,6 +49,7 @@ impl Default for Config {
             limits: Limits::default(),
             streams: Streams::default(),
             webhooks: Webhooks::default(),
+            amqp: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -106,6 +109,9 @@ pub enum Executor {
     /// The built-in demo: sleeps `input.seconds` (default 3) reporting
     /// progress, then echoes the input.
     Demo,
+    /// Published to workers over RabbitMQ (`[amqp]`); their replies
+    /// complete the jobs.
+    Amqp,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,8 +123,12 @@ pub struct QueueConfig {
     pub timeout: f64,
     /// Seconds a finished job is kept.
     pub ttl: f64,
-    /// Jobs one in-process executor runs at once (demo).
+    /// Jobs one in-process executor runs at once (demo), or has published
+    /// and not yet seen answered (amqp), per node.
     pub concurrency: u32,
+    /// `executor = "amqp"`: the queue its jobs are published to (default
+    /// `replyd.work.<queue>`).
+    pub work_queue: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -129,6 +139,7 @@ impl Default for QueueConfig {
             timeout: 60.0,
             ttl: 86_400.0,
             concurrency: 16,
+            work_queue: None,
         }
     }
 }
@@ -358,6 +369,26 @@ impl Config {
             if q.concurrency == 0 {
                 return bad(format!("queues.{name}.concurrency must be at least 1"));
             }
+            if q.executor == Executor::Amqp && self.amqp.is_none() {
+                return bad(format!(
+                    "queues.{name}: executor \"amqp\" needs an [amqp] section"
+                ));
+            }
+            if q.work_queue.is_some() && q.executor != Executor::Amqp {
+                return bad(format!(
+                    "queues.{name}.work_queue is for executor \"amqp\" only"
+                ));
+            }
+            if q.work_queue
+                .as_ref()
+                .is_some_and(|w| w.is_empty() || w.len() > 255)
+            {
+                return bad(format!("queues.{name}.work_queue must be 1 to 255 bytes"));
+            }
+        }
+        if let Some(a) = &self.amqp {
+            let names: Vec<&str> = self.queues.keys().map(String::as_str).collect();
+            a.validate(&names).map_err(ConfigError::Invalid)?;
         }
         let mut seen = std::collections::HashSet::new();
         for k in &self.api_keys {

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod brokers;
 pub mod config;
 pub mod error;
 pub mod executors;
@@ -86,6 +87,7 @@ impl Server {
         tasks.spawn(tasks::reaper(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.clone(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
+        brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {
             if q.executor == Executor::Demo {
                 tasks.spawn(executors::demo::run(

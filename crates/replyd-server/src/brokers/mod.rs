@@ -1,0 +1,199 @@
+//! Message brokers (API.md §6): requests arrive on a broker and each reply
+//! goes where its request said, carrying the request's correlation id; jobs
+//! of a queue whose executor is a broker go out to workers over it, and the
+//! workers' replies complete them.
+//!
+//! Every broker implements one small trait, [`Broker`]: receive from a
+//! source, publish with the broker's confirmation, open a private inbox.
+//! Everything else is written once, here, for every broker:
+//! - [`ingress`]: requests become jobs. Parsed, deduplicated by message id,
+//!   acknowledged only once the job is durable; what cannot be parsed is
+//!   dead-lettered with the reason.
+//! - [`replies`]: the outbox [`Sender`](crate::outbox::Sender) of a broker's
+//!   channel: replies are written with the job's event (outbox) and
+//!   published with confirms, retried on the channel's schedule.
+//! - [`executor`]: a broker-executor queue's jobs are published to its work
+//!   destination; the worker's reply completes (or fails) the job; no reply
+//!   within the lease, and the job is retried.
+//!
+//! Each broker lives in a folder of its own with the same files: `config.rs`
+//! (its configuration section, always compiled so that a configuration
+//! naming it gets a clear error), `client.rs` (its [`Broker`], behind its
+//! cargo feature) and `mod.rs` (which starts it).
+
+pub mod amqp;
+pub mod executor;
+pub mod ingress;
+pub mod replies;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use replyd_core::outbox::Channel;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::app::App;
+
+/// Message metadata, by the names of API.md §6 (each broker maps them to
+/// its own properties or headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Props {
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Where the reply goes.
+    pub reply_to: Option<String>,
+    pub content_type: Option<String>,
+    /// Application headers (`x-replyd-queue`, `x-replyd-job-id`, …), as
+    /// text.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Props {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Props {
+        self.headers.insert(name.to_string(), value.into());
+        self
+    }
+}
+
+/// A message: a body and its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub body: Bytes,
+    pub props: Props,
+}
+
+/// A message received, to be settled once it is handled: until then the
+/// broker keeps it, and gives it to another consumer if this one goes away.
+pub struct Received {
+    pub message: Message,
+    /// Whether the broker delivered it before (to this or another
+    /// consumer).
+    pub redelivered: bool,
+    pub settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a received message is settled.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// Handled: the broker may forget it.
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    /// Not handled now: give it back, to be delivered again.
+    async fn requeue(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// What the broker said of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// It has the message (a publisher confirm).
+    Accepted,
+    /// It could route it nowhere: the destination does not exist (a reply
+    /// whose requester is gone).
+    Unroutable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now (or the connection dropped): try
+    /// again later.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// It refused the operation (a publish it did not confirm, a queue it
+    /// would not declare).
+    #[error("the broker refused: {0}")]
+    Refused(String),
+}
+
+/// A message broker, as replyd uses one.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The outbox channel of its replies.
+    fn channel(&self) -> Channel;
+
+    /// Receives the messages of `source` (a durable queue, declared if need
+    /// be), at most `prefetch` unsettled at once, until the connection
+    /// drops: then the receiver ends, and the caller subscribes again.
+    async fn subscribe(
+        &self,
+        source: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Received>, BrokerError>;
+
+    /// Makes sure `destination` exists (a durable queue), so that what is
+    /// published there is kept until someone takes it.
+    async fn declare(&self, destination: &str) -> Result<(), BrokerError>;
+
+    /// A private, temporary destination and what arrives there (an RPC
+    /// client's reply inbox).
+    async fn inbox(&self) -> Result<(String, mpsc::Receiver<Received>), BrokerError>;
+
+    /// Publishes `message` to `to` (a destination: a queue's name, a reply
+    /// address) and waits for the broker's confirmation.
+    async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError>;
+}
+
+/// Header names (API.md §6 and replyd's own).
+pub mod headers {
+    /// Request: the job's queue.
+    pub const QUEUE: &str = "x-replyd-queue";
+    /// Request: `max_attempts`, `timeout` (s), `ttl` (s).
+    pub const MAX_ATTEMPTS: &str = "x-replyd-max-attempts";
+    pub const TIMEOUT: &str = "x-replyd-timeout";
+    pub const TTL: &str = "x-replyd-ttl";
+    /// Request: `true` for a reply on each progress report too.
+    pub const PROGRESS: &str = "x-replyd-progress";
+    /// Reply (and work message): the job.
+    pub const JOB_ID: &str = "x-replyd-job-id";
+    /// Reply: the job's state after the event (`succeeded`, `failed`,
+    /// `canceled`, `running`, or `rejected` for a request that made no
+    /// job). Worker reply: `succeeded` (the default), `failed` or
+    /// `running` (progress).
+    pub const STATE: &str = "x-replyd-state";
+    /// Reply: the event (`job.succeeded`, …).
+    pub const EVENT: &str = "x-replyd-event";
+    /// Dead letter and rejection: why.
+    pub const ERROR: &str = "x-replyd-error";
+    /// Work message: the attempt.
+    pub const ATTEMPT: &str = "x-replyd-attempt";
+    /// Worker reply with state `running`: percent and message.
+    pub const PERCENT: &str = "x-replyd-percent";
+    pub const MESSAGE: &str = "x-replyd-message";
+    /// Worker reply with state `failed`: `true` to ask for another attempt.
+    pub const RETRY: &str = "x-replyd-retry";
+}
+
+/// Starts every configured broker's tasks: ingress, the reply dispatcher,
+/// the executors.
+pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
+    amqp::start(app, tasks);
+}
+
+/// Retries with capped exponential backoff: 100 ms, 200 ms, … 5 s.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff(u32);
+
+impl Backoff {
+    pub fn next(&mut self) -> std::time::Duration {
+        let ms = 100u64 << self.0.min(6);
+        self.0 += 1;
+        std::time::Duration::from_millis(ms.min(5_000))
+    }
+
+    pub fn reset(&mut self) {
+        self.0 = 0;
+    }
+}

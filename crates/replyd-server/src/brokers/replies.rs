@@ -1,0 +1,137 @@
+//! Replies to requests that came over a broker: the outbox [`Sender`] of a
+//! broker's channel, the same for every broker.
+//!
+//! A reply carries the request's correlation id, `message_id` = the
+//! delivery's id (the same on every attempt, so a requester can drop a
+//! duplicate), and headers `x-replyd-job-id`, `x-replyd-state` (the job's
+//! state after the event) and `x-replyd-event`. A success's body is the
+//! job's result with its content type; any other reply's (a failure, a
+//! cancellation, a progress report) is the job's representation as JSON,
+//! whose `error` says why.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use replyd_core::EventKind;
+use replyd_core::outbox::{Channel, Delivery, ReplyTarget};
+use replyd_core::store::{Claimed, JobOutput};
+
+use super::{Broker, Message, Props, Published, headers};
+use crate::app::{App, wire_state};
+use crate::outbox::{Attempt, Limits, Sender, Verdict};
+
+/// Publishes a broker channel's replies.
+pub struct Replies {
+    pub broker: Arc<dyn Broker>,
+    pub limits: Limits,
+}
+
+#[async_trait]
+impl Sender for Replies {
+    fn channel(&self) -> Channel {
+        self.broker.channel()
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// One broker: one endpoint.
+    fn endpoint(&self, _: &Delivery) -> String {
+        self.broker.channel().as_str().to_string()
+    }
+
+    async fn attempt(&self, app: &App, c: &Claimed) -> Attempt {
+        let start = Instant::now();
+        let d = &c.delivery;
+        let failed = |verdict: Verdict, error: String| Attempt {
+            verdict,
+            status: None,
+            latency: start.elapsed(),
+            error: Some(error),
+            retry_after: None,
+        };
+        let Some(target) = ReplyTarget::decode(&d.target) else {
+            return failed(
+                Verdict::Refused,
+                format!("not a reply address: {:?}", d.target),
+            );
+        };
+        let message = match reply(app, c, &target).await {
+            Ok(m) => m,
+            Err(e) => return failed(Verdict::Retry, e),
+        };
+        let published = tokio::time::timeout(
+            self.limits.attempt_timeout,
+            self.broker.publish(&target.to, message),
+        )
+        .await;
+        match published {
+            Ok(Ok(Published::Accepted)) => Attempt {
+                verdict: Verdict::Delivered,
+                status: None,
+                latency: start.elapsed(),
+                error: None,
+                retry_after: None,
+            },
+            Ok(Ok(Published::Unroutable)) => failed(
+                Verdict::Gone,
+                format!("nothing receives at {:?}: the requester is gone", target.to),
+            ),
+            Ok(Err(e)) => failed(Verdict::Retry, e.to_string()),
+            Err(_) => failed(
+                Verdict::Retry,
+                format!(
+                    "the broker did not confirm within {:?}",
+                    self.limits.attempt_timeout
+                ),
+            ),
+        }
+    }
+}
+
+/// The reply message of a delivery.
+async fn reply(app: &App, c: &Claimed, target: &ReplyTarget) -> Result<Message, String> {
+    let d = &c.delivery;
+    let job = &d.job;
+    let props = Props {
+        message_id: Some(d.message_id()),
+        correlation_id: target.correlation_id.clone(),
+        ..Props::default()
+    }
+    .with_header(headers::JOB_ID, job.id.to_string())
+    .with_header(headers::STATE, wire_state(job.state).as_str())
+    .with_header(headers::EVENT, d.kind.name());
+    let (content_type, body) = if d.kind == EventKind::Succeeded {
+        // Small results came with the claim; a larger one is read now.
+        let output = match &c.result {
+            Some(out) => Some(out.clone()),
+            None => app.store.output(job.id).await.map_err(|e| e.to_string())?,
+        };
+        let JobOutput { content_type, body } = output.unwrap_or(JobOutput {
+            content_type: "application/json".into(),
+            body: "null".into(),
+        });
+        (content_type, body)
+    } else {
+        let rep = serde_json::to_vec(&app.render(job)).map_err(|e| e.to_string())?;
+        ("application/json".to_string(), rep.into())
+    };
+    Ok(Message {
+        body,
+        props: Props {
+            content_type: Some(content_type),
+            ..props
+        },
+    })
+}
+
+/// A broker reply channel's retry schedule (seconds before each attempt):
+/// quick at first, for a broker that blinked, then patient, about 1.4 hours
+/// in all before the reply is dead-lettered (and can be replayed).
+pub const DEFAULT_SCHEDULE: [f64; 10] =
+    [0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// How long a reply waits for the broker's confirmation.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
