@@ -243,15 +243,25 @@ pub async fn accept(
         },
         progress: req.progress,
     });
-    let submitted = app
-        .submit(Submission {
-            tenant: settings.tenant.clone(),
-            request: req.submit,
-            idempotency_key: key,
-            request_hash: hash,
-            reply: reply.clone(),
-        })
-        .await;
+    let submission = || Submission {
+        tenant: settings.tenant.clone(),
+        request: req.submit.clone(),
+        idempotency_key: key.clone(),
+        request_hash: hash.clone(),
+        reply: reply.clone(),
+    };
+    let mut submitted = app.submit(submission()).await;
+    // A duplicate that came while the first is still being accepted (409):
+    // that takes a moment; then it is an ordinary duplicate.
+    for _ in 0..20 {
+        match &submitted {
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                submitted = app.submit(submission()).await;
+            }
+            _ => break,
+        }
+    }
     match submitted {
         Ok(Submitted::Created(_)) => Ok(()),
         Ok(Submitted::Existing(job)) => {

@@ -1,0 +1,413 @@
+// The broker contract (API.md §6): the cases every message broker passes.
+//
+// Included by one test binary per broker, which defines beside `BACKEND`:
+// - `async fn client() -> Option<Arc<dyn Broker>>`: a handle of the test's
+//   own on the broker (`None`: the broker is absent, and the test skips,
+//   saying so);
+// - `fn section(names: &Names) -> String`: the broker's configuration
+//   section for these destinations (its request source, reply source, a
+//   quick reply retry schedule);
+// - `const EXECUTOR: &str`: the broker's executor name;
+// - `async fn cleanup(names: &Names)`: removes the test's destinations.
+// Each case runs a real replyd (the harness's store) and plays the
+// requester, the worker, or both, through the client handle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use replyd_server::brokers::{Broker, Message, Props, Published, Received, headers};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use common::{PULL_QUEUES, TestServer};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The destinations of one case (fresh names, so cases do not meet).
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub requests: String,
+    pub dead: String,
+    pub replies: String,
+    pub work: String,
+}
+
+impl Names {
+    fn new() -> Names {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = &id[..12];
+        Names {
+            requests: format!("replyd.test.{id}.requests"),
+            dead: format!("replyd.test.{id}.requests.dead"),
+            replies: format!("replyd.test.{id}.replies"),
+            work: format!("replyd.test.{id}.work"),
+        }
+    }
+}
+
+/// A server with the broker configured, the test's own broker handle, and
+/// an inbox for replies.
+struct Rig {
+    server: TestServer,
+    broker: Arc<dyn Broker>,
+    names: Names,
+    inbox: String,
+    replies: mpsc::Receiver<Received>,
+}
+
+impl Rig {
+    async fn start(extra: &str) -> Option<Rig> {
+        let broker = client().await?;
+        let names = Names::new();
+        let config = format!("{PULL_QUEUES}\n{extra}\n{}", section(&names));
+        let server = TestServer::start(&config).await?;
+        // As a requester would: make sure the request queue exists before
+        // publishing to it (replyd declares it too, when it starts
+        // consuming).
+        broker.declare(&names.requests).await.unwrap();
+        let (inbox, replies) = broker.inbox().await.expect("an inbox");
+        Some(Rig {
+            server,
+            broker,
+            names,
+            inbox,
+            replies,
+        })
+    }
+
+    /// Publishes a request: `body`, replying to the inbox with
+    /// `correlation`, and these headers.
+    async fn request(&self, body: &str, id: Option<&str>, correlation: &str, hs: &[(&str, &str)]) {
+        let mut props = Props {
+            message_id: id.map(str::to_string),
+            correlation_id: Some(correlation.to_string()),
+            reply_to: Some(self.inbox.clone()),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        };
+        for (k, v) in hs {
+            props = props.with_header(k, *v);
+        }
+        let published = self
+            .broker
+            .publish(
+                &self.names.requests,
+                Message {
+                    body: body.to_string().into(),
+                    props,
+                },
+            )
+            .await
+            .expect("the request is published");
+        assert_eq!(published, Published::Accepted);
+    }
+
+    async fn reply(&mut self) -> Message {
+        next(&mut self.replies).await
+    }
+
+    async fn finish(self) {
+        self.server.stop.cancel();
+        let _ = self.server.task.await;
+        cleanup(&self.names).await;
+    }
+}
+
+async fn next(rx: &mut mpsc::Receiver<Received>) -> Message {
+    let r = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("the subscription is open");
+    let m = r.message.clone();
+    r.settle.ack().await.unwrap();
+    m
+}
+
+/// Nothing arrives within `d`.
+async fn quiet(rx: &mut mpsc::Receiver<Received>, d: Duration) {
+    if let Ok(Some(r)) = tokio::time::timeout(d, rx.recv()).await {
+        panic!("unexpected message: {:?}", r.message);
+    }
+}
+
+fn json_of(m: &Message) -> Value {
+    serde_json::from_slice(&m.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&m.body)))
+}
+
+/// The worker: leases one job of `queue` over HTTP.
+async fn lease(s: &TestServer, queue: &str) -> (String, String) {
+    let (job, lease) = s.client(None).lease(queue).await;
+    (job["id"].as_str().unwrap().to_string(), lease)
+}
+
+#[tokio::test]
+async fn a_request_becomes_a_job_and_the_reply_carries_its_correlation_id() {
+    let Some(mut rig) = Rig::start("").await else { return };
+    rig.request(r#"{"n":1}"#, Some("m-1"), "corr-1", &[(headers::QUEUE, "work")])
+        .await;
+    let (id, lease_id) = lease(&rig.server, "work").await;
+    let c = rig.server.client(None);
+    let job = c.get(&format!("/v1/jobs/{id}")).await.json();
+    assert_eq!(job["queue"], "work");
+    let r = c.complete(&id, &lease_id, json!({"ok": 1})).await;
+    assert_eq!(r.status, 200);
+    let reply = rig.reply().await;
+    assert_eq!(reply.props.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(reply.props.header(headers::JOB_ID), Some(id.as_str()));
+    assert_eq!(reply.props.header(headers::STATE), Some("succeeded"));
+    assert_eq!(reply.props.header(headers::EVENT), Some("job.succeeded"));
+    assert_eq!(reply.props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(json_of(&reply), json!({"ok": 1}));
+    // The reply has a stable message id (its delivery's), and is in the
+    // job's delivery log, delivered once its confirm is recorded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let d = loop {
+        let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
+        let d = log["deliveries"][0].clone();
+        if d["state"] == "delivered" || tokio::time::Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(d["channel"], EXECUTOR);
+    assert_eq!(d["correlation_id"], "corr-1");
+    assert_eq!(d["reply_to"], rig.inbox.as_str());
+    assert_eq!(d["state"], "delivered", "{d}");
+    assert!(reply.props.message_id.as_deref().unwrap().starts_with("msg_"));
+    // A request without x-replyd-queue goes to the default queue.
+    rig.request("{}", Some("m-2"), "corr-2", &[]).await;
+    let (id2, lease2) = lease(&rig.server, "work").await;
+    c.complete(&id2, &lease2, json!(2)).await;
+    let reply = rig.reply().await;
+    assert_eq!(reply.props.correlation_id.as_deref(), Some("corr-2"));
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_makes_no_second_job_and_gets_its_reply_again() {
+    let Some(mut rig) = Rig::start("").await else { return };
+    // Twice before the job finishes: one job.
+    rig.request(r#"{"n":1}"#, Some("dup-1"), "c-a", &[]).await;
+    rig.request(r#"{"n":1}"#, Some("dup-1"), "c-a", &[]).await;
+    let (id, lease_id) = lease(&rig.server, "work").await;
+    let c = rig.server.client(None);
+    // The duplicate is a duplicate of a running job: acknowledged, no reply
+    // of its own (were it handled after the job finished, it would get the
+    // reply again, as below). Give it a moment to be handled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.complete(&id, &lease_id, json!("once")).await;
+    let first = rig.reply().await;
+    assert_eq!(first.props.header(headers::JOB_ID), Some(id.as_str()));
+    quiet(&mut rig.replies, Duration::from_millis(500)).await;
+    // Again once it has finished: its reply again, to the duplicate's
+    // correlation id, with the same job.
+    rig.request(r#"{"n":1}"#, Some("dup-1"), "c-b", &[]).await;
+    let again = rig.reply().await;
+    assert_eq!(again.props.correlation_id.as_deref(), Some("c-b"));
+    assert_eq!(again.props.header(headers::JOB_ID), Some(id.as_str()));
+    assert_eq!(json_of(&again), json!("once"));
+    let jobs = c.get("/v1/jobs?queue=work").await.json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    // The same message id with another body is a different request reusing
+    // the id: dead-lettered, not a job.
+    rig.request(r#"{"n":2}"#, Some("dup-1"), "c-c", &[]).await;
+    let rejected = rig.reply().await;
+    assert_eq!(rejected.props.header(headers::STATE), Some("rejected"));
+    assert_eq!(rejected.props.correlation_id.as_deref(), Some("c-c"));
+    let jobs = c.get("/v1/jobs?queue=work").await.json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn what_cannot_be_a_request_is_dead_lettered_with_the_reason() {
+    let Some(mut rig) = Rig::start("").await else { return };
+    let mut dead = rig.broker.subscribe(&rig.names.dead, 8).await.unwrap();
+    for (body, hs, reason) in [
+        ("not json", vec![], "JSON"),
+        ("{}", vec![(headers::QUEUE, "nope")], "no queue named \"nope\""),
+        ("{}", vec![(headers::MAX_ATTEMPTS, "many")], headers::MAX_ATTEMPTS),
+    ] {
+        rig.request(body, None, "bad", &hs).await;
+        let d = next(&mut dead).await;
+        assert_eq!(String::from_utf8_lossy(&d.body), body, "as it came");
+        assert_eq!(d.props.correlation_id.as_deref(), Some("bad"));
+        let why = d.props.header(headers::ERROR).unwrap();
+        assert!(why.contains(reason), "{why}");
+        // The requester learns at once.
+        let r = rig.reply().await;
+        assert_eq!(r.props.header(headers::STATE), Some("rejected"));
+        assert_eq!(r.props.content_type.as_deref(), Some("application/problem+json"));
+        assert_eq!(json_of(&r)["status"], 400);
+    }
+    let jobs = rig.server.client(None).get("/v1/jobs").await.json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0);
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn progress_replies_come_when_asked_and_a_failure_replies_its_error() {
+    let Some(mut rig) = Rig::start("").await else { return };
+    rig.request("{}", Some("p-1"), "p", &[(headers::PROGRESS, "true")])
+        .await;
+    let (id, lease_id) = lease(&rig.server, "work").await;
+    let c = rig.server.client(None);
+    let r = c
+        .post(
+            &format!("/v1/jobs/{id}/progress"),
+            json!({"lease_id": lease_id, "percent": 50, "message": "half"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let progress = rig.reply().await;
+    assert_eq!(progress.props.header(headers::EVENT), Some("job.progress"));
+    assert_eq!(progress.props.header(headers::STATE), Some("running"));
+    assert_eq!(json_of(&progress)["progress"]["percent"], 50.0);
+    let r = c
+        .post(
+            &format!("/v1/jobs/{id}/fail"),
+            json!({"lease_id": lease_id, "error": {"code": "bad-input", "message": "no pages"}, "retry": false}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let failed = rig.reply().await;
+    assert_eq!(failed.props.header(headers::STATE), Some("failed"));
+    assert_eq!(failed.props.correlation_id.as_deref(), Some("p"));
+    assert_eq!(json_of(&failed)["error"]["code"], "bad-input");
+    // Without the header: only the terminal reply.
+    rig.request("{}", Some("p-2"), "q", &[]).await;
+    let (id, lease_id) = lease(&rig.server, "work").await;
+    c.post(
+        &format!("/v1/jobs/{id}/progress"),
+        json!({"lease_id": lease_id, "percent": 10}),
+    )
+    .await;
+    c.complete(&id, &lease_id, json!(null)).await;
+    let only = rig.reply().await;
+    assert_eq!(only.props.header(headers::EVENT), Some("job.succeeded"));
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_them() {
+    let names = Names::new();
+    let extra = format!(
+        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 1\n",
+        names.work
+    );
+    let Some(broker) = client().await else { return };
+    let config = format!("{PULL_QUEUES}\n{extra}\n{}", section(&names));
+    let Some(server) = TestServer::start(&config).await else { return };
+    let c = server.client(None);
+    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
+    broker.declare(&names.replies).await.unwrap();
+    // Success: the result is the reply's body, with its content type.
+    let id = c.submit("remote", json!({"pages": 3})).await;
+    let job = next(&mut work).await;
+    assert_eq!(job.props.correlation_id.as_deref(), Some(id.as_str()));
+    assert_eq!(job.props.header(headers::JOB_ID), Some(id.as_str()));
+    assert_eq!(job.props.header(headers::ATTEMPT), Some("1"));
+    assert_eq!(json_of(&job), json!({"pages": 3}));
+    let reply_to = job.props.reply_to.clone().unwrap();
+    assert_eq!(reply_to, names.replies);
+    // A progress report first.
+    let progress = Message {
+        body: Default::default(),
+        props: Props {
+            correlation_id: Some(id.clone()),
+            ..Props::default()
+        }
+        .with_header(headers::STATE, "running")
+        .with_header(headers::PERCENT, "40")
+        .with_header(headers::MESSAGE, "page 1"),
+    };
+    broker.publish(&reply_to, progress).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let j = c.get(&format!("/v1/jobs/{id}")).await.json();
+        if j["progress"]["percent"] == 40.0 {
+            assert_eq!(j["progress"]["message"], "page 1");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = Message {
+        body: "%PDF-1.7".into(),
+        props: Props {
+            correlation_id: Some(id.clone()),
+            content_type: Some("application/pdf".into()),
+            ..Props::default()
+        },
+    };
+    broker.publish(&reply_to, done).await.unwrap();
+    c.wait_state(&id, "succeeded").await;
+    let r = c.get(&format!("/v1/jobs/{id}/result")).await;
+    assert_eq!(r.header("content-type").as_deref(), Some("application/pdf"));
+    assert_eq!(&r.body[..], b"%PDF-1.7");
+    // Failure: the body is the reason.
+    let id = c.submit("remote", json!({})).await;
+    let job = next(&mut work).await;
+    let failed = Message {
+        body: "out of paper".into(),
+        props: Props {
+            correlation_id: job.props.correlation_id.clone(),
+            ..Props::default()
+        }
+        .with_header(headers::STATE, "failed"),
+    };
+    broker.publish(&reply_to, failed).await.unwrap();
+    let j = c.wait_state(&id, "failed").await;
+    assert_eq!(j["error"]["message"], "out of paper");
+    // A reply naming no job, or a job that is not running, is dropped.
+    let stray = Message {
+        body: "{}".into(),
+        props: Props {
+            correlation_id: Some("not-a-job".into()),
+            ..Props::default()
+        },
+    };
+    broker.publish(&reply_to, stray).await.unwrap();
+    server.stop.cancel();
+    let _ = server.task.await;
+    cleanup(&names).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_never_replies_is_retried_then_fails() {
+    let names = Names::new();
+    let extra = format!(
+        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 2\ntimeout = 1\n",
+        names.work
+    );
+    let Some(broker) = client().await else { return };
+    let config = format!("reaper_interval = 0.2\n{PULL_QUEUES}\n{extra}\n{}", section(&names));
+    let Some(server) = TestServer::start(&config).await else { return };
+    let c = server.client(None);
+    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
+    broker.declare(&names.replies).await.unwrap();
+    let id = c.submit("remote", json!({})).await;
+    for attempt in ["1", "2"] {
+        let job = next(&mut work).await;
+        assert_eq!(job.props.correlation_id.as_deref(), Some(id.as_str()));
+        assert_eq!(job.props.header(headers::ATTEMPT), Some(attempt));
+    }
+    let j = c.wait_state(&id, "failed").await;
+    assert_eq!(j["attempt"], 2);
+    quiet(&mut work, Duration::from_millis(500)).await;
+    // A late reply changes nothing.
+    let late = Message {
+        body: "\"late\"".into(),
+        props: Props {
+            correlation_id: Some(id.clone()),
+            ..Props::default()
+        },
+    };
+    broker.publish(&names.replies, late).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.state(&id).await, "failed");
+    server.stop.cancel();
+    let _ = server.task.await;
+    cleanup(&names).await;
+}
