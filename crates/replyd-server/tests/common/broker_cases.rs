@@ -19,31 +19,9 @@ use replyd_server::brokers::{Broker, Message, Props, Published, Received, header
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use common::{PULL_QUEUES, TestServer};
+use common::{Names, PULL_QUEUES, TestServer};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The destinations of one case (fresh names, so cases do not meet).
-#[derive(Debug, Clone)]
-pub struct Names {
-    pub requests: String,
-    pub dead: String,
-    pub replies: String,
-    pub work: String,
-}
-
-impl Names {
-    fn new() -> Names {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let id = &id[..12];
-        Names {
-            requests: format!("replyd.test.{id}.requests"),
-            dead: format!("replyd.test.{id}.requests.dead"),
-            replies: format!("replyd.test.{id}.replies"),
-            work: format!("replyd.test.{id}.work"),
-        }
-    }
-}
 
 /// A server with the broker configured, the test's own broker handle, and
 /// an inbox for replies.

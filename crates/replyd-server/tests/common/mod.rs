@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod streams;
 
 use std::net::SocketAddr;
@@ -14,6 +16,28 @@ use replyd_server::{Config, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+/// A broker case's destinations (fresh names, so cases do not meet).
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub requests: String,
+    pub dead: String,
+    pub replies: String,
+    pub work: String,
+}
+
+impl Names {
+    pub fn new() -> Names {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = &id[..12];
+        Names {
+            requests: format!("replyd.test.{id}.requests"),
+            dead: format!("replyd.test.{id}.requests.dead"),
+            replies: format!("replyd.test.{id}.replies"),
+            work: format!("replyd.test.{id}.work"),
+        }
+    }
+}
 
 /// Which store a test binary runs its cases against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
