@@ -63,9 +63,16 @@ async fn a_pika_rpc_client_gets_its_replies_both_ways() {
         "{PULL_QUEUES}\n[queues.demo]\nexecutor = \"demo\"\nconcurrency = 64\n{}",
         section(&names)
     );
-    let Some(server) = TestServer::start(&config).await else { return };
+    let Some(server) = TestServer::start(&config).await else {
+        return;
+    };
     // The request queue exists once replyd consumes it.
-    client().await.unwrap().declare(&names.requests).await.unwrap();
+    client()
+        .await
+        .unwrap()
+        .declare(&names.requests)
+        .await
+        .unwrap();
     let mut jobs = std::collections::HashSet::new();
     for mode in ["callback", "direct"] {
         let n = 40;
@@ -73,17 +80,27 @@ async fn a_pika_rpc_client_gets_its_replies_both_ways() {
         let sent = sent.as_object().unwrap();
         assert_eq!(sent.len(), n);
         for (corr, i) in sent {
-            let got = replies[corr].as_array().unwrap_or_else(|| {
-                panic!("{mode}: no reply to {corr}: {replies}")
-            });
+            let got = replies[corr]
+                .as_array()
+                .unwrap_or_else(|| panic!("{mode}: no reply to {corr}: {replies}"));
             assert_eq!(got.len(), 1, "{mode}: one reply per request: {got:?}");
             let r = &got[0];
             assert_eq!(r["headers"]["x-replyd-state"], "succeeded", "{r}");
             assert_eq!(r["content_type"], "application/json");
             let body: serde_json::Value =
                 serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-            assert_eq!(body["input"]["i"], *i, "{mode}: the reply of its own request");
-            assert!(jobs.insert(r["headers"]["x-replyd-job-id"].as_str().unwrap().to_string()));
+            assert_eq!(
+                body["input"]["i"], *i,
+                "{mode}: the reply of its own request"
+            );
+            assert!(
+                jobs.insert(
+                    r["headers"]["x-replyd-job-id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                )
+            );
         }
     }
     assert_eq!(jobs.len(), 80, "a job per request");
@@ -133,7 +150,9 @@ reply_retry_schedule = [0, 1, 2, 5, 10, 30]
         names.requests,
         names.replies
     );
-    let Some(server) = TestServer::start(&config).await else { return };
+    let Some(server) = TestServer::start(&config).await else {
+        return;
+    };
     broker.declare(&names.requests).await.unwrap();
     broker.declare(&names.work).await.unwrap();
     let n = 120;
@@ -203,14 +222,22 @@ reply_retry_schedule = [0, 1, 2, 5, 10, 30]
     }
     assert_eq!(replies.len(), n, "a reply to every request");
     for (corr, jobs) in &replies {
-        assert_eq!(jobs.len(), 1, "{corr}: one job (a duplicate reply names the same)");
+        assert_eq!(
+            jobs.len(),
+            1,
+            "{corr}: one job (a duplicate reply names the same)"
+        );
     }
     let listed = server
         .client(None)
         .get("/v1/jobs?queue=demo&limit=200")
         .await
         .json();
-    assert_eq!(listed["jobs"].as_array().unwrap().len(), n, "a job per request");
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        n,
+        "a job per request"
+    );
     server.stop.cancel();
     let _ = server.task.await;
     cleanup(&names).await;

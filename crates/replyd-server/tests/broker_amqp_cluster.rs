@@ -69,7 +69,11 @@ prefetch = 8
         if q.consumer_count() == 3 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} consumers", q.consumer_count());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} consumers",
+            q.consumer_count()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = conn.close(200, "done".into()).await;
@@ -96,7 +100,11 @@ prefetch = 8
         assert_eq!(m.props.header(headers::STATE), Some("succeeded"));
         let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
         let corr = m.props.correlation_id.clone().unwrap();
-        assert_eq!(format!("c-{}", body["input"]["i"]), corr, "its own request's reply");
+        assert_eq!(
+            format!("c-{}", body["input"]["i"]),
+            corr,
+            "its own request's reply"
+        );
         replies
             .entry(corr)
             .or_default()

@@ -20,7 +20,10 @@ pub fn require() -> bool {
 /// A handle on the local RabbitMQ; `None` (the test skips, saying so) when
 /// it is absent, unless `REPLYD_REQUIRE_SERVICES=1`.
 pub async fn client() -> Option<Arc<dyn Broker>> {
-    if tokio::net::TcpStream::connect("127.0.0.1:5672").await.is_err() {
+    if tokio::net::TcpStream::connect("127.0.0.1:5672")
+        .await
+        .is_err()
+    {
         assert!(
             !require(),
             "RabbitMQ is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is closed"
