@@ -17,6 +17,9 @@
 //!   receiver (always 200; 500 to every tenth request; 1 s per answer):
 //!   deliveries/s and completion → delivery latency. Baseline: a bare
 //!   reqwest client posting the same payloads to the same receiver.
+//! - `amqp` (`bench/amqp.rs`, feature `amqp`): RPC round trips over
+//!   RabbitMQ through replyd (a durable job and a durable reply each).
+//!   Baseline: a bare lapin RPC echo server, the same client.
 //! - `pg` (`bench/pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 
 use std::net::SocketAddr;
@@ -25,6 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "amqp")]
+mod amqp;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod streams;
@@ -101,6 +106,17 @@ pub struct BenchArgs {
     /// Webhooks scenario: completions per second of the steady measurement.
     #[arg(long, default_value_t = 500.0)]
     webhook_rate: f64,
+    /// AMQP scenario: the RabbitMQ to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_name = "URL"
+    )]
+    amqp_url: String,
+    /// AMQP scenario: requesters, each with one request in flight.
+    #[arg(long, default_value_t = 128)]
+    amqp_clients: usize,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -132,9 +148,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "pg" => pg::run(&args).await?,
             "streams" => streams::run(&args, &dir).await?,
             "webhooks" => webhooks::run(&args, &dir).await?,
-            other => {
-                bail!("unknown scenario {other:?} (known: submit, e2e, streams, webhooks, pg)")
-            }
+            #[cfg(feature = "amqp")]
+            "amqp" => amqp::run(&args, &dir).await?,
+            other => bail!(
+                "unknown scenario {other:?} (known: submit, e2e, streams, webhooks; \
+                 with their features: pg, amqp)"
+            ),
         }
     }
     Ok(())

@@ -87,9 +87,13 @@ impl ServerArgs {
     }
 }
 
+/// Logs to stderr at `default` unless `RUST_LOG` says otherwise. lapin's
+/// own logs are off by default: replyd reports broker trouble itself, and
+/// lapin logs a returned message whole (its body, which may be a job's
+/// result).
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},lapin=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

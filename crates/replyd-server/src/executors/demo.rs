@@ -15,24 +15,34 @@ use crate::app::App;
 
 const LEASE: Duration = Duration::from_secs(15);
 
+/// Jobs one lease call takes at most.
+const MAX_BATCH: usize = 100;
+
 /// Runs the demo queue `queue` until shutdown, `concurrency` jobs at once.
+/// Free slots are filled by one lease call (a batch), not one call each.
 pub async fn run(app: Arc<App>, queue: String, concurrency: u32) {
     let slots = Arc::new(Semaphore::new(concurrency as usize));
     loop {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = app.shutdown.cancelled() => return,
         };
+        let mut permits = vec![first];
+        while permits.len() < MAX_BATCH
+            && let Ok(p) = slots.clone().try_acquire_owned()
+        {
+            permits.push(p);
+        }
         let query = LeaseQuery {
             queue: queue.clone(),
             tenant: None,
             worker: "demo".into(),
             length: LEASE,
-            max: 1,
+            max: permits.len() as u32,
         };
         match app.lease(query, Duration::from_secs(30)).await {
-            Ok(mut leased) => {
-                if let Some(job) = leased.pop() {
+            Ok(leased) => {
+                for (job, permit) in leased.into_iter().zip(permits) {
                     let app = app.clone();
                     tokio::spawn(async move {
                         run_one(&app, job).await;

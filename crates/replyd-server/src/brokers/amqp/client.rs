@@ -4,7 +4,9 @@
 //! after it drops: the next operation reconnects, and a consumer's receiver
 //! ends so that its owner subscribes again. Publishes share one channel in
 //! confirm mode (confirms are pipelined), each `mandatory` so that a reply
-//! whose requester is gone comes back as unroutable rather than vanishing.
+//! whose requester is gone comes back as unroutable rather than vanishing
+//! (except to a direct reply-to address, which RabbitMQ returns even when
+//! it delivers).
 //! Each subscription has a channel of its own with its prefetch. Every
 //! destination is a queue, reached through the default exchange by its
 //! name; a queue replyd needs is declared durable unless it exists already
@@ -27,6 +29,9 @@ use replyd_core::outbox::Channel as OutboxChannel;
 use tokio::sync::mpsc;
 
 use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+
+/// The prefix of RabbitMQ's direct reply-to addresses.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,31 +121,40 @@ impl AmqpBroker {
         }
     }
 
-    /// Makes sure `queue` exists: used as it is if it does, else declared
-    /// durable.
+    /// Makes sure `queue` exists: declared durable, or, if it exists with
+    /// other arguments (RabbitMQ refuses a declare that differs), used as
+    /// it is.
     async fn ensure(&self, link: &Link, queue: &str) -> Result<(), BrokerError> {
         let name = short(queue)?;
-        // A passive declare that fails closes its channel: use a spare one.
+        // A refused declare closes its channel: each try has its own.
+        let ch = link.conn.create_channel().await.map_err(unavailable)?;
+        let declared = ch
+            .queue_declare(
+                name.clone(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await;
+        if declared.is_ok() {
+            let _ = ch.close(200, "done".into()).await;
+            return Ok(());
+        }
         let probe = link.conn.create_channel().await.map_err(unavailable)?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        if probe
-            .queue_declare(name.clone(), passive, FieldTable::default())
-            .await
-            .is_ok()
-        {
-            let _ = probe.close(200, "done".into()).await;
-            return Ok(());
+        let exists = probe
+            .queue_declare(name, passive, FieldTable::default())
+            .await;
+        let _ = probe.close(200, "done".into()).await;
+        match (exists, declared) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), Err(e)) => Err(BrokerError::Refused(format!(
+                "declaring queue {queue:?}: {e}"
+            ))),
+            (Err(e), Ok(_)) => Err(unavailable(e)),
         }
-        let ch = link.conn.create_channel().await.map_err(unavailable)?;
-        let declared = ch
-            .queue_declare(name, QueueDeclareOptions::durable(), FieldTable::default())
-            .await
-            .map_err(|e| BrokerError::Refused(format!("declaring queue {queue:?}: {e}")));
-        let _ = ch.close(200, "done".into()).await;
-        declared.map(|_| ())
     }
 
     /// Consumes `queue` on a channel of its own.
@@ -254,6 +268,10 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+        // RabbitMQ returns a message to a direct reply-to address as
+        // unroutable even when it delivered it (3.10): there `mandatory`
+        // would call every such reply lost.
+        let mandatory = !to.starts_with(DIRECT_REPLY_TO);
         let to = short(to)?;
         let props = properties(&message.props)?;
         let link = self.link().await?;
@@ -263,7 +281,7 @@ impl Broker for AmqpBroker {
                 ShortString::from(""),
                 to,
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..BasicPublishOptions::default()
                 },
                 &message.body,
