@@ -375,7 +375,9 @@ mod tests {
     #[test]
     fn what_cannot_be_a_request_says_why() {
         let s = settings();
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        // (body, headers, what the reason says)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("not json", &[], "must be JSON"),
             (
                 "{}",
