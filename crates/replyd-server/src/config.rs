@@ -112,6 +112,8 @@ pub enum Executor {
     /// Published to workers over RabbitMQ (`[amqp]`); their replies
     /// complete the jobs.
     Amqp,
+    /// A command per job, run by the server (`command`).
+    Exec,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +131,8 @@ pub struct QueueConfig {
     /// `executor = "amqp"`: the queue its jobs are published to (default
     /// `replyd.work.<queue>`).
     pub work_queue: Option<String>,
+    /// `executor = "exec"`: the program and its arguments.
+    pub command: Option<Vec<String>>,
 }
 
 impl Default for QueueConfig {
@@ -140,6 +144,7 @@ impl Default for QueueConfig {
             ttl: 86_400.0,
             concurrency: 16,
             work_queue: None,
+            command: None,
         }
     }
 }
@@ -378,6 +383,20 @@ impl Config {
                 return bad(format!(
                     "queues.{name}.work_queue is for executor \"amqp\" only"
                 ));
+            }
+            match (&q.command, q.executor) {
+                (Some(c), Executor::Exec) if c.first().is_some_and(|p| !p.is_empty()) => {}
+                (_, Executor::Exec) => {
+                    return bad(format!(
+                        "queues.{name}: executor \"exec\" needs a command, e.g. command = [\"./render.sh\"]"
+                    ));
+                }
+                (Some(_), _) => {
+                    return bad(format!(
+                        "queues.{name}.command is for executor \"exec\" only"
+                    ));
+                }
+                (None, _) => {}
             }
             if q.work_queue
                 .as_ref()

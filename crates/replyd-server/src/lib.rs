@@ -89,12 +89,18 @@ impl Server {
         tasks.spawn(tasks::garbage_collector(app.clone()));
         brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {
-            if q.executor == Executor::Demo {
-                tasks.spawn(executors::demo::run(
-                    app.clone(),
-                    name.clone(),
-                    q.concurrency,
-                ));
+            match q.executor {
+                Executor::Demo => {
+                    tasks.spawn(executors::demo::run(
+                        app.clone(),
+                        name.clone(),
+                        q.concurrency,
+                    ));
+                }
+                Executor::Exec => {
+                    tasks.spawn(executors::exec::run(app.clone(), name.clone()));
+                }
+                Executor::Pull | Executor::Amqp => {}
             }
         }
         Ok(Server { app, tasks })

@@ -3,3 +3,5 @@
 //! the same commands), so fencing, retries and cancellation behave alike.
 
 pub mod demo;
+pub mod exec;
+pub mod process;

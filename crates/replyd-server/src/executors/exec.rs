@@ -1,0 +1,204 @@
+//! `executor = "exec"`: the server runs a configured command for each job
+//! (`command = ["./render.sh", "--fast"]`), at most `concurrency` at once
+//! on each node, as `replyd worker -- COMMAND` does over HTTP (both use
+//! [`process`](super::process)).
+//!
+//! The job's input (JSON and a newline) is the command's stdin; stdout is
+//! the result (JSON if it parses, else text or bytes); stderr lines
+//! `progress <percent> [message]` become `job.progress` events (lines that
+//! come faster than they are recorded are coalesced: the latest wins). The
+//! environment carries `REPLYD_JOB_ID`, `REPLYD_QUEUE` and
+//! `REPLYD_ATTEMPT`. A non-zero exit fails the attempt with the tail of
+//! stderr (retried with backoff until `max_attempts`). The queue's
+//! `timeout` is the attempt's: at its end the command's whole process group
+//! is killed. A cancel of the running job stops the group too (SIGTERM,
+//! then SIGKILL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use replyd_core::job::{Command, JobError, Progress};
+use replyd_core::store::{JobOutput, LeaseQuery, Leased, StoreError};
+use tokio::sync::{Semaphore, watch};
+
+use super::process::{self, Outcome, Stop};
+use crate::app::App;
+use crate::config::secs;
+use crate::live::{Live, Target};
+
+/// Jobs one lease call takes at most.
+const MAX_BATCH: usize = 100;
+
+/// Runs queue `queue` until shutdown.
+pub async fn run(app: Arc<App>, queue: String) {
+    let Some(q) = app.config.queues.get(&queue).cloned() else {
+        return;
+    };
+    let argv = Arc::new(q.command.clone().unwrap_or_default());
+    let timeout = secs(q.timeout);
+    let slots = Arc::new(Semaphore::new(q.concurrency as usize));
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_BATCH
+            && let Ok(p) = slots.clone().try_acquire_owned()
+        {
+            permits.push(p);
+        }
+        let query = LeaseQuery {
+            queue: queue.clone(),
+            tenant: None,
+            worker: format!("exec:{}", argv.first().map_or("", String::as_str)),
+            // The attempt's deadline: the command is killed at its end.
+            length: timeout,
+            max: permits.len() as u32,
+        };
+        match app.lease(query, Duration::from_secs(30)).await {
+            Ok(leased) => {
+                for (job, permit) in leased.into_iter().zip(permits) {
+                    let (app, argv) = (app.clone(), argv.clone());
+                    tokio::spawn(async move {
+                        run_one(&app, &argv, timeout, job).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e.detail, "exec executor cannot lease");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if app.shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn run_one(app: &App, argv: &[String], timeout: Duration, leased: Leased) {
+    let Leased {
+        job,
+        input,
+        lease_id,
+    } = leased;
+    let id = job.id;
+    let mut stdin = input.to_vec();
+    stdin.push(b'\n');
+    let max_result = app.config.limits.max_result;
+    let cmd = process::Command {
+        argv: argv.to_vec(),
+        input: stdin.into(),
+        env: vec![
+            ("REPLYD_JOB_ID".into(), id.to_string()),
+            ("REPLYD_QUEUE".into(), job.queue.clone()),
+            ("REPLYD_ATTEMPT".into(), job.attempt.to_string()),
+        ],
+        max_result,
+        echo_stderr: false,
+    };
+    tracing::info!(job = %id, attempt = job.attempt, "running the command");
+    let (progress_tx, mut progress_rx) = watch::channel::<Option<process::ProgressLine>>(None);
+    // Progress is reported as it comes (the latest wins); a report that
+    // finds the lease gone stops the command.
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let mut reporter = {
+        let (store, lease_id) = (app.store.clone(), lease_id.clone());
+        let clock = app.clock.clone();
+        tokio::spawn(async move {
+            while progress_rx.changed().await.is_ok() {
+                let Some(line) = progress_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let cmd = Command::Progress {
+                    lease_id: lease_id.clone(),
+                    progress: Progress {
+                        percent: Some(line.percent),
+                        message: line.message,
+                    },
+                };
+                if let Err(StoreError::Transition(_)) =
+                    store.apply(id, None, cmd, None, clock.now()).await
+                {
+                    lost_tx.send_replace(true);
+                    return;
+                }
+            }
+        })
+    };
+    let mut listener = app.hub.listen();
+    listener.watch(0, Target::Job(id));
+    // Killed a moment before its lease runs out, so that its outcome is
+    // recorded before the reaper would requeue it.
+    let margin = (timeout / 20).min(Duration::from_millis(250));
+    let stop = async {
+        let deadline = tokio::time::sleep(timeout - margin);
+        tokio::pin!(deadline);
+        loop {
+            let live = tokio::select! {
+                _ = &mut deadline => return Stop::TimedOut,
+                _ = app.shutdown.cancelled() => return Stop::Shutdown,
+                // (Its sender goes when the reporter ends: not a loss.)
+                Ok(_) = lost_rx.wait_for(|l| *l) => return Stop::LeaseLost,
+                live = listener.recv() => live,
+            };
+            let cut_off = live.is_none();
+            match live {
+                Some(Live::Event { event, .. }) => {
+                    if event.record.job.cancel_requested {
+                        return Stop::Canceled;
+                    }
+                }
+                // Events may have been missed: look.
+                Some(Live::Resync) | None => {
+                    if let Ok(Some(j)) = app.store.get(id).await
+                        && j.cancel_requested
+                    {
+                        return Stop::Canceled;
+                    }
+                }
+            }
+            if cut_off {
+                listener = app.hub.listen();
+                listener.watch(0, Target::Job(id));
+            }
+        }
+    };
+    let ended = process::run(&cmd, progress_tx, stop).await;
+    // The last progress line is recorded before the outcome.
+    if tokio::time::timeout(Duration::from_secs(2), &mut reporter)
+        .await
+        .is_err()
+    {
+        reporter.abort();
+    }
+    let program = argv.first().map_or("", String::as_str);
+    let (cmd, output) = match ended.outcome(program, max_result, Some(timeout)) {
+        Outcome::Result { content_type, body } => (
+            Command::Complete {
+                lease_id: lease_id.clone(),
+            },
+            Some(JobOutput {
+                content_type: content_type.to_string(),
+                body,
+            }),
+        ),
+        Outcome::Fail { message, retry } => (
+            Command::Fail {
+                lease_id: lease_id.clone(),
+                error: JobError::new("command-failed", message),
+                retry,
+            },
+            None,
+        ),
+        Outcome::Drop => {
+            tracing::warn!(job = %id, "lease lost; the command was stopped");
+            return;
+        }
+    };
+    match app.store.apply(id, None, cmd, output, app.now()).await {
+        Ok(job) => tracing::info!(job = %id, state = job.state.as_str(), "command done"),
+        Err(e) => tracing::warn!(job = %id, error = %e, "cannot record the command's outcome"),
+    }
+}
