@@ -73,6 +73,7 @@
 //! ```
 
 mod events;
+pub mod worker;
 
 use std::time::{Duration, SystemTime};
 

@@ -1160,4 +1160,102 @@ timeout = 60
         assert!(started.elapsed() >= Duration::from_millis(1500));
         assert!(started.elapsed() < Duration::from_secs(10));
     }
+
+    /// The worker loop against a real server: a job's handler reports
+    /// progress and succeeds; a cancel reaches a running handler as
+    /// `Stop::Canceled`; a failure is reported; draining ends `run`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_loop_runs_handlers_and_reports_their_outcomes() {
+        use crate::worker::{Outcome, Stop, Task, Worker, WorkerOptions};
+
+        let r = Replyd::start().await;
+        let client = r.client();
+        let mut options = WorkerOptions::new("work");
+        options.concurrency = 2;
+        options.lease = Duration::from_secs(1);
+        let worker = Worker::new(r.worker(), options);
+        let control = worker.control();
+        let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel();
+        let running = tokio::spawn(async move {
+            worker
+                .run(move |task: Task| {
+                    let stopped_tx = stopped_tx.clone();
+                    async move {
+                        match task.input["do"].as_str() {
+                            Some("work") => {
+                                task.progress(Some(50.0), Some("half"));
+                                // Longer than the lease: heartbeats keep it.
+                                tokio::time::sleep(Duration::from_millis(1500)).await;
+                                Outcome::Json(json!({"echo": task.input}))
+                            }
+                            Some("wait") => {
+                                let why = task.stopped().await;
+                                let _ = stopped_tx.send(why);
+                                Outcome::Fail {
+                                    message: format!("{why:?}"),
+                                    retry: false,
+                                }
+                            }
+                            _ => Outcome::Fail {
+                                message: "no such thing".into(),
+                                retry: false,
+                            },
+                        }
+                    }
+                })
+                .await
+        });
+        let ok = client
+            .submit(&work(json!({"do": "work"})), None)
+            .await
+            .unwrap();
+        let done = client
+            .wait(&ok.id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+        assert_eq!(done.attempt, 1);
+        let result = client.result(&ok.id).await.unwrap();
+        assert_eq!(
+            result.json::<Value>().unwrap(),
+            json!({"echo": {"do": "work"}})
+        );
+        let bad = client
+            .submit(&work(json!({"do": "?"})), None)
+            .await
+            .unwrap();
+        let done = client
+            .wait(&bad.id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Failed);
+        assert_eq!(done.error.unwrap().message, "no such thing");
+        let held = client
+            .submit(&work(json!({"do": "wait"})), None)
+            .await
+            .unwrap();
+        loop {
+            let st = client.get(&held.id).await.unwrap();
+            if st.job.state == JobState::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.cancel(&held.id).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), stopped_rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(why, Some(Stop::Canceled));
+        let done = client
+            .wait(&held.id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Canceled);
+        control.drain();
+        let ended = tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("draining ends run")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
+    }
 }

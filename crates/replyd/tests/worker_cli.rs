@@ -169,10 +169,15 @@ async fn canceling_a_running_job_stops_its_command() {
         .unwrap();
 
     // A short lease makes the heartbeat, which carries the cancel, frequent.
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
     let worker = start_worker(
         &server,
         &["--lease", "3"],
-        "echo 'progress 10 started' >&2; sleep 60",
+        &format!(
+            "echo $$ >> {p}; sleep 60 & echo $! >> {p}; echo 'progress 10 started' >&2; wait",
+            p = pids.display()
+        ),
     );
     let started = Instant::now();
     loop {
@@ -193,6 +198,55 @@ async fn canceling_a_running_job_stops_its_command() {
         .unwrap();
     assert_eq!(done.state, JobState::Canceled, "{done:?}");
     assert!(started.elapsed() < Duration::from_secs(40));
+    // The shell and the sleep it left in the background: the whole group.
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_dead(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} survived the cancel"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
+    assert!(stop_worker(worker).await.success());
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+fn is_dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_long_job_leased_and_the_command_knows_its_job() {
+    let server = start_server().await;
+    let client = Client::new(&server.url, None).unwrap();
+    let job = client
+        .submit(&submit_request(json!({}), Some(1)), None)
+        .await
+        .unwrap();
+    // A 1 s lease and a 2.5 s command: only heartbeats keep it.
+    let worker = start_worker(
+        &server,
+        &["--lease", "1"],
+        r#"sleep 2.5; printf '{"job": "%s", "attempt": %s}' "$REPLYD_JOB_ID" "$REPLYD_ATTEMPT""#,
+    );
+    let done = client
+        .wait(&job.id, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.attempt, 1, "never lost its lease");
+    let result = client.result(&job.id).await.unwrap();
+    assert_eq!(
+        result.json::<Value>().unwrap(),
+        json!({"job": job.id, "attempt": 1})
+    );
     assert!(stop_worker(worker).await.success());
 }
