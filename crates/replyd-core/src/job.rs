@@ -70,6 +70,9 @@ pub struct Progress {
 pub struct JobError {
     pub code: String,
     pub message: String,
+    /// The HTTP status an upstream service answered, when that is why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 impl JobError {
@@ -77,6 +80,15 @@ impl JobError {
         JobError {
             code: code.to_string(),
             message: message.into(),
+            status: None,
+        }
+    }
+
+    /// An upstream service answered `status`.
+    pub fn upstream(status: u16, message: impl Into<String>) -> JobError {
+        JobError {
+            status: Some(status),
+            ..JobError::new("upstream-status", message)
         }
     }
 }

@@ -18,10 +18,20 @@ use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
 use crate::outbox::{AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState};
 
 /// A job's result as the worker gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobOutput {
     pub content_type: String,
     pub body: Bytes,
+    /// What an upstream HTTP service answered (the gateway and the `http`
+    /// executor), replayed at `/result`: its status and the headers kept.
+    pub upstream: Option<Upstream>,
+}
+
+/// An upstream HTTP answer's status and the headers kept of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Upstream {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
 }
 
 /// What became of a submission.

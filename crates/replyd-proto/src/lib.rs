@@ -92,6 +92,10 @@ pub struct JobError {
     /// A short machine-readable code, e.g. `worker_error`, `canceled`, `lease_expired`.
     pub code: String,
     pub message: String,
+    /// The HTTP status an upstream service answered (the gateway and the
+    /// `http` executor), when that is why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// Links of a job. They carry the job token as `access_token`, so that a

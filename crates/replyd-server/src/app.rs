@@ -318,6 +318,7 @@ impl App {
             error: job.error.as_ref().map(|e| proto::JobError {
                 code: e.code.clone(),
                 message: e.message.clone(),
+                status: e.status,
             }),
             links: proto::Links {
                 self_: format!("{base}?access_token={token}"),

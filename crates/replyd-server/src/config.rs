@@ -23,6 +23,9 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// Queues by name. A `demo` queue is added unless one is configured.
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Gateway mode: requests under these paths become jobs that replay
+    /// them to an upstream (each route gets a queue of its own).
+    pub routes: Vec<Route>,
     pub limits: Limits,
     /// Live channels: Server-Sent Events and WebSockets.
     pub streams: Streams,
@@ -46,6 +49,7 @@ impl Default for Config {
             storage: Storage::default(),
             api_keys: Vec::new(),
             queues: BTreeMap::new(),
+            routes: Vec::new(),
             limits: Limits::default(),
             streams: Streams::default(),
             webhooks: Webhooks::default(),
@@ -114,6 +118,161 @@ pub enum Executor {
     Amqp,
     /// A command per job, run by the server (`command`).
     Exec,
+    /// An HTTP request per job to an upstream service (`url`): the job's
+    /// input POSTed, the answer stored as the result.
+    Http,
+}
+
+/// When a failed attempt at an upstream is tried again (a timeout, an
+/// unreachable upstream, 408, 425, 429, 500, 502, 503, 504; any other
+/// answer is final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamRetry {
+    /// Only requests whose method is idempotent (GET, HEAD, PUT, DELETE,
+    /// OPTIONS, TRACE).
+    Idempotent,
+    Always,
+    Never,
+}
+
+impl UpstreamRetry {
+    pub fn allows(self, method: &str) -> bool {
+        match self {
+            UpstreamRetry::Always => true,
+            UpstreamRetry::Never => false,
+            UpstreamRetry::Idempotent => matches!(
+                method.to_ascii_uppercase().as_str(),
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+            ),
+        }
+    }
+}
+
+/// The request headers a gateway route forwards unless told otherwise.
+pub const FORWARD_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-language",
+    "user-agent",
+];
+
+/// The upstream answer's headers kept (and replayed at `/result`) unless
+/// told otherwise.
+pub const RESPONSE_HEADERS: &[&str] = &[
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "etag",
+    "last-modified",
+    "location",
+];
+
+/// Gateway mode: `method` requests under `path` become jobs of a queue of
+/// their own, whose executor replays them to `upstream`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `POST`, `GET`, …, or `*` for any.
+    pub method: String,
+    /// A path prefix (`/reports` takes `/reports` and `/reports/…`).
+    pub path: String,
+    /// The service's base URL; the request's path and query follow it.
+    pub upstream: String,
+    /// Seconds the upstream may take to answer.
+    #[serde(default = "Route::default_timeout")]
+    pub timeout: f64,
+    /// The route's job queue (default: `gateway` and the path, `/` as `.`).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Requests in flight to the upstream at once, per node.
+    #[serde(default = "Route::default_concurrency")]
+    pub concurrency: u32,
+    /// Attempts for a request that may be retried.
+    #[serde(default = "Route::default_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "Route::default_retry")]
+    pub retry: UpstreamRetry,
+    /// Seconds a finished job (the stored answer) is kept.
+    #[serde(default = "Route::default_ttl")]
+    pub ttl: f64,
+    /// Request headers passed on (lower case).
+    #[serde(default = "Route::default_forward")]
+    pub forward_headers: Vec<String>,
+    /// Answer headers kept and replayed (lower case).
+    #[serde(default = "Route::default_response")]
+    pub response_headers: Vec<String>,
+}
+
+impl Route {
+    fn default_timeout() -> f64 {
+        60.0
+    }
+    fn default_concurrency() -> u32 {
+        16
+    }
+    fn default_attempts() -> u32 {
+        3
+    }
+    fn default_retry() -> UpstreamRetry {
+        UpstreamRetry::Idempotent
+    }
+    fn default_ttl() -> f64 {
+        86_400.0
+    }
+    fn default_forward() -> Vec<String> {
+        FORWARD_HEADERS.iter().map(|h| h.to_string()).collect()
+    }
+    fn default_response() -> Vec<String> {
+        RESPONSE_HEADERS.iter().map(|h| h.to_string()).collect()
+    }
+
+    /// The route's job queue.
+    pub fn queue_name(&self) -> String {
+        self.queue.clone().unwrap_or_else(|| {
+            let path: String = self
+                .path
+                .trim_matches('/')
+                .chars()
+                .map(|c| match c {
+                    '/' => '.',
+                    c if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' => c,
+                    _ => '_',
+                })
+                .collect();
+            let name = if path.is_empty() {
+                "gateway".to_string()
+            } else {
+                format!("gateway.{path}")
+            };
+            name.chars().take(64).collect()
+        })
+    }
+
+    /// Whether it takes a request for `method` at `path`.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        (self.method == "*" || self.method.eq_ignore_ascii_case(method))
+            && (path == self.path
+                || self.path.ends_with('/') && path.starts_with(&self.path)
+                || path
+                    .strip_prefix(&self.path)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+/// What an `http` queue's executor sends, and keeps of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpTarget {
+    /// The URL (an `http` queue's), or the base URL (a gateway route's).
+    pub url: String,
+    /// A gateway route's queue: the job is a captured request, replayed.
+    pub gateway: bool,
+    pub retry: UpstreamRetry,
+    pub forward_headers: Vec<String>,
+    pub response_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +292,14 @@ pub struct QueueConfig {
     pub work_queue: Option<String>,
     /// `executor = "exec"`: the program and its arguments.
     pub command: Option<Vec<String>>,
+    /// `executor = "http"`: the URL each job's input is POSTed to.
+    pub url: Option<String>,
+    /// `executor = "http"`: whether a failed attempt is tried again
+    /// (default `idempotent`: a POST is not).
+    pub retry: Option<UpstreamRetry>,
+    /// Set by `validate` for `http` queues and gateway routes.
+    #[serde(skip)]
+    pub http: Option<HttpTarget>,
 }
 
 impl Default for QueueConfig {
@@ -145,6 +312,9 @@ impl Default for QueueConfig {
             concurrency: 16,
             work_queue: None,
             command: None,
+            url: None,
+            retry: None,
+            http: None,
         }
     }
 }
@@ -346,12 +516,42 @@ impl Config {
         {
             return bad("storage.postgres_acquire_timeout must be in (0, 600] seconds".into());
         }
+        self.validate_routes()?;
         self.queues
             .entry("demo".into())
             .or_insert_with(|| QueueConfig {
                 executor: Executor::Demo,
                 ..QueueConfig::default()
             });
+        for (name, q) in self.queues.iter_mut() {
+            match (&q.url, q.executor) {
+                (Some(url), Executor::Http) => {
+                    if !is_http_url(url) {
+                        return bad(format!(
+                            "queues.{name}.url must be an http:// or https:// URL"
+                        ));
+                    }
+                    let retry = q.retry.unwrap_or(UpstreamRetry::Idempotent);
+                    q.http.get_or_insert_with(|| HttpTarget {
+                        url: url.clone(),
+                        gateway: false,
+                        retry,
+                        forward_headers: Vec::new(),
+                        response_headers: Route::default_response(),
+                    });
+                }
+                (None, Executor::Http) => {
+                    return bad(format!("queues.{name}: executor \"http\" needs a url"));
+                }
+                (Some(_), _) => {
+                    return bad(format!("queues.{name}.url is for executor \"http\" only"));
+                }
+                (None, _) if q.retry.is_some() => {
+                    return bad(format!("queues.{name}.retry is for executor \"http\" only"));
+                }
+                (None, _) => {}
+            }
+        }
         for (name, q) in &self.queues {
             if !valid_queue_name(name) {
                 return bad(format!(
@@ -500,6 +700,103 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the gateway routes and gives each its queue.
+    fn validate_routes(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({} {})", r.method, r.path);
+            let method_ok = r.method == "*"
+                || (!r.method.is_empty() && r.method.bytes().all(|b| b.is_ascii_alphabetic()));
+            if !method_ok {
+                return bad(format!("{at}: method must be an HTTP method or \"*\""));
+            }
+            if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) || r.path.len() > 512 {
+                return bad(format!(
+                    "{at}: path must be a path prefix such as \"/reports\""
+                ));
+            }
+            let reserved = ["/v1", "/healthz", "/readyz", "/metrics", "/openapi.json"];
+            if r.path == "/"
+                || reserved
+                    .iter()
+                    .any(|p| r.path == *p || r.path.starts_with(&format!("{p}/")))
+            {
+                return bad(format!(
+                    "{at}: the path is replyd's own (/, /v1, /healthz, /readyz, /metrics, /openapi.json)"
+                ));
+            }
+            if !is_http_url(&r.upstream) || r.upstream.contains(['?', '#']) {
+                return bad(format!(
+                    "{at}: upstream must be an http:// or https:// base URL"
+                ));
+            }
+            if !(r.timeout > 0.0 && r.timeout <= 7.0 * 86_400.0) {
+                return bad(format!("{at}: timeout must be in (0, 604800] seconds"));
+            }
+            if r.concurrency == 0 || r.max_attempts == 0 {
+                return bad(format!(
+                    "{at}: concurrency and max_attempts must be at least 1"
+                ));
+            }
+            if !(r.ttl >= 0.0 && r.ttl <= self.limits.max_ttl) {
+                return bad(format!("{at}: ttl must be in [0, limits.max_ttl] seconds"));
+            }
+            if !seen.insert((r.method.to_ascii_uppercase(), r.path.clone())) {
+                return bad(format!("{at}: listed twice"));
+            }
+            let queue = r.queue_name();
+            let base = r.upstream.trim_end_matches('/').to_string();
+            let made_before = self
+                .queues
+                .get(&queue)
+                .is_some_and(|q| q.http.as_ref().is_some_and(|h| h.gateway && h.url == base));
+            if made_before {
+                continue;
+            }
+            if self.queues.contains_key(&queue) {
+                return bad(format!(
+                    "{at}: its queue {queue:?} is configured already (name another with `queue`)"
+                ));
+            }
+            let lower = |hs: &[String]| hs.iter().map(|h| h.to_ascii_lowercase()).collect();
+            self.queues.insert(
+                queue,
+                QueueConfig {
+                    executor: Executor::Http,
+                    max_attempts: if r.retry == UpstreamRetry::Never {
+                        1
+                    } else {
+                        r.max_attempts
+                    },
+                    timeout: r.timeout,
+                    ttl: r.ttl,
+                    concurrency: r.concurrency,
+                    url: Some(r.upstream.clone()),
+                    retry: Some(r.retry),
+                    http: Some(HttpTarget {
+                        url: base,
+                        gateway: true,
+                        retry: r.retry,
+                        forward_headers: lower(&r.forward_headers),
+                        response_headers: lower(&r.response_headers),
+                    }),
+                    ..QueueConfig::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The route that takes a request for `method` at `path`: the longest
+    /// matching prefix.
+    pub fn route_for(&self, method: &str, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| r.matches(method, path))
+            .max_by_key(|r| r.path.len())
+    }
+
     /// Whether the server runs without authentication.
     pub fn is_open(&self) -> bool {
         self.api_keys.is_empty()
@@ -509,6 +806,11 @@ impl Config {
 /// Seconds as a `Duration`, for values `validate` has checked.
 pub fn secs(v: f64) -> Duration {
     Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO)
+}
+
+fn is_http_url(u: &str) -> bool {
+    url::Url::parse(u)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
 pub fn valid_queue_name(name: &str) -> bool {

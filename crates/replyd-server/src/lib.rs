@@ -100,6 +100,9 @@ impl Server {
                 Executor::Exec => {
                     tasks.spawn(executors::exec::run(app.clone(), name.clone()));
                 }
+                Executor::Http => {
+                    tasks.spawn(executors::http::run(app.clone(), name.clone()));
+                }
                 Executor::Pull | Executor::Amqp => {}
             }
         }

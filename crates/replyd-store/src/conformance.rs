@@ -339,9 +339,20 @@ pub async fn complete_stores_the_output(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
+    // With what an upstream answered (the gateway's result), kept as is.
     let out = JobOutput {
         content_type: "image/png".into(),
         body: Bytes::from_static(b"\x89PNG\r\n"),
+        upstream: Some(replyd_core::store::Upstream {
+            status: 201,
+            headers: vec![
+                (
+                    "content-disposition".into(),
+                    "attachment; filename=r.png".into(),
+                ),
+                ("x-report".into(), "7".into()),
+            ],
+        }),
     };
     let job = store
         .apply(
@@ -424,6 +435,7 @@ pub async fn garbage_collection_leaves_a_tombstone(store: Arc<dyn Store>) {
     let out = JobOutput {
         content_type: "application/json".into(),
         body: Bytes::from_static(b"1"),
+        upstream: None,
     };
     store
         .apply(
@@ -695,6 +707,7 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     let out = JobOutput {
         content_type: "application/json".into(),
         body: Bytes::from_static(b"1"),
+        upstream: None,
     };
     store
         .apply(

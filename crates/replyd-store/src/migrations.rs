@@ -107,6 +107,14 @@ pub const SQLITE: &[(i64, &str)] = &[
     CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
     ",
     ),
+    (
+        5,
+        "
+    -- An upstream HTTP service's answer (status and kept headers, JSON),
+    -- replayed at /result (the gateway and the http executor).
+    ALTER TABLE job_outputs ADD COLUMN upstream TEXT;
+    ",
+    ),
 ];
 
 /// PostgreSQL migrations: (version, SQL), append only. Applied by
@@ -211,6 +219,13 @@ pub const POSTGRES: &[(i64, &str)] = &[
     ALTER TABLE outbox RENAME COLUMN url TO target;
     DROP INDEX outbox_due;
     CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
+    ",
+    ),
+    (
+        5,
+        "
+    -- See SQLite's v5.
+    ALTER TABLE job_outputs ADD COLUMN upstream text;
     ",
     ),
 ];

@@ -584,14 +584,20 @@ async fn transition(
         let out = output.unwrap_or(JobOutput {
             content_type: "application/json".into(),
             body: Bytes::from_static(b"null"),
+            upstream: None,
         });
         sqlx::query(
-            "INSERT INTO job_outputs (job_id, content_type, body) VALUES ($1, $2, $3)
-             ON CONFLICT (job_id) DO UPDATE SET content_type = $2, body = $3",
+            "INSERT INTO job_outputs (job_id, content_type, body, upstream) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (job_id) DO UPDATE SET content_type = $2, body = $3, upstream = $4",
         )
         .bind(id.0)
         .bind(&out.content_type)
         .bind(&out.body[..])
+        .bind(
+            out.upstream
+                .as_ref()
+                .map(|u| serde_json::to_string(u).unwrap_or_default()),
+        )
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -666,14 +672,18 @@ impl Store for PgStore {
     }
 
     async fn output(&self, id: JobId) -> StoreResult<Option<JobOutput>> {
-        let row = sqlx::query("SELECT content_type, body FROM job_outputs WHERE job_id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(backend)?;
+        let row =
+            sqlx::query("SELECT content_type, body, upstream FROM job_outputs WHERE job_id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(backend)?;
         Ok(row.map(|r| JobOutput {
             content_type: r.get("content_type"),
             body: Bytes::from(r.get::<Vec<u8>, _>("body")),
+            upstream: r
+                .get::<Option<String>, _>("upstream")
+                .and_then(|u| serde_json::from_str(&u).ok()),
         }))
     }
 
@@ -949,6 +959,7 @@ impl Store for PgStore {
                 let output = JobOutput {
                     content_type: r.get("content_type"),
                     body: Bytes::from(r.get::<Vec<u8>, _>("body")),
+                    upstream: None,
                 };
                 (r.get("job_id"), output)
             })

@@ -29,7 +29,7 @@ use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, Transi
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
-    StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
+    StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION, Upstream,
 };
 use replyd_core::{JobId, LeaseId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -513,14 +513,32 @@ fn transition(
         let out = output.unwrap_or(JobOutput {
             content_type: "application/json".into(),
             body: Bytes::from_static(b"null"),
+            upstream: None,
         });
+        let upstream = out.upstream.as_ref().map(encode_upstream);
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO job_outputs (job_id, content_type, body) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO job_outputs (job_id, content_type, body, upstream)
+             VALUES (?1, ?2, ?3, ?4)",
         )
-        .and_then(|mut s| s.execute(params![id_bytes(id), out.content_type, &out.body[..]]))
+        .and_then(|mut s| {
+            s.execute(params![
+                id_bytes(id),
+                out.content_type,
+                &out.body[..],
+                upstream
+            ])
+        })
         .map_err(backend)?;
     }
     Ok((job, effect.refused))
+}
+
+fn encode_upstream(u: &Upstream) -> String {
+    serde_json::to_string(u).unwrap_or_default()
+}
+
+fn decode_upstream(text: &str) -> Option<Upstream> {
+    serde_json::from_str(text).ok()
 }
 
 fn query_ids(
@@ -720,17 +738,22 @@ impl Store for SqliteStore {
 
     async fn output(&self, id: JobId) -> StoreResult<Option<JobOutput>> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT content_type, body FROM job_outputs WHERE job_id = ?1")
-                .and_then(|mut s| {
-                    s.query_row([id_bytes(id)], |r| {
-                        Ok(JobOutput {
-                            content_type: r.get(0)?,
-                            body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                        })
+            conn.prepare_cached(
+                "SELECT content_type, body, upstream FROM job_outputs WHERE job_id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id_bytes(id)], |r| {
+                    Ok(JobOutput {
+                        content_type: r.get(0)?,
+                        body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                        upstream: r
+                            .get::<_, Option<String>>(2)?
+                            .and_then(|u| decode_upstream(&u)),
                     })
-                    .optional()
                 })
-                .map_err(backend)
+                .optional()
+            })
+            .map_err(backend)
         })
         .await
     }
@@ -1005,6 +1028,7 @@ impl Store for SqliteStore {
                             Ok(JobOutput {
                                 content_type: r.get(0)?,
                                 body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                                upstream: None,
                             })
                         })
                         .optional()

@@ -436,6 +436,7 @@ mod tests {
         j.error = Some(JobError {
             code: "worker_error".into(),
             message: "exit 3".into(),
+            status: None,
         });
         assert_eq!(failure_line(&j), "job j1 failed: worker_error: exit 3");
         let j = job(JobState::Canceled);

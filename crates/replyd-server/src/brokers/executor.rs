@@ -333,6 +333,7 @@ pub fn command_of(
                     .filter(|c| !c.is_empty())
                     .unwrap_or_else(|| "application/json".into()),
                 body: m.body.clone(),
+                upstream: None,
             }),
         ),
     }

@@ -109,9 +109,12 @@ async fn reply(app: &App, c: &Claimed, target: &ReplyTarget) -> Result<Message, 
             Some(out) => Some(out.clone()),
             None => app.store.output(job.id).await.map_err(|e| e.to_string())?,
         };
-        let JobOutput { content_type, body } = output.unwrap_or(JobOutput {
+        let JobOutput {
+            content_type, body, ..
+        } = output.unwrap_or(JobOutput {
             content_type: "application/json".into(),
             body: "null".into(),
+            upstream: None,
         });
         (content_type, body)
     } else {

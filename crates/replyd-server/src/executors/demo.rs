@@ -120,6 +120,7 @@ async fn run_one(app: &App, leased: Leased) {
         let output = JobOutput {
             content_type: "application/json".into(),
             body: serde_json::to_vec(&body).unwrap_or_default().into(),
+            upstream: None,
         };
         (Command::Complete { lease_id }, Some(output))
     };

@@ -182,6 +182,7 @@ async fn run_one(app: &App, argv: &[String], timeout: Duration, leased: Leased) 
             Some(JobOutput {
                 content_type: content_type.to_string(),
                 body,
+                upstream: None,
             }),
         ),
         Outcome::Fail { message, retry } => (

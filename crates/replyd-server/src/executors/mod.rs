@@ -4,4 +4,5 @@
 
 pub mod demo;
 pub mod exec;
+pub mod http;
 pub mod process;

@@ -99,6 +99,17 @@ pub async fn submit(
             request_hash,
         })
         .await?;
+    accepted(&app, submitted, wait).await
+}
+
+/// The answer to a submission: `202` with the job, its `Location` and
+/// `Retry-After`; or, with `Prefer: wait=N` and a job that succeeded within
+/// it, its result.
+pub async fn accepted(
+    app: &AppState,
+    submitted: Submitted,
+    wait: Option<std::time::Duration>,
+) -> ApiResult<Response> {
     let replayed = matches!(submitted, Submitted::Existing(_));
     let mut job = match submitted {
         Submitted::Created(j) | Submitted::Existing(j) => j,
@@ -106,7 +117,7 @@ pub async fn submit(
     if let Some(w) = wait {
         job = app.wait_for(job, w, |j| j.state.is_terminal()).await?;
         if job.state == JobState::Succeeded {
-            let mut res = result_body(&app, &job).await?;
+            let mut res = result_body(app, &job).await?;
             set(
                 &mut res,
                 header::CONTENT_LOCATION,
@@ -226,7 +237,23 @@ async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
         .output(job.id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::GONE, "job-expired", "the result is gone"))?;
-    let mut res = (StatusCode::OK, out.body).into_response();
+    // An upstream's answer (the gateway, the http executor) is replayed as
+    // it came: its status and the headers kept.
+    let status = out
+        .upstream
+        .as_ref()
+        .and_then(|u| StatusCode::from_u16(u.status).ok())
+        .filter(StatusCode::is_success)
+        .unwrap_or(StatusCode::OK);
+    let mut res = (status, out.body).into_response();
+    for (k, v) in out.upstream.iter().flat_map(|u| &u.headers) {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            res.headers_mut().append(k, v);
+        }
+    }
     set(&mut res, header::CONTENT_TYPE, &out.content_type);
     Ok(res)
 }

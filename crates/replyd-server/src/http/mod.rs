@@ -5,6 +5,7 @@
 
 pub mod deliveries;
 pub mod events;
+pub mod gateway;
 pub mod jobs;
 pub mod ops;
 pub mod serve;
@@ -43,7 +44,8 @@ pub fn router(app: AppState) -> Router {
         .merge(ws::router())
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // The gateway's routes, or 404.
+        .fallback(gateway::handle)
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -255,6 +255,7 @@ pub async fn complete(
             JobOutput {
                 content_type: "application/json".into(),
                 body: body.into(),
+                upstream: None,
             },
         )
     } else {
@@ -279,6 +280,7 @@ pub async fn complete(
             JobOutput {
                 content_type,
                 body: bytes,
+                upstream: None,
             },
         )
     };

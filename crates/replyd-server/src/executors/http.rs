@@ -1,0 +1,417 @@
+//! `executor = "http"`, and the gateway's routes (each route's queue has
+//! this executor): one HTTP request per job to an upstream service, whose
+//! answer is the job's result.
+//!
+//! - An `http` queue POSTs the job's input (JSON) to its `url`.
+//! - A gateway route's job is a request a client made to replyd
+//!   ([`Captured`]: method, path, query, the allow-listed headers, body);
+//!   it is replayed to the route's upstream, the path and query after its
+//!   base URL.
+//!
+//! A 2xx answer succeeds the job: its body (at most `limits.max_result`
+//! bytes) with its content type, and its status and allow-listed headers,
+//! replayed at `/result`. Any other answer fails the attempt with the
+//! status and an excerpt of the body; so does an upstream that cannot be
+//! reached or does not answer within the queue's `timeout`. A failed
+//! attempt is tried again (with backoff, until `max_attempts`) only if the
+//! queue's `retry` allows it for the request's method, and only for a
+//! timeout, an unreachable upstream, or 408, 425, 429, 500, 502, 503 or
+//! 504. Redirects are not followed (a 3xx is an answer like any other).
+//! At most `concurrency` requests are in flight per node; a canceled job's
+//! request is dropped.
+//!
+//! Upstream URLs come from the operator's configuration, so they are not
+//! put through the webhooks' SSRF guard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use replyd_core::job::{Command, JobError};
+use replyd_core::store::{JobOutput, LeaseQuery, Leased, Upstream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::config::{HttpTarget, secs};
+use crate::live::{Live, Target};
+
+/// Jobs one lease call takes at most.
+const MAX_BATCH: usize = 100;
+/// How much of a failed answer's body the job's error keeps.
+const EXCERPT: usize = 512;
+
+/// A request the gateway took: a gateway job's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    pub method: String,
+    /// The request's path, from the root (the route's prefix included).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The allow-listed request headers, lower-case names.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body_base64: String,
+}
+
+/// The request to send for a job.
+#[derive(Debug)]
+struct Outgoing {
+    method: reqwest::Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// What the job asks of the upstream.
+fn outgoing(target: &HttpTarget, input: &Bytes) -> Result<Outgoing, String> {
+    if !target.gateway {
+        return Ok(Outgoing {
+            method: reqwest::Method::POST,
+            url: target.url.clone(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: input.clone(),
+        });
+    }
+    let c: Captured = serde_json::from_slice(input)
+        .map_err(|e| format!("the job's input is not a captured request: {e}"))?;
+    let method = reqwest::Method::from_bytes(c.method.as_bytes())
+        .map_err(|_| format!("not an HTTP method: {:?}", c.method))?;
+    let mut url = format!("{}{}", target.url, c.path);
+    if let Some(q) = &c.query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&c.body_base64)
+        .map_err(|e| format!("the captured body is not base64: {e}"))?;
+    Ok(Outgoing {
+        method,
+        url,
+        headers: c.headers,
+        body: body.into(),
+    })
+}
+
+/// Statuses worth another attempt.
+fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// Runs queue `queue` until shutdown.
+pub async fn run(app: Arc<App>, queue: String) {
+    let Some(q) = app.config.queues.get(&queue).cloned() else {
+        return;
+    };
+    let Some(target) = q.http.clone() else {
+        return;
+    };
+    let timeout = secs(q.timeout);
+    // The answer is due a moment before the lease runs out, so that the
+    // outcome is recorded before the reaper would requeue the job.
+    let margin = (timeout / 20).min(Duration::from_millis(250));
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout - margin)
+        .user_agent(concat!("replyd/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(queue = %queue, error = %e, "cannot build the HTTP client");
+            return;
+        }
+    };
+    let target = Arc::new(target);
+    let slots = Arc::new(Semaphore::new(q.concurrency as usize));
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_BATCH
+            && let Ok(p) = slots.clone().try_acquire_owned()
+        {
+            permits.push(p);
+        }
+        let query = LeaseQuery {
+            queue: queue.clone(),
+            tenant: None,
+            worker: format!("http:{}", target.url),
+            length: timeout + Duration::from_secs(5),
+            max: permits.len() as u32,
+        };
+        match app.lease(query, Duration::from_secs(30)).await {
+            Ok(leased) => {
+                for (job, permit) in leased.into_iter().zip(permits) {
+                    let (app, client, target) = (app.clone(), client.clone(), target.clone());
+                    tokio::spawn(async move {
+                        run_one(&app, &client, &target, job).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e.detail, "http executor cannot lease");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if app.shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// How an attempt ended.
+enum Ended {
+    Answered(JobOutput),
+    Failed(JobError, bool),
+    /// Canceled or shutting down: the request was dropped.
+    Stopped,
+}
+
+async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, leased: Leased) {
+    let Leased {
+        job,
+        input,
+        lease_id,
+    } = leased;
+    let id = job.id;
+    let ended = match outgoing(target, &input) {
+        Err(e) => Ended::Failed(JobError::new("bad-request", e), false),
+        Ok(req) => {
+            let may_retry = target.retry.allows(req.method.as_str());
+            let call = call(client, target, req, app.config.limits.max_result, may_retry);
+            tokio::select! {
+                ended = call => ended,
+                () = canceled(app, id) => Ended::Stopped,
+            }
+        }
+    };
+    let (cmd, output) = match ended {
+        Ended::Answered(out) => (Command::Complete { lease_id }, Some(out)),
+        Ended::Failed(error, retry) => (
+            Command::Fail {
+                lease_id,
+                error,
+                retry,
+            },
+            None,
+        ),
+        Ended::Stopped => (
+            Command::Fail {
+                lease_id,
+                error: JobError::new("stopped", "the request to the upstream was dropped"),
+                retry: true,
+            },
+            None,
+        ),
+    };
+    if let Err(e) = app.store.apply(id, None, cmd, output, app.now()).await {
+        tracing::warn!(job = %id, error = %e, "cannot record the upstream's answer");
+    }
+}
+
+/// Resolves once the job is canceled (or the server shuts down).
+async fn canceled(app: &App, id: replyd_core::JobId) {
+    let mut listener = app.hub.listen();
+    listener.watch(0, Target::Job(id));
+    loop {
+        let live = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            live = listener.recv() => live,
+        };
+        let cut_off = live.is_none();
+        match live {
+            Some(Live::Event { event, .. }) if event.record.job.cancel_requested => return,
+            Some(Live::Event { .. }) => {}
+            Some(Live::Resync) | None => {
+                if let Ok(Some(j)) = app.store.get(id).await
+                    && j.cancel_requested
+                {
+                    return;
+                }
+            }
+        }
+        if cut_off {
+            listener = app.hub.listen();
+            listener.watch(0, Target::Job(id));
+        }
+    }
+}
+
+/// Sends the request and reads the answer.
+async fn call(
+    client: &reqwest::Client,
+    target: &HttpTarget,
+    req: Outgoing,
+    max_result: usize,
+    may_retry: bool,
+) -> Ended {
+    let mut builder = client.request(req.method, &req.url);
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    let res = match builder.body(req.body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "the upstream did not answer in time"
+            } else {
+                "the upstream cannot be reached"
+            };
+            return Ended::Failed(
+                JobError::new("upstream-unreachable", format!("{what}: {}", chain(&e))),
+                may_retry,
+            );
+        }
+    };
+    let status = res.status();
+    let headers: Vec<(String, String)> = res
+        .headers()
+        .iter()
+        .filter(|(k, _)| target.response_headers.iter().any(|h| h == k.as_str()))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let content_type = res
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let body = match read_capped(res, max_result).await {
+        Ok(b) => b,
+        Err(Some(e)) => {
+            return Ended::Failed(
+                JobError::new(
+                    "upstream-unreachable",
+                    format!("reading the upstream's answer: {}", chain(&e)),
+                ),
+                may_retry,
+            );
+        }
+        Err(None) => {
+            return Ended::Failed(
+                JobError::new(
+                    "result-too-large",
+                    format!("the upstream's answer exceeds limits.max_result ({max_result} bytes)"),
+                ),
+                false,
+            );
+        }
+    };
+    if !status.is_success() {
+        let cut = body.len().min(EXCERPT);
+        let excerpt = String::from_utf8_lossy(&body[..cut]);
+        let message = format!("the upstream answered {status}: {excerpt}");
+        return Ended::Failed(
+            JobError::upstream(status.as_u16(), message),
+            may_retry && retryable(status.as_u16()),
+        );
+    }
+    Ended::Answered(JobOutput {
+        content_type,
+        body,
+        upstream: Some(Upstream {
+            status: status.as_u16(),
+            headers,
+        }),
+    })
+}
+
+/// The body, unless it exceeds `cap` (`Err(None)`) or breaks off.
+async fn read_capped(res: reqwest::Response, cap: usize) -> Result<Bytes, Option<reqwest::Error>> {
+    if res.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(None);
+    }
+    let mut out = Vec::new();
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Some)?;
+        if out.len() + chunk.len() > cap {
+            return Err(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.into())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamRetry;
+
+    fn gateway() -> HttpTarget {
+        HttpTarget {
+            url: "http://127.0.0.1:9000".into(),
+            gateway: true,
+            retry: UpstreamRetry::Idempotent,
+            forward_headers: vec![],
+            response_headers: vec![],
+        }
+    }
+
+    #[test]
+    fn a_captured_request_is_replayed_under_the_base_url() {
+        let c = Captured {
+            method: "PUT".into(),
+            path: "/reports/7".into(),
+            query: Some("draft=1".into()),
+            headers: vec![("content-type".into(), "text/csv".into())],
+            body_base64: base64::engine::general_purpose::STANDARD.encode(b"a,b\n"),
+        };
+        let input = Bytes::from(serde_json::to_vec(&c).unwrap());
+        let o = outgoing(&gateway(), &input).unwrap();
+        assert_eq!(o.method, reqwest::Method::PUT);
+        assert_eq!(o.url, "http://127.0.0.1:9000/reports/7?draft=1");
+        assert_eq!(o.headers, c.headers);
+        assert_eq!(&o.body[..], b"a,b\n");
+        assert!(outgoing(&gateway(), &Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn an_http_queue_posts_the_input() {
+        let target = HttpTarget {
+            url: "http://127.0.0.1:9000/render".into(),
+            gateway: false,
+            ..gateway()
+        };
+        let o = outgoing(&target, &Bytes::from_static(b"{\"n\":1}")).unwrap();
+        assert_eq!(o.method, reqwest::Method::POST);
+        assert_eq!(o.url, "http://127.0.0.1:9000/render");
+        assert_eq!(&o.body[..], b"{\"n\":1}");
+    }
+
+    #[test]
+    fn which_failures_are_worth_another_attempt() {
+        for s in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [400, 401, 404, 409, 422, 501, 505, 302] {
+            assert!(!retryable(s), "{s}");
+        }
+        assert!(UpstreamRetry::Idempotent.allows("GET"));
+        assert!(UpstreamRetry::Idempotent.allows("put"));
+        assert!(!UpstreamRetry::Idempotent.allows("POST"));
+        assert!(!UpstreamRetry::Idempotent.allows("PATCH"));
+        assert!(UpstreamRetry::Always.allows("POST"));
+        assert!(!UpstreamRetry::Never.allows("GET"));
+    }
+}

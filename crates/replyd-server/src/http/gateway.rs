@@ -1,0 +1,148 @@
+//! Gateway mode: replyd in front of a slow API. A request to a configured
+//! route (`[[routes]]`: a method and a path prefix) is answered at once
+//! with `202 Accepted`, `Location: /v1/jobs/{id}` and `Retry-After`, as
+//! `POST /v1/jobs` is; the request itself (method, path, query, the
+//! route's allow-listed headers, body) is the job, and the route's queue
+//! replays it to the upstream (`executors::http`). The upstream's answer
+//! (status, allow-listed headers, body) is replayed at
+//! `/v1/jobs/{id}/result`; a non-2xx answer fails the job with its status
+//! and an excerpt. `Prefer: wait=N` answers with the upstream's answer
+//! itself when it comes within N seconds; `Idempotency-Key` works as on
+//! `POST /v1/jobs`.
+//!
+//! With API keys configured, a gateway request needs one: in
+//! `X-Replyd-Key` (then the client's own `Authorization` may be forwarded,
+//! if the route lists it), or as `Authorization: Bearer` (then it is
+//! replyd's and never forwarded).
+
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
+use base64::Engine;
+use bytes::Bytes;
+use replyd_proto as proto;
+
+use super::jobs::accepted;
+use super::{AppState, body, prefer_wait};
+use crate::app::{Submission, request_hash};
+use crate::auth::Action;
+use crate::error::{ApiError, ApiResult};
+use crate::executors::http::Captured;
+
+/// The header that carries a replyd key on a gateway request.
+pub const KEY_HEADER: &str = "x-replyd-key";
+
+/// Every request no other route took: a gateway route's, or 404.
+pub async fn handle(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let path = uri.path().to_string();
+    let Some(route) = app.config.route_for(method.as_str(), &path) else {
+        return Err(ApiError::not_found("no such endpoint"));
+    };
+    let queue = route.queue_name();
+    let forward = route.forward_headers.clone();
+    // Whose request it is, and whether Authorization is the client's own.
+    let (caller, authorization_is_ours) = match headers.get(KEY_HEADER) {
+        Some(key) => {
+            let key = key
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("malformed X-Replyd-Key header"))?;
+            (app.auth.identify_token(Some(key.trim()), None)?, false)
+        }
+        None if app.config.is_open() => (app.auth.identify_token(None, None)?, false),
+        None => (app.auth.identify(&headers, None, None)?, true),
+    };
+    caller.check(Action::Submit, None)?;
+    let tenant = caller.tenant().cloned().ok_or_else(|| {
+        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
+    })?;
+    let bytes = body(raw, app.config.limits.max_body)?;
+    let captured = Captured {
+        method: method.as_str().to_string(),
+        path,
+        query: uri.query().map(str::to_string),
+        headers: forwarded(&headers, &forward, authorization_is_ours),
+        body_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+    };
+    let input = serde_json::to_value(&captured)
+        .map_err(|e| ApiError::bad_request(format!("the request cannot be kept: {e}")))?;
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(crate::app::IDEMPOTENCY_KEY_RULE))
+                .and_then(crate::app::idempotency_key)
+        })
+        .transpose()?;
+    let hash = key.as_ref().map(|_| request_hash(&input));
+    let wait = prefer_wait(&headers)?;
+    let submitted = app
+        .submit(Submission {
+            tenant,
+            request: proto::SubmitRequest {
+                queue,
+                input,
+                webhook: None,
+                max_attempts: None,
+                timeout: None,
+                ttl: None,
+            },
+            idempotency_key: key,
+            request_hash: hash,
+            reply: None,
+        })
+        .await?;
+    accepted(&app, submitted, wait).await
+}
+
+/// The request headers the route passes on; never replyd's own key, nor
+/// an `Authorization` that carried it.
+fn forwarded(
+    headers: &HeaderMap,
+    allow: &[String],
+    authorization_is_ours: bool,
+) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| allow.iter().any(|a| a == k.as_str()))
+        .filter(|(k, _)| k.as_str() != KEY_HEADER)
+        .filter(|(k, _)| !(authorization_is_ours && *k == header::AUTHORIZATION))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_allow_listed_headers_go_on_and_never_replyds_key() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/csv"));
+        h.insert("cookie", HeaderValue::from_static("session=1"));
+        h.insert("authorization", HeaderValue::from_static("Bearer upstream"));
+        h.insert(KEY_HEADER, HeaderValue::from_static("k-client"));
+        let allow: Vec<String> = ["content-type", "authorization", KEY_HEADER]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut got = forwarded(&h, &allow, false);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("authorization".to_string(), "Bearer upstream".to_string()),
+                ("content-type".to_string(), "text/csv".to_string()),
+            ]
+        );
+        let got = forwarded(&h, &allow, true);
+        assert_eq!(got, [("content-type".to_string(), "text/csv".to_string())]);
+    }
+}
