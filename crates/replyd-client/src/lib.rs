@@ -321,20 +321,22 @@ impl Client {
             .timeout(hold + HOLD_GRACE)
             .send()
             .await?;
+        let location = header_str(resp.headers(), &CONTENT_LOCATION);
         match resp.status().as_u16() {
-            200 => {
-                let location = header_str(resp.headers(), &CONTENT_LOCATION);
+            202 => Ok(Submitted::Accepted(Box::new(json_body(resp).await?))),
+            // The result itself (200, or an upstream's own 2xx), named by
+            // Content-Location.
+            status @ 200..=299 => {
                 let Some(job_id) = location.as_deref().and_then(job_id_from_location) else {
                     return Err(Error::Unexpected {
-                        status: 200,
-                        body: "a 200 answer to submit without a Content-Location naming the job"
+                        status,
+                        body: "a result answer to submit without a Content-Location naming the job"
                             .into(),
                     });
                 };
                 let result = job_result(resp).await?;
                 Ok(Submitted::Done { job_id, result })
             }
-            201 | 202 => Ok(Submitted::Accepted(Box::new(json_body(resp).await?))),
             _ => Err(error_from(resp).await),
         }
     }
@@ -587,7 +589,9 @@ impl Client {
             .send()
             .await?;
         match resp.status().as_u16() {
-            200 => job_result(resp).await,
+            // An upstream's answer (the gateway, an http queue) is replayed
+            // with its own 2xx status.
+            200..=299 => job_result(resp).await,
             _ => Err(error_from(resp).await),
         }
     }
