@@ -149,3 +149,15 @@ impl From<TransitionError> for ApiError {
         ApiError::conflict(slug, e.to_string())
     }
 }
+
+/// An error and its sources, `: `-separated (for logs and attempt logs).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -7,58 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replyd_core::job::{Command, JobError, Progress};
-use replyd_core::store::{JobOutput, LeaseQuery, Leased};
+use replyd_core::store::{JobOutput, Leased};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::app::App;
 
 const LEASE: Duration = Duration::from_secs(15);
 
-/// Jobs one lease call takes at most.
-const MAX_BATCH: usize = 100;
-
 /// Runs the demo queue `queue` until shutdown, `concurrency` jobs at once.
-/// Free slots are filled by one lease call (a batch), not one call each.
 pub async fn run(app: Arc<App>, queue: String, concurrency: u32) {
-    let slots = Arc::new(Semaphore::new(concurrency as usize));
-    loop {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = app.shutdown.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while permits.len() < MAX_BATCH
-            && let Ok(p) = slots.clone().try_acquire_owned()
-        {
-            permits.push(p);
-        }
-        let query = LeaseQuery {
-            queue: queue.clone(),
-            tenant: None,
-            worker: "demo".into(),
-            length: LEASE,
-            max: permits.len() as u32,
-        };
-        match app.lease(query, Duration::from_secs(30)).await {
-            Ok(leased) => {
-                for (job, permit) in leased.into_iter().zip(permits) {
-                    let app = app.clone();
-                    tokio::spawn(async move {
-                        run_one(&app, job).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e.detail, "demo executor cannot lease");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        if app.shutdown.is_cancelled() {
-            return;
-        }
-    }
+    let leasing = super::Leasing {
+        queue,
+        worker: "demo".into(),
+        length: LEASE,
+        concurrency: concurrency as usize,
+    };
+    super::work(
+        app,
+        leasing,
+        |app, job| async move { run_one(&app, job).await },
+    )
+    .await
 }
 
 async fn run_one(app: &App, leased: Leased) {

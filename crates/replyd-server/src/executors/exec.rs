@@ -18,16 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replyd_core::job::{Command, JobError, Progress};
-use replyd_core::store::{JobOutput, LeaseQuery, Leased, StoreError};
-use tokio::sync::{Semaphore, watch};
+use replyd_core::store::{JobOutput, Leased, StoreError};
+use tokio::sync::watch;
 
 use super::process::{self, Outcome, Stop};
 use crate::app::App;
 use crate::config::secs;
-use crate::live::{Live, Target};
-
-/// Jobs one lease call takes at most.
-const MAX_BATCH: usize = 100;
 
 /// Runs queue `queue` until shutdown.
 pub async fn run(app: Arc<App>, queue: String) {
@@ -36,45 +32,18 @@ pub async fn run(app: Arc<App>, queue: String) {
     };
     let argv = Arc::new(q.command.clone().unwrap_or_default());
     let timeout = secs(q.timeout);
-    let slots = Arc::new(Semaphore::new(q.concurrency as usize));
-    loop {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = app.shutdown.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while permits.len() < MAX_BATCH
-            && let Ok(p) = slots.clone().try_acquire_owned()
-        {
-            permits.push(p);
-        }
-        let query = LeaseQuery {
-            queue: queue.clone(),
-            tenant: None,
-            worker: format!("exec:{}", argv.first().map_or("", String::as_str)),
-            // The attempt's deadline: the command is killed at its end.
-            length: timeout,
-            max: permits.len() as u32,
-        };
-        match app.lease(query, Duration::from_secs(30)).await {
-            Ok(leased) => {
-                for (job, permit) in leased.into_iter().zip(permits) {
-                    let (app, argv) = (app.clone(), argv.clone());
-                    tokio::spawn(async move {
-                        run_one(&app, &argv, timeout, job).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e.detail, "exec executor cannot lease");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        if app.shutdown.is_cancelled() {
-            return;
-        }
-    }
+    let leasing = super::Leasing {
+        queue,
+        worker: format!("exec:{}", argv.first().map_or("", String::as_str)),
+        // The attempt's deadline: the command is killed at its end.
+        length: timeout,
+        concurrency: q.concurrency as usize,
+    };
+    super::work(app, leasing, move |app, job| {
+        let argv = argv.clone();
+        async move { run_one(&app, &argv, timeout, job).await }
+    })
+    .await
 }
 
 async fn run_one(app: &App, argv: &[String], timeout: Duration, leased: Leased) {
@@ -127,42 +96,16 @@ async fn run_one(app: &App, argv: &[String], timeout: Duration, leased: Leased) 
             }
         })
     };
-    let mut listener = app.hub.listen();
-    listener.watch(0, Target::Job(id));
     // Killed a moment before its lease runs out, so that its outcome is
     // recorded before the reaper would requeue it.
     let margin = (timeout / 20).min(Duration::from_millis(250));
     let stop = async {
-        let deadline = tokio::time::sleep(timeout - margin);
-        tokio::pin!(deadline);
-        loop {
-            let live = tokio::select! {
-                _ = &mut deadline => return Stop::TimedOut,
-                _ = app.shutdown.cancelled() => return Stop::Shutdown,
-                // (Its sender goes when the reporter ends: not a loss.)
-                Ok(_) = lost_rx.wait_for(|l| *l) => return Stop::LeaseLost,
-                live = listener.recv() => live,
-            };
-            let cut_off = live.is_none();
-            match live {
-                Some(Live::Event { event, .. }) => {
-                    if event.record.job.cancel_requested {
-                        return Stop::Canceled;
-                    }
-                }
-                // Events may have been missed: look.
-                Some(Live::Resync) | None => {
-                    if let Ok(Some(j)) = app.store.get(id).await
-                        && j.cancel_requested
-                    {
-                        return Stop::Canceled;
-                    }
-                }
-            }
-            if cut_off {
-                listener = app.hub.listen();
-                listener.watch(0, Target::Job(id));
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(timeout - margin) => Stop::TimedOut,
+            _ = app.shutdown.cancelled() => Stop::Shutdown,
+            // (Its sender goes when the reporter ends: not a loss.)
+            Ok(_) = lost_rx.wait_for(|l| *l) => Stop::LeaseLost,
+            () = super::cancel_requested(app, id) => Stop::Canceled,
         }
     };
     let ended = process::run(&cmd, progress_tx, stop).await;

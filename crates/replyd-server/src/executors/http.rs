@@ -30,16 +30,12 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use replyd_core::job::{Command, JobError};
-use replyd_core::store::{JobOutput, LeaseQuery, Leased, Upstream};
+use replyd_core::store::{JobOutput, Leased, Upstream};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use crate::app::App;
 use crate::config::{HttpTarget, secs};
-use crate::live::{Live, Target};
 
-/// Jobs one lease call takes at most.
-const MAX_BATCH: usize = 100;
 /// How much of a failed answer's body the job's error keeps.
 const EXCERPT: usize = 512;
 
@@ -128,44 +124,17 @@ pub async fn run(app: Arc<App>, queue: String) {
         }
     };
     let target = Arc::new(target);
-    let slots = Arc::new(Semaphore::new(q.concurrency as usize));
-    loop {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = app.shutdown.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while permits.len() < MAX_BATCH
-            && let Ok(p) = slots.clone().try_acquire_owned()
-        {
-            permits.push(p);
-        }
-        let query = LeaseQuery {
-            queue: queue.clone(),
-            tenant: None,
-            worker: format!("http:{}", target.url),
-            length: timeout + Duration::from_secs(5),
-            max: permits.len() as u32,
-        };
-        match app.lease(query, Duration::from_secs(30)).await {
-            Ok(leased) => {
-                for (job, permit) in leased.into_iter().zip(permits) {
-                    let (app, client, target) = (app.clone(), client.clone(), target.clone());
-                    tokio::spawn(async move {
-                        run_one(&app, &client, &target, job).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e.detail, "http executor cannot lease");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        if app.shutdown.is_cancelled() {
-            return;
-        }
-    }
+    let leasing = super::Leasing {
+        queue,
+        worker: format!("http:{}", target.url),
+        length: timeout + Duration::from_secs(5),
+        concurrency: q.concurrency as usize,
+    };
+    super::work(app, leasing, move |app, job| {
+        let (client, target) = (client.clone(), target.clone());
+        async move { run_one(&app, &client, &target, job).await }
+    })
+    .await
 }
 
 /// How an attempt ended.
@@ -190,7 +159,8 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
             let call = call(client, target, req, app.config.limits.max_result, may_retry);
             tokio::select! {
                 ended = call => ended,
-                () = canceled(app, id) => Ended::Stopped,
+                () = super::cancel_requested(app, id) => Ended::Stopped,
+                _ = app.shutdown.cancelled() => Ended::Stopped,
             }
         }
     };
@@ -218,34 +188,6 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
     }
 }
 
-/// Resolves once the job is canceled (or the server shuts down).
-async fn canceled(app: &App, id: replyd_core::JobId) {
-    let mut listener = app.hub.listen();
-    listener.watch(0, Target::Job(id));
-    loop {
-        let live = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            live = listener.recv() => live,
-        };
-        let cut_off = live.is_none();
-        match live {
-            Some(Live::Event { event, .. }) if event.record.job.cancel_requested => return,
-            Some(Live::Event { .. }) => {}
-            Some(Live::Resync) | None => {
-                if let Ok(Some(j)) = app.store.get(id).await
-                    && j.cancel_requested
-                {
-                    return;
-                }
-            }
-        }
-        if cut_off {
-            listener = app.hub.listen();
-            listener.watch(0, Target::Job(id));
-        }
-    }
-}
-
 /// Sends the request and reads the answer.
 async fn call(
     client: &reqwest::Client,
@@ -267,7 +209,10 @@ async fn call(
                 "the upstream cannot be reached"
             };
             return Ended::Failed(
-                JobError::new("upstream-unreachable", format!("{what}: {}", chain(&e))),
+                JobError::new(
+                    "upstream-unreachable",
+                    format!("{what}: {}", crate::error::chain(&e)),
+                ),
                 may_retry,
             );
         }
@@ -291,7 +236,7 @@ async fn call(
             return Ended::Failed(
                 JobError::new(
                     "upstream-unreachable",
-                    format!("reading the upstream's answer: {}", chain(&e)),
+                    format!("reading the upstream's answer: {}", crate::error::chain(&e)),
                 ),
                 may_retry,
             );
@@ -340,17 +285,6 @@ async fn read_capped(res: reqwest::Response, cap: usize) -> Result<Bytes, Option
         out.extend_from_slice(&chunk);
     }
     Ok(out.into())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

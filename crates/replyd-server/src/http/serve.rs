@@ -68,9 +68,14 @@ pub async fn serve(
         let (h1, h2, service) = (h1.clone(), h2.clone(), service.clone());
         let (open, shutdown) = (open.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let is_h2 = tokio::time::timeout(header_timeout, speaks_h2(&stream))
-                .await
-                .unwrap_or(Ok(false));
+            // A connection that has sent nothing yet when draining begins
+            // has no request to finish: it is closed.
+            let is_h2 = tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, speaks_h2(&stream)) => {
+                    peeked.unwrap_or(Ok(false))
+                }
+                _ = shutdown.cancelled() => return,
+            };
             let io = TokioIo::new(stream);
             let served = match is_h2 {
                 Err(_) => return,

@@ -130,7 +130,7 @@ impl Deliverer {
                 } else {
                     Verdict::Retry
                 };
-                let text = error_chain(&e);
+                let text = crate::error::chain(&e);
                 return Attempt {
                     verdict,
                     status: None,
@@ -198,17 +198,6 @@ fn refused_by_guard(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = c.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -717,3 +717,18 @@ async fn shutdown_ends_streams_and_websockets_promptly() {
         .expect("the server drained")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_that_sent_nothing_does_not_hold_up_shutdown() {
+    let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
+    // Connected, silent (not one byte of a request).
+    let silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.stop.cancel();
+    // Well within the 10 s grace (and the 30 s header deadline).
+    tokio::time::timeout(Duration::from_secs(3), s.task)
+        .await
+        .expect("the server drained")
+        .unwrap();
+    drop(silent);
+}
