@@ -159,6 +159,11 @@ pub struct JobRecord {
     /// Where the reply goes when the job came over a message broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplySpec>,
+    /// Where duplicates of the request that made this job asked for its
+    /// reply while it ran (a requester that came back with another
+    /// `reply_to`); its terminal event is owed to each of them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_replies: Vec<ReplySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// A digest of the submission, to tell a replay from a key reused for
@@ -208,6 +213,7 @@ impl NewJob {
             version: 1,
             webhook: self.webhook,
             reply: self.reply,
+            more_replies: Vec::new(),
             idempotency_key: self.idempotency_key,
             request_hash: self.request_hash,
         };

@@ -103,7 +103,48 @@ impl ReplySpec {
     }
 }
 
+/// The most reply targets a running job remembers for duplicates of its
+/// request; past it the oldest is forgotten (the newest requester is the
+/// one most likely still waiting).
+pub const MORE_REPLIES: usize = 16;
+
+/// What a job does when a duplicate of its request asks for the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyAsked {
+    /// It has finished: this terminal event is owed to the target now.
+    Now(EventKind),
+    /// It runs: the target is remembered in its record, and its terminal
+    /// event will be owed there too.
+    Remembered,
+    /// It runs and owes its reply to that target already.
+    Owed,
+}
+
 impl JobRecord {
+    /// A duplicate of the request that made this job asks for its reply at
+    /// `spec` (API.md §6: a duplicate gets its reply). The store writes what
+    /// the answer says in one transaction with reading the record, so a job
+    /// that finishes meanwhile cannot slip between.
+    pub fn ask_reply(&mut self, spec: ReplySpec) -> ReplyAsked {
+        if let Some(kind) = EventKind::ending(self.state) {
+            return ReplyAsked::Now(kind);
+        }
+        let same = |s: &ReplySpec| s.channel == spec.channel && s.target == spec.target;
+        if self.reply.as_ref().is_some_and(same) || self.more_replies.iter().any(same) {
+            return ReplyAsked::Owed;
+        }
+        if self.more_replies.len() >= MORE_REPLIES {
+            self.more_replies.remove(0);
+        }
+        // A duplicate's own target is owed the outcome only: its progress
+        // goes to the request that made the job.
+        self.more_replies.push(ReplySpec {
+            progress: false,
+            ..spec
+        });
+        ReplyAsked::Remembered
+    }
+
     /// Every delivery this event owes: (channel, target).
     pub fn owed(&self, kind: EventKind) -> impl Iterator<Item = (Channel, String)> + '_ {
         // The webhook is read in place: this runs for every event a hooked
@@ -119,7 +160,12 @@ impl JobRecord {
             .as_ref()
             .filter(|spec| spec.wants(kind))
             .map(|spec| (spec.channel, spec.target.encode()));
-        webhook.into_iter().chain(reply)
+        let more = self
+            .more_replies
+            .iter()
+            .filter(move |spec| spec.wants(kind))
+            .map(|spec| (spec.channel, spec.target.encode()));
+        webhook.into_iter().chain(reply).chain(more)
     }
 
     /// Whether this event owes any delivery.
@@ -263,6 +309,66 @@ mod tests {
         assert!(more.wants(EventKind::Started));
         assert!(!more.wants(EventKind::Accepted));
         assert!(more.wants(EventKind::Succeeded));
+    }
+
+    fn spec(to: &str, correlation: &str, progress: bool) -> ReplySpec {
+        ReplySpec {
+            channel: Channel::Amqp,
+            target: ReplyTarget {
+                to: to.into(),
+                correlation_id: Some(correlation.into()),
+            },
+            progress,
+        }
+    }
+
+    #[test]
+    fn a_duplicate_of_a_running_job_is_remembered_and_owed_the_outcome() {
+        let first = spec("callback-1", "c-1", true);
+        let mut running = job(None, Some(first.clone()));
+        // The request's own target is owed already.
+        assert_eq!(running.ask_reply(first.clone()), ReplyAsked::Owed);
+        // A requester back with another callback queue is remembered once,
+        // for the outcome only (its progress goes to the first).
+        let second = spec("callback-2", "c-2", true);
+        assert_eq!(running.ask_reply(second.clone()), ReplyAsked::Remembered);
+        assert_eq!(running.ask_reply(second.clone()), ReplyAsked::Owed);
+        assert_eq!(running.more_replies.len(), 1);
+        assert!(!running.more_replies[0].progress);
+        let progress: Vec<_> = running.owed(EventKind::Progress).collect();
+        assert_eq!(progress, [(Channel::Amqp, first.target.encode())]);
+        let outcome: Vec<_> = running.owed(EventKind::Failed).collect();
+        assert_eq!(
+            outcome,
+            [
+                (Channel::Amqp, first.target.encode()),
+                (Channel::Amqp, second.target.encode()),
+            ]
+        );
+        // The same queue with another correlation id is another target.
+        assert_eq!(
+            running.ask_reply(spec("callback-2", "c-3", false)),
+            ReplyAsked::Remembered
+        );
+        // Bounded: the oldest is forgotten past MORE_REPLIES.
+        for i in 0..MORE_REPLIES {
+            running.ask_reply(spec(&format!("q-{i}"), "c", false));
+        }
+        assert_eq!(running.more_replies.len(), MORE_REPLIES);
+        assert_eq!(running.more_replies[0].target.to, "q-0");
+        // A finished job owes its terminal event now, to any target.
+        running.state = crate::job::JobState::Canceled;
+        assert_eq!(
+            running.ask_reply(first),
+            ReplyAsked::Now(EventKind::Canceled)
+        );
+        // The record round-trips with its remembered targets; a record
+        // without them is read as before.
+        let text = serde_json::to_string(&running).unwrap();
+        let back: JobRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.more_replies, running.more_replies);
+        let plain = serde_json::to_string(&job(None, None)).unwrap();
+        assert!(!plain.contains("more_replies"), "{plain}");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use crate::event::{EventId, EventRecord};
 use crate::ids::{JobId, LeaseId, Tenant};
 use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
-use crate::outbox::{AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState};
+use crate::outbox::{
+    AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec,
+};
 
 /// A job's result as the worker gave it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,17 +216,18 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Claimed>>;
 
-    /// Owes a finished job's terminal event once more, to `target` on
-    /// `channel` (a duplicate of the request that made the job gets its
-    /// reply again). Refuses a job that has not finished
-    /// (`TransitionError::NotFinished`): its reply is owed already.
-    async fn owe_again(
+    /// A duplicate of the request that made job `id` asks for its reply at
+    /// `spec` (API.md §6). A finished job owes its terminal event there
+    /// now; a running one remembers the target in its record, so its
+    /// terminal event is owed there too (`JobRecord::ask_reply`). Read and
+    /// write in one transaction, so a job finishing meanwhile cannot leave
+    /// the duplicate without its reply.
+    async fn ask_reply(
         &self,
         id: JobId,
-        channel: Channel,
-        target: String,
+        spec: ReplySpec,
         now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<ReplyAsked>;
 
     /// Gives claimed deliveries back, each due again at its time, without
     /// counting an attempt (their endpoint was busy).

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
 use replyd_core::outbox::{
-    AfterAttempt, AttemptRecord, Channel, DeliveryState, ReplySpec, ReplyTarget,
+    AfterAttempt, AttemptRecord, Channel, DeliveryState, ReplyAsked, ReplySpec, ReplyTarget,
 };
 use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Outcome, Store, StoreError, Submitted};
 use replyd_core::{JobId, LeaseId, Tenant};
@@ -983,8 +983,8 @@ async fn record(
 }
 
 /// A job that came over a broker owes its reply on that broker's channel,
-/// beside (and not behind) its webhook; a duplicate request of a finished
-/// job is owed the reply again.
+/// beside (and not behind) its webhook; a duplicate request is owed the
+/// outcome at its own address, whether the job had finished or not.
 pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
     let lease_len = Duration::from_secs(30);
     let target = ReplyTarget {
@@ -997,14 +997,31 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
         target: target.clone(),
         progress: true,
     });
+    let spec = new.reply.clone().unwrap();
     let id = store.submit(new, t(0)).await.unwrap().job().id;
-    // Refused while it runs: its reply is owed already.
-    assert!(matches!(
-        store
-            .owe_again(id, Channel::Amqp, target.encode(), t(0))
-            .await,
-        Err(StoreError::Transition(TransitionError::NotFinished(_)))
-    ));
+    // A duplicate with the request's own target while it runs: owed already.
+    assert_eq!(
+        store.ask_reply(id, spec.clone(), t(0)).await.unwrap(),
+        ReplyAsked::Owed
+    );
+    // A duplicate from a requester back with another callback queue while
+    // it runs: remembered, and owed the outcome (not the progress).
+    let back = ReplySpec {
+        target: ReplyTarget {
+            to: "callback-2".into(),
+            correlation_id: Some("corr-b".into()),
+        },
+        ..spec.clone()
+    };
+    assert_eq!(
+        store.ask_reply(id, back.clone(), t(0)).await.unwrap(),
+        ReplyAsked::Remembered
+    );
+    assert_eq!(
+        store.ask_reply(id, back.clone(), t(0)).await.unwrap(),
+        ReplyAsked::Owed,
+        "remembered durably, once"
+    );
     let (_, lease) = lease_one(&*store, "q", t(1)).await;
     store
         .apply(
@@ -1040,8 +1057,18 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
             (Channel::Amqp, EventKind::Progress),
             (Channel::Webhook, EventKind::Succeeded),
             (Channel::Amqp, EventKind::Succeeded),
+            (Channel::Amqp, EventKind::Succeeded),
         ]
     );
+    let targets: Vec<Option<ReplyTarget>> = store
+        .deliveries(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(d, _)| d.kind == EventKind::Succeeded && d.channel == Channel::Amqp)
+        .map(|(d, _)| ReplyTarget::decode(&d.target))
+        .collect();
+    assert_eq!(targets, [Some(target.clone()), Some(back.target.clone())]);
     // Each channel is claimed on its own: the webhook's pending delivery
     // does not hold up the reply, nor the reverse.
     let hook = store
@@ -1082,10 +1109,20 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
         to: "replies-2".into(),
         correlation_id: Some("corr-2".into()),
     };
-    store
-        .owe_again(id, Channel::Amqp, again.encode(), t(7))
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .ask_reply(
+                id,
+                ReplySpec {
+                    target: again.clone(),
+                    ..spec.clone()
+                },
+                t(7)
+            )
+            .await
+            .unwrap(),
+        ReplyAsked::Now(EventKind::Succeeded)
+    );
     let all = store.deliveries(id).await.unwrap();
     let (d, attempts) = all.last().unwrap();
     assert_eq!(
@@ -1099,9 +1136,7 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
     );
     assert_eq!(ReplyTarget::decode(&d.target), Some(again));
     assert!(matches!(
-        store
-            .owe_again(JobId::new(), Channel::Amqp, "{}".into(), t(7))
-            .await,
+        store.ask_reply(JobId::new(), spec, t(7)).await,
         Err(StoreError::NotFound)
     ));
 }

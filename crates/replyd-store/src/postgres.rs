@@ -25,7 +25,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
-use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT};
+use replyd_core::outbox::{
+    AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked, ReplySpec,
+};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
     StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION,
@@ -976,19 +978,29 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn owe_again(
+    async fn ask_reply(
         &self,
         id: JobId,
-        channel: Channel,
-        target: String,
+        spec: ReplySpec,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<ReplyAsked> {
         let mut tx = self.begin().await?;
-        let job = load(&mut tx, id, true).await?.ok_or(StoreError::NotFound)?;
-        let kind = EventKind::ending(job.state).ok_or(TransitionError::NotFinished(job.state))?;
-        let text = serde_json::to_string(&job).map_err(json_err)?;
-        owe(&mut tx, &job, kind, channel, &target, &text, now).await?;
-        self.commit(tx, false).await
+        let mut job = load(&mut tx, id, true).await?.ok_or(StoreError::NotFound)?;
+        let (channel, target) = (spec.channel, spec.target.encode());
+        let asked = job.ask_reply(spec);
+        match asked {
+            ReplyAsked::Now(kind) => {
+                let text = serde_json::to_string(&job).map_err(json_err)?;
+                owe(&mut tx, &job, kind, channel, &target, &text, now).await?;
+            }
+            ReplyAsked::Remembered => {
+                let text = serde_json::to_string(&job).map_err(json_err)?;
+                update_job(&mut tx, &job, &text).await?;
+            }
+            ReplyAsked::Owed => return Ok(asked),
+        }
+        self.commit(tx, false).await?;
+        Ok(asked)
     }
 
     async fn replay_dead_deliveries(

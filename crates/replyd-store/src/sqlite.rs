@@ -26,7 +26,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventKind, EventRecord};
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
-use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT};
+use replyd_core::outbox::{
+    AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked, ReplySpec,
+};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
     StoreError, StoreResult, Submitted, TOMBSTONE_RETENTION, Upstream,
@@ -1047,19 +1049,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn owe_again(
+    async fn ask_reply(
         &self,
         id: JobId,
-        channel: Channel,
-        target: String,
+        spec: ReplySpec,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<ReplyAsked> {
         self.write(move |conn, _| {
-            let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
-            let kind =
-                EventKind::ending(job.state).ok_or(TransitionError::NotFinished(job.state))?;
-            let text = serde_json::to_string(&job).map_err(json_err)?;
-            owe(conn, &job, kind, channel, &target, &text, now)
+            let mut job = load(conn, id)?.ok_or(StoreError::NotFound)?;
+            let (channel, target) = (spec.channel, spec.target.encode());
+            let asked = job.ask_reply(spec);
+            match asked {
+                ReplyAsked::Now(kind) => {
+                    let text = serde_json::to_string(&job).map_err(json_err)?;
+                    owe(conn, &job, kind, channel, &target, &text, now)?;
+                }
+                ReplyAsked::Remembered => {
+                    let text = serde_json::to_string(&job).map_err(json_err)?;
+                    update_job(conn, &job, &text)?;
+                }
+                ReplyAsked::Owed => {}
+            }
+            Ok(asked)
         })
         .await
     }

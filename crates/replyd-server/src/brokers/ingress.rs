@@ -8,8 +8,10 @@
 //! terminal event (the outbox). The message is acknowledged only once the
 //! job is durable. A duplicate (the same `message_id`, or without one the
 //! same `correlation_id`) makes no second job: the submission's idempotency
-//! key finds the first, and if that one has finished its reply is owed
-//! again. A request that cannot be accepted (not JSON, an unknown queue, a
+//! key finds the first, and the duplicate's `reply_to` is owed the
+//! outcome too: at once if the job has finished, else when it does (a
+//! requester that restarted with a new callback queue still gets its
+//! reply). A request that cannot be accepted (not JSON, an unknown queue, a
 //! bad option) is published to the dead-letter destination with the reason
 //! in `x-replyd-error`, then acknowledged; its requester, if it named a
 //! `reply_to`, gets a `rejected` reply at once.
@@ -265,13 +267,12 @@ pub async fn accept(
     match submitted {
         Ok(Submitted::Created(_)) => Ok(()),
         Ok(Submitted::Existing(job)) => {
-            // A duplicate: no second job. If the first has finished, its
-            // reply is owed again (a running one's is owed already).
-            if let Some(reply) = reply
-                && job.state.is_terminal()
-            {
+            // A duplicate: no second job, and the outcome is owed to the
+            // duplicate's address too (at once if the job has finished;
+            // when it finishes if not, unless it is the first's address).
+            if let Some(reply) = reply {
                 app.store
-                    .owe_again(job.id, channel, reply.target.encode(), app.now())
+                    .ask_reply(job.id, reply, app.now())
                     .await
                     .map_err(|e| Refusal::Later(e.to_string()))?;
             }

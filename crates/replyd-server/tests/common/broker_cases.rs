@@ -56,10 +56,22 @@ impl Rig {
     /// Publishes a request: `body`, replying to the inbox with
     /// `correlation`, and these headers.
     async fn request(&self, body: &str, id: Option<&str>, correlation: &str, hs: &[(&str, &str)]) {
+        self.request_to(&self.inbox, body, id, correlation, hs).await
+    }
+
+    /// Publishes a request as `request` does, replying to `reply_to`.
+    async fn request_to(
+        &self,
+        reply_to: &str,
+        body: &str,
+        id: Option<&str>,
+        correlation: &str,
+        hs: &[(&str, &str)],
+    ) {
         let mut props = Props {
             message_id: id.map(str::to_string),
             correlation_id: Some(correlation.to_string()),
-            reply_to: Some(self.inbox.clone()),
+            reply_to: Some(reply_to.to_string()),
             content_type: Some("application/json".into()),
             ..Props::default()
         };
@@ -170,14 +182,25 @@ async fn a_duplicate_makes_no_second_job_and_gets_its_reply_again() {
     rig.request(r#"{"n":1}"#, Some("dup-1"), "c-a", &[]).await;
     let (id, lease_id) = lease(&rig.server, "work").await;
     let c = rig.server.client(None);
-    // The duplicate is a duplicate of a running job: acknowledged, no reply
-    // of its own (were it handled after the job finished, it would get the
-    // reply again, as below). Give it a moment to be handled.
+    // The same requester's duplicate of a running job is owed the reply
+    // already: one reply, not two. A requester that came back with a new
+    // callback queue (it restarted) and sent its request again is owed the
+    // outcome there too, with its own correlation id.
+    let (restarted, mut restarted_replies) = rig.broker.inbox().await.expect("an inbox");
+    rig.request_to(&restarted, r#"{"n":1}"#, Some("dup-1"), "c-r", &[])
+        .await;
+    // Give both duplicates a moment to be handled while the job runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.complete(&id, &lease_id, json!("once")).await;
     let first = rig.reply().await;
     assert_eq!(first.props.header(headers::JOB_ID), Some(id.as_str()));
+    assert_eq!(first.props.correlation_id.as_deref(), Some("c-a"));
+    let theirs = next(&mut restarted_replies).await;
+    assert_eq!(theirs.props.correlation_id.as_deref(), Some("c-r"));
+    assert_eq!(theirs.props.header(headers::JOB_ID), Some(id.as_str()));
+    assert_eq!(json_of(&theirs), json!("once"));
     quiet(&mut rig.replies, Duration::from_millis(500)).await;
+    quiet(&mut restarted_replies, Duration::from_millis(100)).await;
     // Again once it has finished: its reply again, to the duplicate's
     // correlation id, with the same job.
     rig.request(r#"{"n":1}"#, Some("dup-1"), "c-b", &[]).await;
