@@ -228,6 +228,21 @@ pub const POSTGRES: &[(i64, &str)] = &[
     ALTER TABLE job_outputs ADD COLUMN upstream text;
     ",
     ),
+    (
+        6,
+        "
+    -- A delivery claim's two lookups, each with its own index, so that its
+    -- plan does not depend on statistics (a fresh or fast-grown outbox has
+    -- none that fit). The due scan returns rows already in claim order
+    -- (next_at, id) and stops at the limit; the check for an earlier
+    -- pending delivery of the same job probes pending rows only. (SQLite
+    -- names its indexes in the statement instead, and its (channel,
+    -- next_at) index is ordered by id within a time already.)
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at, id) WHERE state = 'pending';
+    CREATE INDEX outbox_pending_job ON outbox (job_id, channel, id) WHERE state = 'pending';
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several
