@@ -26,15 +26,18 @@ pub enum Channel {
     Webhook,
     /// A reply over RabbitMQ (AMQP 0-9-1).
     Amqp,
+    /// A reply over MQTT 5.
+    Mqtt,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Webhook, Channel::Amqp];
+    pub const ALL: [Channel; 3] = [Channel::Webhook, Channel::Amqp, Channel::Mqtt];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Webhook => "webhook",
             Channel::Amqp => "amqp",
+            Channel::Mqtt => "mqtt",
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
     pub amqp: Option<crate::brokers::amqp::config::AmqpConfig>,
+    /// MQTT 5: request topics, replies, `executor = "mqtt"`.
+    pub mqtt: Option<crate::brokers::mqtt::config::MqttConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -54,6 +56,7 @@ impl Default for Config {
             streams: Streams::default(),
             webhooks: Webhooks::default(),
             amqp: None,
+            mqtt: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -116,6 +119,9 @@ pub enum Executor {
     /// Published to workers over RabbitMQ (`[amqp]`); their replies
     /// complete the jobs.
     Amqp,
+    /// Published to workers over MQTT 5 (`[mqtt]`); their replies complete
+    /// the jobs.
+    Mqtt,
     /// A command per job, run by the server (`command`).
     Exec,
     /// An HTTP request per job to an upstream service (`url`): the job's
@@ -287,8 +293,9 @@ pub struct QueueConfig {
     /// Jobs one in-process executor runs at once (demo), or has published
     /// and not yet seen answered (amqp), per node.
     pub concurrency: u32,
-    /// `executor = "amqp"`: the queue its jobs are published to (default
-    /// `replyd.work.<queue>`).
+    /// A broker executor: where its jobs are published (`amqp`: a queue,
+    /// default `replyd.work.<queue>`; `mqtt`: a topic, default
+    /// `replyd/work/<queue>`).
     pub work_queue: Option<String>,
     /// `executor = "exec"`: the program and its arguments.
     pub command: Option<Vec<String>>,
@@ -579,9 +586,23 @@ impl Config {
                     "queues.{name}: executor \"amqp\" needs an [amqp] section"
                 ));
             }
-            if q.work_queue.is_some() && q.executor != Executor::Amqp {
+            if q.executor == Executor::Mqtt && self.mqtt.is_none() {
                 return bad(format!(
-                    "queues.{name}.work_queue is for executor \"amqp\" only"
+                    "queues.{name}: executor \"mqtt\" needs an [mqtt] section"
+                ));
+            }
+            if q.work_queue.is_some() && !matches!(q.executor, Executor::Amqp | Executor::Mqtt) {
+                return bad(format!(
+                    "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\") only"
+                ));
+            }
+            if q.executor == Executor::Mqtt
+                && q.work_queue
+                    .as_deref()
+                    .is_some_and(|t| !crate::brokers::mqtt::config::valid_topic(t))
+            {
+                return bad(format!(
+                    "queues.{name}.work_queue must be an MQTT topic name without wildcards"
                 ));
             }
             match (&q.command, q.executor) {
@@ -605,9 +626,12 @@ impl Config {
                 return bad(format!("queues.{name}.work_queue must be 1 to 255 bytes"));
             }
         }
+        let names: Vec<&str> = self.queues.keys().map(String::as_str).collect();
         if let Some(a) = &self.amqp {
-            let names: Vec<&str> = self.queues.keys().map(String::as_str).collect();
             a.validate(&names).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(m) = &self.mqtt {
+            m.validate(&names).map_err(ConfigError::Invalid)?;
         }
         let mut seen = std::collections::HashSet::new();
         for k in &self.api_keys {

@@ -103,7 +103,7 @@ impl Server {
                 Executor::Http => {
                     tasks.spawn(executors::http::run(app.clone(), name.clone()));
                 }
-                Executor::Pull | Executor::Amqp => {}
+                Executor::Pull | Executor::Amqp | Executor::Mqtt => {}
             }
         }
         Ok(Server { app, tasks })

@@ -19,11 +19,13 @@
 //! Each broker lives in a folder of its own with the same files: `config.rs`
 //! (its configuration section, always compiled so that a configuration
 //! naming it gets a clear error), `client.rs` (its [`Broker`], behind its
-//! cargo feature) and `mod.rs` (which starts it).
+//! cargo feature) and `mod.rs` (which turns its section into a [`Setup`]
+//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5.
 
 pub mod amqp;
 pub mod executor;
 pub mod ingress;
+pub mod mqtt;
 pub mod replies;
 
 use std::collections::BTreeMap;
@@ -180,6 +182,83 @@ pub mod headers {
 /// the executors.
 pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     amqp::start(app, tasks);
+    mqtt::start(app, tasks);
+}
+
+/// What a broker's section says, in the terms every broker shares.
+#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+pub(crate) struct Setup {
+    pub broker: Arc<dyn Broker>,
+    /// Each request source, with how its requests become jobs.
+    pub requests: Vec<(String, ingress::Settings)>,
+    /// Replies in flight at once.
+    pub concurrency: usize,
+    /// Seconds before each attempt at a reply.
+    pub reply_schedule: Vec<f64>,
+    /// Where the workers of this broker's executor queues reply.
+    pub reply_source: String,
+    /// The executor that names this broker.
+    pub executor: crate::config::Executor,
+    /// A queue's work destination when it names none.
+    pub default_work: fn(&str) -> String,
+}
+
+/// Starts one broker's tasks: a consumer per request source, the reply
+/// dispatcher of its outbox channel, and its executor queues (with the
+/// consumer of their workers' replies).
+#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
+    use crate::config::secs;
+    use crate::outbox::{Limits, Schedule};
+
+    let Setup {
+        broker,
+        requests,
+        concurrency,
+        reply_schedule,
+        reply_source,
+        executor,
+        default_work,
+    } = setup;
+    for (source, settings) in requests {
+        tasks.spawn(ingress::run(app.clone(), broker.clone(), source, settings));
+    }
+    let replies = Arc::new(replies::Replies {
+        broker: broker.clone(),
+        limits: Limits {
+            concurrency,
+            per_endpoint: concurrency,
+            attempt_timeout: replies::CONFIRM_TIMEOUT,
+            schedule: Schedule {
+                delays: reply_schedule.iter().map(|d| secs(*d)).collect(),
+                max_retry_after: std::time::Duration::ZERO,
+                jitter: 0.1,
+            },
+        },
+    });
+    tasks.spawn(crate::outbox::dispatch::run(app.clone(), replies));
+    let mut executors = app
+        .config
+        .queues
+        .iter()
+        .filter(|(_, q)| q.executor == executor)
+        .peekable();
+    if executors.peek().is_some() {
+        tasks.spawn(executor::consume_replies(
+            app.clone(),
+            broker.clone(),
+            reply_source.clone(),
+        ));
+    }
+    for (name, q) in executors {
+        let settings = executor::Settings {
+            queue: name.clone(),
+            work: q.work_queue.clone().unwrap_or_else(|| default_work(name)),
+            replies: reply_source.clone(),
+            concurrency: q.concurrency as usize,
+        };
+        tasks.spawn(executor::run(app.clone(), broker.clone(), settings));
+    }
 }
 
 /// Retries with capped exponential backoff: 100 ms, 200 ms, … 5 s.

@@ -78,18 +78,30 @@ impl Rig {
         for (k, v) in hs {
             props = props.with_header(k, *v);
         }
-        let published = self
-            .broker
-            .publish(
-                &self.names.requests,
-                Message {
-                    body: body.to_string().into(),
-                    props,
-                },
-            )
-            .await
-            .expect("the request is published");
-        assert_eq!(published, Published::Accepted);
+        let message = Message {
+            body: body.to_string().into(),
+            props,
+        };
+        // On a broker whose topics exist only while someone subscribes
+        // (MQTT), a request is unroutable (and dropped) until replyd has
+        // subscribed: the requester publishes it again.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let published = self
+                .broker
+                .publish(&self.names.requests, message.clone())
+                .await
+                .expect("the request is published");
+            if published == Published::Accepted {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing consumes {}",
+                self.names.requests
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn reply(&mut self) -> Message {

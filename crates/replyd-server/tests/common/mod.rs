@@ -6,6 +6,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod streams;
 
 use std::net::SocketAddr;

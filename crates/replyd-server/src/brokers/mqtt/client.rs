@@ -1,0 +1,574 @@
+//! The [`Broker`] of MQTT 5, on rumqttc.
+//!
+//! API.md §6: a request carries `Response Topic` (its `reply_to`) and
+//! `Correlation Data` (its `correlation_id`, as text); the content type is
+//! MQTT's own property; `message_id` and the `x-replyd-*` headers are user
+//! properties. Everything is published at QoS 1: the broker's PUBACK is the
+//! confirmation, and its reason code *no matching subscribers* (0x10) says a
+//! reply's requester is gone ([`Published::Unroutable`]).
+//!
+//! - **Subscriptions** are shared (`$share/<group>/<topic>`), so the nodes
+//!   split a topic's messages, and persistent: each node's session on a
+//!   topic is named after its client id and the topic, kept by the broker
+//!   for `session_expiry` seconds, and resumed on reconnect, when the broker
+//!   delivers again what was received and not acknowledged. A message is
+//!   acknowledged (PUBACK) only when its owner settles it. MQTT has no
+//!   negative acknowledgement: giving a message back publishes it again to
+//!   its topic, then acknowledges it.
+//! - **Publishes** go over one connection per broker handle, one at a time
+//!   (each waits for its PUBACK, which is matched to it by its packet id).
+//!   A connection that fails is dropped; the next operation connects again.
+//! - **Destinations need no declaring**: a topic exists while someone
+//!   subscribes to it. What is published to a topic nobody subscribes to is
+//!   dropped by the broker (and said to be unroutable).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use replyd_core::outbox::Channel as OutboxChannel;
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::mpsc;
+
+use super::config::MqttConfig;
+use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+
+/// How long a connection attempt (to its CONNACK) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish or a subscribe waits for the broker's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest packet replyd takes: requests up to this size are received
+/// (and those over `limits.max_body` dead-lettered with the reason).
+const MAX_PACKET: u32 = 64 * 1024 * 1024;
+/// The user property that carries `message_id`.
+const MESSAGE_ID: &str = "message-id";
+/// Marks correlation data that is not UTF-8, carried as base64 (a reply
+/// sends the original bytes back).
+const BINARY_CORRELATION: &str = "\u{0}base64:";
+/// Where inboxes live.
+const INBOX_PREFIX: &str = "replyd/inbox/";
+
+/// An MQTT 5 broker.
+pub struct MqttBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    port: u16,
+    tls: bool,
+    credentials: Option<(String, String)>,
+    client_id: String,
+    share_group: String,
+    session_expiry: u32,
+    /// The publishing connection; held across a publish, which serializes
+    /// them.
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No credentials.
+        f.debug_struct("MqttBroker")
+            .field("host", &self.inner.host)
+            .field("port", &self.inner.port)
+            .field("client_id", &self.inner.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// A short digest of `s`, for client ids derived from topics.
+fn digest8(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(s.as_bytes())[..4])
+}
+
+fn random8() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+impl MqttBroker {
+    /// The broker of a `[mqtt]` section; nothing connects until it is used.
+    pub fn new(cfg: &MqttConfig) -> Result<MqttBroker, String> {
+        let url = url::Url::parse(&cfg.url).map_err(|e| format!("mqtt.url: {e}"))?;
+        let tls = url.scheme() == "mqtts";
+        let host = url
+            .host_str()
+            .ok_or("mqtt.url has no host")?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        let credentials = (!url.username().is_empty()).then(|| {
+            // Percent-decoded ('+' is itself in userinfo, not a space).
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (decode(url.username()), decode(url.password().unwrap_or("")))
+        });
+        Ok(MqttBroker {
+            inner: Arc::new(Inner {
+                host,
+                port,
+                tls,
+                credentials,
+                client_id: cfg.client_id.clone(),
+                share_group: cfg.share_group.clone(),
+                session_expiry: cfg.session_expiry,
+                publisher: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// Options for a connection as `client_id`: a clean session, or one the
+    /// broker keeps for `session_expiry`.
+    fn options(&self, client_id: String, persistent: bool, receive_max: u16) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(15));
+        o.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+        o.set_clean_start(!persistent);
+        if persistent {
+            o.set_session_expiry_interval(Some(self.session_expiry));
+        }
+        o.set_receive_maximum(Some(receive_max.max(1)));
+        o.set_max_packet_size(Some(MAX_PACKET));
+        o.set_manual_acks(true);
+        if let Some((user, password)) = &self.credentials {
+            o.set_credentials(user.clone(), password.clone());
+        }
+        if self.tls {
+            o.set_transport(tls_transport());
+        }
+        o
+    }
+
+    /// Connects: the client, and a task that polls its event loop and
+    /// forwards what it says, until the connection fails (then `events`
+    /// ends). Returns once the broker has accepted the connection.
+    async fn connect(
+        &self,
+        options: MqttOptions,
+    ) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Event>), BrokerError> {
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive(eventloop, tx));
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while let Some(e) = rx.recv().await {
+                if let Event::Incoming(Packet::ConnAck(ack)) = e {
+                    return Ok(ack);
+                }
+            }
+            Err(unavailable(
+                "the connection closed before the broker accepted it",
+            ))
+        })
+        .await
+        .map_err(|_| unavailable(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
+        tracing::debug!(
+            broker = "mqtt",
+            session_present = connected.session_present,
+            "connected"
+        );
+        Ok((client, rx))
+    }
+
+    /// Publishes one message at QoS 1 and waits for its PUBACK.
+    async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+        let properties = properties(&message.props);
+        let mut slot = self.publisher.lock().await;
+        if slot.is_none() {
+            let id = format!("{}-pub-{}", self.client_id, random8());
+            let (client, events) = self.connect(self.options(id, false, 64)).await?;
+            *slot = Some(Publisher { client, events });
+        }
+        let Some(p) = slot.as_mut() else {
+            return Err(unavailable("no connection"));
+        };
+        let r = tokio::time::timeout(ANSWER_TIMEOUT, p.publish(to, message.body, properties))
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "the broker did not acknowledge within {ANSWER_TIMEOUT:?}"
+                )))
+            });
+        if matches!(r, Err(BrokerError::Unavailable(_))) {
+            // Whatever that connection still says belongs to this publish:
+            // start afresh.
+            if let Some(p) = slot.take() {
+                let _ = p.client.try_disconnect();
+            }
+        }
+        r
+    }
+}
+
+/// Polls an event loop, forwarding its events, until the connection fails
+/// (or nobody listens).
+async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(broker = "mqtt", error = %e, "the connection ended");
+                return;
+            }
+        }
+    }
+}
+
+/// The publishing connection.
+struct Publisher {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Publisher {
+    async fn publish(
+        &mut self,
+        to: &str,
+        body: Bytes,
+        properties: PublishProperties,
+    ) -> Result<Published, BrokerError> {
+        self.client
+            .publish_with_properties(to, QoS::AtLeastOnce, false, body, properties)
+            .await
+            .map_err(unavailable)?;
+        // Publishes are one at a time: the next outgoing publish is this
+        // one, and the PUBACK with its packet id answers it.
+        let mut pkid = None;
+        while let Some(event) = self.events.recv().await {
+            match event {
+                Event::Outgoing(Outgoing::Publish(id)) if pkid.is_none() => pkid = Some(id),
+                Event::Incoming(Packet::PubAck(ack)) if Some(ack.pkid) == pkid => {
+                    return match ack.reason {
+                        PubAckReason::Success => Ok(Published::Accepted),
+                        PubAckReason::NoMatchingSubscribers => Ok(Published::Unroutable),
+                        other => Err(BrokerError::Refused(format!(
+                            "the broker did not take the message: {other:?}"
+                        ))),
+                    };
+                }
+                _ => {}
+            }
+        }
+        Err(unavailable(
+            "the connection closed before the broker acknowledged",
+        ))
+    }
+}
+
+/// A TLS transport with the webpki roots (ring, as the rest of replyd).
+fn tls_transport() -> rumqttc::Transport {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(c) => {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(c)))
+        }
+        // The ring provider supports the default versions; should it not,
+        // the connection fails and says so.
+        Err(e) => {
+            tracing::error!(broker = "mqtt", error = %e, "cannot set up TLS");
+            rumqttc::Transport::tcp()
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MqttBroker {
+    fn channel(&self) -> OutboxChannel {
+        OutboxChannel::Mqtt
+    }
+
+    /// A topic exists while someone subscribes to it: nothing to declare.
+    async fn declare(&self, _destination: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        source: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Received>, BrokerError> {
+        let inner = &self.inner;
+        let id = format!("{}-{}", inner.client_id, digest8(source));
+        let filter = format!("$share/{}/{source}", inner.share_group);
+        let (client, events) = inner.connect(inner.options(id, true, prefetch)).await?;
+        listen(self.inner.clone(), client, events, filter, prefetch, true).await
+    }
+
+    async fn inbox(&self) -> Result<(String, mpsc::Receiver<Received>), BrokerError> {
+        let inner = &self.inner;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let topic = format!("{INBOX_PREFIX}{token}");
+        let id = format!("{}-inbox-{}", inner.client_id, &token[..8]);
+        let (client, events) = inner.connect(inner.options(id, false, 256)).await?;
+        let rx = listen(
+            self.inner.clone(),
+            client,
+            events,
+            topic.clone(),
+            256,
+            false,
+        )
+        .await?;
+        Ok((topic, rx))
+    }
+
+    async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+        self.inner.publish(to, message).await
+    }
+}
+
+/// Subscribes `client` to `filter` and forwards its messages until the
+/// connection ends. With `settled`, each message waits for its owner to
+/// settle it; without (an inbox), it is acknowledged as it arrives.
+async fn listen(
+    inner: Arc<Inner>,
+    client: AsyncClient,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    filter: String,
+    prefetch: u16,
+    settled: bool,
+) -> Result<mpsc::Receiver<Received>, BrokerError> {
+    client
+        .subscribe_many(vec![Filter::new(filter.clone(), QoS::AtLeastOnce)])
+        .await
+        .map_err(unavailable)?;
+    // Until the SUBACK, messages of a resumed session may come first: keep
+    // them.
+    let mut early = Vec::new();
+    let subscribed = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Incoming(Packet::SubAck(ack)) => {
+                    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+                    return match ack.return_codes.first() {
+                        Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                        other => Err(BrokerError::Refused(format!(
+                            "subscribing to {filter:?}: {other:?}"
+                        ))),
+                    };
+                }
+                Event::Incoming(Packet::Publish(p)) => early.push(p),
+                _ => {}
+            }
+        }
+        Err(unavailable("the connection closed while subscribing"))
+    })
+    .await
+    .unwrap_or_else(|_| Err(unavailable("the broker did not answer the subscription")));
+    if let Err(e) = subscribed {
+        let _ = client.try_disconnect();
+        return Err(e);
+    }
+    let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
+    tokio::spawn(async move {
+        let forward = |p: Publish| {
+            if !settled {
+                let _ = client.try_ack(&p);
+            }
+            Received {
+                message: message_of(&p),
+                redelivered: p.dup,
+                settle: Box::new(MqttSettle {
+                    inner: inner.clone(),
+                    client: client.clone(),
+                    publish: settled.then_some(p),
+                }),
+            }
+        };
+        for p in early {
+            if tx.send(forward(p)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(e) = events.recv().await {
+            if let Event::Incoming(Packet::Publish(p)) = e
+                && tx.send(forward(p)).await.is_err()
+            {
+                break;
+            }
+        }
+        // Unacknowledged messages stay in the session: the broker delivers
+        // them again when it resumes.
+        let _ = client.try_disconnect();
+    });
+    Ok(rx)
+}
+
+/// Settles through the connection that received the message.
+struct MqttSettle {
+    inner: Arc<Inner>,
+    client: AsyncClient,
+    /// The message, when it waits for its acknowledgement.
+    publish: Option<Publish>,
+}
+
+#[async_trait]
+impl Settle for MqttSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        if let Some(p) = &self.publish {
+            self.client.ack(p).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Published again to its topic, then acknowledged (MQTT has no
+    /// negative acknowledgement). Should the publish fail, it stays
+    /// unacknowledged, and the broker delivers it again with the session.
+    async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
+        let Some(p) = &self.publish else {
+            return Ok(());
+        };
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        self.inner.publish(&topic, message_of(p)).await?;
+        self.client.ack(p).await.map_err(unavailable)
+    }
+}
+
+/// API.md §6's metadata from an MQTT 5 publish.
+fn message_of(p: &Publish) -> Message {
+    let mut props = Props::default();
+    if let Some(pp) = &p.properties {
+        props.reply_to = pp.response_topic.clone();
+        props.content_type = pp.content_type.clone();
+        props.correlation_id = pp
+            .correlation_data
+            .as_ref()
+            .map(|c| match std::str::from_utf8(c) {
+                Ok(s) => s.to_string(),
+                Err(_) => format!(
+                    "{BINARY_CORRELATION}{}",
+                    base64::engine::general_purpose::STANDARD.encode(c)
+                ),
+            });
+        let mut headers = BTreeMap::new();
+        for (k, v) in &pp.user_properties {
+            if k == MESSAGE_ID {
+                props.message_id = Some(v.clone());
+            } else {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        props.headers = headers;
+    }
+    Message {
+        body: p.payload.clone(),
+        props,
+    }
+}
+
+/// MQTT 5 publish properties from API.md §6's metadata.
+fn properties(p: &Props) -> PublishProperties {
+    let correlation = p.correlation_id.as_ref().map(|c| {
+        c.strip_prefix(BINARY_CORRELATION)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(Bytes::from)
+            .unwrap_or_else(|| Bytes::from(c.clone()))
+    });
+    let mut user_properties: Vec<(String, String)> = p
+        .message_id
+        .iter()
+        .map(|id| (MESSAGE_ID.to_string(), id.clone()))
+        .collect();
+    user_properties.extend(p.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    PublishProperties {
+        response_topic: p.reply_to.clone(),
+        correlation_data: correlation,
+        content_type: p.content_type.clone(),
+        user_properties,
+        ..PublishProperties::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_received(props: PublishProperties) -> Publish {
+        let mut p = Publish::new("t", QoS::AtLeastOnce, "body", None);
+        p.properties = Some(props);
+        p
+    }
+
+    #[test]
+    fn metadata_round_trips_through_mqtt_properties() {
+        let p = Props {
+            message_id: Some("m-1".into()),
+            correlation_id: Some("c-1".into()),
+            reply_to: Some("clients/7/replies".into()),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        }
+        .with_header("x-replyd-queue", "report")
+        .with_header("x-replyd-progress", "true");
+        let back = message_of(&as_received(properties(&p)));
+        assert_eq!(back.props, p);
+        assert_eq!(&back.body[..], b"body");
+    }
+
+    #[test]
+    fn binary_correlation_data_comes_back_as_it_was() {
+        let raw = Bytes::from_static(&[0xff, 0x00, 0x10, 0x80]);
+        let received = message_of(&as_received(PublishProperties {
+            correlation_data: Some(raw.clone()),
+            ..PublishProperties::default()
+        }));
+        let text = received.props.correlation_id.clone().unwrap();
+        assert!(text.starts_with(BINARY_CORRELATION), "{text:?}");
+        assert_eq!(properties(&received.props).correlation_data, Some(raw));
+        // Text is carried as its bytes.
+        let plain = properties(&Props {
+            correlation_id: Some("abc".into()),
+            ..Props::default()
+        });
+        assert_eq!(plain.correlation_data.as_deref(), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn the_url_gives_host_port_tls_and_credentials() {
+        let cfg = |url: &str| MqttConfig {
+            url: url.into(),
+            ..MqttConfig::default()
+        };
+        let b = MqttBroker::new(&cfg("mqtts://u%40x:p%2Fw@broker.test")).unwrap();
+        assert_eq!(
+            (b.inner.host.as_str(), b.inner.port, b.inner.tls),
+            ("broker.test", 8883, true)
+        );
+        assert_eq!(
+            b.inner.credentials,
+            Some(("u@x".to_string(), "p/w".to_string()))
+        );
+        let b = MqttBroker::new(&cfg("mqtt://[::1]:1884")).unwrap();
+        assert_eq!(
+            (b.inner.host.as_str(), b.inner.port, b.inner.tls),
+            ("::1", 1884, false)
+        );
+        assert_eq!(b.inner.credentials, None);
+    }
+}

@@ -1,0 +1,155 @@
+//! `[mqtt]`: an MQTT 5 broker (Mosquitto, EMQX, HiveMQ…).
+//!
+//! ```toml
+//! [mqtt]
+//! url = "mqtt://127.0.0.1:1883"      # mqtts:// for TLS; user:password@ for credentials
+//! client_id = "replyd-node-a"        # unique per node, stable across its restarts
+//! request_topics = ["replyd/requests"]   # requests arrive here
+//! # share_group = "replyd"           # the nodes share each topic ($share/<group>/<topic>)
+//! # tenant = "default"               # whose jobs they become
+//! # queue = "report"                 # a request's job queue without x-replyd-queue
+//! # dead_letter_topic = "replyd/dead"   # default: "<request topic>/dead"
+//! # prefetch = 64                    # requests handled at once (MQTT's receive maximum)
+//! # session_expiry = 86400           # seconds the broker keeps replyd's sessions while it is away
+//! # reply_topic = "replyd/replies"   # where workers of `executor = "mqtt"` queues reply
+//! # reply_retry_schedule = [0, 1, 2, 5, 10, 30, 60, 300, 900, 3600]
+//! ```
+
+use serde::Deserialize;
+
+use crate::brokers::replies::DEFAULT_SCHEDULE;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// The broker: `mqtt://[user:password@]host[:port]` (`mqtts://` for
+    /// TLS with the system's roots).
+    pub url: String,
+    /// This node's client id. Its persistent sessions are named after it,
+    /// so it must be unique per node and the same after a restart (then
+    /// requests that arrived while the node was away are delivered to it).
+    pub client_id: String,
+    /// Topics whose messages are requests (no wildcards).
+    pub request_topics: Vec<String>,
+    /// The shared-subscription group by which the nodes split each topic.
+    pub share_group: String,
+    /// The tenant of the jobs that arrive this way.
+    pub tenant: String,
+    /// The job queue of a request without `x-replyd-queue`.
+    pub queue: Option<String>,
+    /// Where a request that cannot be accepted goes, with the reason in
+    /// `x-replyd-error` (default: the request topic + `/dead`).
+    pub dead_letter_topic: Option<String>,
+    /// Requests handled (unacknowledged) at once, per request topic.
+    pub prefetch: u16,
+    /// Seconds the broker keeps a session (its subscriptions and the
+    /// messages owed to it) while replyd is disconnected.
+    pub session_expiry: u32,
+    /// Where the workers of `executor = "mqtt"` queues reply.
+    pub reply_topic: String,
+    /// Seconds before each attempt at a reply; after the last, the reply
+    /// is dead (and can be replayed).
+    pub reply_retry_schedule: Vec<f64>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "replyd".into(),
+            request_topics: Vec::new(),
+            share_group: "replyd".into(),
+            tenant: "default".into(),
+            queue: None,
+            dead_letter_topic: None,
+            prefetch: 64,
+            session_expiry: 86_400,
+            reply_topic: "replyd/replies".into(),
+            reply_retry_schedule: DEFAULT_SCHEDULE.to_vec(),
+        }
+    }
+}
+
+/// A topic replyd publishes or subscribes to: not empty, no wildcards, no
+/// `$` system prefix, no NUL, within MQTT's 65,535 bytes.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 65_535 && !t.starts_with('$') && !t.contains(['+', '#', '\0'])
+}
+
+impl MqttConfig {
+    /// Checks the section; `queues` are the configured job queues.
+    pub fn validate(&self, queues: &[&str]) -> Result<(), String> {
+        if !cfg!(feature = "mqtt") {
+            return Err(
+                "this replyd was built without MQTT: rebuild with `--features mqtt`".into(),
+            );
+        }
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts") && u.host_str().is_some() => {}
+            _ => return Err("mqtt.url must be an mqtt:// or mqtts:// URL with a host".into()),
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 200 {
+            return Err("mqtt.client_id must be 1 to 200 bytes".into());
+        }
+        if self.share_group.is_empty() || self.share_group.contains(['/', '+', '#']) {
+            return Err("mqtt.share_group must be a name without '/', '+' or '#'".into());
+        }
+        for t in self
+            .request_topics
+            .iter()
+            .chain(&self.dead_letter_topic)
+            .chain([&self.reply_topic])
+        {
+            if !valid_topic(t) {
+                return Err(format!(
+                    "mqtt: topic {t:?} must be a topic name without wildcards (+, #) or a leading $"
+                ));
+            }
+        }
+        if let Some(q) = &self.queue
+            && !queues.contains(&q.as_str())
+        {
+            return Err(format!("mqtt.queue: no queue named {q:?} is configured"));
+        }
+        if self.tenant.is_empty() {
+            return Err("mqtt.tenant must not be empty".into());
+        }
+        if self.prefetch == 0 {
+            return Err("mqtt.prefetch must be at least 1".into());
+        }
+        if self.reply_retry_schedule.is_empty()
+            || self
+                .reply_retry_schedule
+                .iter()
+                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
+        {
+            return Err(
+                "mqtt.reply_retry_schedule must list 1 or more delays of 0 to 604800 seconds"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The dead-letter topic of requests that arrive on `source`.
+    pub fn dead_letter_of(&self, source: &str) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{source}/dead"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_replyd_uses_are_names_not_filters() {
+        for ok in ["replyd/requests", "a", "reports/v1/in"] {
+            assert!(valid_topic(ok), "{ok}");
+        }
+        for bad in ["", "a/+/b", "a/#", "$SYS/x", "$share/g/t", "a\0b"] {
+            assert!(!valid_topic(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What the MQTT test binaries share: the client handle, the `[mqtt]`
+//! section of a case's destinations, and their cleanup (see
+//! `broker_cases.rs`).
+
+use std::sync::Arc;
+
+use replyd_server::brokers::Broker;
+use replyd_server::brokers::mqtt::client::MqttBroker;
+use replyd_server::brokers::mqtt::config::MqttConfig;
+
+use super::Names;
+
+pub const EXECUTOR: &str = "mqtt";
+pub const URL: &str = "mqtt://127.0.0.1:1883";
+
+pub fn require() -> bool {
+    std::env::var("REPLYD_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// A handle on the local Mosquitto, with a client id of its own (the
+/// test's subscriptions are sessions apart from replyd's); `None` (the
+/// test skips, saying so) when it is absent, unless
+/// `REPLYD_REQUIRE_SERVICES=1`.
+pub async fn client() -> Option<Arc<dyn Broker>> {
+    if tokio::net::TcpStream::connect("127.0.0.1:1883")
+        .await
+        .is_err()
+    {
+        assert!(
+            !require(),
+            "Mosquitto is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:1883 is closed"
+        );
+        eprintln!("skipped: no MQTT broker on 127.0.0.1:1883");
+        return None;
+    }
+    let cfg = MqttConfig {
+        url: URL.into(),
+        client_id: format!(
+            "replyd-tests-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        // Its own group: the test's subscriptions do not split messages
+        // with replyd's.
+        share_group: "replyd-tests".into(),
+        session_expiry: 60,
+        ..MqttConfig::default()
+    };
+    Some(Arc::new(MqttBroker::new(&cfg).expect("a valid URL")))
+}
+
+/// The section of a case: a client id of its own (a node's sessions are
+/// named after it), short-lived sessions.
+pub fn section(names: &Names) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "{URL}"
+client_id = "replyd-{}"
+request_topics = ["{}"]
+dead_letter_topic = "{}"
+queue = "work"
+reply_topic = "{}"
+session_expiry = 60
+reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
+"#,
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        names.requests,
+        names.dead,
+        names.replies
+    )
+}
+
+/// Topics need no cleanup; the sessions expire by themselves.
+pub async fn cleanup(_: &Names) {}
