@@ -39,9 +39,9 @@ pub async fn client() -> Option<Arc<dyn Broker>> {
             "replyd-tests-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ),
-        // Its own group: the test's subscriptions do not split messages
-        // with replyd's.
-        share_group: "replyd-tests".into(),
+        // Plain subscriptions, as a requester's own response topic (and a
+        // lone worker's) has them.
+        share_group: String::new(),
         session_expiry: 60,
         ..MqttConfig::default()
     };

@@ -8,7 +8,8 @@
 //! reply's requester is gone ([`Published::Unroutable`]).
 //!
 //! - **Subscriptions** are shared (`$share/<group>/<topic>`), so the nodes
-//!   split a topic's messages, and persistent: each node's session on a
+//!   split a topic's messages (unless `share_group` is empty), and
+//!   persistent: each node's session on a
 //!   topic is named after its client id and the topic, kept by the broker
 //!   for `session_expiry` seconds, and resumed on reconnect, when the broker
 //!   delivers again what was received and not acknowledged. A message is
@@ -315,7 +316,11 @@ impl Broker for MqttBroker {
     ) -> Result<mpsc::Receiver<Received>, BrokerError> {
         let inner = &self.inner;
         let id = format!("{}-{}", inner.client_id, digest8(source));
-        let filter = format!("$share/{}/{source}", inner.share_group);
+        let filter = if inner.share_group.is_empty() {
+            source.to_string()
+        } else {
+            format!("$share/{}/{source}", inner.share_group)
+        };
         let (client, events) = inner.connect(inner.options(id, true, prefetch)).await?;
         listen(self.inner.clone(), client, events, filter, prefetch, true).await
     }

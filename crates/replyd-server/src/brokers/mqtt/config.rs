@@ -5,7 +5,7 @@
 //! url = "mqtt://127.0.0.1:1883"      # mqtts:// for TLS; user:password@ for credentials
 //! client_id = "replyd-node-a"        # unique per node, stable across its restarts
 //! request_topics = ["replyd/requests"]   # requests arrive here
-//! # share_group = "replyd"           # the nodes share each topic ($share/<group>/<topic>)
+//! # share_group = "replyd"           # the nodes share each topic ($share/<group>/<topic>); "" = not shared
 //! # tenant = "default"               # whose jobs they become
 //! # queue = "report"                 # a request's job queue without x-replyd-queue
 //! # dead_letter_topic = "replyd/dead"   # default: "<request topic>/dead"
@@ -31,7 +31,9 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Topics whose messages are requests (no wildcards).
     pub request_topics: Vec<String>,
-    /// The shared-subscription group by which the nodes split each topic.
+    /// The shared-subscription group by which the nodes split each topic;
+    /// empty: plain subscriptions (one node alone; unlike shared ones, some
+    /// brokers, Mosquitto among them, keep these across their own restart).
     pub share_group: String,
     /// The tenant of the jobs that arrive this way.
     pub tenant: String,
@@ -91,7 +93,7 @@ impl MqttConfig {
         if self.client_id.is_empty() || self.client_id.len() > 200 {
             return Err("mqtt.client_id must be 1 to 200 bytes".into());
         }
-        if self.share_group.is_empty() || self.share_group.contains(['/', '+', '#']) {
+        if self.share_group.contains(['/', '+', '#']) {
             return Err("mqtt.share_group must be a name without '/', '+' or '#'".into());
         }
         for t in self
