@@ -149,3 +149,46 @@ async fn a_reply_nobody_receives_is_recorded_as_gone() {
     assert!(err.contains("requester is gone"), "{d}");
     rig.finish().await;
 }
+
+/// Publishes from one handle are pipelined; each still gets its own
+/// broker's answer: 200 at once, alternating between a topic someone
+/// subscribes to and one nobody does, are each told apart, and every
+/// accepted one arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_each_get_their_own_answer() {
+    let Some(broker) = client().await else { return };
+    let names = Names::new();
+    let mut rx = broker.subscribe(&names.work, 256).await.unwrap();
+    let nobody = format!("{}/nobody", names.work);
+    let mut sends = Vec::new();
+    for i in 0..200 {
+        let (broker, to) = (
+            broker.clone(),
+            if i % 2 == 0 { names.work.clone() } else { nobody.clone() },
+        );
+        sends.push(tokio::spawn(async move {
+            let m = Message {
+                body: i.to_string().into(),
+                props: Props::default(),
+            };
+            (i, broker.publish(&to, m).await.unwrap())
+        }));
+    }
+    for s in sends {
+        let (i, published) = s.await.unwrap();
+        let expected = if i % 2 == 0 {
+            Published::Accepted
+        } else {
+            Published::Unroutable
+        };
+        assert_eq!(published, expected, "publish {i}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 100 {
+        let m = next(&mut rx).await;
+        let i: usize = String::from_utf8_lossy(&m.body).parse().unwrap();
+        assert_eq!(i % 2, 0);
+        assert!(seen.insert(i), "{i} twice");
+    }
+    quiet(&mut rx, Duration::from_millis(300)).await;
+}

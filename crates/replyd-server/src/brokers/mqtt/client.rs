@@ -16,9 +16,10 @@
 //!   acknowledged (PUBACK) only when its owner settles it. MQTT has no
 //!   negative acknowledgement: giving a message back publishes it again to
 //!   its topic, then acknowledges it.
-//! - **Publishes** go over one connection per broker handle, one at a time
-//!   (each waits for its PUBACK, which is matched to it by its packet id).
-//!   A connection that fails is dropped; the next operation connects again.
+//! - **Publishes** go over one connection per broker handle, pipelined (up
+//!   to 64 in flight; each PUBACK is matched to its publish by the packet
+//!   id). A connection that fails is dropped; the next publish connects
+//!   again.
 //! - **Destinations need no declaring**: a topic exists while someone
 //!   subscribes to it. What is published to a topic nobody subscribes to is
 //!   dropped by the broker (and said to be unroutable).
@@ -190,30 +191,31 @@ impl Inner {
     /// Publishes one message at QoS 1 and waits for its PUBACK.
     async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
         let properties = properties(&message.props);
-        let mut slot = self.publisher.lock().await;
-        if slot.is_none() {
-            let id = format!("{}-pub-{}", self.client_id, random8());
-            let (client, events) = self.connect(self.options(id, false, 64)).await?;
-            *slot = Some(Publisher { client, events });
-        }
-        let Some(p) = slot.as_mut() else {
-            return Err(unavailable("no connection"));
-        };
-        let r = tokio::time::timeout(ANSWER_TIMEOUT, p.publish(to, message.body, properties))
-            .await
-            .unwrap_or_else(|_| {
-                Err(unavailable(format!(
-                    "the broker did not acknowledge within {ANSWER_TIMEOUT:?}"
-                )))
-            });
-        if matches!(r, Err(BrokerError::Unavailable(_))) {
-            // Whatever that connection still says belongs to this publish:
-            // start afresh.
-            if let Some(p) = slot.take() {
-                let _ = p.client.try_disconnect();
+        let answer = {
+            // Held while the publish is queued, so that publishes reach the
+            // event loop in the order of `Publisher::queued`.
+            let mut slot = self.publisher.lock().await;
+            if !slot.as_ref().is_some_and(Publisher::alive) {
+                let id = format!("{}-pub-{}", self.client_id, random8());
+                let mut options = self.options(id, false, 64);
+                options.set_outgoing_inflight_upper_limit(PUBLISHES_IN_FLIGHT);
+                let (client, events) = self.connect(options).await?;
+                *slot = Some(Publisher::start(client, events));
             }
+            let Some(p) = slot.as_ref() else {
+                return Err(unavailable("no connection"));
+            };
+            p.send(to, message.body, properties).await?
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(unavailable(
+                "the connection closed before the broker acknowledged",
+            )),
+            Err(_) => Err(unavailable(format!(
+                "the broker did not acknowledge within {ANSWER_TIMEOUT:?}"
+            ))),
         }
-        r
     }
 }
 
@@ -235,44 +237,93 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event>) {
     }
 }
 
-/// The publishing connection.
+/// Publishes in flight at once on the publishing connection.
+const PUBLISHES_IN_FLIGHT: u16 = 64;
+
+type Answer = tokio::sync::oneshot::Sender<Result<Published, BrokerError>>;
+
+/// The publishing connection. Publishes are pipelined: each waits in
+/// `queued` until the event loop sends it (it sends them in the order they
+/// were queued, each as `Outgoing::Publish(packet id)`), then by its packet
+/// id until its PUBACK. The connection never resends (it is dropped when it
+/// fails, and the caller retries), so that order holds.
 struct Publisher {
     client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Event>,
+    queued: Arc<std::sync::Mutex<std::collections::VecDeque<Answer>>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Publisher {
-    async fn publish(
-        &mut self,
+    fn start(client: AsyncClient, mut events: mpsc::UnboundedReceiver<Event>) -> Publisher {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let queued: Arc<std::sync::Mutex<std::collections::VecDeque<Answer>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (q, a) = (queued.clone(), alive.clone());
+        tokio::spawn(async move {
+            let mut sent: std::collections::HashMap<u16, Answer> = Default::default();
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        let next = q.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                        if let Some(answer) = next {
+                            sent.insert(pkid, answer);
+                        }
+                    }
+                    Event::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(answer) = sent.remove(&ack.pkid) {
+                            let _ = answer.send(match ack.reason {
+                                PubAckReason::Success => Ok(Published::Accepted),
+                                PubAckReason::NoMatchingSubscribers => Ok(Published::Unroutable),
+                                other => Err(BrokerError::Refused(format!(
+                                    "the broker did not take the message: {other:?}"
+                                ))),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // The connection ended: what waits is answered by its sender's
+            // drop (unavailable).
+            a.store(false, Ordering::Release);
+            q.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Publisher {
+            client,
+            queued,
+            alive,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Queues a publish; the receiver gets the broker's answer.
+    async fn send(
+        &self,
         to: &str,
         body: Bytes,
         properties: PublishProperties,
-    ) -> Result<Published, BrokerError> {
-        self.client
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Published, BrokerError>>, BrokerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(tx);
+        if let Err(e) = self
+            .client
             .publish_with_properties(to, QoS::AtLeastOnce, false, body, properties)
             .await
-            .map_err(unavailable)?;
-        // Publishes are one at a time: the next outgoing publish is this
-        // one, and the PUBACK with its packet id answers it.
-        let mut pkid = None;
-        while let Some(event) = self.events.recv().await {
-            match event {
-                Event::Outgoing(Outgoing::Publish(id)) if pkid.is_none() => pkid = Some(id),
-                Event::Incoming(Packet::PubAck(ack)) if Some(ack.pkid) == pkid => {
-                    return match ack.reason {
-                        PubAckReason::Success => Ok(Published::Accepted),
-                        PubAckReason::NoMatchingSubscribers => Ok(Published::Unroutable),
-                        other => Err(BrokerError::Refused(format!(
-                            "the broker did not take the message: {other:?}"
-                        ))),
-                    };
-                }
-                _ => {}
-            }
+        {
+            // Its answer is queued with nothing to match it: this
+            // connection's order is lost, so it is done with.
+            self.alive
+                .store(false, std::sync::atomic::Ordering::Release);
+            let _ = self.client.try_disconnect();
+            return Err(unavailable(e));
         }
-        Err(unavailable(
-            "the connection closed before the broker acknowledged",
-        ))
+        Ok(rx)
     }
 }
 

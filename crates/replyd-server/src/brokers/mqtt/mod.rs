@@ -48,8 +48,8 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     let setup = Setup {
         broker,
         requests,
-        // Publishes go one at a time over one connection (client.rs).
-        concurrency: 16,
+        // As many as the publishing connection has in flight (client.rs).
+        concurrency: 64,
         reply_schedule: cfg.reply_retry_schedule.clone(),
         reply_source: cfg.reply_topic.clone(),
         executor: Executor::Mqtt,
