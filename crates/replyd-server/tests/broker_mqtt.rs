@@ -164,7 +164,11 @@ async fn pipelined_publishes_each_get_their_own_answer() {
     for i in 0..200 {
         let (broker, to) = (
             broker.clone(),
-            if i % 2 == 0 { names.work.clone() } else { nobody.clone() },
+            if i % 2 == 0 {
+                names.work.clone()
+            } else {
+                nobody.clone()
+            },
         );
         sends.push(tokio::spawn(async move {
             let m = Message {

@@ -20,6 +20,8 @@
 //! - `amqp` (`bench/amqp.rs`, feature `amqp`): RPC round trips over
 //!   RabbitMQ through replyd (a durable job and a durable reply each).
 //!   Baseline: a bare lapin RPC echo server, the same client.
+//! - `mqtt` (`bench/mqtt.rs`, feature `mqtt`): MQTT 5 request/response
+//!   round trips through replyd. Baseline: a bare echo, the same client.
 //! - `pg` (`bench/pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 
 use std::net::SocketAddr;
@@ -30,6 +32,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "amqp")]
 mod amqp;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod streams;
@@ -117,6 +121,17 @@ pub struct BenchArgs {
     /// AMQP scenario: requesters, each with one request in flight.
     #[arg(long, default_value_t = 128)]
     amqp_clients: usize,
+    /// MQTT scenario: the broker to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883",
+        value_name = "URL"
+    )]
+    mqtt_url: String,
+    /// MQTT scenario: requesters, each with one request in flight.
+    #[arg(long, default_value_t = 128)]
+    mqtt_clients: usize,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -150,9 +165,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "webhooks" => webhooks::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
+            #[cfg(feature = "mqtt")]
+            "mqtt" => mqtt::run(&args, &dir).await?,
             other => bail!(
                 "unknown scenario {other:?} (known: submit, e2e, streams, webhooks; \
-                 with their features: pg, amqp)"
+                 with their features: pg, amqp, mqtt)"
             ),
         }
     }
