@@ -930,6 +930,18 @@ mod tests {
             ("[webhooks]\nretry_schedule = [-1]", "retry_schedule"),
             ("[webhooks]\ntimeout = 0", "webhooks.timeout"),
             ("[webhooks]\nper_endpoint = 0", "per_endpoint"),
+            (
+                "[queues.a]\nexecutor = \"mqtt\"",
+                "executor \"mqtt\" needs an [mqtt] section",
+            ),
+            (
+                "[queues.a]\nwork_queue = \"w\"",
+                "work_queue is for the broker executors",
+            ),
+            (
+                "[queues.a]\nexecutor = \"mqtt\"\nwork_queue = \"w/#\"\n[mqtt]\nrequest_topics = []",
+                "work_queue must be an MQTT topic",
+            ),
         ] {
             let mut c = Config::from_toml(toml).unwrap();
             let e = c.validate().unwrap_err().to_string();

@@ -167,16 +167,18 @@ impl Inner {
     ) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Event>), BrokerError> {
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(eventloop, tx));
+        let why = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(drive(eventloop, tx, why.clone()));
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(e) = rx.recv().await {
                 if let Event::Incoming(Packet::ConnAck(ack)) = e {
                     return Ok(ack);
                 }
             }
-            Err(unavailable(
-                "the connection closed before the broker accepted it",
-            ))
+            let why = why.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Err(unavailable(why.unwrap_or_else(|| {
+                "the connection closed before the broker accepted it".into()
+            })))
         })
         .await
         .map_err(|_| unavailable(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
@@ -220,8 +222,12 @@ impl Inner {
 }
 
 /// Polls an event loop, forwarding its events, until the connection fails
-/// (or nobody listens).
-async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event>) {
+/// (then `why` says how) or nobody listens.
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Event>,
+    why: Arc<std::sync::Mutex<Option<String>>>,
+) {
     loop {
         match eventloop.poll().await {
             Ok(event) => {
@@ -231,6 +237,11 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event>) {
             }
             Err(e) => {
                 tracing::debug!(broker = "mqtt", error = %e, "the connection ended");
+                *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "{}:{}: {e}",
+                    eventloop.options.broker_address().0,
+                    eventloop.options.broker_address().1
+                ));
                 return;
             }
         }
@@ -603,6 +614,26 @@ mod tests {
             ..Props::default()
         });
         assert_eq!(plain.correlation_data.as_deref(), Some(&b"abc"[..]));
+    }
+
+    /// A broker that is not there: an operation fails as unavailable (to
+    /// be tried again), naming where it tried and why.
+    #[tokio::test]
+    async fn an_absent_broker_is_unavailable_and_says_where() {
+        let b = MqttBroker::new(&MqttConfig {
+            url: "mqtt://127.0.0.1:1".into(),
+            ..MqttConfig::default()
+        })
+        .unwrap();
+        let e = b.publish("t", Message::default()).await.unwrap_err();
+        let BrokerError::Unavailable(why) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(why.contains("127.0.0.1:1"), "{why}");
+        assert!(matches!(
+            b.subscribe("t", 1).await,
+            Err(BrokerError::Unavailable(_))
+        ));
     }
 
     #[test]

@@ -145,6 +145,42 @@ impl MqttConfig {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "mqtt")]
+    #[test]
+    fn a_bad_section_says_what_is_wrong() {
+        let ok = MqttConfig {
+            request_topics: vec!["replyd/requests".into()],
+            queue: Some("report".into()),
+            ..MqttConfig::default()
+        };
+        assert_eq!(ok.validate(&["report"]), Ok(()));
+        type Case = (fn(&mut MqttConfig), &'static str);
+        let cases: &[Case] = &[
+            (|c| c.url = "amqp://127.0.0.1".into(), "mqtt.url"),
+            (|c| c.url = "mqtt://".into(), "mqtt.url"),
+            (|c| c.client_id = String::new(), "mqtt.client_id"),
+            (|c| c.share_group = "a/b".into(), "mqtt.share_group"),
+            (|c| c.request_topics = vec!["in/#".into()], "in/#"),
+            (|c| c.reply_topic = "$SYS/x".into(), "$SYS/x"),
+            (|c| c.queue = Some("nope".into()), "no queue named"),
+            (|c| c.prefetch = 0, "mqtt.prefetch"),
+            (|c| c.reply_retry_schedule = vec![], "reply_retry_schedule"),
+            (|c| c.tenant = String::new(), "mqtt.tenant"),
+        ];
+        for (spoil, says) in cases {
+            let mut c = ok.clone();
+            spoil(&mut c);
+            let e = c.validate(&["report"]).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        // Plain subscriptions are allowed.
+        let plain = MqttConfig {
+            share_group: String::new(),
+            ..ok
+        };
+        assert_eq!(plain.validate(&["report"]), Ok(()));
+    }
+
     #[test]
     fn topics_replyd_uses_are_names_not_filters() {
         for ok in ["replyd/requests", "a", "reports/v1/in"] {
