@@ -196,3 +196,22 @@ async fn pipelined_publishes_each_get_their_own_answer() {
     }
     quiet(&mut rx, Duration::from_millis(300)).await;
 }
+
+/// A request that cannot be a job, when nobody subscribes to the
+/// dead-letter topic (MQTT keeps nothing there): the requester is still
+/// told why at once, no job is made, and the request is not redelivered
+/// over and over.
+#[tokio::test]
+async fn a_rejected_request_with_no_dead_letter_subscriber_is_still_answered() {
+    let Some(mut rig) = Rig::start("").await else {
+        return;
+    };
+    rig.request("not json", Some("bad-1"), "c-bad", &[]).await;
+    let r = rig.reply().await;
+    assert_eq!(r.props.header(headers::STATE), Some("rejected"));
+    assert_eq!(r.props.correlation_id.as_deref(), Some("c-bad"));
+    quiet(&mut rig.replies, Duration::from_millis(500)).await;
+    let jobs = rig.server.client(None).get("/v1/jobs").await.json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0);
+    rig.finish().await;
+}

@@ -26,7 +26,7 @@ use replyd_core::store::Submitted;
 use replyd_proto as proto;
 use tokio::sync::Semaphore;
 
-use super::{Backoff, Broker, Message, Props, Received, headers};
+use super::{Backoff, Broker, Message, Props, Published, Received, headers};
 use crate::app::{App, Submission, request_hash};
 use crate::error::ApiError;
 
@@ -109,11 +109,25 @@ pub async fn handle(app: &App, broker: &dyn Broker, settings: &Settings, r: Rece
     let outcome = match accept(app, broker.channel(), settings, &message).await {
         Ok(()) => "accepted",
         Err(Refusal::Reject(reason)) => {
-            if let Err(e) = dead_letter(broker, settings, &message, &reason).await {
-                tracing::warn!(error = %e, "cannot dead-letter a request; it will be delivered again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = settle.requeue().await;
-                return;
+            match dead_letter(broker, settings, &message, &reason).await {
+                Ok(Published::Accepted) => {}
+                // A broker whose topics exist only while someone subscribes
+                // (MQTT) has nowhere to keep it: the requester still learns
+                // why, below.
+                Ok(Published::Unroutable) => {
+                    tracing::warn!(
+                        broker = broker.channel().as_str(),
+                        dead_letter = %settings.dead_letter,
+                        reason = %reason,
+                        "nothing receives dead letters there: a rejected request is dropped"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dead-letter a request; it will be delivered again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = settle.requeue().await;
+                    return;
+                }
             }
             reject_reply(broker, &message, &reason).await;
             "rejected"
@@ -292,13 +306,10 @@ async fn dead_letter(
     settings: &Settings,
     m: &Message,
     reason: &str,
-) -> Result<(), super::BrokerError> {
+) -> Result<Published, super::BrokerError> {
     let mut dead = m.clone();
     dead.props = dead.props.with_header(headers::ERROR, reason);
-    broker
-        .publish(&settings.dead_letter, dead)
-        .await
-        .map(|_| ())
+    broker.publish(&settings.dead_letter, dead).await
 }
 
 /// Tells a requester at once that its request made no job (best effort:
