@@ -478,6 +478,13 @@ async fn read_after(pool: &PgPool, after: i64, limit: i64) -> StoreResult<Vec<Ev
     rows.iter().map(event_from_row).collect()
 }
 
+/// Expired jobs (`expires_at <= $1`) still holding their input, at most
+/// `$2`, oldest first. The order is also what makes PostgreSQL walk
+/// `jobs_expiry` without statistics: with a bare LIMIT it scanned the
+/// whole table for every sweep, hoping to meet expired rows early.
+const GARBAGE: &str = "SELECT id FROM jobs WHERE expires_at <= $1 AND input IS NOT NULL
+     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+
 /// Claims due deliveries of channel `$4` until `$3`: at most `$2`, due at
 /// `$1`, the oldest pending of each job only. Both lookups have an index
 /// made for them (migration 6), so the plan needs no statistics: without
@@ -854,15 +861,12 @@ impl Store for PgStore {
 
     async fn collect_garbage(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
         let mut tx = self.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE expires_at <= $1 AND input IS NOT NULL
-             LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(GARBAGE)
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
         for sql in [
             FORGET_EVENTS_OF_JOBS,
             "DELETE FROM job_outputs WHERE job_id = ANY($1)",
@@ -1226,6 +1230,22 @@ pub mod testing {
             .bind(limit)
             .bind(now_ms + 60_000)
             .bind(channel)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        pool.close().await;
+        Ok(plan)
+    }
+
+    /// The plan of a garbage sweep's selection (`collect_garbage`' own
+    /// statement), as [`explain_claim`] gives it.
+    pub async fn explain_garbage(url: &str, now_ms: i64, limit: i64) -> sqlx::Result<Vec<String>> {
+        let pool = sqlx::PgPool::connect(url).await?;
+        let mut tx = pool.begin().await?;
+        let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", super::GARBAGE);
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
         tx.rollback().await?;

@@ -109,3 +109,38 @@ async fn a_delivery_claim_stays_cheap_without_statistics() {
     );
     pool.close().await;
 }
+
+/// A garbage sweep over 200,000 jobs of which none has expired reads a
+/// few pages of `jobs_expiry`, not the table: without statistics (a table
+/// that grew since its last ANALYZE) a bare LIMIT made PostgreSQL scan all
+/// 12,500 pages on every sweep.
+#[tokio::test]
+async fn a_garbage_sweep_walks_the_expiry_index_without_statistics() {
+    let Some(url) = testing::fresh_schema("plans").await else {
+        return;
+    };
+    let _store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+    for (state, expires) in [("queued", "NULL"), ("succeeded", "10000000")] {
+        let sql = format!(
+            "INSERT INTO jobs (id, tenant, queue, state, run_at, record, input, expires_at)
+             SELECT gen_random_uuid(), 't', 'q', '{state}', g, repeat('x', 400), '\\x7b7d',
+                    {expires}
+             FROM generate_series(1, 100000) g"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let plan = testing::explain_garbage(&url, 100, 256).await.unwrap();
+    let text = plan.join("\n");
+    assert!(
+        text.contains("jobs_expiry"),
+        "walks the expiry index:\n{text}"
+    );
+    let touched = pages(&plan);
+    assert!(touched < 100, "a sweep touched {touched} pages:\n{text}");
+    pool.close().await;
+}
