@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::amqp::{URL, cleanup, client};
 use common::{Names, TestServer};
 use lapin::options::QueueDeclareOptions;
-use replyd_server::brokers::{Message, Props, Published, headers};
 
 const BACKEND: common::Backend = common::Backend::Postgres;
 
@@ -78,77 +76,9 @@ prefetch = 8
     }
     let _ = conn.close(200, "done".into()).await;
 
-    let request = |i: usize| Message {
-        body: format!(r#"{{"seconds": 0, "i": {i}}}"#).into(),
-        props: Props {
-            message_id: Some(format!("m-{i}")),
-            correlation_id: Some(format!("c-{i}")),
-            reply_to: Some(names.work.clone()),
-            ..Props::default()
-        },
-    };
-    let n = 150;
-    for i in 0..n {
-        assert_eq!(
-            broker.publish(&names.requests, request(i)).await.unwrap(),
-            Published::Accepted
-        );
-    }
-    let mut rx = broker.subscribe(&names.work, 64).await.unwrap();
-    let mut replies: HashMap<String, Vec<String>> = HashMap::new();
-    let collect = |replies: &mut HashMap<String, Vec<String>>, m: &Message| {
-        assert_eq!(m.props.header(headers::STATE), Some("succeeded"));
-        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
-        let corr = m.props.correlation_id.clone().unwrap();
-        assert_eq!(
-            format!("c-{}", body["input"]["i"]),
-            corr,
-            "its own request's reply"
-        );
-        replies
-            .entry(corr)
-            .or_default()
-            .push(m.props.header(headers::JOB_ID).unwrap().to_string());
-    };
-    while replies.len() < n {
-        let r = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} replies", replies.len()))
-            .unwrap();
-        collect(&mut replies, &r.message);
-        r.settle.ack().await.unwrap();
-    }
-    // No more: one reply per request.
-    if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-        panic!("a second reply: {:?}", r.message.props);
-    }
-    assert!(replies.values().all(|jobs| jobs.len() == 1));
-    let jobs: HashSet<&String> = replies.values().flatten().collect();
-    assert_eq!(jobs.len(), n, "a job per request");
-
-    // Duplicates of finished requests, spread over the nodes: no new job;
-    // the reply again, with the same correlation id and job.
-    for i in 0..30 {
-        broker.publish(&names.requests, request(i)).await.unwrap();
-    }
-    let mut again: HashMap<String, Vec<String>> = HashMap::new();
-    while again.len() < 30 {
-        let r = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("the duplicates' replies")
-            .unwrap();
-        collect(&mut again, &r.message);
-        r.settle.ack().await.unwrap();
-    }
-    for (corr, jobs) in &again {
-        assert_eq!(jobs, &replies[corr], "{corr}: the same job");
-    }
-    let listed = nodes[1]
-        .client(None)
-        .get("/v1/jobs?queue=demo&limit=200")
-        .await
-        .json();
-    assert_eq!(listed["jobs"].as_array().unwrap().len(), n);
+    let mut replies = broker.subscribe(&names.work, 64).await.unwrap();
+    common::brokers::one_job_and_one_reply_per_request(&broker, &names, &mut replies, &nodes, 150)
+        .await;
     for node in nodes {
         node.stop.cancel();
         let _ = node.task.await;

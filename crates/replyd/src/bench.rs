@@ -404,6 +404,78 @@ async fn load(
     })
 }
 
+/// Request → reply round trips of one measurement (the broker scenarios).
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+struct RoundTrips {
+    done: usize,
+    rate: f64,
+    /// Nanoseconds, sorted.
+    latency: Vec<i64>,
+    lost: usize,
+}
+
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+impl RoundTrips {
+    /// From each requester's latencies (nanoseconds) and unanswered count,
+    /// over `elapsed`.
+    fn of(per_client: Vec<(Vec<i64>, usize)>, elapsed: Duration) -> RoundTrips {
+        let mut latency = Vec::new();
+        let mut lost = 0;
+        for (l, n) in per_client {
+            latency.extend(l);
+            lost += n;
+        }
+        latency.sort_unstable();
+        RoundTrips {
+            done: latency.len(),
+            rate: latency.len() as f64 / elapsed.as_secs_f64(),
+            latency,
+            lost,
+        }
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "  {name:<32} {:>8.0} round trips/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} done, {} unanswered)",
+            self.rate,
+            percentile_ms(&self.latency, 0.50),
+            percentile_ms(&self.latency, 0.99),
+            self.done,
+            self.lost
+        )
+    }
+
+    /// The median run (by rate) of alternating rounds.
+    fn median(mut runs: Vec<RoundTrips>) -> RoundTrips {
+        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        runs.swap_remove(runs.len() / 2)
+    }
+
+    /// Prints the medians of the rounds and their ratio; fails if any
+    /// round trip went unanswered.
+    fn conclude(
+        rounds: usize,
+        (bare_name, bare): (&str, Vec<RoundTrips>),
+        (replyd_name, replyd): (&str, Vec<RoundTrips>),
+        target: &str,
+    ) -> anyhow::Result<()> {
+        let (bare, replyd) = (RoundTrips::median(bare), RoundTrips::median(replyd));
+        if rounds > 1 {
+            println!("  median of {rounds} rounds:");
+            println!("{}", bare.line(bare_name));
+            println!("{}", replyd.line(replyd_name));
+        }
+        println!(
+            "  ratio to ceiling: {:.2}  ({target})",
+            replyd.rate / bare.rate
+        );
+        if replyd.lost > 0 || bare.lost > 0 {
+            bail!("round trips went unanswered");
+        }
+        Ok(())
+    }
+}
+
 /// The `p` quantile of sorted nanoseconds, in milliseconds.
 fn percentile_ms(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {

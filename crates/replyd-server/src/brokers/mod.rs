@@ -203,6 +203,30 @@ pub(crate) struct Setup {
     pub default_work: fn(&str) -> String,
 }
 
+/// Each request source of a broker's section, with how its requests become
+/// jobs (`dead_letter_of` names a source's dead-letter destination).
+#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+pub(crate) fn request_sources(
+    sources: &[String],
+    tenant: &str,
+    default_queue: Option<&String>,
+    prefetch: u16,
+    dead_letter_of: impl Fn(&str) -> String,
+) -> Vec<(String, ingress::Settings)> {
+    sources
+        .iter()
+        .map(|source| {
+            let settings = ingress::Settings {
+                tenant: replyd_core::Tenant(tenant.to_string()),
+                default_queue: default_queue.cloned(),
+                dead_letter: dead_letter_of(source),
+                prefetch,
+            };
+            (source.clone(), settings)
+        })
+        .collect()
+}
+
 /// Starts one broker's tasks: a consumer per request source, the reply
 /// dispatcher of its outbox channel, and its executor queues (with the
 /// consumer of their workers' replies).

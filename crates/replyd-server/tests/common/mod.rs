@@ -6,6 +6,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod brokers;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod streams;

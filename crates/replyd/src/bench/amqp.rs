@@ -35,31 +35,10 @@ use replyd_server::config::Executor;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, Storage, percentile_ms, start_replyd_with};
+use super::{BenchArgs, RoundTrips, Storage, start_replyd_with};
 
 /// The target: replyd's round trips per second over the ceiling's.
 const TARGET_RATIO: f64 = 0.4;
-
-struct Figures {
-    done: usize,
-    rate: f64,
-    /// Nanoseconds, sorted.
-    latency: Vec<i64>,
-    lost: usize,
-}
-
-impl Figures {
-    fn line(&self, name: &str) -> String {
-        format!(
-            "  {name:<32} {:>8.0} round trips/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} done, {} unanswered)",
-            self.rate,
-            percentile_ms(&self.latency, 0.50),
-            percentile_ms(&self.latency, 0.99),
-            self.done,
-            self.lost
-        )
-    }
-}
 
 pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let url = args.amqp_url.clone();
@@ -118,24 +97,12 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         );
         replyd_runs.push(replyd);
     }
-    let median = |runs: &mut Vec<Figures>| {
-        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        runs.remove(runs.len() / 2)
-    };
-    let (bare, replyd) = (median(&mut bare_runs), median(&mut replyd_runs));
-    if args.rounds > 1 {
-        println!("  median of {} rounds:", args.rounds);
-        println!("{}", bare.line("bare lapin echo (ceiling)"));
-        println!("{}", replyd.line("replyd (job + durable reply)"));
-    }
-    println!(
-        "  ratio to ceiling: {:.2}  (target >= {TARGET_RATIO:.2})",
-        replyd.rate / bare.rate
-    );
-    if replyd.lost > 0 || bare.lost > 0 {
-        bail!("round trips went unanswered");
-    }
-    Ok(())
+    RoundTrips::conclude(
+        args.rounds,
+        ("bare lapin echo (ceiling)", bare_runs),
+        ("replyd (job + durable reply)", replyd_runs),
+        &format!("target >= {TARGET_RATIO:.2}"),
+    )
 }
 
 /// The URL without its password.
@@ -259,7 +226,7 @@ async fn rpc_load(
     queue: &str,
     clients: usize,
     duration: Duration,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<RoundTrips> {
     let conn = connect(url).await?;
     let replies = conn.create_channel().await?;
     let inbox = replies
@@ -341,21 +308,12 @@ async fn rpc_load(
             anyhow::Ok((latency, lost))
         }));
     }
-    let mut latency = Vec::new();
-    let mut lost = 0;
+    let mut per_client = Vec::new();
     for t in tasks {
-        let (l, n) = t.await??;
-        latency.extend(l);
-        lost += n;
+        per_client.push(t.await??);
     }
     let elapsed = start.elapsed();
     router.abort();
     let _ = conn.close(200, "done".into()).await;
-    latency.sort_unstable();
-    Ok(Figures {
-        done: latency.len(),
-        rate: latency.len() as f64 / elapsed.as_secs_f64(),
-        latency,
-        lost,
-    })
+    Ok(RoundTrips::of(per_client, elapsed))
 }

@@ -18,26 +18,20 @@ use crate::app::App;
 /// Starts the broker's tasks, if `[amqp]` is configured.
 #[cfg(feature = "amqp")]
 pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
-    use crate::brokers::{Broker, Setup, ingress, run};
+    use crate::brokers::{Broker, Setup, request_sources, run};
     use crate::config::Executor;
 
     let Some(cfg) = &app.config.amqp else {
         return;
     };
     let broker: Arc<dyn Broker> = Arc::new(client::AmqpBroker::new(&cfg.url, "replyd"));
-    let requests = cfg
-        .request_queues
-        .iter()
-        .map(|source| {
-            let settings = ingress::Settings {
-                tenant: replyd_core::Tenant(cfg.tenant.clone()),
-                default_queue: cfg.queue.clone(),
-                dead_letter: cfg.dead_letter_of(source),
-                prefetch: cfg.prefetch,
-            };
-            (source.clone(), settings)
-        })
-        .collect();
+    let requests = request_sources(
+        &cfg.request_queues,
+        &cfg.tenant,
+        cfg.queue.as_ref(),
+        cfg.prefetch,
+        |source| cfg.dead_letter_of(source),
+    );
     let setup = Setup {
         broker,
         requests,

@@ -18,7 +18,7 @@ use crate::app::App;
 /// Starts the broker's tasks, if `[mqtt]` is configured.
 #[cfg(feature = "mqtt")]
 pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
-    use crate::brokers::{Broker, Setup, ingress, run};
+    use crate::brokers::{Broker, Setup, request_sources, run};
     use crate::config::Executor;
 
     let Some(cfg) = &app.config.mqtt else {
@@ -32,19 +32,13 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
             return;
         }
     };
-    let requests = cfg
-        .request_topics
-        .iter()
-        .map(|source| {
-            let settings = ingress::Settings {
-                tenant: replyd_core::Tenant(cfg.tenant.clone()),
-                default_queue: cfg.queue.clone(),
-                dead_letter: cfg.dead_letter_of(source),
-                prefetch: cfg.prefetch,
-            };
-            (source.clone(), settings)
-        })
-        .collect();
+    let requests = request_sources(
+        &cfg.request_topics,
+        &cfg.tenant,
+        cfg.queue.as_ref(),
+        cfg.prefetch,
+        |source| cfg.dead_letter_of(source),
+    );
     let setup = Setup {
         broker,
         requests,
