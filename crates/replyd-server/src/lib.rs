@@ -70,6 +70,10 @@ impl Server {
         store: Arc<dyn Store>,
         clock: Clock,
     ) -> Result<Server, ServeError> {
+        // The metrics recorder, before anything records: what is counted
+        // before it is installed is lost (and a handle taken then stays
+        // dead).
+        http::ops::prometheus();
         let secret = store.cluster_secret().await?;
         let app = Arc::new(App::new(
             config,

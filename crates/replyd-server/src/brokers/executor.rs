@@ -219,33 +219,12 @@ async fn resync(app: &App, in_flight: &InFlight) {
 /// Takes workers' replies from `source` until shutdown, subscribing again
 /// whenever the connection drops.
 pub async fn consume_replies(app: Arc<App>, broker: Arc<dyn Broker>, source: String) {
-    let mut backoff = Backoff::default();
-    loop {
-        let subscribed = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            s = broker.subscribe(&source, 64) => s,
-        };
-        match subscribed {
-            Ok(mut rx) => {
-                backoff.reset();
-                loop {
-                    let r = tokio::select! {
-                        _ = app.shutdown.cancelled() => return,
-                        r = rx.recv() => r,
-                    };
-                    let Some(r) = r else { break };
-                    let app = app.clone();
-                    tokio::spawn(async move { settle_reply(&app, r).await });
-                }
-                tracing::warn!(source = %source, "worker reply consumer ended; subscribing again");
-            }
-            Err(e) => tracing::warn!(source = %source, error = %e, "cannot consume worker replies"),
-        }
-        tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next()) => {}
-        }
-    }
+    let a = app.clone();
+    super::consume(app, broker, source, 64, "worker replies", move |r| {
+        let app = a.clone();
+        async move { settle_reply(&app, r).await }
+    })
+    .await;
 }
 
 async fn settle_reply(app: &App, r: Received) {

@@ -24,9 +24,8 @@ use replyd_core::Tenant;
 use replyd_core::outbox::{Channel, ReplySpec, ReplyTarget};
 use replyd_core::store::Submitted;
 use replyd_proto as proto;
-use tokio::sync::Semaphore;
 
-use super::{Backoff, Broker, Message, Props, Published, Received, headers};
+use super::{Broker, Message, Props, Published, Received, headers};
 use crate::app::{App, Submission, request_hash};
 use crate::error::ApiError;
 
@@ -53,51 +52,16 @@ pub enum Refusal {
     Later(String),
 }
 
-/// Consumes `source` until shutdown, subscribing again whenever the
-/// connection drops.
+/// Consumes `source` until shutdown (see [`consume`](super::consume)).
 pub async fn run(app: Arc<App>, broker: Arc<dyn Broker>, source: String, settings: Settings) {
     let settings = Arc::new(settings);
-    let mut backoff = Backoff::default();
-    let broker_name = broker.channel().as_str();
-    loop {
-        let subscribed = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            s = broker.subscribe(&source, settings.prefetch) => s,
-        };
-        match subscribed {
-            Ok(mut rx) => {
-                backoff.reset();
-                if let Err(e) = broker.declare(&settings.dead_letter).await {
-                    tracing::warn!(broker = broker_name, queue = %settings.dead_letter, error = %e, "cannot declare the dead-letter queue");
-                }
-                tracing::info!(broker = broker_name, source = %source, "consuming requests");
-                let slots = Arc::new(Semaphore::new(usize::from(settings.prefetch.max(1))));
-                loop {
-                    let r = tokio::select! {
-                        _ = app.shutdown.cancelled() => return,
-                        r = rx.recv() => r,
-                    };
-                    let Some(r) = r else { break };
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let (app, broker, settings) = (app.clone(), broker.clone(), settings.clone());
-                    tokio::spawn(async move {
-                        handle(&app, &*broker, &settings, r).await;
-                        drop(slot);
-                    });
-                }
-                tracing::warn!(broker = broker_name, source = %source, "request consumer ended; subscribing again");
-            }
-            Err(e) => {
-                tracing::warn!(broker = broker_name, source = %source, error = %e, "cannot consume requests");
-            }
-        }
-        tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next()) => {}
-        }
-    }
+    let prefetch = settings.prefetch;
+    let (a, b) = (app.clone(), broker.clone());
+    super::consume(app, broker, source, prefetch, "requests", move |r| {
+        let (app, broker, settings) = (a.clone(), b.clone(), settings.clone());
+        async move { handle(&app, &*broker, &settings, r).await }
+    })
+    .await;
 }
 
 /// Handles one request: accepts it (then acknowledges it), dead-letters it,
@@ -307,6 +271,11 @@ async fn dead_letter(
     m: &Message,
     reason: &str,
 ) -> Result<Published, super::BrokerError> {
+    // Declared as it is needed (dead letters are rare), so that it exists
+    // after whatever happened to the broker meanwhile.
+    if let Err(e) = broker.declare(&settings.dead_letter).await {
+        tracing::warn!(dead_letter = %settings.dead_letter, error = %e, "cannot declare the dead-letter destination");
+    }
     let mut dead = m.clone();
     dead.props = dead.props.with_header(headers::ERROR, reason);
     broker.publish(&settings.dead_letter, dead).await

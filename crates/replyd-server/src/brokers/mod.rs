@@ -285,6 +285,70 @@ pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
     }
 }
 
+/// Consumes `source` until shutdown, subscribing again (with backoff)
+/// whenever the connection drops, and hands each message to `handle`, at
+/// most `prefetch` at once. While it is subscribed,
+/// `replyd_broker_consuming{broker,source}` is 1 (an operator's alert, and
+/// how a test knows replyd listens). `what` names the messages in logs.
+pub(crate) async fn consume<F, Fut>(
+    app: Arc<App>,
+    broker: Arc<dyn Broker>,
+    source: String,
+    prefetch: u16,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let name = broker.channel().as_str();
+    let consuming =
+        metrics::gauge!("replyd_broker_consuming", "broker" => name, "source" => source.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(usize::from(prefetch.max(1))));
+    let mut backoff = Backoff::default();
+    loop {
+        let subscribed = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            s = broker.subscribe(&source, prefetch) => s,
+        };
+        match subscribed {
+            Ok(mut rx) => {
+                backoff.reset();
+                consuming.set(1.0);
+                tracing::info!(broker = name, source = %source, "consuming {what}");
+                loop {
+                    let r = tokio::select! {
+                        _ = app.shutdown.cancelled() => break,
+                        r = rx.recv() => r,
+                    };
+                    let Some(r) = r else { break };
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let handled = handle(r);
+                    tokio::spawn(async move {
+                        handled.await;
+                        drop(slot);
+                    });
+                }
+                consuming.set(0.0);
+                if app.shutdown.is_cancelled() {
+                    break;
+                }
+                tracing::warn!(broker = name, source = %source, "the {what} consumer ended; subscribing again");
+            }
+            Err(e) => {
+                tracing::warn!(broker = name, source = %source, error = %e, "cannot consume {what}");
+            }
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff.next()) => {}
+        }
+    }
+    consuming.set(0.0);
+}
+
 /// Retries with capped exponential backoff: 100 ms, 200 ms, … 5 s.
 #[derive(Debug, Default)]
 pub(crate) struct Backoff(u32);

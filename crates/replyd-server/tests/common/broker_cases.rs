@@ -41,8 +41,11 @@ impl Rig {
         let server = TestServer::start(&config).await?;
         // As a requester would: make sure the request queue exists before
         // publishing to it (replyd declares it too, when it starts
-        // consuming).
+        // consuming). Where a destination exists only while someone
+        // subscribes (MQTT, NATS), what comes before replyd does is lost:
+        // wait for it.
         broker.declare(&names.requests).await.unwrap();
+        common::brokers::until_consuming(&server, &names.requests).await;
         let (inbox, replies) = broker.inbox().await.expect("an inbox");
         Some(Rig {
             server,
@@ -315,6 +318,7 @@ async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_th
     let c = server.client(None);
     let mut work = broker.subscribe(&names.work, 8).await.unwrap();
     broker.declare(&names.replies).await.unwrap();
+    common::brokers::until_consuming(&server, &names.replies).await;
     // Success: the result is the reply's body, with its content type.
     let id = c.submit("remote", json!({"pages": 3})).await;
     let job = next(&mut work).await;
@@ -400,6 +404,7 @@ async fn a_job_whose_worker_never_replies_is_retried_then_fails() {
     let c = server.client(None);
     let mut work = broker.subscribe(&names.work, 8).await.unwrap();
     broker.declare(&names.replies).await.unwrap();
+    common::brokers::until_consuming(&server, &names.replies).await;
     let id = c.submit("remote", json!({})).await;
     for attempt in ["1", "2"] {
         let job = next(&mut work).await;

@@ -1,4 +1,5 @@
-//! Several nodes on one broker: what every broker's cluster test checks
+//! What the broker tests share beyond the contract suite: waiting until
+//! replyd consumes a source, and what every broker's cluster test checks
 //! once its nodes consume one request source.
 
 use std::collections::{HashMap, HashSet};
@@ -8,6 +9,29 @@ use std::time::Duration;
 use replyd_server::brokers::{Broker, Message, Props, Published, headers};
 
 use super::{Names, TestServer};
+
+/// Waits until `server` reports (`replyd_broker_consuming` in /metrics)
+/// that it consumes `source`: a broker whose destinations exist only while
+/// someone subscribes keeps nothing published before.
+pub async fn until_consuming(server: &TestServer, source: &str) {
+    let needle = format!("source=\"{source}\"}} 1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = server.client(None).get("/metrics").await;
+        let text = String::from_utf8_lossy(&m.body);
+        if text
+            .lines()
+            .any(|l| l.starts_with("replyd_broker_consuming") && l.ends_with(&needle))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replyd does not consume {source}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Request `i`: the demo queue's input, replying to `names.work`.
 fn request(names: &Names, i: usize) -> Message {
