@@ -28,16 +28,24 @@ pub enum Channel {
     Amqp,
     /// A reply over MQTT 5.
     Mqtt,
+    /// A reply over NATS.
+    Nats,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Webhook, Channel::Amqp, Channel::Mqtt];
+    pub const ALL: [Channel; 4] = [
+        Channel::Webhook,
+        Channel::Amqp,
+        Channel::Mqtt,
+        Channel::Nats,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Webhook => "webhook",
             Channel::Amqp => "amqp",
             Channel::Mqtt => "mqtt",
+            Channel::Nats => "nats",
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub amqp: Option<crate::brokers::amqp::config::AmqpConfig>,
     /// MQTT 5: request topics, replies, `executor = "mqtt"`.
     pub mqtt: Option<crate::brokers::mqtt::config::MqttConfig>,
+    /// NATS: request subjects, replies, `executor = "nats"`.
+    pub nats: Option<crate::brokers::nats::config::NatsConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -57,6 +59,7 @@ impl Default for Config {
             webhooks: Webhooks::default(),
             amqp: None,
             mqtt: None,
+            nats: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -122,6 +125,9 @@ pub enum Executor {
     /// Published to workers over MQTT 5 (`[mqtt]`); their replies complete
     /// the jobs.
     Mqtt,
+    /// Published to workers over NATS (`[nats]`); their replies complete
+    /// the jobs.
+    Nats,
     /// A command per job, run by the server (`command`).
     Exec,
     /// An HTTP request per job to an upstream service (`url`): the job's
@@ -295,7 +301,8 @@ pub struct QueueConfig {
     pub concurrency: u32,
     /// A broker executor: where its jobs are published (`amqp`: a queue,
     /// default `replyd.work.<queue>`; `mqtt`: a topic, default
-    /// `replyd/work/<queue>`).
+    /// `replyd/work/<queue>`; `nats`: a subject, default
+    /// `replyd.work.<queue>`).
     pub work_queue: Option<String>,
     /// `executor = "exec"`: the program and its arguments.
     pub command: Option<Vec<String>>,
@@ -591,9 +598,25 @@ impl Config {
                     "queues.{name}: executor \"mqtt\" needs an [mqtt] section"
                 ));
             }
-            if q.work_queue.is_some() && !matches!(q.executor, Executor::Amqp | Executor::Mqtt) {
+            if q.executor == Executor::Nats && self.nats.is_none() {
                 return bad(format!(
-                    "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\") only"
+                    "queues.{name}: executor \"nats\" needs a [nats] section"
+                ));
+            }
+            if q.work_queue.is_some()
+                && !matches!(q.executor, Executor::Amqp | Executor::Mqtt | Executor::Nats)
+            {
+                return bad(format!(
+                    "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\", \"nats\") only"
+                ));
+            }
+            if q.executor == Executor::Nats
+                && q.work_queue
+                    .as_deref()
+                    .is_some_and(|t| !crate::brokers::nats::config::valid_subject(t))
+            {
+                return bad(format!(
+                    "queues.{name}.work_queue must be a NATS subject without wildcards"
                 ));
             }
             if q.executor == Executor::Mqtt
@@ -632,6 +655,9 @@ impl Config {
         }
         if let Some(m) = &self.mqtt {
             m.validate(&names).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(n) = &self.nats {
+            n.validate(&names).map_err(ConfigError::Invalid)?;
         }
         let mut seen = std::collections::HashSet::new();
         for k in &self.api_keys {

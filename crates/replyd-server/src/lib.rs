@@ -107,7 +107,7 @@ impl Server {
                 Executor::Http => {
                     tasks.spawn(executors::http::run(app.clone(), name.clone()));
                 }
-                Executor::Pull | Executor::Amqp | Executor::Mqtt => {}
+                Executor::Pull | Executor::Amqp | Executor::Mqtt | Executor::Nats => {}
             }
         }
         Ok(Server { app, tasks })

@@ -20,12 +20,13 @@
 //! (its configuration section, always compiled so that a configuration
 //! naming it gets a clear error), `client.rs` (its [`Broker`], behind its
 //! cargo feature) and `mod.rs` (which turns its section into a [`Setup`]
-//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5.
+//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5, `nats/` NATS.
 
 pub mod amqp;
 pub mod executor;
 pub mod ingress;
 pub mod mqtt;
+pub mod nats;
 pub mod replies;
 
 use std::collections::BTreeMap;
@@ -183,10 +184,14 @@ pub mod headers {
 pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     amqp::start(app, tasks);
     mqtt::start(app, tasks);
+    nats::start(app, tasks);
 }
 
 /// What a broker's section says, in the terms every broker shares.
-#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    allow(dead_code)
+)]
 pub(crate) struct Setup {
     pub broker: Arc<dyn Broker>,
     /// Each request source, with how its requests become jobs.
@@ -205,7 +210,10 @@ pub(crate) struct Setup {
 
 /// Each request source of a broker's section, with how its requests become
 /// jobs (`dead_letter_of` names a source's dead-letter destination).
-#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    allow(dead_code)
+)]
 pub(crate) fn request_sources(
     sources: &[String],
     tenant: &str,
@@ -230,7 +238,10 @@ pub(crate) fn request_sources(
 /// Starts one broker's tasks: a consumer per request source, the reply
 /// dispatcher of its outbox channel, and its executor queues (with the
 /// consumer of their workers' replies).
-#[cfg_attr(not(any(feature = "amqp", feature = "mqtt")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    allow(dead_code)
+)]
 pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
     use crate::config::secs;
     use crate::outbox::{Limits, Schedule};

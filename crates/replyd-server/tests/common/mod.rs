@@ -9,6 +9,8 @@ pub mod amqp;
 pub mod brokers;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod streams;
 
 use std::net::SocketAddr;
