@@ -20,8 +20,9 @@
 //! - `amqp` (`bench/amqp.rs`, feature `amqp`): RPC round trips over
 //!   RabbitMQ through replyd (a durable job and a durable reply each).
 //!   Baseline: a bare lapin RPC echo server, the same client.
-//! - `mqtt` (`bench/mqtt.rs`, feature `mqtt`): MQTT 5 request/response
-//!   round trips through replyd. Baseline: a bare echo, the same client.
+//! - `mqtt` and `nats` (`bench/brokers.rs`, features `mqtt`, `nats`):
+//!   request/response round trips through replyd. Baseline: a bare echo,
+//!   the same client.
 //! - `pg` (`bench/pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 
 use std::net::SocketAddr;
@@ -32,8 +33,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "amqp")]
 mod amqp;
-#[cfg(feature = "mqtt")]
-mod mqtt;
+#[cfg(any(feature = "mqtt", feature = "nats"))]
+mod brokers;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod streams;
@@ -129,9 +130,18 @@ pub struct BenchArgs {
         value_name = "URL"
     )]
     mqtt_url: String,
-    /// MQTT scenario: requesters, each with one request in flight.
-    #[arg(long, default_value_t = 128)]
-    mqtt_clients: usize,
+    /// NATS scenario: the server to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_name = "URL"
+    )]
+    nats_url: String,
+    /// MQTT and NATS scenarios: requesters, each with one request in
+    /// flight.
+    #[arg(long, alias = "mqtt-clients", default_value_t = 128)]
+    broker_clients: usize,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -166,10 +176,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
-            "mqtt" => mqtt::run(&args, &dir).await?,
+            "mqtt" => brokers::run(brokers::Kind::Mqtt, &args, &dir).await?,
+            #[cfg(feature = "nats")]
+            "nats" => brokers::run(brokers::Kind::Nats, &args, &dir).await?,
             other => bail!(
                 "unknown scenario {other:?} (known: submit, e2e, streams, webhooks; \
-                 with their features: pg, amqp, mqtt)"
+                 with their features: pg, amqp, mqtt, nats)"
             ),
         }
     }
@@ -405,7 +417,7 @@ async fn load(
 }
 
 /// Request → reply round trips of one measurement (the broker scenarios).
-#[cfg(any(feature = "amqp", feature = "mqtt"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "nats"))]
 struct RoundTrips {
     done: usize,
     rate: f64,
@@ -414,7 +426,7 @@ struct RoundTrips {
     lost: usize,
 }
 
-#[cfg(any(feature = "amqp", feature = "mqtt"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "nats"))]
 impl RoundTrips {
     /// From each requester's latencies (nanoseconds) and unanswered count,
     /// over `elapsed`.

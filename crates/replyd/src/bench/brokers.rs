@@ -1,0 +1,320 @@
+//! `replyd bench --scenarios mqtt` (feature `mqtt`) and `nats` (feature
+//! `nats`): request/response round trips over a broker, through replyd and
+//! through a bare echo, with the same client: replyd's own `Broker` of
+//! that broker, so that both sides pay the same client costs.
+//!
+//! The client: requests published to a request destination (MQTT: at
+//! QoS 1, each waiting for its PUBACK; NATS: flushed) with the reply going
+//! to the client's own inbox (MQTT: its response topic; NATS: a reply
+//! inbox) and a fresh correlation id; `--broker-clients` requesters, each
+//! waiting for its reply before sending the next, for `--duration`
+//! seconds. A round trip is from the publish to the reply's arrival.
+//!
+//! - replyd: in this process, a fresh SQLite database at full durability,
+//!   the broker's section consuming the request destination into a `demo`
+//!   queue whose jobs take no time: each request is a job accepted
+//!   (durable; MQTT: then the PUBACK), leased, completed (durable), and its
+//!   reply owed, claimed, published and recorded.
+//! - the ceiling: a bare echo on the same client (receive; publish the
+//!   body back to the reply address with the correlation id; settle), the
+//!   broker's own round trip.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use replyd_server::Config;
+use replyd_server::brokers::{Broker, Message, Props, Received};
+use replyd_server::config::Executor;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{BenchArgs, RoundTrips, Storage, start_replyd_with};
+
+/// The target the AMQP scenario has (no issue names one for these yet).
+const TARGET_RATIO: f64 = 0.4;
+
+/// The brokers this scenario measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    #[cfg(feature = "mqtt")]
+    Mqtt,
+    #[cfg(feature = "nats")]
+    Nats,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "mqtt")]
+            Kind::Mqtt => "MQTT 5",
+            #[cfg(feature = "nats")]
+            Kind::Nats => "NATS",
+        }
+    }
+
+    fn url(self, args: &BenchArgs) -> String {
+        match self {
+            #[cfg(feature = "mqtt")]
+            Kind::Mqtt => args.mqtt_url.clone(),
+            #[cfg(feature = "nats")]
+            Kind::Nats => args.nats_url.clone(),
+        }
+    }
+
+    /// A destination of this run, in the broker's own spelling.
+    fn destination(self, suffix: &str, round: usize, what: &str) -> String {
+        match self {
+            #[cfg(feature = "mqtt")]
+            Kind::Mqtt => format!("replyd/bench/{suffix}/{round}/{what}"),
+            #[cfg(feature = "nats")]
+            Kind::Nats => format!("replyd.bench.{suffix}.{round}.{what}"),
+        }
+    }
+
+    /// A client handle, as `name`.
+    fn handle(self, url: &str, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
+        let _ = (url, name);
+        match self {
+            #[cfg(feature = "mqtt")]
+            Kind::Mqtt => {
+                use replyd_server::brokers::mqtt::{client::MqttBroker, config::MqttConfig};
+                let cfg = MqttConfig {
+                    url: url.to_string(),
+                    client_id: format!("replyd-bench-{name}-{:x}", std::process::id()),
+                    share_group: String::new(),
+                    session_expiry: 60,
+                    ..MqttConfig::default()
+                };
+                Ok(Arc::new(
+                    MqttBroker::new(&cfg).map_err(|e| anyhow::anyhow!(e))?,
+                ))
+            }
+            #[cfg(feature = "nats")]
+            Kind::Nats => {
+                use replyd_server::brokers::nats::{client::NatsBroker, config::NatsConfig};
+                let cfg = NatsConfig {
+                    url: url.to_string(),
+                    queue_group: format!("replyd-bench-{name}"),
+                    ..NatsConfig::default()
+                };
+                Ok(Arc::new(NatsBroker::new(&cfg, name)))
+            }
+        }
+    }
+
+    /// replyd's section: consume `requests` into the `bench` queue.
+    fn configure(self, c: &mut Config, url: String, requests: String, id: String) {
+        let _ = (&c, &url, &requests, &id);
+        match self {
+            #[cfg(feature = "mqtt")]
+            Kind::Mqtt => {
+                use replyd_server::brokers::mqtt::config::MqttConfig;
+                c.mqtt = Some(MqttConfig {
+                    url,
+                    client_id: id,
+                    request_topics: vec![requests],
+                    queue: Some("bench".into()),
+                    prefetch: 256,
+                    session_expiry: 60,
+                    ..MqttConfig::default()
+                });
+            }
+            #[cfg(feature = "nats")]
+            Kind::Nats => {
+                use replyd_server::brokers::nats::config::NatsConfig;
+                c.nats = Some(NatsConfig {
+                    url,
+                    request_subjects: vec![requests],
+                    queue: Some("bench".into()),
+                    prefetch: 256,
+                    ..NatsConfig::default()
+                });
+            }
+        }
+    }
+}
+
+pub async fn run(kind: Kind, args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let url = kind.url(args);
+    let clients = args.broker_clients.max(1);
+    let duration = Duration::from_secs_f64(args.duration);
+    println!(
+        "\n{}: {clients} request/response clients ({url}), {:.0} s each, alternating; \
+         replyd (SQLite, synchronous=FULL, a demo queue of no-op jobs) against a bare echo",
+        kind.name(),
+        args.duration
+    );
+    let suffix = format!("{:x}", std::process::id());
+    let mut bare_runs = Vec::new();
+    let mut replyd_runs = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        // The ceiling.
+        let requests = kind.destination(&suffix, round, "echo");
+        let echo = kind.handle(&url, "echo")?;
+        let rx = echo.subscribe(&requests, 256).await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(echo_server(echo, rx, stop.clone()));
+        let bare = load(kind, &url, &requests, clients, duration).await?;
+        stop.cancel();
+        task.await?;
+        println!("{}", bare.line("bare echo (ceiling)"));
+        bare_runs.push(bare);
+
+        // replyd.
+        let requests = kind.destination(&suffix, round, "requests");
+        let db = dir.join(format!("bench-broker-{round}.db"));
+        let (r, u, id) = (
+            requests.clone(),
+            url.clone(),
+            format!("replyd-bench-{suffix}-{round}"),
+        );
+        let server = start_replyd_with(&Storage::Sqlite(db), move |c| {
+            if let Some(b) = c.queues.get_mut("bench") {
+                b.executor = Executor::Demo;
+                b.concurrency = 256;
+            }
+            kind.configure(c, u, r, id);
+        })
+        .await?;
+        until_consuming(&requests).await?;
+        let replyd = load(kind, &url, &requests, clients, duration).await?;
+        let batching = server.ops_per_commit();
+        server.stop().await;
+        println!(
+            "{}   group commit {batching:.1} writes/commit",
+            replyd.line("replyd (job + durable reply)")
+        );
+        replyd_runs.push(replyd);
+    }
+    RoundTrips::conclude(
+        args.rounds,
+        ("bare echo (ceiling)", bare_runs),
+        ("replyd (job + durable reply)", replyd_runs),
+        &format!("the AMQP scenario's target: >= {TARGET_RATIO:.2}"),
+    )
+}
+
+/// Waits until this process's replyd reports that it consumes `source`.
+async fn until_consuming(source: &str) -> anyhow::Result<()> {
+    let needle = format!("source=\"{source}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = replyd_server::http::ops::prometheus().render();
+        if text
+            .lines()
+            .any(|l| l.starts_with("replyd_broker_consuming") && l.ends_with(&needle))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("replyd does not consume {source}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The ceiling: each request's body back to its reply address, with its
+/// correlation id; then the request is settled.
+async fn echo_server(
+    broker: Arc<dyn Broker>,
+    mut rx: mpsc::Receiver<Received>,
+    stop: CancellationToken,
+) {
+    loop {
+        let r = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = rx.recv() => r,
+        };
+        let Some(r) = r else { break };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            if let Some(to) = r.message.props.reply_to.clone() {
+                let reply = Message {
+                    body: r.message.body.clone(),
+                    props: Props {
+                        correlation_id: r.message.props.correlation_id.clone(),
+                        ..Props::default()
+                    },
+                };
+                let _ = broker.publish(&to, reply).await;
+            }
+            let _ = r.settle.ack().await;
+        });
+    }
+}
+
+type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+/// `clients` requesters send requests to `requests` one after another for
+/// `duration`; round trips per second and their latencies.
+async fn load(
+    kind: Kind,
+    url: &str,
+    requests: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<RoundTrips> {
+    let broker = kind.handle(url, "client")?;
+    let (inbox, mut replies) = broker.inbox().await?;
+    let waiting: Waiting = Arc::default();
+    let w = waiting.clone();
+    let router = tokio::spawn(async move {
+        while let Some(r) = replies.recv().await {
+            let at = Instant::now();
+            let Some(corr) = &r.message.props.correlation_id else {
+                continue;
+            };
+            if let Some(tx) = w.lock().unwrap().remove(corr) {
+                let _ = tx.send(at);
+            }
+        }
+    });
+    let request = move |corr: &str| Message {
+        body: br#"{"seconds":0}"#.as_slice().into(),
+        props: Props {
+            correlation_id: Some(corr.to_string()),
+            message_id: Some(corr.to_string()),
+            reply_to: Some(inbox.clone()),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        },
+    };
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (broker, waiting, requests) = (broker.clone(), waiting.clone(), requests.to_string());
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Vec::new();
+            let mut lost = 0;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let corr = format!("{c}.{i}");
+                i += 1;
+                let (tx, rx) = oneshot::channel();
+                waiting.lock().unwrap().insert(corr.clone(), tx);
+                let sent = Instant::now();
+                broker.publish(&requests, request(&corr)).await?;
+                match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                    Ok(Ok(at)) => latency.push((at - sent).as_nanos() as i64),
+                    _ => {
+                        waiting.lock().unwrap().remove(&corr);
+                        lost += 1;
+                    }
+                }
+            }
+            anyhow::Ok((latency, lost))
+        }));
+    }
+    let mut per_client = Vec::new();
+    for t in tasks {
+        per_client.push(t.await??);
+    }
+    let elapsed = start.elapsed();
+    router.abort();
+    Ok(RoundTrips::of(per_client, elapsed))
+}
