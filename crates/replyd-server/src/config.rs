@@ -919,6 +919,29 @@ mod tests {
         assert_eq!(c.queues["demo"].executor, Executor::Demo);
     }
 
+    /// A broker section this replyd was built without is refused, saying
+    /// which feature to build with; with the feature it is taken.
+    #[test]
+    fn a_broker_section_needs_its_feature() {
+        for (section, built) in [
+            ("amqp", cfg!(feature = "amqp")),
+            ("mqtt", cfg!(feature = "mqtt")),
+            ("nats", cfg!(feature = "nats")),
+        ] {
+            let mut c = Config::from_toml(&format!("[{section}]")).unwrap();
+            match c.validate() {
+                Ok(()) => assert!(built, "{section} taken without its feature"),
+                Err(e) => {
+                    assert!(!built, "{section}: {e}");
+                    assert!(
+                        e.to_string().contains(&format!("--features {section}")),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn validation_names_the_problem() {
         for (toml, needle) in [

@@ -15,6 +15,7 @@
 
 use serde::Deserialize;
 
+use crate::brokers::Shared;
 use crate::brokers::replies::DEFAULT_SCHEDULE;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,11 +69,15 @@ fn valid_name(n: &str) -> bool {
 impl AmqpConfig {
     /// Checks the section; `queues` are the configured job queues.
     pub fn validate(&self, queues: &[&str]) -> Result<(), String> {
-        if !cfg!(feature = "amqp") {
-            return Err(
-                "this replyd was built without AMQP: rebuild with `--features amqp`".into(),
-            );
-        }
+        let shared = Shared {
+            section: "amqp",
+            built: cfg!(feature = "amqp"),
+            queue: self.queue.as_ref(),
+            tenant: &self.tenant,
+            prefetch: self.prefetch,
+            reply_retry_schedule: &self.reply_retry_schedule,
+        };
+        shared.built()?;
         let scheme_ok = self.url.starts_with("amqp://") || self.url.starts_with("amqps://");
         if !scheme_ok || url::Url::parse(&self.url).is_err() {
             return Err("amqp.url must be an amqp:// or amqps:// URL".into());
@@ -87,29 +92,10 @@ impl AmqpConfig {
                 return Err(format!("amqp: queue name {name:?} must be 1 to 255 bytes"));
             }
         }
-        if let Some(q) = &self.queue
-            && !queues.contains(&q.as_str())
-        {
-            return Err(format!("amqp.queue: no queue named {q:?} is configured"));
+        if self.concurrency == 0 {
+            return Err("amqp.concurrency must be at least 1".into());
         }
-        if self.tenant.is_empty() {
-            return Err("amqp.tenant must not be empty".into());
-        }
-        if self.prefetch == 0 || self.concurrency == 0 {
-            return Err("amqp.prefetch and amqp.concurrency must be at least 1".into());
-        }
-        if self.reply_retry_schedule.is_empty()
-            || self
-                .reply_retry_schedule
-                .iter()
-                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
-        {
-            return Err(
-                "amqp.reply_retry_schedule must list 1 or more delays of 0 to 604800 seconds"
-                    .into(),
-            );
-        }
-        Ok(())
+        shared.check(queues)
     }
 
     /// The dead-letter queue of requests that arrive on `source`.

@@ -17,6 +17,7 @@
 
 use serde::Deserialize;
 
+use crate::brokers::Shared;
 use crate::brokers::replies::DEFAULT_SCHEDULE;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,11 +82,15 @@ pub fn valid_topic(t: &str) -> bool {
 impl MqttConfig {
     /// Checks the section; `queues` are the configured job queues.
     pub fn validate(&self, queues: &[&str]) -> Result<(), String> {
-        if !cfg!(feature = "mqtt") {
-            return Err(
-                "this replyd was built without MQTT: rebuild with `--features mqtt`".into(),
-            );
-        }
+        let shared = Shared {
+            section: "mqtt",
+            built: cfg!(feature = "mqtt"),
+            queue: self.queue.as_ref(),
+            tenant: &self.tenant,
+            prefetch: self.prefetch,
+            reply_retry_schedule: &self.reply_retry_schedule,
+        };
+        shared.built()?;
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts") && u.host_str().is_some() => {}
             _ => return Err("mqtt.url must be an mqtt:// or mqtts:// URL with a host".into()),
@@ -108,29 +113,7 @@ impl MqttConfig {
                 ));
             }
         }
-        if let Some(q) = &self.queue
-            && !queues.contains(&q.as_str())
-        {
-            return Err(format!("mqtt.queue: no queue named {q:?} is configured"));
-        }
-        if self.tenant.is_empty() {
-            return Err("mqtt.tenant must not be empty".into());
-        }
-        if self.prefetch == 0 {
-            return Err("mqtt.prefetch must be at least 1".into());
-        }
-        if self.reply_retry_schedule.is_empty()
-            || self
-                .reply_retry_schedule
-                .iter()
-                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
-        {
-            return Err(
-                "mqtt.reply_retry_schedule must list 1 or more delays of 0 to 604800 seconds"
-                    .into(),
-            );
-        }
-        Ok(())
+        shared.check(queues)
     }
 
     /// The dead-letter topic of requests that arrive on `source`.

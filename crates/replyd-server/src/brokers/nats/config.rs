@@ -15,6 +15,7 @@
 
 use serde::Deserialize;
 
+use crate::brokers::Shared;
 use crate::brokers::replies::DEFAULT_SCHEDULE;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,11 +73,15 @@ pub fn valid_subject(s: &str) -> bool {
 impl NatsConfig {
     /// Checks the section; `queues` are the configured job queues.
     pub fn validate(&self, queues: &[&str]) -> Result<(), String> {
-        if !cfg!(feature = "nats") {
-            return Err(
-                "this replyd was built without NATS: rebuild with `--features nats`".into(),
-            );
-        }
+        let shared = Shared {
+            section: "nats",
+            built: cfg!(feature = "nats"),
+            queue: self.queue.as_ref(),
+            tenant: &self.tenant,
+            prefetch: self.prefetch,
+            reply_retry_schedule: &self.reply_retry_schedule,
+        };
+        shared.built()?;
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some() => {}
             _ => return Err("nats.url must be a nats:// or tls:// URL with a host".into()),
@@ -96,29 +101,7 @@ impl NatsConfig {
                 ));
             }
         }
-        if let Some(q) = &self.queue
-            && !queues.contains(&q.as_str())
-        {
-            return Err(format!("nats.queue: no queue named {q:?} is configured"));
-        }
-        if self.tenant.is_empty() {
-            return Err("nats.tenant must not be empty".into());
-        }
-        if self.prefetch == 0 {
-            return Err("nats.prefetch must be at least 1".into());
-        }
-        if self.reply_retry_schedule.is_empty()
-            || self
-                .reply_retry_schedule
-                .iter()
-                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
-        {
-            return Err(
-                "nats.reply_retry_schedule must list 1 or more delays of 0 to 604800 seconds"
-                    .into(),
-            );
-        }
-        Ok(())
+        shared.check(queues)
     }
 
     /// The dead-letter subject of requests that arrive on `source`.
