@@ -429,3 +429,38 @@ async fn a_job_whose_worker_never_replies_is_retried_then_fails() {
     let _ = server.task.await;
     cleanup(&names).await;
 }
+
+/// A message given back (replyd does so when it cannot take a request
+/// now: the store is unavailable) is received again, once, as it was; one
+/// acknowledged is not.
+#[tokio::test]
+async fn a_message_given_back_comes_again_and_an_acknowledged_one_does_not() {
+    let Some(broker) = client().await else { return };
+    let names = Names::new();
+    broker.declare(&names.work).await.unwrap();
+    let mut rx = broker.subscribe(&names.work, 8).await.unwrap();
+    let m = Message {
+        body: r#"{"n": 7}"#.into(),
+        props: Props {
+            message_id: Some("given-back".into()),
+            correlation_id: Some("c-7".into()),
+            ..Props::default()
+        }
+        .with_header(headers::QUEUE, "work"),
+    };
+    assert_eq!(
+        broker.publish(&names.work, m.clone()).await.unwrap(),
+        Published::Accepted
+    );
+    let first = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first.message.body, m.body);
+    first.settle.requeue().await.unwrap();
+    let again = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(again.message.body, m.body);
+    assert_eq!(again.message.props.message_id.as_deref(), Some("given-back"));
+    assert_eq!(again.message.props.correlation_id.as_deref(), Some("c-7"));
+    assert_eq!(again.message.props.header(headers::QUEUE), Some("work"));
+    again.settle.ack().await.unwrap();
+    quiet(&mut rx, Duration::from_millis(500)).await;
+    cleanup(&names).await;
+}
