@@ -30,14 +30,17 @@ pub enum Channel {
     Mqtt,
     /// A reply over NATS.
     Nats,
+    /// A reply over AWS SQS.
+    Sqs,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 5] = [
         Channel::Webhook,
         Channel::Amqp,
         Channel::Mqtt,
         Channel::Nats,
+        Channel::Sqs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Channel {
             Channel::Amqp => "amqp",
             Channel::Mqtt => "mqtt",
             Channel::Nats => "nats",
+            Channel::Sqs => "sqs",
         }
     }
 
@@ -300,6 +304,28 @@ mod tests {
         }
         .into_record(Utc::now())
         .0
+    }
+
+    /// Every channel is in `ALL` (which `parse` reads rows with) and its
+    /// name reads back as itself. The match fails to compile when a
+    /// channel is added: add it to `ALL` too.
+    #[test]
+    fn every_channel_is_listed_and_parses() {
+        let listed = |c: Channel| match c {
+            Channel::Webhook | Channel::Amqp | Channel::Mqtt | Channel::Nats | Channel::Sqs => {
+                Channel::ALL.contains(&c)
+            }
+        };
+        for c in [
+            Channel::Webhook,
+            Channel::Amqp,
+            Channel::Mqtt,
+            Channel::Nats,
+            Channel::Sqs,
+        ] {
+            assert!(listed(c), "{c:?} is not in Channel::ALL");
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
     }
 
     #[test]

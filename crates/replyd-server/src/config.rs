@@ -37,6 +37,8 @@ pub struct Config {
     pub mqtt: Option<crate::brokers::mqtt::config::MqttConfig>,
     /// NATS: request subjects, replies, `executor = "nats"`.
     pub nats: Option<crate::brokers::nats::config::NatsConfig>,
+    /// AWS SQS: request queues, replies, `executor = "sqs"`.
+    pub sqs: Option<crate::brokers::sqs::config::SqsConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -60,6 +62,7 @@ impl Default for Config {
             amqp: None,
             mqtt: None,
             nats: None,
+            sqs: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -128,6 +131,9 @@ pub enum Executor {
     /// Published to workers over NATS (`[nats]`); their replies complete
     /// the jobs.
     Nats,
+    /// Published to workers over AWS SQS (`[sqs]`); their replies complete
+    /// the jobs.
+    Sqs,
     /// A command per job, run by the server (`command`).
     Exec,
     /// An HTTP request per job to an upstream service (`url`): the job's
@@ -603,11 +609,28 @@ impl Config {
                     "queues.{name}: executor \"nats\" needs a [nats] section"
                 ));
             }
+            if q.executor == Executor::Sqs && self.sqs.is_none() {
+                return bad(format!(
+                    "queues.{name}: executor \"sqs\" needs an [sqs] section"
+                ));
+            }
             if q.work_queue.is_some()
-                && !matches!(q.executor, Executor::Amqp | Executor::Mqtt | Executor::Nats)
+                && !matches!(
+                    q.executor,
+                    Executor::Amqp | Executor::Mqtt | Executor::Nats | Executor::Sqs
+                )
             {
                 return bad(format!(
-                    "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\", \"nats\") only"
+                    "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\", \"nats\", \"sqs\") only"
+                ));
+            }
+            if q.executor == Executor::Sqs
+                && q.work_queue
+                    .as_deref()
+                    .is_some_and(|t| !crate::brokers::sqs::config::valid_queue(t))
+            {
+                return bad(format!(
+                    "queues.{name}.work_queue must be an SQS queue name or URL"
                 ));
             }
             if q.executor == Executor::Nats
@@ -658,6 +681,9 @@ impl Config {
         }
         if let Some(n) = &self.nats {
             n.validate(&names).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(q) = &self.sqs {
+            q.validate(&names).map_err(ConfigError::Invalid)?;
         }
         let mut seen = std::collections::HashSet::new();
         for k in &self.api_keys {
@@ -927,6 +953,7 @@ mod tests {
             ("amqp", cfg!(feature = "amqp")),
             ("mqtt", cfg!(feature = "mqtt")),
             ("nats", cfg!(feature = "nats")),
+            ("sqs", cfg!(feature = "sqs")),
         ] {
             let mut c = Config::from_toml(&format!("[{section}]")).unwrap();
             match c.validate() {

@@ -107,7 +107,11 @@ impl Server {
                 Executor::Http => {
                     tasks.spawn(executors::http::run(app.clone(), name.clone()));
                 }
-                Executor::Pull | Executor::Amqp | Executor::Mqtt | Executor::Nats => {}
+                Executor::Pull
+                | Executor::Amqp
+                | Executor::Mqtt
+                | Executor::Nats
+                | Executor::Sqs => {}
             }
         }
         Ok(Server { app, tasks })

@@ -20,7 +20,7 @@
 //! (its configuration section, always compiled so that a configuration
 //! naming it gets a clear error), `client.rs` (its [`Broker`], behind its
 //! cargo feature) and `mod.rs` (which turns its section into a [`Setup`]
-//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5, `nats/` NATS.
+//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5, `nats/` NATS, `sqs/` AWS SQS.
 
 pub mod amqp;
 pub mod executor;
@@ -28,6 +28,7 @@ pub mod ingress;
 pub mod mqtt;
 pub mod nats;
 pub mod replies;
+pub mod sqs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,11 +186,12 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     amqp::start(app, tasks);
     mqtt::start(app, tasks);
     nats::start(app, tasks);
+    sqs::start(app, tasks);
 }
 
 /// What a broker's section says, in the terms every broker shares.
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
     allow(dead_code)
 )]
 pub(crate) struct Setup {
@@ -266,7 +268,7 @@ impl Shared<'_> {
 /// Each request source of a broker's section, with how its requests become
 /// jobs (`dead_letter_of` names a source's dead-letter destination).
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
     allow(dead_code)
 )]
 pub(crate) fn request_sources(
@@ -294,7 +296,7 @@ pub(crate) fn request_sources(
 /// dispatcher of its outbox channel, and its executor queues (with the
 /// consumer of their workers' replies).
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats")),
+    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
     allow(dead_code)
 )]
 pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {

@@ -40,11 +40,12 @@ pub fn section(names: &Names) -> String {
 [amqp]
 url = "{URL}"
 request_queues = ["{}"]
+dead_letter_queue = "{}"
 queue = "work"
 reply_queue = "{}"
 reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
 "#,
-        names.requests, names.replies
+        names.requests, names.dead, names.replies
     )
 }
 

@@ -11,6 +11,8 @@ pub mod brokers;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod streams;
 
 use std::net::SocketAddr;
@@ -35,11 +37,12 @@ impl Names {
     pub fn new() -> Names {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let id = &id[..12];
+        // Dashes: a name every broker takes as it is (SQS allows no dots).
         Names {
-            requests: format!("replyd.test.{id}.requests"),
-            dead: format!("replyd.test.{id}.requests.dead"),
-            replies: format!("replyd.test.{id}.replies"),
-            work: format!("replyd.test.{id}.work"),
+            requests: format!("replyd-test-{id}-requests"),
+            dead: format!("replyd-test-{id}-requests-dead"),
+            replies: format!("replyd-test-{id}-replies"),
+            work: format!("replyd-test-{id}-work"),
         }
     }
 }

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""An SQS requester on boto3, the AWS SDK for Python (not written for
+replyd): it creates a reply queue of its own, sends N requests with the
+message attributes `CorrelationId` and `ReplyTo` (its queue's URL), and
+receives the replies.
+
+    request_client.py ENDPOINT REQUEST_QUEUE N
+
+Prints one JSON object: what was sent (correlation id -> i) and every
+reply (by correlation id: its attributes and body).
+"""
+
+import json
+import sys
+import time
+import uuid
+
+import boto3
+
+
+def main():
+    endpoint, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    request_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    reply_url = sqs.create_queue(QueueName=f"boto3-replies-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    text = lambda v: {"DataType": "String", "StringValue": v}
+    sent = {}
+    for i in range(n):
+        corr = str(uuid.uuid4())
+        sent[corr] = i
+        sqs.send_message(
+            QueueUrl=request_url,
+            MessageBody=json.dumps({"seconds": 0, "i": i}),
+            MessageAttributes={
+                "CorrelationId": text(corr),
+                "ReplyTo": text(reply_url),
+                "x-replyd-queue": text("demo"),
+            },
+        )
+    replies = {}
+    deadline = time.time() + 60
+    while len(replies) < n and time.time() < deadline:
+        r = sqs.receive_message(
+            QueueUrl=reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+        )
+        for m in r.get("Messages", []):
+            attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+            replies.setdefault(attrs.get("CorrelationId"), []).append(
+                {"attributes": attrs, "body": m["Body"]}
+            )
+            sqs.delete_message(QueueUrl=reply_url, ReceiptHandle=m["ReceiptHandle"])
+    print(json.dumps({"sent": sent, "replies": replies}))
+
+
+if __name__ == "__main__":
+    main()
