@@ -241,6 +241,12 @@ impl Broker for SqsBroker {
     }
 
     async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+        if !reply_host_allowed(&self.config, to) {
+            // A requester names its reply queue: only one on the SQS replyd
+            // talks to (its endpoint's host, or AWS's), never another host.
+            tracing::warn!(broker = "sqs", to = %to, "a queue URL on another host than the SQS endpoint is refused");
+            return Ok(Published::Unroutable);
+        }
         let Some(url) = self.url(to, false).await? else {
             return Ok(Published::Unroutable);
         };
@@ -282,6 +288,27 @@ impl Broker for SqsBroker {
             }
             Err(e) => Err(unavailable(describe(&e))),
         }
+    }
+}
+
+/// Whether `to` may be published to: a queue name, or a queue URL on the
+/// configured endpoint's host (without one, on AWS's SQS hosts).
+fn reply_host_allowed(config: &SqsConfig, to: &str) -> bool {
+    if !(to.starts_with("https://") || to.starts_with("http://")) {
+        return true;
+    }
+    let Some(host) = url::Url::parse(to)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+    else {
+        return false;
+    };
+    match &config.endpoint_url {
+        Some(e) => url::Url::parse(e)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .is_some_and(|h| h == host),
+        None => host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"),
     }
 }
 
@@ -440,6 +467,37 @@ mod tests {
         // Without its own MessageId, SQS's is the duplicate key.
         let plain = message_of(&as_received("{}".into(), vec![]));
         assert_eq!(plain.props.message_id.as_deref(), Some("sqs-own-id"));
+    }
+
+    #[test]
+    fn reply_queue_urls_stay_on_the_sqs_host() {
+        let local = SqsConfig {
+            endpoint_url: Some("http://127.0.0.1:5000".into()),
+            ..SqsConfig::default()
+        };
+        assert!(reply_host_allowed(&local, "replies"));
+        assert!(reply_host_allowed(
+            &local,
+            "http://127.0.0.1:5000/123/replies"
+        ));
+        assert!(!reply_host_allowed(
+            &local,
+            "http://127.0.0.2:5000/123/replies"
+        ));
+        assert!(!reply_host_allowed(&local, "http://[::1/123"));
+        let aws = SqsConfig::default();
+        assert!(reply_host_allowed(
+            &aws,
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/replies"
+        ));
+        assert!(!reply_host_allowed(
+            &aws,
+            "https://sqs.evil.test/123/replies"
+        ));
+        assert!(!reply_host_allowed(
+            &aws,
+            "https://amazonaws.com.evil.test/1/r"
+        ));
     }
 
     #[test]
