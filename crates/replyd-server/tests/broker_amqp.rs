@@ -18,18 +18,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn pika_here() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import pika"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !common::amqp::require(),
-            "pika is required (REPLYD_REQUIRE_SERVICES=1): pip install pika"
-        );
-        eprintln!("skipped: python3 with pika is not installed (pip install pika)");
-    }
-    ok
+    common::python_has("pika", "pika")
 }
 
 /// Runs `tests/pika/rpc_client.py` against `queue`: (sent, replies).

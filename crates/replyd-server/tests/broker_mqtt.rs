@@ -15,18 +15,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn paho_here() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !common::mqtt::require(),
-            "paho-mqtt is required (REPLYD_REQUIRE_SERVICES=1): pip install paho-mqtt"
-        );
-        eprintln!("skipped: python3 with paho-mqtt is not installed (pip install paho-mqtt)");
-    }
-    ok
+    common::python_has("paho.mqtt.client", "paho-mqtt")
 }
 
 /// Waits until replyd consumes `topic`: a probe request is published until

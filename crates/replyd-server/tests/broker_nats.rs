@@ -15,18 +15,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn nats_py_here() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import nats"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !common::nats::require(),
-            "nats-py is required (REPLYD_REQUIRE_SERVICES=1): pip install nats-py"
-        );
-        eprintln!("skipped: python3 with nats-py is not installed (pip install nats-py)");
-    }
-    ok
+    common::python_has("nats", "nats-py")
 }
 
 /// A NATS requester on nats-py (the official Python client, not written

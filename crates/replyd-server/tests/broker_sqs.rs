@@ -16,18 +16,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn boto3_here() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import boto3"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !common::sqs::require(),
-            "boto3 is required (REPLYD_REQUIRE_SERVICES=1): pip install boto3"
-        );
-        eprintln!("skipped: python3 with boto3 is not installed (pip install boto3)");
-    }
-    ok
+    common::python_has("boto3", "boto3")
 }
 
 /// An SQS requester on boto3 (the AWS SDK for Python, not written for
