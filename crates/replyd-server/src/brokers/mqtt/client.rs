@@ -64,7 +64,8 @@ pub struct MqttBroker {
 struct Inner {
     host: String,
     port: u16,
-    tls: bool,
+    /// With `mqtts://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     credentials: Option<(String, String)>,
     client_id: String,
     share_group: String,
@@ -110,6 +111,7 @@ impl MqttBroker {
             .trim_matches(['[', ']'])
             .to_string();
         let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        let tls = if tls { Some(tls_config()?) } else { None };
         let credentials = (!url.username().is_empty()).then(|| {
             // Percent-decoded ('+' is itself in userinfo, not a space).
             let decode = |s: &str| {
@@ -152,8 +154,10 @@ impl Inner {
         if let Some((user, password)) = &self.credentials {
             o.set_credentials(user.clone(), password.clone());
         }
-        if self.tls {
-            o.set_transport(tls_transport());
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
         }
         o
     }
@@ -338,26 +342,16 @@ impl Publisher {
     }
 }
 
-/// A TLS transport with the webpki roots (ring, as the rest of replyd).
-fn tls_transport() -> rumqttc::Transport {
+/// The TLS client configuration: the webpki roots, ring (as the rest of
+/// replyd). Built once per broker handle; an `mqtts://` URL never falls back
+/// to plain TCP.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    match config {
-        Ok(c) => {
-            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(c)))
-        }
-        // The ring provider supports the default versions; should it not,
-        // the connection fails and says so.
-        Err(e) => {
-            tracing::error!(broker = "mqtt", error = %e, "cannot set up TLS");
-            rumqttc::Transport::tcp()
-        }
-    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| format!("mqtt: cannot set up TLS: {e}"))
 }
 
 #[async_trait]
@@ -644,7 +638,7 @@ mod tests {
         };
         let b = MqttBroker::new(&cfg("mqtts://u%40x:p%2Fw@broker.test")).unwrap();
         assert_eq!(
-            (b.inner.host.as_str(), b.inner.port, b.inner.tls),
+            (b.inner.host.as_str(), b.inner.port, b.inner.tls.is_some()),
             ("broker.test", 8883, true)
         );
         assert_eq!(
@@ -653,7 +647,7 @@ mod tests {
         );
         let b = MqttBroker::new(&cfg("mqtt://[::1]:1884")).unwrap();
         assert_eq!(
-            (b.inner.host.as_str(), b.inner.port, b.inner.tls),
+            (b.inner.host.as_str(), b.inner.port, b.inner.tls.is_some()),
             ("::1", 1884, false)
         );
         assert_eq!(b.inner.credentials, None);
