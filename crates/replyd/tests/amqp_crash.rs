@@ -12,15 +12,13 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use replyd_server::brokers::amqp::client::AmqpBroker;
-use replyd_server::brokers::{Broker, Message, Props, Published, headers};
-use serde_json::Value;
-use support::{Server, db_path, http};
+use replyd_server::brokers::{Broker, Message, Props, Published};
+use support::{Server, db_path};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -83,40 +81,8 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
     publisher.await.unwrap();
     let server = Server::start_on(dir.path(), Some(&config), &["--db", &db]).await;
 
-    let mut got: HashMap<String, HashSet<String>> = HashMap::new();
     let mut rx = broker.subscribe(&mine, 64).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while got.len() < n {
-        let r = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} requests have replies", got.len()))
-            .unwrap();
-        let p = &r.message.props;
-        assert_eq!(p.header(headers::STATE), Some("succeeded"));
-        let body: Value = serde_json::from_slice(&r.message.body).unwrap();
-        let corr = p.correlation_id.clone().unwrap();
-        assert_eq!(format!("c-{}", body["input"]["i"]), corr);
-        got.entry(corr)
-            .or_default()
-            .insert(p.header(headers::JOB_ID).unwrap().to_string());
-        r.settle.ack().await.unwrap();
-    }
-    for (corr, jobs) in &got {
-        assert_eq!(jobs.len(), 1, "{corr}: its replies name one job: {jobs:?}");
-    }
-    let listed: Value = http()
-        .get(format!("{}/v1/jobs?queue=demo&limit=500", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        listed["jobs"].as_array().unwrap().len(),
-        n,
-        "a job per request"
-    );
+    support::every_request_has_its_job_and_reply(&mut rx, n, &server).await;
     drop(server);
     let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
         .await

@@ -193,3 +193,49 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// After a crash: every one of `n` requests (`c-{i}`, demo jobs of input
+/// `{"i": i}`) has its reply on `rx`, each naming one job whatever the
+/// duplicates, and `server` lists a job per request.
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+pub async fn every_request_has_its_job_and_reply(
+    rx: &mut tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
+    n: usize,
+    server: &Server,
+) {
+    use replyd_server::brokers::headers;
+    use std::collections::{HashMap, HashSet};
+    let mut got: HashMap<String, HashSet<String>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while got.len() < n {
+        let r = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} requests have replies", got.len()))
+            .unwrap();
+        let p = &r.message.props;
+        assert_eq!(p.header(headers::STATE), Some("succeeded"));
+        let body: serde_json::Value = serde_json::from_slice(&r.message.body).unwrap();
+        let corr = p.correlation_id.clone().unwrap();
+        assert_eq!(format!("c-{}", body["input"]["i"]), corr);
+        got.entry(corr)
+            .or_default()
+            .insert(p.header(headers::JOB_ID).unwrap().to_string());
+        r.settle.ack().await.unwrap();
+    }
+    for (corr, jobs) in &got {
+        assert_eq!(jobs.len(), 1, "{corr}: its replies name one job: {jobs:?}");
+    }
+    let listed: serde_json::Value = http()
+        .get(format!("{}/v1/jobs?queue=demo&limit=500", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        n,
+        "a job per request"
+    );
+}
