@@ -478,3 +478,69 @@ fn routes_are_checked() {
         .to_string();
     assert!(e.contains("listed twice"), "{e}");
 }
+
+/// Sends one request exactly as written (no client normalises its path)
+/// and returns the status code.
+async fn raw_status(addr: SocketAddr, method: &str, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let head = String::from_utf8_lossy(&out);
+    head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0)
+}
+
+/// Issue 12, item 1: a route's requests reach the upstream only under its
+/// base path, whatever dot-segments or encoded slashes they carry; those
+/// are answered 400 (or 404, when no route takes them) and never sent.
+#[tokio::test]
+async fn dot_segments_and_encoded_slashes_never_leave_the_route() {
+    let (up, state) = upstream().await;
+    let config = format!(
+        "[[routes]]\nmethod = \"*\"\npath = \"/reports\"\nupstream = \"http://{up}/api\"\nretry = \"never\"\n"
+    );
+    let Some(s) = TestServer::start(&config).await else {
+        return;
+    };
+    for target in [
+        "/reports/../admin",
+        "/reports/%2e%2e/admin",
+        "/reports/.%2E/.%2e/secret",
+        "/reports/%2E%2E/%2e%2e/secret",
+        "/reports/./../admin",
+        "/reports/..%2fadmin",
+        "/reports/..%2Fadmin",
+        "/reports/..%5cadmin",
+        "/reports/%252e%252e/admin",
+        "/reports/x/../../admin",
+        "/reports%2f..%2fadmin",
+        "/reports%2F..%2Fadmin",
+    ] {
+        let status = raw_status(s.addr, "POST", target).await;
+        assert!(
+            status == 400 || status == 404,
+            "{target}: answered {status}"
+        );
+    }
+    // An ordinary request does go on, under the base path.
+    let status = raw_status(s.addr, "POST", "/reports/monthly").await;
+    assert_eq!(status, 202);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while state.seen.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen: Vec<String> = state
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(seen, ["/api/reports/monthly"], "only the ordinary request");
+}

@@ -78,11 +78,7 @@ fn outgoing(target: &HttpTarget, input: &Bytes) -> Result<Outgoing, String> {
         .map_err(|e| format!("the job's input is not a captured request: {e}"))?;
     let method = reqwest::Method::from_bytes(c.method.as_bytes())
         .map_err(|_| format!("not an HTTP method: {:?}", c.method))?;
-    let mut url = format!("{}{}", target.url, c.path);
-    if let Some(q) = &c.query {
-        url.push('?');
-        url.push_str(q);
-    }
+    let url = under_base(&target.url, &c.path, c.query.as_deref())?;
     let body = base64::engine::general_purpose::STANDARD
         .decode(&c.body_base64)
         .map_err(|e| format!("the captured body is not base64: {e}"))?;
@@ -92,6 +88,58 @@ fn outgoing(target: &HttpTarget, input: &Bytes) -> Result<Outgoing, String> {
         headers: c.headers,
         body: body.into(),
     })
+}
+
+/// Why a request path may not be replayed under an upstream's base path:
+/// a dot-segment (`..`, `.`, in any percent-encoded spelling, however many
+/// times encoded) or an encoded slash or backslash would let the URL the
+/// upstream sees leave the route (`/reports/../admin` is `/admin` to every
+/// URL parser, `%2e%2e` is `..` to WHATWG's, `%2f` is `/` to many servers).
+/// A route is matched on the path as sent, so such a path is refused rather
+/// than normalised.
+pub const PATH_RULE: &str = "the path may not contain dot-segments (. or ..), backslashes or \
+                             encoded slashes, in any spelling";
+
+/// Whether `path` (a request path as sent, from the root) stays where it
+/// says it is when it is put after a base URL.
+pub fn contained_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') || path.contains('\\') {
+        return Err(PATH_RULE);
+    }
+    for segment in path.split('/') {
+        // Decode until nothing changes (a double-encoded `%252e` is a `.`
+        // to a server that decodes twice); a few rounds are plenty.
+        let mut s = std::borrow::Cow::Borrowed(segment);
+        for _ in 0..4 {
+            let decoded = percent_encoding::percent_decode_str(&s)
+                .decode_utf8_lossy()
+                .into_owned();
+            if decoded == s {
+                break;
+            }
+            s = std::borrow::Cow::Owned(decoded);
+        }
+        if s == "." || s == ".." || s.contains(['/', '\\']) {
+            return Err(PATH_RULE);
+        }
+    }
+    Ok(())
+}
+
+/// `base` (an upstream's base URL) with `path` and `query` after it,
+/// refused unless the URL's path is exactly the base's path followed by
+/// `path`: nothing the client sent may move it out from under the base.
+fn under_base(base: &str, path: &str, query: Option<&str>) -> Result<String, String> {
+    contained_path(path).map_err(str::to_string)?;
+    let base = url::Url::parse(base).map_err(|e| format!("bad upstream URL: {e}"))?;
+    let prefix = base.path().trim_end_matches('/');
+    let mut url = base.clone();
+    url.set_path(&format!("{prefix}{path}"));
+    url.set_query(query);
+    if url.path() != format!("{prefix}{path}") {
+        return Err(PATH_RULE.to_string());
+    }
+    Ok(url.into())
 }
 
 /// Statuses worth another attempt.
@@ -315,9 +363,57 @@ mod tests {
         let o = outgoing(&gateway(), &input).unwrap();
         assert_eq!(o.method, reqwest::Method::PUT);
         assert_eq!(o.url, "http://127.0.0.1:9000/reports/7?draft=1");
+        let under_api = HttpTarget {
+            url: "http://127.0.0.1:9000/api".into(),
+            ..gateway()
+        };
+        let o = outgoing(&under_api, &input).unwrap();
+        assert_eq!(o.url, "http://127.0.0.1:9000/api/reports/7?draft=1");
         assert_eq!(o.headers, c.headers);
         assert_eq!(&o.body[..], b"a,b\n");
         assert!(outgoing(&gateway(), &Bytes::from_static(b"{}")).is_err());
+    }
+
+    /// Every way out from under the base path a client could spell is
+    /// refused, before and after the URL is built; ordinary paths pass.
+    #[test]
+    fn a_replayed_path_stays_under_its_base() {
+        for bad in [
+            "/reports/../admin",
+            "/reports/..",
+            "/reports/./x",
+            "/reports/%2e%2e/admin",
+            "/reports/%2E%2e/admin",
+            "/reports/.%2E/.%2e/secret",
+            "/reports/%2e/x",
+            "/reports%2f..%2fadmin",
+            "/reports/a%2Fb",
+            "/reports/a%5cb",
+            "/reports/..%5c..%5cadmin",
+            "/reports\\..\\admin",
+            "/reports/%252e%252e/admin",
+            "/reports/%25252e%25252e/admin",
+            "reports/x",
+        ] {
+            assert!(contained_path(bad).is_err(), "{bad} must be refused");
+            assert!(
+                under_base("http://127.0.0.1:9/api", bad, None).is_err(),
+                "{bad} must not be replayed"
+            );
+        }
+        for good in [
+            "/reports",
+            "/reports/",
+            "/reports/7",
+            "/reports/a.b/..c/...",
+            "/reports/%20x",
+            "/reports//double",
+        ] {
+            assert!(contained_path(good).is_ok(), "{good}");
+            let url = under_base("http://127.0.0.1:9/api/", good, Some("a=1")).unwrap();
+            assert!(url.starts_with("http://127.0.0.1:9/api/reports"), "{url}");
+            assert!(url.ends_with("?a=1"), "{url}");
+        }
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub async fn handle(
     let Some(route) = app.config.route_for(method.as_str(), &path) else {
         return Err(ApiError::not_found("no such endpoint"));
     };
+    // Matched as sent; a path that would leave the route when replayed is
+    // refused, not normalised.
+    crate::executors::http::contained_path(&path).map_err(ApiError::bad_request)?;
     let queue = route.queue_name();
     let forward = route.forward_headers.clone();
     // Whose request it is, and whether Authorization is the client's own.
