@@ -428,6 +428,10 @@ pub struct Webhooks {
     pub per_endpoint: usize,
     /// Secrets of particular tenants, in place of `secret`.
     pub tenants: BTreeMap<String, TenantWebhooks>,
+    /// An HTTP(S) proxy every delivery goes through (e.g. an egress proxy
+    /// that enforces its own allow-list). Proxy settings in the
+    /// environment are never used.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -451,6 +455,7 @@ impl Default for Webhooks {
             concurrency: 64,
             per_endpoint: 4,
             tenants: BTreeMap::new(),
+            proxy: None,
         }
     }
 }
@@ -743,6 +748,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &w.proxy
+            && !is_http_url(p)
+        {
+            return bad("webhooks.proxy must be an http:// or https:// URL".into());
+        }
         if w.retry_schedule.is_empty()
             || w.retry_schedule
                 .iter()
@@ -1006,6 +1016,7 @@ mod tests {
             ("[webhooks]\nretry_schedule = [-1]", "retry_schedule"),
             ("[webhooks]\ntimeout = 0", "webhooks.timeout"),
             ("[webhooks]\nper_endpoint = 0", "per_endpoint"),
+            ("[webhooks]\nproxy = \"socks://x\"", "webhooks.proxy"),
             (
                 "[queues.a]\nexecutor = \"mqtt\"",
                 "executor \"mqtt\" needs an [mqtt] section",

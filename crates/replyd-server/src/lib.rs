@@ -14,6 +14,7 @@ pub mod executors;
 pub mod http;
 pub mod live;
 pub mod openapi;
+pub mod outbound;
 pub mod outbox;
 pub mod tasks;
 pub mod webhooks;

@@ -96,7 +96,7 @@ fn loopback_allowed() -> Guard {
 }
 
 fn deliverer(guard: Guard, resolver: Arc<dyn Resolver>) -> Deliverer {
-    Deliverer::new(guard, resolver, Duration::from_millis(700), 512)
+    Deliverer::new(guard, resolver, Duration::from_millis(700), 512, None).unwrap()
 }
 
 fn msg() -> Message {
@@ -417,4 +417,68 @@ async fn v1a_ed25519_signatures_verify_with_the_public_key() {
             eprintln!("skipped the external verifiers: {why}");
         }
     }
+}
+
+/// A proxy the operator configured (`webhooks.proxy`) carries deliveries,
+/// and a name is still vetted before it is handed over (the proxy would
+/// resolve it): a name that resolves to a refused address never reaches
+/// the proxy. The "proxy" is a local listener; nothing leaves 127.0.0.1.
+#[tokio::test]
+async fn a_configured_proxy_carries_deliveries_and_names_are_vetted_first() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = proxy.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                seen.lock().unwrap().push(line);
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let table = Table(HashMap::from([
+        ("hooks.test", "93.184.215.14".parse().unwrap()),
+        ("inside.test", "10.0.0.7".parse().unwrap()),
+    ]));
+    let d = Deliverer::new(
+        Guard::default(),
+        Arc::new(table),
+        Duration::from_secs(2),
+        512,
+        Some(&format!("http://{proxy_addr}")),
+    )
+    .unwrap();
+    let secret: Secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+    let now = chrono::Utc::now();
+    let a = d
+        .attempt(
+            "http://inside.test/hook",
+            &msg(),
+            &[secret.clone()],
+            &[],
+            now,
+        )
+        .await;
+    assert_eq!(a.verdict, Verdict::Refused, "{:?}", a.error);
+    assert!(asked.lock().unwrap().is_empty(), "the proxy was asked");
+    let a = d
+        .attempt("http://hooks.test/hook", &msg(), &[secret], &[], now)
+        .await;
+    assert_eq!(a.verdict, Verdict::Delivered, "{:?}", a.error);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["POST http://hooks.test/hook HTTP/1.1"]
+    );
 }

@@ -159,8 +159,7 @@ pub async fn run(app: Arc<App>, queue: String) {
     // The answer is due a moment before the lease runs out, so that the
     // outcome is recorded before the reaper would requeue the job.
     let margin = (timeout / 20).min(Duration::from_millis(250));
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+    let client = match crate::outbound::client()
         .timeout(timeout - margin)
         .user_agent(concat!("replyd/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -32,6 +32,9 @@ pub struct Message {
 pub struct Deliverer {
     client: reqwest::Client,
     guard: Guard,
+    /// Set when deliveries go through the operator's proxy: names are then
+    /// vetted here before each attempt, since the proxy resolves them.
+    resolver_for_proxy: Option<Arc<dyn Resolver>>,
     max_response: usize,
 }
 
@@ -61,27 +64,34 @@ impl reqwest::dns::Resolve for Vetting {
 }
 
 impl Deliverer {
+    /// A deliverer that connects only to vetted addresses. Proxy settings
+    /// in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are
+    /// never followed: a proxy would resolve the name itself, past the
+    /// guard. Only `proxy`, the operator's explicit choice
+    /// (`webhooks.proxy`), is used.
     pub fn new(
         guard: Guard,
         resolver: Arc<dyn Resolver>,
         timeout: Duration,
         max_response: usize,
-    ) -> Deliverer {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        proxy: Option<&str>,
+    ) -> Result<Deliverer, reqwest::Error> {
+        let mut builder = crate::outbound::client()
             .timeout(timeout)
             .user_agent(concat!("replyd-webhooks/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(Vetting {
                 guard: guard.clone(),
-                resolver,
-            }))
-            .build()
-            .expect("a TLS backend is compiled in");
-        Deliverer {
-            client,
-            guard,
-            max_response,
+                resolver: resolver.clone(),
+            }));
+        if let Some(p) = proxy {
+            builder = builder.proxy(reqwest::Proxy::all(p)?);
         }
+        Ok(Deliverer {
+            client: builder.build()?,
+            guard,
+            resolver_for_proxy: proxy.map(|_| resolver),
+            max_response,
+        })
     }
 
     /// POSTs `msg` to `url`, signed with every secret and key, stamped
@@ -107,6 +117,12 @@ impl Deliverer {
             Ok(u) => u,
             Err(e) => return refused(e),
         };
+        // Through a proxy, the name is resolved there: vet it here first.
+        if let Some(resolver) = &self.resolver_for_proxy
+            && let Err(e) = self.guard.resolve(&url, &**resolver).await
+        {
+            return refused(e);
+        }
         let ts = now.timestamp();
         let sent = self
             .client

@@ -54,6 +54,21 @@ impl Runtime {
     }
 
     pub fn with_resolver(config: &Webhooks, resolver: Arc<dyn Resolver>) -> Runtime {
+        let deliverer = Deliverer::new(
+            Guard::new(
+                config
+                    .allow_networks
+                    .iter()
+                    .filter_map(|n| n.parse().ok())
+                    .collect(),
+            ),
+            resolver.clone(),
+            secs(config.timeout),
+            config.max_response,
+            config.proxy.as_deref(),
+        )
+        // Validation has parsed the proxy URL; a TLS backend is compiled in.
+        .expect("a webhook client from validated configuration");
         let guard = Guard::new(
             config
                 .allow_networks
@@ -76,12 +91,7 @@ impl Runtime {
             .filter(|(_, s)| !s.is_empty())
             .collect();
         Runtime {
-            deliverer: Deliverer::new(
-                guard.clone(),
-                resolver.clone(),
-                secs(config.timeout),
-                config.max_response,
-            ),
+            deliverer,
             guard,
             resolver,
             secrets,

@@ -71,9 +71,27 @@ impl Server {
         store_args: &[&str],
         listen: &str,
     ) -> Server {
+        Server::launch(dir, config, store_args, listen, &[]).await
+    }
+
+    /// As `start`, with these variables in its environment.
+    pub async fn start_env(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Server {
+        let db = db_path(dir).display().to_string();
+        Server::launch(dir, config, &["--db", &db], "127.0.0.1:0", env).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        config: Option<&str>,
+        store_args: &[&str],
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let name = format!("server#{}", SERVERS.fetch_add(1, Ordering::SeqCst));
         let mut cmd = replyd();
-        cmd.args(["serve", "--listen", listen]).args(store_args);
+        cmd.args(["serve", "--listen", listen])
+            .args(store_args)
+            .envs(env.iter().copied());
         if let Some(config) = config {
             let file = dir.join("replyd.toml");
             std::fs::write(&file, config).unwrap();
