@@ -100,6 +100,9 @@ pub enum StoreError {
     Transition(#[from] TransitionError),
     #[error("the idempotency key was used before with a different request")]
     IdempotencyMismatch,
+    /// A replay of a delivery that succeeded, not asked for as such.
+    #[error("the delivery succeeded already")]
+    AlreadyDelivered,
     /// The database cannot be reached or is overloaded: try again later.
     #[error("the store is unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -253,11 +256,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queues a delivery again (a replay), due at `now`, its schedule
     /// restarted; its attempt log stays. With a `scope`, another tenant's
-    /// delivery is `NotFound`.
+    /// delivery is `NotFound`. A delivery that succeeded is sent again only
+    /// with `redeliver` (else `AlreadyDelivered`, and nothing changes).
     async fn replay_delivery(
         &self,
         id: i64,
         scope: Option<&Tenant>,
+        redeliver: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<Delivery>;
 

@@ -164,19 +164,22 @@ impl App {
     }
 
     /// Loads a job the caller may act on. Missing, another tenant's, and
-    /// purged jobs are 404; an expired one is 410.
+    /// purged jobs are 404; an expired one is 410. A caller who may not do
+    /// `action` at all is refused before the job is looked up, so the
+    /// answer is the same whether it exists or not.
     pub async fn job_for(
         &self,
         caller: &Caller,
         action: Action,
         id: JobId,
     ) -> ApiResult<JobRecord> {
+        caller.may(action, true)?;
         let job = self
             .store
             .get(id)
             .await?
             .ok_or_else(ApiError::job_not_found)?;
-        caller.check(action, Some((id, &job.tenant)))?;
+        caller.reaches(id, &job.tenant)?;
         if job.is_expired(self.now()) {
             return Err(ApiError::new(
                 axum::http::StatusCode::GONE,

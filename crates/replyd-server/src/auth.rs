@@ -37,9 +37,14 @@ pub enum Action {
     Read,
     /// Cancel or delete a job.
     Cancel,
+    /// Read and replay deliveries: they show webhook URLs, reply
+    /// addresses and what receivers answered, which a job token (handed to
+    /// a browser) must not.
+    Deliveries,
     /// Lease and work on jobs.
     Work,
-    /// Metrics and other operator views.
+    /// Metrics and other operator views: an admin key of every tenant
+    /// (`"*"`) only.
     Operate,
 }
 
@@ -52,41 +57,66 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may do `action`, on `job` when one is named.
-    /// Another tenant's job is reported exactly like a missing one.
-    pub fn check(&self, action: Action, job: Option<(JobId, &Tenant)>) -> Result<(), ApiError> {
+    /// What can be decided from the caller alone, before any job is looked
+    /// up (so that the answer says nothing about whether a job exists):
+    /// 401 without credentials, 403 for a role that may not do `action`.
+    /// `names_a_job`: the request is about one job (a job token is good
+    /// for nothing else).
+    pub fn may(&self, action: Action, names_a_job: bool) -> Result<(), ApiError> {
         match self {
             Caller::Anonymous => Err(ApiError::unauthorized(
                 "missing credentials: send Authorization: Bearer <api key or job token>",
             )),
-            Caller::JobToken(id) => match (action, job) {
-                (Action::Read | Action::Cancel, Some((job_id, _))) if job_id == *id => Ok(()),
-                (Action::Read | Action::Cancel, Some(_)) => Err(ApiError::job_not_found()),
+            Caller::JobToken(_) => match action {
+                Action::Read | Action::Cancel if names_a_job => Ok(()),
                 _ => Err(ApiError::forbidden(
                     "a job token grants access to its own job only",
                 )),
             },
             Caller::Key { tenant, role } => {
                 let allowed = match role {
-                    Role::Admin => true,
-                    Role::Client => {
-                        matches!(action, Action::Submit | Action::Read | Action::Cancel)
-                    }
+                    Role::Admin => action != Action::Operate || tenant.is_none(),
+                    Role::Client => matches!(
+                        action,
+                        Action::Submit | Action::Read | Action::Cancel | Action::Deliveries
+                    ),
                     Role::Worker => matches!(action, Action::Work | Action::Read),
                 };
-                if !allowed {
-                    return Err(ApiError::forbidden(format!(
+                if allowed {
+                    Ok(())
+                } else if action == Action::Operate && *role == Role::Admin {
+                    Err(ApiError::forbidden(
+                        "operator views (metrics) need an admin key of every tenant (tenant \"*\")",
+                    ))
+                } else {
+                    Err(ApiError::forbidden(format!(
                         "a {} key may not do this",
                         role_name(*role)
-                    )));
-                }
-                match (tenant, job) {
-                    (Some(mine), Some((_, theirs))) if mine != theirs => {
-                        Err(ApiError::job_not_found())
-                    }
-                    _ => Ok(()),
+                    )))
                 }
             }
+        }
+    }
+
+    /// Whether the caller reaches job `id` of `tenant`: another tenant's
+    /// job, or another job's token, is reported exactly like a missing job.
+    pub fn reaches(&self, id: JobId, tenant: &Tenant) -> Result<(), ApiError> {
+        match self {
+            Caller::JobToken(own) if *own != id => Err(ApiError::job_not_found()),
+            Caller::Key {
+                tenant: Some(mine), ..
+            } if mine != tenant => Err(ApiError::job_not_found()),
+            _ => Ok(()),
+        }
+    }
+
+    /// `may` and `reaches` together, for a request about `job` if it names
+    /// one.
+    pub fn check(&self, action: Action, job: Option<(JobId, &Tenant)>) -> Result<(), ApiError> {
+        self.may(action, job.is_some())?;
+        match job {
+            Some((id, tenant)) => self.reaches(id, tenant),
+            None => Ok(()),
         }
     }
 }
@@ -101,6 +131,9 @@ fn role_name(r: Role) -> &'static str {
 
 /// The prefix that tells a job token from an API key.
 pub const TOKEN_PREFIX: &str = "jt_";
+
+/// A job token's bytes: the job id, then the first 24 bytes of its MAC.
+const TOKEN_LEN: usize = 16 + 24;
 
 /// Checks credentials and mints job tokens.
 pub struct Authenticator {
@@ -133,32 +166,53 @@ impl Authenticator {
         }
     }
 
-    /// The job token of `id`.
-    pub fn job_token(&self, id: JobId) -> String {
+    fn mac(&self, id: JobId) -> [u8; 24] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
         mac.update(b"replyd job token v1\0");
         mac.update(id.0.as_bytes());
         let tag = mac.finalize().into_bytes();
+        tag[..24].try_into().expect("a SHA-256 MAC has 32 bytes")
+    }
+
+    /// The job token of `id`: the id and a MAC of it under the cluster
+    /// secret, so that a token is checked without a lookup (and before
+    /// anything is said about the job).
+    pub fn job_token(&self, id: JobId) -> String {
+        let mut raw = [0u8; TOKEN_LEN];
+        raw[..16].copy_from_slice(id.0.as_bytes());
+        raw[16..].copy_from_slice(&self.mac(id));
         format!(
             "{TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..24])
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         )
     }
 
-    /// Who sent these headers (and `access_token` query parameter), for a
-    /// request about `job` if the route names one.
+    /// The job a token opens, if it is one of this cluster's.
+    fn job_of_token(&self, token: &str) -> Option<JobId> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.strip_prefix(TOKEN_PREFIX)?)
+            .ok()?;
+        if raw.len() != TOKEN_LEN {
+            return None;
+        }
+        let id = JobId(uuid::Uuid::from_slice(&raw[..16]).ok()?);
+        bool::from(self.mac(id).ct_eq(&raw[16..])).then_some(id)
+    }
+
+    /// Who sent these headers (and `access_token` query parameter).
     pub fn identify(
         &self,
         headers: &HeaderMap,
         access_token: Option<&str>,
-        job: Option<JobId>,
     ) -> Result<Caller, ApiError> {
         let bearer = self.bearer(headers, access_token)?;
-        self.identify_token(bearer, job)
+        self.identify_token(bearer)
     }
 
     /// The credential a request carries: the Bearer token of its
-    /// Authorization header, else its `access_token` parameter.
+    /// Authorization header, else its `access_token` parameter, which may
+    /// only be a job token: an API key in a URL ends up in logs, browser
+    /// histories and `Referer` headers.
     pub fn bearer<'a>(
         &self,
         headers: &'a HeaderMap,
@@ -177,17 +231,21 @@ impl Authenticator {
                     })?;
                 Some(token.trim())
             }
-            None => access_token,
+            None => match access_token {
+                Some(t) if !t.starts_with(TOKEN_PREFIX) => {
+                    return Err(ApiError::unauthorized(
+                        "only a job token (jt_…) may be sent as access_token; \
+                         send an API key as Authorization: Bearer <key>",
+                    ));
+                }
+                t => t,
+            },
         })
     }
 
-    /// Who holds `bearer` (an API key or a job token), for an action on
-    /// `job` if one is named. A job token is valid only with its own job.
-    pub fn identify_token(
-        &self,
-        bearer: Option<&str>,
-        job: Option<JobId>,
-    ) -> Result<Caller, ApiError> {
+    /// Who holds `bearer`: an API key, or a job token (then the caller is
+    /// that job's, whatever job the request names).
+    pub fn identify_token(&self, bearer: Option<&str>) -> Result<Caller, ApiError> {
         let Some(token) = bearer else {
             return Ok(if self.open {
                 Caller::Key {
@@ -199,18 +257,10 @@ impl Authenticator {
             });
         };
         if token.starts_with(TOKEN_PREFIX) {
-            let Some(id) = job else {
-                return Err(ApiError::forbidden(
-                    "a job token grants access to its own job only",
-                ));
-            };
-            let expected = self.job_token(id);
-            return if bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
-                Ok(Caller::JobToken(id))
-            } else {
-                // Wrong token for this job: as if the job did not exist.
-                Err(ApiError::job_not_found())
-            };
+            return self
+                .job_of_token(token)
+                .map(Caller::JobToken)
+                .ok_or_else(|| ApiError::unauthorized("invalid job token"));
         }
         if self.open {
             return Ok(Caller::Key {
@@ -250,6 +300,16 @@ mod tests {
                     tenant: "*".into(),
                     role: Role::Worker,
                 },
+                ApiKey {
+                    key: "admin-key-a".into(),
+                    tenant: "a".into(),
+                    role: Role::Admin,
+                },
+                ApiKey {
+                    key: "admin-key-all".into(),
+                    tenant: "*".into(),
+                    role: Role::Admin,
+                },
             ],
             b"secret".to_vec(),
         )
@@ -267,26 +327,26 @@ mod tests {
     #[test]
     fn keys_carry_tenant_and_role() {
         let a = auth();
-        let c = a.identify(&bearer("client-key-a"), None, None).unwrap();
+        let c = a.identify(&bearer("client-key-a"), None).unwrap();
         let ta = Tenant("a".into());
         let tb = Tenant("b".into());
         let id = JobId::new();
         assert!(c.check(Action::Submit, None).is_ok());
         assert!(c.check(Action::Read, Some((id, &ta))).is_ok());
+        assert!(c.check(Action::Deliveries, Some((id, &ta))).is_ok());
         let e = c.check(Action::Read, Some((id, &tb))).unwrap_err();
         assert_eq!(e.status, 404, "another tenant's job looks missing");
         assert_eq!(c.check(Action::Work, None).unwrap_err().status, 403);
-        let w = a.identify(&bearer("worker-key-all"), None, None).unwrap();
+        let w = a.identify(&bearer("worker-key-all"), None).unwrap();
         assert!(w.check(Action::Work, Some((id, &tb))).is_ok());
         assert_eq!(w.check(Action::Submit, None).unwrap_err().status, 403);
+        assert_eq!(w.check(Action::Deliveries, None).unwrap_err().status, 403);
         assert_eq!(
-            a.identify(&bearer("nope-nope"), None, None)
-                .unwrap_err()
-                .status,
+            a.identify(&bearer("nope-nope"), None).unwrap_err().status,
             401
         );
         assert_eq!(
-            a.identify(&HeaderMap::new(), None, None)
+            a.identify(&HeaderMap::new(), None)
                 .unwrap()
                 .check(Action::Read, None)
                 .unwrap_err()
@@ -296,36 +356,81 @@ mod tests {
     }
 
     #[test]
+    fn only_an_admin_of_every_tenant_operates() {
+        let a = auth();
+        let mine = a.identify(&bearer("admin-key-a"), None).unwrap();
+        assert_eq!(mine.check(Action::Operate, None).unwrap_err().status, 403);
+        assert!(mine.check(Action::Submit, None).is_ok());
+        let all = a.identify(&bearer("admin-key-all"), None).unwrap();
+        assert!(all.check(Action::Operate, None).is_ok());
+    }
+
+    #[test]
     fn job_tokens_open_their_own_job_only() {
         let a = auth();
         let id = JobId::new();
         let other = JobId::new();
         let token = a.job_token(id);
-        assert!(token.starts_with("jt_") && token.len() > 30);
+        assert!(token.starts_with("jt_") && token.len() > 50);
         let t = Tenant("a".into());
-        let c = a
-            .identify(&HeaderMap::new(), Some(&token), Some(id))
-            .unwrap();
+        let c = a.identify(&HeaderMap::new(), Some(&token)).unwrap();
+        assert_eq!(c, Caller::JobToken(id));
         assert!(c.check(Action::Read, Some((id, &t))).is_ok());
         assert!(c.check(Action::Cancel, Some((id, &t))).is_ok());
-        assert_eq!(c.check(Action::Submit, None).unwrap_err().status, 403);
+        for action in [Action::Submit, Action::Read, Action::Deliveries] {
+            assert_eq!(c.check(action, None).unwrap_err().status, 403);
+        }
         assert_eq!(
             c.check(Action::Work, Some((id, &t))).unwrap_err().status,
             403
         );
-        // The same token presented for another job is refused as not found.
-        let e = a.identify(&bearer(&token), None, Some(other)).unwrap_err();
-        assert_eq!(e.status, 404);
-        // Another secret mints another token.
+        assert_eq!(
+            c.check(Action::Deliveries, Some((id, &t)))
+                .unwrap_err()
+                .status,
+            403,
+            "a job token does not show deliveries"
+        );
+        // The same token presented for another job: as if it did not exist.
+        let c = a.identify(&bearer(&token), None).unwrap();
+        assert_eq!(
+            c.check(Action::Read, Some((other, &t))).unwrap_err().status,
+            404
+        );
+        // Another secret mints another token, and refuses this one.
         let b = Authenticator::new(&[], b"other".to_vec());
         assert_ne!(b.job_token(id), token);
+        assert_eq!(b.identify(&bearer(&token), None).unwrap_err().status, 401);
+        // A token that is not one: 401, whatever it names.
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+        for bad in [forged.as_str(), "jt_", "jt_!!!!", "jt_AAAA"] {
+            assert_eq!(a.identify(&bearer(bad), None).unwrap_err().status, 401);
+        }
+    }
+
+    #[test]
+    fn api_keys_are_refused_in_urls() {
+        let a = auth();
+        let e = a
+            .identify(&HeaderMap::new(), Some("client-key-a"))
+            .unwrap_err();
+        assert_eq!(e.status, 401);
+        let token = a.job_token(JobId::new());
+        assert!(a.identify(&HeaderMap::new(), Some(&token)).is_ok());
+        // The header wins over the parameter.
+        assert!(
+            a.identify(&bearer("client-key-a"), Some("whatever"))
+                .is_ok()
+        );
     }
 
     #[test]
     fn an_open_server_treats_everyone_as_the_default_tenant() {
         let a = Authenticator::new(&[], b"s".to_vec());
-        let c = a.identify(&HeaderMap::new(), None, None).unwrap();
+        let c = a.identify(&HeaderMap::new(), None).unwrap();
         assert_eq!(c.tenant(), Some(&Tenant::open()));
-        assert!(c.check(Action::Operate, None).is_ok());
+        assert!(c.check(Action::Submit, None).is_ok());
     }
 }

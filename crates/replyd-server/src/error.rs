@@ -120,6 +120,10 @@ impl From<StoreError> for ApiError {
                 "idempotency-key-reused",
                 "this Idempotency-Key was used before with a different request body",
             ),
+            StoreError::AlreadyDelivered => ApiError::conflict(
+                "already-delivered",
+                "this delivery succeeded already; to send it again, ask with ?redeliver=true",
+            ),
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::unavailable("the database is unavailable; try again shortly")

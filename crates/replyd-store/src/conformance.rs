@@ -845,6 +845,26 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     assert_eq!(log[0].1[0].latency_ms, 12);
     assert_eq!(log[1].1.len(), 1);
 
+    // A delivery that succeeded is sent again only when that is asked for.
+    let first = log[0].0.id;
+    assert!(matches!(
+        store
+            .replay_delivery(first, Some(&Tenant("t".into())), false, t(65))
+            .await,
+        Err(StoreError::AlreadyDelivered)
+    ));
+    assert_eq!(
+        store.deliveries(id).await.unwrap()[0].0.state,
+        DeliveryState::Delivered,
+        "a refused replay changes nothing"
+    );
+    assert!(matches!(
+        store
+            .replay_delivery(first, Some(&Tenant("u".into())), false, t(65))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
     // Dead letters: listed per tenant, replayed.
     let listed = store
         .list_deliveries(
@@ -882,12 +902,12 @@ pub async fn outbox_deliveries_in_order_with_attempts(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store
-            .replay_delivery(second, Some(&Tenant("u".into())), t(70))
+            .replay_delivery(second, Some(&Tenant("u".into())), false, t(70))
             .await,
         Err(StoreError::NotFound)
     ));
     let replayed = store
-        .replay_delivery(second, Some(&Tenant("t".into())), t(70))
+        .replay_delivery(second, Some(&Tenant("t".into())), false, t(70))
         .await
         .unwrap();
     assert_eq!(

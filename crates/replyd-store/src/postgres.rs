@@ -1156,22 +1156,43 @@ impl Store for PgStore {
         &self,
         id: i64,
         scope: Option<&Tenant>,
+        redeliver: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<Delivery> {
+        let tenant = scope.map(|t| t.0.clone());
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $2,
                  claimed_until = NULL, updated_at = $2
              WHERE id = $1 AND ($3::text IS NULL OR tenant = $3)
+               AND ($4 OR state <> 'delivered')
              RETURNING {DELIVERY_COLUMNS}"
         )))
         .bind(id)
         .bind(ms(now))
-        .bind(scope.map(|t| t.0.clone()))
+        .bind(&tenant)
+        .bind(redeliver)
         .fetch_optional(&self.inner.pool)
         .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
-        delivery_from_row(&row)
+        .map_err(backend)?;
+        match row {
+            Some(row) => delivery_from_row(&row),
+            None => {
+                // Missing (or another tenant's), or delivered.
+                let delivered: Option<bool> = sqlx::query_scalar(
+                    "SELECT state = 'delivered' FROM outbox
+                     WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
+                )
+                .bind(id)
+                .bind(&tenant)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+                Err(match delivered {
+                    Some(true) => StoreError::AlreadyDelivered,
+                    _ => StoreError::NotFound,
+                })
+            }
+        }
     }
 
     async fn log_floor(&self) -> StoreResult<Option<EventId>> {

@@ -1229,6 +1229,7 @@ impl Store for SqliteStore {
         &self,
         id: i64,
         scope: Option<&Tenant>,
+        redeliver: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<Delivery> {
         let scope = scope.cloned();
@@ -1236,6 +1237,9 @@ impl Store for SqliteStore {
             let d = one_delivery(conn, id)?;
             if scope.is_some_and(|t| t != d.job.tenant) {
                 return Err(StoreError::NotFound);
+            }
+            if d.state == DeliveryState::Delivered && !redeliver {
+                return Err(StoreError::AlreadyDelivered);
             }
             conn.prepare_cached(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2,

@@ -65,7 +65,7 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     responses((status = 200, body = proto::DeliveryList),
               (status = 404, description = "Unknown job", body = proto::Problem)))]
 pub async fn of_job(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
-    app.job_for(&r.caller, Action::Read, r.id).await?;
+    app.job_for(&r.caller, Action::Deliveries, r.id).await?;
     let ds = app.store.deliveries(r.id).await?;
     let deliveries = ds.iter().map(|(d, a)| wire(d, Some(a))).collect();
     Ok(json(
@@ -96,9 +96,9 @@ pub async fn list(
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let p = query(q)?;
-    let caller = app.auth.identify(&headers, None, None)?;
+    let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
-    caller.check(Action::Read, None)?;
+    caller.check(Action::Deliveries, None)?;
     let state = match p.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
@@ -124,26 +124,38 @@ pub async fn list(
     ))
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct RetryParams {
+    /// Send a delivery that succeeded once more.
+    #[serde(default)]
+    redeliver: bool,
+}
+
 /// Replay one delivery now (a dead letter, or one still waiting for its
-/// next attempt); its schedule starts again.
+/// next attempt); its schedule starts again. One that succeeded is sent
+/// again only with `?redeliver=true` (else 409).
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks",
-    params(("id" = String, Path)),
+    params(("id" = String, Path),
+           ("redeliver" = Option<bool>, Query, description = "Also send a delivery that succeeded")),
     responses((status = 202, description = "Queued again", body = proto::Delivery),
-              (status = 404, description = "Unknown delivery", body = proto::Problem)))]
+              (status = 404, description = "Unknown delivery", body = proto::Problem),
+              (status = 409, description = "It succeeded already (ask with redeliver=true)", body = proto::Problem)))]
 pub async fn retry(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
+    q: Result<Query<RetryParams>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None, None)?;
+    let p = query(q)?;
+    let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
-    caller.check(Action::Cancel, None)?;
+    caller.check(Action::Deliveries, None)?;
     let id: i64 = raw
         .parse()
         .map_err(|_| ApiError::not_found("no such delivery"))?;
     let d = app
         .store
-        .replay_delivery(id, caller.tenant(), app.now())
+        .replay_delivery(id, caller.tenant(), p.redeliver, app.now())
         .await
         .map_err(|e| match e {
             replyd_core::StoreError::NotFound => ApiError::not_found("no such delivery"),
@@ -175,9 +187,9 @@ pub async fn retry_dead(
     headers: HeaderMap,
     raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None, None)?;
+    let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
-    caller.check(Action::Cancel, None)?;
+    caller.check(Action::Deliveries, None)?;
     let bytes = super::body(raw, app.config.limits.max_body)?;
     let req: ReplayRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()

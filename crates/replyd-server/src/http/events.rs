@@ -119,9 +119,7 @@ pub async fn all_events(
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
-    let caller = app
-        .auth
-        .identify(&headers, q.access_token.as_deref(), None)?;
+    let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
     caller.check(Action::Read, None)?;
     let after = resume_from(&headers, q.last_event_id.as_deref())?;
     let target = Target::All(Scope {

@@ -56,10 +56,10 @@ pub async fn handle(
             let key = key
                 .to_str()
                 .map_err(|_| ApiError::unauthorized("malformed X-Replyd-Key header"))?;
-            (app.auth.identify_token(Some(key.trim()), None)?, false)
+            (app.auth.identify_token(Some(key.trim()))?, false)
         }
-        None if app.config.is_open() => (app.auth.identify_token(None, None)?, false),
-        None => (app.auth.identify(&headers, None, None)?, true),
+        None if app.config.is_open() => (app.auth.identify_token(None)?, false),
+        None => (app.auth.identify(&headers, None)?, true),
     };
     caller.check(Action::Submit, None)?;
     let tenant = caller.tenant().cloned().ok_or_else(|| {

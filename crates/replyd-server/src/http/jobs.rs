@@ -76,7 +76,7 @@ pub async fn submit(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None, None)?;
+    let caller = app.auth.identify(&headers, None)?;
     caller.check(Action::Submit, None)?;
     let tenant = caller.tenant().cloned().ok_or_else(|| {
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
@@ -337,7 +337,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let p = query(q)?;
-    let caller = app.auth.identify(&headers, None, None)?;
+    let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
     caller.check(Action::Read, None)?;
     let state = match p.state.as_deref() {

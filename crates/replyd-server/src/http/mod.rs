@@ -117,11 +117,16 @@ impl FromRequestParts<AppState> for JobRequest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> ApiResult<JobRequest> {
-        let id = path_job_id(parts, app).await?;
+        // Who asks comes first: without credentials every job id, existing
+        // or not, well-formed or not, gets the same 401.
         let token: TokenParam = query(Query::try_from_uri(&parts.uri))?;
         let caller = app
             .auth
-            .identify(&parts.headers, token.access_token.as_deref(), Some(id))?;
+            .identify(&parts.headers, token.access_token.as_deref())?;
+        if caller == Caller::Anonymous {
+            caller.may(Action::Read, true)?;
+        }
+        let id = path_job_id(parts, app).await?;
         Ok(JobRequest {
             id,
             caller,
@@ -144,9 +149,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for WorkerCall<T> {
 
     async fn from_request(req: Request, app: &AppState) -> ApiResult<WorkerCall<T>> {
         let (mut parts, raw) = req.into_parts();
-        let id = path_job_id(&mut parts, app).await?;
-        let caller = app.auth.identify(&parts.headers, None, None)?;
+        let caller = app.auth.identify(&parts.headers, None)?;
         caller.check(Action::Work, None)?;
+        let id = path_job_id(&mut parts, app).await?;
         let headers = parts.headers.clone();
         let bytes = Bytes::from_request(Request::from_parts(parts, raw), app).await;
         let body = parse_json(&headers, &body(bytes, app.config.limits.max_body)?)?;

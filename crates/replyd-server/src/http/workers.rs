@@ -48,7 +48,7 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
 }
 
 fn worker(app: &App, headers: &HeaderMap) -> ApiResult<Caller> {
-    let caller = app.auth.identify(headers, None, None)?;
+    let caller = app.auth.identify(headers, None)?;
     caller.check(Action::Work, None)?;
     Ok(caller)
 }

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, TokenParam, job_id, query};
 use crate::app::{Submission, idempotency_key, request_hash};
-use crate::auth::{Action, Caller, TOKEN_PREFIX};
+use crate::auth::{Action, Caller};
 use crate::config::secs;
 use crate::error::{ApiError, ApiResult};
 use crate::live::{Feed, Listener, Live, Scope, Target, render};
@@ -48,7 +48,7 @@ const FRAME_OVERHEAD: usize = 16 * 1024;
 
 /// Open a WebSocket.
 #[utoipa::path(get, path = "/v1/ws", tag = "events",
-    params(("access_token" = Option<String>, Query, description = "An API key or a job token, for clients that cannot set headers")),
+    params(("access_token" = Option<String>, Query, description = "A job token, for clients that cannot set headers (API keys go in Authorization)")),
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 401, description = "No or unknown credentials", body = proto::Problem)))]
@@ -59,19 +59,11 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
-    let bearer = app
-        .auth
-        .bearer(&headers, q.access_token.as_deref())?
-        .map(str::to_string);
-    // A job token is checked against the job each frame names; anything
-    // else must be a valid key now.
-    if !bearer
-        .as_deref()
-        .is_some_and(|b| b.starts_with(TOKEN_PREFIX))
-    {
-        let caller = app.auth.identify_token(bearer.as_deref(), None)?;
-        caller.check(Action::Read, None)?;
-    }
+    // Credentials are checked before the 101: a key that may read, or a
+    // valid job token (which then opens its own job only, frame by frame).
+    let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
+    let names_a_job = matches!(caller, Caller::JobToken(_));
+    caller.may(Action::Read, names_a_job)?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -88,7 +80,7 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("replyd_websockets").increment(1.0);
-            Session::new(app, bearer).run(socket).await;
+            Session::new(app, caller).run(socket).await;
             metrics::gauge!("replyd_websockets").decrement(1.0);
         })
         .into_response())
@@ -168,7 +160,8 @@ enum End {
 
 struct Session {
     app: AppState,
-    bearer: Option<String>,
+    /// Who opened the connection; every frame acts as them.
+    caller: Caller,
     listener: Listener,
     subs: HashMap<u32, Subscription>,
     next_tag: u32,
@@ -177,11 +170,11 @@ struct Session {
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
 impl Session {
-    fn new(app: AppState, bearer: Option<String>) -> Session {
+    fn new(app: AppState, caller: Caller) -> Session {
         let listener = app.hub.listen();
         Session {
             app,
-            bearer,
+            caller,
             listener,
             subs: HashMap::new(),
             next_tag: 0,
@@ -316,7 +309,7 @@ impl Session {
                 subscribe,
                 ..
             } => {
-                let caller = self.caller(None)?;
+                let caller = self.caller.clone();
                 caller.check(Action::Submit, None)?;
                 let tenant = caller.tenant().cloned().ok_or_else(|| {
                     ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs")
@@ -362,12 +355,12 @@ impl Session {
                     }
                     (Some(id), false) => {
                         let id = job_id(&id)?;
-                        let caller = self.caller(Some(id))?;
+                        let caller = self.caller.clone();
                         self.app.job_for(&caller, Action::Read, id).await?;
                         Target::Job(id)
                     }
                     (None, true) => {
-                        let caller = self.caller(None)?;
+                        let caller = self.caller.clone();
                         caller.check(Action::Read, None)?;
                         Target::All(Scope {
                             tenant: caller.tenant().cloned(),
@@ -411,7 +404,7 @@ impl Session {
             }
             ClientFrame::Cancel { job_id: id, .. } => {
                 let id = job_id(&id)?;
-                let caller = self.caller(Some(id))?;
+                let caller = self.caller.clone();
                 let job = self.app.cancel(&caller, id).await?;
                 Ok(self
                     .send_json(
@@ -421,10 +414,6 @@ impl Session {
                     .await)
             }
         }
-    }
-
-    fn caller(&self, job: Option<replyd_core::JobId>) -> ApiResult<Caller> {
-        self.app.auth.identify_token(self.bearer.as_deref(), job)
     }
 
     /// Adds a subscription: acknowledges it, replays its history, then it

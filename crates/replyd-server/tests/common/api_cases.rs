@@ -736,7 +736,89 @@ async fn job_tokens_grant_their_own_job_only() {
     // A forged token is refused.
     anon.get(&format!("/v1/jobs/{id}?access_token=jt_forged"))
         .await
-        .problem(404);
+        .problem(401);
+}
+
+/// Issue 12, item 6: a stranger learns nothing about which jobs exist,
+/// credentials are checked before anything else, API keys stay out of
+/// URLs, a job token shows no webhook URLs or attempts, and only an
+/// operator key reads the metrics.
+#[tokio::test]
+async fn strangers_learn_nothing_and_credentials_come_first() {
+    let Some(s) = TestServer::start(KEYS).await else { return };
+    let a = s.client(Some("client-a-key"));
+    let id = a.submit("work", json!({})).await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    let anon = s.client(None);
+    let forged = s.client(Some("jt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    for who in [&anon, &forged] {
+        for suffix in ["", "/result", "/events", "/deliveries"] {
+            let answers: Vec<(u16, serde_json::Value)> = futures::future::join_all(
+                [id.as_str(), missing.as_str(), "not-a-job-id"].map(|job| {
+                    let path = format!("/v1/jobs/{job}{suffix}");
+                    async move {
+                        let r = who.get(&path).await;
+                        (r.status.as_u16(), r.json())
+                    }
+                }),
+            )
+            .await;
+            assert_eq!(answers[0].0, 401, "{suffix}: {answers:?}");
+            assert!(
+                answers.iter().all(|a| a == &answers[0]),
+                "{suffix}: an existing, a missing and a malformed job must look alike: {answers:?}"
+            );
+        }
+        for path in [format!("/v1/jobs/{id}/cancel"), format!("/v1/jobs/{missing}/cancel")] {
+            who.post(&path, json!({})).await.problem(401);
+        }
+    }
+    // An API key in the URL is refused, even a good one.
+    anon.get(&format!("/v1/jobs/{id}?access_token=client-a-key"))
+        .await
+        .problem(401);
+    anon.get("/v1/events?access_token=client-a-key")
+        .await
+        .problem(401);
+    // A job token reads its job, not its deliveries (webhook URLs, what
+    // receivers answered).
+    let job = a.get(&format!("/v1/jobs/{id}")).await.json();
+    let token = job["links"]["self"]
+        .as_str()
+        .unwrap()
+        .split("access_token=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let t = s.client(Some(&token));
+    assert_eq!(t.get(&format!("/v1/jobs/{id}")).await.status, 202);
+    t.get(&format!("/v1/jobs/{id}/deliveries"))
+        .await
+        .problem(403);
+    t.get("/v1/deliveries").await.problem(403);
+    assert_eq!(a.get(&format!("/v1/jobs/{id}/deliveries")).await.status, 200);
+    // Metrics are the operator's: not a tenant's admin.
+    s.client(Some("admin-a-key"))
+        .get("/metrics")
+        .await
+        .problem(403);
+    assert_eq!(
+        s.client(Some("admin-all-key")).get("/metrics").await.status,
+        200
+    );
+    // The WebSocket upgrade checks a job token before answering 101.
+    let bogus = format!("ws://{}/v1/ws?access_token=jt_AAAAAAAAAAAAAAAAAAAAAA", s.addr);
+    match tokio_tungstenite::connect_async(bogus).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 401)
+        }
+        other => panic!("a bogus job token was let in: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let good = format!("ws://{}/v1/ws?access_token={token}", s.addr);
+    let (_, res) = tokio_tungstenite::connect_async(good).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let key_in_url = format!("ws://{}/v1/ws?access_token=client-a-key", s.addr);
+    assert!(tokio_tungstenite::connect_async(key_in_url).await.is_err());
 }
 
 #[tokio::test]

@@ -108,6 +108,10 @@ role = "worker"
 key = "admin-all-key"
 tenant = "*"
 role = "admin"
+[[api_keys]]
+key = "admin-a-key"
+tenant = "a"
+role = "admin"
 [queues.work]
 [queues.other]
 "#;

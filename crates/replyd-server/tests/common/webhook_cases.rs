@@ -196,6 +196,44 @@ async fn unsafe_or_unconfigured_webhooks_are_refused_at_submit() {
     assert!(p["detail"].as_str().unwrap().contains("webhooks.secret"));
 }
 
+/// A delivery that succeeded is sent again only when that is asked for
+/// (`?redeliver=true`); a plain retry is 409 and sends nothing.
+#[tokio::test]
+async fn a_delivered_webhook_is_sent_again_only_when_asked() {
+    let Some(s) = TestServer::start(&config()).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let id = submit_hooked(&c, &format!("{base}/ok"), None).await;
+    c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    received(&r, "/ok", 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let v = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
+        if v["deliveries"][0]["state"] == "delivered" {
+            break v["deliveries"][0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let d_id = d["id"].as_str().unwrap();
+    let p = c
+        .post(&format!("/v1/deliveries/{d_id}/retry"), json!({}))
+        .await
+        .problem(409);
+    assert!(p["detail"].as_str().unwrap().contains("redeliver=true"), "{p}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&r, "/ok", 1).await.len(), 1, "nothing sent again");
+    let again = c
+        .post(&format!("/v1/deliveries/{d_id}/retry?redeliver=true"), json!({}))
+        .await;
+    assert_eq!(again.status, 202);
+    let got = received(&r, "/ok", 2).await;
+    assert_eq!(
+        got[0].0["webhook-id"], got[1].0["webhook-id"],
+        "the same message, for the receiver to dedupe"
+    );
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_with_their_attempts_and_replayed() {
     let Some(s) = TestServer::start(&config()).await else { return };
