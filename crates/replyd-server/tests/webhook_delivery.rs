@@ -466,7 +466,7 @@ async fn a_configured_proxy_carries_deliveries_and_names_are_vetted_first() {
         .attempt(
             "http://inside.test/hook",
             &msg(),
-            &[secret.clone()],
+            std::slice::from_ref(&secret),
             &[],
             now,
         )
