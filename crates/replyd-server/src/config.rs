@@ -352,6 +352,9 @@ pub struct Limits {
     pub max_ttl: f64,
     /// Seconds a client may take to send a request's headers (slowloris).
     pub header_timeout: f64,
+    /// Seconds a client may take to send a request's body, from the end of
+    /// its headers (408 after that).
+    pub body_timeout: f64,
 }
 
 impl Default for Limits {
@@ -362,6 +365,7 @@ impl Default for Limits {
             max_attempts: 100,
             max_ttl: 30.0 * 86_400.0,
             header_timeout: 30.0,
+            body_timeout: 60.0,
         }
     }
 }
@@ -713,6 +717,7 @@ impl Config {
             ("reaper_interval", self.reaper_interval),
             ("gc_interval", self.gc_interval),
             ("limits.header_timeout", self.limits.header_timeout),
+            ("limits.body_timeout", self.limits.body_timeout),
             ("streams.keepalive", self.streams.keepalive),
             ("streams.ping_interval", self.streams.ping_interval),
             ("streams.write_timeout", self.streams.write_timeout),

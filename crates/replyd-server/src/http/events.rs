@@ -122,6 +122,9 @@ pub async fn all_events(
     let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
     caller.check(Action::Read, None)?;
     let after = resume_from(&headers, q.last_event_id.as_deref())?;
+    if let Some(queue) = &q.queue {
+        super::queue_filter(queue)?;
+    }
     let target = Target::All(Scope {
         tenant: caller.tenant().cloned(),
         queue: q.queue,

@@ -340,6 +340,9 @@ pub async fn list(
     let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
     caller.check(Action::Read, None)?;
+    if let Some(q) = &p.queue {
+        super::queue_filter(q)?;
+    }
     let state = match p.state.as_deref() {
         None => None,
         Some(s) => Some(

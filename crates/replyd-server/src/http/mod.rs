@@ -47,6 +47,10 @@ pub fn router(app: AppState) -> Router {
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
         .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::config::secs(limits.body_timeout),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -63,10 +67,12 @@ pub fn router(app: AppState) -> Router {
 }
 
 /// Records the request latency histogram by route (never by raw URI, which
-/// may carry a job token).
+/// may carry a job token). Every label has a bounded set of values: the
+/// route is a template (or `unmatched`), the method one of HTTP's (or
+/// `other`: a client may send any token as a method), the status a code.
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -75,12 +81,85 @@ async fn observe(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     metrics::histogram!(
         "replyd_http_request_duration_seconds",
-        "method" => method.to_string(),
+        "method" => method,
         "route" => route,
         "status" => res.status().as_u16().to_string(),
     )
     .record(start.elapsed().as_secs_f64());
     res
+}
+
+/// A request method as a metrics label: one of RFC 9110's (and PATCH), or
+/// `other`.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Gives a request's body `limit` to arrive, counted from when its headers
+/// were read: a client that trickles a body holds a connection and a
+/// buffer, and is cut off with 408 instead.
+async fn body_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let req = req.map(|inner| {
+        axum::body::Body::new(Deadline {
+            inner,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        })
+    });
+    next.run(req).await
+}
+
+/// A body that fails once its deadline passes before it has all arrived.
+struct Deadline {
+    inner: axum::body::Body,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Why a body read failed: it did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within limits.body_timeout")]
+pub struct BodyTimedOut;
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Pending if this.timer.as_mut().poll(cx).is_ready() => {
+                std::task::Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A job id from a path. A malformed id is a job that does not exist: 404.
@@ -159,15 +238,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for WorkerCall<T> {
     }
 }
 
-/// The body, or 413 past the limit.
+/// The body, or 413 past the limit, or 408 when it came too slowly.
 pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
+        } else if caused_by::<BodyTimedOut>(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                BodyTimedOut.to_string(),
+            )
         } else {
             ApiError::bad_request(format!("cannot read the request body: {e}"))
         }
     })
+}
+
+/// Whether an `E` is somewhere in `e`'s chain of causes.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<E>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Whether the request says its body is JSON. A missing Content-Type is
@@ -209,6 +306,19 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api
             _ => ApiError::invalid_json(format!("malformed JSON: {e}")),
         }
     })
+}
+
+/// A queue name given as a filter (`?queue=`, a subscription's `queue`):
+/// any name a queue could have, or 400. (An unknown queue simply matches
+/// nothing.)
+pub fn queue_filter(q: &str) -> ApiResult<()> {
+    if crate::config::valid_queue_name(q) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "queue must be 1 to 64 letters, digits, '.', '_' or '-'",
+        ))
+    }
 }
 
 /// Query parameters, or 400 naming the bad one.

@@ -46,6 +46,9 @@ pub fn router() -> Router<AppState> {
 /// Room for a submission's body plus the frame around it.
 const FRAME_OVERHEAD: usize = 16 * 1024;
 
+/// The longest `ref` string a client may give (a number is always small).
+pub const MAX_REF: usize = 128;
+
 /// Open a WebSocket.
 #[utoipa::path(get, path = "/v1/ws", tag = "events",
     params(("access_token" = Option<String>, Query, description = "A job token, for clients that cannot set headers (API keys go in Authorization)")),
@@ -276,6 +279,19 @@ impl Session {
             }
         };
         let reference = value.get("ref").cloned().unwrap_or(Value::Null);
+        // A ref is echoed on every frame of its subscription and kept as
+        // long as it lasts: it must be small.
+        let small = match &reference {
+            Value::Null | Value::Number(_) => true,
+            Value::String(s) => s.len() <= MAX_REF,
+            _ => false,
+        };
+        if !small {
+            let e = ApiError::bad_request(format!(
+                "ref must be a string of at most {MAX_REF} bytes or a number"
+            ));
+            return self.send_error(sink, Value::Null, &e).await;
+        }
         let frame: ClientFrame = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(e) => {
@@ -362,6 +378,9 @@ impl Session {
                     (None, true) => {
                         let caller = self.caller.clone();
                         caller.check(Action::Read, None)?;
+                        if let Some(q) = &queue {
+                            super::queue_filter(q)?;
+                        }
                         Target::All(Scope {
                             tenant: caller.tenant().cloned(),
                             queue,
