@@ -35,6 +35,9 @@ pub struct App {
     /// Cancelled when the server begins to shut down: long polls answer at
     /// once and background tasks stop.
     pub shutdown: CancellationToken,
+    /// What clients hold (connections, streams, waits) and the tenants'
+    /// submission buckets.
+    pub limits: Arc<crate::limits::Limiter>,
     /// Idempotency keys whose first request is still being accepted.
     in_flight: Mutex<HashSet<(Tenant, String)>>,
 }
@@ -67,7 +70,17 @@ impl App {
         shutdown: CancellationToken,
     ) -> App {
         let auth = Authenticator::new(&config.api_keys, secret);
+        let nofile = crate::limits::raise_nofile();
+        let limits = crate::limits::Limiter::new(&config.limits, nofile);
+        let conns = limits.quota(crate::limits::Held::Connection);
+        tracing::info!(
+            open_files = nofile,
+            max_connections = conns.total,
+            max_connections_per_ip = conns.per_ip,
+            "connection limits (0: none)"
+        );
         App {
+            limits,
             hub: Hub::new(config.streams.buffer),
             webhooks: Arc::new(crate::webhooks::Runtime::new(&config.webhooks)),
             config,

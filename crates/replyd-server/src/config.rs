@@ -350,11 +350,69 @@ pub struct Limits {
     pub max_attempts: u32,
     /// Longest `ttl` a submission may ask for, in seconds.
     pub max_ttl: f64,
-    /// Seconds a client may take to send a request's headers (slowloris).
+    /// Seconds a client may take to send a request's headers (slowloris),
+    /// and the longest a connection may stay idle between requests
+    /// (HTTP/1.1 keep-alive and HTTP/2 alike).
     pub header_timeout: f64,
     /// Seconds a client may take to send a request's body, from the end of
     /// its headers (408 after that).
     pub body_timeout: f64,
+    /// Connections open at once. Default: seven eighths of the process's
+    /// open-file limit (which replyd raises to its hard limit and logs at
+    /// start), at most 100,000; the rest is kept for the database, brokers
+    /// and outbound calls. 0: no limit.
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address (an IPv6 client:
+    /// its /64). Default: an eighth of `max_connections`. 0: no limit
+    /// (behind a reverse proxy every connection has the proxy's address).
+    pub max_connections_per_ip: Option<usize>,
+    /// Jobs a tenant may submit per second, on average (HTTP, WebSocket,
+    /// gateway; a token bucket); 0: no limit.
+    pub submit_rate: f64,
+    /// Jobs a tenant may submit at once after being quiet (the bucket's
+    /// size). Default: twice `submit_rate`.
+    pub submit_burst: Option<f64>,
+    /// Server-Sent Events streams open at once.
+    pub streams: Quota,
+    /// WebSocket sessions open at once.
+    pub websockets: Quota,
+    /// WebSocket subscriptions held at once, over all sessions.
+    pub subscriptions: Quota,
+    /// Requests held waiting at once: long polls (`Prefer: wait`) and
+    /// lease requests that wait for work.
+    pub waits: Quota,
+    /// A tenant's own submission rate, in place of the above.
+    pub tenants: BTreeMap<String, TenantLimits>,
+}
+
+/// How many of something may be held at once: in all, from one client
+/// address, by one tenant. 0: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub total: usize,
+    pub per_ip: usize,
+    pub per_tenant: usize,
+}
+
+impl Quota {
+    pub const fn new(total: usize, per_ip: usize, per_tenant: usize) -> Quota {
+        Quota {
+            total,
+            per_ip,
+            per_tenant,
+        }
+    }
+
+    /// No limit at all.
+    pub const UNLIMITED: Quota = Quota::new(0, 0, 0);
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    pub submit_rate: Option<f64>,
+    pub submit_burst: Option<f64>,
 }
 
 impl Default for Limits {
@@ -366,7 +424,43 @@ impl Default for Limits {
             max_ttl: 30.0 * 86_400.0,
             header_timeout: 30.0,
             body_timeout: 60.0,
+            max_connections: None,
+            max_connections_per_ip: None,
+            submit_rate: 1000.0,
+            submit_burst: None,
+            streams: Quota::new(10_000, 500, 5_000),
+            websockets: Quota::new(10_000, 500, 5_000),
+            subscriptions: Quota::new(100_000, 5_000, 50_000),
+            waits: Quota::new(10_000, 1_000, 5_000),
+            tenants: BTreeMap::new(),
         }
+    }
+}
+
+impl Limits {
+    /// Connections at once, in all and per client address, given the
+    /// open-file limit in force (0: no limit).
+    pub fn connections(&self, nofile: u64) -> (usize, usize) {
+        let total = self.max_connections.unwrap_or_else(|| {
+            let usable = nofile.saturating_sub(nofile / 8).min(100_000) as usize;
+            usable.max(64)
+        });
+        let per_ip = self
+            .max_connections_per_ip
+            .unwrap_or_else(|| (total / 8).max(16));
+        (total, per_ip)
+    }
+
+    /// A tenant's submission bucket: (jobs per second, burst); a rate of 0
+    /// is no limit.
+    pub fn submit_bucket(&self, tenant: &str) -> (f64, f64) {
+        let own = self.tenants.get(tenant);
+        let rate = own.and_then(|t| t.submit_rate).unwrap_or(self.submit_rate);
+        let burst = own
+            .and_then(|t| t.submit_burst)
+            .or(self.submit_burst)
+            .unwrap_or(rate * 2.0);
+        (rate, burst.max(1.0))
     }
 }
 
@@ -784,6 +878,23 @@ impl Config {
         }
         if self.streams.retry_ms > 3_600_000 {
             return bad("streams.retry_ms must be at most 3600000".into());
+        }
+        let l = &self.limits;
+        let rates = std::iter::once(("limits", l.submit_rate, l.submit_burst)).chain(
+            l.tenants.iter().map(|(_, t)| {
+                (
+                    "limits.tenants",
+                    t.submit_rate.unwrap_or(0.0),
+                    t.submit_burst,
+                )
+            }),
+        );
+        for (at, rate, burst) in rates {
+            if !(0.0..=1e9).contains(&rate) || burst.is_some_and(|b| !(1.0..=1e9).contains(&b)) {
+                return bad(format!(
+                    "{at}: submit_rate must be 0 to 1e9 jobs per second and submit_burst 1 to 1e9"
+                ));
+            }
         }
         if self.limits.max_body < 1024 || self.limits.max_result < 1024 {
             return bad("limits.max_body and limits.max_result must be at least 1024 bytes".into());

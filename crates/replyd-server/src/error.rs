@@ -15,6 +15,8 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds, for 503 and 409-while-in-flight answers.
     pub retry_after: Option<u64>,
+    /// Other headers the answer carries (`RateLimit`…).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -26,6 +28,7 @@ impl ApiError {
             slug,
             detail: detail.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -77,6 +80,11 @@ impl ApiError {
         self
     }
 
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+
     pub fn problem(&self) -> Problem {
         Problem {
             type_: format!("urn:replyd:problem:{}", self.slug),
@@ -106,7 +114,31 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        for (name, value) in self.headers {
+            h.insert(name, value);
+        }
         res
+    }
+}
+
+impl From<crate::limits::Over> for ApiError {
+    /// A client's or tenant's limit: 429; the server's own: 503. Either
+    /// way the place comes free when something held ends, so a short
+    /// Retry-After.
+    fn from(over: crate::limits::Over) -> ApiError {
+        let status = if over.scope == "total" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        let slug = match over.held {
+            crate::limits::Held::Connection => "too-many-connections",
+            crate::limits::Held::Stream => "too-many-streams",
+            crate::limits::Held::WebSocket => "too-many-websockets",
+            crate::limits::Held::Subscription => "too-many-subscriptions",
+            crate::limits::Held::Wait => "too-many-waits",
+        };
+        ApiError::new(status, slug, over.to_string()).with_retry_after(5)
     }
 }
 

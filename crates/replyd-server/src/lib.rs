@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod executors;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod openapi;
 pub mod outbound;
@@ -145,6 +146,7 @@ impl Server {
         let server = http::serve::serve(
             listener,
             self.router(),
+            self.app.limits.clone(),
             secs(self.app.config.limits.header_timeout),
             token.clone(),
         );

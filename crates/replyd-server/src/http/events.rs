@@ -26,10 +26,11 @@ use replyd_core::event::EventRecord;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
-use super::{AppState, JobRequest, query};
+use super::{AppState, Client, JobRequest, query};
 use crate::auth::Action;
 use crate::config::secs;
 use crate::error::{ApiError, ApiResult};
+use crate::limits::{Held, Permit};
 use crate::live::{Feed, Listener, Live, Scope, Target, render};
 
 pub fn router() -> Router<AppState> {
@@ -83,13 +84,16 @@ pub fn resume_from(headers: &HeaderMap, param: Option<&str>) -> ApiResult<Option
         (status = 410, description = "Expired", body = replyd_proto::Problem)))]
 pub async fn job_events(
     State(app): State<AppState>,
+    client: Client,
     r: JobRequest,
     headers: HeaderMap,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let mut permit = client.hold(&app, Held::Stream, None)?;
     let q = query(q)?;
     let after = resume_from(&headers, q.last_event_id.as_deref())?;
     let job = app.job_for(&r.caller, Action::Read, r.id).await?;
+    permit.add_tenant(&job.tenant)?;
     let target = Target::Job(job.id);
     let listener = app.hub.listen();
     listener.watch(0, target.clone());
@@ -100,7 +104,7 @@ pub async fn job_events(
     if first.is_none() && job.state.is_terminal() {
         return Ok(cors(StatusCode::NO_CONTENT.into_response()));
     }
-    Ok(stream(app, listener, feed, first, None))
+    Ok(stream(app, listener, feed, first, None, permit))
 }
 
 /// All of the caller's jobs' events.
@@ -115,12 +119,17 @@ pub async fn job_events(
         (status = 403, description = "A job token (it grants one job only)", body = replyd_proto::Problem)))]
 pub async fn all_events(
     State(app): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let mut permit = client.hold(&app, Held::Stream, None)?;
     let q = query(q)?;
     let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
     caller.check(Action::Read, None)?;
+    if let Some(t) = caller.tenant() {
+        permit.add_tenant(t)?;
+    }
     let after = resume_from(&headers, q.last_event_id.as_deref())?;
     if let Some(queue) = &q.queue {
         super::queue_filter(queue)?;
@@ -133,7 +142,7 @@ pub async fn all_events(
     listener.watch(0, target.clone());
     let (feed, reset) = Feed::open(target, after, &app.hub, &*app.store).await?;
     let reset = after.filter(|_| reset).map(reset_frame);
-    Ok(stream(app, listener, feed, None, reset))
+    Ok(stream(app, listener, feed, None, reset, permit))
 }
 
 /// `stream.reset`: events after the client's id were removed from the log
@@ -162,6 +171,7 @@ fn stream(
     feed: Feed,
     first: Option<EventRecord>,
     reset: Option<Bytes>,
+    permit: Permit,
 ) -> Response {
     let streams = &app.config.streams;
     let keepalive = secs(streams.keepalive);
@@ -178,6 +188,7 @@ fn stream(
         head: Some(head.into()),
         pending: first,
         done: false,
+        _permit: permit,
     };
     metrics::gauge!("replyd_sse_streams").increment(1.0);
     let body = futures::stream::unfold(sse, |mut sse| async move {
@@ -209,6 +220,8 @@ struct Sse {
     keepalive_every: Duration,
     keepalive: Pin<Box<Sleep>>,
     done: bool,
+    /// The stream's place in `limits.streams`.
+    _permit: Permit,
 }
 
 impl Drop for Sse {

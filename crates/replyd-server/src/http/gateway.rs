@@ -23,12 +23,13 @@ use base64::Engine;
 use bytes::Bytes;
 use replyd_proto as proto;
 
-use super::jobs::accepted;
-use super::{AppState, body, prefer_wait};
+use super::jobs::{accepted, with_rate};
+use super::{AppState, Client, body, prefer_wait, take_submit};
 use crate::app::{Submission, request_hash};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::executors::http::Captured;
+use crate::limits::Held;
 
 /// The header that carries a replyd key on a gateway request.
 pub const KEY_HEADER: &str = "x-replyd-key";
@@ -36,6 +37,7 @@ pub const KEY_HEADER: &str = "x-replyd-key";
 /// Every request no other route took: a gateway route's, or 404.
 pub async fn handle(
     State(app): State<AppState>,
+    client: Client,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -65,6 +67,7 @@ pub async fn handle(
     let tenant = caller.tenant().cloned().ok_or_else(|| {
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
     })?;
+    let rate = take_submit(&app, &tenant)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let captured = Captured {
         method: method.as_str().to_string(),
@@ -85,6 +88,10 @@ pub async fn handle(
         .transpose()?;
     let hash = key.as_ref().map(|_| request_hash(&input));
     let wait = prefer_wait(&headers)?;
+    let _waiting = match wait {
+        Some(w) if !w.is_zero() => Some(client.hold(&app, Held::Wait, Some(&tenant))?),
+        _ => None,
+    };
     let submitted = app
         .submit(Submission {
             tenant,
@@ -101,7 +108,9 @@ pub async fn handle(
             reply: None,
         })
         .await?;
-    accepted(&app, submitted, wait).await
+    let mut res = accepted(&app, submitted, wait).await?;
+    with_rate(&mut res, rate);
+    Ok(res)
 }
 
 /// The request headers the route passes on; never replyd's own key, nor

@@ -14,10 +14,14 @@ use replyd_core::store::{ListQuery, Submitted};
 use replyd_proto as proto;
 use serde::Deserialize;
 
-use super::{AppState, IfNoneMatch, JobRequest, body, etag, page, parse_json, prefer_wait, query};
+use super::{
+    AppState, Client, IfNoneMatch, JobRequest, body, etag, page, parse_json, prefer_wait, query,
+    rate_headers, take_submit,
+};
 use crate::app::{Submission, domain_state, request_hash};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
+use crate::limits::Held;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -73,6 +77,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         (status = 422, description = "Idempotency-Key reused with another body", body = proto::Problem)))]
 pub async fn submit(
     State(app): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -81,6 +86,7 @@ pub async fn submit(
     let tenant = caller.tenant().cloned().ok_or_else(|| {
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
     })?;
+    let rate = take_submit(&app, &tenant)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let request: proto::SubmitRequest = parse_json(&headers, &bytes)?;
     let wait = prefer_wait(&headers)?;
@@ -90,6 +96,10 @@ pub async fn submit(
     let request_hash = key
         .as_ref()
         .map(|_| request_hash(&serde_json::from_slice(&bytes).unwrap_or_default()));
+    let _waiting = match wait {
+        Some(w) if !w.is_zero() => Some(client.hold(&app, Held::Wait, Some(&tenant))?),
+        _ => None,
+    };
     let submitted = app
         .submit(Submission {
             reply: None,
@@ -99,7 +109,16 @@ pub async fn submit(
             request_hash,
         })
         .await?;
-    accepted(&app, submitted, wait).await
+    let mut res = accepted(&app, submitted, wait).await?;
+    with_rate(&mut res, rate);
+    Ok(res)
+}
+
+/// Tells the client its submission rate (`RateLimit-Policy`, `RateLimit`).
+pub fn with_rate(res: &mut Response, rate: Option<crate::limits::RateState>) {
+    if let Some(state) = rate {
+        res.headers_mut().extend(rate_headers(&state));
+    }
 }
 
 /// The answer to a submission: `202` with the job, its `Location` and
@@ -163,12 +182,20 @@ pub async fn accepted(
         (status = 410, description = "Expired", body = proto::Problem)))]
 pub async fn status(
     State(app): State<AppState>,
+    client: Client,
     r: JobRequest,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let mut job = app.job_for(&r.caller, Action::Read, r.id).await?;
-    let inm = IfNoneMatch::parse(&headers);
     let wait = prefer_wait(&headers)?;
+    let mut waiting = match wait {
+        Some(w) if !w.is_zero() => Some(client.hold(&app, Held::Wait, None)?),
+        _ => None,
+    };
+    let mut job = app.job_for(&r.caller, Action::Read, r.id).await?;
+    if let Some(p) = waiting.as_mut() {
+        p.add_tenant(&job.tenant)?;
+    }
+    let inm = IfNoneMatch::parse(&headers);
     if let Some(w) = wait {
         job = match &inm {
             Some(m) => {

@@ -162,6 +162,80 @@ impl http_body::Body for Deadline {
     }
 }
 
+/// The client's address (`None` for a request that did not come over a
+/// socket, as in an in-memory test).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Client, Self::Rejection> {
+        Ok(Client(
+            parts.extensions.get::<serve::ClientAddr>().map(|c| c.0),
+        ))
+    }
+}
+
+impl Client {
+    /// Holds one `held` for this client (and `tenant`, when known).
+    pub fn hold(
+        self,
+        app: &App,
+        held: crate::limits::Held,
+        tenant: Option<&replyd_core::Tenant>,
+    ) -> ApiResult<crate::limits::Permit> {
+        Ok(app.limits.hold(held, self.0, tenant)?)
+    }
+}
+
+/// Takes one submission from `tenant`'s bucket: its state, to tell the
+/// client in `RateLimit` headers (`None`: no limit), or 429.
+pub fn take_submit(
+    app: &App,
+    tenant: &replyd_core::Tenant,
+) -> ApiResult<Option<crate::limits::RateState>> {
+    match app.limits.take_submit(tenant, 1, std::time::Instant::now()) {
+        None => Ok(None),
+        Some(Ok(state)) => Ok(Some(state)),
+        Some(Err(state)) => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                format!(
+                    "this tenant submits more than its {} jobs per {} s \
+                     (limits.submit_rate, submit_burst); try again in {} s",
+                    state.quota,
+                    state.window,
+                    state.retry_in.max(1)
+                ),
+            )
+            .with_retry_after(state.retry_in.max(1));
+            for (name, value) in rate_headers(&state) {
+                e = e.with_header(name, value);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub fn rate_headers(
+    state: &crate::limits::RateState,
+) -> [(header::HeaderName, header::HeaderValue); 2] {
+    let value = |s: String| header::HeaderValue::from_str(&s).expect("ASCII");
+    [
+        (
+            header::HeaderName::from_static("ratelimit-policy"),
+            value(state.policy()),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit"),
+            value(state.current()),
+        ),
+    ]
+}
+
 /// A job id from a path. A malformed id is a job that does not exist: 404.
 pub fn job_id(raw: &str) -> ApiResult<JobId> {
     raw.parse().map_err(|_| ApiError::job_not_found())

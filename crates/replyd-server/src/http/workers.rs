@@ -17,7 +17,7 @@ use replyd_core::store::{JobOutput, LeaseQuery, Leased};
 use replyd_proto as proto;
 use serde::Deserialize;
 
-use super::{AppState, WorkerCall, body, is_json, job_id, parse_json, query};
+use super::{AppState, Client, WorkerCall, body, is_json, job_id, parse_json, query};
 use crate::app::App;
 use crate::auth::{Action, Caller};
 use crate::config::{Executor, secs};
@@ -91,6 +91,7 @@ pub fn leased_view(app: &App, l: &Leased) -> proto::Lease {
         (status = 409, description = "The queue is not served by pull workers", body = proto::Problem)))]
 pub async fn lease(
     State(app): State<AppState>,
+    client: Client,
     Path(queue): Path<String>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -124,6 +125,11 @@ pub async fn lease(
             "batch must be between 1 and {MAX_BATCH}"
         )));
     }
+    let _waiting = if wait.is_zero() {
+        None
+    } else {
+        Some(client.hold(&app, crate::limits::Held::Wait, caller.tenant())?)
+    };
     let worker_name = req.worker.unwrap_or_else(|| "anonymous".into());
     if worker_name.len() > 200 {
         return Err(ApiError::bad_request(

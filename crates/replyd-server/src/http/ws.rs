@@ -25,18 +25,19 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use replyd_core::EventId;
 use replyd_core::event::EventRecord;
 use replyd_core::store::Submitted;
+use replyd_core::{EventId, Tenant};
 use replyd_proto as proto;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, TokenParam, job_id, query};
+use super::{AppState, Client, TokenParam, job_id, query};
 use crate::app::{Submission, idempotency_key, request_hash};
 use crate::auth::{Action, Caller};
 use crate::config::secs;
 use crate::error::{ApiError, ApiResult};
+use crate::limits::{Held, Permit};
 use crate::live::{Feed, Listener, Live, Scope, Target, render};
 
 pub fn router() -> Router<AppState> {
@@ -57,16 +58,21 @@ pub const MAX_REF: usize = 128;
         (status = 401, description = "No or unknown credentials", body = proto::Problem)))]
 pub async fn upgrade(
     State(app): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     q: Result<Query<TokenParam>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let mut permit = client.hold(&app, Held::WebSocket, None)?;
     let q = query(q)?;
     // Credentials are checked before the 101: a key that may read, or a
     // valid job token (which then opens its own job only, frame by frame).
     let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
     let names_a_job = matches!(caller, Caller::JobToken(_));
     caller.may(Action::Read, names_a_job)?;
+    if let Some(t) = caller.tenant() {
+        permit.add_tenant(t)?;
+    }
     let ws = ws.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -83,7 +89,7 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("replyd_websockets").increment(1.0);
-            Session::new(app, caller).run(socket).await;
+            Session::new(app, caller, client, permit).run(socket).await;
             metrics::gauge!("replyd_websockets").decrement(1.0);
         })
         .into_response())
@@ -151,6 +157,8 @@ impl WireEventId {
 struct Subscription {
     reference: Value,
     feed: Feed,
+    /// Its place in `limits.subscriptions`.
+    _permit: Permit,
 }
 
 /// Why a connection ends.
@@ -165,6 +173,10 @@ struct Session {
     app: AppState,
     /// Who opened the connection; every frame acts as them.
     caller: Caller,
+    /// From where, for the subscriptions' limits.
+    client: Client,
+    /// The session's place in `limits.websockets`.
+    _permit: Permit,
     listener: Listener,
     subs: HashMap<u32, Subscription>,
     next_tag: u32,
@@ -173,11 +185,13 @@ struct Session {
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
 impl Session {
-    fn new(app: AppState, caller: Caller) -> Session {
+    fn new(app: AppState, caller: Caller, client: Client, permit: Permit) -> Session {
         let listener = app.hub.listen();
         Session {
             app,
             caller,
+            client,
+            _permit: permit,
             listener,
             subs: HashMap::new(),
             next_tag: 0,
@@ -330,6 +344,7 @@ impl Session {
                 let tenant = caller.tenant().cloned().ok_or_else(|| {
                     ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs")
                 })?;
+                super::take_submit(&self.app, &tenant)?;
                 let key = key.as_deref().map(idempotency_key).transpose()?;
                 let request: proto::SubmitRequest = serde_json::from_value(job.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
@@ -352,8 +367,14 @@ impl Session {
                 if !subscribe {
                     return Ok(Ok(()));
                 }
-                self.subscribe(sink, reference, Target::Job(job.id), None)
-                    .await
+                self.subscribe(
+                    sink,
+                    reference,
+                    Target::Job(job.id),
+                    None,
+                    Some(&job.tenant),
+                )
+                .await
             }
             ClientFrame::Subscribe {
                 job_id: id,
@@ -363,7 +384,7 @@ impl Session {
                 ..
             } => {
                 let after = after.as_ref().map(WireEventId::parse).transpose()?;
-                let target = match (id, all) {
+                let (target, tenant) = match (id, all) {
                     (Some(_), true) | (None, false) => {
                         return Err(ApiError::bad_request(
                             "subscribe to one job (job_id) or to all (\"all\": true)",
@@ -371,23 +392,24 @@ impl Session {
                     }
                     (Some(id), false) => {
                         let id = job_id(&id)?;
-                        let caller = self.caller.clone();
-                        self.app.job_for(&caller, Action::Read, id).await?;
-                        Target::Job(id)
+                        let job = self.app.job_for(&self.caller, Action::Read, id).await?;
+                        (Target::Job(id), Some(job.tenant))
                     }
                     (None, true) => {
-                        let caller = self.caller.clone();
-                        caller.check(Action::Read, None)?;
+                        self.caller.check(Action::Read, None)?;
                         if let Some(q) = &queue {
                             super::queue_filter(q)?;
                         }
-                        Target::All(Scope {
-                            tenant: caller.tenant().cloned(),
+                        let tenant = self.caller.tenant().cloned();
+                        let scope = Scope {
+                            tenant: tenant.clone(),
                             queue,
-                        })
+                        };
+                        (Target::All(scope), tenant)
                     }
                 };
-                self.subscribe(sink, reference, target, after).await
+                self.subscribe(sink, reference, target, after, tenant.as_ref())
+                    .await
             }
             ClientFrame::Unsubscribe {
                 job_id: id, all, ..
@@ -443,6 +465,7 @@ impl Session {
         reference: Value,
         target: Target,
         after: Option<EventId>,
+        tenant: Option<&Tenant>,
     ) -> ApiResult<Result<(), End>> {
         let limit = self.app.config.streams.max_subscriptions;
         if self.subs.len() >= limit {
@@ -452,6 +475,7 @@ impl Session {
                 format!("a connection may hold {limit} subscriptions; unsubscribe first"),
             ));
         }
+        let permit = self.client.hold(&self.app, Held::Subscription, tenant)?;
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.listener.watch(tag, target.clone());
@@ -468,6 +492,7 @@ impl Session {
             Subscription {
                 reference: reference.clone(),
                 feed,
+                _permit: permit,
             },
         );
         if let Err(end) = self
