@@ -126,3 +126,408 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
         202
     );
 }
+
+/// A TCP connection to `addr` from `127.0.0.<n>`.
+async fn connect_from(addr: SocketAddr, n: u8) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from(([127, 0, 0, n], 0))).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// `GET /healthz` on a fresh connection from `127.0.0.<n>`: the status
+/// line, or what the server said instead.
+async fn healthz_from(addr: SocketAddr, n: u8) -> String {
+    let mut s = connect_from(addr, n).await;
+    let _ = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits until the server holds `n` connections.
+async fn connections_held(s: &TestServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = s.app.limits.held(replyd_server::limits::Held::Connection);
+        if held == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} connections held, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Item 2: a client address may hold `max_connections_per_ip`, everyone
+/// `max_connections`; past either a connection is answered (429, 503) and
+/// closed without being read, and a fresh client elsewhere is served.
+#[tokio::test]
+async fn connections_are_bounded_per_address_and_in_all() {
+    let Some(s) =
+        TestServer::start("[limits]\nmax_connections = 12\nmax_connections_per_ip = 5\n").await
+    else {
+        return;
+    };
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(connect_from(s.addr, 2).await);
+    }
+    connections_held(&s, 5).await;
+    let refused = healthz_from(s.addr, 2).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(healthz_from(s.addr, 3).await.starts_with("HTTP/1.1 200"));
+    for _ in 0..5 {
+        idle.push(connect_from(s.addr, 3).await);
+    }
+    for _ in 0..2 {
+        idle.push(connect_from(s.addr, 4).await);
+    }
+    connections_held(&s, 12).await;
+    let refused = healthz_from(s.addr, 5).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // Places come free as connections close.
+    idle.truncate(6);
+    connections_held(&s, 6).await;
+    assert!(healthz_from(s.addr, 5).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz_from(s.addr, 4).await.starts_with("HTTP/1.1 200"));
+}
+
+/// Item 2: a connection that sends nothing is closed after the header
+/// timeout, once (not after the protocol sniff's wait and then hyper's).
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let Some(s) = TestServer::start("[limits]\nheader_timeout = 1\n").await else {
+        return;
+    };
+    let start = Instant::now();
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .expect("never closed")
+        .unwrap();
+    let took = start.elapsed();
+    // Twice the timeout (2 s) was the bug; a loaded machine may be late.
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1700),
+        "closed after {took:?}, for a header timeout of 1 s"
+    );
+    connections_held(&s, 0).await;
+}
+
+/// Item 2: a piece of the HTTP/2 preface and a close is forgotten at once
+/// (the sniff used to peek at the same three bytes every 2 ms until the
+/// header timeout: 2,000 of them kept most of two cores busy for 30 s).
+#[tokio::test]
+async fn a_piece_of_a_preface_and_a_close_is_forgotten_at_once() {
+    let Some(s) = TestServer::start("").await else {
+        return;
+    };
+    for _ in 0..200 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"PRI").await.unwrap();
+    }
+    connections_held(&s, 0).await;
+}
+
+/// An HTTP/2 connection with prior knowledge, its driver's task, and a
+/// sender.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    (
+        send,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+fn h2_get(path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("http://x{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// Item 2: an idle HTTP/2 connection is closed after the header timeout;
+/// one with a request in progress (an event stream) is not.
+#[tokio::test]
+async fn idle_http2_connections_time_out_busy_ones_do_not() {
+    let Some(s) = TestServer::start("[limits]\nheader_timeout = 0.5\n").await else {
+        return;
+    };
+    let (mut send, driver) = h2_connect(s.addr).await;
+    let res = send.send_request(h2_get("/healthz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("an idle HTTP/2 connection was kept")
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // With a stream open, the connection stays past the timeout.
+    let (mut send, driver) = h2_connect(s.addr).await;
+    let res = send.send_request(h2_get("/v1/events")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!driver.is_finished(), "closed while a stream was open");
+    assert!(healthz_from(s.addr, 1).await.starts_with("HTTP/1.1 200"));
+    drop(res);
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("closed once idle")
+        .unwrap();
+}
+
+/// An HTTP client whose connections come from `127.0.0.<n>`.
+fn client_from(n: u8, key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, n]))
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Item 3: event streams are bounded per client address and per tenant:
+/// past either, 429 with a problem that names the limit.
+#[tokio::test]
+async fn event_streams_are_bounded_per_address_and_per_tenant() {
+    let Some(s) =
+        TestServer::start("[limits.streams]\ntotal = 100\nper_ip = 2\nper_tenant = 3\n").await
+    else {
+        return;
+    };
+    let url = format!("http://{}/v1/events", s.addr);
+    let (c2, c3) = (client_from(2, None), client_from(3, None));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let r = c2.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let r = c2.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:replyd:problem:too-many-streams");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.streams.per_ip"),
+        "{p}"
+    );
+    let r = c3.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    open.push(r);
+    let r = c3.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 429, "the tenant (default) holds 3");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("per_tenant"), "{p}");
+    // A closed stream gives its place back.
+    open.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c2.get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 3: WebSocket sessions and subscriptions are bounded the same way.
+#[tokio::test]
+async fn websocket_sessions_and_subscriptions_are_bounded() {
+    let Some(s) = TestServer::start(
+        "[limits.websockets]\ntotal = 10\nper_ip = 1\nper_tenant = 10\n\
+         [limits.subscriptions]\ntotal = 100\nper_ip = 2\nper_tenant = 100\n[queues.work]\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut ws = ws_connect(s.addr, None).await;
+    let url = format!("ws://{}/v1/ws", s.addr);
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 429),
+        other => panic!(
+            "a second session was let in: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    for r in 1..=2 {
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "ref": r, "all": true, "queue": format!("q{r}")}),
+        )
+        .await;
+        assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+    }
+    ws_send(&mut ws, json!({"type": "subscribe", "ref": 3, "all": true})).await;
+    let e = ws_recv(&mut ws).await;
+    assert_eq!(e["error"]["status"], 429, "{e}");
+    assert_eq!(
+        e["error"]["type"],
+        "urn:replyd:problem:too-many-subscriptions"
+    );
+    ws_send(
+        &mut ws,
+        json!({"type": "unsubscribe", "ref": 4, "all": true}),
+    )
+    .await;
+    assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+    ws_send(&mut ws, json!({"type": "subscribe", "ref": 5, "all": true})).await;
+    assert_eq!(
+        ws_recv(&mut ws).await["type"],
+        "ack",
+        "the places came back"
+    );
+    // The session's place comes back when it closes.
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio_tungstenite::connect_async(&url).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the session's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Item 3: requests held waiting (long polls, lease waits) are bounded;
+/// the same requests without a wait are not.
+#[tokio::test]
+async fn long_polls_and_lease_waits_are_bounded() {
+    let Some(s) = TestServer::start(
+        "[limits.waits]\ntotal = 10\nper_ip = 1\nper_tenant = 10\n[queues.work]\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let c = s.client(None);
+    let id = c.submit("work", json!({})).await;
+    let base = format!("http://{}", s.addr);
+    let c2 = client_from(2, None);
+    let held = {
+        let (c2, url) = (c2.clone(), format!("{base}/v1/jobs/{id}"));
+        tokio::spawn(async move {
+            c2.get(url)
+                .header("prefer", "wait=3")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = c2
+        .get(format!("{base}/v1/jobs/{id}"))
+        .header("prefer", "wait=3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let r = c2
+        .post(format!("{base}/v1/queues/work/lease"))
+        .json(&json!({"wait": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "a lease wait counts too");
+    let r = c2.get(format!("{base}/v1/jobs/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 202, "no wait, no limit");
+    let r = client_from(3, None)
+        .get(format!("{base}/v1/jobs/{id}"))
+        .header("prefer", "wait=0.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "another address has its own");
+    assert_eq!(held.await.unwrap(), 202);
+}
+
+/// Item 3: submissions are paced per tenant by a token bucket; every
+/// answer says where the tenant stands (RateLimit, RateLimit-Policy), and
+/// one past it is 429 with Retry-After.
+#[tokio::test]
+async fn submissions_are_paced_per_tenant() {
+    let config = format!(
+        "{}\n[limits]\nsubmit_rate = 5\nsubmit_burst = 5\n",
+        common::KEYS
+    );
+    let Some(s) = TestServer::start(&config).await else {
+        return;
+    };
+    let a = s.client(Some("client-a-key"));
+    for left in (0..5).rev() {
+        let r = a.post("/v1/jobs", json!({"queue": "work"})).await;
+        assert_eq!(r.status, 202);
+        assert_eq!(
+            r.header("ratelimit-policy").as_deref(),
+            Some("submit;q=5;w=1")
+        );
+        let current = r.header("ratelimit").unwrap();
+        assert!(
+            current.starts_with(&format!("submit;r={left};t=")),
+            "{current}"
+        );
+    }
+    let r = a.post("/v1/jobs", json!({"queue": "work"})).await;
+    let p = r.problem(429);
+    assert_eq!(p["type"], "urn:replyd:problem:rate-limited");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(r.header("ratelimit").as_deref(), Some("submit;r=0;t=1"));
+    assert_eq!(
+        r.header("ratelimit-policy").as_deref(),
+        Some("submit;q=5;w=1")
+    );
+    // Another tenant has its own bucket.
+    let b = s.client(Some("client-b-key"));
+    assert_eq!(
+        b.post("/v1/jobs", json!({"queue": "work"})).await.status,
+        202
+    );
+    // Over a WebSocket too.
+    let mut ws = ws_connect(s.addr, Some("client-a-key")).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "submit", "ref": 1, "job": {"queue": "work"}}),
+    )
+    .await;
+    assert_eq!(ws_recv(&mut ws).await["error"]["status"], 429);
+    // The bucket refills at its rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        a.post("/v1/jobs", json!({"queue": "work"})).await.status,
+        202
+    );
+}

@@ -74,6 +74,8 @@ pub enum Backend {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The running server's application (its limits, store…).
+    pub app: std::sync::Arc<replyd_server::App>,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub dir: tempfile::TempDir,
@@ -146,12 +148,14 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let server = Server::start(config, clock).await.unwrap();
+        let app = server.app().clone();
         let s = stop.clone();
         let task = tokio::spawn(async move {
             server.run(listener, s.cancelled_owned()).await.unwrap();
         });
         TestServer {
             addr,
+            app,
             stop,
             task,
             dir,
