@@ -438,6 +438,22 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// No limit on what clients hold or how fast they submit (the size
+    /// and time limits stay): for a load the operator trusts, such as a
+    /// benchmark's.
+    pub fn unbounded(self) -> Limits {
+        Limits {
+            max_connections: Some(0),
+            max_connections_per_ip: Some(0),
+            submit_rate: 0.0,
+            streams: Quota::UNLIMITED,
+            websockets: Quota::UNLIMITED,
+            subscriptions: Quota::UNLIMITED,
+            waits: Quota::UNLIMITED,
+            ..self
+        }
+    }
+
     /// Connections at once, in all and per client address, given the
     /// open-file limit in force (0: no limit).
     pub fn connections(&self, nofile: u64) -> (usize, usize) {

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 mod amqp;
 #[cfg(any(feature = "mqtt", feature = "nats"))]
 mod brokers;
+pub mod exposure;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod streams;
@@ -142,6 +143,13 @@ pub struct BenchArgs {
     /// flight.
     #[arg(long, alias = "mqtt-clients", default_value_t = 128)]
     broker_clients: usize,
+    /// Exposure scenario: idle connections two attackers open, half each.
+    #[arg(long, default_value_t = 21_000)]
+    exposure_conns: usize,
+    /// Exposure scenario: another replyd binary (an older build) measured
+    /// first, in the same run, as the baseline.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]
@@ -173,6 +181,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "pg" => pg::run(&args).await?,
             "streams" => streams::run(&args, &dir).await?,
             "webhooks" => webhooks::run(&args, &dir).await?,
+            "exposure" => exposure::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -180,7 +189,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             #[cfg(feature = "nats")]
             "nats" => brokers::run(brokers::Kind::Nats, &args, &dir).await?,
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, streams, webhooks; \
+                "unknown scenario {other:?} (known: submit, e2e, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats)"
             ),
         }
@@ -233,6 +242,9 @@ async fn start_replyd_with(
             ..QueueConfig::default()
         },
     );
+    // The bench's clients are a load it trusts: what clients may hold and
+    // how fast they may submit is not what it measures.
+    config.limits = config.limits.clone().unbounded();
     tweak(&mut config);
     config.validate()?;
     let (store, sqlite): (Arc<dyn replyd_core::Store>, _) = match storage {

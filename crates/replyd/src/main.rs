@@ -45,6 +45,19 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The attacker of `bench --scenarios exposure`: holds idle
+    /// connections, in its own process.
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        h2: bool,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -157,6 +170,15 @@ async fn main() -> ExitCode {
             }
         }
         Command::BenchFloorSse { listen } => match bench::streams::serve_floor(listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("{e:#}")),
+        },
+        Command::BenchHold {
+            target,
+            from,
+            count,
+            h2,
+        } => match bench::exposure::hold(target, from, count, h2).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },

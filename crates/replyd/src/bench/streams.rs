@@ -234,7 +234,7 @@ fn report(asked: usize, r: &Figures, f: &Figures) {
 /// Raises RLIMIT_NOFILE as far as allowed: as root to the kernel's
 /// `nr_open`, else to the hard limit. Children inherit it. Returns the
 /// soft limit in force.
-fn raise_nofile() -> u64 {
+pub(super) fn raise_nofile() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
@@ -254,9 +254,9 @@ fn raise_nofile() -> u64 {
 }
 
 /// A server in its own process, killed when dropped.
-struct Process {
+pub(super) struct Process {
     child: std::process::Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     /// Its last log lines, for an error message.
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -266,6 +266,15 @@ impl Process {
     /// `http://ADDR` after `marker` on stderr.
     async fn spawn(args: &[&str], marker: &'static str) -> anyhow::Result<Process> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
+        Process::spawn_exe(&exe, args, marker).await
+    }
+
+    /// As `spawn`, running the binary `exe` (another build of replyd).
+    pub(super) async fn spawn_exe(
+        exe: &Path,
+        args: &[&str],
+        marker: &'static str,
+    ) -> anyhow::Result<Process> {
         let mut cmd = Command::new(exe);
         for var in [
             "REPLYD_CONFIG",
@@ -342,8 +351,30 @@ impl Process {
             .join("\n")
     }
 
+    /// The CPU it uses over `span`, in cores (1.0: one core all along).
+    pub(super) async fn cpu_over(&self, span: Duration) -> anyhow::Result<f64> {
+        let ticks = || -> anyhow::Result<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+            // After the command's parenthesised name: utime and stime are
+            // the 12th and 13th fields.
+            let rest = stat.rsplit_once(')').context("no ) in /proc/PID/stat")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Ok(f.get(11).context("utime")?.parse::<u64>()?
+                + f.get(12).context("stime")?.parse::<u64>()?)
+        };
+        let (t0, at) = (ticks()?, Instant::now());
+        tokio::time::sleep(span).await;
+        let used = (ticks()? - t0) as f64 / 100.0;
+        Ok(used / at.elapsed().as_secs_f64())
+    }
+
+    /// The descriptors it has open.
+    pub(super) fn fds(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
+    }
+
     /// Resident set size, in KiB.
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(super) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
@@ -353,7 +384,7 @@ impl Process {
     }
 
     /// RSS after the process has been left alone for a second.
-    async fn settled_rss(&self) -> anyhow::Result<u64> {
+    pub(super) async fn settled_rss(&self) -> anyhow::Result<u64> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.rss_kib()
     }
@@ -783,7 +814,12 @@ async fn replyd_run(
     std::fs::write(
         &config,
         "[queues.bench]\nexecutor = \"pull\"\nmax_attempts = 1\ntimeout = 600\n\n\
-         [queues.idle]\nexecutor = \"pull\"\n",
+         [queues.idle]\nexecutor = \"pull\"\n\n\
+         # The bench's clients are a load it trusts.\n\
+         [limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nsubmit_rate = 0\n\
+         streams = { total = 0, per_ip = 0, per_tenant = 0 }\n\
+         websockets = { total = 0, per_ip = 0, per_tenant = 0 }\n\
+         subscriptions = { total = 0, per_ip = 0, per_tenant = 0 }\n",
     )?;
     let (db, config) = (db.display().to_string(), config.display().to_string());
     let server = Process::spawn(
