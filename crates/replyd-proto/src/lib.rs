@@ -63,6 +63,7 @@ impl std::fmt::Display for JobState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Progress {
     /// 0 to 100.
+    #[schema(minimum = 0, maximum = 100)]
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -135,6 +136,8 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
+    /// An `http` or `https` URL that the SSRF guard lets through.
+    #[schema(min_length = 1, max_length = 2048)]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
@@ -143,18 +146,26 @@ pub struct WebhookSpec {
 /// `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"queue": "demo", "input": {"seconds": 2}}))]
 pub struct SubmitRequest {
+    /// A configured queue.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$")]
     pub queue: String,
     #[serde(default)]
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSpec>,
+    /// At most `limits.max_attempts` (100 by default).
+    #[schema(minimum = 1)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// Seconds one attempt may take.
+    /// Seconds one attempt may take, at most 604800 (a week).
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// Seconds a finished job is kept.
+    /// Seconds a finished job is kept, at most `limits.max_ttl` (30 days
+    /// by default).
+    #[schema(minimum = 0)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<f64>,
 }
@@ -220,15 +231,20 @@ pub struct DeliveryList {
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// A name for the worker, shown in logs.
+    #[schema(max_length = 200)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    /// Seconds the lease lasts before a heartbeat must renew it.
+    /// Seconds the lease lasts before a heartbeat must renew it, at most 3600.
+    #[schema(minimum = 0, maximum = 3600)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<f64>,
     /// Seconds to wait for a job when none is ready (long poll), at most 60.
+    #[schema(minimum = 0, maximum = 60)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<f64>,
-    /// Lease up to this many jobs at once; the answer is then a [`LeaseBatch`].
+    /// Lease up to this many jobs at once (1 to 100); the answer is then a
+    /// [`LeaseBatch`].
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u32>,
 }
@@ -239,6 +255,15 @@ pub struct Lease {
     pub job: Job,
     pub lease_id: String,
     pub lease_expires_at: DateTime<Utc>,
+}
+
+/// The answer to a lease request: one lease, or (when the request named a
+/// `batch` size) a batch of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LeaseAnswer {
+    One(Lease),
+    Batch(LeaseBatch),
 }
 
 /// The answer to a lease request that named a `batch` size.
@@ -252,7 +277,9 @@ pub struct LeaseBatch {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub lease_id: String,
-    /// Seconds to extend the lease by (default: the lease's original length).
+    /// Seconds to extend the lease by (default: the lease's original
+    /// length), at most 3600.
+    #[schema(minimum = 0, maximum = 3600)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<f64>,
 }
@@ -269,8 +296,10 @@ pub struct LeaseStatus {
 #[serde(deny_unknown_fields)]
 pub struct ProgressRequest {
     pub lease_id: String,
+    #[schema(minimum = 0, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    #[schema(max_length = 4096)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

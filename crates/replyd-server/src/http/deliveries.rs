@@ -60,7 +60,7 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
 }
 
 /// A job's webhook deliveries, oldest first, each with its attempts.
-#[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks", operation_id = "job_deliveries",
     params(("id" = String, Path)),
     responses((status = 200, body = proto::DeliveryList),
               (status = 404, description = "Unknown job", body = proto::Problem)))]
@@ -85,9 +85,9 @@ pub struct ListParams {
 }
 
 /// The caller's deliveries, newest first (`?state=dead`: the dead letters).
-#[utoipa::path(get, path = "/v1/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/deliveries", tag = "webhooks", operation_id = "list_deliveries",
     params(("state" = Option<String>, Query, description = "pending, delivered or dead"),
-           ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+           ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 50")),
     responses((status = 200, body = proto::DeliveryList),
               (status = 400, body = proto::Problem)))]
 pub async fn list(
@@ -134,7 +134,7 @@ pub struct RetryParams {
 /// Replay one delivery now (a dead letter, or one still waiting for its
 /// next attempt); its schedule starts again. One that succeeded is sent
 /// again only with `?redeliver=true` (else 409).
-#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks", operation_id = "retry_delivery",
     params(("id" = String, Path),
            ("redeliver" = Option<bool>, Query, description = "Also send a delivery that succeeded")),
     responses((status = 202, description = "Queued again", body = proto::Delivery),
@@ -178,7 +178,7 @@ pub struct ReplayRequest {
 
 /// Replay every dead delivery of the caller's tenant that died in a time
 /// range (optionally of one queue).
-#[utoipa::path(post, path = "/v1/deliveries/retry", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/deliveries/retry", tag = "webhooks", operation_id = "retry_dead_deliveries",
     request_body = ReplayRequest,
     responses((status = 202, description = "{\"replayed\": N}"),
               (status = 400, body = proto::Problem)))]

@@ -72,7 +72,7 @@ pub fn resume_from(headers: &HeaderMap, param: Option<&str>) -> ApiResult<Option
 }
 
 /// A job's events.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events",
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events", operation_id = "job_events",
     params(("id" = String, Path), ("access_token" = Option<String>, Query, description = "A job token"),
            ("last_event_id" = Option<String>, Query, description = "Resume after this event (first connection)"),
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
@@ -108,7 +108,7 @@ pub async fn job_events(
 }
 
 /// All of the caller's jobs' events.
-#[utoipa::path(get, path = "/v1/events", tag = "events",
+#[utoipa::path(get, path = "/v1/events", tag = "events", operation_id = "all_events",
     params(("queue" = Option<String>, Query, description = "Only this queue's jobs"),
            ("last_event_id" = Option<String>, Query, description = "Resume after this event (first connection)"),
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),

@@ -63,7 +63,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 /// Submit a job.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job",
     request_body = proto::SubmitRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the same job"),
            ("Prefer" = Option<String>, Header, description = "wait=N: answer 200 with the result if done within N s")),
@@ -170,7 +170,7 @@ pub async fn accepted(
 
 /// The job's status: 202 while it runs, 303 to the result, 200 when it
 /// failed or was canceled.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
     params(("id" = String, Path), ("access_token" = Option<String>, Query, description = "A job token"),
            ("If-None-Match" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "wait=N: long poll")),
     responses(
@@ -286,7 +286,7 @@ async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
 }
 
 /// The result of a succeeded job.
-#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", operation_id = "get_result",
     params(("id" = String, Path), ("access_token" = Option<String>, Query)),
     responses(
         (status = 200, description = "The result, with the content type the worker gave it"),
@@ -309,7 +309,7 @@ pub async fn result(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
 }
 
 /// Cancel a job.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job",
     params(("id" = String, Path), ("access_token" = Option<String>, Query)),
     responses(
         (status = 200, description = "Canceled (it was queued)", body = proto::Job),
@@ -327,7 +327,7 @@ pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
 }
 
 /// Delete a finished job and its result.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "delete_job",
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
@@ -353,9 +353,9 @@ pub struct ListParams {
 }
 
 /// List the caller's jobs, newest first.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(("queue" = Option<String>, Query), ("state" = Option<String>, Query),
-           ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = proto::JobList), (status = 400, body = proto::Problem)))]
 pub async fn list(

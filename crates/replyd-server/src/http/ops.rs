@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use replyd_core::JobState;
-use utoipa::OpenApi;
 
 use super::AppState;
 use crate::auth::Action;
@@ -114,12 +113,13 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
 /// The OpenAPI document, generated from the handlers and wire types.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200)))]
 pub async fn openapi() -> Response {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        serde_json::to_string_pretty(&crate::openapi::document()).unwrap_or_default()
+    });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_default(),
+        DOC.as_str(),
     )
         .into_response()
 }

@@ -81,11 +81,11 @@ pub fn leased_view(app: &App, l: &Leased) -> proto::Lease {
 }
 
 /// Lease the oldest ready job(s) of a queue.
-#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers",
+#[utoipa::path(post, path = "/v1/queues/{queue}/lease", tag = "workers", operation_id = "lease",
     params(("queue" = String, Path)),
     request_body = proto::LeaseRequest,
     responses(
-        (status = 200, description = "A job (or, with `batch`, a LeaseBatch)", body = proto::Lease),
+        (status = 200, description = "A job (or, with `batch`, a LeaseBatch)", body = proto::LeaseAnswer),
         (status = 204, description = "Nothing to do within `wait`"),
         (status = 404, description = "Unknown queue", body = proto::Problem),
         (status = 409, description = "The queue is not served by pull workers", body = proto::Problem)))]

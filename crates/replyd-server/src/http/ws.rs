@@ -51,7 +51,7 @@ const FRAME_OVERHEAD: usize = 16 * 1024;
 pub const MAX_REF: usize = 128;
 
 /// Open a WebSocket.
-#[utoipa::path(get, path = "/v1/ws", tag = "events",
+#[utoipa::path(get, path = "/v1/ws", tag = "events", operation_id = "websocket",
     params(("access_token" = Option<String>, Query, description = "A job token, for clients that cannot set headers (API keys go in Authorization)")),
     responses(
         (status = 101, description = "Switching protocols"),
