@@ -254,17 +254,7 @@ pub fn command_of(
     lease_id: replyd_core::LeaseId,
     max_result: usize,
 ) -> (Command, Option<JobOutput>) {
-    let text = || {
-        let mut t = String::from_utf8_lossy(&m.body).into_owned();
-        if t.len() > 1000 {
-            let mut cut = 1000;
-            while !t.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            t.truncate(cut);
-        }
-        t
-    };
+    let text = || truncated(&String::from_utf8_lossy(&m.body), 1000);
     match m.props.header(headers::STATE).map(str::trim) {
         Some("failed") => (
             Command::Fail {
@@ -283,7 +273,8 @@ pub fn command_of(
                         .header(headers::PERCENT)
                         .and_then(|p| p.trim().parse::<f64>().ok())
                         .filter(|p| (0.0..=100.0).contains(p)),
-                    message: m.props.header(headers::MESSAGE).map(str::to_string),
+                    // As over HTTP: at most 4096 bytes.
+                    message: m.props.header(headers::MESSAGE).map(|t| truncated(t, 4096)),
                 },
             },
             None,
@@ -316,6 +307,15 @@ pub fn command_of(
             }),
         ),
     }
+}
+
+/// At most `max` bytes of `t`, cut at a character boundary.
+fn truncated(t: &str, max: usize) -> String {
+    let mut cut = t.len().min(max);
+    while !t.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    t[..cut].to_string()
 }
 
 async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
