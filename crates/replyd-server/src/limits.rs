@@ -160,6 +160,7 @@ impl Permit {
             if *n == 0 {
                 counts.remove(&key);
             }
+            refused(held.name(), "per_tenant");
             return Err(Over {
                 held,
                 scope: "per_tenant",
@@ -224,6 +225,7 @@ impl Limiter {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (key, scope, limit) in &wanted {
             if *limit > 0 && counts.get(key).copied().unwrap_or(0) >= *limit {
+                refused(held.name(), scope);
                 return Err(Over {
                     held,
                     scope,
@@ -285,6 +287,8 @@ impl Limiter {
         let taken = b.tokens >= n;
         if taken {
             b.tokens -= n;
+        } else {
+            refused("submit_rate", "per_tenant");
         }
         let state = RateState {
             quota: burst.floor() as u64,
@@ -295,6 +299,11 @@ impl Limiter {
         };
         Some(if taken { Ok(state) } else { Err(state) })
     }
+}
+
+/// Counts a refusal: `replyd_limited_total{limit, scope}`.
+fn refused(limit: &'static str, scope: &'static str) {
+    metrics::counter!("replyd_limited_total", "limit" => limit, "scope" => scope).increment(1);
 }
 
 fn secs_ceil(s: f64) -> u64 {

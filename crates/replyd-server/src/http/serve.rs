@@ -135,7 +135,6 @@ fn refuse(stream: TcpStream, over: &Over) {
     } else {
         ("429 Too Many Requests", "too-many-connections")
     };
-    metrics::counter!("replyd_connections_refused_total", "scope" => over.scope).increment(1);
     let body = serde_json::json!({
         "type": format!("urn:replyd:problem:{slug}"),
         "title": &status[4..],
