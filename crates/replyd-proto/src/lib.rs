@@ -262,7 +262,7 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum LeaseAnswer {
-    One(Lease),
+    One(Box<Lease>),
     Batch(LeaseBatch),
 }
 

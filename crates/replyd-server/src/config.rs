@@ -897,7 +897,7 @@ impl Config {
         }
         let l = &self.limits;
         let rates = std::iter::once(("limits", l.submit_rate, l.submit_burst)).chain(
-            l.tenants.iter().map(|(_, t)| {
+            l.tenants.values().map(|t| {
                 (
                     "limits.tenants",
                     t.submit_rate.unwrap_or(0.0),

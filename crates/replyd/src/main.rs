@@ -37,7 +37,7 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate(ServerArgs),
     /// Run the benchmarks and print figures against same-run baselines.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// The floor of `bench --scenarios streams`: a bare hyper SSE
     /// broadcaster, run by the bench in its own process.
     #[command(hide = true)]
@@ -164,7 +164,7 @@ async fn main() -> ExitCode {
         }
         Command::Bench(args) => {
             init_logging("warn");
-            match bench::run(args).await {
+            match bench::run(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(format!("{e:#}")),
             }

@@ -191,46 +191,51 @@ async fn serve_one(
             activity: activity.clone(),
         };
         let conn = h2.serve_connection(io, service);
-        tokio::pin!(conn);
-        let mut draining = false;
-        let mut check = Instant::now() + header_timeout;
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = tokio::time::sleep_until(check), if !draining => {
-                    match activity.idle_since() {
-                        Some(since) if since.elapsed() >= header_timeout => {
-                            draining = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        Some(since) => check = since + header_timeout,
-                        None => check = Instant::now() + header_timeout,
-                    }
-                }
-            }
-        }
+        drive!(conn, shutdown, Some((&*activity, header_timeout)))
     } else {
+        // hyper's header timer closes an idle HTTP/1.1 connection.
         let conn = h1.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
+        drive!(conn, shutdown, None)
     };
     if let Err(e) = served {
         tracing::trace!(error = %e, "connection ended with an error");
     }
 }
+
+/// Drives a hyper connection to its end. Once `shutdown` is cancelled, or
+/// (given an `Activity` and a timeout) once it has had no request in
+/// progress for that long, asks it to finish what it is doing and stop
+/// (HTTP/1: after the response in flight; HTTP/2: GOAWAY).
+macro_rules! drive {
+    ($conn:expr, $shutdown:expr, $idle:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let idle: Option<(&Activity, Duration)> = $idle;
+        let mut draining = false;
+        let mut check = Instant::now() + idle.map_or(Duration::ZERO, |(_, t)| t);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = $shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(check), if !draining && idle.is_some() => {
+                    let Some((activity, timeout)) = idle else { continue };
+                    match activity.idle_since() {
+                        Some(since) if since.elapsed() >= timeout => {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        Some(since) => check = since + timeout,
+                        None => check = Instant::now() + timeout,
+                    }
+                }
+            }
+        }
+    }};
+}
+use drive;
 
 /// Whether the connection opens with the HTTP/2 preface, and the bytes
 /// read to tell (none when a peek told). `None`: it closed first.
