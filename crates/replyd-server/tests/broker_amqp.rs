@@ -18,13 +18,13 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn pika_here() -> bool {
-    common::python_has("pika", "pika")
+    replyd_testkit::python_has("pika", "pika")
 }
 
 /// Runs `tests/pika/rpc_client.py` against `queue`: (sent, replies).
 async fn pika_rpc(mode: &str, queue: &str, n: usize) -> (serde_json::Value, serde_json::Value) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pika/rpc_client.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(replyd_testkit::python())
         .arg(script)
         .args([mode, common::amqp::URL, queue, &n.to_string()])
         .output()

@@ -1,8 +1,8 @@
 //! RabbitMQ stops and starts again while requests flow (its own test
 //! binary: it would cut the connections of tests running beside it).
 //! Without RabbitMQ the test skips, saying so, unless
-//! `REPLYD_REQUIRE_SERVICES=1`; it runs only then, or with
-//! `REPLYD_TEST_AMQP_RESTART=1`, since it stops the machine's RabbitMQ.
+//! `REPLYD_REQUIRE_SERVICES=1`; it runs only with
+//! `REPLYD_TEST_RESTARTS=1` (`scripts/test` sets it), since it stops the machine's RabbitMQ.
 
 #![cfg(feature = "amqp")]
 
@@ -28,13 +28,10 @@ fn rabbitmqctl(what: &str) {
 /// RabbitMQ stops and starts again while requests flow: no request and no
 /// reply is lost, and replyd's consumers resume by themselves. It stops
 /// the machine's RabbitMQ, so it runs only in CI
-/// (`REPLYD_REQUIRE_SERVICES=1`) or with `REPLYD_TEST_AMQP_RESTART=1`.
+/// with `REPLYD_TEST_RESTARTS=1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_replies_survive_a_rabbitmq_restart() {
-    let allowed = common::amqp::require()
-        || std::env::var("REPLYD_TEST_AMQP_RESTART").is_ok_and(|v| v == "1");
-    if !allowed {
-        eprintln!("skipped: it stops RabbitMQ; set REPLYD_TEST_AMQP_RESTART=1 to run it");
+    if !replyd_testkit::may_restart("RabbitMQ") {
         return;
     }
     let Some(broker) = client().await else { return };

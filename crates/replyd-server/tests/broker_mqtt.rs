@@ -15,7 +15,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn paho_here() -> bool {
-    common::python_has("paho.mqtt.client", "paho-mqtt")
+    replyd_testkit::python_has("paho.mqtt.client", "paho-mqtt")
 }
 
 /// Waits until replyd consumes `topic`: a probe request is published until
@@ -63,7 +63,7 @@ async fn a_paho_request_response_client_gets_its_replies() {
     until_consumed(&names.requests).await;
     let n = 40;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho/rpc_client.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(replyd_testkit::python())
         .arg(script)
         .args(["127.0.0.1", "1883", &names.requests, &n.to_string()])
         .output()

@@ -1,8 +1,8 @@
 //! Mosquitto stops and starts again while requests flow (its own test
 //! binary: it would cut the connections of tests running beside it).
 //! Without an MQTT broker the test skips, saying so, unless
-//! `REPLYD_REQUIRE_SERVICES=1`; it runs only then, or with
-//! `REPLYD_TEST_MQTT_RESTART=1`, since it stops the machine's Mosquitto.
+//! `REPLYD_REQUIRE_SERVICES=1`; it runs only with
+//! `REPLYD_TEST_RESTARTS=1` (`scripts/test` sets it), since it stops the machine's Mosquitto.
 
 #![cfg(feature = "mqtt")]
 
@@ -71,10 +71,7 @@ async fn restart_mosquitto() {
 /// outage), and replyd's consumers resume by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_replies_survive_a_mosquitto_restart() {
-    let allowed = common::mqtt::require()
-        || std::env::var("REPLYD_TEST_MQTT_RESTART").is_ok_and(|v| v == "1");
-    if !allowed {
-        eprintln!("skipped: it stops Mosquitto; set REPLYD_TEST_MQTT_RESTART=1 to run it");
+    if !replyd_testkit::may_restart("Mosquitto") {
         return;
     }
     let Some(broker) = client().await else { return };

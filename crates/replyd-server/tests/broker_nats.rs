@@ -15,7 +15,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn nats_py_here() -> bool {
-    common::python_has("nats", "nats-py")
+    replyd_testkit::python_has("nats", "nats-py")
 }
 
 /// A NATS requester on nats-py (the official Python client, not written
@@ -40,7 +40,7 @@ async fn a_nats_py_requester_gets_its_replies() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/nats_py/request_client.py"
     );
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(replyd_testkit::python())
         .arg(script)
         .args([common::nats::URL, &names.requests, &n.to_string()])
         .output()

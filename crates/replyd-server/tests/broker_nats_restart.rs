@@ -1,8 +1,8 @@
 //! The NATS server stops and starts again while requests flow (its own
 //! test binary: it would cut the connections of tests running beside it).
 //! Without NATS the test skips, saying so, unless
-//! `REPLYD_REQUIRE_SERVICES=1`; it runs only then, or with
-//! `REPLYD_TEST_NATS_RESTART=1`, since it stops the machine's NATS server.
+//! `REPLYD_REQUIRE_SERVICES=1`; it runs only with
+//! `REPLYD_TEST_RESTARTS=1` (`scripts/test` sets it), since it stops the machine's NATS server.
 
 #![cfg(feature = "nats")]
 
@@ -84,10 +84,7 @@ async fn restart_nats() {
 /// one job, and replyd's subscriptions come back by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_replies_survive_a_nats_restart() {
-    let allowed = common::nats::require()
-        || std::env::var("REPLYD_TEST_NATS_RESTART").is_ok_and(|v| v == "1");
-    if !allowed {
-        eprintln!("skipped: it stops NATS; set REPLYD_TEST_NATS_RESTART=1 to run it");
+    if !replyd_testkit::may_restart("NATS") {
         return;
     }
     let Some(broker) = client().await else { return };

@@ -16,7 +16,7 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/broker_cases.rs");
 
 fn boto3_here() -> bool {
-    common::python_has("boto3", "boto3")
+    replyd_testkit::python_has("boto3", "boto3")
 }
 
 /// An SQS requester on boto3 (the AWS SDK for Python, not written for
@@ -39,7 +39,7 @@ async fn a_boto3_requester_gets_its_replies() {
     common::brokers::until_consuming(&server, &names.requests).await;
     let n = 30;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3/request_client.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(replyd_testkit::python())
         .arg(script)
         .args([common::sqs::ENDPOINT, &names.requests, &n.to_string()])
         .output()

@@ -4,7 +4,7 @@
 //!
 //! It stops and starts the machine's PostgreSQL cluster (`pg_ctlcluster`),
 //! so it lives alone in its own test binary. It runs only where it may:
-//! with `REPLYD_REQUIRE_SERVICES=1` (CI), or `REPLYD_TEST_PG_RESTART=1`.
+//! with `REPLYD_TEST_RESTARTS=1` (`scripts/test` sets it).
 
 #![cfg(feature = "postgres")]
 
@@ -58,10 +58,7 @@ impl Drop for Restart {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_gives_quick_503s_then_recovers() {
-    let allowed = std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() == Ok("1")
-        || std::env::var("REPLYD_TEST_PG_RESTART").as_deref() == Ok("1");
-    if !allowed {
-        eprintln!("skipped: restarts PostgreSQL; set REPLYD_TEST_PG_RESTART=1 to run");
+    if !replyd_testkit::may_restart("PostgreSQL") {
         return;
     }
     let Some(node) = TestServer::start("[queues.work]\nexecutor = \"pull\"\n").await else {

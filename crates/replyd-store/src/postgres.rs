@@ -1296,10 +1296,10 @@ pub mod testing {
         let admin = match sqlx::PgPool::connect(&base).await {
             Ok(p) => p,
             Err(e) => {
-                if std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                    panic!("PostgreSQL is required (REPLYD_REQUIRE_SERVICES=1) but {base}: {e}");
-                }
-                eprintln!("skipped: no PostgreSQL at {base} ({e})");
+                replyd_testkit::skip(
+                    &format!("PostgreSQL at {base} ({e})"),
+                    "run scripts/test, or start PostgreSQL (REPLYD_TEST_DATABASE_URL names another)",
+                );
                 return None;
             }
         };

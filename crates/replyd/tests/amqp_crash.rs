@@ -24,15 +24,11 @@ const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
-    if tokio::net::TcpStream::connect("127.0.0.1:5672")
-        .await
-        .is_err()
-    {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "RabbitMQ is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is closed"
-        );
-        eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+    if !replyd_testkit::service(
+        "RabbitMQ",
+        5672,
+        "run scripts/test, or: rabbitmq-server -detached",
+    ) {
         return;
     }
     let id = uuid_like();

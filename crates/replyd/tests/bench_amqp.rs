@@ -14,12 +14,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_replyd");
 
 #[test]
 fn amqp_scenario_prints_its_figures() {
-    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "RabbitMQ is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is closed"
-        );
-        eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+    if !replyd_testkit::service(
+        "RabbitMQ",
+        5672,
+        "run scripts/test, or: rabbitmq-server -detached",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -69,11 +69,10 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_eventsource_shows_progress_and_result_across_a_server_restart() {
     if let Some(why) = missing() {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "REPLYD_REQUIRE_SERVICES=1 but the browser test cannot run: {why}"
+        replyd_testkit::skip(
+            &why,
+            "run scripts/test (it installs Chromium and the npm packages)",
         );
-        eprintln!("skipped: {why}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

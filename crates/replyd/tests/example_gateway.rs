@@ -26,7 +26,7 @@ async fn the_slow_reports_example_works_as_its_readme_says() {
         .local_addr()
         .unwrap()
         .port();
-    let mut service = tokio::process::Command::new("python3")
+    let mut service = tokio::process::Command::new(replyd_testkit::python())
         .arg(example("slow_report_service.py"))
         .args(["--port", &port.to_string(), "--delay", "1.5"])
         .stdout(Stdio::piped())

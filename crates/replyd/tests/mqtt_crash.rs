@@ -26,15 +26,11 @@ const URL: &str = "mqtt://127.0.0.1:1883";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
-    if tokio::net::TcpStream::connect("127.0.0.1:1883")
-        .await
-        .is_err()
-    {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "Mosquitto is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:1883 is closed"
-        );
-        eprintln!("skipped: no MQTT broker on 127.0.0.1:1883");
+    if !replyd_testkit::service(
+        "Mosquitto (an MQTT 5 broker)",
+        1883,
+        "run scripts/test, or: mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    ) {
         return;
     }
     let id = format!(

@@ -23,15 +23,12 @@ const KEY: &str = "schemathesis-admin-key";
 /// The schemathesis executable: the project's test environment's, or one
 /// on the PATH.
 fn schemathesis() -> Option<PathBuf> {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/schemathesis");
-    if local.exists() {
-        return Some(local);
-    }
-    let on_path = std::process::Command::new("schemathesis")
+    let st = replyd_testkit::tool("schemathesis");
+    std::process::Command::new(&st)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success());
-    on_path.then(|| PathBuf::from("schemathesis"))
+        .is_ok_and(|o| o.status.success())
+        .then_some(st)
 }
 
 async fn call(server: &Server, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -100,11 +97,10 @@ const BACKLOG: usize = 3000;
 #[tokio::test]
 async fn the_server_answers_as_its_openapi_document_says() {
     let Some(st) = schemathesis() else {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "schemathesis is required (REPLYD_REQUIRE_SERVICES=1): pip install schemathesis"
+        replyd_testkit::skip(
+            "schemathesis",
+            "run scripts/test, or pip install -r scripts/test-requirements.txt",
         );
-        eprintln!("skipped: schemathesis is not installed (pip install schemathesis)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -13,22 +13,14 @@ use super::Names;
 pub const EXECUTOR: &str = "amqp";
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-pub fn require() -> bool {
-    std::env::var("REPLYD_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
 /// A handle on the local RabbitMQ; `None` (the test skips, saying so) when
-/// it is absent, unless `REPLYD_REQUIRE_SERVICES=1`.
+/// it is absent, unless prerequisites are required (`replyd_testkit`).
 pub async fn client() -> Option<Arc<dyn Broker>> {
-    if tokio::net::TcpStream::connect("127.0.0.1:5672")
-        .await
-        .is_err()
-    {
-        assert!(
-            !require(),
-            "RabbitMQ is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:5672 is closed"
-        );
-        eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+    if !replyd_testkit::service(
+        "RabbitMQ",
+        5672,
+        "run scripts/test, or: rabbitmq-server -detached",
+    ) {
         return None;
     }
     Some(Arc::new(AmqpBroker::new(URL, "replyd-tests")))

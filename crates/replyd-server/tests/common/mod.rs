@@ -47,24 +47,6 @@ impl Names {
     }
 }
 
-/// Whether python3 can import `module`, a third-party client a test
-/// drives (from the PyPI package `package`). Without it the test skips,
-/// saying so, unless `REPLYD_REQUIRE_SERVICES=1`: then it fails.
-pub fn python_has(module: &str, package: &str) -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("REPLYD_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "{package} is required (REPLYD_REQUIRE_SERVICES=1): pip install {package}"
-        );
-        eprintln!("skipped: python3 with {package} is not installed (pip install {package})");
-    }
-    ok
-}
-
 /// Which store a test binary runs its cases against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

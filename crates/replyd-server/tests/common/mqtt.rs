@@ -13,24 +13,16 @@ use super::Names;
 pub const EXECUTOR: &str = "mqtt";
 pub const URL: &str = "mqtt://127.0.0.1:1883";
 
-pub fn require() -> bool {
-    std::env::var("REPLYD_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
 /// A handle on the local Mosquitto, with a client id of its own (the
 /// test's subscriptions are sessions apart from replyd's); `None` (the
 /// test skips, saying so) when it is absent, unless
 /// `REPLYD_REQUIRE_SERVICES=1`.
 pub async fn client() -> Option<Arc<dyn Broker>> {
-    if tokio::net::TcpStream::connect("127.0.0.1:1883")
-        .await
-        .is_err()
-    {
-        assert!(
-            !require(),
-            "Mosquitto is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:1883 is closed"
-        );
-        eprintln!("skipped: no MQTT broker on 127.0.0.1:1883");
+    if !replyd_testkit::service(
+        "Mosquitto (an MQTT 5 broker)",
+        1883,
+        "run scripts/test, or: mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    ) {
         return None;
     }
     let cfg = MqttConfig {

@@ -13,24 +13,16 @@ use super::Names;
 pub const EXECUTOR: &str = "nats";
 pub const URL: &str = "nats://127.0.0.1:4222";
 
-pub fn require() -> bool {
-    std::env::var("REPLYD_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
 /// A handle on the local NATS server, in a queue group of its own (the
 /// test's subscriptions do not split messages with replyd's); `None` (the
 /// test skips, saying so) when it is absent, unless
 /// `REPLYD_REQUIRE_SERVICES=1`.
 pub async fn client() -> Option<Arc<dyn Broker>> {
-    if tokio::net::TcpStream::connect("127.0.0.1:4222")
-        .await
-        .is_err()
-    {
-        assert!(
-            !require(),
-            "NATS is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:4222 is closed"
-        );
-        eprintln!("skipped: no NATS server on 127.0.0.1:4222");
+    if !replyd_testkit::service(
+        "NATS",
+        4222,
+        "run scripts/test, or start nats-server -a 127.0.0.1 -p 4222 -js",
+    ) {
         return None;
     }
     let cfg = NatsConfig {

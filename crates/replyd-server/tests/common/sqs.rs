@@ -15,10 +15,6 @@ use super::Names;
 pub const EXECUTOR: &str = "sqs";
 pub const ENDPOINT: &str = "http://127.0.0.1:5000";
 
-pub fn require() -> bool {
-    std::env::var("REPLYD_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
 fn config() -> SqsConfig {
     SqsConfig {
         region: "us-east-1".into(),
@@ -30,17 +26,13 @@ fn config() -> SqsConfig {
 }
 
 /// A handle on the local SQS; `None` (the test skips, saying so) when it is
-/// absent, unless `REPLYD_REQUIRE_SERVICES=1`.
+/// absent, unless prerequisites are required (`replyd_testkit`).
 pub async fn client() -> Option<Arc<dyn Broker>> {
-    if tokio::net::TcpStream::connect("127.0.0.1:5000")
-        .await
-        .is_err()
-    {
-        assert!(
-            !require(),
-            "an SQS (moto_server) is required (REPLYD_REQUIRE_SERVICES=1) but 127.0.0.1:5000 is closed"
-        );
-        eprintln!("skipped: no SQS (moto_server -H 127.0.0.1 -p 5000) on 127.0.0.1:5000");
+    if !replyd_testkit::service(
+        "an SQS (moto_server)",
+        5000,
+        "run scripts/test, or: moto_server -H 127.0.0.1 -p 5000 (pip install moto[server])",
+    ) {
         return None;
     }
     Some(Arc::new(SqsBroker::new(&config())))
