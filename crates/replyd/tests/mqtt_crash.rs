@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use replyd_server::brokers::mqtt::client::MqttBroker;
-use replyd_server::brokers::mqtt::config::MqttConfig;
 use replyd_server::brokers::{Broker, Message, Props, Published};
+use replyd_server::config::brokers::mqtt::MqttConfig;
 use support::{Server, db_path};
 
 const URL: &str = "mqtt://127.0.0.1:1883";

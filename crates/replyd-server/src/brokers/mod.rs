@@ -210,61 +210,6 @@ pub(crate) struct Setup {
     pub default_work: fn(&str) -> String,
 }
 
-/// What every broker's section has, checked alike (`section` names it in
-/// the messages).
-pub(crate) struct Shared<'a> {
-    pub section: &'static str,
-    /// Whether this replyd was built with the broker's cargo feature (of
-    /// the section's name).
-    pub built: bool,
-    pub queue: Option<&'a String>,
-    pub tenant: &'a str,
-    pub prefetch: u16,
-    pub reply_retry_schedule: &'a [f64],
-}
-
-impl Shared<'_> {
-    /// A section of a broker this replyd was built without is refused at
-    /// once, saying how to get it.
-    pub fn built(&self) -> Result<(), String> {
-        if self.built {
-            return Ok(());
-        }
-        let s = self.section;
-        Err(format!(
-            "this replyd was built without {}: rebuild with `--features {s}`",
-            s.to_uppercase()
-        ))
-    }
-
-    /// The shared keys; `queues` are the configured job queues.
-    pub fn check(&self, queues: &[&str]) -> Result<(), String> {
-        let s = self.section;
-        if let Some(q) = self.queue
-            && !queues.contains(&q.as_str())
-        {
-            return Err(format!("{s}.queue: no queue named {q:?} is configured"));
-        }
-        if self.tenant.is_empty() {
-            return Err(format!("{s}.tenant must not be empty"));
-        }
-        if self.prefetch == 0 {
-            return Err(format!("{s}.prefetch must be at least 1"));
-        }
-        if self.reply_retry_schedule.is_empty()
-            || self
-                .reply_retry_schedule
-                .iter()
-                .any(|d| !(*d >= 0.0 && *d <= 7.0 * 86_400.0))
-        {
-            return Err(format!(
-                "{s}.reply_retry_schedule must list 1 or more delays of 0 to 604800 seconds"
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Each request source of a broker's section, with how its requests become
 /// jobs (`dead_letter_of` names a source's dead-letter destination).
 #[cfg_attr(

@@ -130,11 +130,7 @@ async fn reply(app: &App, c: &Claimed, target: &ReplyTarget) -> Result<Message, 
     })
 }
 
-/// A broker reply channel's retry schedule (seconds before each attempt):
-/// quick at first, for a broker that blinked, then patient, about 1.4 hours
-/// in all before the reply is dead-lettered (and can be replayed).
-pub const DEFAULT_SCHEDULE: [f64; 10] =
-    [0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+pub use crate::config::brokers::DEFAULT_SCHEDULE;
 
 /// How long a reply waits for the broker's confirmation.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);

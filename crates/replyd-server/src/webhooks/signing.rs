@@ -33,12 +33,9 @@ impl std::str::FromStr for Secret {
     type Err = BadSecret;
 
     fn from_str(s: &str) -> Result<Secret, BadSecret> {
-        let b64 = s.strip_prefix("whsec_").ok_or(BadSecret)?;
-        let key = STANDARD.decode(b64).map_err(|_| BadSecret)?;
-        if !(24..=64).contains(&key.len()) {
-            return Err(BadSecret);
-        }
-        Ok(Secret(key))
+        crate::config::webhooks::secret_bytes(s)
+            .map(Secret)
+            .ok_or(BadSecret)
     }
 }
 
@@ -85,8 +82,7 @@ impl std::str::FromStr for SigningKey {
     type Err = BadKey;
 
     fn from_str(s: &str) -> Result<SigningKey, BadKey> {
-        let b64 = s.strip_prefix("whsk_").ok_or(BadKey)?;
-        let seed = STANDARD.decode(b64).map_err(|_| BadKey)?;
+        let seed = crate::config::webhooks::signing_seed(s).ok_or(BadKey)?;
         let pair =
             ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| BadKey)?;
         Ok(SigningKey { pair })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use replyd_server::brokers::Broker;
 use replyd_server::brokers::mqtt::client::MqttBroker;
-use replyd_server::brokers::mqtt::config::MqttConfig;
+use replyd_server::config::brokers::mqtt::MqttConfig;
 
 use super::Names;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use replyd_server::brokers::Broker;
 use replyd_server::brokers::nats::client::NatsBroker;
-use replyd_server::brokers::nats::config::NatsConfig;
+use replyd_server::config::brokers::nats::NatsConfig;
 
 use super::Names;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use replyd_server::brokers::Broker;
 use replyd_server::brokers::sqs::client::SqsBroker;
-use replyd_server::brokers::sqs::config::SqsConfig;
+use replyd_server::config::brokers::sqs::SqsConfig;
 
 use super::Names;
 

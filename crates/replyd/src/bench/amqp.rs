@@ -30,8 +30,8 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use replyd_server::brokers::amqp::config::AmqpConfig;
 use replyd_server::config::Executor;
+use replyd_server::config::brokers::amqp::AmqpConfig;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 

@@ -80,7 +80,8 @@ impl Kind {
         match self {
             #[cfg(feature = "mqtt")]
             Kind::Mqtt => {
-                use replyd_server::brokers::mqtt::{client::MqttBroker, config::MqttConfig};
+                use replyd_server::brokers::mqtt::client::MqttBroker;
+                use replyd_server::config::brokers::mqtt::MqttConfig;
                 let cfg = MqttConfig {
                     url: url.to_string(),
                     client_id: format!("replyd-bench-{name}-{:x}", std::process::id()),
@@ -94,7 +95,8 @@ impl Kind {
             }
             #[cfg(feature = "nats")]
             Kind::Nats => {
-                use replyd_server::brokers::nats::{client::NatsBroker, config::NatsConfig};
+                use replyd_server::brokers::nats::client::NatsBroker;
+                use replyd_server::config::brokers::nats::NatsConfig;
                 let cfg = NatsConfig {
                     url: url.to_string(),
                     queue_group: format!("replyd-bench-{name}"),
@@ -111,7 +113,7 @@ impl Kind {
         match self {
             #[cfg(feature = "mqtt")]
             Kind::Mqtt => {
-                use replyd_server::brokers::mqtt::config::MqttConfig;
+                use replyd_server::config::brokers::mqtt::MqttConfig;
                 c.mqtt = Some(MqttConfig {
                     url,
                     client_id: id,
@@ -124,7 +126,7 @@ impl Kind {
             }
             #[cfg(feature = "nats")]
             Kind::Nats => {
-                use replyd_server::brokers::nats::config::NatsConfig;
+                use replyd_server::config::brokers::nats::NatsConfig;
                 c.nats = Some(NatsConfig {
                     url,
                     request_subjects: vec![requests],

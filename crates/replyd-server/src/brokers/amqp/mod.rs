@@ -1,5 +1,5 @@
 //! RabbitMQ (AMQP 0-9-1): the `[amqp]` section, behind the cargo feature
-//! `amqp`. `config.rs` is the section, `client.rs` the [`Broker`] on lapin;
+//! `amqp`. its section is `config::brokers::amqp`, `client.rs` the [`Broker`] on lapin;
 //! here the broker's tasks start: a consumer per request queue, the reply
 //! dispatcher, and the executors of `executor = "amqp"` queues.
 //!
@@ -7,7 +7,6 @@
 
 #[cfg(feature = "amqp")]
 pub mod client;
-pub mod config;
 
 use std::sync::Arc;
 

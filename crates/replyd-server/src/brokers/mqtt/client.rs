@@ -38,8 +38,8 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Publish, PublishP
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 
-use super::config::MqttConfig;
 use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+use crate::config::brokers::mqtt::MqttConfig;
 
 /// How long a connection attempt (to its CONNACK) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,5 +1,5 @@
 //! MQTT 5: the `[mqtt]` section, behind the cargo feature `mqtt`.
-//! `config.rs` is the section, `client.rs` the [`Broker`] on rumqttc; here
+//! its section is `config::brokers::mqtt`, `client.rs` the [`Broker`] on rumqttc; here
 //! the broker's tasks start: a consumer per request topic, the reply
 //! dispatcher, and the executors of `executor = "mqtt"` queues.
 //!
@@ -7,7 +7,6 @@
 
 #[cfg(feature = "mqtt")]
 pub mod client;
-pub mod config;
 
 use std::sync::Arc;
 

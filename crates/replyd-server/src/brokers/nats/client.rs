@@ -28,8 +28,8 @@ use futures::StreamExt;
 use replyd_core::outbox::Channel as OutboxChannel;
 use tokio::sync::mpsc;
 
-use super::config::NatsConfig;
 use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+use crate::config::brokers::nats::NatsConfig;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,5 +1,5 @@
 //! NATS: the `[nats]` section, behind the cargo feature `nats`.
-//! `config.rs` is the section, `client.rs` the [`Broker`] on async-nats;
+//! its section is `config::brokers::nats`, `client.rs` the [`Broker`] on async-nats;
 //! here the broker's tasks start: a consumer per request subject, the reply
 //! dispatcher, and the executors of `executor = "nats"` queues.
 //!
@@ -7,7 +7,6 @@
 
 #[cfg(feature = "nats")]
 pub mod client;
-pub mod config;
 
 use std::sync::Arc;
 

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use replyd_core::outbox::Channel as OutboxChannel;
 use tokio::sync::mpsc;
 
-use super::config::SqsConfig;
 use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+use crate::config::brokers::sqs::SqsConfig;
 
 const MESSAGE_ID: &str = "MessageId";
 const CORRELATION_ID: &str = "CorrelationId";

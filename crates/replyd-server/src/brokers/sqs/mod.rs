@@ -1,5 +1,5 @@
 //! AWS SQS: the `[sqs]` section, behind the cargo feature `sqs`.
-//! `config.rs` is the section, `client.rs` the [`Broker`] on the AWS SDK;
+//! its section is `config::brokers::sqs`, `client.rs` the [`Broker`] on the AWS SDK;
 //! here the broker's tasks start: a consumer per request queue, the reply
 //! dispatcher, and the executors of `executor = "sqs"` queues.
 //!
@@ -7,7 +7,6 @@
 
 #[cfg(feature = "sqs")]
 pub mod client;
-pub mod config;
 
 use std::sync::Arc;
 

@@ -18,8 +18,8 @@
 
 use serde::Deserialize;
 
-use crate::brokers::Shared;
-use crate::brokers::replies::DEFAULT_SCHEDULE;
+use super::DEFAULT_SCHEDULE;
+use super::Shared;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,0 +1,210 @@
+//! `[queues.NAME]`: each job queue and who works it (its executor).
+
+use serde::Deserialize;
+
+use super::routes::Route;
+use super::{is_http_url, valid_queue_name};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// Workers lease jobs over HTTP (API.md §5).
+    Pull,
+    /// The built-in demo: sleeps `input.seconds` (default 3) reporting
+    /// progress, then echoes the input.
+    Demo,
+    /// Published to workers over RabbitMQ (`[amqp]`); their replies
+    /// complete the jobs.
+    Amqp,
+    /// Published to workers over MQTT 5 (`[mqtt]`); their replies complete
+    /// the jobs.
+    Mqtt,
+    /// Published to workers over NATS (`[nats]`); their replies complete
+    /// the jobs.
+    Nats,
+    /// Published to workers over AWS SQS (`[sqs]`); their replies complete
+    /// the jobs.
+    Sqs,
+    /// A command per job, run by the server (`command`).
+    Exec,
+    /// An HTTP request per job to an upstream service (`url`): the job's
+    /// input POSTed, the answer stored as the result.
+    Http,
+}
+
+/// When a failed attempt at an upstream is tried again (a timeout, an
+/// unreachable upstream, 408, 425, 429, 500, 502, 503, 504; any other
+/// answer is final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamRetry {
+    /// Only requests whose method is idempotent (GET, HEAD, PUT, DELETE,
+    /// OPTIONS, TRACE).
+    Idempotent,
+    Always,
+    Never,
+}
+
+impl UpstreamRetry {
+    pub fn allows(self, method: &str) -> bool {
+        match self {
+            UpstreamRetry::Always => true,
+            UpstreamRetry::Never => false,
+            UpstreamRetry::Idempotent => matches!(
+                method.to_ascii_uppercase().as_str(),
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+            ),
+        }
+    }
+}
+
+/// What an `http` queue's executor sends, and keeps of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpTarget {
+    /// The URL (an `http` queue's), or the base URL (a gateway route's).
+    pub url: String,
+    /// A gateway route's queue: the job is a captured request, replayed.
+    pub gateway: bool,
+    pub retry: UpstreamRetry,
+    pub forward_headers: Vec<String>,
+    pub response_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub executor: Executor,
+    pub max_attempts: u32,
+    /// Seconds one attempt may take.
+    pub timeout: f64,
+    /// Seconds a finished job is kept.
+    pub ttl: f64,
+    /// Jobs one in-process executor runs at once (demo), or has published
+    /// and not yet seen answered (amqp), per node.
+    pub concurrency: u32,
+    /// A broker executor: where its jobs are published (`amqp`: a queue,
+    /// default `replyd.work.<queue>`; `mqtt`: a topic, default
+    /// `replyd/work/<queue>`; `nats`: a subject, default
+    /// `replyd.work.<queue>`).
+    pub work_queue: Option<String>,
+    /// `executor = "exec"`: the program and its arguments.
+    pub command: Option<Vec<String>>,
+    /// `executor = "http"`: the URL each job's input is POSTed to.
+    pub url: Option<String>,
+    /// `executor = "http"`: whether a failed attempt is tried again
+    /// (default `idempotent`: a POST is not).
+    pub retry: Option<UpstreamRetry>,
+    /// Set by `validate` for `http` queues and gateway routes.
+    #[serde(skip)]
+    pub http: Option<HttpTarget>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            executor: Executor::Pull,
+            max_attempts: 3,
+            timeout: 60.0,
+            ttl: 86_400.0,
+            concurrency: 16,
+            work_queue: None,
+            command: None,
+            url: None,
+            retry: None,
+            http: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Derives what the executor needs from the keys (an `http` queue's
+    /// target).
+    pub fn resolve(&mut self, name: &str) -> Result<(), String> {
+        match (&self.url, self.executor) {
+            (Some(url), Executor::Http) => {
+                if !is_http_url(url) {
+                    return Err(format!(
+                        "queues.{name}.url must be an http:// or https:// URL"
+                    ));
+                }
+                let retry = self.retry.unwrap_or(UpstreamRetry::Idempotent);
+                self.http.get_or_insert_with(|| HttpTarget {
+                    url: url.clone(),
+                    gateway: false,
+                    retry,
+                    forward_headers: Vec::new(),
+                    response_headers: Route::default_response(),
+                });
+                Ok(())
+            }
+            (None, Executor::Http) => Err(format!("queues.{name}: executor \"http\" needs a url")),
+            (Some(_), _) => Err(format!("queues.{name}.url is for executor \"http\" only")),
+            (None, _) if self.retry.is_some() => {
+                Err(format!("queues.{name}.retry is for executor \"http\" only"))
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Checks the queue's own keys (`max_ttl`: the longest a job is kept).
+    pub fn check(&self, name: &str, max_ttl: f64) -> Result<(), String> {
+        if !valid_queue_name(name) {
+            return Err(format!(
+                "queue name {name:?}: use 1-64 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("queues.{name}.max_attempts must be at least 1"));
+        }
+        if !(self.timeout > 0.0 && self.timeout <= 7.0 * 86_400.0) {
+            return Err(format!(
+                "queues.{name}.timeout must be in (0, 604800] seconds"
+            ));
+        }
+        if !(self.ttl >= 0.0 && self.ttl <= max_ttl) {
+            return Err(format!(
+                "queues.{name}.ttl must be in [0, limits.max_ttl] seconds"
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(format!("queues.{name}.concurrency must be at least 1"));
+        }
+        match (&self.command, self.executor) {
+            (Some(c), Executor::Exec) if c.first().is_some_and(|p| !p.is_empty()) => {}
+            (_, Executor::Exec) => {
+                return Err(format!(
+                    "queues.{name}: executor \"exec\" needs a command, e.g. command = [\"./render.sh\"]"
+                ));
+            }
+            (Some(_), _) => {
+                return Err(format!(
+                    "queues.{name}.command is for executor \"exec\" only"
+                ));
+            }
+            (None, _) => {}
+        }
+        if self.work_queue.is_some() && !self.executor.is_broker() {
+            return Err(format!(
+                "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\", \"nats\", \"sqs\") only"
+            ));
+        }
+        if self
+            .work_queue
+            .as_ref()
+            .is_some_and(|w| w.is_empty() || w.len() > 255)
+        {
+            return Err(format!("queues.{name}.work_queue must be 1 to 255 bytes"));
+        }
+        Ok(())
+    }
+}
+
+impl Executor {
+    /// The executors that hand jobs to workers over a message broker.
+    pub fn is_broker(self) -> bool {
+        matches!(
+            self,
+            Executor::Amqp | Executor::Mqtt | Executor::Nats | Executor::Sqs
+        )
+    }
+}
