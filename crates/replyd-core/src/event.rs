@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, Tenant};
 use crate::job::JobRecord;
+pub use crate::kind::EventKind;
 
 /// A position in the event log: the resume token of `Last-Event-ID`.
 ///
@@ -42,70 +43,6 @@ impl FromStr for EventId {
     }
 }
 
-/// What happened to the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventKind {
-    Accepted,
-    Started,
-    Progress,
-    /// An attempt failed or lost its lease; the job is queued again.
-    Retrying,
-    /// A cancel was asked of a running job; the worker learns it next.
-    CancelRequested,
-    Succeeded,
-    Failed,
-    Canceled,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 8] = [
-        EventKind::Accepted,
-        EventKind::Started,
-        EventKind::Progress,
-        EventKind::Retrying,
-        EventKind::CancelRequested,
-        EventKind::Succeeded,
-        EventKind::Failed,
-        EventKind::Canceled,
-    ];
-
-    /// The event's name on every channel (SSE `event:`, webhook `type`).
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Accepted => "job.accepted",
-            EventKind::Started => "job.started",
-            EventKind::Progress => "job.progress",
-            EventKind::Retrying => "job.retrying",
-            EventKind::CancelRequested => "job.cancel_requested",
-            EventKind::Succeeded => "job.succeeded",
-            EventKind::Failed => "job.failed",
-            EventKind::Canceled => "job.canceled",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            EventKind::Succeeded | EventKind::Failed | EventKind::Canceled
-        )
-    }
-
-    /// The event that ended a job in `state`, if it has ended.
-    pub fn ending(state: crate::job::JobState) -> Option<EventKind> {
-        use crate::job::JobState;
-        match state {
-            JobState::Succeeded => Some(EventKind::Succeeded),
-            JobState::Failed => Some(EventKind::Failed),
-            JobState::Canceled => Some(EventKind::Canceled),
-            JobState::Queued | JobState::Running => None,
-        }
-    }
-}
-
 /// One entry of the log: the event and the job as it was right after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
@@ -127,13 +64,6 @@ mod tests {
         assert_eq!("42".parse::<EventId>(), Ok(EventId(42)));
         for bad in ["", "-1", "1e3", " 1", "99999999999999999999", "0x10"] {
             assert!(bad.parse::<EventId>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for k in EventKind::ALL {
-            assert_eq!(EventKind::parse(k.name()), Some(k));
         }
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::EventKind;
 use crate::ids::{JobId, LeaseId, Tenant};
-use crate::outbox::ReplySpec;
+use crate::kind::EventKind;
+use crate::reply::{Channel, MORE_REPLIES, ReplyAsked, ReplySpec, WebhookSpec};
 
 /// Where a job is in its life: `queued → running → succeeded | failed |
 /// canceled`, and `running → queued` again when an attempt is retried.
@@ -501,6 +501,72 @@ impl JobRecord {
 
 fn canceled_error() -> JobError {
     JobError::new("canceled", "the job was canceled by request")
+}
+
+impl JobState {
+    /// The event that ended a job in this state, if it has ended.
+    pub fn ending(self) -> Option<EventKind> {
+        match self {
+            JobState::Succeeded => Some(EventKind::Succeeded),
+            JobState::Failed => Some(EventKind::Failed),
+            JobState::Canceled => Some(EventKind::Canceled),
+            JobState::Queued | JobState::Running => None,
+        }
+    }
+}
+
+impl JobRecord {
+    /// A duplicate of the request that made this job asks for its reply at
+    /// `spec` (API.md §6: a duplicate gets its reply). The store writes what
+    /// the answer says in one transaction with reading the record, so a job
+    /// that finishes meanwhile cannot slip between.
+    pub fn ask_reply(&mut self, spec: ReplySpec) -> ReplyAsked {
+        if let Some(kind) = self.state.ending() {
+            return ReplyAsked::Now(kind);
+        }
+        let same = |s: &ReplySpec| s.channel == spec.channel && s.target == spec.target;
+        if self.reply.as_ref().is_some_and(same) || self.more_replies.iter().any(same) {
+            return ReplyAsked::Owed;
+        }
+        if self.more_replies.len() >= MORE_REPLIES {
+            self.more_replies.remove(0);
+        }
+        // A duplicate's own target is owed the outcome only: its progress
+        // goes to the request that made the job.
+        self.more_replies.push(ReplySpec {
+            progress: false,
+            ..spec
+        });
+        ReplyAsked::Remembered
+    }
+
+    /// Every delivery this event owes: (channel, target).
+    pub fn owed(&self, kind: EventKind) -> impl Iterator<Item = (Channel, String)> + '_ {
+        // The webhook is read in place: this runs for every event a hooked
+        // job appends.
+        let webhook = self
+            .webhook
+            .as_ref()
+            .and_then(|w| WebhookSpec::deserialize(w).ok())
+            .filter(|spec| spec.wants(kind))
+            .map(|spec| (Channel::Webhook, spec.url));
+        let reply = self
+            .reply
+            .as_ref()
+            .filter(|spec| spec.wants(kind))
+            .map(|spec| (spec.channel, spec.target.encode()));
+        let more = self
+            .more_replies
+            .iter()
+            .filter(move |spec| spec.wants(kind))
+            .map(|spec| (spec.channel, spec.target.encode()));
+        webhook.into_iter().chain(reply).chain(more)
+    }
+
+    /// Whether this event owes any delivery.
+    pub fn owes(&self, kind: EventKind) -> bool {
+        self.owed(kind).next().is_some()
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ pub mod clock;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod kind;
 pub mod outbox;
+pub mod reply;
 pub mod store;
 
 pub use clock::Clock;

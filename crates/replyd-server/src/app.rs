@@ -14,10 +14,11 @@ use replyd_core::{Clock, JobId, Tenant};
 use replyd_proto as proto;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, Authenticator, Caller};
+use crate::auth::{Action, Authenticator, Caller, JobTokens};
 use crate::config::{Config, secs};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{Hub, Live, Scope, Target};
+use crate::render::Renderer;
 
 /// The longest a request may be held (long polling, `Prefer: wait`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -30,6 +31,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Routes committed events to this node's SSE and WebSocket clients.
     pub hub: Arc<Hub>,
+    /// The job's wire representation, for every channel.
+    pub render: Renderer,
     /// Vets, signs and sends webhooks.
     pub webhooks: Arc<crate::webhooks::Runtime>,
     /// Cancelled when the server begins to shut down: long polls answer at
@@ -69,7 +72,9 @@ impl App {
         secret: Vec<u8>,
         shutdown: CancellationToken,
     ) -> App {
-        let auth = Authenticator::new(&config.api_keys, secret);
+        let tokens = JobTokens::new(secret);
+        let auth = Authenticator::new(&config.api_keys, tokens.clone());
+        let render = Renderer::new(tokens);
         let nofile = crate::limits::raise_nofile();
         let limits = crate::limits::Limiter::new(&config.limits, nofile);
         let conns = limits.quota(crate::limits::Held::Connection);
@@ -82,7 +87,11 @@ impl App {
         App {
             limits,
             hub: Hub::new(config.streams.buffer),
-            webhooks: Arc::new(crate::webhooks::Runtime::new(&config.webhooks)),
+            webhooks: Arc::new(crate::webhooks::Runtime::new(
+                &config.webhooks,
+                render.clone(),
+            )),
+            render,
             config,
             store,
             clock,
@@ -94,6 +103,15 @@ impl App {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// What an outbox dispatcher works with.
+    pub fn outbox(&self) -> crate::outbox::Context {
+        crate::outbox::Context {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            shutdown: self.shutdown.clone(),
+        }
     }
 
     /// Accepts a job: durable when this returns.
@@ -312,39 +330,6 @@ impl App {
             .await?)
     }
 
-    /// The wire representation of a job. Its links carry the job token.
-    pub fn render(&self, job: &JobRecord) -> proto::Job {
-        let token = self.auth.job_token(job.id);
-        let base = format!("/v1/jobs/{}", job.id);
-        proto::Job {
-            id: job.id.to_string(),
-            queue: job.queue.clone(),
-            state: wire_state(job.state),
-            progress: job.progress.as_ref().map(|p| proto::Progress {
-                percent: p.percent,
-                message: p.message.clone(),
-            }),
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            cancel_requested: job.cancel_requested,
-            created_at: job.created_at,
-            updated_at: job.updated_at,
-            finished_at: job.finished_at,
-            expires_at: job.expires_at,
-            error: job.error.as_ref().map(|e| proto::JobError {
-                code: e.code.clone(),
-                message: e.message.clone(),
-                status: e.status,
-            }),
-            links: proto::Links {
-                self_: format!("{base}?access_token={token}"),
-                result: format!("{base}/result?access_token={token}"),
-                events: format!("{base}/events?access_token={token}"),
-            },
-            input: None,
-        }
-    }
-
     /// Seconds a poller should wait before asking again: short while a job
     /// is young, longer as it ages, and guided by its progress when it
     /// reports some (about half the estimated time left), 1 to 30 s.
@@ -415,27 +400,5 @@ fn positive_secs(name: &str, v: Option<f64>, default: f64, max: f64) -> ApiResul
         Some(_) => Err(ApiError::bad_request(format!(
             "{name} must be a number of seconds in (0, {max}]"
         ))),
-    }
-}
-
-pub fn wire_state(s: replyd_core::JobState) -> proto::JobState {
-    use replyd_core::JobState as S;
-    match s {
-        S::Queued => proto::JobState::Queued,
-        S::Running => proto::JobState::Running,
-        S::Succeeded => proto::JobState::Succeeded,
-        S::Failed => proto::JobState::Failed,
-        S::Canceled => proto::JobState::Canceled,
-    }
-}
-
-pub fn domain_state(s: proto::JobState) -> replyd_core::JobState {
-    use replyd_core::JobState as S;
-    match s {
-        proto::JobState::Queued => S::Queued,
-        proto::JobState::Running => S::Running,
-        proto::JobState::Succeeded => S::Succeeded,
-        proto::JobState::Failed => S::Failed,
-        proto::JobState::Canceled => S::Canceled,
     }
 }

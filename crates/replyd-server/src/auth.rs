@@ -135,34 +135,24 @@ pub const TOKEN_PREFIX: &str = "jt_";
 /// A job token's bytes: the job id, then the first 24 bytes of its MAC.
 const TOKEN_LEN: usize = 16 + 24;
 
-/// Checks credentials and mints job tokens.
-pub struct Authenticator {
-    keys: HashMap<[u8; 32], (Option<Tenant>, Role)>,
-    open: bool,
-    secret: Vec<u8>,
+/// Mints and opens job tokens: a job's id and a MAC of it under the
+/// cluster secret, so that any node checks one without a lookup (and
+/// before anything is said about the job).
+#[derive(Clone)]
+pub struct JobTokens {
+    secret: std::sync::Arc<[u8]>,
 }
 
-impl std::fmt::Debug for Authenticator {
+impl std::fmt::Debug for JobTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("keys", &self.keys.len())
-            .finish_non_exhaustive()
+        f.debug_struct("JobTokens").finish_non_exhaustive()
     }
 }
 
-impl Authenticator {
-    pub fn new(keys: &[ApiKey], secret: Vec<u8>) -> Authenticator {
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let tenant = (k.tenant != "*").then(|| Tenant(k.tenant.clone()));
-                (digest(k.key.as_bytes()), (tenant, k.role))
-            })
-            .collect::<HashMap<_, _>>();
-        Authenticator {
-            open: keys.is_empty(),
-            keys,
-            secret,
+impl JobTokens {
+    pub fn new(secret: Vec<u8>) -> JobTokens {
+        JobTokens {
+            secret: secret.into(),
         }
     }
 
@@ -174,10 +164,8 @@ impl Authenticator {
         tag[..24].try_into().expect("a SHA-256 MAC has 32 bytes")
     }
 
-    /// The job token of `id`: the id and a MAC of it under the cluster
-    /// secret, so that a token is checked without a lookup (and before
-    /// anything is said about the job).
-    pub fn job_token(&self, id: JobId) -> String {
+    /// The job token of `id`.
+    pub fn mint(&self, id: JobId) -> String {
         let mut raw = [0u8; TOKEN_LEN];
         raw[..16].copy_from_slice(id.0.as_bytes());
         raw[16..].copy_from_slice(&self.mac(id));
@@ -188,7 +176,7 @@ impl Authenticator {
     }
 
     /// The job a token opens, if it is one of this cluster's.
-    fn job_of_token(&self, token: &str) -> Option<JobId> {
+    pub fn open(&self, token: &str) -> Option<JobId> {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token.strip_prefix(TOKEN_PREFIX)?)
             .ok()?;
@@ -197,6 +185,38 @@ impl Authenticator {
         }
         let id = JobId(uuid::Uuid::from_slice(&raw[..16]).ok()?);
         bool::from(self.mac(id).ct_eq(&raw[16..])).then_some(id)
+    }
+}
+
+/// Checks credentials (API keys, job tokens).
+pub struct Authenticator {
+    keys: HashMap<[u8; 32], (Option<Tenant>, Role)>,
+    open: bool,
+    tokens: JobTokens,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(keys: &[ApiKey], tokens: JobTokens) -> Authenticator {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let tenant = (k.tenant != "*").then(|| Tenant(k.tenant.clone()));
+                (digest(k.key.as_bytes()), (tenant, k.role))
+            })
+            .collect::<HashMap<_, _>>();
+        Authenticator {
+            open: keys.is_empty(),
+            keys,
+            tokens,
+        }
     }
 
     /// Who sent these headers (and `access_token` query parameter).
@@ -258,7 +278,8 @@ impl Authenticator {
         };
         if token.starts_with(TOKEN_PREFIX) {
             return self
-                .job_of_token(token)
+                .tokens
+                .open(token)
                 .map(Caller::JobToken)
                 .ok_or_else(|| ApiError::unauthorized("invalid job token"));
         }
@@ -311,7 +332,7 @@ mod tests {
                     role: Role::Admin,
                 },
             ],
-            b"secret".to_vec(),
+            JobTokens::new(b"secret".to_vec()),
         )
     }
 
@@ -370,7 +391,7 @@ mod tests {
         let a = auth();
         let id = JobId::new();
         let other = JobId::new();
-        let token = a.job_token(id);
+        let token = JobTokens::new(b"secret".to_vec()).mint(id);
         assert!(token.starts_with("jt_") && token.len() > 50);
         let t = Tenant("a".into());
         let c = a.identify(&HeaderMap::new(), Some(&token)).unwrap();
@@ -398,8 +419,8 @@ mod tests {
             404
         );
         // Another secret mints another token, and refuses this one.
-        let b = Authenticator::new(&[], b"other".to_vec());
-        assert_ne!(b.job_token(id), token);
+        let b = Authenticator::new(&[], JobTokens::new(b"other".to_vec()));
+        assert_ne!(JobTokens::new(b"other".to_vec()).mint(id), token);
         assert_eq!(b.identify(&bearer(&token), None).unwrap_err().status, 401);
         // A token that is not one: 401, whatever it names.
         let mut forged = token.clone();
@@ -417,7 +438,7 @@ mod tests {
             .identify(&HeaderMap::new(), Some("client-key-a"))
             .unwrap_err();
         assert_eq!(e.status, 401);
-        let token = a.job_token(JobId::new());
+        let token = JobTokens::new(b"secret".to_vec()).mint(JobId::new());
         assert!(a.identify(&HeaderMap::new(), Some(&token)).is_ok());
         // The header wins over the parameter.
         assert!(
@@ -428,7 +449,7 @@ mod tests {
 
     #[test]
     fn an_open_server_treats_everyone_as_the_default_tenant() {
-        let a = Authenticator::new(&[], b"s".to_vec());
+        let a = Authenticator::new(&[], JobTokens::new(b"s".to_vec()));
         let c = a.identify(&HeaderMap::new(), None).unwrap();
         assert_eq!(c.tenant(), Some(&Tenant::open()));
         assert!(c.check(Action::Submit, None).is_ok());

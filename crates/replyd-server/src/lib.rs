@@ -14,9 +14,9 @@ pub mod executors;
 pub mod http;
 pub mod limits;
 pub mod live;
-pub mod openapi;
 pub mod outbound;
 pub mod outbox;
+pub mod render;
 pub mod tasks;
 pub mod webhooks;
 
@@ -91,7 +91,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
-        tasks.spawn(outbox::dispatch::run(app.clone(), app.webhooks.clone()));
+        tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {

@@ -27,7 +27,7 @@ use replyd_core::{JobId, Store, Tenant};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::render::Renderer;
 
 /// How many events one read of the log for an all-jobs feed returns.
 const LOG_PAGE: u32 = 500;
@@ -79,18 +79,11 @@ impl LiveEvent {
         }
     }
 
-    /// The job representation after the event, as JSON.
-    pub fn data(&self, app: &App) -> &Bytes {
-        self.data.get_or_init(|| render(app, &self.record))
+    /// The job representation after the event, as JSON (the `data:` of
+    /// SSE, the `job` of a WebSocket event).
+    pub fn data(&self, r: &Renderer) -> &Bytes {
+        self.data.get_or_init(|| r.event(&self.record))
     }
-}
-
-/// The job representation after `e`, as JSON (the `data:` of SSE, the
-/// `job` of a WebSocket event).
-pub fn render(app: &App, e: &EventRecord) -> Bytes {
-    serde_json::to_vec(&app.render(&e.job))
-        .unwrap_or_default()
-        .into()
 }
 
 /// What a listener receives.

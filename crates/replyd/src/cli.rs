@@ -92,8 +92,6 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Lease jobs over HTTP and run COMMAND for each.
-    Worker(crate::worker::WorkerArgs),
 }
 
 /// `replyd submit`.
@@ -130,13 +128,18 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Result { id, conn } => result(&conn.client()?, &id).await,
         ClientCommand::Cancel { id, conn } => cancel(&conn.client()?, &id).await,
         ClientCommand::Wait { id, timeout, conn } => wait(&conn.client()?, &id, timeout).await,
-        ClientCommand::Worker(args) => crate::worker::run(args).await,
     };
+    Ok(exit_code(outcome))
+}
+
+/// A client command's exit code: its own, or, for an error, `EXIT_ERROR`
+/// after saying what went wrong.
+pub fn exit_code(outcome: anyhow::Result<i32>) -> i32 {
     match outcome {
-        Ok(code) => Ok(code),
+        Ok(code) => code,
         Err(err) => {
             eprintln!("replyd: error: {err:#}");
-            Ok(EXIT_ERROR)
+            EXIT_ERROR
         }
     }
 }
@@ -496,26 +499,5 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["replyd", "wait", "j1", "--timeout", "2.5"]).unwrap();
         assert!(matches!(cli.cmd, ClientCommand::Wait { timeout: Some(t), .. } if t == 2.5));
-        let cli = Cli::try_parse_from([
-            "replyd",
-            "worker",
-            "work",
-            "--concurrency",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            "cat",
-        ])
-        .unwrap();
-        match cli.cmd {
-            ClientCommand::Worker(w) => {
-                assert_eq!(w.queue, "work");
-                assert_eq!(w.concurrency, 2);
-                assert_eq!(w.command, ["sh", "-c", "cat"]);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(Cli::try_parse_from(["replyd", "worker", "work"]).is_err());
     }
 }

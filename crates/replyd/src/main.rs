@@ -58,6 +58,8 @@ enum Command {
         #[arg(long)]
         h2: bool,
     },
+    /// Lease jobs over HTTP and run COMMAND for each.
+    Worker(worker::WorkerArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -182,9 +184,13 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },
+        Command::Worker(args) => {
+            init_logging("info");
+            let code = cli::exit_code(worker::run(args).await);
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
         Command::Client(cmd) => {
-            let worker = matches!(cmd, cli::ClientCommand::Worker(_));
-            init_logging(if worker { "info" } else { "warn" });
+            init_logging("warn");
             match cli::run(cmd).await {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
                 Err(e) => fail(format!("{e:#}")),

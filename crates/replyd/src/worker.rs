@@ -162,3 +162,34 @@ async fn run_command(argv: Arc<Vec<String>>, task: Task) -> Outcome {
         process::Outcome::Drop => Outcome::Drop,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn the_command_follows_a_double_dash() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "work",
+            "--concurrency",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "cat",
+        ])
+        .unwrap();
+        assert_eq!(cli.worker.queue, "work");
+        assert_eq!(cli.worker.concurrency, 2);
+        assert_eq!(cli.worker.command, ["sh", "-c", "cat"]);
+        assert!(Cli::try_parse_from(["worker", "work"]).is_err());
+    }
+}

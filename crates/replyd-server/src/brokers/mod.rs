@@ -262,6 +262,8 @@ pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
     }
     let replies = Arc::new(replies::Replies {
         broker: broker.clone(),
+        store: app.store.clone(),
+        render: app.render.clone(),
         limits: Limits {
             concurrency,
             per_endpoint: concurrency,
@@ -273,7 +275,7 @@ pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
             },
         },
     });
-    tasks.spawn(crate::outbox::dispatch::run(app.clone(), replies));
+    tasks.spawn(crate::outbox::dispatch::run(app.outbox(), replies));
     let mut executors = app
         .config
         .queues

@@ -18,13 +18,57 @@ use replyd_core::outbox::{Channel, Delivery, ReplyTarget};
 use replyd_core::store::{Claimed, JobOutput};
 
 use super::{Broker, Message, Props, Published, headers};
-use crate::app::{App, wire_state};
 use crate::outbox::{Attempt, Limits, Sender, Verdict};
+use crate::render::{Renderer, wire_state};
 
 /// Publishes a broker channel's replies.
 pub struct Replies {
     pub broker: Arc<dyn Broker>,
+    /// Where a success's result is read.
+    pub store: Arc<dyn replyd_core::Store>,
+    pub render: Renderer,
     pub limits: Limits,
+}
+
+impl Replies {
+    /// The reply message of a delivery.
+    async fn reply(&self, c: &Claimed, target: &ReplyTarget) -> Result<Message, String> {
+        let d = &c.delivery;
+        let job = &d.job;
+        let props = Props {
+            message_id: Some(d.message_id()),
+            correlation_id: target.correlation_id.clone(),
+            ..Props::default()
+        }
+        .with_header(headers::JOB_ID, job.id.to_string())
+        .with_header(headers::STATE, wire_state(job.state).as_str())
+        .with_header(headers::EVENT, d.kind.name());
+        let (content_type, body) = if d.kind == EventKind::Succeeded {
+            // Small results came with the claim; a larger one is read now.
+            let output = match &c.result {
+                Some(out) => Some(out.clone()),
+                None => self.store.output(job.id).await.map_err(|e| e.to_string())?,
+            };
+            let JobOutput {
+                content_type, body, ..
+            } = output.unwrap_or(JobOutput {
+                content_type: "application/json".into(),
+                body: "null".into(),
+                upstream: None,
+            });
+            (content_type, body)
+        } else {
+            let rep = serde_json::to_vec(&self.render.job(job)).map_err(|e| e.to_string())?;
+            ("application/json".to_string(), rep.into())
+        };
+        Ok(Message {
+            body,
+            props: Props {
+                content_type: Some(content_type),
+                ..props
+            },
+        })
+    }
 }
 
 #[async_trait]
@@ -42,7 +86,7 @@ impl Sender for Replies {
         self.broker.channel().as_str().to_string()
     }
 
-    async fn attempt(&self, app: &App, c: &Claimed) -> Attempt {
+    async fn attempt(&self, c: &Claimed, _now: chrono::DateTime<chrono::Utc>) -> Attempt {
         let start = Instant::now();
         let d = &c.delivery;
         let failed = |verdict: Verdict, error: String| Attempt {
@@ -58,7 +102,7 @@ impl Sender for Replies {
                 format!("not a reply address: {:?}", d.target),
             );
         };
-        let message = match reply(app, c, &target).await {
+        let message = match self.reply(c, &target).await {
             Ok(m) => m,
             Err(e) => return failed(Verdict::Retry, e),
         };
@@ -89,45 +133,6 @@ impl Sender for Replies {
             ),
         }
     }
-}
-
-/// The reply message of a delivery.
-async fn reply(app: &App, c: &Claimed, target: &ReplyTarget) -> Result<Message, String> {
-    let d = &c.delivery;
-    let job = &d.job;
-    let props = Props {
-        message_id: Some(d.message_id()),
-        correlation_id: target.correlation_id.clone(),
-        ..Props::default()
-    }
-    .with_header(headers::JOB_ID, job.id.to_string())
-    .with_header(headers::STATE, wire_state(job.state).as_str())
-    .with_header(headers::EVENT, d.kind.name());
-    let (content_type, body) = if d.kind == EventKind::Succeeded {
-        // Small results came with the claim; a larger one is read now.
-        let output = match &c.result {
-            Some(out) => Some(out.clone()),
-            None => app.store.output(job.id).await.map_err(|e| e.to_string())?,
-        };
-        let JobOutput {
-            content_type, body, ..
-        } = output.unwrap_or(JobOutput {
-            content_type: "application/json".into(),
-            body: "null".into(),
-            upstream: None,
-        });
-        (content_type, body)
-    } else {
-        let rep = serde_json::to_vec(&app.render(job)).map_err(|e| e.to_string())?;
-        ("application/json".to_string(), rep.into())
-    };
-    Ok(Message {
-        body,
-        props: Props {
-            content_type: Some(content_type),
-            ..props
-        },
-    })
 }
 
 pub use crate::config::brokers::DEFAULT_SCHEDULE;

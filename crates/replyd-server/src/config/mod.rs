@@ -27,8 +27,10 @@ pub mod webhooks;
 
 pub use keys::{ApiKey, Role};
 pub use limits::{Limits, Quota, TenantLimits};
-pub use queues::{Executor, HttpTarget, QueueConfig, UpstreamRetry};
-pub use routes::{FORWARD_HEADERS, RESPONSE_HEADERS, Route};
+pub use queues::{
+    Executor, FORWARD_HEADERS, HttpTarget, QueueConfig, RESPONSE_HEADERS, UpstreamRetry,
+};
+pub use routes::Route;
 pub use storage::Storage;
 pub use streams::Streams;
 pub use webhooks::{TenantWebhooks, Webhooks};

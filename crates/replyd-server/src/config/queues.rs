@@ -2,7 +2,6 @@
 
 use serde::Deserialize;
 
-use super::routes::Route;
 use super::{is_http_url, valid_queue_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -57,6 +56,28 @@ impl UpstreamRetry {
         }
     }
 }
+
+/// The request headers a gateway route forwards unless told otherwise.
+pub const FORWARD_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-language",
+    "user-agent",
+];
+
+/// The upstream answer's headers kept (and replayed at `/result`) unless
+/// told otherwise.
+pub const RESPONSE_HEADERS: &[&str] = &[
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "etag",
+    "last-modified",
+    "location",
+];
 
 /// What an `http` queue's executor sends, and keeps of the answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +154,7 @@ impl QueueConfig {
                     gateway: false,
                     retry,
                     forward_headers: Vec::new(),
-                    response_headers: Route::default_response(),
+                    response_headers: RESPONSE_HEADERS.iter().map(|h| h.to_string()).collect(),
                 });
                 Ok(())
             }

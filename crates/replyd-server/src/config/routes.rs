@@ -6,29 +6,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::is_http_url;
-use super::queues::{Executor, HttpTarget, QueueConfig, UpstreamRetry};
-
-/// The request headers a gateway route forwards unless told otherwise.
-pub const FORWARD_HEADERS: &[&str] = &[
-    "accept",
-    "accept-language",
-    "content-type",
-    "content-language",
-    "user-agent",
-];
-
-/// The upstream answer's headers kept (and replayed at `/result`) unless
-/// told otherwise.
-pub const RESPONSE_HEADERS: &[&str] = &[
-    "cache-control",
-    "content-disposition",
-    "content-encoding",
-    "content-language",
-    "content-type",
-    "etag",
-    "last-modified",
-    "location",
-];
+use super::queues::{
+    Executor, FORWARD_HEADERS, HttpTarget, QueueConfig, RESPONSE_HEADERS, UpstreamRetry,
+};
 
 /// Gateway mode: `method` requests under `path` become jobs of a queue of
 /// their own, whose executor replays them to `upstream`.

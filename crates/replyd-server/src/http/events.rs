@@ -31,7 +31,7 @@ use crate::auth::Action;
 use crate::config::secs;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{Held, Permit};
-use crate::live::{Feed, Listener, Live, Scope, Target, render};
+use crate::live::{Feed, Listener, Live, Scope, Target};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -240,14 +240,14 @@ impl Sse {
             return Some(head);
         }
         if let Some(e) = self.pending.take() {
-            return Some(frame(&e, &render(&self.app, &e)));
+            return Some(frame(&e, &self.app.render.event(&e)));
         }
         loop {
             if self.feed.finished() {
                 return None;
             }
             match self.feed.next_backlog(&*self.app.store).await {
-                Ok(Some(e)) => return Some(frame(&e, &render(&self.app, &e))),
+                Ok(Some(e)) => return Some(frame(&e, &self.app.render.event(&e))),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "an event stream cannot read the log; closing it");
@@ -268,7 +268,7 @@ impl Sse {
                 live = self.listener.recv() => match live {
                     Some(Live::Event { event, .. }) => {
                         if self.feed.offer(&event.record) {
-                            return Some(frame(&event.record, event.data(&self.app)));
+                            return Some(frame(&event.record, event.data(&self.app.render)));
                         }
                     }
                     Some(Live::Resync) => self.feed.resync(),

@@ -18,10 +18,11 @@ use super::{
     AppState, Client, IfNoneMatch, JobRequest, body, etag, page, parse_json, prefer_wait, query,
     rate_headers, take_submit,
 };
-use crate::app::{Submission, domain_state, request_hash};
+use crate::app::{Submission, request_hash};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::limits::Held;
+use crate::render::domain_state;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -150,7 +151,7 @@ pub async fn accepted(
             return Ok(res);
         }
     }
-    let mut res = json_response(StatusCode::ACCEPTED, &app.render(&job));
+    let mut res = json_response(StatusCode::ACCEPTED, &app.render.job(&job));
     set(&mut res, header::LOCATION, format!("/v1/jobs/{}", job.id));
     set(
         &mut res,
@@ -232,7 +233,7 @@ pub async fn status(
 }
 
 fn status_response(app: &AppState, job: &JobRecord, query_token: Option<&str>) -> Response {
-    let view = app.render(job);
+    let view = app.render.job(job);
     match job.state {
         JobState::Queued | JobState::Running => {
             let mut r = json_response(StatusCode::ACCEPTED, &view);
@@ -323,7 +324,7 @@ pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(json_response(status, &app.render(&job)))
+    Ok(json_response(status, &app.render.job(&job)))
 }
 
 /// Delete a finished job and its result.
@@ -403,7 +404,7 @@ pub async fn list(
         jobs: jobs
             .iter()
             .filter(|j| !j.is_expired(now))
-            .map(|j| app.render(j))
+            .map(|j| app.render.job(j))
             .collect(),
         next_cursor,
     };

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod events;
 pub mod gateway;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
 pub mod serve;
 pub mod workers;

@@ -114,7 +114,7 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200)))]
 pub async fn openapi() -> Response {
     static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        serde_json::to_string_pretty(&crate::openapi::document()).unwrap_or_default()
+        serde_json::to_string_pretty(&super::openapi::document()).unwrap_or_default()
     });
     (
         StatusCode::OK,

@@ -66,7 +66,7 @@ fn seconds(name: &str, v: Option<f64>, default: Duration, max: f64) -> ApiResult
 
 /// The job as a worker receives it: the representation plus its input.
 pub fn leased_view(app: &App, l: &Leased) -> proto::Lease {
-    let mut job = app.render(&l.job);
+    let mut job = app.render.job(&l.job);
     job.input = Some(serde_json::from_slice(&l.input).unwrap_or(serde_json::Value::Null));
     proto::Lease {
         job,
@@ -294,7 +294,7 @@ pub async fn complete(
         lease_id: LeaseId(lease_id),
     };
     let job = app.worker_apply(&caller, id, cmd, Some(output)).await?;
-    Ok(json(StatusCode::OK, &app.render(&job)))
+    Ok(json(StatusCode::OK, &app.render.job(&job)))
 }
 
 /// Give up on the attempt, asking for a retry or not.
@@ -328,7 +328,7 @@ pub async fn fail(
         retry: req.retry,
     };
     let job = app.worker_apply(&caller, id, cmd, None).await?;
-    Ok(json(StatusCode::OK, &app.render(&job)))
+    Ok(json(StatusCode::OK, &app.render.job(&job)))
 }
 
 #[cfg(test)]

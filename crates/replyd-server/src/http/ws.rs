@@ -38,7 +38,7 @@ use crate::auth::{Action, Caller};
 use crate::config::secs;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{Held, Permit};
-use crate::live::{Feed, Listener, Live, Scope, Target, render};
+use crate::live::{Feed, Listener, Live, Scope, Target};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
@@ -226,7 +226,7 @@ impl Session {
                     }
                 },
                 live = self.listener.recv() => match live {
-                    Some(Live::Event { tag, event }) => self.on_live(&mut sink, tag, &event.record, Some(event.data(&self.app))).await,
+                    Some(Live::Event { tag, event }) => self.on_live(&mut sink, tag, &event.record, Some(event.data(&self.app.render))).await,
                     Some(Live::Resync) => self.resync(&mut sink).await,
                     None if self.listener.overflowed() => Err(End::Close(
                         close_code::POLICY,
@@ -360,7 +360,7 @@ impl Session {
                     .await?;
                 let replayed = matches!(submitted, Submitted::Existing(_));
                 let job = submitted.job().clone();
-                let ack = json!({"type": "ack", "ref": reference, "job": self.app.render(&job), "replayed": replayed});
+                let ack = json!({"type": "ack", "ref": reference, "job": self.app.render.job(&job), "replayed": replayed});
                 if let Err(end) = self.send_json(sink, &ack).await {
                     return Ok(Err(end));
                 }
@@ -450,7 +450,7 @@ impl Session {
                 Ok(self
                     .send_json(
                         sink,
-                        &json!({"type": "ack", "ref": reference, "job": self.app.render(&job)}),
+                        &json!({"type": "ack", "ref": reference, "job": self.app.render.job(&job)}),
                     )
                     .await)
             }
@@ -566,7 +566,7 @@ impl Session {
         let data = match data {
             Some(d) => d,
             None => {
-                rendered = render(&self.app, e);
+                rendered = self.app.render.event(e);
                 &rendered
             }
         };

@@ -41,7 +41,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Sender, Verdict};
-use crate::app::App;
 
 /// How often an idle dispatcher looks for due deliveries (retries, and
 /// deliveries whose wake-up it missed).
@@ -118,7 +117,7 @@ impl Endpoint {
 }
 
 /// Works `sender`'s channel until shutdown.
-pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
+pub async fn run(cx: super::Context, sender: Arc<dyn Sender>) {
     let rt = sender.limits();
     let channel = sender.channel();
     let per_endpoint = rt.per_endpoint.max(1);
@@ -133,9 +132,9 @@ pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
     let slot_freed = Arc::new(Notify::new());
     // Outcomes are durable: their jobs' next deliveries may be due.
     let recorded = Arc::new(Notify::new());
-    let mut bus = app.store.subscribe();
+    let mut bus = cx.store.subscribe();
     let (finished, outcomes) = mpsc::unbounded_channel();
-    tokio::spawn(recorder(app.clone(), outcomes, recorded.clone()));
+    tokio::spawn(recorder(cx.clone(), outcomes, recorded.clone()));
     // A claim outlives the longest attempt, so a live dispatcher keeps it;
     // a crashed one's claims run out soon after. A queued delivery starts
     // within about one attempt's time.
@@ -167,14 +166,14 @@ pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
                     queued -= 1;
                     progress = true;
                     let latency = ep.latency_us.clone();
-                    let (app, sender, finished, slot_freed) = (
-                        app.clone(),
+                    let (cx, sender, finished, slot_freed) = (
+                        cx.clone(),
                         sender.clone(),
                         finished.clone(),
                         slot_freed.clone(),
                     );
                     tokio::spawn(async move {
-                        let (outcome, took) = attempt(&app, &*sender, c).await;
+                        let (outcome, took) = attempt(&cx, &*sender, c).await;
                         let avg = latency.load(Ordering::Relaxed);
                         let took = u64::try_from(took.as_micros())
                             .unwrap_or(u64::MAX)
@@ -197,20 +196,20 @@ pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
             .min(prefetch.saturating_sub(queued));
         if claiming.is_none() && (want || backlog) && room >= if backlog { batch } else { 1 } {
             want = false;
-            let app = app.clone();
+            let cx = cx.clone();
             let task = tokio::spawn(async move {
-                app.store
-                    .claim_deliveries(channel, app.now(), lease, room as u32)
+                cx.store
+                    .claim_deliveries(channel, cx.now(), lease, room as u32)
                     .await
             });
             claiming = Some((task, room));
         }
         if queued == 0 && claiming.is_none() && !want && !backlog {
-            let now = app.now();
+            let now = cx.now();
             endpoints.retain(|_, ep| !ep.idle(per_endpoint, now));
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = cx.shutdown.cancelled() => break,
             claimed = async {
                 match claiming.as_mut() {
                     Some((task, _)) => task.await,
@@ -231,7 +230,7 @@ pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
                     }
                 };
                 backlog = claimed.len() == asked;
-                let now = app.now();
+                let now = cx.now();
                 let mut give_back = Vec::new();
                 for c in claimed {
                     let key = sender.endpoint(&c.delivery);
@@ -253,9 +252,9 @@ pub async fn run(app: Arc<App>, sender: Arc<dyn Sender>) {
                     }
                 }
                 if !give_back.is_empty() {
-                    let app = app.clone();
+                    let cx = cx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = app.store.defer_deliveries(give_back).await {
+                        if let Err(e) = cx.store.defer_deliveries(give_back).await {
                             tracing::warn!(error = %e, "cannot give back webhook deliveries");
                         }
                     });
@@ -307,9 +306,9 @@ fn drain_owed(bus: &mut broadcast::Receiver<EventBatch>, channel: Channel) -> bo
 
 /// One attempt on a claimed delivery: what became of it, and how long the
 /// endpoint took.
-async fn attempt(app: &App, sender: &dyn Sender, c: Claimed) -> (Outcome, Duration) {
-    let now = app.now();
-    let a = sender.attempt(app, &c).await;
+async fn attempt(cx: &super::Context, sender: &dyn Sender, c: Claimed) -> (Outcome, Duration) {
+    let now = cx.now();
+    let a = sender.attempt(&c, now).await;
     let d = &c.delivery;
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,
@@ -353,7 +352,7 @@ async fn attempt(app: &App, sender: &dyn Sender, c: Claimed) -> (Outcome, Durati
 /// meanwhile in one transaction, then lets the dispatcher claim as many
 /// again.
 async fn recorder(
-    app: Arc<App>,
+    cx: super::Context,
     mut finished: mpsc::UnboundedReceiver<(Outcome, OwnedSemaphorePermit)>,
     recorded: Arc<Notify>,
 ) {
@@ -366,7 +365,7 @@ async fn recorder(
         }
         let (outcomes, permits): (Vec<Outcome>, Vec<_>) = batch.into_iter().unzip();
         let n = outcomes.len();
-        if let Err(e) = app.store.record_attempts(outcomes).await {
+        if let Err(e) = cx.store.record_attempts(outcomes).await {
             // Their claims run out and they are attempted again: at least
             // once, with the same webhook-id.
             tracing::warn!(error = %e, attempts = n, "cannot record delivery attempts");

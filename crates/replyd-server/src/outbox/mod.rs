@@ -15,7 +15,25 @@ use rand::Rng;
 use replyd_core::outbox::{Channel, Delivery};
 use replyd_core::store::Claimed;
 
-use crate::app::App;
+/// What a dispatcher works with: the store, the clock, and when to stop.
+#[derive(Clone)]
+pub struct Context {
+    pub store: std::sync::Arc<dyn replyd_core::Store>,
+    pub clock: replyd_core::Clock,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+}
 
 /// Delivers one channel's deliveries.
 #[async_trait]
@@ -29,9 +47,9 @@ pub trait Sender: Send + Sync + 'static {
     /// port; a broker).
     fn endpoint(&self, d: &Delivery) -> String;
 
-    /// One attempt. It never takes much longer than
+    /// One attempt, made at `now`. It never takes much longer than
     /// `limits().attempt_timeout`.
-    async fn attempt(&self, app: &App, c: &Claimed) -> Attempt;
+    async fn attempt(&self, c: &Claimed, now: chrono::DateTime<chrono::Utc>) -> Attempt;
 }
 
 /// How a channel's deliveries may be dispatched.

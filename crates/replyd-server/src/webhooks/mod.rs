@@ -19,10 +19,10 @@ use replyd_proto as proto;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::app::App;
 use crate::config::{Webhooks, secs};
 use crate::error::{ApiError, ApiResult};
 use crate::outbox::{Attempt, Limits, Schedule, Sender};
+use crate::render::Renderer;
 use deliver::{Deliverer, Message};
 use signing::Secret;
 use ssrf::{Guard, Resolver, SystemResolver};
@@ -39,6 +39,8 @@ pub struct Runtime {
     pub tenant_secrets: std::collections::HashMap<String, Vec<Secret>>,
     pub deliverer: Deliverer,
     pub limits: Limits,
+    /// The job in a payload.
+    pub render: Renderer,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -49,11 +51,15 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// From validated configuration, resolving names with the system.
-    pub fn new(config: &Webhooks) -> Runtime {
-        Runtime::with_resolver(config, Arc::new(SystemResolver))
+    pub fn new(config: &Webhooks, render: Renderer) -> Runtime {
+        Runtime::with_resolver(config, render, Arc::new(SystemResolver))
     }
 
-    pub fn with_resolver(config: &Webhooks, resolver: Arc<dyn Resolver>) -> Runtime {
+    pub fn with_resolver(
+        config: &Webhooks,
+        render: Renderer,
+        resolver: Arc<dyn Resolver>,
+    ) -> Runtime {
         let deliverer = Deliverer::new(
             Guard::new(
                 config
@@ -102,6 +108,7 @@ impl Runtime {
                 .map(Arc::new)
                 .collect(),
             tenant_secrets,
+            render,
             limits: Limits {
                 concurrency: config.concurrency,
                 per_endpoint: config.per_endpoint,
@@ -175,11 +182,11 @@ impl Sender for Runtime {
         endpoint_of(&d.target)
     }
 
-    async fn attempt(&self, app: &App, c: &Claimed) -> Attempt {
+    async fn attempt(&self, c: &Claimed, now: chrono::DateTime<chrono::Utc>) -> Attempt {
         let d = &c.delivery;
         let msg = Message {
             id: d.message_id(),
-            body: payload(app, d, c.result.as_ref()),
+            body: payload(&self.render, d, c.result.as_ref()),
         };
         self.deliverer
             .attempt(
@@ -187,7 +194,7 @@ impl Sender for Runtime {
                 &msg,
                 self.secrets_of(&d.job.tenant),
                 &self.keys,
-                app.now(),
+                now,
             )
             .await
     }
@@ -226,7 +233,7 @@ struct PayloadData<'a> {
 
 /// The body of a delivery: the job as it was after the event, with a small
 /// JSON result inline. The same bytes on every attempt.
-fn payload(app: &App, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
+fn payload(render: &Renderer, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
     let result = result
         .filter(|out| {
             d.kind == EventKind::Succeeded
@@ -241,7 +248,7 @@ fn payload(app: &App, d: &Delivery, result: Option<&JobOutput>) -> Bytes {
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         data: PayloadData {
-            job: app.render(&d.job),
+            job: render.job(&d.job),
             result,
         },
     };

@@ -8,7 +8,7 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use crate::http::{deliveries, events, jobs, ops, workers, ws};
+use super::{deliveries, events, jobs, ops, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
