@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod migrations;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod record;
 pub mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};

@@ -1,0 +1,335 @@
+//! Jobs: submitting, reading, listing, moving (every transition), deleting, counting.
+
+use super::events::{RAISE_LOG_FLOOR, append_event};
+use super::writer::Events;
+use super::{SqliteStore, backend};
+use crate::record::{decode, decode_upstream, encode_upstream, json_err, ms};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use replyd_core::event::EventKind;
+use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
+use replyd_core::store::{JobOutput, ListQuery, StateCount, StoreError, StoreResult, Submitted};
+use replyd_core::{JobId, Tenant};
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub(super) async fn submit(
+    s: &SqliteStore,
+    new: NewJob,
+    now: DateTime<Utc>,
+) -> StoreResult<Submitted> {
+    // Serialize here, off the writer thread: it is the hot path.
+    let (job, input) = new.into_record(now);
+    let text = serde_json::to_string(&job).map_err(json_err)?;
+    s.write(move |conn, events| {
+        if let Some(key) = &job.idempotency_key {
+            let found: Option<String> = conn
+                .prepare_cached(
+                    "SELECT record FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![job.tenant.0, key], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend)?;
+            if let Some(found) = found {
+                let existing = decode(&found)?;
+                return if existing.request_hash == job.request_hash {
+                    Ok(Submitted::Existing(existing))
+                } else {
+                    Err(StoreError::IdempotencyMismatch)
+                };
+            }
+        }
+        insert_job(conn, &job, &input, &text)?;
+        append_event(conn, events, &job, EventKind::Accepted, &text)?;
+        Ok(Submitted::Created(job))
+    })
+    .await
+}
+
+pub(super) async fn get(s: &SqliteStore, id: JobId) -> StoreResult<Option<JobRecord>> {
+    s.read(move |conn| load(conn, id)).await
+}
+
+pub(super) async fn input(s: &SqliteStore, id: JobId) -> StoreResult<Option<Bytes>> {
+    s.read(move |conn| {
+        conn.prepare_cached("SELECT input FROM jobs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([id_bytes(id)], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+            })
+            .map(|o| o.map(Bytes::from))
+            .map_err(backend)
+    })
+    .await
+}
+
+pub(super) async fn output(s: &SqliteStore, id: JobId) -> StoreResult<Option<JobOutput>> {
+    s.read(move |conn| {
+        conn.prepare_cached(
+            "SELECT content_type, body, upstream FROM job_outputs WHERE job_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([id_bytes(id)], |r| {
+                Ok(JobOutput {
+                    content_type: r.get(0)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    upstream: r
+                        .get::<_, Option<String>>(2)?
+                        .and_then(|u| decode_upstream(&u)),
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
+    })
+    .await
+}
+
+pub(super) async fn list(s: &SqliteStore, q: ListQuery) -> StoreResult<Vec<JobRecord>> {
+    s.read(move |conn| {
+        let mut sql = String::from("SELECT record FROM jobs WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(t) = q.tenant {
+            args.push(t.0.into());
+            sql.push_str(&format!(" AND tenant = ?{}", args.len()));
+        }
+        if let Some(queue) = q.queue {
+            args.push(queue.into());
+            sql.push_str(&format!(" AND queue = ?{}", args.len()));
+        }
+        if let Some(state) = q.state {
+            args.push(state.as_str().to_string().into());
+            sql.push_str(&format!(" AND state = ?{}", args.len()));
+        }
+        if let Some(before) = q.before {
+            args.push(id_bytes(before).to_vec().into());
+            sql.push_str(&format!(" AND id < ?{}", args.len()));
+        }
+        args.push(i64::from(q.limit).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+        query_records(conn, &sql, rusqlite::params_from_iter(args))
+    })
+    .await
+}
+
+pub(super) async fn apply(
+    s: &SqliteStore,
+    id: JobId,
+    scope: Option<&Tenant>,
+    cmd: Command,
+    output: Option<JobOutput>,
+    now: DateTime<Utc>,
+) -> StoreResult<JobRecord> {
+    let retry = s.inner.retry;
+    let scope = scope.cloned();
+    let (job, refused) = s
+        .write(move |conn, events| {
+            let step = Step {
+                id,
+                scope: scope.as_ref(),
+                cmd,
+                output,
+                now,
+            };
+            transition(conn, events, step, &retry)
+        })
+        .await?;
+    match refused {
+        Some(e) => Err(StoreError::Transition(e)),
+        None => Ok(job),
+    }
+}
+
+pub(super) async fn delete(s: &SqliteStore, id: JobId) -> StoreResult<()> {
+    s.write(move |conn, _| {
+        let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
+        if !job.state.is_terminal() {
+            return Err(TransitionError::NotFinished(job.state).into());
+        }
+        let key = id_bytes(id);
+        for sql in [
+            RAISE_LOG_FLOOR,
+            "DELETE FROM job_outputs WHERE job_id = ?1",
+            "DELETE FROM events WHERE job_id = ?1",
+            "DELETE FROM delivery_attempts WHERE delivery_id IN
+                 (SELECT id FROM outbox WHERE job_id = ?1)",
+            "DELETE FROM outbox WHERE job_id = ?1",
+            "DELETE FROM jobs WHERE id = ?1",
+        ] {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([key]))
+                .map_err(backend)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Vec<StateCount>> {
+    s.read(|conn| {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT queue, state, count(*) FROM jobs WHERE input IS NOT NULL
+                 GROUP BY queue, state",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (queue, state, count) = row.map_err(backend)?;
+            if let Some(state) = JobState::parse(&state) {
+                out.push(StateCount {
+                    queue,
+                    state,
+                    count: u64::try_from(count).unwrap_or(0),
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+pub(super) fn id_bytes(id: JobId) -> [u8; 16] {
+    *id.0.as_bytes()
+}
+
+pub(super) fn load(conn: &Connection, id: JobId) -> StoreResult<Option<JobRecord>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id_bytes(id)], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    text.as_deref().map(decode).transpose()
+}
+
+pub(super) fn insert_job(
+    conn: &Connection,
+    job: &JobRecord,
+    input: &[u8],
+    text: &str,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, tenant, queue, state, run_at, lease_expires_at, expires_at,
+                           idempotency_key, input, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id_bytes(job.id),
+            job.tenant.0,
+            job.queue,
+            job.state.as_str(),
+            ms(job.run_at),
+            job.idempotency_key,
+            input,
+            text
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) fn update_job(conn: &Connection, job: &JobRecord, text: &str) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, run_at = ?3, lease_expires_at = ?4, expires_at = ?5,
+                         record = ?6
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id_bytes(job.id),
+            job.state.as_str(),
+            ms(job.run_at),
+            job.lease.as_ref().map(|l| ms(l.expires_at)),
+            job.expires_at.map(ms),
+            text
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// One transition to make.
+pub(super) struct Step<'a> {
+    pub id: JobId,
+    /// Refuse (as not found) a job of another tenant.
+    pub scope: Option<&'a Tenant>,
+    pub cmd: Command,
+    pub output: Option<JobOutput>,
+    pub now: DateTime<Utc>,
+}
+
+/// Loads a job, applies the command (`record::transition` decides), writes
+/// the job, its event and its result. The shared path of every transition.
+pub(super) fn transition(
+    conn: &Connection,
+    events: &mut Events,
+    step: Step<'_>,
+    retry: &RetryPolicy,
+) -> StoreResult<(JobRecord, Option<TransitionError>)> {
+    let Step {
+        id,
+        scope,
+        cmd,
+        output,
+        now,
+    } = step;
+    let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
+    let t = crate::record::transition(job, scope, cmd, output, now, retry)?;
+    update_job(conn, &t.job, &t.text)?;
+    if let Some(kind) = t.event {
+        append_event(conn, events, &t.job, kind, &t.text)?;
+    }
+    if let Some(out) = &t.output {
+        let upstream = out.upstream.as_ref().map(encode_upstream);
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO job_outputs (job_id, content_type, body, upstream)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id_bytes(id),
+                out.content_type,
+                &out.body[..],
+                upstream
+            ])
+        })
+        .map_err(backend)?;
+    }
+    Ok((t.job, t.refused))
+}
+
+pub(super) fn query_ids(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<JobId>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| r.get::<_, [u8; 16]>(0))
+        .map_err(backend)?;
+    rows.map(|r| r.map(|b| JobId(uuid::Uuid::from_bytes(b))).map_err(backend))
+        .collect()
+}
+
+pub(super) fn query_records(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<JobRecord>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.map(|r| r.map_err(backend).and_then(|t| decode(&t)))
+        .collect()
+}

@@ -1,0 +1,161 @@
+//! The schema: the versioned migrations, applied in order at start (and by
+//! `replyd migrate`), each once, in the same transaction as the row that
+//! records it, so a crash leaves either all of it or none; and a
+//! connection opened as the store needs it.
+
+use rusqlite::{Connection, params};
+use std::path::Path;
+use std::time::Duration;
+
+pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Every commit reaches the disk before anyone is told it happened.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+/// SQLite migrations: (version, SQL). Append only: never edit one that has
+/// shipped.
+pub const SQLITE: &[(i64, &str)] = &[
+    (
+        1,
+        "
+    CREATE TABLE jobs (
+        id               BLOB PRIMARY KEY,   -- UUIDv7, 16 bytes
+        tenant           TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        run_at           INTEGER NOT NULL,   -- ms since the epoch
+        lease_expires_at INTEGER,
+        expires_at       INTEGER,
+        idempotency_key  TEXT,
+        input            BLOB,               -- NULL once purged (a tombstone)
+        record           TEXT NOT NULL       -- replyd_core::JobRecord as JSON
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_ready ON jobs (queue, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id);
+
+    CREATE TABLE job_outputs (
+        job_id       BLOB PRIMARY KEY,
+        content_type TEXT NOT NULL,
+        body         BLOB NOT NULL
+    );
+
+    CREATE TABLE events (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order (one writer)
+        job_id BLOB NOT NULL,
+        kind   TEXT NOT NULL,
+        at     INTEGER NOT NULL,
+        job    TEXT NOT NULL                       -- the record after the event
+    );
+    CREATE INDEX events_job ON events (job_id, id);
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    ",
+    ),
+    (
+        2,
+        "
+    -- The highest event id ever removed from the log (by delete or garbage
+    -- collection): a reader resuming below it may have missed events.
+    CREATE TABLE log_floor (
+        one   INTEGER PRIMARY KEY CHECK (one = 1),
+        below INTEGER NOT NULL
+    );
+    ",
+    ),
+    (
+        3,
+        "
+    -- Webhook deliveries owed (the outbox), written in the transaction of
+    -- the event that owes them, and the log of their attempts.
+    CREATE TABLE outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id        BLOB NOT NULL,
+        tenant        TEXT NOT NULL,
+        queue         TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        url           TEXT NOT NULL,
+        job           TEXT NOT NULL,        -- the record after the event
+        state         TEXT NOT NULL,        -- pending | delivered | dead
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_at       INTEGER NOT NULL,     -- ms since the epoch
+        claimed_until INTEGER,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        last_error    TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+    CREATE INDEX outbox_job ON outbox (job_id, id);
+    CREATE INDEX outbox_state ON outbox (state, id);
+    CREATE TABLE delivery_attempts (
+        delivery_id INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        status      INTEGER,
+        latency_ms  INTEGER NOT NULL,
+        error       TEXT
+    );
+    CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
+    ",
+    ),
+    (
+        4,
+        "
+    -- The outbox carries every channel's deliveries: webhooks, and replies
+    -- over message brokers. `target` is a webhook's URL or a reply's
+    -- address (JSON). Each channel's deliveries are claimed on their own.
+    ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'webhook';
+    ALTER TABLE outbox RENAME COLUMN url TO target;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
+    ",
+    ),
+    (
+        5,
+        "
+    -- An upstream HTTP service's answer (status and kept headers, JSON),
+    -- replayed at /result (the gateway and the http executor).
+    ALTER TABLE job_outputs ADD COLUMN upstream TEXT;
+    ",
+    ),
+];
+
+/// Applies every migration not yet applied. Safe to run from several
+/// processes at once: `BEGIN IMMEDIATE` serializes them.
+pub(super) fn apply(conn: &mut Connection) -> rusqlite::Result<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         )",
+    )?;
+    let mut applied = 0;
+    for (version, sql) in SQLITE {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            params![version],
+            |r| r.get(0),
+        )?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?1)",
+                params![version],
+            )?;
+            applied += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(applied)
+}
