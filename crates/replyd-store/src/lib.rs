@@ -3,7 +3,6 @@
 //! database; [`conformance`] is the suite every store must pass.
 
 pub mod conformance;
-pub mod migrations;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod record;

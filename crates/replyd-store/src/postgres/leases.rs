@@ -1,0 +1,98 @@
+//! Leases: handing queued jobs to workers (`FOR UPDATE SKIP LOCKED`), and taking back the ones whose lease ran out.
+
+use super::jobs::transition;
+use super::{PgStore, backend};
+use crate::record::ms;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use replyd_core::job::Command;
+use replyd_core::store::{LeaseQuery, Leased, StoreResult};
+use replyd_core::{JobId, LeaseId};
+use uuid::Uuid;
+
+pub(super) async fn lease(
+    s: &PgStore,
+    q: LeaseQuery,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<Leased>> {
+    let mut tx = s.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs
+         WHERE queue = $1 AND state = 'queued' AND run_at <= $2
+           AND ($3::text IS NULL OR tenant = $3)
+         ORDER BY run_at, id LIMIT $4
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&q.queue)
+    .bind(ms(now))
+    .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
+    .bind(i64::from(q.max))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let mut leased = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = JobId(id);
+        let lease_id = LeaseId::new();
+        let cmd = Command::Lease {
+            lease_id: lease_id.clone(),
+            worker: q.worker.clone(),
+            length: q.length,
+        };
+        let (job, _, _) = transition(&mut tx, id, None, cmd, None, now, &s.inner.retry).await?;
+        let input: Option<Vec<u8>> = sqlx::query_scalar("SELECT input FROM jobs WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        leased.push(Leased {
+            job,
+            input: Bytes::from(input.unwrap_or_default()),
+            lease_id,
+        });
+    }
+    let appended = !leased.is_empty();
+    s.commit(tx, appended).await?;
+    Ok(leased)
+}
+
+pub(super) async fn expire_leases(
+    s: &PgStore,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> StoreResult<usize> {
+    let mut tx = s.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $1
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ms(now))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    for &id in &ids {
+        transition(
+            &mut tx,
+            JobId(id),
+            None,
+            Command::ExpireLease,
+            None,
+            now,
+            &s.inner.retry,
+        )
+        .await?;
+    }
+    s.commit(tx, !ids.is_empty()).await?;
+    Ok(ids.len())
+}
+
+pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE queue = $1 AND state = 'queued'")
+            .bind(queue)
+            .fetch_one(&s.inner.pool)
+            .await
+            .map_err(backend)?;
+    Ok(v.and_then(DateTime::from_timestamp_millis))
+}

@@ -1,0 +1,350 @@
+//! The PostgreSQL store: many replyd nodes, one database.
+//!
+//! Each operation is one transaction on a pooled connection; PostgreSQL
+//! flushes the WAL of concurrent commits together (its own group commit),
+//! so concurrency, not batching here, amortizes the fsync. Rows a node takes
+//! for itself (leases, expired leases, garbage) are claimed with `FOR UPDATE
+//! SKIP LOCKED`, so nodes never wait on each other nor take the same row.
+//!
+//! **Event positions.** Sequence values do not commit in order: a reader may
+//! see event 11 before event 10 commits. So an event is inserted without a
+//! position, and a sequencer assigns positions to the committed, unpositioned
+//! events, in insertion order, under a cluster-wide advisory lock: positions
+//! are handed out in the order their sequencing transactions commit, and a
+//! reader that asks "after position P" can never later find an event below
+//! P. (Within one job, insertion order is causal order: the job's row lock
+//! makes the next event's transaction wait for the previous one's commit.)
+//! The sequencer's commit NOTIFYs `replyd_events`; every node LISTENs and
+//! reads the newly positioned events onto its local bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use replyd_core::event::{EventId, EventRecord};
+use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
+use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
+use replyd_core::store::{
+    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
+    StoreError, StoreResult, Submitted,
+};
+use replyd_core::{JobId, Tenant};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::{Notify, broadcast};
+
+mod events;
+mod garbage;
+mod jobs;
+mod leases;
+mod outbox;
+mod schema;
+pub mod testing;
+
+use events::{listener, sequence, sequencer};
+use schema::migrate;
+
+/// Options of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub retry: RetryPolicy,
+    /// Connections in this node's pool.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store reports
+    /// itself unavailable (503) rather than hang.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            retry: RetryPolicy::default(),
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    bus: broadcast::Sender<EventBatch>,
+    /// Wakes the sequencer after a commit that appended events.
+    sequence: Notify,
+    retry: RetryPolicy,
+    /// Dropped with the store: its receivers (the background tasks) stop.
+    _stop: StopOnDrop,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+/// Tells the background tasks to stop when the store goes.
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    let unavailable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // connection exceptions, operator intervention (shutdown),
+            // serialization failure, deadlock, too many connections
+            c.starts_with("08")
+                || c.starts_with("57")
+                || c == "40001"
+                || c == "40P01"
+                || c == "53300"
+        }),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+impl PgStore {
+    /// Connects, applies pending migrations (safe when several nodes start
+    /// at once), and starts the sequencer and the listener.
+    pub async fn connect(url: &str, options: PgOptions) -> StoreResult<PgStore> {
+        let connect: PgConnectOptions = url.parse().map_err(backend)?;
+        PgStore::connect_with(connect, options).await
+    }
+
+    pub async fn connect_with(
+        connect: PgConnectOptions,
+        options: PgOptions,
+    ) -> StoreResult<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(backend)?;
+        migrate(&pool).await?;
+        let (bus, _) = broadcast::channel(1024);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                bus,
+                sequence: Notify::new(),
+                retry: options.retry,
+                _stop: StopOnDrop(stop_tx),
+            }),
+        };
+        let last = store.max_position().await?;
+        tokio::spawn(sequencer(Arc::downgrade(&store.inner), stop_rx.clone()));
+        tokio::spawn(listener(Arc::downgrade(&store.inner), stop_rx, last));
+        Ok(store)
+    }
+
+    async fn begin(&self) -> StoreResult<Tx> {
+        self.inner.pool.begin().await.map_err(backend)
+    }
+
+    /// Commits and, if the transaction appended events, wakes the sequencer.
+    async fn commit(&self, tx: Tx, appended: bool) -> StoreResult<()> {
+        tx.commit().await.map_err(backend)?;
+        if appended {
+            self.inner.sequence.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn max_position(&self) -> StoreResult<i64> {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map(|v| v.unwrap_or(0))
+            .map_err(backend)
+    }
+
+    /// Positions the committed, unpositioned events (see the module doc).
+    /// Returns how many.
+    pub async fn sequence(&self) -> StoreResult<u64> {
+        sequence(&self.inner.pool).await
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn submit(&self, new: NewJob, now: DateTime<Utc>) -> StoreResult<Submitted> {
+        jobs::submit(self, new, now).await
+    }
+
+    async fn get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        jobs::get(self, id).await
+    }
+
+    async fn input(&self, id: JobId) -> StoreResult<Option<Bytes>> {
+        jobs::input(self, id).await
+    }
+
+    async fn output(&self, id: JobId) -> StoreResult<Option<JobOutput>> {
+        jobs::output(self, id).await
+    }
+
+    async fn list(&self, q: ListQuery) -> StoreResult<Vec<JobRecord>> {
+        jobs::list(self, q).await
+    }
+
+    async fn apply(
+        &self,
+        id: JobId,
+        scope: Option<&Tenant>,
+        cmd: Command,
+        output: Option<JobOutput>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<JobRecord> {
+        jobs::apply(self, id, scope, cmd, output, now).await
+    }
+
+    async fn lease(&self, q: LeaseQuery, now: DateTime<Utc>) -> StoreResult<Vec<Leased>> {
+        leases::lease(self, q, now).await
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
+        leases::expire_leases(self, now, limit).await
+    }
+
+    async fn next_run_at(&self, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        leases::next_run_at(self, queue).await
+    }
+
+    async fn delete(&self, id: JobId) -> StoreResult<()> {
+        jobs::delete(self, id).await
+    }
+
+    async fn collect_garbage(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
+        garbage::collect_garbage(self, now, limit).await
+    }
+
+    async fn events(&self, id: JobId, after: Option<EventId>) -> StoreResult<Vec<EventRecord>> {
+        events::events(self, id, after).await
+    }
+
+    async fn log(&self, after: Option<EventId>, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        events::log(self, after, limit).await
+    }
+
+    async fn counts(&self) -> StoreResult<Vec<StateCount>> {
+        jobs::counts(self).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        channel: Channel,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Claimed>> {
+        outbox::claim_deliveries(self, channel, now, lease, limit).await
+    }
+
+    async fn ask_reply(
+        &self,
+        id: JobId,
+        spec: ReplySpec,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ReplyAsked> {
+        outbox::ask_reply(self, id, spec, now).await
+    }
+
+    async fn replay_dead_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        queue: Option<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        outbox::replay_dead_deliveries(self, tenant, queue, from, to, now).await
+    }
+
+    async fn defer_deliveries(&self, deferred: Vec<(i64, DateTime<Utc>)>) -> StoreResult<()> {
+        outbox::defer_deliveries(self, deferred).await
+    }
+
+    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()> {
+        outbox::record_attempts(self, outcomes).await
+    }
+
+    async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {
+        outbox::deliveries(self, job).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: Option<Tenant>,
+        state: Option<DeliveryState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        outbox::list_deliveries(self, tenant, state, before, limit).await
+    }
+
+    async fn replay_delivery(
+        &self,
+        id: i64,
+        scope: Option<&Tenant>,
+        redeliver: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Delivery> {
+        outbox::replay_delivery(self, id, scope, redeliver, now).await
+    }
+
+    async fn log_floor(&self) -> StoreResult<Option<EventId>> {
+        events::log_floor(self).await
+    }
+
+    async fn cluster_secret(&self) -> StoreResult<Vec<u8>> {
+        let fresh: [u8; 32] = rand::random();
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('job_token_secret', $1)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&fresh[..])
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'job_token_secret'")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<EventBatch> {
+        self.inner.bus.subscribe()
+    }
+}

@@ -1,0 +1,189 @@
+//! The schema: the versioned migrations, applied at connect under an advisory lock, so that nodes that start together take turns.
+
+use super::backend;
+use replyd_core::store::StoreResult;
+use sqlx::postgres::PgPool;
+
+/// The advisory lock that serializes migrations.
+pub(super) const MIGRATION_LOCK: i64 = 0x7265_706c_7964_0002;
+
+pub(super) async fn migrate(pool: &PgPool) -> StoreResult<()> {
+    let mut conn = pool.acquire().await.map_err(backend)?;
+    // A session lock: nodes starting together migrate one after another.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let result = async {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    bigint PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+        for (version, sql) in POSTGRES {
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
+            )
+            .bind(version)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+            if done {
+                continue;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(backend)?;
+            // Our own migration text, not input.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            tracing::info!(version, "applied migration");
+        }
+        Ok(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+/// PostgreSQL migrations: (version, SQL), append only. Applied by
+/// `PgStore::connect` under an advisory lock, so nodes that start together
+/// take turns.
+const POSTGRES: &[(i64, &str)] = &[
+    (
+        1,
+        "
+    CREATE TABLE jobs (
+        id               uuid PRIMARY KEY,   -- UUIDv7
+        tenant           text NOT NULL,
+        queue            text NOT NULL,
+        state            text NOT NULL,
+        run_at           bigint NOT NULL,    -- ms since the epoch
+        lease_expires_at bigint,
+        expires_at       bigint,
+        idempotency_key  text,
+        input            bytea,              -- NULL once purged (a tombstone)
+        record           text NOT NULL       -- replyd_core::JobRecord as JSON
+    );
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_ready ON jobs (queue, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+    CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs (tenant, id);
+
+    CREATE TABLE job_outputs (
+        job_id       uuid PRIMARY KEY,
+        content_type text NOT NULL,
+        body         bytea NOT NULL
+    );
+
+    -- id: insertion order; position: commit order, assigned by the
+    -- sequencer (see postgres.rs). Readers see only positioned events.
+    CREATE TABLE events (
+        id       bigserial PRIMARY KEY,
+        position bigint UNIQUE,
+        job_id   uuid NOT NULL,
+        kind     text NOT NULL,
+        at       bigint NOT NULL,
+        job      text NOT NULL
+    );
+    CREATE INDEX events_unpositioned ON events (id) WHERE position IS NULL;
+    CREATE INDEX events_job ON events (job_id, position);
+
+    CREATE TABLE meta (
+        key   text PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    ",
+    ),
+    (
+        2,
+        "
+    -- The highest position ever removed from the log (see SQLite's v2).
+    CREATE TABLE log_floor (
+        one   integer PRIMARY KEY CHECK (one = 1),
+        below bigint NOT NULL
+    );
+    ",
+    ),
+    (
+        3,
+        "
+    -- Webhook deliveries owed (the outbox); see SQLite's v3.
+    CREATE TABLE outbox (
+        id            bigserial PRIMARY KEY,
+        job_id        uuid NOT NULL,
+        tenant        text NOT NULL,
+        queue         text NOT NULL,
+        kind          text NOT NULL,
+        url           text NOT NULL,
+        job           text NOT NULL,
+        state         text NOT NULL,
+        attempts      integer NOT NULL DEFAULT 0,
+        next_at       bigint NOT NULL,
+        claimed_until bigint,
+        created_at    bigint NOT NULL,
+        updated_at    bigint NOT NULL,
+        last_error    text
+    );
+    CREATE INDEX outbox_due ON outbox (next_at) WHERE state = 'pending';
+    CREATE INDEX outbox_job ON outbox (job_id, id);
+    CREATE INDEX outbox_state ON outbox (state, id);
+    CREATE TABLE delivery_attempts (
+        delivery_id bigint NOT NULL,
+        at          bigint NOT NULL,
+        status      integer,
+        latency_ms  bigint NOT NULL,
+        error       text
+    );
+    CREATE INDEX delivery_attempts_of ON delivery_attempts (delivery_id, at);
+    ",
+    ),
+    (
+        4,
+        "
+    -- Every channel's deliveries; see SQLite's v4.
+    ALTER TABLE outbox ADD COLUMN channel text NOT NULL DEFAULT 'webhook';
+    ALTER TABLE outbox RENAME COLUMN url TO target;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE state = 'pending';
+    ",
+    ),
+    (
+        5,
+        "
+    -- See SQLite's v5.
+    ALTER TABLE job_outputs ADD COLUMN upstream text;
+    ",
+    ),
+    (
+        6,
+        "
+    -- A delivery claim's two lookups, each with its own index, so that its
+    -- plan does not depend on statistics (a fresh or fast-grown outbox has
+    -- none that fit). The due scan returns rows already in claim order
+    -- (next_at, id) and stops at the limit; the check for an earlier
+    -- pending delivery of the same job probes pending rows only. (SQLite
+    -- names its indexes in the statement instead, and its (channel,
+    -- next_at) index is ordered by id within a time already.)
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (channel, next_at, id) WHERE state = 'pending';
+    CREATE INDEX outbox_pending_job ON outbox (job_id, channel, id) WHERE state = 'pending';
+    ",
+    ),
+];
