@@ -3,7 +3,6 @@
 //! the benchmarks (`bench`). It only parses arguments, sets up logging and
 //! calls library functions.
 
-mod bench;
 mod cli;
 mod worker;
 
@@ -37,7 +36,7 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate(ServerArgs),
     /// Run the benchmarks and print figures against same-run baselines.
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<replyd_bench::BenchArgs>),
     /// The floor of `bench --scenarios streams`: a bare hyper SSE
     /// broadcaster, run by the bench in its own process.
     #[command(hide = true)]
@@ -166,12 +165,13 @@ async fn main() -> ExitCode {
         }
         Command::Bench(args) => {
             init_logging("warn");
-            match bench::run(*args).await {
+            match replyd_bench::run(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(format!("{e:#}")),
             }
         }
-        Command::BenchFloorSse { listen } => match bench::streams::serve_floor(listen).await {
+        Command::BenchFloorSse { listen } => match replyd_bench::streams::serve_floor(listen).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },
@@ -180,7 +180,7 @@ async fn main() -> ExitCode {
             from,
             count,
             h2,
-        } => match bench::exposure::hold(target, from, count, h2).await {
+        } => match replyd_bench::exposure::hold(target, from, count, h2).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },

@@ -35,7 +35,8 @@ use replyd_server::config::brokers::amqp::AmqpConfig;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, RoundTrips, Storage, start_replyd_with};
+use crate::BenchArgs;
+use crate::harness::{RoundTrips, Storage, start_replyd_with};
 
 /// The target: replyd's round trips per second over the ceiling's.
 const TARGET_RATIO: f64 = 0.4;

@@ -16,7 +16,9 @@ use replyd_store::postgres::testing::fresh_schema_at;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
-use super::{BenchArgs, Replyd, Storage, e2e_run, load, report, start_replyd};
+use crate::BenchArgs;
+use crate::e2e::e2e_run;
+use crate::harness::{Replyd, Storage, load, report, start_replyd};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let url = args

@@ -31,7 +31,8 @@ use replyd_server::config::Executor;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, RoundTrips, Storage, start_replyd_with};
+use crate::BenchArgs;
+use crate::harness::{RoundTrips, Storage, start_replyd_with};
 
 /// The target the AMQP scenario has (no issue names one for these yet).
 const TARGET_RATIO: f64 = 0.4;

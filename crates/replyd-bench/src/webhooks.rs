@@ -45,7 +45,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, Conn, Storage, percentile_ms, start_replyd_with};
+use crate::BenchArgs;
+use crate::harness::{Conn, Storage, percentile_ms, start_replyd_with};
 
 /// Connections that complete jobs.
 const COMPLETERS: usize = 32;

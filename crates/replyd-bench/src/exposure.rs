@@ -30,8 +30,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::BenchArgs;
-use super::streams::Process;
+use crate::BenchArgs;
+use crate::process::{Process, raise_nofile};
 
 /// What an HTTP/2 client sends first: the preface and an empty SETTINGS
 /// frame.
@@ -358,7 +358,7 @@ pub async fn hold(
     count: usize,
     h2: bool,
 ) -> anyhow::Result<()> {
-    super::streams::raise_nofile();
+    raise_nofile();
     let gate = Arc::new(Semaphore::new(256));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(count);

@@ -1,0 +1,105 @@
+//! `replyd bench`'s arguments: which scenarios, and each one's knobs.
+
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_values = ["submit", "e2e"])]
+    pub scenarios: Vec<String>,
+    /// Concurrent HTTP clients. Durable writes need concurrency to share
+    /// fsyncs: throughput is clients / latency.
+    #[arg(long, default_value_t = 256)]
+    pub clients: usize,
+    /// Seconds each submit measurement runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Alternating rounds (ceiling, replyd) of the submit scenario; the
+    /// median of each is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Jobs in the end-to-end scenario.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// Concurrent workers in the end-to-end scenario.
+    #[arg(long, default_value_t = 32)]
+    pub workers: usize,
+    /// Jobs per lease call in the end-to-end scenario.
+    #[arg(long, default_value_t = 100)]
+    pub batch: u32,
+    /// PostgreSQL for the `pg` scenario (a fresh schema per measurement).
+    #[arg(long, env = "REPLYD_BENCH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Node counts the `pg` scenario runs with.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
+    pub nodes: Vec<usize>,
+    /// Streams scenario: C, the idle SSE streams and (as many) WebSocket
+    /// subscriptions held at once; one measurement per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000, 20_000])]
+    pub stream_conns: Vec<usize>,
+    /// Streams scenario: jobs completed per second while they are held.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub stream_rate: f64,
+    /// Streams scenario: jobs completed per measurement (at most 2C), half
+    /// watched over SSE, half over WebSocket; the other connections stay
+    /// idle throughout.
+    #[arg(long, default_value_t = 10_000)]
+    pub stream_completions: usize,
+    /// Webhooks scenario: deliveries owed per drain (the 1 s receiver's
+    /// case takes fewer).
+    #[arg(long, default_value_t = 20_000)]
+    pub webhook_jobs: usize,
+    /// Webhooks scenario: deliveries in flight (replyd's
+    /// `webhooks.concurrency` and `per_endpoint`, and the ceiling's).
+    #[arg(long, default_value_t = 64)]
+    pub webhook_concurrency: usize,
+    /// Webhooks scenario: replyd's `per_endpoint` (default: the
+    /// concurrency, so that it may use as many requests as the ceiling).
+    #[arg(long)]
+    pub webhook_per_endpoint: Option<usize>,
+    /// Webhooks scenario: completions per second of the steady measurement.
+    #[arg(long, default_value_t = 500.0)]
+    pub webhook_rate: f64,
+    /// AMQP scenario: the RabbitMQ to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_name = "URL"
+    )]
+    pub amqp_url: String,
+    /// AMQP scenario: requesters, each with one request in flight.
+    #[arg(long, default_value_t = 128)]
+    pub amqp_clients: usize,
+    /// MQTT scenario: the broker to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883",
+        value_name = "URL"
+    )]
+    pub mqtt_url: String,
+    /// NATS scenario: the server to use.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_name = "URL"
+    )]
+    pub nats_url: String,
+    /// MQTT and NATS scenarios: requesters, each with one request in
+    /// flight.
+    #[arg(long, alias = "mqtt-clients", default_value_t = 128)]
+    pub broker_clients: usize,
+    /// Exposure scenario: idle connections two attackers open, half each.
+    #[arg(long, default_value_t = 21_000)]
+    pub exposure_conns: usize,
+    /// Exposure scenario: another replyd binary (an older build) measured
+    /// first, in the same run, as the baseline.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_bin: Option<PathBuf>,
+    /// Where the benchmark databases go (default: a temporary directory).
+    /// Put it on the disk replyd will run on: fsync cost is the point.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

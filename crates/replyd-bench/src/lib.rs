@@ -1,0 +1,88 @@
+//! `replyd bench`: the home of every benchmark, one file per scenario, and
+//! what they share in `harness.rs` (and `process.rs`, a server in a process
+//! of its own). Each scenario measures
+//! replyd and, in the same run with the same client, a baseline that bounds
+//! it, and prints both with their ratio.
+//!
+//! - `submit`: C keep-alive HTTP/1.1 clients POST jobs for D seconds against
+//!   a real replyd (SQLite at full durability, a fresh database). Baseline: a
+//!   bare axum endpoint that reads the body and answers 202 doing no work,
+//!   this machine's HTTP ceiling.
+//! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
+//!   completed one by one; jobs/s from the first submit to the last
+//!   completion.
+//! - `streams` (`streams.rs`): C idle SSE streams and C WebSocket
+//!   subscriptions on a replyd in its own process while jobs complete at
+//!   1,000/s: server RSS per idle connection and completion → client
+//!   latency. Baseline: a bare hyper SSE broadcaster, also its own process.
+//! - `webhooks` (`webhooks.rs`): completed jobs delivered to a local
+//!   receiver (always 200; 500 to every tenth request; 1 s per answer):
+//!   deliveries/s and completion → delivery latency. Baseline: a bare
+//!   reqwest client posting the same payloads to the same receiver.
+//! - `amqp` (`amqp.rs`, feature `amqp`): RPC round trips over
+//!   RabbitMQ through replyd (a durable job and a durable reply each).
+//!   Baseline: a bare lapin RPC echo server, the same client.
+//! - `mqtt` and `nats` (`brokers.rs`, features `mqtt`, `nats`):
+//!   request/response round trips through replyd. Baseline: a bare echo,
+//!   the same client.
+//! - `pg` (`pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
+//! - `exposure` (`exposure.rs`): what a stranger with no key can make a
+//!   replyd hold, this build against `--baseline-bin` in the same run.
+
+#[cfg(feature = "amqp")]
+mod amqp;
+mod args;
+#[cfg(any(feature = "mqtt", feature = "nats"))]
+mod brokers;
+mod e2e;
+pub mod exposure;
+mod harness;
+#[cfg(feature = "postgres")]
+mod pg;
+mod process;
+pub mod streams;
+mod submit;
+mod webhooks;
+
+pub use args::BenchArgs;
+
+use anyhow::bail;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!(
+        "replyd bench: {} cores, {} clients, database in {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.clients,
+        dir.display()
+    );
+    for scenario in &args.scenarios {
+        match scenario.as_str() {
+            "submit" => submit::submit(&args, &dir).await?,
+            "e2e" => e2e::e2e(&args, &dir).await?,
+            #[cfg(feature = "postgres")]
+            "pg" => pg::run(&args).await?,
+            "streams" => streams::run(&args, &dir).await?,
+            "webhooks" => webhooks::run(&args, &dir).await?,
+            "exposure" => exposure::run(&args, &dir).await?,
+            #[cfg(feature = "amqp")]
+            "amqp" => amqp::run(&args, &dir).await?,
+            #[cfg(feature = "mqtt")]
+            "mqtt" => brokers::run(brokers::Kind::Mqtt, &args, &dir).await?,
+            #[cfg(feature = "nats")]
+            "nats" => brokers::run(brokers::Kind::Nats, &args, &dir).await?,
+            other => bail!(
+                "unknown scenario {other:?} (known: submit, e2e, streams, webhooks, exposure; \
+                 with their features: pg, amqp, mqtt, nats)"
+            ),
+        }
+    }
+    Ok(())
+}
