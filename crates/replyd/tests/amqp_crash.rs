@@ -1,24 +1,17 @@
-//! RabbitMQ requests survive a crash of replyd: SIGKILL `replyd serve`
-//! while requests arrive and jobs run; once it restarts, every request has
-//! its job and its reply (a duplicate reply, after the crash, carries the
-//! same correlation id and names the same job). A request is acknowledged
-//! only once its job is durable, and a reply is owed in the job's own
-//! transaction, so the crash loses neither.
-//!
-//! Without RabbitMQ on 127.0.0.1:5672 the test skips, saying so, unless
-//! `REPLYD_REQUIRE_SERVICES=1`.
+//! SIGKILL of replyd while RabbitMQ requests flow: every request gets its
+//! job and its reply (`support::requests_in_flight_at_a_crash`). A request
+//! is acknowledged only once its job is durable, and the reply is owed in
+//! the job's transaction, so the crash loses neither.
 
 #![cfg(feature = "amqp")]
 
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use replyd_server::brokers::Broker;
 use replyd_server::brokers::amqp::client::AmqpBroker;
-use replyd_server::brokers::{Broker, Message, Props, Published};
-use support::{Server, db_path};
+use support::fresh_id;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -31,7 +24,7 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
     ) {
         return;
     }
-    let id = uuid_like();
+    let id = fresh_id();
     let (requests, replies, mine) = (
         format!("replyd.crash.{id}.requests"),
         format!("replyd.crash.{id}.replies"),
@@ -45,41 +38,10 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
     let broker: Arc<dyn Broker> = Arc::new(AmqpBroker::new(URL, "replyd-crash-test"));
     broker.declare(&requests).await.unwrap();
     broker.declare(&mine).await.unwrap();
+    let rx = broker.subscribe(&mine, 64).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = db_path(dir.path()).display().to_string();
-    let mut server = Server::start(dir.path(), Some(&config)).await;
-
-    let n = 200;
-    let publisher = {
-        let (broker, requests, mine) = (broker.clone(), requests.clone(), mine.clone());
-        tokio::spawn(async move {
-            for i in 0..n {
-                let m = Message {
-                    body: format!(r#"{{"seconds": 0.1, "i": {i}}}"#).into(),
-                    props: Props {
-                        message_id: Some(format!("m-{i}")),
-                        correlation_id: Some(format!("c-{i}")),
-                        reply_to: Some(mine.clone()),
-                        ..Props::default()
-                    },
-                };
-                assert_eq!(
-                    broker.publish(&requests, m).await.unwrap(),
-                    Published::Accepted
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server.signal(Signal::SIGKILL);
-    server.wait_exit(Duration::from_secs(10)).await.unwrap();
-    publisher.await.unwrap();
-    let server = Server::start_on(dir.path(), Some(&config), &["--db", &db]).await;
-
-    let mut rx = broker.subscribe(&mine, 64).await.unwrap();
-    support::every_request_has_its_job_and_reply(&mut rx, n, &server).await;
-    drop(server);
+    support::requests_in_flight_at_a_crash(&broker, &requests, &mine, rx, &config, dir.path())
+        .await;
     let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
         .await
         .unwrap();
@@ -87,14 +49,4 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
     for q in [&requests, &replies, &mine, &format!("{requests}.dead")] {
         let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
     }
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }

@@ -1,26 +1,18 @@
-//! MQTT requests survive a crash of replyd: SIGKILL `replyd serve` while
-//! requests arrive and jobs run; once it restarts (with the same client id,
-//! so it resumes its sessions), every request has its job and its reply (a
-//! duplicate reply, after the crash, carries the same correlation data and
-//! names the same job). A request is acknowledged (PUBACK) only once its
-//! job is durable, and the broker keeps what replyd's session has not
-//! acknowledged, and what arrives while it is away.
-//!
-//! Without an MQTT broker on 127.0.0.1:1883 the test skips, saying so,
-//! unless `REPLYD_REQUIRE_SERVICES=1`.
+//! SIGKILL of replyd while MQTT 5 requests flow: every request gets its job
+//! and its reply (`support::requests_in_flight_at_a_crash`). replyd's
+//! persistent session keeps what it had not acknowledged, and what arrives
+//! while it is away.
 
 #![cfg(feature = "mqtt")]
 
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use replyd_server::brokers::Broker;
 use replyd_server::brokers::mqtt::client::MqttBroker;
-use replyd_server::brokers::{Broker, Message, Props, Published};
 use replyd_server::config::brokers::mqtt::MqttConfig;
-use support::{Server, db_path};
+use support::fresh_id;
 
 const URL: &str = "mqtt://127.0.0.1:1883";
 
@@ -33,13 +25,7 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
     ) {
         return;
     }
-    let id = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let id = fresh_id();
     let (requests, mine) = (
         format!("replyd/crash/{id}/requests"),
         format!("replyd/crash/{id}/mine"),
@@ -62,39 +48,8 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
         })
         .unwrap(),
     );
-    let mut rx = broker.subscribe(&mine, 64).await.unwrap();
+    let rx = broker.subscribe(&mine, 64).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = db_path(dir.path()).display().to_string();
-    let mut server = Server::start(dir.path(), Some(&config)).await;
-
-    let n = 200;
-    let publisher = {
-        let (broker, requests, mine) = (broker.clone(), requests.clone(), mine.clone());
-        tokio::spawn(async move {
-            for i in 0..n {
-                let m = Message {
-                    body: format!(r#"{{"seconds": 0.1, "i": {i}}}"#).into(),
-                    props: Props {
-                        message_id: Some(format!("m-{i}")),
-                        correlation_id: Some(format!("c-{i}")),
-                        reply_to: Some(mine.clone()),
-                        ..Props::default()
-                    },
-                };
-                // Unroutable only until replyd first subscribes: from then
-                // on its session keeps what comes, even while it is down.
-                while broker.publish(&requests, m.clone()).await.unwrap() != Published::Accepted {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    server.signal(Signal::SIGKILL);
-    server.wait_exit(Duration::from_secs(10)).await.unwrap();
-    publisher.await.unwrap();
-    let server = Server::start_on(dir.path(), Some(&config), &["--db", &db]).await;
-
-    support::every_request_has_its_job_and_reply(&mut rx, n, &server).await;
+    support::requests_in_flight_at_a_crash(&broker, &requests, &mine, rx, &config, dir.path())
+        .await;
 }

@@ -212,11 +212,71 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// A replyd SIGKILLed while broker requests flow: `n` requests (`c-{i}`,
+/// demo jobs of input `{"i": i}`, replying to `mine`) are published to
+/// `requests` from before the crash until after it (each until the broker
+/// takes it), replyd starts again on the same database, and every request
+/// gets its job and its reply on `rx` (subscribed to `mine` before).
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+pub async fn requests_in_flight_at_a_crash(
+    broker: &std::sync::Arc<dyn replyd_server::brokers::Broker>,
+    requests: &str,
+    mine: &str,
+    mut rx: tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
+    config: &str,
+    dir: &Path,
+) {
+    use replyd_server::brokers::{Message, Props, Published};
+    let db = db_path(dir).display().to_string();
+    let mut server = Server::start(dir, Some(config)).await;
+    let n = 200;
+    let publisher = {
+        let (broker, requests, mine) = (broker.clone(), requests.to_string(), mine.to_string());
+        tokio::spawn(async move {
+            for i in 0..n {
+                let m = Message {
+                    body: format!(r#"{{"seconds": 0.1, "i": {i}}}"#).into(),
+                    props: Props {
+                        message_id: Some(format!("m-{i}")),
+                        correlation_id: Some(format!("c-{i}")),
+                        reply_to: Some(mine.clone()),
+                        ..Props::default()
+                    },
+                };
+                // A topic is unroutable only until replyd first subscribes:
+                // from then on its session keeps what comes, even while it
+                // is down (a queue always keeps it).
+                while broker.publish(&requests, m.clone()).await.unwrap() != Published::Accepted {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.signal(Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(10)).await.unwrap();
+    publisher.await.unwrap();
+    let server = Server::start_on(dir, Some(config), &["--db", &db]).await;
+    every_request_has_its_job_and_reply(&mut rx, n, &server).await;
+}
+
+/// A name no earlier run used.
+pub fn fresh_id() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
 /// After a crash: every one of `n` requests (`c-{i}`, demo jobs of input
 /// `{"i": i}`) has its reply on `rx`, each naming one job whatever the
 /// duplicates, and `server` lists a job per request.
 #[cfg(any(feature = "amqp", feature = "mqtt"))]
-pub async fn every_request_has_its_job_and_reply(
+async fn every_request_has_its_job_and_reply(
     rx: &mut tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
     n: usize,
     server: &Server,
