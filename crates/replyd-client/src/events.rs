@@ -16,7 +16,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 
-use crate::{Client, Error, Result, error_from, header_str};
+use crate::error::error_from;
+use crate::jobs::header_str;
+use crate::{Client, Error, Result};
 use replyd_proto::Job;
 
 /// Consecutive failed connections (refused, 5xx, broken off before an

@@ -10,7 +10,17 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use replyd_proto::{Job, JobState, LEASE_ID_HEADER, LeaseRequest, SubmitRequest};
+use reqwest::StatusCode;
+use serde_json::Value;
+
 use super::*;
+use crate::error::{parse_retry_after, problem_from_body};
+use crate::jobs::job_id_from_location;
+use crate::wait::{DEFAULT_POLL_PAUSE, MAX_POLL_PAUSE, MIN_POLL_PAUSE, poll_pause};
 
 #[test]
 fn retry_after_in_seconds() {

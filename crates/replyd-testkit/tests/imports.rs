@@ -1,10 +1,11 @@
 //! The import rule of ARCHITECTURE.md, checked on every crate's sources:
-//! **no import circle spans more than one module and its own submodules**,
-//! and a crate's top-level modules (its layers) form no circle at all. A
-//! folder's files may use one another (its `mod.rs` and the files beside
-//! it); modules elsewhere that use one another in a circle cannot be read
-//! on their own (as configuration once could not, being in a circle with
-//! the runtime through the broker sections).
+//! **no import circle spans more than one module and its own submodules.**
+//! A module and its children may use one another (a folder's `mod.rs` and
+//! the files beside it); its children's subtrees, taken as wholes, are
+//! layers that form no circle, at every level, the crate's top-level
+//! modules included. Modules that use one another in a circle across
+//! subtrees cannot be read on their own (as configuration once could not,
+//! being in a circle with the runtime through the broker sections).
 //!
 //! The check reads the sources as text: every `crate::…`, `super::…` and
 //! `self::…` path outside comments, strings and `#[cfg(test)]` modules,
@@ -305,6 +306,71 @@ fn circles(graph: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<Vec<ModPath>> {
     out
 }
 
+fn graph_of(src: &Path) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
+    let modules = read_crate(src);
+    let known: BTreeSet<ModPath> = modules.keys().cloned().collect();
+    modules
+        .iter()
+        .map(|(me, used)| {
+            let mut used = used.clone();
+            used.extend(child_paths(src, me, &known));
+            // A module using its ancestors' items is the tree's own
+            // direction (they are visible to it, privately even); such
+            // edges make no circle worth reporting.
+            let edges = used
+                .iter()
+                .map(|p| module_named(p, &known))
+                .filter(|m| m != me && !me.starts_with(m))
+                .collect();
+            (me.clone(), edges)
+        })
+        .collect()
+}
+
+/// The paths a module's file names through its own children
+/// (`child::item`, as a `mod.rs` does without `self::`).
+fn child_paths(src: &Path, me: &ModPath, known: &BTreeSet<ModPath>) -> BTreeSet<ModPath> {
+    let file = [
+        src.join(me.join("/")).join("mod.rs"),
+        src.join(format!("{}.rs", me.join("/"))),
+        src.join("lib.rs"),
+        src.join("main.rs"),
+    ]
+    .into_iter()
+    .find(|f| f.exists() && (!me.is_empty() || f.ends_with("lib.rs") || f.ends_with("main.rs")));
+    let Some(file) = file else {
+        return BTreeSet::new();
+    };
+    let text = strip(&std::fs::read_to_string(file).unwrap());
+    let b = text.as_bytes();
+    let mut found = BTreeSet::new();
+    for child in known
+        .iter()
+        .filter(|m| m.len() == me.len() + 1 && m.starts_with(me))
+    {
+        let name = child.last().unwrap();
+        let needle = format!("{name}::");
+        let mut from = 0;
+        while let Some(at) = text[from..].find(&needle) {
+            let i = from + at;
+            let before = if i == 0 { b' ' } else { b[i - 1] };
+            if !(before.is_ascii_alphanumeric() || before == b'_' || before == b':') {
+                path_from(b, i + needle.len(), child.clone(), &mut found);
+            }
+            from = i + needle.len();
+        }
+    }
+    found
+}
+
+fn show(m: &ModPath) -> String {
+    if m.is_empty() {
+        "crate".into()
+    } else {
+        m.join("::")
+    }
+}
+
 /// Whether every member is one module or its children, that module not
 /// being the crate's root: the root's children are the crate's layers, and
 /// layers do not go round in a circle.
@@ -315,30 +381,6 @@ fn within_one_module(circle: &[ModPath]) -> bool {
             .iter()
             .all(|m| *m == p || (m.len() == p.len() + 1 && m.starts_with(&p)))
     })
-}
-
-fn graph_of(src: &Path) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
-    let modules = read_crate(src);
-    let known: BTreeSet<ModPath> = modules.keys().cloned().collect();
-    modules
-        .iter()
-        .map(|(me, used)| {
-            let edges = used
-                .iter()
-                .map(|p| module_named(p, &known))
-                .filter(|m| m != me)
-                .collect();
-            (me.clone(), edges)
-        })
-        .collect()
-}
-
-fn show(m: &ModPath) -> String {
-    if m.is_empty() {
-        "crate".into()
-    } else {
-        m.join("::")
-    }
 }
 
 #[test]
@@ -406,7 +448,14 @@ fn the_reader_finds_paths_and_skips_what_is_not_code() {
         &["a", "b"],
         &["a", "c"]
     ])));
+    assert!(
+        within_one_module(&circle(&[&["a", "b"], &["a", "c"]])),
+        "siblings"
+    );
     assert!(!within_one_module(&circle(&[&["a"], &["b"]])), "two layers");
     assert!(!within_one_module(&circle(&[&["a"], &["b", "c"]])));
-    assert!(!within_one_module(&circle(&[&["a", "b"], &["c", "d"]])));
+    assert!(
+        !within_one_module(&circle(&[&["a", "b"], &["a", "c", "d"]])),
+        "a cousin"
+    );
 }
