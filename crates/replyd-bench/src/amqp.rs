@@ -160,7 +160,7 @@ async fn wait_consumed(url: &str, queue: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn).await;
     Ok(())
 }
 
@@ -173,7 +173,7 @@ async fn delete(url: &str, queues: &[&str]) {
                 .await;
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn).await;
 }
 
 /// The ceiling: consumes `queue`, publishes each body back to its
@@ -214,7 +214,7 @@ async fn echo_server(url: String, queue: String, stop: CancellationToken) -> any
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn).await;
     Ok(())
 }
 
@@ -315,6 +315,11 @@ async fn rpc_load(
     }
     let elapsed = start.elapsed();
     router.abort();
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn).await;
     Ok(RoundTrips::of(per_client, elapsed))
+}
+
+/// Closes `conn`, waiting at most 10 s (lapin can leave a close unanswered).
+async fn close(conn: &lapin::Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.close(200, "done".into())).await;
 }

@@ -74,7 +74,7 @@ prefetch = 8
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = conn.close(200, "done".into()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.close(200, "done".into())).await;
 
     let mut replies = broker.subscribe(&names.work, 64).await.unwrap();
     common::brokers::one_job_and_one_reply_per_request(&broker, &names, &mut replies, &nodes, 150)

@@ -43,16 +43,22 @@ reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
 
 /// Deletes a case's queues.
 pub async fn cleanup(names: &Names) {
-    let Ok(conn) = lapin::Connection::connect(URL, lapin::ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        for q in [&names.requests, &names.dead, &names.replies, &names.work] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
+    // Best effort, and bounded: a close lapin never sees answered must not
+    // hold the suite.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let Ok(conn) =
+            lapin::Connection::connect(URL, lapin::ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            for q in [&names.requests, &names.dead, &names.replies, &names.work] {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
         }
-    }
-    let _ = conn.close(200, "done".into()).await;
+        let _ = conn.close(200, "done".into()).await;
+    })
+    .await;
 }

@@ -36,6 +36,12 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long any other exchange with the broker may take (opening a
+/// channel, a declare, a publish's confirm, a close). lapin can leave such
+/// a future pending when its connection dies under it; past this the
+/// connection counts as gone.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A RabbitMQ broker.
 pub struct AmqpBroker {
     url: String,
@@ -67,6 +73,26 @@ impl Link {
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
+}
+
+/// `op` within [`OPERATION_TIMEOUT`]; its failure, or no answer, as
+/// [`BrokerError::Unavailable`].
+async fn bounded<T>(
+    what: &str,
+    op: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(unavailable(format!(
+            "{what}: no answer within {OPERATION_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Closes `ch`, waiting at most [`OPERATION_TIMEOUT`]: a channel that does
+/// not close goes with its connection.
+async fn close(ch: &Channel) {
+    let _ = tokio::time::timeout(OPERATION_TIMEOUT, ch.close(200, "done".into())).await;
 }
 
 /// An AMQP short string (at most 255 bytes).
@@ -101,11 +127,12 @@ impl AmqpBroker {
             .await
             .map_err(|_| unavailable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(unavailable)?;
-        let publisher = conn.create_channel().await.map_err(unavailable)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
+        let publisher = bounded("opening a channel", conn.create_channel()).await?;
+        bounded(
+            "confirm mode",
+            publisher.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         tracing::info!(broker = "amqp", name = %self.name, "connected");
         let link = Arc::new(Link { conn, publisher });
         *current = Some(link.clone());
@@ -127,27 +154,33 @@ impl AmqpBroker {
     async fn ensure(&self, link: &Link, queue: &str) -> Result<(), BrokerError> {
         let name = short(queue)?;
         // A refused declare closes its channel: each try has its own.
-        let ch = link.conn.create_channel().await.map_err(unavailable)?;
-        let declared = ch
-            .queue_declare(
+        let ch = bounded("opening a channel", link.conn.create_channel()).await?;
+        let declared = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            ch.queue_declare(
                 name.clone(),
                 QueueDeclareOptions::durable(),
                 FieldTable::default(),
-            )
-            .await;
+            ),
+        )
+        .await
+        .map_err(|_| unavailable(format!("declaring {queue:?}: no answer")))?;
         if declared.is_ok() {
-            let _ = ch.close(200, "done".into()).await;
+            close(&ch).await;
             return Ok(());
         }
-        let probe = link.conn.create_channel().await.map_err(unavailable)?;
+        let probe = bounded("opening a channel", link.conn.create_channel()).await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        let exists = probe
-            .queue_declare(name, passive, FieldTable::default())
-            .await;
-        let _ = probe.close(200, "done".into()).await;
+        let exists = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            probe.queue_declare(name, passive, FieldTable::default()),
+        )
+        .await
+        .map_err(|_| unavailable(format!("looking up {queue:?}: no answer")))?;
+        close(&probe).await;
         match (exists, declared) {
             (Ok(_), _) => Ok(()),
             (Err(_), Err(e)) => Err(BrokerError::Refused(format!(
@@ -165,12 +198,15 @@ impl AmqpBroker {
         prefetch: u16,
         no_ack: bool,
     ) -> Result<mpsc::Receiver<Received>, BrokerError> {
-        let ch = link.conn.create_channel().await.map_err(unavailable)?;
-        ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let consumer = ch
-            .basic_consume(
+        let ch = bounded("opening a channel", link.conn.create_channel()).await?;
+        bounded(
+            "setting the prefetch",
+            ch.basic_qos(prefetch.max(1), BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            ch.basic_consume(
                 queue.clone(),
                 ShortString::from(""),
                 BasicConsumeOptions {
@@ -178,9 +214,11 @@ impl AmqpBroker {
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::Refused(format!("consuming {}: {e}", queue.as_str())))?;
+            ),
+        )
+        .await
+        .map_err(|_| unavailable(format!("consuming {}: no answer", queue.as_str())))?
+        .map_err(|e| BrokerError::Refused(format!("consuming {}: {e}", queue.as_str())))?;
         let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
         tokio::spawn(async move {
             let mut consumer = consumer;
@@ -207,7 +245,7 @@ impl AmqpBroker {
                 }
             }
             // Unacknowledged messages go back to the queue with the channel.
-            let _ = ch.close(200, "done".into()).await;
+            close(&ch).await;
         });
         Ok(rx)
     }
@@ -247,9 +285,10 @@ impl Broker for AmqpBroker {
 
     async fn inbox(&self) -> Result<(String, mpsc::Receiver<Received>), BrokerError> {
         let link = self.link().await?;
-        let ch = link.conn.create_channel().await.map_err(unavailable)?;
-        let q = ch
-            .queue_declare(
+        let ch = bounded("opening a channel", link.conn.create_channel()).await?;
+        let q = bounded(
+            "declaring an inbox",
+            ch.queue_declare(
                 ShortString::from(""),
                 QueueDeclareOptions {
                     exclusive: true,
@@ -257,12 +296,12 @@ impl Broker for AmqpBroker {
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+            ),
+        )
+        .await?;
         let name = q.name().clone();
         // The queue lives as long as the connection (it is exclusive).
-        let _ = ch.close(200, "done".into()).await;
+        close(&ch).await;
         let rx = self.consume(&link, name.clone(), 256, true).await?;
         Ok((name.to_string(), rx))
     }
@@ -275,9 +314,9 @@ impl Broker for AmqpBroker {
         let to = short(to)?;
         let props = properties(&message.props)?;
         let link = self.link().await?;
-        let sent = link
-            .publisher
-            .basic_publish(
+        let sent = bounded(
+            "publishing",
+            link.publisher.basic_publish(
                 ShortString::from(""),
                 to,
                 BasicPublishOptions {
@@ -286,16 +325,17 @@ impl Broker for AmqpBroker {
                 },
                 &message.body,
                 props,
-            )
-            .await;
+            ),
+        )
+        .await;
         let confirm = match sent {
-            Ok(pending) => pending.await,
+            Ok(pending) => bounded("the publish's confirm", pending).await,
             Err(e) => Err(e),
         };
         match confirm {
             Err(e) => {
                 self.forget(&link).await;
-                Err(unavailable(e))
+                Err(e)
             }
             Ok(c) if c.is_nack() => Err(BrokerError::Refused(
                 "the broker did not take the message (nack)".into(),
@@ -318,21 +358,21 @@ struct AmqpSettle {
 impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         if let Some(a) = &self.acker {
-            a.ack(BasicAckOptions::default())
-                .await
-                .map_err(unavailable)?;
+            bounded("acknowledging", a.ack(BasicAckOptions::default())).await?;
         }
         Ok(())
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
         if let Some(a) = &self.acker {
-            a.nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map_err(unavailable)?;
+            bounded(
+                "giving back",
+                a.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                }),
+            )
+            .await?;
         }
         Ok(())
     }
