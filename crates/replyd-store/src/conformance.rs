@@ -1010,6 +1010,7 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
     let target = ReplyTarget {
         to: "amq.rabbitmq.reply-to.abc".into(),
         correlation_id: Some("corr-1".into()),
+        echo: Default::default(),
     };
     let mut new = hooked("t", serde_json::json!([]));
     new.reply = Some(ReplySpec {
@@ -1027,9 +1028,11 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
     // A duplicate from a requester back with another callback queue while
     // it runs: remembered, and owed the outcome (not the progress).
     let back = ReplySpec {
+        // What the reply echoes (a Kafka key, say) is remembered too.
         target: ReplyTarget {
             to: "callback-2".into(),
             correlation_id: Some("corr-b".into()),
+            echo: [("key".to_string(), "a2V5LWI=".to_string())].into(),
         },
         ..spec.clone()
     };
@@ -1128,6 +1131,7 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
     let again = ReplyTarget {
         to: "replies-2".into(),
         correlation_id: Some("corr-2".into()),
+        echo: [("partition".to_string(), "3".to_string())].into(),
     };
     assert_eq!(
         store

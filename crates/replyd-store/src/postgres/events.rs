@@ -59,22 +59,14 @@ pub(super) const CHANNEL: &str = "replyd_events";
 /// Events one sequencing transaction positions at most.
 pub(super) const SEQUENCE_BATCH: i64 = 10_000;
 
-/// Removes a job's events from the log and raises `log_floor` to the
-/// highest position removed. The floor is taken from the rows the DELETE
-/// removed, not from a read before it: a sequencer that positions one of
-/// them concurrently holds its row lock, so the DELETE waits, then removes
-/// (and returns) the positioned version. A floor read before the DELETE
-/// would miss that position, and the next sequencer would hand it out a
-/// second time (a listener that saw it first would never read the new
-/// event).
-pub(super) const FORGET_EVENTS_OF_JOB: &str = "WITH gone AS (
-         DELETE FROM events WHERE job_id = $1 RETURNING position
-     )
-     INSERT INTO log_floor (one, below)
-     SELECT 1, max(position) FROM gone HAVING max(position) IS NOT NULL
-     ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)";
-
-/// [`FORGET_EVENTS_OF_JOB`] for many jobs (`$1` is an array of ids).
+/// Removes jobs' events (`$1` is an array of ids) from the log and raises
+/// `log_floor` to the highest position removed. The floor is taken from
+/// the rows the DELETE removed, not from a read before it: a sequencer
+/// that positions one of them concurrently holds its row lock, so the
+/// DELETE waits, then removes (and returns) the positioned version. A
+/// floor read before the DELETE would miss that position, and the next
+/// sequencer would hand it out a second time (a listener that saw it first
+/// would never read the new event).
 pub(super) const FORGET_EVENTS_OF_JOBS: &str = "WITH gone AS (
          DELETE FROM events WHERE job_id = ANY($1) RETURNING position
      )

@@ -1,6 +1,6 @@
 //! Garbage: expired jobs become tombstones, then are gone.
 
-use super::events::FORGET_EVENTS_OF_JOBS;
+use super::jobs::forget_history;
 use super::{PgStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
@@ -19,20 +19,12 @@ pub(super) async fn collect_garbage(
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-    for sql in [
-        FORGET_EVENTS_OF_JOBS,
-        "DELETE FROM job_outputs WHERE job_id = ANY($1)",
-        "DELETE FROM delivery_attempts WHERE delivery_id IN
-             (SELECT id FROM outbox WHERE job_id = ANY($1))",
-        "DELETE FROM outbox WHERE job_id = ANY($1)",
-        "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ANY($1)",
-    ] {
-        sqlx::query(sql)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
+    forget_history(&mut tx, &ids).await?;
+    sqlx::query("UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     let retention = chrono::Duration::from_std(TOMBSTONE_RETENTION).unwrap_or_default();
     sqlx::query("DELETE FROM jobs WHERE input IS NULL AND expires_at <= $1")
         .bind(ms(now - retention))

@@ -1,6 +1,6 @@
 //! Jobs: submitting, reading, listing, moving (every transition), deleting, counting.
 
-use super::events::{FORGET_EVENTS_OF_JOB, append_event};
+use super::events::{FORGET_EVENTS_OF_JOBS, append_event};
 use super::{PgStore, Tx, backend};
 use crate::record::{decode, encode_upstream, json_err, ms};
 use bytes::Bytes;
@@ -133,21 +133,32 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
     if !job.state.is_terminal() {
         return Err(TransitionError::NotFinished(job.state).into());
     }
+    forget_history(&mut tx, &[id.0]).await?;
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    s.commit(tx, false).await
+}
+
+/// Removes what jobs (`ids`) have beyond their records: their outputs,
+/// their events (raising the log's floor past them) and their deliveries.
+pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResult<()> {
     for sql in [
-        FORGET_EVENTS_OF_JOB,
-        "DELETE FROM job_outputs WHERE job_id = $1",
+        FORGET_EVENTS_OF_JOBS,
+        "DELETE FROM job_outputs WHERE job_id = ANY($1)",
         "DELETE FROM delivery_attempts WHERE delivery_id IN
-             (SELECT id FROM outbox WHERE job_id = $1)",
-        "DELETE FROM outbox WHERE job_id = $1",
-        "DELETE FROM jobs WHERE id = $1",
+             (SELECT id FROM outbox WHERE job_id = ANY($1))",
+        "DELETE FROM outbox WHERE job_id = ANY($1)",
     ] {
         sqlx::query(sql)
-            .bind(id.0)
-            .execute(&mut *tx)
+            .bind(ids)
+            .execute(&mut **tx)
             .await
             .map_err(backend)?;
     }
-    s.commit(tx, false).await
+    Ok(())
 }
 
 pub(super) async fn counts(s: &PgStore) -> StoreResult<Vec<StateCount>> {

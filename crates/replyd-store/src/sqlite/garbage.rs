@@ -1,7 +1,6 @@
 //! Garbage: expired jobs become tombstones, then are gone.
 
-use super::events::RAISE_LOG_FLOOR;
-use super::jobs::{id_bytes, query_ids};
+use super::jobs::{forget_history, id_bytes, query_ids};
 use super::{SqliteStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
@@ -22,19 +21,12 @@ pub(super) async fn collect_garbage(
         )?;
         for &id in &ids {
             let key = id_bytes(id);
-            for sql in [
-                RAISE_LOG_FLOOR,
-                "DELETE FROM job_outputs WHERE job_id = ?1",
-                "DELETE FROM events WHERE job_id = ?1",
-                "DELETE FROM delivery_attempts WHERE delivery_id IN
-                     (SELECT id FROM outbox WHERE job_id = ?1)",
-                "DELETE FROM outbox WHERE job_id = ?1",
+            forget_history(conn, key)?;
+            conn.prepare_cached(
                 "UPDATE jobs SET input = NULL, idempotency_key = NULL WHERE id = ?1",
-            ] {
-                conn.prepare_cached(sql)
-                    .and_then(|mut s| s.execute([key]))
-                    .map_err(backend)?;
-            }
+            )
+            .and_then(|mut s| s.execute([key]))
+            .map_err(backend)?;
         }
         let retention = chrono::Duration::from_std(TOMBSTONE_RETENTION).unwrap_or_default();
         conn.prepare_cached("DELETE FROM jobs WHERE input IS NULL AND expires_at <= ?1")

@@ -148,19 +148,10 @@ pub(super) async fn delete(s: &SqliteStore, id: JobId) -> StoreResult<()> {
             return Err(TransitionError::NotFinished(job.state).into());
         }
         let key = id_bytes(id);
-        for sql in [
-            RAISE_LOG_FLOOR,
-            "DELETE FROM job_outputs WHERE job_id = ?1",
-            "DELETE FROM events WHERE job_id = ?1",
-            "DELETE FROM delivery_attempts WHERE delivery_id IN
-                 (SELECT id FROM outbox WHERE job_id = ?1)",
-            "DELETE FROM outbox WHERE job_id = ?1",
-            "DELETE FROM jobs WHERE id = ?1",
-        ] {
-            conn.prepare_cached(sql)
-                .and_then(|mut s| s.execute([key]))
-                .map_err(backend)?;
-        }
+        forget_history(conn, key)?;
+        conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.execute([key]))
+            .map_err(backend)?;
         Ok(())
     })
     .await
@@ -197,6 +188,24 @@ pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Vec<StateCount>> {
         Ok(out)
     })
     .await
+}
+
+/// Removes what a job (`key`) has beyond its record: its output, its
+/// events (raising the log's floor past them first) and its deliveries.
+pub(super) fn forget_history(conn: &Connection, key: [u8; 16]) -> StoreResult<()> {
+    for sql in [
+        RAISE_LOG_FLOOR,
+        "DELETE FROM job_outputs WHERE job_id = ?1",
+        "DELETE FROM events WHERE job_id = ?1",
+        "DELETE FROM delivery_attempts WHERE delivery_id IN
+             (SELECT id FROM outbox WHERE job_id = ?1)",
+        "DELETE FROM outbox WHERE job_id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([key]))
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 pub(super) fn id_bytes(id: JobId) -> [u8; 16] {
