@@ -142,9 +142,12 @@ mod tests {
     #[test]
     fn every_channel_is_listed_and_parses() {
         let listed = |c: Channel| match c {
-            Channel::Webhook | Channel::Amqp | Channel::Mqtt | Channel::Nats | Channel::Sqs => {
-                Channel::ALL.contains(&c)
-            }
+            Channel::Webhook
+            | Channel::Amqp
+            | Channel::Mqtt
+            | Channel::Nats
+            | Channel::Sqs
+            | Channel::Kafka => Channel::ALL.contains(&c),
         };
         for c in [
             Channel::Webhook,
@@ -152,6 +155,7 @@ mod tests {
             Channel::Mqtt,
             Channel::Nats,
             Channel::Sqs,
+            Channel::Kafka,
         ] {
             assert!(listed(c), "{c:?} is not in Channel::ALL");
             assert_eq!(Channel::parse(c.as_str()), Some(c));
@@ -184,6 +188,7 @@ mod tests {
             target: ReplyTarget {
                 to: to.into(),
                 correlation_id: Some(correlation.into()),
+                echo: Default::default(),
             },
             progress,
         }
@@ -245,6 +250,7 @@ mod tests {
             target: ReplyTarget {
                 to: "amq.rabbitmq.reply-to.g1h2".into(),
                 correlation_id: Some("c-1".into()),
+                echo: Default::default(),
             },
             progress: false,
         };

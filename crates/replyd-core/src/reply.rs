@@ -2,6 +2,8 @@
 //! webhook's and a broker requester's targets, kept in the job's record.
 //! (The record decides what each event owes: `JobRecord::owed`.)
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::kind::EventKind;
@@ -20,15 +22,18 @@ pub enum Channel {
     Nats,
     /// A reply over AWS SQS.
     Sqs,
+    /// A reply over Apache Kafka.
+    Kafka,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Webhook,
         Channel::Amqp,
         Channel::Mqtt,
         Channel::Nats,
         Channel::Sqs,
+        Channel::Kafka,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +43,7 @@ impl Channel {
             Channel::Mqtt => "mqtt",
             Channel::Nats => "nats",
             Channel::Sqs => "sqs",
+            Channel::Kafka => "kafka",
         }
     }
 
@@ -75,6 +81,10 @@ pub struct ReplyTarget {
     pub to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// What else the reply carries back from its request, in its broker's
+    /// terms (Kafka: the record's key, the reply partition).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub echo: BTreeMap<String, String>,
 }
 
 impl ReplyTarget {

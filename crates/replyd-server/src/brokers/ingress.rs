@@ -220,6 +220,7 @@ pub async fn accept(
         target: ReplyTarget {
             to: to.clone(),
             correlation_id: m.props.correlation_id.clone(),
+            echo: m.props.echo.clone(),
         },
         progress: req.progress,
     });
@@ -291,6 +292,7 @@ async fn reject_reply(broker: &dyn Broker, m: &Message, reason: &str) {
         props: Props {
             correlation_id: m.props.correlation_id.clone(),
             content_type: Some("application/problem+json".into()),
+            echo: m.props.echo.clone(),
             ..Props::default()
         }
         .with_header(headers::STATE, "rejected")

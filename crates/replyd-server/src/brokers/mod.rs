@@ -16,15 +16,17 @@
 //!   destination; the worker's reply completes (or fails) the job; no reply
 //!   within the lease, and the job is retried.
 //!
-//! Each broker lives in a folder of its own with the same files: `config.rs`
-//! (its configuration section, always compiled so that a configuration
-//! naming it gets a clear error), `client.rs` (its [`Broker`], behind its
-//! cargo feature) and `mod.rs` (which turns its section into a [`Setup`]
-//! and starts it with [`run`]). `amqp/` is RabbitMQ, `mqtt/` MQTT 5, `nats/` NATS, `sqs/` AWS SQS.
+//! Each broker lives in a folder of its own with the same files:
+//! `client.rs` (its [`Broker`], behind its cargo feature) and `mod.rs`
+//! (which turns its section into a [`Setup`] and starts it with [`run`]);
+//! its configuration section is in `config::brokers` (always compiled, so
+//! that a configuration naming it gets a clear error). `amqp/` is RabbitMQ,
+//! `kafka/` Apache Kafka, `mqtt/` MQTT 5, `nats/` NATS, `sqs/` AWS SQS.
 
 pub mod amqp;
 pub mod executor;
 pub mod ingress;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod replies;
@@ -53,6 +55,12 @@ pub struct Props {
     /// Application headers (`x-replyd-queue`, `x-replyd-job-id`, …), as
     /// text.
     pub headers: BTreeMap<String, String>,
+    /// What a reply must carry back from its request beyond the
+    /// correlation id, in the broker's own terms (Kafka: the record's key
+    /// and the reply partition). A request's are kept with its reply's
+    /// target and given to the reply; brokers with no such thing leave it
+    /// empty.
+    pub echo: BTreeMap<String, String>,
 }
 
 impl Props {
@@ -150,6 +158,33 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError>;
 }
 
+/// A correlation id as text, from the bytes a broker carries (MQTT's
+/// `Correlation Data`, Kafka's `kafka_correlationId`): UTF-8 as it is,
+/// anything else as base64 after a marker, so that [`correlation_bytes`]
+/// gives the reply the very bytes of its request.
+pub fn correlation_text(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(s) if !s.starts_with(BINARY_CORRELATION) => s.to_string(),
+        _ => {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+            format!("{BINARY_CORRELATION}{b64}")
+        }
+    }
+}
+
+/// The bytes of a correlation id [`correlation_text`] made (text as its
+/// UTF-8 bytes).
+pub fn correlation_bytes(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    text.strip_prefix(BINARY_CORRELATION)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
+/// Marks a correlation id that is not UTF-8 (or would read as marked).
+const BINARY_CORRELATION: &str = "\u{0}base64:";
+
 /// Header names (API.md §6 and replyd's own).
 pub mod headers {
     /// Request: the job's queue.
@@ -184,6 +219,7 @@ pub mod headers {
 /// the executors.
 pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     amqp::start(app, tasks);
+    kafka::start(app, tasks);
     mqtt::start(app, tasks);
     nats::start(app, tasks);
     sqs::start(app, tasks);
@@ -191,7 +227,13 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
 
 /// What a broker's section says, in the terms every broker shares.
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
+    not(any(
+        feature = "amqp",
+        feature = "kafka",
+        feature = "mqtt",
+        feature = "nats",
+        feature = "sqs"
+    )),
     allow(dead_code)
 )]
 pub(crate) struct Setup {
@@ -213,7 +255,13 @@ pub(crate) struct Setup {
 /// Each request source of a broker's section, with how its requests become
 /// jobs (`dead_letter_of` names a source's dead-letter destination).
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
+    not(any(
+        feature = "amqp",
+        feature = "kafka",
+        feature = "mqtt",
+        feature = "nats",
+        feature = "sqs"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn request_sources(
@@ -241,7 +289,13 @@ pub(crate) fn request_sources(
 /// dispatcher of its outbox channel, and its executor queues (with the
 /// consumer of their workers' replies).
 #[cfg_attr(
-    not(any(feature = "amqp", feature = "mqtt", feature = "nats", feature = "sqs")),
+    not(any(
+        feature = "amqp",
+        feature = "kafka",
+        feature = "mqtt",
+        feature = "nats",
+        feature = "sqs"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
@@ -377,5 +431,34 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.0 = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever bytes a requester's correlation id is, its reply carries
+    /// the same bytes: UTF-8 text, binary (a Spring UUID), and text that
+    /// looks like the binary marker.
+    #[test]
+    fn correlation_ids_come_back_byte_for_byte() {
+        let spring_uuid: [u8; 16] = [
+            0x9f, 0x1c, 0x2b, 0x00, 0xe4, 0x51, 0x4a, 0x8d, 0xb0, 0x11, 0xff, 0x80, 0x00, 0x7a,
+            0x13, 0xc2,
+        ];
+        let marked = format!("{BINARY_CORRELATION}abc");
+        let cases: [&[u8]; 5] = [
+            b"c-1",
+            &spring_uuid,
+            b"",
+            marked.as_bytes(),
+            "ünï".as_bytes(),
+        ];
+        for raw in cases {
+            let text = correlation_text(raw);
+            assert_eq!(correlation_bytes(&text), raw, "{text:?}");
+        }
+        assert_eq!(correlation_text(b"c-1"), "c-1", "text stays readable");
     }
 }

@@ -38,6 +38,7 @@ impl Replies {
         let props = Props {
             message_id: Some(d.message_id()),
             correlation_id: target.correlation_id.clone(),
+            echo: target.echo.clone(),
             ..Props::default()
         }
         .with_header(headers::JOB_ID, job.id.to_string())

@@ -395,6 +395,7 @@ fn props_of(p: &BasicProperties) -> Props {
         reply_to: text(p.reply_to()),
         content_type: text(p.content_type()),
         headers,
+        ..Props::default()
     }
 }
 

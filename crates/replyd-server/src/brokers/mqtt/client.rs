@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use bytes::Bytes;
 use replyd_core::outbox::Channel as OutboxChannel;
 use rumqttc::Outgoing;
@@ -38,7 +37,10 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Publish, PublishP
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 
-use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
+use crate::brokers::{
+    Broker, BrokerError, Message, Props, Published, Received, Settle, correlation_bytes,
+    correlation_text,
+};
 use crate::config::brokers::mqtt::MqttConfig;
 
 /// How long a connection attempt (to its CONNACK) may take.
@@ -50,9 +52,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PACKET: u32 = 64 * 1024 * 1024;
 /// The user property that carries `message_id`.
 const MESSAGE_ID: &str = "message-id";
-/// Marks correlation data that is not UTF-8, carried as base64 (a reply
-/// sends the original bytes back).
-const BINARY_CORRELATION: &str = "\u{0}base64:";
 /// Where inboxes live.
 const INBOX_PREFIX: &str = "replyd/inbox/";
 
@@ -517,16 +516,7 @@ fn message_of(p: &Publish) -> Message {
     if let Some(pp) = &p.properties {
         props.reply_to = pp.response_topic.clone();
         props.content_type = pp.content_type.clone();
-        props.correlation_id = pp
-            .correlation_data
-            .as_ref()
-            .map(|c| match std::str::from_utf8(c) {
-                Ok(s) => s.to_string(),
-                Err(_) => format!(
-                    "{BINARY_CORRELATION}{}",
-                    base64::engine::general_purpose::STANDARD.encode(c)
-                ),
-            });
+        props.correlation_id = pp.correlation_data.as_deref().map(correlation_text);
         let mut headers = BTreeMap::new();
         for (k, v) in &pp.user_properties {
             if k == MESSAGE_ID {
@@ -545,12 +535,10 @@ fn message_of(p: &Publish) -> Message {
 
 /// MQTT 5 publish properties from API.md §6's metadata.
 fn properties(p: &Props) -> PublishProperties {
-    let correlation = p.correlation_id.as_ref().map(|c| {
-        c.strip_prefix(BINARY_CORRELATION)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .map(Bytes::from)
-            .unwrap_or_else(|| Bytes::from(c.clone()))
-    });
+    let correlation = p
+        .correlation_id
+        .as_deref()
+        .map(|c| Bytes::from(correlation_bytes(c)));
     let mut user_properties: Vec<(String, String)> = p
         .message_id
         .iter()
@@ -599,8 +587,7 @@ mod tests {
             correlation_data: Some(raw.clone()),
             ..PublishProperties::default()
         }));
-        let text = received.props.correlation_id.clone().unwrap();
-        assert!(text.starts_with(BINARY_CORRELATION), "{text:?}");
+        assert_ne!(received.props.correlation_id.as_deref(), Some(""));
         assert_eq!(properties(&received.props).correlation_data, Some(raw));
         // Text is carried as its bytes.
         let plain = properties(&Props {
