@@ -113,7 +113,8 @@ impl Server {
                 | Executor::Amqp
                 | Executor::Mqtt
                 | Executor::Nats
-                | Executor::Sqs => {}
+                | Executor::Sqs
+                | Executor::Kafka => {}
             }
         }
         Ok(Server { app, tasks })

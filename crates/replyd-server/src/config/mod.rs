@@ -63,6 +63,8 @@ pub struct Config {
     pub nats: Option<brokers::nats::NatsConfig>,
     /// AWS SQS: request queues, replies, `executor = "sqs"`.
     pub sqs: Option<brokers::sqs::SqsConfig>,
+    /// Apache Kafka: request topics, replies, `executor = "kafka"`.
+    pub kafka: Option<brokers::kafka::KafkaConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -87,6 +89,7 @@ impl Default for Config {
             mqtt: None,
             nats: None,
             sqs: None,
+            kafka: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -201,6 +204,9 @@ impl Config {
         if let Some(q) = &self.sqs {
             q.validate(&names)?;
         }
+        if let Some(k) = &self.kafka {
+            k.validate(&names)?;
+        }
         for (what, v) in [
             ("shutdown_grace", self.shutdown_grace),
             ("reaper_interval", self.reaper_interval),
@@ -222,6 +228,7 @@ impl Config {
             mqtt: self.mqtt.is_some(),
             nats: self.nats.is_some(),
             sqs: self.sqs.is_some(),
+            kafka: self.kafka.is_some(),
         }
     }
 
@@ -315,6 +322,7 @@ mod tests {
             ("mqtt", cfg!(feature = "mqtt")),
             ("nats", cfg!(feature = "nats")),
             ("sqs", cfg!(feature = "sqs")),
+            ("kafka", cfg!(feature = "kafka")),
         ] {
             let mut c = Config::from_toml(&format!("[{section}]")).unwrap();
             match c.validate() {

@@ -24,6 +24,9 @@ pub enum Executor {
     /// Published to workers over AWS SQS (`[sqs]`); their replies complete
     /// the jobs.
     Sqs,
+    /// Published to workers over Kafka (`[kafka]`); their replies complete
+    /// the jobs.
+    Kafka,
     /// A command per job, run by the server (`command`).
     Exec,
     /// An HTTP request per job to an upstream service (`url`): the job's
@@ -106,6 +109,7 @@ pub struct QueueConfig {
     /// A broker executor: where its jobs are published (`amqp`: a queue,
     /// default `replyd.work.<queue>`; `mqtt`: a topic, default
     /// `replyd/work/<queue>`; `nats`: a subject, default
+    /// `replyd.work.<queue>`; `kafka`: a topic, default
     /// `replyd.work.<queue>`).
     pub work_queue: Option<String>,
     /// `executor = "exec"`: the program and its arguments.
@@ -206,7 +210,7 @@ impl QueueConfig {
         }
         if self.work_queue.is_some() && !self.executor.is_broker() {
             return Err(format!(
-                "queues.{name}.work_queue is for the broker executors (\"amqp\", \"mqtt\", \"nats\", \"sqs\") only"
+                "queues.{name}.work_queue is for the broker executors (\"amqp\", \"kafka\", \"mqtt\", \"nats\", \"sqs\") only"
             ));
         }
         if self
@@ -225,7 +229,7 @@ impl Executor {
     pub fn is_broker(self) -> bool {
         matches!(
             self,
-            Executor::Amqp | Executor::Mqtt | Executor::Nats | Executor::Sqs
+            Executor::Amqp | Executor::Mqtt | Executor::Nats | Executor::Sqs | Executor::Kafka
         )
     }
 }

@@ -1,9 +1,10 @@
-//! The broker sections (`[amqp]`, `[mqtt]`, `[nats]`, `[sqs]`), one file
+//! The broker sections (`[amqp]`, `[kafka]`, `[mqtt]`, `[nats]`, `[sqs]`), one file
 //! each, and what they share: the keys every broker section has
 //! ([`Shared`], checked in one place), the reply retry schedule's default,
 //! and the rules of a queue whose executor is a broker.
 
 pub mod amqp;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod sqs;
@@ -78,6 +79,7 @@ pub struct Present {
     pub mqtt: bool,
     pub nats: bool,
     pub sqs: bool,
+    pub kafka: bool,
 }
 
 /// A queue whose executor is a broker needs that broker's section, and a
@@ -88,6 +90,7 @@ pub fn check_executor(name: &str, q: &QueueConfig, present: &Present) -> Result<
         Executor::Mqtt => ("mqtt", present.mqtt, "an"),
         Executor::Nats => ("nats", present.nats, "a"),
         Executor::Sqs => ("sqs", present.sqs, "an"),
+        Executor::Kafka => ("kafka", present.kafka, "a"),
         _ => return Ok(()),
     };
     if !here {
@@ -102,6 +105,7 @@ pub fn check_executor(name: &str, q: &QueueConfig, present: &Present) -> Result<
         Executor::Sqs => (sqs::valid_queue(w), "an SQS queue name or URL"),
         Executor::Nats => (nats::valid_subject(w), "a NATS subject without wildcards"),
         Executor::Mqtt => (mqtt::valid_topic(w), "an MQTT topic name without wildcards"),
+        Executor::Kafka => (kafka::valid_topic(w), "a Kafka topic name"),
         _ => (true, ""),
     };
     if ok {
