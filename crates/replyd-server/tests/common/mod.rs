@@ -7,6 +7,8 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod brokers;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]

@@ -17,12 +17,14 @@
 //!   too ([`Offsets`]), so a restart reads again what was not yet made
 //!   durable (the duplicate key makes it the same job). A partition taken
 //!   away by a rebalance commits what is done first. Kafka cannot give one
-//!   record back: giving one back ends the subscription, and the next one
-//!   starts from the committed offsets. A record with neither a message id
+//!   record back: giving one back rewinds its partition to it (the records
+//!   after it come again too, and find their jobs). A record with neither a message id
 //!   nor a correlation id is told apart by where it is (topic, partition,
 //!   offset), so that reading it again makes no second job.
 //! - **Publishing**: one idempotent producer (`acks=all`) per broker
-//!   handle; a publish is confirmed by its delivery report. A topic or
+//!   handle; a publish is confirmed by its delivery report. A record's key
+//!   is its request's, else its correlation id: a job's records keep their
+//!   order. A topic or
 //!   partition that does not exist is unroutable (the requester is gone).
 //! - **Topics** are the operator's: replyd does not create them (a topic
 //!   it declares or consumes must exist, or be created by brokers that
@@ -267,10 +269,14 @@ impl Broker for KafkaBroker {
         }
         let producer = self.producer()?;
         let props = &message.props;
+        // The request's key; else the correlation id, so that what one
+        // job sends (progress, then its outcome; a work record, then its
+        // retry) stays in one partition, in order.
         let key = props
             .echo
             .get(ECHO_KEY)
-            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok());
+            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+            .or_else(|| props.correlation_id.as_deref().map(correlation_bytes));
         let partition = props
             .echo
             .get(ECHO_PARTITION)
@@ -317,6 +323,7 @@ impl Pump {
     fn start(self, topic: &str, prefetch: u16) -> Result<mpsc::Receiver<Received>, BrokerError> {
         self.consumer.subscribe(&[topic]).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
+        let (rewind, mut rewinds) = mpsc::unbounded_channel::<(String, i32, i64)>();
         let stop = CancellationToken::new();
         let Pump {
             consumer,
@@ -333,6 +340,10 @@ impl Pump {
                 let m = tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tx.closed() => break,
+                    Some((topic, partition, offset)) = rewinds.recv() => {
+                        seek(&consumer, &offsets, &topic, partition, offset);
+                        continue;
+                    }
                     m = consumer.recv() => m,
                 };
                 let m = match m {
@@ -358,7 +369,7 @@ impl Pump {
                         topic,
                         partition,
                         offset,
-                        stop: stop.clone(),
+                        rewind: rewind.clone(),
                     }),
                 };
                 tokio::select! {
@@ -369,6 +380,24 @@ impl Pump {
             stop.cancel();
         });
         Ok(rx)
+    }
+}
+
+/// Gives a record back: its partition is read again from it (what came
+/// after it was received already comes again too).
+fn seek(
+    consumer: &StreamConsumer<Tracked>,
+    offsets: &Mutex<Offsets>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let mut o = offsets.lock().unwrap_or_else(|e| e.into_inner());
+    if !o.rewind(topic, partition, offset) {
+        return;
+    }
+    if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO) {
+        tracing::warn!(broker = "kafka", topic, partition, offset, error = %e, "cannot give a record back; it is read again after a restart");
     }
 }
 
@@ -409,14 +438,14 @@ async fn commit_until(
     .await;
 }
 
-/// A record settles through its partition's offsets; giving it back ends
-/// the subscription (the next starts from what was committed).
+/// A record settles through its partition's offsets; giving it back
+/// rewinds its partition to it.
 struct KafkaSettle {
     offsets: Arc<Mutex<Offsets>>,
     topic: String,
     partition: i32,
     offset: i64,
-    stop: CancellationToken,
+    rewind: mpsc::UnboundedSender<(String, i32, i64)>,
 }
 
 #[async_trait]
@@ -431,8 +460,9 @@ impl Settle for KafkaSettle {
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
-        self.stop.cancel();
-        Ok(())
+        self.rewind
+            .send((self.topic, self.partition, self.offset))
+            .map_err(|_| unavailable("the subscription has ended"))
     }
 }
 
@@ -527,6 +557,20 @@ impl Offsets {
             }
         }
         (list.count() > 0).then_some(list)
+    }
+
+    /// Records of a partition from `offset` on will be read again: they are
+    /// no longer received (their settling now changes nothing). False if
+    /// `offset` is not open (settled, or of a partition taken away).
+    fn rewind(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        let Some(part) = self.parts.get_mut(&(topic.to_string(), partition)) else {
+            return false;
+        };
+        if part.open.get(&offset) != Some(&false) {
+            return false;
+        }
+        part.open.split_off(&offset);
+        true
     }
 
     /// A commit of `list` failed: its positions are due again (unless
@@ -704,6 +748,29 @@ mod tests {
         o.done("t", 0, 14);
         o.done("t", 2, 1);
         assert!(o.due().is_none());
+    }
+
+    /// Giving a record back forgets it and what came after it (they are
+    /// read again); settling one of those late changes nothing, and the
+    /// records read again settle as new.
+    #[test]
+    fn a_record_given_back_is_read_again_with_those_after_it() {
+        let mut o = Offsets::default();
+        for off in 0..4 {
+            o.received("t", 0, off);
+        }
+        o.done("t", 0, 0);
+        assert!(!o.rewind("t", 0, 0), "settled: nothing to give back");
+        assert!(o.rewind("t", 0, 2));
+        o.done("t", 0, 3);
+        o.done("t", 0, 1);
+        assert_eq!(position(o.due()), [("t".into(), 0, 2)], "not past 2");
+        for off in 2..4 {
+            o.received("t", 0, off);
+        }
+        o.done("t", 0, 3);
+        o.done("t", 0, 2);
+        assert_eq!(position(o.due()), [("t".into(), 0, 4)]);
     }
 
     /// A failed commit is due again; a taken-away partition commits what is
