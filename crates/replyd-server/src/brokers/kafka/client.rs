@@ -63,6 +63,9 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// publish failed: under the reply's confirmation timeout, so that a
 /// publish given up on is not delivered later as well.
 const MESSAGE_TIMEOUT_MS: &str = "8000";
+/// How long a consumer's close (its last commit, leaving its group) is
+/// waited for.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often settled offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
@@ -290,7 +293,17 @@ impl Broker for KafkaBroker {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        match producer.send(record, QUEUE_TIMEOUT).await {
+        let sent = producer.send(record, QUEUE_TIMEOUT).await;
+        if sent.is_err()
+            && let Some((code, reason)) = producer.client().fatal_error()
+        {
+            // An idempotent producer that hit a fatal error sends nothing
+            // more: the next publish makes a new one.
+            tracing::warn!(broker = "kafka", %code, reason, "the producer failed for good; making a new one");
+            let mut slot = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = None;
+        }
+        match sent {
             Ok(_) => Ok(Published::Accepted),
             Err((KafkaError::MessageProduction(code), _)) => match code {
                 RDKafkaErrorCode::UnknownTopicOrPartition
@@ -377,6 +390,8 @@ impl Pump {
                     sent = tx.send(received) => if sent.is_err() { break },
                 }
             }
+            // The commit task holds the last handle and closes it.
+            drop(consumer);
             stop.cancel();
         });
         Ok(rx)
@@ -402,7 +417,7 @@ fn seek(
 }
 
 /// Commits settled offsets every [`COMMIT_EVERY`] until `stop`, then once
-/// more and closes the consumer (off the runtime: both block).
+/// more and closes the consumer (see [`close`]).
 async fn commit_until(
     consumer: Arc<StreamConsumer<Tracked>>,
     offsets: Arc<Mutex<Offsets>>,
@@ -425,17 +440,39 @@ async fn commit_until(
                 .retry(&list);
         }
     }
-    let _ = tokio::task::spawn_blocking(move || {
+    close(consumer, offsets).await;
+}
+
+/// Commits what is settled and closes the consumer (it leaves its group),
+/// on a thread of its own: both block, and librdkafka's close can wait
+/// forever (a group caught mid-rebalance: rust-rdkafka#509). It is waited
+/// for [`CLOSE_TIMEOUT`], then left to finish by itself, so that neither a
+/// subscription's end nor the runtime's shutdown hangs on it.
+async fn close(consumer: Arc<StreamConsumer<Tracked>>, offsets: Arc<Mutex<Offsets>>) {
+    let (closed, done) = tokio::sync::oneshot::channel::<()>();
+    let closing = move || {
         let due = offsets.lock().unwrap_or_else(|e| e.into_inner()).due();
         if let Some(list) = due
             && let Err(e) = consumer.commit(&list, CommitMode::Sync)
         {
             tracing::info!(broker = "kafka", error = %e, "cannot commit the last offsets: those records will be read again");
         }
-        consumer.unsubscribe();
         drop(consumer);
-    })
-    .await;
+        let _ = closed.send(());
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(closing)
+    {
+        tracing::warn!(broker = "kafka", error = %e, "no thread to close a consumer on; closing it here");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, done).await.is_err() {
+        tracing::warn!(
+            broker = "kafka",
+            "a consumer did not close within {CLOSE_TIMEOUT:?}; left to close in the background (its group moves its partitions on once its session times out)"
+        );
+    }
 }
 
 /// A record settles through its partition's offsets; giving it back

@@ -6,7 +6,7 @@
 use std::sync::mpsc;
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 type Reply = mpsc::Sender<Result<(), String>>;
 
