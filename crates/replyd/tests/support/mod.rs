@@ -215,9 +215,10 @@ pub fn http() -> reqwest::Client {
 /// A replyd SIGKILLed while broker requests flow: `n` requests (`c-{i}`,
 /// demo jobs of input `{"i": i}`, replying to `mine`) are published to
 /// `requests` from before the crash until after it (each until the broker
-/// takes it), replyd starts again on the same database, and every request
+/// takes it), replyd is killed once it has made jobs of some of them,
+/// starts again on the same database, and every request
 /// gets its job and its reply on `rx` (subscribed to `mine` before).
-#[cfg(any(feature = "amqp", feature = "mqtt"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka"))]
 pub async fn requests_in_flight_at_a_crash(
     broker: &std::sync::Arc<dyn replyd_server::brokers::Broker>,
     requests: &str,
@@ -253,7 +254,26 @@ pub async fn requests_in_flight_at_a_crash(
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Killed once it is at work: some requests are jobs, more are coming.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed: serde_json::Value = http()
+            .get(format!("{}/v1/jobs?queue=demo&limit=500", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["jobs"].as_array().is_some_and(|j| j.len() >= 10) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replyd made no jobs of the requests in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.signal(Signal::SIGKILL);
     server.wait_exit(Duration::from_secs(10)).await.unwrap();
     publisher.await.unwrap();
@@ -275,7 +295,7 @@ pub fn fresh_id() -> String {
 /// After a crash: every one of `n` requests (`c-{i}`, demo jobs of input
 /// `{"i": i}`) has its reply on `rx`, each naming one job whatever the
 /// duplicates, and `server` lists a job per request.
-#[cfg(any(feature = "amqp", feature = "mqtt"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka"))]
 async fn every_request_has_its_job_and_reply(
     rx: &mut tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
     n: usize,
