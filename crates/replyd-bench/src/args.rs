@@ -91,6 +91,14 @@ pub struct BenchArgs {
     /// flight.
     #[arg(long, alias = "mqtt-clients", default_value_t = 128)]
     pub broker_clients: usize,
+    /// Kafka scenario: the cluster to use (`bootstrap.servers`); default:
+    /// librdkafka's mock cluster (3 brokers) in this process.
+    #[arg(long, env = "REPLYD_BENCH_KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka scenario: requesters (each with one request in flight); one
+    /// measurement per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256])]
+    pub kafka_clients: Vec<usize>,
     /// Exposure scenario: idle connections two attackers open, half each.
     #[arg(long, default_value_t = 21_000)]
     pub exposure_conns: usize,

@@ -22,9 +22,9 @@
 //! - `amqp` (`amqp.rs`, feature `amqp`): RPC round trips over
 //!   RabbitMQ through replyd (a durable job and a durable reply each).
 //!   Baseline: a bare lapin RPC echo server, the same client.
-//! - `mqtt` and `nats` (`brokers.rs`, features `mqtt`, `nats`):
-//!   request/response round trips through replyd. Baseline: a bare echo,
-//!   the same client.
+//! - `mqtt`, `nats` and `kafka` (`brokers.rs`, features `mqtt`, `nats`,
+//!   `kafka`): request/response round trips through replyd. Baseline: a
+//!   bare echo, the same client (Kafka: on librdkafka's mock cluster).
 //! - `pg` (`pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
@@ -32,7 +32,7 @@
 #[cfg(feature = "amqp")]
 mod amqp;
 mod args;
-#[cfg(any(feature = "mqtt", feature = "nats"))]
+#[cfg(any(feature = "mqtt", feature = "nats", feature = "kafka"))]
 mod brokers;
 mod e2e;
 pub mod exposure;
@@ -78,9 +78,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "mqtt" => brokers::run(brokers::Kind::Mqtt, &args, &dir).await?,
             #[cfg(feature = "nats")]
             "nats" => brokers::run(brokers::Kind::Nats, &args, &dir).await?,
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let kind = brokers::Kind::Kafka {
+                    mock: args.kafka_brokers.is_none(),
+                };
+                brokers::run(kind, &args, &dir).await?
+            }
             other => bail!(
                 "unknown scenario {other:?} (known: submit, e2e, streams, webhooks, exposure; \
-                 with their features: pg, amqp, mqtt, nats)"
+                 with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }
     }

@@ -259,6 +259,9 @@ impl Broker for KafkaBroker {
     async fn inbox(&self) -> Result<(String, mpsc::Receiver<Received>), BrokerError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("replyd.inbox.{id}");
+        // Created (where the brokers create topics on first use) before
+        // its consumer looks for it.
+        self.declare(&topic).await?;
         let pump = self.consumer(&format!("replyd.inbox.{id}"), true)?;
         let rx = pump.start(&topic, 256)?;
         Ok((topic, rx))
