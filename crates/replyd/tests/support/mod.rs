@@ -337,3 +337,51 @@ async fn every_request_has_its_job_and_reply(
         "a job per request"
     );
 }
+
+/// `replyd bench --scenarios SCENARIO` with `args`, briefly: it succeeds,
+/// and each of `rows` (the ceiling's and replyd's) is printed with its
+/// round trips/s and p99, some round trips done and none unanswered, then
+/// their ratio.
+pub fn bench_prints_round_trips(scenario: &str, args: &[&str], rows: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--scenarios",
+            scenario,
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+        ])
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .env_remove("REPLYD_BENCH_AMQP_URL")
+        .env_remove("REPLYD_BENCH_KAFKA_BROKERS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run replyd bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    for row in rows {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(row))
+            .unwrap_or_else(|| panic!("no {row:?} line in:\n{stdout}"));
+        assert!(
+            line.contains("round trips/s") && line.contains("p99"),
+            "{line}"
+        );
+        assert!(line.contains(", 0 unanswered)"), "{line}");
+        let done: usize = line
+            .rsplit('(')
+            .next()
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(done > 0, "{line}");
+    }
+    assert!(stdout.contains("ratio to ceiling:"), "{stdout}");
+}
