@@ -1,6 +1,7 @@
 //! `e2e`: N no-op jobs submitted, leased in batches over the worker API
-//! and completed one by one; jobs/s from the first submit to the last
-//! completion.
+//! and completed (`--complete batch`: a leased batch's outcomes in one
+//! call; `each`: one call per job); jobs/s from the first submit to the
+//! last completion.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -15,8 +16,8 @@ use crate::harness::*;
 
 pub(crate) async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     println!(
-        "\ne2e: {} no-op jobs: {} clients submit, {} workers lease (batch {}) and complete",
-        args.jobs, args.clients, args.workers, args.batch
+        "\ne2e: {} no-op jobs: {} clients submit, {} workers lease (batch {}) and complete ({})",
+        args.jobs, args.clients, args.workers, args.batch, args.complete
     );
     let server = start_replyd(&Storage::Sqlite(dir.join("bench-e2e.db"))).await?;
     let (done, elapsed) = e2e_run(args, &[server.addr]).await?;
@@ -66,6 +67,7 @@ pub(crate) async fn e2e_run(
         r#"{{"worker":"bench","lease":120,"wait":1,"batch":{}}}"#,
         args.batch
     ));
+    let each = args.complete == "each";
     for i in 0..args.workers {
         let completed = completed.clone();
         let lease_body = lease_body.clone();
@@ -85,17 +87,39 @@ pub(crate) async fn e2e_run(
                     );
                 }
                 let batch: replyd_proto::LeaseBatch = serde_json::from_slice(&body)?;
-                for lease in batch.leases {
-                    let path = format!("/v1/jobs/{}/complete", lease.job.id);
-                    let body = format!(r#"{{"lease_id":"{}","result":null}}"#, lease.lease_id);
-                    let (status, body) = conn.post(&path, Bytes::from(body)).await?;
-                    if status != StatusCode::OK {
-                        bail!(
+                if each {
+                    for lease in batch.leases {
+                        let path = format!("/v1/jobs/{}/complete", lease.job.id);
+                        let body = format!(r#"{{"lease_id":"{}","result":null}}"#, lease.lease_id);
+                        let (status, body) = conn.post(&path, Bytes::from(body)).await?;
+                        if status != StatusCode::OK {
+                            bail!(
+                                "complete answered {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    let outcomes: Vec<_> = batch
+                        .leases
+                        .iter()
+                        .map(|l| serde_json::json!({"job_id": l.job.id, "lease_id": l.lease_id}))
+                        .collect();
+                    let body = serde_json::to_vec(&serde_json::json!({ "outcomes": outcomes }))?;
+                    let (status, body) =
+                        conn.post("/v1/workers/complete", Bytes::from(body)).await?;
+                    let answer: replyd_proto::OutcomesAnswer = match status {
+                        StatusCode::OK => serde_json::from_slice(&body)?,
+                        _ => bail!(
                             "complete answered {status}: {}",
                             String::from_utf8_lossy(&body)
-                        );
+                        ),
+                    };
+                    if let Some(bad) = answer.outcomes.iter().find(|o| o.status != 200) {
+                        bail!("an outcome answered {}: {:?}", bad.status, bad.problem);
                     }
-                    completed.fetch_add(1, Ordering::Relaxed);
+                    completed.fetch_add(answer.outcomes.len(), Ordering::Relaxed);
                 }
             }
             Ok(())

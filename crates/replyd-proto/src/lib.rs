@@ -338,6 +338,47 @@ pub struct FailRequest {
     pub retry: bool,
 }
 
+/// One outcome in a `POST /v1/workers/complete`: a result (`result`, JSON,
+/// default null) or, with `error`, a failure (`retry` as for `fail`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub job_id: String,
+    pub lease_id: String,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailReason>,
+    #[serde(default)]
+    pub retry: bool,
+}
+
+/// `POST /v1/workers/complete`: many jobs' outcomes in one call, each
+/// fenced by its own lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesRequest {
+    pub outcomes: Vec<Outcome>,
+}
+
+/// What became of one outcome: `status` as the one-job call would have
+/// answered (200 with the job, or a problem: 404, 409…).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutcomeAnswer {
+    pub job_id: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// The answer to `POST /v1/workers/complete`, in the request's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutcomesAnswer {
+    pub outcomes: Vec<OutcomeAnswer>,
+}
+
 /// The header that carries the lease id with a raw (non-JSON) result.
 pub const LEASE_ID_HEADER: &str = "replyd-lease-id";
 

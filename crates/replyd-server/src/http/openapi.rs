@@ -18,6 +18,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
+        workers::complete_many,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(
@@ -25,6 +26,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         proto::SubmitRequest, proto::WebhookSpec, proto::JobList, proto::LeaseRequest,
         proto::Lease, proto::LeaseBatch, proto::LeaseAnswer, proto::HeartbeatRequest, proto::LeaseStatus,
         proto::ProgressRequest, proto::CompleteRequest, proto::FailRequest, proto::FailReason,
+        proto::Outcome, proto::OutcomesRequest, proto::OutcomeAnswer, proto::OutcomesAnswer,
         proto::Problem, proto::Delivery, proto::DeliveryAttempt, proto::DeliveryList,
         deliveries::ReplayRequest,
     )),

@@ -25,6 +25,8 @@ use crate::error::{ApiError, ApiResult};
 
 /// The most jobs one lease call hands out.
 pub const MAX_BATCH: u32 = 100;
+/// The most outcomes one `POST /v1/workers/complete` carries.
+pub const MAX_OUTCOMES: usize = 1000;
 
 pub fn router(max_result: usize) -> Router<AppState> {
     Router::new()
@@ -36,6 +38,10 @@ pub fn router(max_result: usize) -> Router<AppState> {
             post(complete).layer(DefaultBodyLimit::max(max_result)),
         )
         .route("/v1/jobs/{id}/fail", post(fail))
+        .route(
+            "/v1/workers/complete",
+            post(complete_many).layer(DefaultBodyLimit::max(max_result)),
+        )
 }
 
 fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -311,7 +317,19 @@ pub async fn fail(
         caller,
         body: req,
     } = call;
-    let error = match req.error {
+    let error = job_error(req.error)?;
+    let cmd = Command::Fail {
+        lease_id: LeaseId(req.lease_id),
+        error,
+        retry: req.retry,
+    };
+    let job = app.worker_apply(&caller, id, cmd, None).await?;
+    Ok(json(StatusCode::OK, &app.render.job(&job)))
+}
+
+/// A worker's error, checked as `fail` checks it.
+fn job_error(reason: proto::FailReason) -> ApiResult<JobError> {
+    let error = match reason {
         proto::FailReason::Message(m) => JobError::new("worker_error", m),
         proto::FailReason::Error { code, message } => {
             JobError::new(code.as_deref().unwrap_or("worker_error"), message)
@@ -322,13 +340,78 @@ pub async fn fail(
             "error.code must be at most 100 bytes and error.message 8192",
         ));
     }
-    let cmd = Command::Fail {
-        lease_id: LeaseId(req.lease_id),
-        error,
-        retry: req.retry,
-    };
-    let job = app.worker_apply(&caller, id, cmd, None).await?;
-    Ok(json(StatusCode::OK, &app.render.job(&job)))
+    Ok(error)
+}
+
+/// Many jobs' outcomes (results or failures) in one call: each is applied
+/// as `complete` or `fail` would apply it, fenced by its own lease, and
+/// answered in order with the status that call would have had. They are
+/// applied at once, so the store commits them together. The whole body is
+/// at most `limits.max_result`.
+#[utoipa::path(post, path = "/v1/workers/complete", tag = "workers",
+    request_body = proto::OutcomesRequest,
+    responses((status = 200, description = "Each outcome's own status, in order", body = proto::OutcomesAnswer),
+              (status = 400, description = "Malformed, empty, or more than 1000 outcomes", body = proto::Problem),
+              (status = 413, description = "Body too large", body = proto::Problem)))]
+pub async fn complete_many(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw_body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = worker(&app, &headers)?;
+    let bytes = body(raw_body, app.config.limits.max_result)?;
+    let req: proto::OutcomesRequest = parse_json(&headers, &bytes)?;
+    if req.outcomes.is_empty() || req.outcomes.len() > MAX_OUTCOMES {
+        return Err(ApiError::bad_request(format!(
+            "outcomes must hold 1 to {MAX_OUTCOMES} items"
+        )));
+    }
+    let applied = req.outcomes.into_iter().map(|o| {
+        let (app, caller) = (&app, &caller);
+        async move {
+            let job_id = o.job_id.clone();
+            let done = async {
+                let id = super::job_id(&o.job_id)?;
+                let lease_id = LeaseId(o.lease_id);
+                match o.error {
+                    Some(reason) => {
+                        let cmd = Command::Fail {
+                            lease_id,
+                            error: job_error(reason)?,
+                            retry: o.retry,
+                        };
+                        app.worker_apply(caller, id, cmd, None).await
+                    }
+                    None => {
+                        let output = JobOutput {
+                            content_type: "application/json".into(),
+                            body: serde_json::to_vec(&o.result).unwrap_or_default().into(),
+                            upstream: None,
+                        };
+                        let cmd = Command::Complete { lease_id };
+                        app.worker_apply(caller, id, cmd, Some(output)).await
+                    }
+                }
+            }
+            .await;
+            match done {
+                Ok(job) => proto::OutcomeAnswer {
+                    job_id,
+                    status: 200,
+                    job: Some(app.render.job(&job)),
+                    problem: None,
+                },
+                Err(e) => proto::OutcomeAnswer {
+                    job_id,
+                    status: e.status.as_u16(),
+                    job: None,
+                    problem: Some(e.problem()),
+                },
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(applied).await;
+    Ok(json(StatusCode::OK, &proto::OutcomesAnswer { outcomes }))
 }
 
 #[cfg(test)]

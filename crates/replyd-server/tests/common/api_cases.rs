@@ -235,6 +235,58 @@ async fn stale_leases_are_fenced_off() {
 }
 
 #[tokio::test]
+async fn many_outcomes_in_one_call_each_fenced_by_its_lease() {
+    let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
+    let c = s.client(None);
+    let mut leased = Vec::new();
+    for i in 0..3 {
+        c.submit("work", json!({ "i": i })).await;
+        let (job, lease) = c.lease("work").await;
+        leased.push((job["id"].as_str().unwrap().to_string(), lease));
+    }
+    let [(done, done_lease), (failed, failed_lease), (stale, _)] = &leased[..] else {
+        unreachable!()
+    };
+    let r = c
+        .post(
+            "/v1/workers/complete",
+            json!({"outcomes": [
+                {"job_id": done, "lease_id": done_lease, "result": {"pages": 12}},
+                {"job_id": failed, "lease_id": failed_lease, "error": {"code": "bad_input", "message": "no such month"}},
+                {"job_id": stale, "lease_id": "not-its-lease"},
+                {"job_id": "nope", "lease_id": "x"},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let answers = v["outcomes"].as_array().unwrap();
+    let statuses: Vec<_> = answers.iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 200, 409, 404], "in order: {v}");
+    assert_eq!(answers[0]["job"]["state"], "succeeded");
+    assert_eq!(answers[1]["job"]["state"], "failed");
+    assert_eq!(answers[1]["job"]["error"]["code"], "bad_input");
+    assert_eq!(answers[2]["problem"]["type"], "urn:replyd:problem:lease-lost");
+    assert_eq!(answers[3]["job_id"], "nope");
+    let result = c.get(&format!("/v1/jobs/{done}/result")).await;
+    assert_eq!(result.json(), json!({"pages": 12}));
+    assert_eq!(c.state(stale).await, "running", "its lease still holds it");
+    // The call itself refuses what is not a batch of outcomes.
+    c.post("/v1/workers/complete", json!({"outcomes": []}))
+        .await
+        .problem(400);
+    c.post("/v1/workers/complete", json!({"outcomes": [{"job_id": done}]}))
+        .await
+        .problem(400);
+    let many: Vec<_> = (0..1001)
+        .map(|_| json!({"job_id": done, "lease_id": "x"}))
+        .collect();
+    c.post("/v1/workers/complete", json!({ "outcomes": many }))
+        .await
+        .problem(400);
+}
+
+#[tokio::test]
 async fn delete_removes_finished_jobs_only() {
     let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
     let c = s.client(None);
