@@ -18,6 +18,10 @@ pub struct BenchArgs {
     /// median of each is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Submit scenario: jobs per `POST /v1/jobs:batch` in its batch
+    /// measurement (made by an eighth of `--clients`).
+    #[arg(long, default_value_t = 100)]
+    pub submit_batch: usize,
     /// Jobs in the end-to-end scenario.
     #[arg(long, default_value_t = 50_000)]
     pub jobs: usize,

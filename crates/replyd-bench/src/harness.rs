@@ -206,12 +206,38 @@ impl LoadResult {
     }
 }
 
-/// `clients` connections POST `body` to `path` for `duration`.
 /// `clients` connections, spread over `addrs`, POST jobs for `duration`.
 pub(crate) async fn load(
     addrs: &[SocketAddr],
     clients: usize,
     duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let post = Post {
+        path: "/v1/jobs",
+        body: Bytes::from_static(SUBMIT_BODY),
+        status: StatusCode::ACCEPTED,
+        jobs: 1,
+    };
+    load_with(addrs, clients, duration, post).await
+}
+
+/// What each request of a load is: `jobs` jobs to `path`, answered
+/// `status`.
+#[derive(Clone)]
+pub(crate) struct Post {
+    pub(crate) path: &'static str,
+    pub(crate) body: Bytes,
+    pub(crate) status: StatusCode,
+    pub(crate) jobs: usize,
+}
+
+/// `clients` connections, spread over `addrs`, send `post` for
+/// `duration`; `ok` counts jobs, the latencies are the requests'.
+pub(crate) async fn load_with(
+    addrs: &[SocketAddr],
+    clients: usize,
+    duration: Duration,
+    post: Post,
 ) -> anyhow::Result<LoadResult> {
     let start = Instant::now();
     let deadline = start + duration;
@@ -219,13 +245,14 @@ pub(crate) async fn load(
     for i in 0..clients {
         let addr = addrs[i % addrs.len()];
         let mut conn = Conn::open(addr).await?;
+        let post = post.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
             let mut errors = 0usize;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match conn.post("/v1/jobs", Bytes::from_static(SUBMIT_BODY)).await {
-                    Ok((StatusCode::ACCEPTED, _)) => lat.push(t.elapsed()),
+                match conn.post(post.path, post.body.clone()).await {
+                    Ok((status, _)) if status == post.status => lat.push(t.elapsed()),
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
@@ -249,7 +276,7 @@ pub(crate) async fn load(
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     Ok(LoadResult {
-        ok: latencies.len(),
+        ok: latencies.len() * post.jobs,
         errors,
         elapsed,
         latencies,
@@ -257,7 +284,12 @@ pub(crate) async fn load(
 }
 
 /// Request → reply round trips of one measurement (the broker scenarios).
-#[cfg(any(feature = "amqp", feature = "mqtt", feature = "nats"))]
+#[cfg(any(
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "kafka"
+))]
 pub(crate) struct RoundTrips {
     pub(crate) done: usize,
     pub(crate) rate: f64,
@@ -266,7 +298,12 @@ pub(crate) struct RoundTrips {
     pub(crate) lost: usize,
 }
 
-#[cfg(any(feature = "amqp", feature = "mqtt", feature = "nats"))]
+#[cfg(any(
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "kafka"
+))]
 impl RoundTrips {
     /// From each requester's latencies (nanoseconds) and unanswered count,
     /// over `elapsed`.

@@ -170,6 +170,62 @@ pub struct SubmitRequest {
     pub ttl: Option<f64>,
 }
 
+/// One job of a `POST /v1/jobs:batch`: a submission as `POST /v1/jobs`
+/// takes it, with its own idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct BatchJob {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub job: SubmitRequest,
+}
+
+/// By hand: serde's `flatten` would let unknown fields through, where a
+/// submission refuses them.
+impl<'de> Deserialize<'de> for BatchJob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, Value>::deserialize(d)?;
+        let idempotency_key = match fields.remove("idempotency_key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(k),
+            Some(_) => return Err(D::Error::custom("idempotency_key must be a string")),
+        };
+        let job = SubmitRequest::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(BatchJob {
+            idempotency_key,
+            job,
+        })
+    }
+}
+
+/// `POST /v1/jobs:batch`: up to 1,000 jobs, accepted in one commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmitRequest {
+    pub jobs: Vec<BatchJob>,
+}
+
+/// What became of one job of a batch: `status` as `POST /v1/jobs` would
+/// have answered (202 with the job, `replayed` for an idempotent replay;
+/// or a problem).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchSubmitted {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// The answer to `POST /v1/jobs:batch`, in the request's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchSubmitAnswer {
+    pub jobs: Vec<BatchSubmitted>,
+}
+
 /// `GET /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {

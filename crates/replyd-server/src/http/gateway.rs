@@ -67,7 +67,7 @@ pub async fn handle(
     let tenant = caller.tenant().cloned().ok_or_else(|| {
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
     })?;
-    let rate = take_submit(&app, &tenant)?;
+    let rate = take_submit(&app, &tenant, 1)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let captured = Captured {
         method: method.as_str().to_string(),

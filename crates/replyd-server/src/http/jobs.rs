@@ -27,6 +27,7 @@ use crate::render::domain_state;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs:batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(status).delete(delete))
         .route("/v1/jobs/{id}/result", get(result))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -87,7 +88,7 @@ pub async fn submit(
     let tenant = caller.tenant().cloned().ok_or_else(|| {
         ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
     })?;
-    let rate = take_submit(&app, &tenant)?;
+    let rate = take_submit(&app, &tenant, 1)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let request: proto::SubmitRequest = parse_json(&headers, &bytes)?;
     let wait = prefer_wait(&headers)?;
@@ -111,6 +112,88 @@ pub async fn submit(
         })
         .await?;
     let mut res = accepted(&app, submitted, wait).await?;
+    with_rate(&mut res, rate);
+    Ok(res)
+}
+
+/// The most jobs one `POST /v1/jobs:batch` carries.
+pub const MAX_BATCH_JOBS: usize = 1000;
+
+/// Submit many jobs at once: each is accepted as `POST /v1/jobs` would
+/// accept it (its own idempotency key, its own checks), they are committed
+/// together, and each is answered in order with its own status. The
+/// batch counts as that many submissions against the tenant's rate; the
+/// whole body is at most `limits.max_body`.
+#[utoipa::path(post, path = "/v1/jobs:batch", tag = "jobs", operation_id = "submit_jobs",
+    request_body = proto::BatchSubmitRequest,
+    responses(
+        (status = 200, description = "Each job's own status, in order", body = proto::BatchSubmitAnswer),
+        (status = 400, description = "Malformed, empty, or more than 1000 jobs", body = proto::Problem),
+        (status = 413, description = "Body too large", body = proto::Problem),
+        (status = 429, description = "The tenant's submission rate is used up", body = proto::Problem)))]
+pub async fn submit_batch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = app.auth.identify(&headers, None)?;
+    caller.check(Action::Submit, None)?;
+    let tenant = caller.tenant().cloned().ok_or_else(|| {
+        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
+    })?;
+    let bytes = body(raw, app.config.limits.max_body)?;
+    let request: proto::BatchSubmitRequest = parse_json(&headers, &bytes)?;
+    let n = request.jobs.len();
+    if n == 0 || n > MAX_BATCH_JOBS {
+        return Err(ApiError::bad_request(format!(
+            "jobs must hold 1 to {MAX_BATCH_JOBS} items"
+        )));
+    }
+    let rate = take_submit(&app, &tenant, n as u32)?;
+    let submitted = request.jobs.into_iter().map(|item| {
+        let (app, tenant) = (&app, &tenant);
+        async move {
+            let key = item
+                .idempotency_key
+                .as_deref()
+                .map(crate::app::idempotency_key)
+                .transpose()?;
+            let request_hash = key
+                .as_ref()
+                .map(|_| request_hash(&serde_json::to_value(&item.job).unwrap_or_default()));
+            app.submit(Submission {
+                reply: None,
+                tenant: tenant.clone(),
+                request: item.job,
+                idempotency_key: key,
+                request_hash,
+            })
+            .await
+        }
+    });
+    let jobs = futures::future::join_all(submitted)
+        .await
+        .into_iter()
+        .map(|done| match done {
+            Ok(s) => {
+                let replayed = matches!(s, Submitted::Existing(_));
+                let (Submitted::Created(job) | Submitted::Existing(job)) = s;
+                proto::BatchSubmitted {
+                    status: 202,
+                    job: Some(app.render.job(&job)),
+                    replayed,
+                    problem: None,
+                }
+            }
+            Err(e) => proto::BatchSubmitted {
+                status: e.status.as_u16(),
+                job: None,
+                replayed: false,
+                problem: Some(e.problem()),
+            },
+        })
+        .collect();
+    let mut res = json_response(StatusCode::OK, &proto::BatchSubmitAnswer { jobs });
     with_rate(&mut res, rate);
     Ok(res)
 }

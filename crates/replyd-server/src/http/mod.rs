@@ -190,13 +190,14 @@ impl Client {
     }
 }
 
-/// Takes one submission from `tenant`'s bucket: its state, to tell the
+/// Takes `n` submissions from `tenant`'s bucket: its state, to tell the
 /// client in `RateLimit` headers (`None`: no limit), or 429.
 pub fn take_submit(
     app: &App,
     tenant: &replyd_core::Tenant,
+    n: u32,
 ) -> ApiResult<Option<crate::limits::RateState>> {
-    match app.limits.take_submit(tenant, 1, std::time::Instant::now()) {
+    match app.limits.take_submit(tenant, n, std::time::Instant::now()) {
         None => Ok(None),
         Some(Ok(state)) => Ok(Some(state)),
         Some(Err(state)) => {

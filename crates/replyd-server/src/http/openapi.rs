@@ -14,7 +14,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
 #[openapi(
     info(title = "replyd", description = "Asynchronous Request-Reply: 202 now, the result later."),
     paths(
-        jobs::submit, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
+        jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
@@ -23,7 +23,8 @@ use super::{deliveries, events, jobs, ops, workers, ws};
     ),
     components(schemas(
         proto::Job, proto::JobState, proto::Progress, proto::JobError, proto::Links,
-        proto::SubmitRequest, proto::WebhookSpec, proto::JobList, proto::LeaseRequest,
+        proto::SubmitRequest, proto::BatchJob, proto::BatchSubmitRequest, proto::BatchSubmitted,
+        proto::BatchSubmitAnswer, proto::WebhookSpec, proto::JobList, proto::LeaseRequest,
         proto::Lease, proto::LeaseBatch, proto::LeaseAnswer, proto::HeartbeatRequest, proto::LeaseStatus,
         proto::ProgressRequest, proto::CompleteRequest, proto::FailRequest, proto::FailReason,
         proto::Outcome, proto::OutcomesRequest, proto::OutcomeAnswer, proto::OutcomesAnswer,

@@ -344,7 +344,7 @@ impl Session {
                 let tenant = caller.tenant().cloned().ok_or_else(|| {
                     ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs")
                 })?;
-                super::take_submit(&self.app, &tenant)?;
+                super::take_submit(&self.app, &tenant, 1)?;
                 let key = key.as_deref().map(idempotency_key).transpose()?;
                 let request: proto::SubmitRequest = serde_json::from_value(job.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;

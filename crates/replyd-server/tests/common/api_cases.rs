@@ -235,6 +235,52 @@ async fn stale_leases_are_fenced_off() {
 }
 
 #[tokio::test]
+async fn a_batch_of_jobs_is_accepted_at_once_each_with_its_own_answer() {
+    let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
+    let c = s.client(None);
+    let r = c
+        .post(
+            "/v1/jobs:batch",
+            json!({"jobs": [
+                {"queue": "work", "input": {"month": "2026-11"}, "idempotency_key": "nov"},
+                {"queue": "no-such-queue", "input": {}},
+                {"queue": "work", "input": {"month": "2026-10"}},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let answers = v["jobs"].as_array().unwrap();
+    let statuses: Vec<_> = answers.iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses[0], 202, "{v}");
+    assert!((400..500).contains(&statuses[1]), "an unknown queue: {v}");
+    assert_eq!(statuses[2], 202, "{v}");
+    assert!(answers[1]["problem"]["detail"].is_string());
+    let nov = answers[0]["job"]["id"].as_str().unwrap().to_string();
+    assert_eq!(answers[0]["job"]["state"], "queued");
+    assert_eq!(c.state(&nov).await, "queued");
+    // The same key again: the same job, said to be a replay.
+    let again = c
+        .post(
+            "/v1/jobs:batch",
+            json!({"jobs": [{"queue": "work", "input": {"month": "2026-11"}, "idempotency_key": "nov"}]}),
+        )
+        .await
+        .json();
+    assert_eq!(again["jobs"][0]["job"]["id"], nov.as_str());
+    assert_eq!(again["jobs"][0]["replayed"], true);
+    let listed = c.get("/v1/jobs?queue=work").await.json();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+    // What is not a batch is refused as a whole.
+    c.post("/v1/jobs:batch", json!({"jobs": []})).await.problem(400);
+    c.post("/v1/jobs:batch", json!({"jobs": [{"queue": "work", "colour": 1}]}))
+        .await
+        .problem(400);
+    let many: Vec<_> = (0..1001).map(|_| json!({"queue": "work"})).collect();
+    c.post("/v1/jobs:batch", json!({ "jobs": many })).await.problem(400);
+}
+
+#[tokio::test]
 async fn many_outcomes_in_one_call_each_fenced_by_its_lease() {
     let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
     let c = s.client(None);
