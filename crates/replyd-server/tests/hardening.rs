@@ -516,6 +516,22 @@ async fn submissions_are_paced_per_tenant() {
         b.post("/v1/jobs", json!({"queue": "work"})).await.status,
         202
     );
+    // A batch counts as its jobs: b has 4 left, so 4 go and then 1 does
+    // not; one larger than the burst could never go, and says so.
+    let four = json!({"jobs": [{"queue": "work"}, {"queue": "work"}, {"queue": "work"}, {"queue": "work"}]});
+    assert_eq!(b.post("/v1/jobs:batch", four).await.status, 200);
+    b.post("/v1/jobs:batch", json!({"jobs": [{"queue": "work"}]}))
+        .await
+        .problem(429);
+    let six: Vec<_> = (0..6).map(|_| json!({"queue": "work"})).collect();
+    let p = b
+        .post("/v1/jobs:batch", json!({ "jobs": six }))
+        .await
+        .problem(400);
+    assert!(
+        p["detail"].as_str().unwrap().contains("submit_burst"),
+        "{p}"
+    );
     // Over a WebSocket too.
     let mut ws = ws_connect(s.addr, Some("client-a-key")).await;
     ws_send(

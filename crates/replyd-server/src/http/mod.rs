@@ -200,6 +200,11 @@ pub fn take_submit(
     match app.limits.take_submit(tenant, n, std::time::Instant::now()) {
         None => Ok(None),
         Some(Ok(state)) => Ok(Some(state)),
+        Some(Err(state)) if u64::from(n) > state.quota => Err(ApiError::bad_request(format!(
+            "a batch of {n} jobs is more than this tenant may submit at once ({}: \
+             limits.submit_burst); send smaller batches",
+            state.quota
+        ))),
         Some(Err(state)) => {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
