@@ -150,17 +150,36 @@ pub async fn submit_batch(
         )));
     }
     let rate = take_submit(&app, &tenant, n as u32)?;
-    let submitted = request.jobs.into_iter().map(|item| {
+    // A job with a key is told from a reuse of its key by the digest of
+    // what was sent for it, as `POST /v1/jobs` digests its body: the
+    // item as it came, less its key (so that the two calls agree).
+    let sent: Vec<serde_json::Value> = if request.jobs.iter().any(|j| j.idempotency_key.is_some()) {
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|mut v| v.get_mut("jobs").map(serde_json::Value::take))
+            .and_then(|v| match v {
+                serde_json::Value::Array(items) => Some(items),
+                _ => None,
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let submitted = request.jobs.into_iter().enumerate().map(|(i, item)| {
         let (app, tenant) = (&app, &tenant);
+        let mut as_sent = sent.get(i).cloned().unwrap_or_default();
         async move {
             let key = item
                 .idempotency_key
                 .as_deref()
                 .map(crate::app::idempotency_key)
                 .transpose()?;
-            let request_hash = key
-                .as_ref()
-                .map(|_| request_hash(&serde_json::to_value(&item.job).unwrap_or_default()));
+            let request_hash = key.as_ref().map(|_| {
+                if let Some(fields) = as_sent.as_object_mut() {
+                    fields.remove("idempotency_key");
+                }
+                request_hash(&as_sent)
+            });
             app.submit(Submission {
                 reply: None,
                 tenant: tenant.clone(),

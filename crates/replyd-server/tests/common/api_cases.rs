@@ -271,6 +271,35 @@ async fn a_batch_of_jobs_is_accepted_at_once_each_with_its_own_answer() {
     assert_eq!(again["jobs"][0]["replayed"], true);
     let listed = c.get("/v1/jobs?queue=work").await.json();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 2, "{listed}");
+    // A key is one key (a body without `input` digests without it, in a
+    // batch too) whichever call used it: a job sent alone, then in
+    // a batch as it was sent, is one job; with other fields, a reuse.
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/jobs",
+            &[("idempotency-key", "dec"), ("content-type", "application/json")],
+            Some(br#"{"queue": "work"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let dec = r.json()["id"].as_str().unwrap().to_string();
+    let again = c
+        .post(
+            "/v1/jobs:batch",
+            json!({"jobs": [
+                {"idempotency_key": "dec", "queue": "work"},
+                {"idempotency_key": "dec", "queue": "work", "input": {"month": "2027-01"}},
+            ]}),
+        )
+        .await
+        .json();
+    assert_eq!(again["jobs"][0]["job"]["id"], dec.as_str(), "{again}");
+    assert_eq!(again["jobs"][0]["replayed"], true);
+    assert!(
+        (400..500).contains(&again["jobs"][1]["status"].as_u64().unwrap()),
+        "{again}"
+    );
     // What is not a batch is refused as a whole.
     c.post("/v1/jobs:batch", json!({"jobs": []})).await.problem(400);
     c.post("/v1/jobs:batch", json!({"jobs": [{"queue": "work", "colour": 1}]}))
