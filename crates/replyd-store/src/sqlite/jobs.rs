@@ -293,6 +293,37 @@ pub(super) fn transition(
         now,
     } = step;
     let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
+    transition_loaded(
+        conn,
+        events,
+        job,
+        Step {
+            id,
+            scope,
+            cmd,
+            output,
+            now,
+        },
+        retry,
+    )
+}
+
+/// [`transition`] of a job already read (in this transaction) by its
+/// caller.
+pub(super) fn transition_loaded(
+    conn: &Connection,
+    events: &mut Events,
+    job: JobRecord,
+    step: Step<'_>,
+    retry: &RetryPolicy,
+) -> StoreResult<(JobRecord, Option<TransitionError>)> {
+    let Step {
+        id,
+        scope,
+        cmd,
+        output,
+        now,
+    } = step;
     let t = crate::record::transition(job, scope, cmd, output, now, retry)?;
     update_job(conn, &t.job, &t.text)?;
     if let Some(kind) = t.event {

@@ -1,7 +1,8 @@
 //! Leases: handing queued jobs to workers, and taking back the ones whose lease ran out.
 
-use super::jobs::{Step, id_bytes, query_ids, transition};
+use super::jobs::{Step, query_ids, transition, transition_loaded};
 use super::{SqliteStore, backend};
+use crate::record::decode;
 use crate::record::{from_ms, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -17,22 +18,31 @@ pub(super) async fn lease(
 ) -> StoreResult<Vec<Leased>> {
     let retry = s.inner.retry;
     s.write(move |conn, events| {
-        let ids = match &q.tenant {
-            Some(t) => query_ids(
-                conn,
-                "SELECT id FROM jobs WHERE queue = ?1 AND state = 'queued' AND run_at <= ?2
-                   AND tenant = ?3 ORDER BY run_at, id LIMIT ?4",
-                params![q.queue, ms(now), t.0, q.max],
-            )?,
-            None => query_ids(
-                conn,
-                "SELECT id FROM jobs WHERE queue = ?1 AND state = 'queued' AND run_at <= ?2
-                   ORDER BY run_at, id LIMIT ?3",
-                params![q.queue, ms(now), q.max],
-            )?,
+        // The jobs to lease with their records and inputs, in one read.
+        let picked: Vec<(String, Vec<u8>)> = {
+            let (sql, tenant) = match &q.tenant {
+                Some(t) => (
+                    "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
+                       AND run_at <= ?2 AND tenant = ?4 ORDER BY run_at, id LIMIT ?3",
+                    Some(t.0.as_str()),
+                ),
+                None => (
+                    "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
+                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY run_at, id LIMIT ?3",
+                    None,
+                ),
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![q.queue, ms(now), q.max, tenant], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
         };
-        let mut leased = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut leased = Vec::with_capacity(picked.len());
+        for (record, input) in picked {
+            let job = decode(&record)?;
             let lease_id = LeaseId::new();
             let cmd = Command::Lease {
                 lease_id: lease_id.clone(),
@@ -40,17 +50,13 @@ pub(super) async fn lease(
                 length: q.length,
             };
             let step = Step {
-                id,
+                id: job.id,
                 scope: None,
                 cmd,
                 output: None,
                 now,
             };
-            let (job, _) = transition(conn, events, step, &retry)?;
-            let input: Vec<u8> = conn
-                .prepare_cached("SELECT input FROM jobs WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id_bytes(id)], |r| r.get(0)))
-                .map_err(backend)?;
+            let (job, _) = transition_loaded(conn, events, job, step, &retry)?;
             leased.push(Leased {
                 job,
                 input: Bytes::from(input),
