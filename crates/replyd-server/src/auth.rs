@@ -57,6 +57,16 @@ impl Caller {
         }
     }
 
+    /// The tenant the caller's new jobs belong to; 403 for an operator key
+    /// (tenant `*`), which owns none.
+    pub fn owner(&self) -> Result<Tenant, ApiError> {
+        self.tenant().cloned().ok_or_else(|| {
+            ApiError::forbidden(
+                "an operator key (tenant \"*\") cannot own jobs; use a tenant's key",
+            )
+        })
+    }
+
     /// What can be decided from the caller alone, before any job is looked
     /// up (so that the answer says nothing about whether a job exists):
     /// 401 without credentials, 403 for a role that may not do `action`.

@@ -64,9 +64,7 @@ pub async fn handle(
         None => (app.auth.identify(&headers, None)?, true),
     };
     caller.check(Action::Submit, None)?;
-    let tenant = caller.tenant().cloned().ok_or_else(|| {
-        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
-    })?;
+    let tenant = caller.owner()?;
     let rate = take_submit(&app, &tenant, 1)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let captured = Captured {

@@ -85,9 +85,7 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     let caller = app.auth.identify(&headers, None)?;
     caller.check(Action::Submit, None)?;
-    let tenant = caller.tenant().cloned().ok_or_else(|| {
-        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
-    })?;
+    let tenant = caller.owner()?;
     let rate = take_submit(&app, &tenant, 1)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let request: proto::SubmitRequest = parse_json(&headers, &bytes)?;
@@ -138,9 +136,7 @@ pub async fn submit_batch(
 ) -> ApiResult<Response> {
     let caller = app.auth.identify(&headers, None)?;
     caller.check(Action::Submit, None)?;
-    let tenant = caller.tenant().cloned().ok_or_else(|| {
-        ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs; use a tenant's key")
-    })?;
+    let tenant = caller.owner()?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let request: proto::BatchSubmitRequest = parse_json(&headers, &bytes)?;
     let n = request.jobs.len();

@@ -261,15 +261,7 @@ pub async fn complete(
     let bytes = body(raw_body, app.config.limits.max_result)?;
     let (lease_id, output) = if is_json(&headers) {
         let req: proto::CompleteRequest = parse_json(&headers, &bytes)?;
-        let body = serde_json::to_vec(&req.result).unwrap_or_default();
-        (
-            req.lease_id,
-            JobOutput {
-                content_type: "application/json".into(),
-                body: body.into(),
-                upstream: None,
-            },
-        )
+        (req.lease_id, json_output(&req.result))
     } else {
         let params = query(q)?;
         let from_header = headers
@@ -325,6 +317,15 @@ pub async fn fail(
     };
     let job = app.worker_apply(&caller, id, cmd, None).await?;
     Ok(json(StatusCode::OK, &app.render.job(&job)))
+}
+
+/// A JSON result as a job's output.
+fn json_output(result: &serde_json::Value) -> JobOutput {
+    JobOutput {
+        content_type: "application/json".into(),
+        body: serde_json::to_vec(result).unwrap_or_default().into(),
+        upstream: None,
+    }
 }
 
 /// A worker's error, checked as `fail` checks it.
@@ -383,12 +384,8 @@ pub async fn complete_many(
                         app.worker_apply(caller, id, cmd, None).await
                     }
                     None => {
-                        let output = JobOutput {
-                            content_type: "application/json".into(),
-                            body: serde_json::to_vec(&o.result).unwrap_or_default().into(),
-                            upstream: None,
-                        };
                         let cmd = Command::Complete { lease_id };
+                        let output = json_output(&o.result);
                         app.worker_apply(caller, id, cmd, Some(output)).await
                     }
                 }

@@ -341,9 +341,7 @@ impl Session {
             } => {
                 let caller = self.caller.clone();
                 caller.check(Action::Submit, None)?;
-                let tenant = caller.tenant().cloned().ok_or_else(|| {
-                    ApiError::forbidden("an operator key (tenant \"*\") cannot own jobs")
-                })?;
+                let tenant = caller.owner()?;
                 super::take_submit(&self.app, &tenant, 1)?;
                 let key = key.as_deref().map(idempotency_key).transpose()?;
                 let request: proto::SubmitRequest = serde_json::from_value(job.clone())
