@@ -17,9 +17,7 @@
 //!   back to `reply_to` with the correlation id, ack), the broker's own
 //!   round trip.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -32,11 +30,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use replyd_server::config::Executor;
 use replyd_server::config::brokers::amqp::AmqpConfig;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchArgs;
-use crate::harness::{RoundTrips, Storage, start_replyd_with};
+use crate::harness::{RoundTrips, Storage, Waiting, start_replyd_with};
 
 /// The target: replyd's round trips per second over the ceiling's.
 const TARGET_RATIO: f64 = 0.4;
@@ -218,8 +215,6 @@ async fn echo_server(url: String, queue: String, stop: CancellationToken) -> any
     Ok(())
 }
 
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
-
 /// `clients` requesters send requests to `queue` one after another for
 /// `duration`; round trips per second and their latencies.
 async fn rpc_load(
@@ -254,16 +249,12 @@ async fn rpc_load(
             FieldTable::default(),
         )
         .await?;
-    let waiting: Waiting = Arc::default();
+    let waiting = Waiting::default();
     let w = waiting.clone();
     let router = tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
-            let at = Instant::now();
-            let Some(corr) = d.properties.correlation_id() else {
-                continue;
-            };
-            if let Some(tx) = w.lock().unwrap().remove(corr.as_str()) {
-                let _ = tx.send(at);
+            if let Some(corr) = d.properties.correlation_id() {
+                w.arrived(corr.as_str(), Instant::now());
             }
         }
     });
@@ -281,29 +272,29 @@ async fn rpc_load(
             while Instant::now() < deadline {
                 let corr = format!("{c}.{i}");
                 i += 1;
-                let (tx, rx) = oneshot::channel();
-                waiting.lock().unwrap().insert(corr.clone(), tx);
                 let props = BasicProperties::default()
                     .with_correlation_id(ShortString::from(corr.as_str()))
                     .with_message_id(ShortString::from(corr.as_str()))
                     .with_reply_to(inbox.clone())
                     .with_content_type(ShortString::from("application/json"));
-                let sent = Instant::now();
-                publisher
-                    .basic_publish(
-                        ShortString::from(""),
-                        queue.clone(),
-                        BasicPublishOptions::default(),
-                        br#"{"seconds":0}"#,
-                        props,
-                    )
-                    .await?;
-                match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                    Ok(Ok(at)) => latency.push((at - sent).as_nanos() as i64),
-                    _ => {
-                        waiting.lock().unwrap().remove(&corr);
-                        lost += 1;
-                    }
+                let send = async {
+                    publisher
+                        .basic_publish(
+                            ShortString::from(""),
+                            queue.clone(),
+                            BasicPublishOptions::default(),
+                            br#"{"seconds":0}"#,
+                            props,
+                        )
+                        .await?;
+                    Ok(())
+                };
+                match waiting
+                    .round_trip(&corr, Duration::from_secs(10), send)
+                    .await?
+                {
+                    Some(ns) => latency.push(ns),
+                    None => lost += 1,
                 }
             }
             anyhow::Ok((latency, lost))

@@ -23,20 +23,19 @@
 //!   body back to the reply address with the correlation id; settle), the
 //!   broker's own round trip.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use replyd_server::Config;
 use replyd_server::brokers::{Broker, Message, Props, Received};
 use replyd_server::config::Executor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchArgs;
-use crate::harness::{RoundTrips, Storage, start_replyd_with};
+use crate::harness::{RoundTrips, Storage, Waiting, start_replyd_with};
 
 /// The goal the AMQP and Kafka issues set.
 const TARGET_RATIO: f64 = 0.4;
@@ -337,8 +336,6 @@ async fn echo_server(
     }
 }
 
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
-
 /// `clients` requesters send requests to `requests` one after another for
 /// `duration`; round trips per second and their latencies.
 async fn load(
@@ -350,16 +347,12 @@ async fn load(
 ) -> anyhow::Result<RoundTrips> {
     let broker = kind.handle(url, "client")?;
     let (inbox, mut replies) = broker.inbox().await?;
-    let waiting: Waiting = Arc::default();
+    let waiting = Waiting::default();
     let w = waiting.clone();
     let router = tokio::spawn(async move {
         while let Some(r) = replies.recv().await {
-            let at = Instant::now();
-            let Some(corr) = &r.message.props.correlation_id else {
-                continue;
-            };
-            if let Some(tx) = w.lock().unwrap().remove(corr) {
-                let _ = tx.send(at);
+            if let Some(corr) = &r.message.props.correlation_id {
+                w.arrived(corr, Instant::now());
             }
         }
     });
@@ -375,12 +368,14 @@ async fn load(
     };
     // One round trip first: until it, consumers may still be joining
     // their groups (Kafka: seconds), which is not what is measured.
-    let (tx, rx) = oneshot::channel();
-    waiting.lock().unwrap().insert("warm-up".into(), tx);
-    broker.publish(requests, request("warm-up")).await?;
-    if tokio::time::timeout(Duration::from_secs(60), rx)
-        .await
-        .is_err()
+    let warm_up = async {
+        broker.publish(requests, request("warm-up")).await?;
+        Ok(())
+    };
+    if waiting
+        .round_trip("warm-up", Duration::from_secs(60), warm_up)
+        .await?
+        .is_none()
     {
         bail!("no reply to a first request in 60 s");
     }
@@ -397,16 +392,16 @@ async fn load(
             while Instant::now() < deadline {
                 let corr = format!("{c}.{i}");
                 i += 1;
-                let (tx, rx) = oneshot::channel();
-                waiting.lock().unwrap().insert(corr.clone(), tx);
-                let sent = Instant::now();
-                broker.publish(&requests, request(&corr)).await?;
-                match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                    Ok(Ok(at)) => latency.push((at - sent).as_nanos() as i64),
-                    _ => {
-                        waiting.lock().unwrap().remove(&corr);
-                        lost += 1;
-                    }
+                let send = async {
+                    broker.publish(&requests, request(&corr)).await?;
+                    Ok(())
+                };
+                match waiting
+                    .round_trip(&corr, Duration::from_secs(10), send)
+                    .await?
+                {
+                    Some(ns) => latency.push(ns),
+                    None => lost += 1,
                 }
             }
             anyhow::Ok((latency, lost))

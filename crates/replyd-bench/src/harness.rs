@@ -283,6 +283,56 @@ pub(crate) async fn load_with(
     })
 }
 
+/// Requests awaiting their replies, by correlation id (the broker
+/// scenarios): a requester registers one and sends it; the task that reads
+/// the replies says when each arrived.
+#[cfg(any(
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "kafka"
+))]
+#[derive(Clone, Default)]
+pub(crate) struct Waiting(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Instant>>>>,
+);
+
+#[cfg(any(
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "kafka"
+))]
+impl Waiting {
+    /// The reply to `corr` arrived `at`.
+    pub(crate) fn arrived(&self, corr: &str, at: Instant) {
+        if let Some(tx) = self.0.lock().unwrap().remove(corr) {
+            let _ = tx.send(at);
+        }
+    }
+
+    /// Sends the request `corr` with `send` and waits up to `within` for
+    /// its reply: the round trip in nanoseconds, or `None` (unanswered).
+    pub(crate) async fn round_trip(
+        &self,
+        corr: &str,
+        within: Duration,
+        send: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<Option<i64>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.lock().unwrap().insert(corr.to_string(), tx);
+        let sent = Instant::now();
+        send.await?;
+        match tokio::time::timeout(within, rx).await {
+            Ok(Ok(at)) => Ok(Some((at - sent).as_nanos() as i64)),
+            _ => {
+                self.0.lock().unwrap().remove(corr);
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Request → reply round trips of one measurement (the broker scenarios).
 #[cfg(any(
     feature = "amqp",
