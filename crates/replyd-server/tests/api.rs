@@ -5,3 +5,4 @@ mod common;
 const BACKEND: common::Backend = common::Backend::Sqlite;
 
 include!("common/api_cases.rs");
+include!("common/batch_cases.rs");

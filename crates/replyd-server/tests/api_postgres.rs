@@ -8,3 +8,4 @@ mod common;
 const BACKEND: common::Backend = common::Backend::Postgres;
 
 include!("common/api_cases.rs");
+include!("common/batch_cases.rs");
