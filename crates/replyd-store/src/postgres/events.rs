@@ -66,13 +66,20 @@ pub(super) const SEQUENCE_BATCH: i64 = 10_000;
 /// DELETE waits, then removes (and returns) the positioned version. A
 /// floor read before the DELETE would miss that position, and the next
 /// sequencer would hand it out a second time (a listener that saw it first
-/// would never read the new event).
-pub(super) const FORGET_EVENTS_OF_JOBS: &str = "WITH gone AS (
+/// would never read the new event). The rows are locked in id order
+/// first (a statement of its own, so the DELETE's snapshot sees what the
+/// lock waited for), the order the sequencer locks them in: a DELETE alone locks in
+/// scan order, and a sequencer locking the same two rows the other way
+/// round deadlocked the pair (PostgreSQL aborted one with 40P01).
+pub(super) const FORGET_EVENTS_OF_JOBS: [&str; 2] = [
+    "SELECT id FROM events WHERE job_id = ANY($1) ORDER BY id FOR UPDATE",
+    "WITH gone AS (
          DELETE FROM events WHERE job_id = ANY($1) RETURNING position
      )
      INSERT INTO log_floor (one, below)
      SELECT 1, max(position) FROM gone HAVING max(position) IS NOT NULL
-     ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)";
+     ON CONFLICT (one) DO UPDATE SET below = greatest(log_floor.below, excluded.below)",
+];
 
 pub(super) async fn sequence(pool: &PgPool) -> StoreResult<u64> {
     let mut tx = pool.begin().await.map_err(backend)?;
@@ -83,7 +90,11 @@ pub(super) async fn sequence(pool: &PgPool) -> StoreResult<u64> {
         .map_err(backend)?;
     let row = sqlx::query(
         "WITH todo AS (
+             -- Locked in id order, as FORGET_EVENTS_OF_JOBS locks: two
+             -- transactions that lock shared rows in one order cannot
+             -- deadlock.
              SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $1
+             FOR UPDATE
          ), base AS (
              -- Past every position ever given, even one whose event was
              -- removed since (log_floor keeps the highest removed).

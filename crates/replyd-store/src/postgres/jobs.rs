@@ -145,8 +145,10 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
 /// Removes what jobs (`ids`) have beyond their records: their outputs,
 /// their events (raising the log's floor past them) and their deliveries.
 pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResult<()> {
+    let [lock_events, forget_events] = FORGET_EVENTS_OF_JOBS;
     for sql in [
-        FORGET_EVENTS_OF_JOBS,
+        lock_events,
+        forget_events,
         "DELETE FROM job_outputs WHERE job_id = ANY($1)",
         "DELETE FROM delivery_attempts WHERE delivery_id IN
              (SELECT id FROM outbox WHERE job_id = ANY($1))",
