@@ -20,33 +20,96 @@ pub(crate) async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
         args.jobs, args.clients, args.workers, args.batch, args.complete
     );
     let server = start_replyd(&Storage::Sqlite(dir.join("bench-e2e.db"))).await?;
-    let (done, elapsed) = e2e_run(args, &[server.addr]).await?;
+    let run = e2e_run(args, &[server.addr]).await?;
     let batching = server.ops_per_commit();
     server.stop().await;
     println!(
-        "  {done} jobs in {:.2} s: {:.0} jobs/s end to end (submit + lease + complete, each durable)",
-        elapsed.as_secs_f64(),
-        done as f64 / elapsed.as_secs_f64()
+        "  {} jobs in {:.2} s: {:.0} jobs/s end to end (submit + lease + complete, each durable)",
+        run.done,
+        run.elapsed.as_secs_f64(),
+        run.rate()
     );
+    println!("  {}", run.submit_line());
     println!("  group commit: {batching:.1} writes per commit");
     Ok(())
 }
 
+/// What an end-to-end run measured.
+pub(crate) struct E2eRun {
+    /// Jobs completed.
+    pub done: usize,
+    /// From the first submit to the last completion.
+    pub elapsed: Duration,
+    /// From the first submit to the last 202.
+    pub submitted: Duration,
+    /// Jobs completed by the time the last 202 came.
+    pub done_when_submitted: usize,
+}
+
+impl E2eRun {
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Where the time went: submitting, and the workers' drain after it.
+    pub fn submit_line(&self) -> String {
+        format!(
+            "all submitted after {:.2} s ({} completed by then), drained {:.2} s later",
+            self.submitted.as_secs_f64(),
+            self.done_when_submitted,
+            (self.elapsed - self.submitted).as_secs_f64()
+        )
+    }
+}
+
+/// Jobs completed, and when the last of `n` was: the run ends there, not
+/// when the last idle worker's long poll gives up.
+struct Tally {
+    n: usize,
+    start: Instant,
+    done: AtomicUsize,
+    finished: std::sync::OnceLock<Duration>,
+}
+
+impl Tally {
+    fn new(n: usize, start: Instant) -> Self {
+        Tally {
+            n,
+            start,
+            done: AtomicUsize::new(0),
+            finished: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn add(&self, k: usize) {
+        if self.done.fetch_add(k, Ordering::Relaxed) + k >= self.n {
+            let _ = self.finished.set(self.start.elapsed());
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn finished(&self) -> Option<Duration> {
+        self.finished.get().copied()
+    }
+}
+
 /// Submits `args.jobs` jobs and works them off through the worker API,
-/// clients and workers spread over `addrs`. Returns the jobs done and the
-/// time from the first submit to the last completion.
-pub(crate) async fn e2e_run(
-    args: &BenchArgs,
-    addrs: &[SocketAddr],
-) -> anyhow::Result<(usize, Duration)> {
+/// clients and workers spread over `addrs`.
+pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::Result<E2eRun> {
     let n = args.jobs;
-    let completed = Arc::new(AtomicUsize::new(0));
-    let submitted = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let completed = Arc::new(Tally::new(n, start));
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let last_accept = Arc::new(std::sync::Mutex::new((Duration::ZERO, 0)));
 
     let mut tasks = Vec::new();
     for i in 0..args.clients {
-        let submitted = submitted.clone();
+        let (submitted, accepted) = (submitted.clone(), accepted.clone());
+        let (completed, last_accept) = (completed.clone(), last_accept.clone());
         let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
             while submitted.fetch_add(1, Ordering::Relaxed) < n {
@@ -58,6 +121,9 @@ pub(crate) async fn e2e_run(
                         "submit answered {status}: {}",
                         String::from_utf8_lossy(&body)
                     );
+                }
+                if accepted.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    *last_accept.lock().unwrap() = (start.elapsed(), completed.done());
                 }
             }
             Ok(())
@@ -73,7 +139,7 @@ pub(crate) async fn e2e_run(
         let lease_body = lease_body.clone();
         let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
-            while completed.load(Ordering::Relaxed) < n {
+            while completed.done() < n {
                 let (status, body) = conn
                     .post("/v1/queues/bench/lease", lease_body.clone())
                     .await?;
@@ -98,7 +164,7 @@ pub(crate) async fn e2e_run(
                                 String::from_utf8_lossy(&body)
                             );
                         }
-                        completed.fetch_add(1, Ordering::Relaxed);
+                        completed.add(1);
                     }
                 } else {
                     let outcomes: Vec<_> = batch
@@ -119,7 +185,7 @@ pub(crate) async fn e2e_run(
                     if let Some(bad) = answer.outcomes.iter().find(|o| o.status != 200) {
                         bail!("an outcome answered {}: {:?}", bad.status, bad.problem);
                     }
-                    completed.fetch_add(answer.outcomes.len(), Ordering::Relaxed);
+                    completed.add(answer.outcomes.len());
                 }
             }
             Ok(())
@@ -128,5 +194,11 @@ pub(crate) async fn e2e_run(
     for t in tasks {
         t.await?.context("a bench client failed")?;
     }
-    Ok((completed.load(Ordering::Relaxed), start.elapsed()))
+    let (submitted, done_when_submitted) = *last_accept.lock().unwrap();
+    Ok(E2eRun {
+        done: completed.done(),
+        elapsed: completed.finished().unwrap_or_else(|| start.elapsed()),
+        submitted,
+        done_when_submitted,
+    })
 }

@@ -84,15 +84,17 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
     );
     let db = schema(url).await?;
     let (nodes, addrs) = nodes_on(&db, n).await?;
-    let (done, elapsed) = e2e_run(args, &addrs).await?;
+    let run = e2e_run(args, &addrs).await?;
     for node in nodes {
         node.stop().await;
     }
-    let rate = done as f64 / elapsed.as_secs_f64();
+    let rate = run.rate();
     println!(
-        "  {:<34} {rate:>9.0} jobs/s   ({done} in {:.2} s)",
+        "  {:<34} {rate:>9.0} jobs/s   ({} in {:.2} s; {})",
         "replyd on PostgreSQL",
-        elapsed.as_secs_f64()
+        run.done,
+        run.elapsed.as_secs_f64(),
+        run.submit_line()
     );
     let ceiling = e2e_ceiling(&db, args, db_concurrency(n)).await?;
     println!(
