@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_values = ["submit", "e2e"])]
@@ -115,6 +115,24 @@ pub struct BenchArgs {
     /// first, in the same run, as the baseline.
     #[arg(long, value_name = "PATH")]
     pub baseline_bin: Option<PathBuf>,
+    /// Peers scenario: which of the peers to run beside replyd.
+    #[arg(long, value_delimiter = ',', default_values = ["pgboss", "bullmq", "celery"],
+          value_parser = ["pgboss", "bullmq", "celery"])]
+    pub peers: Vec<String>,
+    /// Peers scenario: the peers' folder, made ready by
+    /// `scripts/peers-setup` (a copy of `../shared/peers` with its Node
+    /// modules and Python venv).
+    #[arg(
+        long,
+        env = "REPLYD_PEERS_DIR",
+        default_value = "target/peers",
+        value_name = "DIR"
+    )]
+    pub peers_dir: PathBuf,
+    /// Peers scenario: jobs each end-to-end measurement runs (the peers'
+    /// `N`).
+    #[arg(long, default_value_t = 20_000)]
+    pub peer_jobs: usize,
     /// Where the benchmark databases go (default: a temporary directory).
     /// Put it on the disk replyd will run on: fsync cost is the point.
     #[arg(long)]

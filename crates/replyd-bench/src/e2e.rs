@@ -129,6 +129,29 @@ pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::R
             Ok(())
         }));
     }
+    tasks.extend(spawn_workers(args, addrs, &completed).await?);
+    for t in tasks {
+        t.await?.context("a bench client failed")?;
+    }
+    let (submitted, done_when_submitted) = *last_accept.lock().unwrap();
+    Ok(E2eRun {
+        done: completed.done(),
+        elapsed: completed.finished().unwrap_or_else(|| start.elapsed()),
+        submitted,
+        done_when_submitted,
+    })
+}
+
+/// Starts `args.workers` workers (spread over `addrs`) that lease in
+/// batches and report as `args.complete` says until `completed` reaches
+/// its count.
+async fn spawn_workers(
+    args: &BenchArgs,
+    addrs: &[SocketAddr],
+    completed: &Arc<Tally>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let n = completed.n;
+    let mut tasks = Vec::new();
     let lease_body = Bytes::from(format!(
         r#"{{"worker":"bench","lease":120,"wait":1,"batch":{}}}"#,
         args.batch
@@ -191,14 +214,37 @@ pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::R
             Ok(())
         }));
     }
-    for t in tasks {
-        t.await?.context("a bench client failed")?;
+    Ok(tasks)
+}
+
+/// The peers' end-to-end shape: `n` jobs enqueued beforehand (through
+/// `POST /v1/jobs:batch`, not timed), then the workers start; returns the
+/// time from their start until the last job completed.
+pub(crate) async fn drain_run(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let item = r#"{"queue":"bench","input":{"n":1}}"#;
+    let mut conn = Conn::open(addr).await?;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let body = format!(r#"{{"jobs":[{}]}}"#, vec![item; k].join(","));
+        let (status, answer) = conn.post("/v1/jobs:batch", Bytes::from(body)).await?;
+        if status != StatusCode::OK {
+            bail!(
+                "batch submit answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        left -= k;
     }
-    let (submitted, done_when_submitted) = *last_accept.lock().unwrap();
-    Ok(E2eRun {
-        done: completed.done(),
-        elapsed: completed.finished().unwrap_or_else(|| start.elapsed()),
-        submitted,
-        done_when_submitted,
-    })
+    let completed = Arc::new(Tally::new(n, Instant::now()));
+    for t in spawn_workers(args, &[addr], &completed).await? {
+        t.await?.context("a bench worker failed")?;
+    }
+    completed
+        .finished()
+        .context("the workers stopped before every job was done")
 }

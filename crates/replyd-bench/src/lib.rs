@@ -9,8 +9,8 @@
 //!   bare axum endpoint that reads the body and answers 202 doing no work,
 //!   this machine's HTTP ceiling.
 //! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
-//!   completed one by one; jobs/s from the first submit to the last
-//!   completion.
+//!   completed (a batch's outcomes per call, or one call per job); jobs/s
+//!   from the first submit to the last completion.
 //! - `streams` (`streams.rs`): C idle SSE streams and C WebSocket
 //!   subscriptions on a replyd in its own process while jobs complete at
 //!   1,000/s: server RSS per idle connection and completion → client
@@ -26,6 +26,8 @@
 //!   `kafka`): request/response round trips through replyd. Baseline: a
 //!   bare echo, the same client (Kafka: on librdkafka's mock cluster).
 //! - `pg` (`pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
+//! - `peers` (`peers.rs`): pg-boss, BullMQ and Celery (`../shared/peers`)
+//!   measured by their own scripts, beside replyd in the same shapes.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
 
@@ -37,6 +39,7 @@ mod brokers;
 mod e2e;
 pub mod exposure;
 mod harness;
+mod peers;
 #[cfg(feature = "postgres")]
 mod pg;
 mod process;
@@ -72,6 +75,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "streams" => streams::run(&args, &dir).await?,
             "webhooks" => webhooks::run(&args, &dir).await?,
             "exposure" => exposure::run(&args, &dir).await?,
+            "peers" => peers::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -86,7 +90,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, peers, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }

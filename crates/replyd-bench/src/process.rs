@@ -55,7 +55,26 @@ impl Process {
         args: &[&str],
         marker: &'static str,
     ) -> anyhow::Result<Process> {
-        let mut cmd = Command::new(exe);
+        Process::launch(Command::new(exe), args, marker).await
+    }
+
+    /// As `spawn`, on the CPUs `cpus` (a `taskset -c` list) only.
+    pub(crate) async fn spawn_pinned(
+        cpus: &str,
+        args: &[&str],
+        marker: &'static str,
+    ) -> anyhow::Result<Process> {
+        let exe = std::env::current_exe().context("cannot find this binary")?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(cpus).arg(exe);
+        Process::launch(cmd, args, marker).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        args: &[&str],
+        marker: &'static str,
+    ) -> anyhow::Result<Process> {
         for var in [
             "REPLYD_CONFIG",
             "REPLYD_LISTEN",

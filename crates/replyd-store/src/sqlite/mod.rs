@@ -45,7 +45,8 @@ mod writer;
 
 use schema::open_connection;
 use writer::{
-    MAX_BATCH, MAX_CONCURRENT_READS, WRITER_CHECKPOINT_PAGES, WriteOp, checkpointer, writer,
+    MAX_BATCH, MAX_CONCURRENT_READS, WRITER_CACHE_KIB, WRITER_CHECKPOINT_PAGES, WriteOp,
+    checkpointer, writer,
 };
 
 /// Options of the embedded store.
@@ -109,6 +110,8 @@ impl SqliteStore {
             let mut conn = open_connection(&p).map_err(backend)?;
             schema::apply(&mut conn).map_err(backend)?;
             conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                .map_err(backend)?;
+            conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
                 .map_err(backend)?;
             Ok(conn)
         })

@@ -35,6 +35,11 @@ pub(super) type WriteOp =
 /// the checkpointer thread fall behind.
 pub(super) const WRITER_CHECKPOINT_PAGES: i64 = 50_000;
 
+/// The writer's page cache (`PRAGMA cache_size`, negative: KiB). SQLite's
+/// default, 2 MiB, holds fewer pages than a busy minute of jobs touches:
+/// each transition then read its pages back from the OS.
+pub(super) const WRITER_CACHE_KIB: i64 = -65_536;
+
 /// How often the checkpointer copies the WAL back into the database.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
