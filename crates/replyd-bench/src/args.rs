@@ -31,10 +31,11 @@ pub struct BenchArgs {
     /// Jobs per lease call in the end-to-end scenario.
     #[arg(long, default_value_t = 100)]
     pub batch: u32,
-    /// End to end: how workers report: `batch`, one `POST
-    /// /v1/workers/complete` per leased batch, or `each`, one `POST
-    /// /v1/jobs/{id}/complete` per job.
-    #[arg(long, default_value = "batch", value_parser = ["batch", "each"])]
+    /// End to end: how workers report: `lease`, a leased batch's outcomes
+    /// sent with the next lease call (one round trip per batch); `batch`,
+    /// one `POST /v1/workers/complete` per leased batch; or `each`, one
+    /// `POST /v1/jobs/{id}/complete` per job.
+    #[arg(long, default_value = "batch", value_parser = ["lease", "batch", "each"])]
     pub complete: String,
     /// PostgreSQL for the `pg` scenario (a fresh schema per measurement).
     #[arg(long, env = "REPLYD_BENCH_DATABASE_URL", value_name = "URL")]

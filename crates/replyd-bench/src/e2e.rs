@@ -34,6 +34,28 @@ pub(crate) async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
     Ok(())
 }
 
+/// `drain`: the peers' end-to-end shape alone: N jobs enqueued first, then
+/// the workers' drain is timed.
+pub(crate) async fn drain(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "\ndrain: {} no-op jobs enqueued first (jobs:batch, not timed), then {} workers lease (batch {}) and complete ({})",
+        args.jobs, args.workers, args.batch, args.complete
+    );
+    let server = start_replyd(&Storage::Sqlite(dir.join("bench-drain.db"))).await?;
+    let took = drain_run(args, server.addr, args.jobs).await;
+    let batching = server.ops_per_commit();
+    server.stop().await;
+    let took = took?;
+    println!(
+        "  {} jobs in {:.2} s: {:.0} jobs/s drained (lease + complete, each durable)",
+        args.jobs,
+        took.as_secs_f64(),
+        args.jobs as f64 / took.as_secs_f64()
+    );
+    println!("  group commit: {batching:.1} writes per commit");
+    Ok(())
+}
+
 /// What an end-to-end run measured.
 pub(crate) struct E2eRun {
     /// Jobs completed.
@@ -156,16 +178,26 @@ async fn spawn_workers(
         r#"{{"worker":"bench","lease":120,"wait":1,"batch":{}}}"#,
         args.batch
     ));
-    let each = args.complete == "each";
+    let mode = args.complete.clone();
+    let batch_size = args.batch;
     for i in 0..args.workers {
         let completed = completed.clone();
-        let lease_body = lease_body.clone();
+        let (lease_body, mode) = (lease_body.clone(), mode.clone());
         let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
+            // `lease` mode: the last batch's outcomes, sent with the next lease.
+            let mut carried: Vec<serde_json::Value> = Vec::new();
             while completed.done() < n {
-                let (status, body) = conn
-                    .post("/v1/queues/bench/lease", lease_body.clone())
-                    .await?;
+                let body = if carried.is_empty() {
+                    lease_body.clone()
+                } else {
+                    // A short wait: their answers come back with the lease's.
+                    Bytes::from(serde_json::to_vec(&serde_json::json!({
+                        "worker": "bench", "lease": 120, "wait": 0, "batch": batch_size,
+                        "outcomes": std::mem::take(&mut carried),
+                    }))?)
+                };
+                let (status, body) = conn.post("/v1/queues/bench/lease", body).await?;
                 if status == StatusCode::NO_CONTENT {
                     continue;
                 }
@@ -176,45 +208,60 @@ async fn spawn_workers(
                     );
                 }
                 let batch: replyd_proto::LeaseBatch = serde_json::from_slice(&body)?;
-                if each {
-                    for lease in batch.leases {
-                        let path = format!("/v1/jobs/{}/complete", lease.job.id);
-                        let body = format!(r#"{{"lease_id":"{}","result":null}}"#, lease.lease_id);
-                        let (status, body) = conn.post(&path, Bytes::from(body)).await?;
-                        if status != StatusCode::OK {
-                            bail!(
-                                "complete answered {status}: {}",
-                                String::from_utf8_lossy(&body)
-                            );
-                        }
-                        completed.add(1);
-                    }
-                } else {
-                    let outcomes: Vec<_> = batch
+                completed.add(all_ok(&batch.outcomes)?);
+                let outcomes = || -> Vec<serde_json::Value> {
+                    batch
                         .leases
                         .iter()
                         .map(|l| serde_json::json!({"job_id": l.job.id, "lease_id": l.lease_id}))
-                        .collect();
-                    let body = serde_json::to_vec(&serde_json::json!({ "outcomes": outcomes }))?;
-                    let (status, body) =
-                        conn.post("/v1/workers/complete", Bytes::from(body)).await?;
-                    let answer: replyd_proto::OutcomesAnswer = match status {
-                        StatusCode::OK => serde_json::from_slice(&body)?,
-                        _ => bail!(
-                            "complete answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        ),
-                    };
-                    if let Some(bad) = answer.outcomes.iter().find(|o| o.status != 200) {
-                        bail!("an outcome answered {}: {:?}", bad.status, bad.problem);
+                        .collect()
+                };
+                match mode.as_str() {
+                    "each" => {
+                        for lease in &batch.leases {
+                            let path = format!("/v1/jobs/{}/complete", lease.job.id);
+                            let body =
+                                format!(r#"{{"lease_id":"{}","result":null}}"#, lease.lease_id);
+                            let (status, body) = conn.post(&path, Bytes::from(body)).await?;
+                            if status != StatusCode::OK {
+                                bail!(
+                                    "complete answered {status}: {}",
+                                    String::from_utf8_lossy(&body)
+                                );
+                            }
+                            completed.add(1);
+                        }
                     }
-                    completed.add(answer.outcomes.len());
+                    "lease" => carried = outcomes(),
+                    _ if batch.leases.is_empty() => {}
+                    _ => {
+                        let body =
+                            serde_json::to_vec(&serde_json::json!({ "outcomes": outcomes() }))?;
+                        let (status, body) =
+                            conn.post("/v1/workers/complete", Bytes::from(body)).await?;
+                        let answer: replyd_proto::OutcomesAnswer = match status {
+                            StatusCode::OK => serde_json::from_slice(&body)?,
+                            _ => bail!(
+                                "complete answered {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            ),
+                        };
+                        completed.add(all_ok(&answer.outcomes)?);
+                    }
                 }
             }
             Ok(())
         }));
     }
     Ok(tasks)
+}
+
+/// How many outcomes were answered, each 200 (else the first that was not).
+fn all_ok(answers: &[replyd_proto::OutcomeAnswer]) -> anyhow::Result<usize> {
+    if let Some(bad) = answers.iter().find(|o| o.status != 200) {
+        bail!("an outcome answered {}: {:?}", bad.status, bad.problem);
+    }
+    Ok(answers.len())
 }
 
 /// The peers' end-to-end shape: `n` jobs enqueued beforehand (through

@@ -11,6 +11,8 @@
 //! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
 //!   completed (a batch's outcomes per call, or one call per job); jobs/s
 //!   from the first submit to the last completion.
+//! - `drain`: the peers' end-to-end shape: N jobs enqueued first (not
+//!   timed), then the workers' lease + complete is timed.
 //! - `streams` (`streams.rs`): C idle SSE streams and C WebSocket
 //!   subscriptions on a replyd in its own process while jobs complete at
 //!   1,000/s: server RSS per idle connection and completion → client
@@ -70,6 +72,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         match scenario.as_str() {
             "submit" => submit::submit(&args, &dir).await?,
             "e2e" => e2e::e2e(&args, &dir).await?,
+            "drain" => e2e::drain(&args, &dir).await?,
             #[cfg(feature = "postgres")]
             "pg" => pg::run(&args).await?,
             "streams" => streams::run(&args, &dir).await?,
@@ -90,7 +93,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, peers, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, peers, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }

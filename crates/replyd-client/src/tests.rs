@@ -486,6 +486,7 @@ async fn worker_calls() {
         lease: Some(30.0),
         wait: Some(1.0),
         batch: None,
+        outcomes: Vec::new(),
     };
     assert!(client.lease("my queue", &req).await.unwrap().is_none());
     let got = client.lease("my queue", &req).await.unwrap().unwrap();
@@ -614,6 +615,7 @@ timeout = 60
             lease: Some(30.0),
             wait: Some(10.0),
             batch: None,
+            outcomes: Vec::new(),
         };
         let lease = worker
             .lease("work", &req)

@@ -313,6 +313,7 @@ async fn slot(
         lease: Some(options.lease.as_secs_f64()),
         wait: Some(options.lease_wait.as_secs_f64()),
         batch: None,
+        outcomes: Vec::new(),
     };
     let mut backoff = Backoff::default();
     loop {

@@ -76,6 +76,15 @@ pub struct LeaseQuery {
     pub max: u32,
 }
 
+/// One job's move among many ([`Store::apply_many`]): a command and, for
+/// a completion, its output.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub id: JobId,
+    pub cmd: Command,
+    pub output: Option<JobOutput>,
+}
+
 /// A job handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Leased {
@@ -170,6 +179,23 @@ pub trait Store: Send + Sync + 'static {
         output: Option<JobOutput>,
         now: DateTime<Utc>,
     ) -> StoreResult<JobRecord>;
+
+    /// Applies many moves (a worker's batch of outcomes), each as
+    /// [`Store::apply`] would, answered in order with its own result; an
+    /// `Err` of the whole is the store's failure (none of them is known to
+    /// have moved). A store may commit them together; by default they are
+    /// applied concurrently, each in its own transaction.
+    async fn apply_many(
+        &self,
+        scope: Option<&Tenant>,
+        moves: Vec<Move>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
+        let applied = moves
+            .into_iter()
+            .map(|m| self.apply(m.id, scope, m.cmd, m.output, now));
+        Ok(futures::future::join_all(applied).await)
+    }
 
     /// Leases up to `query.max` ready jobs of a queue, oldest first. No job
     /// is ever leased to two workers at once.

@@ -303,6 +303,14 @@ pub struct LeaseRequest {
     #[schema(minimum = 1, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u32>,
+    /// Outcomes of jobs leased before (at most 1000), applied as `POST
+    /// /v1/workers/complete` applies them, in the same round trip as this
+    /// lease. Needs `batch`: their answers come back in the
+    /// [`LeaseBatch`]'s `outcomes` (then a 200 even when no job was
+    /// leased). They are applied at once; only their answer waits for the
+    /// lease, so a worker carrying outcomes may want a short `wait`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<Outcome>,
 }
 
 /// One leased job.
@@ -326,6 +334,10 @@ pub enum LeaseAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseBatch {
     pub leases: Vec<Lease>,
+    /// The answers to the request's `outcomes`, in order (absent when it
+    /// had none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<OutcomeAnswer>,
 }
 
 /// `POST /v1/jobs/{id}/heartbeat`.
@@ -418,13 +430,14 @@ pub struct OutcomesRequest {
 }
 
 /// What became of one outcome: `status` as the one-job call would have
-/// answered (200 with the job, or a problem: 404, 409…).
+/// answered (200 and the job's `state` after it, or a problem: 404,
+/// 409…). The job itself is not repeated: `GET /v1/jobs/{id}` has it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OutcomeAnswer {
     pub job_id: String,
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<Job>,
+    pub state: Option<JobState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
 }

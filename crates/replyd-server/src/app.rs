@@ -330,6 +330,20 @@ impl App {
             .await?)
     }
 
+    /// A worker's outcomes for many jobs it holds leases on, each answered
+    /// on its own (see [`replyd_core::Store::apply_many`]).
+    pub async fn worker_apply_many(
+        &self,
+        caller: &Caller,
+        moves: Vec<replyd_core::store::Move>,
+    ) -> ApiResult<Vec<replyd_core::store::StoreResult<JobRecord>>> {
+        caller.check(Action::Work, None)?;
+        Ok(self
+            .store
+            .apply_many(caller.tenant(), moves, self.now())
+            .await?)
+    }
+
     /// Seconds a poller should wait before asking again: short while a job
     /// is young, longer as it ages, and guided by its progress when it
     /// reports some (about half the estimated time left), 1 to 30 s.

@@ -15,7 +15,9 @@ use replyd_core::job::{Command, JobError, JobState, NewJob, TransitionError};
 use replyd_core::outbox::{
     AfterAttempt, AttemptRecord, Channel, DeliveryState, ReplyAsked, ReplySpec, ReplyTarget,
 };
-use replyd_core::store::{JobOutput, LeaseQuery, ListQuery, Outcome, Store, StoreError, Submitted};
+use replyd_core::store::{
+    JobOutput, LeaseQuery, ListQuery, Move, Outcome, Store, StoreError, Submitted,
+};
 use replyd_core::{JobId, LeaseId, Tenant};
 
 /// Instantiates every conformance test for a store. `$make` is an async
@@ -26,7 +28,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@each $make;
             submit_then_get, idempotency_replay_and_mismatch, concurrent_duplicates_make_one_job,
-            lease_hands_each_job_to_one_worker, fencing_refuses_stale_leases,
+            lease_hands_each_job_to_one_worker, fencing_refuses_stale_leases, many_moves_each_answered,
             expired_leases_retry_with_backoff_then_fail, cancel_queued_and_running,
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
@@ -209,6 +211,90 @@ pub async fn lease_hands_each_job_to_one_worker(store: Arc<dyn Store>) {
     // Other queues are untouched.
     submit(&*store, "other").await;
     assert!(store.lease(lq("q", 10), t(2)).await.unwrap().is_empty());
+}
+
+/// A batch of moves: each is answered as `apply` would answer it, a
+/// refused or unknown one changes nothing and spoils none of the others,
+/// and another tenant's job is not found.
+pub async fn many_moves_each_answered(store: Arc<dyn Store>) {
+    let mut leased = Vec::new();
+    for _ in 0..3 {
+        submit(&*store, "q").await;
+    }
+    for l in store.lease(lq("q", 3), t(0)).await.unwrap() {
+        leased.push((l.job.id, l.lease_id));
+    }
+    let [(a, la), (b, lb), (c, _)] = &leased[..] else {
+        panic!("expected three leases, got {leased:?}")
+    };
+    let output = |body: &'static str| JobOutput {
+        content_type: "application/json".into(),
+        body: Bytes::from_static(body.as_bytes()),
+        upstream: None,
+    };
+    let moves = vec![
+        Move {
+            id: *a,
+            cmd: Command::Complete {
+                lease_id: la.clone(),
+            },
+            output: Some(output(r#"{"a":1}"#)),
+        },
+        Move {
+            id: *c,
+            cmd: Command::Complete {
+                lease_id: LeaseId::new(),
+            },
+            output: Some(output("2")),
+        },
+        Move {
+            id: JobId::new(),
+            cmd: Command::Complete {
+                lease_id: LeaseId::new(),
+            },
+            output: None,
+        },
+        Move {
+            id: *b,
+            cmd: Command::Fail {
+                lease_id: lb.clone(),
+                error: JobError::new("bad_input", "no"),
+                retry: false,
+            },
+            output: None,
+        },
+    ];
+    let answers = store.apply_many(None, moves, t(1)).await.unwrap();
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0].as_ref().unwrap().state, JobState::Succeeded);
+    assert!(matches!(
+        answers[1],
+        Err(StoreError::Transition(TransitionError::LeaseLost))
+    ));
+    assert!(matches!(answers[2], Err(StoreError::NotFound)));
+    assert_eq!(answers[3].as_ref().unwrap().state, JobState::Failed);
+    let out = store.output(*a).await.unwrap().unwrap();
+    assert_eq!(&out.body[..], br#"{"a":1}"#);
+    assert_eq!(
+        store.get(*c).await.unwrap().unwrap().state,
+        JobState::Running,
+        "a refused move changes nothing"
+    );
+    // Scoped to another tenant: not found, and not moved.
+    let d = submit(&*store, "q2").await;
+    let (_, ld) = lease_one(&*store, "q2", t(2)).await;
+    let other = Tenant("someone-else".into());
+    let moves = vec![Move {
+        id: d,
+        cmd: Command::Complete { lease_id: ld },
+        output: None,
+    }];
+    let answers = store.apply_many(Some(&other), moves, t(3)).await.unwrap();
+    assert!(matches!(answers[0], Err(StoreError::NotFound)));
+    assert_eq!(
+        store.get(d).await.unwrap().unwrap().state,
+        JobState::Running
+    );
 }
 
 pub async fn fencing_refuses_stale_leases(store: Arc<dyn Store>) {

@@ -57,6 +57,7 @@ async fn lease(worker: &Client) -> (String, String) {
         lease: Some(60.0),
         wait: Some(20.0),
         batch: None,
+        outcomes: Vec::new(),
     };
     let lease = worker.lease("work", &req).await.unwrap().expect("a job");
     (lease.job.id, lease.lease_id)

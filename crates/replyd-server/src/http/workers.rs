@@ -13,7 +13,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use replyd_core::LeaseId;
 use replyd_core::job::{Command, JobError, JobRecord, Progress};
-use replyd_core::store::{JobOutput, LeaseQuery, Leased};
+use replyd_core::store::{JobOutput, LeaseQuery, Leased, Move};
 use replyd_proto as proto;
 use serde::Deserialize;
 
@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::auth::{Action, Caller};
 use crate::config::{Executor, secs};
 use crate::error::{ApiError, ApiResult};
+use crate::render::wire_state;
 
 /// The most jobs one lease call hands out.
 pub const MAX_BATCH: u32 = 100;
@@ -30,7 +31,10 @@ pub const MAX_OUTCOMES: usize = 1000;
 
 pub fn router(max_result: usize) -> Router<AppState> {
     Router::new()
-        .route("/v1/queues/{queue}/lease", post(lease))
+        .route(
+            "/v1/queues/{queue}/lease",
+            post(lease).layer(DefaultBodyLimit::max(max_result)),
+        )
         .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
         .route("/v1/jobs/{id}/progress", post(progress))
         .route(
@@ -103,7 +107,9 @@ pub async fn lease(
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = worker(&app, &headers)?;
-    let bytes = body(raw, app.config.limits.max_body)?;
+    // It may carry a batch's outcomes: as large as `POST
+    // /v1/workers/complete` may be.
+    let bytes = body(raw, app.config.limits.max_result)?;
     let req: proto::LeaseRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         proto::LeaseRequest::default()
     } else {
@@ -131,6 +137,16 @@ pub async fn lease(
             "batch must be between 1 and {MAX_BATCH}"
         )));
     }
+    if !req.outcomes.is_empty() && req.batch.is_none() {
+        return Err(ApiError::bad_request(
+            "outcomes need batch: their answers come back in the batch's answer",
+        ));
+    }
+    if req.outcomes.len() > MAX_OUTCOMES {
+        return Err(ApiError::bad_request(format!(
+            "outcomes must hold at most {MAX_OUTCOMES} items"
+        )));
+    }
     let _waiting = if wait.is_zero() {
         None
     } else {
@@ -142,24 +158,38 @@ pub async fn lease(
             "worker must be at most 200 characters",
         ));
     }
-    let leased = app
-        .lease(
-            LeaseQuery {
-                queue,
-                tenant: caller.tenant().cloned(),
-                worker: worker_name,
-                length,
-                max,
-            },
-            wait,
-        )
-        .await?;
-    if leased.is_empty() {
+    let query = LeaseQuery {
+        queue,
+        tenant: caller.tenant().cloned(),
+        worker: worker_name,
+        length,
+        max,
+    };
+    // The outcomes and the lease go to the store together (on SQLite, in
+    // one commit): neither waits for the other.
+    let carried = !req.outcomes.is_empty();
+    let (outcomes, leased) = tokio::join!(
+        async {
+            match carried {
+                true => apply_outcomes(&app, &caller, req.outcomes).await,
+                false => Ok(Vec::new()),
+            }
+        },
+        app.lease(query, wait)
+    );
+    let (outcomes, leased) = (outcomes?, leased?);
+    if leased.is_empty() && !carried {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let views: Vec<proto::Lease> = leased.iter().map(|l| leased_view(&app, l)).collect();
     Ok(match req.batch {
-        Some(_) => json(StatusCode::OK, &proto::LeaseBatch { leases: views }),
+        Some(_) => json(
+            StatusCode::OK,
+            &proto::LeaseBatch {
+                leases: views,
+                outcomes,
+            },
+        ),
         None => json(StatusCode::OK, &views[0]),
     })
 }
@@ -362,53 +392,89 @@ pub async fn complete_many(
     let caller = worker(&app, &headers)?;
     let bytes = body(raw_body, app.config.limits.max_result)?;
     let req: proto::OutcomesRequest = parse_json(&headers, &bytes)?;
-    if req.outcomes.is_empty() || req.outcomes.len() > MAX_OUTCOMES {
+    if req.outcomes.is_empty() {
         return Err(ApiError::bad_request(format!(
             "outcomes must hold 1 to {MAX_OUTCOMES} items"
         )));
     }
-    let applied = req.outcomes.into_iter().map(|o| {
-        let (app, caller) = (&app, &caller);
-        async move {
-            let job_id = o.job_id.clone();
-            let done = async {
-                let id = super::job_id(&o.job_id)?;
-                let lease_id = LeaseId(o.lease_id);
-                match o.error {
-                    Some(reason) => {
-                        let cmd = Command::Fail {
-                            lease_id,
-                            error: job_error(reason)?,
-                            retry: o.retry,
-                        };
-                        app.worker_apply(caller, id, cmd, None).await
-                    }
-                    None => {
-                        let cmd = Command::Complete { lease_id };
-                        let output = json_output(&o.result);
-                        app.worker_apply(caller, id, cmd, Some(output)).await
-                    }
-                }
-            }
-            .await;
-            match done {
-                Ok(job) => proto::OutcomeAnswer {
-                    job_id,
-                    status: 200,
-                    job: Some(app.render.job(&job)),
-                    problem: None,
-                },
-                Err(e) => proto::OutcomeAnswer {
-                    job_id,
-                    status: e.status.as_u16(),
-                    job: None,
-                    problem: Some(e.problem()),
-                },
-            }
-        }
-    });
-    let outcomes = futures::future::join_all(applied).await;
+    let outcomes = apply_outcomes(&app, &caller, req.outcomes).await?;
     Ok(json(StatusCode::OK, &proto::OutcomesAnswer { outcomes }))
+}
+
+/// Applies a worker's outcomes, each as `complete` or `fail` would,
+/// fenced by its own lease, all in one store call (so one commit on
+/// SQLite), and answers each in order: 200 with the job's state, or the
+/// problem the one-job call would have had. `Err` when the batch is too
+/// large, or the store failed (then none is known to have been applied).
+async fn apply_outcomes(
+    app: &App,
+    caller: &Caller,
+    outcomes: Vec<proto::Outcome>,
+) -> ApiResult<Vec<proto::OutcomeAnswer>> {
+    if outcomes.len() > MAX_OUTCOMES {
+        return Err(ApiError::bad_request(format!(
+            "outcomes must hold at most {MAX_OUTCOMES} items"
+        )));
+    }
+    // Each outcome is checked on its own: a malformed one is its own
+    // answer, the rest still go.
+    let mut answers: Vec<proto::OutcomeAnswer> = Vec::with_capacity(outcomes.len());
+    let mut moves = Vec::with_capacity(outcomes.len());
+    let mut slots = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        let checked = job_id(&o.job_id).and_then(|id| {
+            let lease_id = LeaseId(o.lease_id);
+            Ok(match o.error {
+                Some(reason) => Move {
+                    id,
+                    cmd: Command::Fail {
+                        lease_id,
+                        error: job_error(reason)?,
+                        retry: o.retry,
+                    },
+                    output: None,
+                },
+                None => Move {
+                    id,
+                    cmd: Command::Complete { lease_id },
+                    output: Some(json_output(&o.result)),
+                },
+            })
+        });
+        match checked {
+            Ok(m) => {
+                slots.push(answers.len());
+                moves.push(m);
+                answers.push(outcome_answer(o.job_id, Ok(None)));
+            }
+            Err(e) => answers.push(outcome_answer(o.job_id, Err(e))),
+        }
+    }
+    if !moves.is_empty() {
+        let applied = app.worker_apply_many(caller, moves).await?;
+        for (slot, result) in slots.into_iter().zip(applied) {
+            let job_id = std::mem::take(&mut answers[slot].job_id);
+            answers[slot] = outcome_answer(job_id, result.map(Some).map_err(ApiError::from));
+        }
+    }
+    Ok(answers)
+}
+
+fn outcome_answer(job_id: String, r: ApiResult<Option<JobRecord>>) -> proto::OutcomeAnswer {
+    match r {
+        Ok(job) => proto::OutcomeAnswer {
+            job_id,
+            status: 200,
+            state: job.map(|j| wire_state(j.state)),
+            problem: None,
+        },
+        Err(e) => proto::OutcomeAnswer {
+            job_id,
+            status: e.status.as_u16(),
+            state: None,
+            problem: Some(e.problem()),
+        },
+    }
 }
 
 #[cfg(test)]

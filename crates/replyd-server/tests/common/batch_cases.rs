@@ -110,9 +110,11 @@ mod batch {
         let answers = v["outcomes"].as_array().unwrap();
         let statuses: Vec<_> = answers.iter().map(|a| a["status"].as_u64().unwrap()).collect();
         assert_eq!(statuses, [200, 200, 409, 404], "in order: {v}");
-        assert_eq!(answers[0]["job"]["state"], "succeeded");
-        assert_eq!(answers[1]["job"]["state"], "failed");
-        assert_eq!(answers[1]["job"]["error"]["code"], "bad_input");
+        assert_eq!(answers[0]["state"], "succeeded");
+        assert_eq!(answers[1]["state"], "failed");
+        assert!(answers[0].get("job").is_none(), "the job is not repeated: {v}");
+        let failed_job = c.get(&format!("/v1/jobs/{failed}")).await.json();
+        assert_eq!(failed_job["error"]["code"], "bad_input");
         assert_eq!(answers[2]["problem"]["type"], "urn:replyd:problem:lease-lost");
         assert_eq!(answers[3]["job_id"], "nope");
         let result = c.get(&format!("/v1/jobs/{done}/result")).await;
@@ -131,5 +133,75 @@ mod batch {
         c.post("/v1/workers/complete", json!({ "outcomes": many }))
             .await
             .problem(400);
+    }
+
+    #[tokio::test]
+    async fn outcomes_ride_on_the_next_lease() {
+        let Some(s) = TestServer::start(PULL_QUEUES).await else { return };
+        let c = s.client(None);
+        for i in 0..3 {
+            c.submit("work", json!({ "i": i })).await;
+        }
+        let first = c
+            .post("/v1/queues/work/lease", json!({"batch": 2}))
+            .await
+            .json();
+        assert!(first.get("outcomes").is_none(), "none were sent: {first}");
+        let held: Vec<(String, String)> = first["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let id = l["job"]["id"].as_str().unwrap().to_string();
+                (id, l["lease_id"].as_str().unwrap().to_string())
+            })
+            .collect();
+        assert_eq!(held.len(), 2);
+        // This batch's outcomes and the next lease in one call.
+        let next = c
+            .post(
+                "/v1/queues/work/lease",
+                json!({"batch": 2, "outcomes": [
+                    {"job_id": held[0].0, "lease_id": held[0].1, "result": {"ok": 1}},
+                    {"job_id": held[1].0, "lease_id": "stale"},
+                ]}),
+            )
+            .await;
+        assert_eq!(next.status, 200);
+        let v = next.json();
+        let statuses: Vec<_> = v["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [200, 409], "{v}");
+        assert_eq!(v["outcomes"][0]["state"], "succeeded");
+        assert_eq!(v["leases"].as_array().unwrap().len(), 1, "the third job: {v}");
+        assert_eq!(v["leases"][0]["job"]["input"], json!({"i": 2}));
+        let result = c.get(&format!("/v1/jobs/{}/result", held[0].0)).await;
+        assert_eq!(result.json(), json!({"ok": 1}));
+        assert_eq!(c.state(&held[1].0).await, "running");
+        // Outcomes with nothing left to lease: still answered (200, no
+        // leases), not a bare 204 that would lose their answers.
+        let last = c
+            .post(
+                "/v1/queues/work/lease",
+                json!({"batch": 5, "outcomes": [
+                    {"job_id": held[1].0, "lease_id": held[1].1},
+                ]}),
+            )
+            .await;
+        assert_eq!(last.status, 200);
+        let v = last.json();
+        assert_eq!(v["outcomes"][0]["status"], 200, "{v}");
+        assert_eq!(v["leases"], json!([]));
+        // Outcomes need the batch form of the answer.
+        c.post(
+            "/v1/queues/work/lease",
+            json!({"outcomes": [{"job_id": held[1].0, "lease_id": "x"}]}),
+        )
+        .await
+        .problem(400);
     }
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
-use replyd_core::store::{JobOutput, ListQuery, StateCount, StoreError, StoreResult, Submitted};
+use replyd_core::store::{
+    JobOutput, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+};
 use replyd_core::{JobId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -139,6 +141,40 @@ pub(super) async fn apply(
         Some(e) => Err(StoreError::Transition(e)),
         None => Ok(job),
     }
+}
+
+/// Every move in one write (so in one commit), each answered on its own:
+/// a move the job refuses (or a job not found) is that move's answer and
+/// changes nothing; only the store's own failure fails them all (and rolls
+/// back the commit they were in).
+pub(super) async fn apply_many(
+    s: &SqliteStore,
+    scope: Option<&Tenant>,
+    moves: Vec<Move>,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<StoreResult<JobRecord>>> {
+    let retry = s.inner.retry;
+    let scope = scope.cloned();
+    s.write(move |conn, events| {
+        let mut answers = Vec::with_capacity(moves.len());
+        for m in moves {
+            let step = Step {
+                id: m.id,
+                scope: scope.as_ref(),
+                cmd: m.cmd,
+                output: m.output,
+                now,
+            };
+            answers.push(match transition(conn, events, step, &retry) {
+                Ok((job, None)) => Ok(job),
+                Ok((_, Some(refused))) => Err(StoreError::Transition(refused)),
+                Err(e @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => return Err(e),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(answers)
+    })
+    .await
 }
 
 pub(super) async fn delete(s: &SqliteStore, id: JobId) -> StoreResult<()> {
