@@ -42,7 +42,7 @@ pub(crate) async fn drain(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Re
         args.jobs, args.workers, args.batch, args.complete
     );
     let server = start_replyd(&Storage::Sqlite(dir.join("bench-drain.db"))).await?;
-    let took = drain_run(args, server.addr, args.jobs).await;
+    let took = drain_run(args, &[server.addr], args.jobs).await;
     let batching = server.ops_per_commit();
     server.stop().await;
     let took = took?;
@@ -269,11 +269,11 @@ fn all_ok(answers: &[replyd_proto::OutcomeAnswer]) -> anyhow::Result<usize> {
 /// time from their start until the last job completed.
 pub(crate) async fn drain_run(
     args: &BenchArgs,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     n: usize,
 ) -> anyhow::Result<Duration> {
     let item = r#"{"queue":"bench","input":{"n":1}}"#;
-    let mut conn = Conn::open(addr).await?;
+    let mut conn = Conn::open(addrs[0]).await?;
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
@@ -288,7 +288,7 @@ pub(crate) async fn drain_run(
         left -= k;
     }
     let completed = Arc::new(Tally::new(n, Instant::now()));
-    for t in spawn_workers(args, &[addr], &completed).await? {
+    for t in spawn_workers(args, addrs, &completed).await? {
         t.await?.context("a bench worker failed")?;
     }
     completed

@@ -105,7 +105,7 @@ pub(crate) async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let drain = {
         let server = start_replyd(&Storage::Sqlite(dir.join("bench-peers-drain.db"))).await?;
-        let took = drain_run(args, server.addr, n).await;
+        let took = drain_run(args, &[server.addr], n).await;
         server.stop().await;
         n as f64 / took?.as_secs_f64()
     };

@@ -17,7 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 use crate::BenchArgs;
-use crate::e2e::e2e_run;
+use crate::e2e::{drain_run, e2e_run};
 use crate::harness::{Replyd, Storage, load, report, start_replyd};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -95,6 +95,19 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
         run.done,
         run.elapsed.as_secs_f64(),
         run.submit_line()
+    );
+    // The peers' shape (pg-boss's e2e): the jobs enqueued first, then the
+    // workers' drain timed; a fresh schema.
+    let db2 = schema(url).await?;
+    let (nodes, addrs) = nodes_on(&db2, n).await?;
+    let drained = drain_run(args, &addrs, args.jobs).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    let drained = args.jobs as f64 / drained?.as_secs_f64();
+    println!(
+        "  {:<34} {drained:>9.0} jobs/s   (enqueued first, then the workers' drain: pg-boss's e2e shape)",
+        "replyd on PostgreSQL, drain"
     );
     let ceiling = e2e_ceiling(&db, args, db_concurrency(n)).await?;
     println!(

@@ -1,13 +1,16 @@
 //! Jobs: submitting, reading, listing, moving (every transition), deleting, counting.
 
 use super::events::{FORGET_EVENTS_OF_JOBS, append_event};
+use super::outbox::owe;
 use super::{PgStore, Tx, backend};
 use crate::record::{decode, encode_upstream, json_err, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
-use replyd_core::store::{JobOutput, ListQuery, StateCount, StoreError, StoreResult, Submitted};
+use replyd_core::store::{
+    JobOutput, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+};
 use replyd_core::{JobId, Tenant};
 use sqlx::Row;
 
@@ -125,6 +128,177 @@ pub(super) async fn apply(
         Some(e) => Err(StoreError::Transition(e)),
         None => Ok(job),
     }
+}
+
+/// Every move in one transaction (one commit), each answered on its own:
+/// a move the job refuses (or a job not found) is that move's answer and
+/// writes nothing; only the database's failure fails them all.
+pub(super) async fn apply_many(
+    s: &PgStore,
+    scope: Option<&Tenant>,
+    moves: Vec<Move>,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<StoreResult<JobRecord>>> {
+    let mut tx = s.begin().await?;
+    let (answers, appended) = transition_all(&mut tx, moves, scope, now, &s.inner.retry).await?;
+    s.commit(tx, appended).await?;
+    Ok(answers
+        .into_iter()
+        .map(|r| match r? {
+            (_, Some(refused)) => Err(StoreError::Transition(refused)),
+            (job, None) => Ok(job),
+        })
+        .collect())
+}
+
+/// [`transition`] for many jobs at once, in a handful of statements
+/// whatever their number: the rows are locked (in id order, so that two
+/// batches sharing jobs cannot deadlock) and read in one, each move is
+/// decided in order (a job named twice sees its first move), then one
+/// UPDATE, one INSERT of events and one of outputs write them all. Each
+/// move's answer is its own; `Err` only for the database's failure.
+/// Returns whether an event was appended.
+#[allow(clippy::type_complexity)]
+pub(super) async fn transition_all(
+    tx: &mut Tx,
+    moves: Vec<Move>,
+    scope: Option<&Tenant>,
+    now: DateTime<Utc>,
+    retry: &RetryPolicy,
+) -> StoreResult<(Vec<StoreResult<(JobRecord, Option<TransitionError>)>>, bool)> {
+    let ids: Vec<uuid::Uuid> = moves.iter().map(|m| m.id.0).collect();
+    let rows = sqlx::query("SELECT id, record FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let mut current: std::collections::HashMap<uuid::Uuid, JobRecord> = rows
+        .iter()
+        .map(|r| Ok((r.get::<uuid::Uuid, _>("id"), decode(r.get("record"))?)))
+        .collect::<StoreResult<_>>()?;
+    let mut answers = Vec::with_capacity(moves.len());
+    // What to write: each job's last record (by id), every event in order,
+    // each job's last output.
+    let mut written: std::collections::HashMap<uuid::Uuid, String> = Default::default();
+    let mut events: Vec<(JobRecord, EventKind, String)> = Vec::new();
+    let mut outputs: std::collections::HashMap<uuid::Uuid, JobOutput> = Default::default();
+    for m in moves {
+        let Some(job) = current.get(&m.id.0).cloned() else {
+            answers.push(Err(StoreError::NotFound));
+            continue;
+        };
+        let t = match crate::record::transition(job, scope, m.cmd, m.output, now, retry) {
+            Ok(t) => t,
+            Err(e @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => return Err(e),
+            Err(e) => {
+                answers.push(Err(e));
+                continue;
+            }
+        };
+        written.insert(m.id.0, t.text.clone());
+        if let Some(kind) = t.event {
+            events.push((t.job.clone(), kind, t.text.clone()));
+        }
+        if let Some(out) = t.output {
+            outputs.insert(m.id.0, out);
+        }
+        current.insert(m.id.0, t.job.clone());
+        answers.push(Ok((t.job, t.refused)));
+    }
+    if !written.is_empty() {
+        let jobs: Vec<&JobRecord> = written.keys().map(|id| &current[id]).collect();
+        sqlx::query(
+            "UPDATE jobs SET state = u.state, run_at = u.run_at,
+                             lease_expires_at = u.lease_expires_at,
+                             expires_at = u.expires_at, record = u.record
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::text[])
+                  AS u(id, state, run_at, lease_expires_at, expires_at, record)
+             WHERE jobs.id = u.id",
+        )
+        .bind(jobs.iter().map(|j| j.id.0).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| ms(j.run_at)).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.lease.as_ref().map(|l| ms(l.expires_at)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.expires_at.map(ms))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| written[&j.id.0].as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    if !events.is_empty() {
+        // In the moves' order: event ids (and so positions) follow it.
+        sqlx::query(
+            "INSERT INTO events (job_id, kind, at, job)
+             SELECT job_id, kind, at, job
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[])
+                  WITH ORDINALITY AS e(job_id, kind, at, job, n)
+             ORDER BY n",
+        )
+        .bind(events.iter().map(|(j, _, _)| j.id.0).collect::<Vec<_>>())
+        .bind(events.iter().map(|(_, k, _)| k.name()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|(j, _, _)| ms(j.updated_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|(_, _, t)| t.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+        for (job, kind, text) in &events {
+            for (channel, target) in job.owed(*kind) {
+                owe(tx, job, *kind, channel, &target, text, job.updated_at).await?;
+            }
+        }
+    }
+    if !outputs.is_empty() {
+        let outs: Vec<(&uuid::Uuid, &JobOutput)> = outputs.iter().collect();
+        sqlx::query(
+            "INSERT INTO job_outputs (job_id, content_type, body, upstream)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[])
+             ON CONFLICT (job_id) DO UPDATE SET content_type = excluded.content_type,
+                 body = excluded.body, upstream = excluded.upstream",
+        )
+        .bind(outs.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(
+            outs.iter()
+                .map(|(_, o)| o.content_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outs.iter()
+                .map(|(_, o)| o.body.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outs.iter()
+                .map(|(_, o)| o.upstream.as_ref().map(encode_upstream))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok((answers, !events.is_empty()))
 }
 
 pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {

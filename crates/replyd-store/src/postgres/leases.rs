@@ -1,13 +1,14 @@
 //! Leases: handing queued jobs to workers (`FOR UPDATE SKIP LOCKED`), and taking back the ones whose lease ran out.
 
-use super::jobs::transition;
+use super::jobs::{transition, transition_all};
 use super::{PgStore, backend};
 use crate::record::ms;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::job::Command;
-use replyd_core::store::{LeaseQuery, Leased, StoreResult};
+use replyd_core::store::{LeaseQuery, Leased, Move, StoreResult};
 use replyd_core::{JobId, LeaseId};
+use sqlx::Row;
 use uuid::Uuid;
 
 pub(super) async fn lease(
@@ -16,8 +17,8 @@ pub(super) async fn lease(
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<Leased>> {
     let mut tx = s.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs
+    let picked = sqlx::query(
+        "SELECT id, input FROM jobs
          WHERE queue = $1 AND state = 'queued' AND run_at <= $2
            AND ($3::text IS NULL OR tenant = $3)
          ORDER BY run_at, id LIMIT $4
@@ -30,28 +31,33 @@ pub(super) async fn lease(
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
-    let mut leased = Vec::with_capacity(ids.len());
-    for id in ids {
-        let id = JobId(id);
+    let mut inputs = Vec::with_capacity(picked.len());
+    let mut moves = Vec::with_capacity(picked.len());
+    for row in &picked {
         let lease_id = LeaseId::new();
-        let cmd = Command::Lease {
-            lease_id: lease_id.clone(),
-            worker: q.worker.clone(),
-            length: q.length,
-        };
-        let (job, _, _) = transition(&mut tx, id, None, cmd, None, now, &s.inner.retry).await?;
-        let input: Option<Vec<u8>> = sqlx::query_scalar("SELECT input FROM jobs WHERE id = $1")
-            .bind(id.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
+        moves.push(Move {
+            id: JobId(row.get::<Uuid, _>("id")),
+            cmd: Command::Lease {
+                lease_id: lease_id.clone(),
+                worker: q.worker.clone(),
+                length: q.length,
+            },
+            output: None,
+        });
+        let input: Option<Vec<u8>> = row.get("input");
+        inputs.push((lease_id, Bytes::from(input.unwrap_or_default())));
+    }
+    // The rows are ours (locked above): every lease is granted.
+    let (moved, appended) = transition_all(&mut tx, moves, None, now, &s.inner.retry).await?;
+    let mut leased = Vec::with_capacity(moved.len());
+    for (m, (lease_id, input)) in moved.into_iter().zip(inputs) {
+        let (job, _) = m?;
         leased.push(Leased {
             job,
-            input: Bytes::from(input.unwrap_or_default()),
+            input,
             lease_id,
         });
     }
-    let appended = !leased.is_empty();
     s.commit(tx, appended).await?;
     Ok(leased)
 }

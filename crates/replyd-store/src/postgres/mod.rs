@@ -27,8 +27,8 @@ use replyd_core::event::{EventId, EventRecord};
 use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
 use replyd_core::store::{
-    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Outcome, StateCount, Store,
-    StoreError, StoreResult, Submitted,
+    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Move, Outcome, StateCount,
+    Store, StoreError, StoreResult, Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -220,6 +220,15 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<JobRecord> {
         jobs::apply(self, id, scope, cmd, output, now).await
+    }
+
+    async fn apply_many(
+        &self,
+        scope: Option<&Tenant>,
+        moves: Vec<Move>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
+        jobs::apply_many(self, scope, moves, now).await
     }
 
     async fn lease(&self, q: LeaseQuery, now: DateTime<Utc>) -> StoreResult<Vec<Leased>> {
