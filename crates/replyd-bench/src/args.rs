@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Jobs in the end-to-end scenario.
     #[arg(long, default_value_t = 50_000)]
     pub jobs: usize,
+    /// Growth scenario: the table sizes (finished jobs already held) at
+    /// which the end-to-end measurement runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000, 200_000, 1_000_000])]
+    pub growth: Vec<usize>,
     /// Concurrent workers in the end-to-end scenario.
     #[arg(long, default_value_t = 32)]
     pub workers: usize,

@@ -56,6 +56,76 @@ pub(crate) async fn drain(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
+/// `growth`: the e2e measurement with ever more finished jobs already in
+/// the table (kept until their TTL, as they would be): at each of
+/// `--growth` sizes, jobs are added (enqueued and worked off, not timed)
+/// until the table holds that many, then `--jobs` more run end to end.
+/// Throughput and submit latency should not fall as the table grows.
+pub(crate) async fn growth(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "\ngrowth: e2e ({} jobs, {} clients, {} workers, complete {}) with {:?} jobs already in the table",
+        args.jobs, args.clients, args.workers, args.complete, args.growth
+    );
+    // The probe's jobs go to a queue of their own that no worker serves:
+    // they stay in the table and never count as the e2e's completions.
+    let server = start_replyd_with(&Storage::Sqlite(dir.join("bench-growth.db")), |c| {
+        c.queues.insert(
+            "probe".into(),
+            replyd_server::config::QueueConfig {
+                executor: replyd_server::config::Executor::Pull,
+                ..Default::default()
+            },
+        );
+    })
+    .await?;
+    let mut held = 0usize;
+    let mut first: Option<f64> = None;
+    for &size in &args.growth {
+        if size > held {
+            let added = Instant::now();
+            drain_run(args, &[server.addr], size - held).await?;
+            println!(
+                "  (added {} jobs in {:.1} s)",
+                size - held,
+                added.elapsed().as_secs_f64()
+            );
+            held = size;
+        }
+        // Submit latency alone (no workers), at a load that does not
+        // queue: 32 clients for 3 s.
+        let post = Post {
+            path: "/v1/jobs",
+            body: Bytes::from_static(br#"{"queue":"probe","input":{"n":1}}"#),
+            status: StatusCode::ACCEPTED,
+            jobs: 1,
+        };
+        let probe = load_with(&[server.addr], 32, Duration::from_secs(3), post).await?;
+        println!(
+            "  {held:>9} in the table: submit alone (32 clients): {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            probe.rate(),
+            probe.percentile(0.50).as_secs_f64() * 1e3,
+            probe.percentile(0.99).as_secs_f64() * 1e3
+        );
+        held += probe.ok;
+        let run = e2e_run(args, &[server.addr]).await?;
+        let rate = run.rate();
+        let base = *first.get_or_insert(rate);
+        println!(
+            "  {held:>9} in the table: e2e {rate:>7.0} jobs/s ({:+.0}% from the first), submit p50 {:.2} ms, p99 {:.2} ms",
+            (rate / base - 1.0) * 100.0,
+            run.submit_p50.as_secs_f64() * 1e3,
+            run.submit_p99.as_secs_f64() * 1e3
+        );
+        held += run.done;
+    }
+    let db = dir.join("bench-growth.db");
+    server.stop().await;
+    if let Ok(meta) = std::fs::metadata(&db) {
+        println!("  database file: {:.0} MiB", meta.len() as f64 / 1048576.0);
+    }
+    Ok(())
+}
+
 /// What an end-to-end run measured.
 pub(crate) struct E2eRun {
     /// Jobs completed.
@@ -66,6 +136,10 @@ pub(crate) struct E2eRun {
     pub submitted: Duration,
     /// Jobs completed by the time the last 202 came.
     pub done_when_submitted: usize,
+    /// Submit latency (request sent to 202 received), median and 99th
+    /// percentile.
+    pub submit_p50: Duration,
+    pub submit_p99: Duration,
 }
 
 impl E2eRun {
@@ -76,10 +150,13 @@ impl E2eRun {
     /// Where the time went: submitting, and the workers' drain after it.
     pub fn submit_line(&self) -> String {
         format!(
-            "all submitted after {:.2} s ({} completed by then), drained {:.2} s later",
+            "all submitted after {:.2} s ({} completed by then), drained {:.2} s later; \
+             submit p50 {:.2} ms, p99 {:.2} ms",
             self.submitted.as_secs_f64(),
             self.done_when_submitted,
-            (self.elapsed - self.submitted).as_secs_f64()
+            self.elapsed.saturating_sub(self.submitted).as_secs_f64(),
+            self.submit_p50.as_secs_f64() * 1e3,
+            self.submit_p99.as_secs_f64() * 1e3
         )
     }
 }
@@ -127,17 +204,22 @@ pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::R
     let submitted = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
     let last_accept = Arc::new(std::sync::Mutex::new((Duration::ZERO, 0)));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
 
     let mut tasks = Vec::new();
     for i in 0..args.clients {
         let (submitted, accepted) = (submitted.clone(), accepted.clone());
         let (completed, last_accept) = (completed.clone(), last_accept.clone());
+        let latencies = latencies.clone();
         let mut conn = Conn::open(addrs[i % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
             while submitted.fetch_add(1, Ordering::Relaxed) < n {
+                let sent = Instant::now();
                 let (status, body) = conn
                     .post("/v1/jobs", Bytes::from_static(SUBMIT_BODY))
                     .await?;
+                mine.push(sent.elapsed());
                 if status != StatusCode::ACCEPTED {
                     bail!(
                         "submit answered {status}: {}",
@@ -148,6 +230,7 @@ pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::R
                     *last_accept.lock().unwrap() = (start.elapsed(), completed.done());
                 }
             }
+            latencies.lock().unwrap().extend(mine);
             Ok(())
         }));
     }
@@ -156,7 +239,17 @@ pub(crate) async fn e2e_run(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::R
         t.await?.context("a bench client failed")?;
     }
     let (submitted, done_when_submitted) = *last_accept.lock().unwrap();
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    latencies.sort_unstable();
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Ok(E2eRun {
+        submit_p50: at(0.50),
+        submit_p99: at(0.99),
         done: completed.done(),
         elapsed: completed.finished().unwrap_or_else(|| start.elapsed()),
         submitted,

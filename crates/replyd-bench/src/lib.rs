@@ -13,6 +13,8 @@
 //!   from the first submit to the last completion.
 //! - `drain`: the peers' end-to-end shape: N jobs enqueued first (not
 //!   timed), then the workers' lease + complete is timed.
+//! - `growth`: e2e with 20k, 200k and 1M finished jobs already in the
+//!   table: throughput and submit latency as the database grows.
 //! - `streams` (`streams.rs`): C idle SSE streams and C WebSocket
 //!   subscriptions on a replyd in its own process while jobs complete at
 //!   1,000/s: server RSS per idle connection and completion → client
@@ -73,6 +75,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "submit" => submit::submit(&args, &dir).await?,
             "e2e" => e2e::e2e(&args, &dir).await?,
             "drain" => e2e::drain(&args, &dir).await?,
+            "growth" => e2e::growth(&args, &dir).await?,
             #[cfg(feature = "postgres")]
             "pg" => pg::run(&args).await?,
             "streams" => streams::run(&args, &dir).await?,
@@ -93,7 +96,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, peers, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }
