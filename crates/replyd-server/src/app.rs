@@ -43,6 +43,8 @@ pub struct App {
     pub limits: Arc<crate::limits::Limiter>,
     /// Idempotency keys whose first request is still being accepted.
     in_flight: Mutex<HashSet<(Tenant, String)>>,
+    /// The in-process executors' outcomes, applied in batches.
+    pub finisher: crate::executors::Finisher,
 }
 
 impl std::fmt::Debug for App {
@@ -93,6 +95,7 @@ impl App {
             )),
             render,
             config,
+            finisher: crate::executors::Finisher::new(store.clone(), clock.clone()),
             store,
             clock,
             auth,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replyd_core::job::{Command, JobError, Progress};
-use replyd_core::store::{JobOutput, Leased};
+use replyd_core::store::{JobOutput, Leased, Move};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -93,7 +93,7 @@ async fn run_one(app: &App, leased: Leased) {
         };
         (Command::Complete { lease_id }, Some(output))
     };
-    if let Err(e) = app.store.apply(id, None, cmd, output, app.now()).await {
+    if let Err(e) = app.finisher.apply(Move { id, cmd, output }).await {
         tracing::info!(job = %id, error = %e, "demo job could not finish");
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replyd_core::job::{Command, JobError, Progress};
-use replyd_core::store::{JobOutput, Leased, StoreError};
+use replyd_core::store::{JobOutput, Leased, Move, StoreError};
 use tokio::sync::watch;
 
 use super::process::{self, Outcome, Stop};
@@ -141,7 +141,7 @@ async fn run_one(app: &App, argv: &[String], timeout: Duration, leased: Leased) 
             return;
         }
     };
-    match app.store.apply(id, None, cmd, output, app.now()).await {
+    match app.finisher.apply(Move { id, cmd, output }).await {
         Ok(job) => tracing::info!(job = %id, state = job.state.as_str(), "command done"),
         Err(e) => tracing::warn!(job = %id, error = %e, "cannot record the command's outcome"),
     }

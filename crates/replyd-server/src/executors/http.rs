@@ -30,7 +30,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use replyd_core::job::{Command, JobError};
-use replyd_core::store::{JobOutput, Leased, Upstream};
+use replyd_core::store::{JobOutput, Leased, Move, Upstream};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -230,7 +230,7 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
             None,
         ),
     };
-    if let Err(e) = app.store.apply(id, None, cmd, output, app.now()).await {
+    if let Err(e) = app.finisher.apply(Move { id, cmd, output }).await {
         tracing::warn!(job = %id, error = %e, "cannot record the upstream's answer");
     }
 }
