@@ -44,7 +44,7 @@ pub struct App {
     /// Idempotency keys whose first request is still being accepted.
     in_flight: Mutex<HashSet<(Tenant, String)>>,
     /// The in-process executors' outcomes, applied in batches.
-    pub finisher: crate::executors::Finisher,
+    pub finisher: crate::finisher::Finisher,
 }
 
 impl std::fmt::Debug for App {
@@ -95,7 +95,7 @@ impl App {
             )),
             render,
             config,
-            finisher: crate::executors::Finisher::new(store.clone(), clock.clone()),
+            finisher: crate::finisher::Finisher::new(store.clone(), clock.clone()),
             store,
             clock,
             auth,

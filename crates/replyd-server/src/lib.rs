@@ -11,6 +11,7 @@ pub mod brokers;
 pub mod config;
 pub mod error;
 pub mod executors;
+pub mod finisher;
 pub mod http;
 pub mod limits;
 pub mod live;
