@@ -321,27 +321,8 @@ pub(super) fn transition(
     step: Step<'_>,
     retry: &RetryPolicy,
 ) -> StoreResult<(JobRecord, Option<TransitionError>)> {
-    let Step {
-        id,
-        scope,
-        cmd,
-        output,
-        now,
-    } = step;
-    let job = load(conn, id)?.ok_or(StoreError::NotFound)?;
-    transition_loaded(
-        conn,
-        events,
-        job,
-        Step {
-            id,
-            scope,
-            cmd,
-            output,
-            now,
-        },
-        retry,
-    )
+    let job = load(conn, step.id)?.ok_or(StoreError::NotFound)?;
+    transition_loaded(conn, events, job, step, retry)
 }
 
 /// [`transition`] of a job already read (in this transaction) by its
