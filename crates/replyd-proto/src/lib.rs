@@ -308,7 +308,9 @@ pub struct LeaseRequest {
     /// lease. Needs `batch`: their answers come back in the
     /// [`LeaseBatch`]'s `outcomes` (then a 200 even when no job was
     /// leased). They are applied at once; only their answer waits for the
-    /// lease, so a worker carrying outcomes may want a short `wait`.
+    /// lease, so a worker carrying outcomes may want a short `wait`. If
+    /// the call fails, they may have been applied: sent again, those
+    /// answer 409.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<Outcome>,
 }
