@@ -16,7 +16,7 @@
 //! peers' shape. A peer that cannot run is skipped, with its reason.
 
 use anyhow::{Context, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::BenchArgs;
@@ -256,7 +256,7 @@ async fn replyd_wrk(peers: &Path, dir: &Path) -> anyhow::Result<Wrk> {
     )
     .await?;
     let url = format!("http://{}/v1/jobs", server.addr);
-    let post_lua = absolute(&peers.join("post.lua"))?;
+    let post_lua = std::path::absolute(peers.join("post.lua"))?;
     let wrk = |secs: &str| {
         let (url, post_lua) = (url.clone(), post_lua.clone());
         let secs = secs.to_string();
@@ -276,10 +276,6 @@ async fn replyd_wrk(peers: &Path, dir: &Path) -> anyhow::Result<Wrk> {
         .find(|l| l.starts_with("rps="))
         .and_then(Wrk::parse)
         .with_context(|| format!("wrk printed no figures: {text}"))
-}
-
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(std::path::absolute(p)?)
 }
 
 #[cfg(test)]

@@ -254,6 +254,14 @@ pub async fn many_moves_each_answered(store: Arc<dyn Store>) {
             },
             output: None,
         },
+        // The same job again, after its completion: it sees the first move.
+        Move {
+            id: *a,
+            cmd: Command::Complete {
+                lease_id: la.clone(),
+            },
+            output: Some(output("3")),
+        },
         Move {
             id: *b,
             cmd: Command::Fail {
@@ -265,16 +273,28 @@ pub async fn many_moves_each_answered(store: Arc<dyn Store>) {
         },
     ];
     let answers = store.apply_many(None, moves, t(1)).await.unwrap();
-    assert_eq!(answers.len(), 4);
+    assert_eq!(answers.len(), 5);
     assert_eq!(answers[0].as_ref().unwrap().state, JobState::Succeeded);
     assert!(matches!(
         answers[1],
         Err(StoreError::Transition(TransitionError::LeaseLost))
     ));
     assert!(matches!(answers[2], Err(StoreError::NotFound)));
-    assert_eq!(answers[3].as_ref().unwrap().state, JobState::Failed);
+    assert!(
+        matches!(
+            answers[3],
+            Err(StoreError::Transition(TransitionError::AlreadyFinished(_)))
+        ),
+        "a job named twice sees its first move: {:?}",
+        answers[3]
+    );
+    assert_eq!(answers[4].as_ref().unwrap().state, JobState::Failed);
     let out = store.output(*a).await.unwrap().unwrap();
-    assert_eq!(&out.body[..], br#"{"a":1}"#);
+    assert_eq!(
+        &out.body[..],
+        br#"{"a":1}"#,
+        "the refused repeat wrote nothing"
+    );
     assert_eq!(
         store.get(*c).await.unwrap().unwrap().state,
         JobState::Running,
