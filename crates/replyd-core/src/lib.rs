@@ -15,6 +15,7 @@ pub mod kind;
 pub mod outbox;
 pub mod reply;
 pub mod store;
+pub mod stream;
 
 pub use clock::Clock;
 pub use event::{EventId, EventKind, EventRecord};

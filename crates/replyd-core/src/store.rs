@@ -318,4 +318,9 @@ pub trait Store: Send + Sync + 'static {
     /// database) any other, a batch per commit. A wake-up, not the truth: a
     /// receiver that lags reads the log instead.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventBatch>;
+
+    /// Its Durable Streams, where this store keeps them.
+    fn streams(&self) -> Option<&dyn crate::stream::StreamStore> {
+        None
+    }
 }

@@ -45,6 +45,8 @@ pub struct App {
     in_flight: Mutex<HashSet<(Tenant, String)>>,
     /// The in-process executors' outcomes, applied in batches.
     pub finisher: crate::finisher::Finisher,
+    /// Readers waiting for Durable Streams to move.
+    pub tails: Arc<crate::tails::Tails>,
 }
 
 impl std::fmt::Debug for App {
@@ -101,6 +103,7 @@ impl App {
             auth,
             shutdown,
             in_flight: Mutex::new(HashSet::new()),
+            tails: Arc::default(),
         }
     }
 

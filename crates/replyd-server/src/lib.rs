@@ -18,6 +18,7 @@ pub mod live;
 pub mod outbound;
 pub mod outbox;
 pub mod render;
+pub mod tails;
 pub mod tasks;
 pub mod webhooks;
 
@@ -94,6 +95,14 @@ impl Server {
         tasks.spawn(tasks::reaper(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
+        if let Some(streams) = app.store.streams() {
+            tasks.spawn(
+                app.tails
+                    .clone()
+                    .run(streams.stream_ticks(), app.shutdown.clone()),
+            );
+            tasks.spawn(tasks::stream_collector(app.clone()));
+        }
         brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {
             match q.executor {

@@ -32,6 +32,19 @@ pub async fn garbage_collector(app: Arc<App>) {
     .await;
 }
 
+/// Removes expired Durable Streams (they answer 404 from the moment they
+/// expire; this gives back their space).
+pub async fn stream_collector(app: Arc<App>) {
+    let every = app.config.gc_interval;
+    periodically(app, every, "removed expired streams", |app| async move {
+        match app.store.streams() {
+            Some(s) => s.stream_expire(app.now(), SWEEP as usize).await,
+            None => Ok(0),
+        }
+    })
+    .await;
+}
+
 /// Runs `sweep` every `every` seconds until shutdown; a sweep that handled a
 /// full `SWEEP` of rows runs again at once.
 async fn periodically<F, Fut>(app: Arc<App>, every: f64, what: &'static str, sweep: F)

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod brokers;
+pub mod durable;
 pub mod keys;
 pub mod limits;
 pub mod queues;
@@ -25,6 +26,7 @@ pub mod storage;
 pub mod streams;
 pub mod webhooks;
 
+pub use durable::DurableStreams;
 pub use keys::{ApiKey, Role};
 pub use limits::{Limits, Quota, TenantLimits};
 pub use queues::{
@@ -53,6 +55,8 @@ pub struct Config {
     pub limits: Limits,
     /// Live channels: Server-Sent Events and WebSockets.
     pub streams: Streams,
+    /// The Durable Streams server.
+    pub durable_streams: DurableStreams,
     /// Webhook delivery.
     pub webhooks: Webhooks,
     /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
@@ -84,6 +88,7 @@ impl Default for Config {
             routes: Vec::new(),
             limits: Limits::default(),
             streams: Streams::default(),
+            durable_streams: DurableStreams::default(),
             webhooks: Webhooks::default(),
             amqp: None,
             mqtt: None,
@@ -218,6 +223,7 @@ impl Config {
         }
         self.limits.check()?;
         self.streams.check()?;
+        self.durable_streams.check()?;
         self.webhooks.check()
     }
 

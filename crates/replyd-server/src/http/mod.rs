@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
+pub mod stream;
 pub mod workers;
 pub mod ws;
 
@@ -45,6 +46,7 @@ pub fn router(app: AppState) -> Router {
         .merge(ws::router())
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
+        .merge(stream::router(app.config.durable_streams.max_append))
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
         .layer(DefaultBodyLimit::max(limits.max_body))

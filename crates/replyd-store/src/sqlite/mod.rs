@@ -41,6 +41,7 @@ mod jobs;
 mod leases;
 mod outbox;
 mod schema;
+mod streams;
 mod writer;
 
 use schema::open_connection;
@@ -79,6 +80,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     read_turns: tokio::sync::Semaphore,
     bus: broadcast::Sender<EventBatch>,
+    /// Committed changes of Durable Streams.
+    stream_bus: broadcast::Sender<replyd_core::stream::StreamTick>,
     retry: RetryPolicy,
 }
 
@@ -142,6 +145,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 read_turns: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
                 bus,
+                stream_bus: broadcast::channel(4096).0,
                 retry: options.retry,
             }),
         })
@@ -324,6 +328,10 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<EventBatch> {
         self.inner.bus.subscribe()
+    }
+
+    fn streams(&self) -> Option<&dyn replyd_core::stream::StreamStore> {
+        Some(self)
     }
 }
 

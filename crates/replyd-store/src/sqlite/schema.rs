@@ -128,6 +128,46 @@ pub const SQLITE: &[(i64, &str)] = &[
     ALTER TABLE job_outputs ADD COLUMN upstream TEXT;
     ",
     ),
+    (
+        6,
+        "
+    -- Durable Streams (replyd_core::stream): one row per incarnation of a
+    -- path, its bytes as chunks (one per append, one per JSON message) by
+    -- position, and its idempotent producers' last writes.
+    CREATE TABLE streams (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+        tenant       TEXT NOT NULL,
+        path         TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        ttl_secs     INTEGER,            -- a sliding TTL, or
+        expires_at   INTEGER,            -- an absolute expiry (ms)
+        touched_at   INTEGER NOT NULL,   -- last read or write (ms)
+        closed       INTEGER NOT NULL DEFAULT 0,
+        tail         INTEGER NOT NULL DEFAULT 0,
+        source       INTEGER,            -- a fork's source stream
+        fork_at      INTEGER,            -- and where it diverges
+        forks        INTEGER NOT NULL DEFAULT 0,
+        deleted      INTEGER NOT NULL DEFAULT 0,   -- gone, kept for forks
+        last_seq     TEXT,
+        closed_by    TEXT                -- JSON [producer, epoch, seq]
+    );
+    CREATE UNIQUE INDEX streams_path ON streams (tenant, path);
+    CREATE TABLE stream_chunks (
+        stream INTEGER NOT NULL,
+        start  INTEGER NOT NULL,
+        batch  INTEGER NOT NULL,         -- start of the append it came in
+        data   BLOB NOT NULL,
+        PRIMARY KEY (stream, start)
+    ) WITHOUT ROWID;
+    CREATE TABLE stream_producers (
+        stream   INTEGER NOT NULL,
+        producer TEXT NOT NULL,
+        epoch    INTEGER NOT NULL,
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (stream, producer)
+    ) WITHOUT ROWID;
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several

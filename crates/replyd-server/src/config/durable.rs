@@ -1,0 +1,52 @@
+//! `[durable_streams]`: the Durable Streams server at `/v1/stream/{path}`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurableStreams {
+    /// Seconds a long-poll read waits for data before answering 204.
+    pub long_poll: f64,
+    /// Seconds an SSE read stays open before the server closes it (the
+    /// client reconnects from its last offset; CDNs collapse readers).
+    pub sse_lifetime: f64,
+    /// Bytes one append may carry.
+    pub max_append: usize,
+    /// Bytes one read answers at most (at least one append's worth).
+    pub read_chunk: usize,
+}
+
+impl Default for DurableStreams {
+    fn default() -> Self {
+        DurableStreams {
+            long_poll: 15.0,
+            sse_lifetime: 60.0,
+            max_append: 4 * 1024 * 1024,
+            read_chunk: 1024 * 1024,
+        }
+    }
+}
+
+impl DurableStreams {
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("durable_streams.long_poll", self.long_poll),
+            ("durable_streams.sse_lifetime", self.sse_lifetime),
+        ] {
+            if !(v > 0.0 && v <= 3600.0) {
+                return Err(format!("{what} must be between 0 and 3600 seconds"));
+            }
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_append) {
+            return Err(
+                "durable_streams.max_append must be between 1024 and 1073741824 bytes".into(),
+            );
+        }
+        if !(1024..=(1 << 30)).contains(&self.read_chunk) {
+            return Err(
+                "durable_streams.read_chunk must be between 1024 and 1073741824 bytes".into(),
+            );
+        }
+        Ok(())
+    }
+}

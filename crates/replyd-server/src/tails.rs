@@ -1,0 +1,144 @@
+//! Who waits for which Durable Stream to move: long polls and SSE readers
+//! wait on a stream's [`Notify`], which one task per node wakes for each
+//! committed change the store announces (`StreamStore::stream_ticks`, on
+//! every node of a cluster). A wake-up, not the truth: a woken reader
+//! reads the store again, and a lagging tick stream wakes everyone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use replyd_core::stream::StreamTick;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct Tails {
+    waiting: Mutex<HashMap<i64, Arc<Notify>>>,
+}
+
+/// A reader's place on one stream; given back on drop.
+#[derive(Debug)]
+pub struct Watch {
+    tails: Arc<Tails>,
+    stream: i64,
+    notify: Arc<Notify>,
+}
+
+impl Watch {
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut map = self.tails.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: no one else waits on this stream.
+        if Arc::strong_count(&self.notify) <= 2 {
+            map.remove(&self.stream);
+        }
+    }
+}
+
+impl Tails {
+    pub fn watch(self: &Arc<Self>, stream: i64) -> Watch {
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stream)
+            .or_default()
+            .clone();
+        Watch {
+            tails: self.clone(),
+            stream,
+            notify,
+        }
+    }
+
+    fn wake(&self, stream: i64) {
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&stream)
+            .cloned();
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<_> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wakes the readers of each stream the store says changed, until
+    /// shutdown (which wakes everyone, so that they answer and go).
+    pub async fn run(
+        self: Arc<Self>,
+        mut ticks: broadcast::Receiver<StreamTick>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.wake_all();
+                    return;
+                }
+                tick = ticks.recv() => match tick {
+                    Ok(t) => self.wake(t.stream),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tick_wakes_the_streams_readers_only() {
+        let tails = Arc::new(Tails::default());
+        let (tx, rx) = broadcast::channel(8);
+        let stop = CancellationToken::new();
+        tokio::spawn(tails.clone().run(rx, stop.clone()));
+        let a = tails.watch(1);
+        let b = tails.watch(2);
+        {
+            let wa = a.notify().notified();
+            let wb = b.notify().notified();
+            tokio::pin!(wa, wb);
+            wa.as_mut().enable();
+            wb.as_mut().enable();
+            tx.send(StreamTick { stream: 1 }).unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(5), wa)
+                .await
+                .expect("stream 1's reader is woken");
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(100), wb)
+                    .await
+                    .is_err(),
+                "stream 2's reader sleeps on"
+            );
+        }
+        drop(a);
+        drop(b);
+        assert!(
+            tails.waiting.lock().unwrap().is_empty(),
+            "places are given back"
+        );
+        stop.cancel();
+    }
+}
