@@ -8,6 +8,9 @@
 //! - `REPLYD_SKIP_LOG=FILE`: each skip appends a line to FILE (the test,
 //!   what is missing, how to get it); `scripts/test` prints them after the
 //!   run and fails unless asked to allow skips.
+//! - `REPLYD_NOTE_LOG=FILE`: figures a test reports ([`note`]: a
+//!   conformance suite's counts) are appended to FILE; `scripts/test`
+//!   prints them with its summary.
 //! - `REPLYD_TEST_RESTARTS=1`: the tests that stop and start a shared
 //!   service (RabbitMQ, Mosquitto, NATS, PostgreSQL) run; `scripts/test`
 //!   sets it unless `--no-restarts`.
@@ -40,6 +43,21 @@ pub fn skip(missing: &str, how: &str) {
             // One write per line: appends of a line do not interleave.
             let _ = f.write_all(line.as_bytes());
         }
+    }
+}
+
+/// Reports a figure of the running test (a suite's counts): on stderr,
+/// and in `REPLYD_NOTE_LOG` for the run's summary.
+pub fn note(what: &str) {
+    let line = format!("{}: {}\n", test_name(), what.replace(['\r', '\n'], " "));
+    eprint!("{line}");
+    if let Some(log) = std::env::var_os("REPLYD_NOTE_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+    {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 

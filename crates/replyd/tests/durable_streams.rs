@@ -1,0 +1,239 @@
+//! The Durable Streams protocol's own conformance suite
+//! (`@durable-streams/server-conformance-tests`, pinned in
+//! `tests/durable-streams/package.json`) against `replyd serve`: every
+//! case must pass. The counts are printed.
+//!
+//! Needs Node.js and `npm ci --prefix crates/replyd/tests/durable-streams`
+//! (`scripts/test` runs it). Without them the test skips, saying why,
+//! unless `REPLYD_REQUIRE_SERVICES=1`.
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::Server;
+
+fn harness_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/durable-streams")
+}
+
+/// Why the suite cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("node is not installed".into());
+    }
+    let dir = harness_dir();
+    if !dir
+        .join("node_modules/@durable-streams/server-conformance-tests")
+        .exists()
+    {
+        return Some(format!("run `npm ci --prefix {}`", dir.display()));
+    }
+    None
+}
+
+/// Long polls wait this long (the suite's own timeouts are a few seconds).
+const CONFIG: &str = "[durable_streams]\nlong_poll = 3\n";
+
+/// `Tests  N failed | M passed | K skipped (T)` from vitest's summary.
+fn counts(out: &str) -> Option<(u32, u32, u32)> {
+    let line = out.lines().find(|l| l.trim_start().starts_with("Tests "))?;
+    let mut c = (0, 0, 0);
+    for part in line.trim_start()["Tests ".len()..].split('|') {
+        let mut words = part.split_whitespace();
+        let n: u32 = words.next()?.parse().ok()?;
+        match words.next()? {
+            "failed" => c.0 = n,
+            "passed" => c.1 = n,
+            "skipped" => c.2 = n,
+            _ => {}
+        }
+    }
+    Some(c)
+}
+
+async fn run_suite(server: &Server, store: &str) {
+    let out = tokio::process::Command::new("npx")
+        .args(["vitest", "run", "conformance.test.mjs", "--reporter=dot"])
+        .current_dir(harness_dir())
+        .env("DS_URL", &server.url)
+        .env("LONG_POLL_MS", "3000")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("npx runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (failed, passed, skipped) =
+        counts(&text).unwrap_or_else(|| panic!("no vitest summary in:\n{text}"));
+    replyd_testkit::note(&format!(
+        "Durable Streams conformance 0.3.6 on {store}: {passed} passed, {failed} failed, \
+         {skipped} skipped (the suite's opt-in subscription cases)"
+    ));
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains(" FAIL ")).collect();
+    assert_eq!(
+        failed,
+        0,
+        "failed cases:\n{}\n\n{text}",
+        failures.join("\n")
+    );
+    assert!(
+        passed >= 332,
+        "the suite ran {passed} cases, fewer than its 332\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_of_the_conformance_suite_passes_on_sqlite() {
+    if let Some(why) = missing() {
+        replyd_testkit::skip(&why, "run scripts/test (it installs the npm packages)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(CONFIG)).await;
+    run_suite(&server, "SQLite").await;
+}
+
+#[test]
+fn vitest_summaries_are_read() {
+    assert_eq!(
+        counts(
+            " Test Files  1 failed (1)\n      Tests  43 failed | 289 passed | 6 skipped (338)\n"
+        ),
+        Some((43, 289, 6))
+    );
+    assert_eq!(
+        counts("      Tests  332 passed | 6 skipped (338)"),
+        Some((0, 332, 6))
+    );
+    assert_eq!(counts("no summary"), None);
+}
+
+const KEYS: &str = "[[api_keys]]\nkey = \"key-of-a\"\ntenant = \"a\"\nrole = \"client\"\n\n\
+[[api_keys]]\nkey = \"key-of-b\"\ntenant = \"b\"\nrole = \"client\"\n\n\
+[[api_keys]]\nkey = \"key-of-w\"\ntenant = \"a\"\nrole = \"worker\"\n";
+
+fn next_offset(r: &reqwest::Response) -> String {
+    r.headers()["stream-next-offset"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Streams belong to a tenant: another tenant's path is another stream,
+/// and no key, a bad key or a read-only role cannot write.
+#[tokio::test]
+async fn streams_are_kept_apart_by_tenant_and_need_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(KEYS)).await;
+    let http = support::http();
+    let url = format!("{}/v1/stream/chat/1", server.url);
+    let put = |key: &'static str, body: &'static str| {
+        http.put(&url)
+            .bearer_auth(key)
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+    };
+    assert_eq!(put("key-of-a", "from a").await.unwrap().status(), 201);
+    let read = |key: &'static str| http.get(&url).bearer_auth(key).send();
+    let b = read("key-of-b").await.unwrap();
+    assert_eq!(b.status(), 404, "another tenant's stream is not there");
+    assert_eq!(put("key-of-b", "from b").await.unwrap().status(), 201);
+    let a = read("key-of-a").await.unwrap();
+    assert_eq!(a.text().await.unwrap(), "from a");
+    let b = read("key-of-b").await.unwrap();
+    assert_eq!(b.text().await.unwrap(), "from b");
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(read("nope").await.unwrap().status(), 401);
+    let worker_write = http
+        .post(&url)
+        .bearer_auth("key-of-w")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        worker_write.status(),
+        403,
+        "a worker key may read, not write"
+    );
+    assert_eq!(read("key-of-w").await.unwrap().status(), 200);
+    // Nothing the refused calls sent was appended.
+    let a = read("key-of-a").await.unwrap();
+    assert_eq!(a.text().await.unwrap(), "from a");
+}
+
+/// Every acknowledged append survives a SIGKILL of the server, and a
+/// reader resumes from its offset with no gap and no repeat; a long-poll
+/// reader is woken by an append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_a_crash_and_readers_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), None).await;
+    let http = support::http();
+    let url = format!("{}/v1/stream/tokens", server.url);
+    let r = http
+        .put(&url)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // A long poll at the tail, answered by the append that follows it.
+    let tail = next_offset(&r);
+    let poll = tokio::spawn({
+        let http = http.clone();
+        let u = format!("{url}?offset={tail}&live=long-poll");
+        async move { http.get(u).send().await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut sent = String::new();
+    let mut reader_at = String::new();
+    for i in 0..50 {
+        let chunk = format!("tok{i} ");
+        let r = http
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body(chunk.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        sent.push_str(&chunk);
+        if i == 24 {
+            reader_at = next_offset(&r);
+        }
+    }
+    let polled = poll.await.unwrap();
+    assert_eq!(polled.status(), 200);
+    assert!(polled.text().await.unwrap().starts_with("tok0 "));
+    server.signal(nix::sys::signal::Signal::SIGKILL);
+    server.wait_exit(std::time::Duration::from_secs(10)).await;
+    let server = Server::start_at(
+        dir.path(),
+        None,
+        &["--db", &support::db_path(dir.path()).display().to_string()],
+        &server.addr.to_string(),
+    )
+    .await;
+    let url = format!("{}/v1/stream/tokens", server.url);
+    let all = http.get(format!("{url}?offset=-1")).send().await.unwrap();
+    assert_eq!(all.text().await.unwrap(), sent, "every acknowledged append");
+    let rest = http
+        .get(format!("{url}?offset={reader_at}"))
+        .send()
+        .await
+        .unwrap();
+    let expected: String = (25..50).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(rest.text().await.unwrap(), expected, "resumed exactly");
+}
