@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod postgres;
 mod record;
 pub mod sqlite;
+mod streams;
 
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 

@@ -186,4 +186,47 @@ const POSTGRES: &[(i64, &str)] = &[
     CREATE INDEX outbox_pending_job ON outbox (job_id, channel, id) WHERE state = 'pending';
     ",
     ),
+    (
+        7,
+        "
+    -- Durable Streams: see SQLite's v6. An append locks its stream's row,
+    -- so positions are handed out in commit order on every node.
+    CREATE TABLE streams (
+        id           bigserial PRIMARY KEY,
+        tenant       text NOT NULL,
+        path         text NOT NULL,
+        content_type text NOT NULL,
+        ttl_secs     bigint,
+        expires_at   bigint,
+        touched_at   bigint NOT NULL,
+        closed       boolean NOT NULL DEFAULT false,
+        tail         bigint NOT NULL DEFAULT 0,
+        source       bigint,
+        fork_at      bigint,
+        forks        integer NOT NULL DEFAULT 0,
+        deleted      boolean NOT NULL DEFAULT false,
+        last_seq     text,
+        closed_by    text
+    );
+    CREATE UNIQUE INDEX streams_path ON streams (tenant, path);
+    CREATE INDEX streams_absolute_expiry ON streams (expires_at)
+        WHERE expires_at IS NOT NULL AND NOT deleted;
+    CREATE INDEX streams_ttl ON streams (touched_at)
+        WHERE ttl_secs IS NOT NULL AND NOT deleted;
+    CREATE TABLE stream_chunks (
+        stream bigint NOT NULL,
+        start  bigint NOT NULL,
+        batch  bigint NOT NULL,
+        data   bytea NOT NULL,
+        PRIMARY KEY (stream, start)
+    );
+    CREATE TABLE stream_producers (
+        stream   bigint NOT NULL,
+        producer text NOT NULL,
+        epoch    bigint NOT NULL,
+        seq      bigint NOT NULL,
+        PRIMARY KEY (stream, producer)
+    );
+    ",
+    ),
 ];
