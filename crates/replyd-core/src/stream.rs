@@ -505,6 +505,11 @@ pub struct StreamTick {
     pub stream: i64,
 }
 
+impl StreamTick {
+    /// Every stream may have moved (ticks may have been missed).
+    pub const ALL: StreamTick = StreamTick { stream: -1 };
+}
+
 /// The most JSON messages a fork's sub-offset may count.
 pub const MAX_SUB_MESSAGES: u64 = 10_000;
 

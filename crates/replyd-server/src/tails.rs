@@ -95,6 +95,7 @@ impl Tails {
                     return;
                 }
                 tick = ticks.recv() => match tick {
+                    Ok(t) if t == StreamTick::ALL => self.wake_all(),
                     Ok(t) => self.wake(t.stream),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
                     Err(broadcast::error::RecvError::Closed) => return,

@@ -376,7 +376,8 @@ pub(crate) async fn append<R: Rows>(
         Ok(Err(answer)) => return Ok(Found::Live((state, Ok(answer)))),
         Ok(Ok(plan)) => plan,
     };
-    rows.insert_chunks(state.id, state.tail, &plan.chunks).await?;
+    rows.insert_chunks(state.id, state.tail, &plan.chunks)
+        .await?;
     let tail = state.tail + plan.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
     let change = Change {
         tail: Some(tail),
@@ -469,11 +470,7 @@ pub(crate) async fn expire<R: Rows>(
 }
 
 /// Restarts a sliding TTL.
-pub(crate) async fn touch<R: Rows>(
-    rows: &mut R,
-    id: i64,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub(crate) async fn touch<R: Rows>(rows: &mut R, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
     let change = Change {
         touched_at: Some(now),
         ..Change::default()

@@ -237,3 +237,86 @@ async fn acknowledged_appends_survive_a_crash_and_readers_resume() {
     let expected: String = (25..50).map(|i| format!("tok{i} ")).collect();
     assert_eq!(rest.text().await.unwrap(), expected, "resumed exactly");
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_case_of_the_conformance_suite_passes_on_postgres() {
+        if let Some(why) = missing() {
+            replyd_testkit::skip(&why, "run scripts/test (it installs the npm packages)");
+            return;
+        }
+        let Some(db) = replyd_store::postgres::testing::fresh_schema("dsconf").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_on(dir.path(), Some(CONFIG), &["--database-url", &db]).await;
+        run_suite(&server, "PostgreSQL").await;
+    }
+
+    /// Two nodes on one database, no sticky sessions: a stream created on
+    /// one is appended on the other, and a reader on the first, long
+    /// polling or on SSE, gets each append live with the same offsets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_on_one_node_is_read_live_on_another() {
+        let Some(db) = replyd_store::postgres::testing::fresh_schema("dsnodes").await else {
+            return;
+        };
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Server::start_on(a_dir.path(), Some(CONFIG), &["--database-url", &db]).await;
+        let b = Server::start_on(b_dir.path(), Some(CONFIG), &["--database-url", &db]).await;
+        let http = support::http();
+        let on = |s: &Server| format!("{}/v1/stream/shared", s.url);
+        let r = http
+            .put(on(&a))
+            .header("content-type", "text/plain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let tail = next_offset(&r);
+        let poll = tokio::spawn({
+            let http = http.clone();
+            let u = format!("{}?offset={tail}&live=long-poll", on(&a));
+            async move { http.get(u).send().await.unwrap() }
+        });
+        let mut sse = http
+            .get(format!("{}?offset={tail}&live=sse", on(&a)))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let appended = http
+            .post(on(&b))
+            .header("content-type", "text/plain")
+            .body("from b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 204);
+        let after = next_offset(&appended);
+        let polled = tokio::time::timeout(std::time::Duration::from_secs(2), poll)
+            .await
+            .expect("the long poll on node A is answered at once, not at its timeout")
+            .unwrap();
+        assert_eq!(polled.status(), 200);
+        assert_eq!(
+            next_offset(&polled),
+            after,
+            "the same offsets on both nodes"
+        );
+        assert_eq!(polled.text().await.unwrap(), "from b");
+        let mut seen = String::new();
+        while !seen.contains(&after) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(2), sse.chunk())
+                .await
+                .expect("SSE on node A gets node B's append live")
+                .unwrap()
+                .expect("the SSE stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(seen.contains("data:from b"), "{seen}");
+    }
+}

@@ -897,9 +897,7 @@ impl SseState {
         }
         let keepalive = crate::config::secs(self.app.config.streams.keepalive);
         loop {
-            let Some(streams) = self.app.store.streams() else {
-                return None;
-            };
+            let streams = self.app.store.streams()?;
             let woken = self.watch.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();

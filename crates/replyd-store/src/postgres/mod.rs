@@ -41,6 +41,7 @@ mod jobs;
 mod leases;
 mod outbox;
 mod schema;
+mod streams;
 pub mod testing;
 
 use events::{listener, sequence, sequencer};
@@ -76,6 +77,8 @@ pub struct PgStore {
 struct Inner {
     pool: PgPool,
     bus: broadcast::Sender<EventBatch>,
+    /// Committed changes of Durable Streams, on any node.
+    stream_bus: broadcast::Sender<replyd_core::stream::StreamTick>,
     /// Wakes the sequencer after a commit that appended events.
     sequence: Notify,
     retry: RetryPolicy,
@@ -150,6 +153,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 bus,
+                stream_bus: broadcast::channel(4096).0,
                 sequence: Notify::new(),
                 retry: options.retry,
                 _stop: StopOnDrop(stop_tx),
@@ -157,6 +161,10 @@ impl PgStore {
         };
         let last = store.max_position().await?;
         tokio::spawn(sequencer(Arc::downgrade(&store.inner), stop_rx.clone()));
+        tokio::spawn(streams::stream_listener(
+            Arc::downgrade(&store.inner),
+            stop_rx.clone(),
+        ));
         tokio::spawn(listener(Arc::downgrade(&store.inner), stop_rx, last));
         Ok(store)
     }
@@ -351,6 +359,10 @@ impl Store for PgStore {
             .await
             .map(|_| ())
             .map_err(backend)
+    }
+
+    fn streams(&self) -> Option<&dyn replyd_core::stream::StreamStore> {
+        Some(self)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<EventBatch> {
