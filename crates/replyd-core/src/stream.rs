@@ -143,6 +143,15 @@ impl StreamState {
     }
 }
 
+/// What a tenant's streams may hold (0: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams one tenant keeps at once.
+    pub streams: u64,
+    /// Bytes one stream holds (its own, not a fork's inherited ones).
+    pub bytes: u64,
+}
+
 /// A `PUT`: create a stream, or find the same one.
 #[derive(Debug, Clone)]
 pub struct CreateStream {
@@ -152,6 +161,7 @@ pub struct CreateStream {
     pub closed: bool,
     pub body: Bytes,
     pub fork: Option<ForkRequest>,
+    pub limits: StreamLimits,
 }
 
 /// `Stream-Forked-From` and where.
@@ -186,6 +196,14 @@ pub enum CreateRefusal {
     ContentType,
     #[error("{0}")]
     BadBody(String),
+    #[error(
+        "this tenant keeps {0} streams, its most (durable_streams.max_streams_per_tenant); delete some first"
+    )]
+    TooMany(u64),
+    #[error(
+        "the initial body is more than a stream may hold ({0} bytes: durable_streams.max_stream_bytes)"
+    )]
+    TooLarge(u64),
 }
 
 /// A `POST`: append, close, or both.
@@ -199,6 +217,7 @@ pub struct Append {
     /// `Stream-Seq`.
     pub seq: Option<String>,
     pub producer: Option<Producer>,
+    pub limits: StreamLimits,
 }
 
 /// Why an append is refused.
@@ -220,6 +239,8 @@ pub enum AppendRefusal {
     EmptyBody,
     #[error("{0}")]
     BadBody(String),
+    #[error("the stream would hold more than {0} bytes (durable_streams.max_stream_bytes)")]
+    TooLarge(u64),
 }
 
 /// What an append writes: its chunks at the tail, then the new state.
@@ -398,6 +419,11 @@ impl StreamState {
         }
         let chunks =
             chunks_of(&self.content_type, &req.body, false).map_err(AppendRefusal::BadBody)?;
+        let own = self.tail - self.fork.map_or(0, |f| f.at);
+        let adding: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if req.limits.bytes > 0 && own + adding > req.limits.bytes {
+            return Err(AppendRefusal::TooLarge(req.limits.bytes));
+        }
         Ok(Ok(AppendPlan {
             chunks,
             close: req.close,
@@ -685,6 +711,19 @@ mod tests {
             s.decide_append(&close, None),
             Ok(Err(Appended::Written { closed: true, .. }))
         ));
+    }
+
+    #[test]
+    fn a_stream_holds_at_most_its_limit() {
+        let s = state();
+        let mut req = append("12345");
+        req.limits.bytes = 14;
+        assert_eq!(
+            s.decide_append(&req, None),
+            Err(AppendRefusal::TooLarge(14))
+        );
+        req.limits.bytes = 15;
+        assert!(matches!(s.decide_append(&req, None), Ok(Ok(_))));
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub struct Limiter {
     quotas: HashMap<Held, Quota>,
     counts: Mutex<HashMap<Key, usize>>,
     limits: Limits,
-    buckets: Mutex<HashMap<Tenant, Bucket>>,
+    buckets: Mutex<HashMap<(Rate, Tenant), Bucket>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -271,33 +271,75 @@ impl Limiter {
         n: u32,
         now: Instant,
     ) -> Option<Result<RateState, RateState>> {
-        let (rate, burst) = self.limits.submit_bucket(&tenant.0);
-        if rate <= 0.0 {
+        self.take(Rate::Submit, tenant, n, now)
+    }
+
+    /// As [`Limiter::take_submit`], from `tenant`'s bucket of `rate`.
+    pub fn take(
+        &self,
+        rate: Rate,
+        tenant: &Tenant,
+        n: u32,
+        now: Instant,
+    ) -> Option<Result<RateState, RateState>> {
+        let (per_sec, burst) = match rate {
+            Rate::Submit => self.limits.submit_bucket(&tenant.0),
+            Rate::Append => self.limits.append_bucket(&tenant.0),
+        };
+        if per_sec <= 0.0 {
             return None;
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(tenant.clone()).or_insert(Bucket {
+        let b = buckets.entry((rate, tenant.clone())).or_insert(Bucket {
             tokens: burst,
             at: now,
         });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.tokens = (b.tokens + elapsed * per_sec).min(burst);
         b.at = now;
         let n = f64::from(n);
         let taken = b.tokens >= n;
         if taken {
             b.tokens -= n;
         } else {
-            refused("submit_rate", "per_tenant");
+            refused(rate.limit(), "per_tenant");
         }
         let state = RateState {
+            name: rate.name(),
             quota: burst.floor() as u64,
-            window: (burst / rate).ceil().max(1.0) as u64,
+            window: (burst / per_sec).ceil().max(1.0) as u64,
             remaining: b.tokens.floor() as u64,
-            full_in: secs_ceil((burst - b.tokens) / rate),
-            retry_in: secs_ceil((n - b.tokens).max(0.0) / rate),
+            full_in: secs_ceil((burst - b.tokens) / per_sec),
+            retry_in: secs_ceil((n - b.tokens).max(0.0) / per_sec),
         };
         Some(if taken { Ok(state) } else { Err(state) })
+    }
+}
+
+/// What a tenant's token buckets count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rate {
+    /// Jobs submitted (`limits.submit_rate`).
+    Submit,
+    /// Appends to Durable Streams (`limits.append_rate`).
+    Append,
+}
+
+impl Rate {
+    /// Its policy's name in the RateLimit headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rate::Submit => "submit",
+            Rate::Append => "append",
+        }
+    }
+
+    /// Its setting, as `replyd_limited_total` names it.
+    fn limit(self) -> &'static str {
+        match self {
+            Rate::Submit => "submit_rate",
+            Rate::Append => "append_rate",
+        }
     }
 }
 
@@ -322,6 +364,8 @@ struct Bucket {
 /// A tenant's submission bucket, as the IETF RateLimit headers tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateState {
+    /// The policy's name (`submit`, `append`).
+    pub name: &'static str,
     /// The bucket's size: the quota of the policy…
     pub quota: u64,
     /// …over this many seconds (the time it takes to fill).
@@ -338,7 +382,7 @@ pub struct RateState {
 impl RateState {
     /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
     pub fn policy(&self) -> String {
-        format!("submit;q={};w={}", self.quota, self.window)
+        format!("{};q={};w={}", self.name, self.quota, self.window)
     }
 
     /// `RateLimit`: what remains, and when the quota is whole again (when
@@ -350,7 +394,7 @@ impl RateState {
         } else {
             self.full_in
         };
-        format!("submit;r={};t={t}", self.remaining)
+        format!("{};r={};t={t}", self.name, self.remaining)
     }
 }
 

@@ -42,6 +42,8 @@ pub(crate) trait Rows {
     async fn set_producer(&mut self, stream: i64, id: &str, p: ProducerState) -> StoreResult<()>;
     /// Deletes the stream's row, chunks and producers.
     async fn remove_rows(&mut self, stream: i64) -> StoreResult<()>;
+    /// Streams `tenant` keeps (deleted ones kept for forks included).
+    async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64>;
     /// Ids of expired streams not yet deleted, at most `limit`.
     async fn expired(&mut self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<i64>>;
 }
@@ -315,12 +317,19 @@ pub(crate) async fn create<R: Rows>(
         Ok(c) => c,
         Err(e) => return Ok(Err(CreateRefusal::BadBody(e))),
     };
+    let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    if req.limits.bytes > 0 && bytes > req.limits.bytes {
+        return Ok(Err(CreateRefusal::TooLarge(req.limits.bytes)));
+    }
+    if req.limits.streams > 0 && rows.count(&key.tenant).await? >= req.limits.streams {
+        return Ok(Err(CreateRefusal::TooMany(req.limits.streams)));
+    }
     let expiry = match &source {
         Some(s) => fork_expiry(&req.expiry, s),
         None => req.expiry.clone(),
     };
     let base = fork.map_or(0, |f| f.at);
-    let tail = base + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+    let tail = base + bytes;
     let new = NewRow {
         content_type,
         expiry,

@@ -320,3 +320,69 @@ mod postgres {
         assert!(seen.contains("data:from b"), "{seen}");
     }
 }
+
+/// What a tenant's streams may hold is bounded: streams kept, bytes per
+/// stream, appends per second (429 with RateLimit headers); a refused
+/// write leaves the stream as it was.
+#[tokio::test]
+async fn streams_are_bounded_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[durable_streams]\nmax_streams_per_tenant = 2\nmax_stream_bytes = 10\n\n\
+                  [limits]\nappend_rate = 0.5\nappend_burst = 6\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let url = |p: &str| format!("{}/v1/stream/{p}", server.url);
+    let put = |p: &str| {
+        http.put(url(p))
+            .header("content-type", "text/plain")
+            .body("0123456789")
+            .send()
+    };
+    assert_eq!(put("one").await.unwrap().status(), 201);
+    assert_eq!(put("two").await.unwrap().status(), 201);
+    let third = put("three").await.unwrap();
+    assert_eq!(third.status(), 403, "a third stream is over the quota");
+    let over = http
+        .post(url("one"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 413, "an eleventh byte is too many");
+    let body = http
+        .get(url("one"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "0123456789", "nothing of the refused append was kept");
+    // Every PUT and POST takes a token from a bucket of six, refilled at
+    // one every two seconds: within four more, one is refused.
+    let mut limited = None;
+    for _ in 0..4 {
+        let r = http.delete(url("two")).send().await.unwrap();
+        assert_ne!(r.status(), 429, "deletes are not appends");
+        let r = http
+            .post(url("one"))
+            .header("content-type", "text/plain")
+            .header("stream-closed", "true")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("appends past the bucket are refused");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        r.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("append;q=6")
+    );
+}

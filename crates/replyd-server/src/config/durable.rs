@@ -14,6 +14,10 @@ pub struct DurableStreams {
     pub max_append: usize,
     /// Bytes one read answers at most (at least one append's worth).
     pub read_chunk: usize,
+    /// Streams one tenant may keep at once; 0: no limit.
+    pub max_streams_per_tenant: u64,
+    /// Bytes one stream may hold; 0: no limit.
+    pub max_stream_bytes: u64,
 }
 
 impl Default for DurableStreams {
@@ -23,11 +27,21 @@ impl Default for DurableStreams {
             sse_lifetime: 60.0,
             max_append: 4 * 1024 * 1024,
             read_chunk: 1024 * 1024,
+            max_streams_per_tenant: 100_000,
+            max_stream_bytes: 1 << 30,
         }
     }
 }
 
 impl DurableStreams {
+    /// What a tenant's streams may hold.
+    pub fn limits(&self) -> replyd_core::stream::StreamLimits {
+        replyd_core::stream::StreamLimits {
+            streams: self.max_streams_per_tenant,
+            bytes: self.max_stream_bytes,
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         for (what, v) in [
             ("durable_streams.long_poll", self.long_poll),

@@ -38,6 +38,12 @@ pub struct Limits {
     /// Jobs a tenant may submit at once after being quiet (the bucket's
     /// size). Default: twice `submit_rate`.
     pub submit_burst: Option<f64>,
+    /// Appends to Durable Streams a tenant may make per second, on average
+    /// (a token bucket); 0: no limit.
+    pub append_rate: f64,
+    /// Appends a tenant may make at once after being quiet. Default: twice
+    /// `append_rate`.
+    pub append_burst: Option<f64>,
     /// Server-Sent Events streams open at once.
     pub streams: Quota,
     /// WebSocket sessions open at once.
@@ -79,6 +85,8 @@ impl Quota {
 pub struct TenantLimits {
     pub submit_rate: Option<f64>,
     pub submit_burst: Option<f64>,
+    pub append_rate: Option<f64>,
+    pub append_burst: Option<f64>,
 }
 
 impl Default for Limits {
@@ -94,6 +102,8 @@ impl Default for Limits {
             max_connections_per_ip: None,
             submit_rate: 1000.0,
             submit_burst: None,
+            append_rate: 20_000.0,
+            append_burst: None,
             streams: Quota::new(10_000, 500, 5_000),
             websockets: Quota::new(10_000, 500, 5_000),
             subscriptions: Quota::new(100_000, 5_000, 50_000),
@@ -112,6 +122,7 @@ impl Limits {
             max_connections: Some(0),
             max_connections_per_ip: Some(0),
             submit_rate: 0.0,
+            append_rate: 0.0,
             streams: Quota::UNLIMITED,
             websockets: Quota::UNLIMITED,
             subscriptions: Quota::UNLIMITED,
@@ -144,6 +155,18 @@ impl Limits {
             .unwrap_or(rate * 2.0);
         (rate, burst.max(1.0))
     }
+
+    /// A tenant's Durable Streams append bucket: (appends per second,
+    /// burst); a rate of 0 is no limit.
+    pub fn append_bucket(&self, tenant: &str) -> (f64, f64) {
+        let own = self.tenants.get(tenant);
+        let rate = own.and_then(|t| t.append_rate).unwrap_or(self.append_rate);
+        let burst = own
+            .and_then(|t| t.append_burst)
+            .or(self.append_burst)
+            .unwrap_or(rate * 2.0);
+        (rate, burst.max(1.0))
+    }
 }
 
 impl Limits {
@@ -156,19 +179,31 @@ impl Limits {
                 return Err(format!("{what} must be a positive number of seconds"));
             }
         }
-        let rates = std::iter::once(("limits", self.submit_rate, self.submit_burst)).chain(
-            self.tenants.values().map(|t| {
+        let rates = [
+            ("limits", "submit", self.submit_rate, self.submit_burst),
+            ("limits", "append", self.append_rate, self.append_burst),
+        ]
+        .into_iter()
+        .chain(self.tenants.values().flat_map(|t| {
+            [
                 (
                     "limits.tenants",
+                    "submit",
                     t.submit_rate.unwrap_or(0.0),
                     t.submit_burst,
-                )
-            }),
-        );
-        for (at, rate, burst) in rates {
+                ),
+                (
+                    "limits.tenants",
+                    "append",
+                    t.append_rate.unwrap_or(0.0),
+                    t.append_burst,
+                ),
+            ]
+        }));
+        for (at, what, rate, burst) in rates {
             if !(0.0..=1e9).contains(&rate) || burst.is_some_and(|b| !(1.0..=1e9).contains(&b)) {
                 return Err(format!(
-                    "{at}: submit_rate must be 0 to 1e9 jobs per second and submit_burst 1 to 1e9"
+                    "{at}: {what}_rate must be 0 to 1e9 per second and {what}_burst 1 to 1e9"
                 ));
             }
         }

@@ -199,12 +199,26 @@ pub fn take_submit(
     tenant: &replyd_core::Tenant,
     n: u32,
 ) -> ApiResult<Option<crate::limits::RateState>> {
-    match app.limits.take_submit(tenant, n, std::time::Instant::now()) {
+    take_rate(app, crate::limits::Rate::Submit, tenant, n)
+}
+
+/// Takes `n` from `tenant`'s bucket of `rate`, as [`take_submit`].
+pub fn take_rate(
+    app: &App,
+    rate: crate::limits::Rate,
+    tenant: &replyd_core::Tenant,
+    n: u32,
+) -> ApiResult<Option<crate::limits::RateState>> {
+    let (what, setting) = match rate {
+        crate::limits::Rate::Submit => ("jobs", "submit"),
+        crate::limits::Rate::Append => ("appends", "append"),
+    };
+    match app.limits.take(rate, tenant, n, std::time::Instant::now()) {
         None => Ok(None),
         Some(Ok(state)) => Ok(Some(state)),
         Some(Err(state)) if u64::from(n) > state.quota => Err(ApiError::bad_request(format!(
-            "a batch of {n} jobs is more than this tenant may submit at once ({}: \
-             limits.submit_burst); send smaller batches",
+            "a batch of {n} {what} is more than this tenant may make at once ({}: \
+             limits.{setting}_burst); send smaller batches",
             state.quota
         ))),
         Some(Err(state)) => {
@@ -212,8 +226,8 @@ pub fn take_submit(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 format!(
-                    "this tenant submits more than its {} jobs per {} s \
-                     (limits.submit_rate, submit_burst); try again in {} s",
+                    "this tenant makes more than its {} {what} per {} s \
+                     (limits.{setting}_rate, {setting}_burst); try again in {} s",
                     state.quota,
                     state.window,
                     state.retry_in.max(1)

@@ -21,8 +21,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use replyd_core::stream::{
     Append, AppendRefusal, Appended, CreateRefusal, CreateStream, Expiry, ForkRequest, Found,
-    Producer, ReadChunks, StreamKey, StreamState, StreamStore, encode_offset, is_text,
-    parse_offset,
+    Producer, ReadChunks, StreamKey, StreamLimits, StreamState, StreamStore, encode_offset,
+    is_text, parse_offset,
 };
 
 use super::{AppState, Client};
@@ -141,39 +141,33 @@ async fn dispatch(
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "not-implemented",
-            "this store does not keep Durable Streams yet (use the SQLite store)",
+            "this store does not keep Durable Streams",
         ));
     };
     let key = StreamKey { tenant, path };
     let now = app.now();
-    match method {
-        Method::PUT => {
-            create(
-                streams,
-                &key,
-                headers,
-                super::body(body, max_append(app))?,
-                now,
-            )
-            .await
-        }
+    let limits = app.config.durable_streams.limits();
+    let mut rate = None;
+    if matches!(method, Method::PUT | Method::POST) {
+        rate = super::take_rate(app, crate::limits::Rate::Append, &key.tenant, 1)?;
+    }
+    let max = max_append(app);
+    let mut res = match method {
+        Method::PUT => create(streams, &key, headers, super::body(body, max)?, limits, now).await?,
         Method::POST => {
-            append(
-                streams,
-                &key,
-                headers,
-                super::body(body, max_append(app))?,
-                now,
-            )
-            .await
+            append(streams, &key, headers, super::body(body, max)?, limits, now).await?
         }
-        Method::DELETE => delete(streams, &key, now).await,
-        Method::HEAD => head(streams, &key, now).await,
+        Method::DELETE => delete(streams, &key, now).await?,
+        Method::HEAD => head(streams, &key, now).await?,
         _ => {
             let q = super::query(query)?;
-            read(app, streams, client, &key, headers, &q, now).await
+            read(app, streams, client, &key, headers, &q, now).await?
         }
+    };
+    if let Some(state) = rate {
+        res.headers_mut().extend(super::rate_headers(&state));
     }
+    Ok(res)
 }
 
 fn max_append(app: &AppState) -> usize {
@@ -279,6 +273,7 @@ async fn create(
     key: &StreamKey,
     headers: &HeaderMap,
     body: Bytes,
+    limits: StreamLimits,
     now: DateTime<Utc>,
 ) -> ApiResult<Response> {
     let ttl = text(headers, h::TTL)?;
@@ -349,6 +344,7 @@ async fn create(
         closed: closed_flag(headers),
         body,
         fork,
+        limits,
     };
     let created = match streams.stream_create(key, req, now).await? {
         Ok(c) => c,
@@ -359,6 +355,12 @@ async fn create(
                 CreateRefusal::OffsetBeyondTail
                 | CreateRefusal::SubOffsetBeyond
                 | CreateRefusal::BadBody(_) => ApiError::bad_request(detail),
+                CreateRefusal::TooMany(_) => {
+                    ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", detail)
+                }
+                CreateRefusal::TooLarge(n) => {
+                    ApiError::too_large(usize::try_from(n).unwrap_or(usize::MAX))
+                }
                 CreateRefusal::Conflict
                 | CreateRefusal::DeletedWithForks
                 | CreateRefusal::SourceDeleted
@@ -419,6 +421,7 @@ async fn append(
     key: &StreamKey,
     headers: &HeaderMap,
     body: Bytes,
+    limits: StreamLimits,
     now: DateTime<Utc>,
 ) -> ApiResult<Response> {
     let close = closed_flag(headers);
@@ -438,6 +441,7 @@ async fn append(
         close,
         seq: text(headers, h::SEQ)?.map(str::to_string),
         producer: producer(headers)?,
+        limits,
     };
     let (_, answer) = match streams.stream_append(key, req, now).await? {
         Found::Missing => return Err(not_found()),
@@ -512,6 +516,9 @@ async fn append(
                     h::RECEIVED_SEQ,
                     number(received),
                 ),
+                AppendRefusal::TooLarge(n) => {
+                    ApiError::too_large(usize::try_from(n).unwrap_or(usize::MAX))
+                }
                 AppendRefusal::EpochStart
                 | AppendRefusal::EmptyBody
                 | AppendRefusal::BadBody(_) => ApiError::bad_request(detail),

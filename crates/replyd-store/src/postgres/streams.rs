@@ -248,6 +248,15 @@ impl Rows for Sql<'_> {
         Ok(())
     }
 
+    async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64> {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM streams WHERE tenant = $1")
+            .bind(&tenant.0)
+            .fetch_one(&mut **self.tx)
+            .await
+            .map(pos)
+            .map_err(backend)
+    }
+
     async fn expired(&mut self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<i64>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         sqlx::query_scalar(

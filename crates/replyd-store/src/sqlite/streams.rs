@@ -203,6 +203,14 @@ impl Rows for Sql<'_> {
         Ok(())
     }
 
+    async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64> {
+        self.0
+            .prepare_cached("SELECT count(*) FROM streams WHERE tenant = ?1")
+            .and_then(|mut s| s.query_row(params![tenant.0], |r| r.get::<_, i64>(0)))
+            .map(pos)
+            .map_err(backend)
+    }
+
     async fn expired(&mut self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<i64>> {
         self.0
             .prepare_cached(
