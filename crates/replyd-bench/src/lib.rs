@@ -32,6 +32,9 @@
 //! - `pg` (`pg.rs`, feature `postgres`): submit and e2e on PostgreSQL.
 //! - `peers` (`peers.rs`): pg-boss, BullMQ and Celery (`../shared/peers`)
 //!   measured by their own scripts, beside replyd in the same shapes.
+//! - `dstreams` (`dstreams.rs`): appends to Durable Streams by 64 and 256
+//!   writers, beside the protocol's Node reference server (in memory and
+//!   file-backed), with the peer's own load generator.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
 
@@ -40,6 +43,7 @@ mod amqp;
 mod args;
 #[cfg(any(feature = "mqtt", feature = "nats", feature = "kafka"))]
 mod brokers;
+mod dstreams;
 mod e2e;
 pub mod exposure;
 mod harness;
@@ -82,6 +86,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "webhooks" => webhooks::run(&args, &dir).await?,
             "exposure" => exposure::run(&args, &dir).await?,
             "peers" => peers::run(&args, &dir).await?,
+            "dstreams" => dstreams::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -96,7 +101,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }

@@ -516,6 +516,16 @@ impl JobState {
 }
 
 impl JobRecord {
+    /// Whether `lease` is this job's running attempt's, unexpired at `now`:
+    /// what lets a worker write for the job (its output) besides moving it.
+    pub fn leased_to(&self, lease: LeaseId, now: DateTime<Utc>) -> bool {
+        self.state == JobState::Running
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.id == lease && l.expires_at > now)
+    }
+
     /// A duplicate of the request that made this job asks for its reply at
     /// `spec` (API.md §6: a duplicate gets its reply). The store writes what
     /// the answer says in one transaction with reading the record, so a job

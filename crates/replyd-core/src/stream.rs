@@ -141,6 +141,24 @@ impl StreamState {
     pub fn json(&self) -> bool {
         is_json(&self.content_type)
     }
+
+    /// What a job's output reads as before its first append: empty (and
+    /// closed once the job has ended).
+    pub fn nothing_yet(closed: bool, now: DateTime<Utc>) -> StreamState {
+        StreamState {
+            id: 0,
+            content_type: "application/octet-stream".into(),
+            expiry: Expiry::Never,
+            touched_at: now,
+            closed,
+            tail: 0,
+            fork: None,
+            forks: 0,
+            deleted: false,
+            last_seq: None,
+            closed_by: None,
+        }
+    }
 }
 
 /// What a tenant's streams may hold (0: no limit).
@@ -241,6 +259,14 @@ pub enum AppendRefusal {
     BadBody(String),
     #[error("the stream would hold more than {0} bytes (durable_streams.max_stream_bytes)")]
     TooLarge(u64),
+    #[error("the lease is not the job's current one (it ended, expired or was never given)")]
+    NotLeased,
+}
+
+/// The path of job `id`'s output stream, in its tenant: below `__jobs/`,
+/// which no `/v1/stream/` path reaches.
+pub fn output_path(id: crate::ids::JobId) -> String {
+    format!("__jobs/{id}")
 }
 
 /// What an append writes: its chunks at the tail, then the new state.
@@ -524,16 +550,38 @@ pub struct Created {
     pub new: bool,
 }
 
-/// Said after a commit that changed a stream (its tail, or closed it), so
-/// that its waiting readers read again.
+/// Said after a commit that changed a stream (its tail, its closure, its
+/// existence), so that its waiting readers read again. It names the
+/// stream by its key's [`StreamKey::tick`], so that a reader may wait for
+/// a stream that does not exist yet (a job's output before its first
+/// append); two keys that share one only wake each other's readers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamTick {
-    pub stream: i64,
+    pub key: u64,
 }
 
 impl StreamTick {
     /// Every stream may have moved (ticks may have been missed).
-    pub const ALL: StreamTick = StreamTick { stream: -1 };
+    pub const ALL: StreamTick = StreamTick { key: u64::MAX };
+}
+
+impl StreamKey {
+    /// The stream's name in ticks: FNV-1a of the tenant and the path,
+    /// the same on every node and build.
+    pub fn tick(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .tenant
+            .0
+            .bytes()
+            .chain(std::iter::once(0))
+            .chain(self.path.bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h.min(u64::MAX - 1)
+    }
 }
 
 /// The most JSON messages a fork's sub-offset may count.
@@ -557,7 +605,19 @@ pub trait StreamStore: Send + Sync + 'static {
         key: &StreamKey,
         req: Append,
         now: DateTime<Utc>,
-    ) -> crate::store::StoreResult<Found<(StreamState, Result<Appended, AppendRefusal>)>>;
+    ) -> crate::store::StoreResult<Found<Result<Appended, AppendRefusal>>>;
+
+    /// A worker's append to job `job`'s output stream (`key`), with the
+    /// job's current `lease` only (checked in the append's transaction);
+    /// the first append makes the stream. `Missing`: no such job.
+    async fn output_append(
+        &self,
+        key: &StreamKey,
+        job: crate::ids::JobId,
+        lease: crate::ids::LeaseId,
+        req: Append,
+        now: DateTime<Utc>,
+    ) -> crate::store::StoreResult<Found<Result<Appended, AppendRefusal>>>;
 
     /// The stream; `touch`: this is a read or write that restarts a TTL.
     async fn stream_head(

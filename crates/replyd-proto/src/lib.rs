@@ -107,6 +107,9 @@ pub struct Links {
     pub self_: String,
     pub result: String,
     pub events: String,
+    /// The job's output, a Durable Stream (older servers send none).
+    #[serde(default)]
+    pub output: String,
 }
 
 /// The job representation (API.md "Job representation").

@@ -48,6 +48,7 @@ impl Renderer {
                 self_: format!("{base}?access_token={token}"),
                 result: format!("{base}/result?access_token={token}"),
                 events: format!("{base}/events?access_token={token}"),
+                output: format!("{base}/output?access_token={token}"),
             },
             input: None,
         }

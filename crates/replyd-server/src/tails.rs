@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub struct Tails {
-    waiting: Mutex<HashMap<i64, Arc<Notify>>>,
+    waiting: Mutex<HashMap<u64, Arc<Notify>>>,
 }
 
 /// A reader's place on one stream; given back on drop.
 #[derive(Debug)]
 pub struct Watch {
     tails: Arc<Tails>,
-    stream: i64,
+    key: u64,
     notify: Arc<Notify>,
 }
 
@@ -35,33 +35,35 @@ impl Drop for Watch {
         let mut map = self.tails.waiting.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's: no one else waits on this stream.
         if Arc::strong_count(&self.notify) <= 2 {
-            map.remove(&self.stream);
+            map.remove(&self.key);
         }
     }
 }
 
 impl Tails {
-    pub fn watch(self: &Arc<Self>, stream: i64) -> Watch {
+    /// A place on the stream whose [`replyd_core::stream::StreamKey::tick`]
+    /// is `key`.
+    pub fn watch(self: &Arc<Self>, key: u64) -> Watch {
         let notify = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(stream)
+            .entry(key)
             .or_default()
             .clone();
         Watch {
             tails: self.clone(),
-            stream,
+            key,
             notify,
         }
     }
 
-    fn wake(&self, stream: i64) {
+    fn wake(&self, key: u64) {
         let notify = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&stream)
+            .get(&key)
             .cloned();
         if let Some(n) = notify {
             n.notify_waiters();
@@ -96,7 +98,7 @@ impl Tails {
                 }
                 tick = ticks.recv() => match tick {
                     Ok(t) if t == StreamTick::ALL => self.wake_all(),
-                    Ok(t) => self.wake(t.stream),
+                    Ok(t) => self.wake(t.key),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -123,7 +125,7 @@ mod tests {
             tokio::pin!(wa, wb);
             wa.as_mut().enable();
             wb.as_mut().enable();
-            tx.send(StreamTick { stream: 1 }).unwrap();
+            tx.send(StreamTick { key: 1 }).unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(5), wa)
                 .await
                 .expect("stream 1's reader is woken");

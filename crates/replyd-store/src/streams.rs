@@ -42,6 +42,9 @@ pub(crate) trait Rows {
     async fn set_producer(&mut self, stream: i64, id: &str, p: ProducerState) -> StoreResult<()>;
     /// Deletes the stream's row, chunks and producers.
     async fn remove_rows(&mut self, stream: i64) -> StoreResult<()>;
+    /// The job `id` (read for the lease its output's writer holds; where
+    /// the store locks rows, locked against a concurrent move).
+    async fn job(&mut self, id: replyd_core::JobId) -> StoreResult<Option<replyd_core::JobRecord>>;
     /// Streams `tenant` keeps (deleted ones kept for forks included).
     async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64>;
     /// Ids of expired streams not yet deleted, at most `limit`.
@@ -363,7 +366,7 @@ pub(crate) async fn create<R: Rows>(
     Ok(Ok(Created { state, new: true }))
 }
 
-pub(crate) type AppendAnswer = Found<(StreamState, Result<Appended, AppendRefusal>)>;
+pub(crate) type AppendAnswer = Found<Result<Appended, AppendRefusal>>;
 
 pub(crate) async fn append<R: Rows>(
     rows: &mut R,
@@ -381,8 +384,8 @@ pub(crate) async fn append<R: Rows>(
         Some(p) => rows.producer(state.id, &p.id).await?,
     };
     let plan = match state.decide_append(&req, before) {
-        Err(refusal) => return Ok(Found::Live((state, Err(refusal)))),
-        Ok(Err(answer)) => return Ok(Found::Live((state, Ok(answer)))),
+        Err(refusal) => return Ok(Found::Live(Err(refusal))),
+        Ok(Err(answer)) => return Ok(Found::Live(Ok(answer))),
         Ok(Ok(plan)) => plan,
     };
     rows.insert_chunks(state.id, state.tail, &plan.chunks)
@@ -401,18 +404,47 @@ pub(crate) async fn append<R: Rows>(
         rows.set_producer(state.id, id, *p).await?;
     }
     let closed = state.closed || plan.close;
-    let answer = Appended::Written {
+    Ok(Found::Live(Ok(Appended::Written {
         tail,
         closed,
         producer: plan.producer.map(|(_, p)| p),
+    })))
+}
+
+/// A worker's append to job `job`'s output (at `key`): only with the
+/// job's current lease; the stream is made by the first append, its
+/// content type the append's.
+pub(crate) async fn append_output<R: Rows>(
+    rows: &mut R,
+    key: &StreamKey,
+    job: replyd_core::JobId,
+    lease: replyd_core::LeaseId,
+    req: Append,
+    now: DateTime<Utc>,
+) -> StoreResult<AppendAnswer> {
+    let record = match rows.job(job).await? {
+        Some(r) if r.tenant == key.tenant => r,
+        _ => return Ok(Found::Missing),
     };
-    let state = StreamState {
-        tail,
-        closed,
-        touched_at: now,
-        ..state
-    };
-    Ok(Found::Live((state, Ok(answer))))
+    if !record.leased_to(lease, now) {
+        return Ok(Found::Live(Err(AppendRefusal::NotLeased)));
+    }
+    if rows.by_key(key).await?.is_none() {
+        let new = CreateStream {
+            content_type: req.content_type.clone(),
+            expiry: Expiry::Never,
+            closed: false,
+            body: Bytes::new(),
+            fork: None,
+            limits: replyd_core::stream::StreamLimits::default(),
+        };
+        if let Err(refusal) = create(rows, key, new, now).await? {
+            return Err(replyd_core::store::StoreError::Backend(
+                format!("cannot make the job's output stream: {refusal}").into(),
+            ));
+        }
+    }
+    append(rows, key, req, now).await
 }
 
 /// A read: the stream and its chunks from `from` (clamped to the tail).

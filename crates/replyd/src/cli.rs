@@ -405,6 +405,7 @@ mod tests {
                 self_: "/v1/jobs/j1".into(),
                 result: "/v1/jobs/j1/result".into(),
                 events: "/v1/jobs/j1/events".into(),
+                output: "/v1/jobs/j1/output".into(),
             },
             input: None,
         }

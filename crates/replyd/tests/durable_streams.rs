@@ -386,3 +386,108 @@ async fn streams_are_bounded_per_tenant() {
             .starts_with("append;q=6")
     );
 }
+
+/// A job's output: appended by the worker holding its lease (a stale or
+/// missing lease appends nothing), read with the protocol by the job's
+/// token, a long-poll reader woken by the append, and closed for readers
+/// when the job ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let base = &server.url;
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"queue": "work", "input": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let output = job["links"]["output"].as_str().unwrap().to_string();
+    assert!(output.contains("access_token=jt_"), "{output}");
+    let output = format!("{base}{output}");
+    let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
+    // Before any append: an empty, open stream.
+    let r = http.get(&output).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["stream-up-to-date"], "true");
+    assert!(!r.headers().contains_key("stream-closed"));
+    let tail = next_offset(&r);
+    let poll = tokio::spawn({
+        let (http, u) = (
+            http.clone(),
+            format!("{output}{}offset={tail}&live=long-poll", sep(&output)),
+        );
+        async move { http.get(u).send().await.unwrap() }
+    });
+    let lease: serde_json::Value = http
+        .post(format!("{base}/v1/queues/work/lease"))
+        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+    let append = |lease: &str, body: &'static str| {
+        http.post(format!("{base}/v1/jobs/{id}/output"))
+            .header("lease-id", lease)
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+    };
+    assert_eq!(append("not-the-lease", "x").await.unwrap().status(), 409);
+    let no_lease = http
+        .post(format!("{base}/v1/jobs/{id}/output"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_lease.status(), 400);
+    assert_eq!(append(&lease_id, "Hello, ").await.unwrap().status(), 204);
+    let polled = poll.await.unwrap();
+    assert_eq!(polled.status(), 200);
+    assert_eq!(polled.text().await.unwrap(), "Hello, ");
+    assert_eq!(append(&lease_id, "world").await.unwrap().status(), 204);
+    let done = http
+        .post(format!("{base}/v1/jobs/{id}/complete"))
+        .json(&serde_json::json!({"lease_id": lease_id, "result": {"ok": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(
+        append(&lease_id, "late").await.unwrap().status(),
+        409,
+        "an ended job's output takes no more"
+    );
+    let all = http
+        .get(format!("{output}{}offset=-1", sep(&output)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        all.headers()["stream-closed"],
+        "true",
+        "closed with its job"
+    );
+    assert_eq!(all.text().await.unwrap(), "Hello, world");
+    // Another tenant's or no credentials: nothing.
+    let bare = format!("{base}/v1/jobs/{id}/output");
+    let anonymous_ok = http.get(&bare).send().await.unwrap();
+    assert_eq!(anonymous_ok.status(), 200, "open mode: anyone");
+    // A /v1/stream/ path cannot reach a job's output.
+    let reserved = http
+        .get(format!("{base}/v1/stream/__jobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reserved.status(), 404);
+}

@@ -192,14 +192,6 @@ impl Rows for Sql<'_> {
         .execute(&mut **self.tx)
         .await
         .map_err(backend)?;
-        if c.tail.is_some() || c.close || c.delete {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(stream.to_string())
-                .execute(&mut **self.tx)
-                .await
-                .map_err(backend)?;
-        }
         Ok(())
     }
 
@@ -248,6 +240,10 @@ impl Rows for Sql<'_> {
         Ok(())
     }
 
+    async fn job(&mut self, id: replyd_core::JobId) -> StoreResult<Option<replyd_core::JobRecord>> {
+        super::jobs::load(self.tx, id, true).await
+    }
+
     async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64> {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM streams WHERE tenant = $1")
             .bind(&tenant.0)
@@ -259,18 +255,23 @@ impl Rows for Sql<'_> {
 
     async fn expired(&mut self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<i64>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        sqlx::query_scalar(
-            "(SELECT id FROM streams WHERE expires_at <= $1 AND NOT deleted
-              AND expires_at IS NOT NULL LIMIT $2 FOR UPDATE SKIP LOCKED)
-             UNION
-             (SELECT id FROM streams WHERE ttl_secs IS NOT NULL AND NOT deleted
-              AND touched_at + ttl_secs * 1000 <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(ms(now))
-        .bind(limit)
-        .fetch_all(&mut **self.tx)
-        .await
-        .map_err(backend)
+        // Each kind of expiry by its own index (FOR UPDATE takes no UNION).
+        let mut ids: Vec<i64> = Vec::new();
+        for sql in [
+            "SELECT id FROM streams WHERE expires_at <= $1 AND expires_at IS NOT NULL
+             AND NOT deleted LIMIT $2 FOR UPDATE SKIP LOCKED",
+            "SELECT id FROM streams WHERE ttl_secs IS NOT NULL AND NOT deleted
+             AND touched_at + ttl_secs * 1000 <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
+        ] {
+            let found: Vec<i64> = sqlx::query_scalar(sql)
+                .bind(ms(now))
+                .bind(limit - ids.len() as i64)
+                .fetch_all(&mut **self.tx)
+                .await
+                .map_err(backend)?;
+            ids.extend(found);
+        }
+        Ok(ids)
     }
 }
 
@@ -288,9 +289,20 @@ fn raced(e: &StoreError) -> bool {
         .is_some_and(|c| c == "23505")
 }
 
+/// Tells every node, at commit, that the stream at `key` moved.
+async fn notify(tx: &mut Tx, key: &StreamKey) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(key.tick().to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
 impl PgStore {
-    fn tick(&self, stream: i64) {
-        let _ = self.inner.stream_bus.send(StreamTick { stream });
+    fn tick(&self, key: &StreamKey) {
+        let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
     }
 
     async fn touch(&self, s: &StreamState, now: DateTime<Utc>) -> StoreResult<()> {
@@ -354,9 +366,43 @@ impl StreamStore for PgStore {
             now,
         )
         .await?;
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            notify(&mut tx, key).await?;
+        }
         self.commit(tx, false).await?;
-        if let Found::Live((s, Ok(Appended::Written { .. }))) = &found {
-            self.tick(s.id);
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            self.tick(key);
+        }
+        Ok(found)
+    }
+
+    async fn output_append(
+        &self,
+        key: &StreamKey,
+        job: replyd_core::JobId,
+        lease: replyd_core::LeaseId,
+        req: Append,
+        now: DateTime<Utc>,
+    ) -> StoreResult<AppendAnswer> {
+        let mut tx = self.begin().await?;
+        let found = flow::append_output(
+            &mut Sql {
+                tx: &mut tx,
+                lock: true,
+            },
+            key,
+            job,
+            lease,
+            req,
+            now,
+        )
+        .await?;
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            notify(&mut tx, key).await?;
+        }
+        self.commit(tx, false).await?;
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            self.tick(key);
         }
         Ok(found)
     }
@@ -421,10 +467,13 @@ impl StreamStore for PgStore {
             now,
         )
         .await?;
+        if let Found::Live(_) = found {
+            notify(&mut tx, key).await?;
+        }
         self.commit(tx, false).await?;
         Ok(match found {
-            Found::Live(id) => {
-                self.tick(id);
+            Found::Live(_) => {
+                self.tick(key);
                 Found::Live(())
             }
             Found::Missing => Found::Missing,
@@ -488,8 +537,8 @@ pub(super) async fn stream_listener(
             tokio::select! {
                 n = listen.try_recv() => match n {
                     Ok(Some(n)) => {
-                        if let Ok(stream) = n.payload().parse() {
-                            let _ = bus.send(StreamTick { stream });
+                        if let Ok(key) = n.payload().parse() {
+                            let _ = bus.send(StreamTick { key });
                         }
                     }
                     // Dropped: connect again.

@@ -203,6 +203,10 @@ impl Rows for Sql<'_> {
         Ok(())
     }
 
+    async fn job(&mut self, id: replyd_core::JobId) -> StoreResult<Option<replyd_core::JobRecord>> {
+        super::jobs::load(self.0, id)
+    }
+
     async fn count(&mut self, tenant: &replyd_core::Tenant) -> StoreResult<u64> {
         self.0
             .prepare_cached("SELECT count(*) FROM streams WHERE tenant = ?1")
@@ -230,8 +234,8 @@ impl Rows for Sql<'_> {
 }
 
 impl SqliteStore {
-    fn tick(&self, stream: i64) {
-        let _ = self.inner.stream_bus.send(StreamTick { stream });
+    fn tick(&self, key: &StreamKey) {
+        let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
     }
 
     /// Restarts a sliding TTL (a write only for streams that have one).
@@ -264,12 +268,39 @@ impl StreamStore for SqliteStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
-        let key = key.clone();
+        let k = key.clone();
         let found = self
-            .write(move |conn, _| now_or_never(flow::append(&mut Sql(conn), &key, req, now)))
+            .write(move |conn, _| now_or_never(flow::append(&mut Sql(conn), &k, req, now)))
             .await?;
-        if let Found::Live((s, Ok(Appended::Written { .. }))) = &found {
-            self.tick(s.id);
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            self.tick(key);
+        }
+        Ok(found)
+    }
+
+    async fn output_append(
+        &self,
+        key: &StreamKey,
+        job: replyd_core::JobId,
+        lease: replyd_core::LeaseId,
+        req: Append,
+        now: DateTime<Utc>,
+    ) -> StoreResult<AppendAnswer> {
+        let k = key.clone();
+        let found = self
+            .write(move |conn, _| {
+                now_or_never(flow::append_output(
+                    &mut Sql(conn),
+                    &k,
+                    job,
+                    lease,
+                    req,
+                    now,
+                ))
+            })
+            .await?;
+        if let Found::Live(Ok(Appended::Written { .. })) = &found {
+            self.tick(key);
         }
         Ok(found)
     }
@@ -308,14 +339,14 @@ impl StreamStore for SqliteStore {
     }
 
     async fn stream_delete(&self, key: &StreamKey, now: DateTime<Utc>) -> StoreResult<Found<()>> {
-        let key = key.clone();
+        let k = key.clone();
         let found = self
-            .write(move |conn, _| now_or_never(flow::delete(&mut Sql(conn), &key, now)))
+            .write(move |conn, _| now_or_never(flow::delete(&mut Sql(conn), &k, now)))
             .await?;
         Ok(match found {
-            Found::Live(id) => {
+            Found::Live(_) => {
                 // Its live readers learn that it is gone.
-                self.tick(id);
+                self.tick(key);
                 Found::Live(())
             }
             Found::Missing => Found::Missing,

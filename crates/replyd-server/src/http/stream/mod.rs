@@ -10,25 +10,24 @@
 //! (`__ds/…`) are not served.
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use base64::Engine;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::stream::{
     Append, AppendRefusal, Appended, CreateRefusal, CreateStream, Expiry, ForkRequest, Found,
-    Producer, ReadChunks, StreamKey, StreamLimits, StreamState, StreamStore, encode_offset,
-    is_text, parse_offset,
+    Producer, StreamKey, StreamLimits, StreamState, StreamStore, encode_offset, parse_offset,
 };
 
 use super::{AppState, Client};
+
+mod output;
+mod read;
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::Held;
 
 /// The prefix of stream URLs (a fork names its source by such a path).
 pub const PREFIX: &str = "/v1/stream/";
@@ -37,10 +36,15 @@ pub const PREFIX: &str = "/v1/stream/";
 const MAX_PATH: usize = 1024;
 
 pub fn router(max_append: usize) -> Router<AppState> {
-    Router::new().route(
-        "/v1/stream/{*path}",
-        any(handle).layer(DefaultBodyLimit::max(max_append)),
-    )
+    Router::new()
+        .route(
+            "/v1/stream/{*path}",
+            any(handle).layer(DefaultBodyLimit::max(max_append)),
+        )
+        .route(
+            "/v1/jobs/{id}/output",
+            any(output::handle).layer(DefaultBodyLimit::max(max_append)),
+        )
 }
 
 mod h {
@@ -132,18 +136,12 @@ async fn dispatch(
     let tenant = caller.owner()?;
     if path.is_empty()
         || path.len() > MAX_PATH
-        || path.split('/').next() == Some("__ds")
+        || path.starts_with("__")
         || path.chars().any(char::is_control)
     {
         return Err(not_found());
     }
-    let Some(streams) = app.store.streams() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not-implemented",
-            "this store does not keep Durable Streams",
-        ));
-    };
+    let streams = streams_of(app)?;
     let key = StreamKey { tenant, path };
     let now = app.now();
     let limits = app.config.durable_streams.limits();
@@ -161,13 +159,32 @@ async fn dispatch(
         Method::HEAD => head(streams, &key, now).await?,
         _ => {
             let q = super::query(query)?;
-            read(app, streams, client, &key, headers, &q, now).await?
+            read::read(
+                app,
+                &read::Source::Stream(key.clone()),
+                client,
+                headers,
+                &q,
+                now,
+            )
+            .await?
         }
     };
     if let Some(state) = rate {
         res.headers_mut().extend(super::rate_headers(&state));
     }
     Ok(res)
+}
+
+/// The store's streams, or 501 where it keeps none.
+fn streams_of(app: &AppState) -> ApiResult<&dyn StreamStore> {
+    app.store.streams().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-implemented",
+            "this store does not keep Durable Streams",
+        )
+    })
 }
 
 fn max_append(app: &AppState) -> usize {
@@ -424,6 +441,17 @@ async fn append(
     limits: StreamLimits,
     now: DateTime<Utc>,
 ) -> ApiResult<Response> {
+    let req = append_request(headers, body, limits)?;
+    let wrote = !req.body.is_empty();
+    match streams.stream_append(key, req, now).await? {
+        Found::Missing => Err(not_found()),
+        Found::Gone => Err(gone()),
+        Found::Live(answer) => appended(answer, wrote),
+    }
+}
+
+/// A `POST`'s headers and body as an append.
+fn append_request(headers: &HeaderMap, body: Bytes, limits: StreamLimits) -> ApiResult<Append> {
     let close = closed_flag(headers);
     let ct = content_type(headers);
     if !body.is_empty() && ct.is_none() {
@@ -434,20 +462,18 @@ async fn append(
             "an append needs a body (an empty one only with Stream-Closed: true)",
         ));
     }
-    let wrote = !body.is_empty();
-    let req = Append {
+    Ok(Append {
         content_type: ct,
         body,
         close,
         seq: text(headers, h::SEQ)?.map(str::to_string),
         producer: producer(headers)?,
         limits,
-    };
-    let (_, answer) = match streams.stream_append(key, req, now).await? {
-        Found::Missing => return Err(not_found()),
-        Found::Gone => return Err(gone()),
-        Found::Live(found) => found,
-    };
+    })
+}
+
+/// An append's answer (`wrote`: it carried data).
+fn appended(answer: Result<Appended, AppendRefusal>, wrote: bool) -> ApiResult<Response> {
     match answer {
         Ok(Appended::Written {
             tail,
@@ -519,6 +545,7 @@ async fn append(
                 AppendRefusal::TooLarge(n) => {
                     ApiError::too_large(usize::try_from(n).unwrap_or(usize::MAX))
                 }
+                AppendRefusal::NotLeased => ApiError::conflict("stale-lease", detail),
                 AppendRefusal::EpochStart
                 | AppendRefusal::EmptyBody
                 | AppendRefusal::BadBody(_) => ApiError::bad_request(detail),
@@ -580,467 +607,9 @@ async fn head(
     Ok(res)
 }
 
-/// Where a read starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum From {
-    Start,
-    Now,
-    At(u64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Live {
-    No,
-    LongPoll,
-    Sse,
-}
-
-fn read_params(q: &[(String, String)]) -> ApiResult<(Option<From>, Live, Option<String>)> {
-    let mut offset = None;
-    let mut live = Live::No;
-    let mut cursor = None;
-    for (k, v) in q {
-        match k.as_str() {
-            "offset" => {
-                if offset.is_some() {
-                    return Err(ApiError::bad_request("give one offset"));
-                }
-                offset = Some(match v.as_str() {
-                    "-1" => From::Start,
-                    "now" => From::Now,
-                    "" => return Err(ApiError::bad_request("offset must not be empty")),
-                    raw => From::At(parse_offset(raw).ok_or_else(|| {
-                        ApiError::bad_request(
-                            "malformed offset: use -1, now, or an offset this server gave",
-                        )
-                    })?),
-                });
-            }
-            "live" => {
-                live = match v.as_str() {
-                    "long-poll" => Live::LongPoll,
-                    "sse" => Live::Sse,
-                    "false" | "" => Live::No,
-                    _ => return Err(ApiError::bad_request("live must be long-poll or sse")),
-                }
-            }
-            "cursor" => cursor = Some(v.clone()),
-            _ => {}
-        }
-    }
-    if live != Live::No && offset.is_none() {
-        return Err(ApiError::bad_request("a live read needs an offset"));
-    }
-    Ok((offset, live, cursor))
-}
-
-/// The cursor of a live answer: 20-second intervals since 2024-10-09, and
-/// always past the client's (by 1 to 180 intervals of jitter), so that
-/// caches never loop on one key.
-fn cursor(client: Option<&str>, now: DateTime<Utc>) -> HeaderValue {
-    const EPOCH_MS: i64 = 1_728_432_000_000;
-    let current = (now.timestamp_millis() - EPOCH_MS).max(0) / 20_000;
-    let value = match client.and_then(|c| c.parse::<i64>().ok()) {
-        Some(c) if c >= current => c.saturating_add(rand::random_range(1..=180)),
-        _ => current,
-    };
-    HeaderValue::from(value)
-}
-
-/// A read's bytes as the answer's body: the bytes, or for JSON the
-/// messages as one array.
-fn render(s: &StreamState, read: &ReadChunks) -> Bytes {
-    if !s.json() {
-        let mut out = BytesMut::new();
-        for c in &read.chunks {
-            out.put_slice(c);
-        }
-        return out.freeze();
-    }
-    let mut out =
-        BytesMut::with_capacity(2 + read.chunks.iter().map(|c| c.len() + 1).sum::<usize>());
-    out.put_u8(b'[');
-    for (i, c) in read.chunks.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(c);
-    }
-    out.put_u8(b']');
-    out.freeze()
-}
-
-async fn read(
-    app: &AppState,
-    streams: &dyn StreamStore,
-    client: Client,
-    key: &StreamKey,
-    headers: &HeaderMap,
-    q: &[(String, String)],
-    now: DateTime<Utc>,
-) -> ApiResult<Response> {
-    let (offset, live, client_cursor) = read_params(q)?;
-    let budget = app.config.durable_streams.read_chunk;
-    let from = match offset.unwrap_or(From::Start) {
-        From::Start => 0,
-        From::At(p) => p,
-        From::Now => u64::MAX,
-    };
-    if live == Live::Sse {
-        return sse(app, streams, client, key, from, client_cursor).await;
-    }
-    let (s, chunk) = match streams.stream_read(key, from, budget, now).await? {
-        Found::Live(found) => found,
-        Found::Missing => return Err(not_found()),
-        Found::Gone => return Err(gone()),
-    };
-    let at_now = offset == Some(From::Now);
-    if live == Live::No && at_now {
-        let mut res = Response::new(Body::from(if s.json() { "[]" } else { "" }));
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, content_type_value(&s));
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        set(&mut res, h::NEXT_OFFSET, offset_value(s.tail));
-        set_true(&mut res, h::UP_TO_DATE);
-        if s.closed {
-            set_true(&mut res, h::CLOSED);
-        }
-        return Ok(res);
-    }
-    if live == Live::LongPoll && chunk.chunks.is_empty() {
-        return long_poll(app, streams, client, key, s, chunk.next, client_cursor).await;
-    }
-    let start = offset_label(offset);
-    Ok(answer(
-        &s,
-        &chunk,
-        &start,
-        headers,
-        (live == Live::LongPoll).then(|| cursor(client_cursor.as_deref(), now)),
-    ))
-}
-
-fn offset_label(offset: Option<From>) -> String {
-    match offset {
-        None | Some(From::Start) => "-1".into(),
-        Some(From::Now) => "now".into(),
-        Some(From::At(p)) => encode_offset(p),
-    }
-}
-
-/// A `200` with a read's data (catch-up, or a long poll that found some).
-fn answer(
-    s: &StreamState,
-    read: &ReadChunks,
-    start: &str,
-    headers: &HeaderMap,
-    cursor: Option<HeaderValue>,
-) -> Response {
-    let up_to_date = read.next >= s.tail;
-    let closed = s.closed && up_to_date;
-    let tag = etag(s, start, read.next, closed);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == tag.as_bytes())
-    {
-        let mut res = StatusCode::NOT_MODIFIED.into_response();
-        res.headers_mut().insert(header::ETAG, tag);
-        return res;
-    }
-    let body = render(s, read);
-    let mut res = Response::new(Body::from(body));
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type_value(s));
-    res.headers_mut().insert(header::ETAG, tag);
-    // Data at a position never changes, so a chunk may be kept; the tail's
-    // empty answer may not (it would hide what comes next).
-    let cache = if read.chunks.is_empty() {
-        "no-store"
-    } else {
-        "private, max-age=60, stale-while-revalidate=300"
-    };
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    set(&mut res, h::NEXT_OFFSET, offset_value(read.next));
-    if up_to_date {
-        set_true(&mut res, h::UP_TO_DATE);
-    }
-    if closed {
-        set_true(&mut res, h::CLOSED);
-    }
-    if let Some(c) = cursor {
-        set(&mut res, h::CURSOR, c);
-    }
-    res
-}
-
-/// A long poll at the tail: waits for the stream to move, up to
-/// `durable_streams.long_poll`.
-async fn long_poll(
-    app: &AppState,
-    streams: &dyn StreamStore,
-    client: Client,
-    key: &StreamKey,
-    mut s: StreamState,
-    at: u64,
-    client_cursor: Option<String>,
-) -> ApiResult<Response> {
-    let timeout = crate::config::secs(app.config.durable_streams.long_poll);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let _permit = client.hold(app, Held::Wait, Some(&key.tenant))?;
-    let watch = app.tails.watch(s.id);
-    loop {
-        if s.closed {
-            let mut res = StatusCode::NO_CONTENT.into_response();
-            set(&mut res, h::NEXT_OFFSET, offset_value(s.tail));
-            set_true(&mut res, h::UP_TO_DATE);
-            set_true(&mut res, h::CLOSED);
-            return Ok(res);
-        }
-        let woken = watch.notify().notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let read = match streams
-            .stream_read(key, at, app.config.durable_streams.read_chunk, app.now())
-            .await?
-        {
-            Found::Live(found) => found,
-            Found::Missing => return Err(not_found()),
-            Found::Gone => return Err(gone()),
-        };
-        s = read.0;
-        if !read.1.chunks.is_empty() {
-            let c = cursor(client_cursor.as_deref(), app.now());
-            return Ok(answer(
-                &s,
-                &read.1,
-                &encode_offset(at),
-                &HeaderMap::new(),
-                Some(c),
-            ));
-        }
-        if s.closed {
-            continue;
-        }
-        let expired = tokio::select! {
-            () = &mut woken => false,
-            () = tokio::time::sleep_until(deadline) => true,
-            () = app.shutdown.cancelled() => true,
-        };
-        if expired {
-            let mut res = StatusCode::NO_CONTENT.into_response();
-            set(&mut res, h::NEXT_OFFSET, offset_value(at));
-            set_true(&mut res, h::UP_TO_DATE);
-            set(
-                &mut res,
-                h::CURSOR,
-                cursor(client_cursor.as_deref(), app.now()),
-            );
-            return Ok(res);
-        }
-    }
-}
-
-/// One SSE event: `event:` then each line of `data` as its own `data:`
-/// line (CR, LF and CRLF all end a line in SSE, so a payload can never
-/// end an event or start another).
-fn sse_event(out: &mut BytesMut, event: &str, data: &[u8]) {
-    out.put_slice(b"event: ");
-    out.put_slice(event.as_bytes());
-    out.put_u8(b'\n');
-    let mut rest = data;
-    loop {
-        let cut = rest.iter().position(|b| *b == b'\n' || *b == b'\r');
-        let (line, next) = match cut {
-            None => (rest, None),
-            Some(i) => {
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                (&rest[..i], Some(&rest[i + skip..]))
-            }
-        };
-        // One space after the colon only when the line starts with one:
-        // a reader strips exactly one.
-        out.put_slice(if line.first() == Some(&b' ') {
-            b"data: "
-        } else {
-            b"data:"
-        });
-        out.put_slice(line);
-        out.put_u8(b'\n');
-        match next {
-            Some(n) => rest = n,
-            None => break,
-        }
-    }
-    out.put_u8(b'\n');
-}
-
-struct SseState {
-    app: AppState,
-    key: StreamKey,
-    at: u64,
-    cursor: Option<String>,
-    watch: crate::tails::Watch,
-    base64: bool,
-    /// Sent the first control event (a quiet stream's first answer).
-    started: bool,
-    done: bool,
-    ends: tokio::time::Instant,
-    _permit: crate::limits::Permit,
-}
-
-impl SseState {
-    /// The next frames: data then control, or a control after a wait; `None`
-    /// once the stream closed, the connection's lifetime ran out, or the
-    /// stream went away.
-    async fn next(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        let keepalive = crate::config::secs(self.app.config.streams.keepalive);
-        loop {
-            let streams = self.app.store.streams()?;
-            let woken = self.watch.notify().notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let budget = self.app.config.durable_streams.read_chunk;
-            let (s, read) = match streams
-                .stream_read(&self.key, self.at, budget, self.app.now())
-                .await
-            {
-                Ok(Found::Live(found)) => found,
-                _ => {
-                    self.done = true;
-                    return None;
-                }
-            };
-            let mut out = BytesMut::new();
-            if !read.chunks.is_empty() {
-                let data = render(&s, &read);
-                if self.base64 {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-                    sse_event(&mut out, "data", b64.as_bytes());
-                } else {
-                    sse_event(&mut out, "data", &data);
-                }
-                self.at = read.next;
-            }
-            let at_tail = self.at >= s.tail;
-            if !read.chunks.is_empty() || !self.started || (s.closed && at_tail) {
-                self.started = true;
-                let mut control = serde_json::Map::new();
-                control.insert("streamNextOffset".into(), encode_offset(self.at).into());
-                if s.closed && at_tail {
-                    control.insert("streamClosed".into(), true.into());
-                    control.insert("upToDate".into(), true.into());
-                    self.done = true;
-                } else {
-                    let c = cursor(self.cursor.as_deref(), self.app.now());
-                    control.insert(
-                        "streamCursor".into(),
-                        c.to_str().unwrap_or_default().to_string().into(),
-                    );
-                    if at_tail {
-                        control.insert("upToDate".into(), true.into());
-                    }
-                }
-                let json = serde_json::Value::Object(control).to_string();
-                sse_event(&mut out, "control", json.as_bytes());
-                return Some(out.freeze());
-            }
-            let tick = tokio::time::Instant::now() + keepalive;
-            tokio::select! {
-                () = &mut woken => continue,
-                () = tokio::time::sleep_until(tick.min(self.ends)) => {
-                    if tokio::time::Instant::now() >= self.ends {
-                        self.done = true;
-                        return None;
-                    }
-                    return Some(Bytes::from_static(b": keep-alive\n\n"));
-                }
-                () = self.app.shutdown.cancelled() => {
-                    self.done = true;
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-async fn sse(
-    app: &AppState,
-    streams: &dyn StreamStore,
-    client: Client,
-    key: &StreamKey,
-    from: u64,
-    client_cursor: Option<String>,
-) -> ApiResult<Response> {
-    let permit = client.hold(app, Held::Stream, Some(&key.tenant))?;
-    let s = match streams.stream_head(key, true, app.now()).await? {
-        Found::Live(s) => s,
-        Found::Missing => return Err(not_found()),
-        Found::Gone => return Err(gone()),
-    };
-    let base64 = !is_text(&s.content_type);
-    let state = SseState {
-        app: app.clone(),
-        key: key.clone(),
-        at: from.min(s.tail),
-        cursor: client_cursor,
-        watch: app.tails.watch(s.id),
-        base64,
-        started: false,
-        done: false,
-        ends: tokio::time::Instant::now()
-            + crate::config::secs(app.config.durable_streams.sse_lifetime),
-        _permit: permit,
-    };
-    let body = futures::stream::unfold(state, |mut st| async move {
-        let chunk = st.next().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(chunk), st))
-    });
-    let mut res = Response::new(Body::from_stream(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if base64 {
-        set(
-            &mut res,
-            h::SSE_ENCODING,
-            HeaderValue::from_static("base64"),
-        );
-    }
-    Ok(res)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn events(data: &[u8]) -> String {
-        let mut out = BytesMut::new();
-        sse_event(&mut out, "data", data);
-        String::from_utf8(out.to_vec()).unwrap()
-    }
-
-    #[test]
-    fn payload_line_breaks_never_end_an_sse_event() {
-        assert_eq!(
-            events(b"a\r\n\r\nevent: x"),
-            "event: data\ndata:a\ndata:\ndata:event: x\n\n"
-        );
-        assert_eq!(events(b"a\rb"), "event: data\ndata:a\ndata:b\n\n");
-        assert_eq!(events(b" a"), "event: data\ndata:  a\n\n");
-        assert_eq!(events(b""), "event: data\ndata:\n\n");
-    }
 
     #[test]
     fn integers_are_strict() {
@@ -1049,24 +618,5 @@ mod tests {
         for bad in ["", "+1", "01", "1.0", "3.6e3", "-1", " 1"] {
             assert_eq!(strict_uint(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn cursors_never_go_back() {
-        let now = Utc::now();
-        let current: i64 = cursor(None, now).to_str().unwrap().parse().unwrap();
-        let next: i64 = cursor(Some(&current.to_string()), now)
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(next > current);
-        let ahead = current + 1000;
-        let past_ahead: i64 = cursor(Some(&ahead.to_string()), now)
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(past_ahead > ahead);
     }
 }

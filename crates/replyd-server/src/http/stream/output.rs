@@ -1,0 +1,96 @@
+//! A job's output as a Durable Stream, at `/v1/jobs/{id}/output`: read
+//! with the protocol (catch-up, long-poll, SSE) by the job's tenant or
+//! with its job token (`?access_token=`, for a browser); appended by the
+//! worker that holds the job's lease (`Lease-Id`), the chunk as the body.
+//! The first append makes the stream and fixes its content type; the
+//! job's end closes it for readers.
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use replyd_core::LeaseId;
+use replyd_core::stream::{Found, StreamKey, output_path};
+
+use super::read::{Source, read};
+use super::{append_request, appended, secure, streams_of, text};
+use crate::auth::Action;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{AppState, Client, JobRequest};
+
+pub(super) async fn handle(
+    State(app): State<AppState>,
+    client: Client,
+    method: Method,
+    r: JobRequest,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let res = match dispatch(&app, client, method, r, &headers, query, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    secure(res)
+}
+
+async fn dispatch(
+    app: &AppState,
+    client: Client,
+    method: Method,
+    r: JobRequest,
+    headers: &HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let now = app.now();
+    match method {
+        Method::GET | Method::HEAD => {
+            let job = app.job_for(&r.caller, Action::Read, r.id).await?;
+            let source = Source::Output {
+                key: StreamKey {
+                    tenant: job.tenant,
+                    path: output_path(job.id),
+                },
+                job: job.id,
+            };
+            let mut q = crate::http::query(query)?;
+            if method == Method::HEAD {
+                // A HEAD reads as a catch-up read at the tail.
+                q.retain(|(k, _)| k != "offset" && k != "live");
+                q.push(("offset".into(), "now".into()));
+            }
+            read(app, &source, client, headers, &q, now).await
+        }
+        Method::POST => {
+            let job = app.job_for(&r.caller, Action::Work, r.id).await?;
+            let lease = text(headers, "lease-id")?
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| {
+                    ApiError::bad_request("an output append needs its Lease-Id header")
+                })?;
+            crate::http::take_rate(app, crate::limits::Rate::Append, &job.tenant, 1)?;
+            let limits = app.config.durable_streams.limits();
+            let body = crate::http::body(body, app.config.durable_streams.max_append)?;
+            let req = append_request(headers, body, limits)?;
+            let wrote = !req.body.is_empty();
+            let key = StreamKey {
+                tenant: job.tenant,
+                path: output_path(job.id),
+            };
+            match streams_of(app)?
+                .output_append(&key, job.id, LeaseId(lease.to_string()), req, now)
+                .await?
+            {
+                Found::Live(answer) => appended(answer, wrote),
+                Found::Missing | Found::Gone => Err(ApiError::job_not_found()),
+            }
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "a job's output takes GET, HEAD and POST (by its worker)",
+        )),
+    }
+}
