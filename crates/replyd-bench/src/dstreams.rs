@@ -9,6 +9,11 @@
 //! ratio to the in-memory reference (which keeps nothing across a
 //! restart; replyd and the file-backed one answer an append once it is on
 //! disk). With `--database-url`, replyd on PostgreSQL too.
+//!
+//! Node's load generator takes a whole core at about 6,000 appends/s on
+//! this machine, so each server is also measured with this binary's own
+//! keep-alive client (the same shape: N connections, one stream each, one
+//! append in flight per connection), which costs a fraction of that.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -46,6 +51,80 @@ impl Load {
 }
 
 const WRITERS: [usize; 2] = [64, 256];
+
+/// The same shape from this process: `n` keep-alive connections, each
+/// making its stream, then appending ~30 bytes at a time for `secs`.
+async fn rust_load(base: &str, n: usize, secs: u64) -> anyhow::Result<Load> {
+    use crate::harness::Conn;
+    use hyper::{Method, StatusCode};
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut conn = Conn::open(addr).await?;
+        let path = format!("/v1/stream/rbench-{run}-{i}");
+        let (status, _) = conn
+            .send(Method::PUT, &path, "text/plain", bytes::Bytes::new())
+            .await?;
+        if status != StatusCode::CREATED {
+            bail!("creating {path}: {status}");
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut k = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                let body = bytes::Bytes::from(format!("token-{k:024}"));
+                k += 1;
+                let t = std::time::Instant::now();
+                match conn.send(Method::POST, &path, "text/plain", body).await {
+                    Ok((s, _)) if s.is_success() => lat.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    Ok(Load {
+        appends_per_s: lat.len() as f64 / secs as f64,
+        errors,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
+}
+
+/// Both load generators against `url`, each N of [`WRITERS`]: rows of
+/// `name`.
+async fn measure(
+    rows: &mut Vec<(String, usize, Load)>,
+    name: &str,
+    peer: &Path,
+    url: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
+    for n in WRITERS {
+        rows.push((format!("{name} [node]"), n, load(peer, url, n, secs).await?));
+    }
+    for n in WRITERS {
+        rows.push((format!("{name} [rust]"), n, rust_load(url, n, secs).await?));
+    }
+    Ok(())
+}
 
 /// The load generator against `url` with `n` writers for `secs`.
 async fn load(peer: &Path, url: &str, n: usize, secs: u64) -> anyhow::Result<Load> {
@@ -135,13 +214,14 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let db = dir.join("dstreams.db").display().to_string();
     let server = replyd(dir, &["--db", &db]).await?;
     let url = format!("http://{}", server.addr);
-    for n in WRITERS {
-        rows.push((
-            "replyd, SQLite (synchronous=FULL)".into(),
-            n,
-            load(&peer, &url, n, secs).await?,
-        ));
-    }
+    measure(
+        &mut rows,
+        "replyd, SQLite (synchronous=FULL)",
+        &peer,
+        &url,
+        secs,
+    )
+    .await?;
     drop(server);
 
     #[cfg(feature = "postgres")]
@@ -151,47 +231,41 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             .context("PostgreSQL")?;
         let server = replyd(dir, &["--database-url", &db]).await?;
         let url = format!("http://{}", server.addr);
-        for n in WRITERS {
-            rows.push((
-                "replyd, PostgreSQL".into(),
-                n,
-                load(&peer, &url, n, secs).await?,
-            ));
-        }
+        measure(&mut rows, "replyd, PostgreSQL", &peer, &url, secs).await?;
     }
 
     let (child, url) = reference(&peer, None).await?;
-    for n in WRITERS {
-        rows.push((
-            "reference, in memory".into(),
-            n,
-            load(&peer, &url, n, secs).await?,
-        ));
-    }
+    measure(&mut rows, "reference, in memory", &peer, &url, secs).await?;
     drop(child);
     let data = tempfile::tempdir_in(dir)?;
     let (child, url) = reference(&peer, Some(data.path())).await?;
-    for n in WRITERS {
-        rows.push((
-            "reference, file-backed (fdatasync)".into(),
-            n,
-            load(&peer, &url, n, secs).await?,
-        ));
-    }
+    measure(
+        &mut rows,
+        "reference, file-backed (fdatasync)",
+        &peer,
+        &url,
+        secs,
+    )
+    .await?;
     drop(child);
 
     println!(
-        "  {:<36} {:>4} {:>11} {:>8} {:>8} {:>7} {:>9}",
+        "  {:<43} {:>4} {:>11} {:>8} {:>8} {:>7} {:>9}",
         "server", "N", "appends/s", "p50 ms", "p99 ms", "errors", "÷ memory"
     );
     for (name, n, l) in &rows {
+        let client = if name.ends_with("[node]") {
+            "[node]"
+        } else {
+            "[rust]"
+        };
         let memory = rows
             .iter()
-            .find(|(m, k, _)| m == "reference, in memory" && k == n)
+            .find(|(m, k, _)| *m == format!("reference, in memory {client}") && k == n)
             .map(|(_, _, l)| l.appends_per_s);
         let ratio = memory.map_or(String::from("-"), |m| format!("{:.2}", l.appends_per_s / m));
         println!(
-            "  {name:<36} {n:>4} {:>11.0} {:>8.2} {:>8.2} {:>7} {:>9}",
+            "  {name:<43} {n:>4} {:>11.0} {:>8.2} {:>8.2} {:>7} {:>9}",
             l.appends_per_s, l.p50_ms, l.p99_ms, l.errors, ratio
         );
     }

@@ -171,11 +171,23 @@ impl Conn {
         path: &str,
         body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.send(Method::POST, path, "application/json", body)
+            .await
+    }
+
+    /// Any request, with `content_type`, and its answer's status and body.
+    pub(crate) async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header("host", &self.host)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Full::new(body))?;
         self.sender.ready().await?;
         let res = self.sender.send_request(req).await?;
