@@ -491,3 +491,60 @@ async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job(
         .unwrap();
     assert_eq!(reserved.status(), 404);
 }
+
+/// A worker that streams its output and completes with no result of its
+/// own: the output is the job's result, with the output's content type.
+#[tokio::test]
+async fn a_job_with_only_output_has_it_as_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let base = &server.url;
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"queue": "work", "input": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let lease: serde_json::Value = http
+        .post(format!("{base}/v1/queues/work/lease"))
+        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease_id = lease["lease_id"].as_str().unwrap();
+    for chunk in ["data: one\n\n", "data: two\n\n"] {
+        let r = http
+            .post(format!("{base}/v1/jobs/{id}/output"))
+            .header("lease-id", lease_id)
+            .header("content-type", "text/event-stream")
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let done = http
+        .post(format!("{base}/v1/jobs/{id}/complete"))
+        .json(&serde_json::json!({"lease_id": lease_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let result = http
+        .get(format!("{base}/v1/jobs/{id}/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["content-type"], "text/event-stream");
+    assert_eq!(result.text().await.unwrap(), "data: one\n\ndata: two\n\n");
+}

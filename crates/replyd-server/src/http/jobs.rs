@@ -363,6 +363,14 @@ async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
         .output(job.id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::GONE, "job-expired", "the result is gone"))?;
+    // A worker that streamed its output and gave no result of its own:
+    // the output is the result.
+    if out.upstream.is_none()
+        && &out.body[..] == b"null"
+        && let Some(res) = super::stream::output_as_result(app, job).await?
+    {
+        return Ok(res);
+    }
     // An upstream's answer (the gateway, the http executor) is replayed as
     // it came: its status and the headers kept.
     let status = out

@@ -176,6 +176,31 @@ async fn dispatch(
     Ok(res)
 }
 
+/// Job `job`'s output as its result (up to `limits.max_result` bytes), if
+/// it has any.
+pub async fn output_as_result(
+    app: &AppState,
+    job: &replyd_core::JobRecord,
+) -> ApiResult<Option<Response>> {
+    let Some(streams) = app.store.streams() else {
+        return Ok(None);
+    };
+    let key = StreamKey {
+        tenant: job.tenant.clone(),
+        path: replyd_core::stream::output_path(job.id),
+    };
+    let budget = app.config.limits.max_result;
+    match streams.stream_read(&key, 0, budget, app.now()).await? {
+        Found::Live((s, chunks)) if s.tail > 0 => {
+            let mut res = Response::new(axum::body::Body::from(read::render(&s, &chunks)));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type_value(&s));
+            Ok(Some(res))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The store's streams, or 501 where it keeps none.
 fn streams_of(app: &AppState) -> ApiResult<&dyn StreamStore> {
     app.store.streams().ok_or_else(|| {

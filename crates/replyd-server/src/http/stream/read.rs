@@ -173,7 +173,7 @@ fn cursor(client: Option<&str>, now: DateTime<Utc>) -> HeaderValue {
 
 /// A read's bytes as the answer's body: the bytes, or for JSON the
 /// messages as one array.
-fn render(s: &StreamState, read: &ReadChunks) -> Bytes {
+pub(super) fn render(s: &StreamState, read: &ReadChunks) -> Bytes {
     if !s.json() {
         let mut out = BytesMut::new();
         for c in &read.chunks {
