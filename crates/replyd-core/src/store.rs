@@ -320,7 +320,75 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventBatch>;
 
     /// Its Durable Streams, where this store keeps them.
-    fn streams(&self) -> Option<&dyn crate::stream::StreamStore> {
+    fn streams(&self) -> Option<&dyn StreamStore> {
         None
     }
+}
+
+/// What a store keeps of streams. Every write is one transaction that
+/// checks before it writes (a refusal writes nothing); a caller is
+/// answered once it is durable. Expired streams are `Missing` at once and
+/// removed by [`StreamStore::stream_expire`].
+#[async_trait::async_trait]
+pub trait StreamStore: Send + Sync + 'static {
+    async fn stream_create(
+        &self,
+        key: &crate::stream::StreamKey,
+        req: crate::stream::CreateStream,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<crate::stream::Created, crate::stream::CreateRefusal>>;
+
+    async fn stream_append(
+        &self,
+        key: &crate::stream::StreamKey,
+        req: crate::stream::Append,
+        now: DateTime<Utc>,
+    ) -> StoreResult<
+        crate::stream::Found<Result<crate::stream::Appended, crate::stream::AppendRefusal>>,
+    >;
+
+    /// A worker's append to job `job`'s output stream (`key`), with the
+    /// job's current `lease` only (checked in the append's transaction);
+    /// the first append makes the stream. `Missing`: no such job.
+    async fn output_append(
+        &self,
+        key: &crate::stream::StreamKey,
+        job: crate::ids::JobId,
+        lease: crate::ids::LeaseId,
+        req: crate::stream::Append,
+        now: DateTime<Utc>,
+    ) -> StoreResult<
+        crate::stream::Found<Result<crate::stream::Appended, crate::stream::AppendRefusal>>,
+    >;
+
+    /// The stream; `touch`: this is a read or write that restarts a TTL.
+    async fn stream_head(
+        &self,
+        key: &crate::stream::StreamKey,
+        touch: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<crate::stream::Found<crate::stream::StreamState>>;
+
+    /// Chunks from position `from` (clamped to the tail), about `budget`
+    /// bytes (at least one chunk when there is one), through forks'
+    /// sources. Restarts a TTL.
+    async fn stream_read(
+        &self,
+        key: &crate::stream::StreamKey,
+        from: u64,
+        budget: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<crate::stream::Found<(crate::stream::StreamState, crate::stream::ReadChunks)>>;
+
+    async fn stream_delete(
+        &self,
+        key: &crate::stream::StreamKey,
+        now: DateTime<Utc>,
+    ) -> StoreResult<crate::stream::Found<()>>;
+
+    /// Removes up to `limit` expired streams; how many.
+    async fn stream_expire(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<usize>;
+
+    /// Ticks of every committed stream change (on every node).
+    fn stream_ticks(&self) -> tokio::sync::broadcast::Receiver<crate::stream::StreamTick>;
 }

@@ -34,7 +34,8 @@ macro_rules! conformance_tests {
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
             cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases,
             log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
-            concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel);
+            concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel,
+            job_output_is_fenced_by_the_lease_and_goes_with_the_job);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1310,4 +1311,95 @@ pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
     let distinct: HashSet<i64> = all.iter().copied().collect();
     assert_eq!(all.len(), 30, "each delivery claimed once: {all:?}");
     assert_eq!(distinct.len(), 30);
+}
+
+/// A job's output stream: appended only with the job's current lease (the
+/// first append makes it), and gone with the job (garbage collection, as
+/// `delete` shares its forgetting).
+pub async fn job_output_is_fenced_by_the_lease_and_goes_with_the_job(store: Arc<dyn Store>) {
+    use replyd_core::stream::{Append, AppendRefusal, Appended, Found, StreamKey, output_path};
+    let Some(streams) = store.streams() else {
+        return;
+    };
+    let a = store
+        .submit(new_job("t", "q", None, "{}"), t(0))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let key = StreamKey {
+        tenant: Tenant("t".into()),
+        path: output_path(a),
+    };
+    let chunk = |body: &'static str| Append {
+        content_type: Some("text/plain".into()),
+        body: Bytes::from_static(body.as_bytes()),
+        ..Append::default()
+    };
+    let refused = streams
+        .output_append(&key, a, LeaseId("nope".into()), chunk("x"), t(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Found::Live(Err(AppendRefusal::NotLeased)),
+        "queued: no lease"
+    );
+    let (_, lease) = lease_one(&*store, "q", t(0)).await;
+    for part in ["Hello, ", "world"] {
+        let ok = streams
+            .output_append(&key, a, lease.clone(), chunk(part), t(1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(ok, Found::Live(Ok(Appended::Written { .. }))),
+            "{ok:?}"
+        );
+    }
+    let other = StreamKey {
+        tenant: Tenant("u".into()),
+        path: output_path(a),
+    };
+    let foreign = streams
+        .output_append(&other, a, lease.clone(), chunk("x"), t(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        foreign,
+        Found::Missing,
+        "another tenant's key reaches nothing"
+    );
+    let Found::Live((s, read)) = streams.stream_read(&key, 0, 1024, t(1)).await.unwrap() else {
+        panic!("the output is there");
+    };
+    assert_eq!(s.content_type, "text/plain");
+    assert_eq!(read.chunks.concat(), b"Hello, world".to_vec());
+    store
+        .apply(
+            a,
+            None,
+            Command::Complete {
+                lease_id: lease.clone(),
+            },
+            None,
+            t(2),
+        )
+        .await
+        .unwrap();
+    let late = streams
+        .output_append(&key, a, lease, chunk("late"), t(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        Found::Live(Err(AppendRefusal::NotLeased)),
+        "an ended job takes no more"
+    );
+    // ttl is 100 s after the end.
+    assert_eq!(store.collect_garbage(t(102), 100).await.unwrap(), 1);
+    assert_eq!(
+        streams.stream_head(&key, false, t(102)).await.unwrap(),
+        Found::Missing,
+        "the output went with its job"
+    );
 }

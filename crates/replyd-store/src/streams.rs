@@ -60,6 +60,8 @@ pub(crate) struct NewRow {
     pub tail: u64,
     pub fork: Option<ForkOf>,
     pub now: DateTime<Utc>,
+    /// The job whose output this is (it goes with the job).
+    pub job: Option<replyd_core::JobId>,
 }
 
 /// A change to a stream's row.
@@ -268,6 +270,17 @@ pub(crate) async fn create<R: Rows>(
     req: CreateStream,
     now: DateTime<Utc>,
 ) -> StoreResult<Result<Created, CreateRefusal>> {
+    create_for(rows, key, req, None, now).await
+}
+
+/// `create`, of job `job`'s output when it names one.
+async fn create_for<R: Rows>(
+    rows: &mut R,
+    key: &StreamKey,
+    req: CreateStream,
+    job: Option<replyd_core::JobId>,
+    now: DateTime<Utc>,
+) -> StoreResult<Result<Created, CreateRefusal>> {
     let source = match &req.fork {
         None => None,
         Some(f) => {
@@ -340,6 +353,7 @@ pub(crate) async fn create<R: Rows>(
         tail,
         fork,
         now,
+        job,
     };
     let id = rows.insert_stream(key, &new).await?;
     rows.insert_chunks(id, base, &chunks).await?;
@@ -438,7 +452,7 @@ pub(crate) async fn append_output<R: Rows>(
             fork: None,
             limits: replyd_core::stream::StreamLimits::default(),
         };
-        if let Err(refusal) = create(rows, key, new, now).await? {
+        if let Err(refusal) = create_for(rows, key, new, Some(job), now).await? {
             return Err(replyd_core::store::StoreError::Backend(
                 format!("cannot make the job's output stream: {refusal}").into(),
             ));

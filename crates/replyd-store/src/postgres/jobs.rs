@@ -122,7 +122,10 @@ pub(super) async fn apply(
 ) -> StoreResult<JobRecord> {
     let mut tx = s.begin().await?;
     let (job, refused, appended) =
-        transition(&mut tx, id, scope, cmd, output, now, &s.inner.retry).await?;
+        match transition(&mut tx, id, scope, cmd, output, now, &s.inner.retry).await {
+            Ok(t) => t,
+            Err(e) => return s.abort(tx, e).await,
+        };
     s.commit(tx, appended).await?;
     match refused {
         Some(e) => Err(StoreError::Transition(e)),
@@ -140,7 +143,11 @@ pub(super) async fn apply_many(
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
     let mut tx = s.begin().await?;
-    let (answers, appended) = transition_all(&mut tx, moves, scope, now, &s.inner.retry).await?;
+    let (answers, appended) = match transition_all(&mut tx, moves, scope, now, &s.inner.retry).await
+    {
+        Ok(t) => t,
+        Err(e) => return s.abort(tx, e).await,
+    };
     s.commit(tx, appended).await?;
     Ok(answers
         .into_iter()
@@ -303,9 +310,15 @@ pub(super) async fn transition_all(
 
 pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
     let mut tx = s.begin().await?;
-    let job = load(&mut tx, id, true).await?.ok_or(StoreError::NotFound)?;
+    let job = match load(&mut tx, id, true).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return s.abort(tx, StoreError::NotFound).await,
+        Err(e) => return s.abort(tx, e).await,
+    };
     if !job.state.is_terminal() {
-        return Err(TransitionError::NotFinished(job.state).into());
+        return s
+            .abort(tx, TransitionError::NotFinished(job.state).into())
+            .await;
     }
     forget_history(&mut tx, &[id.0]).await?;
     sqlx::query("DELETE FROM jobs WHERE id = $1")
@@ -316,8 +329,9 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
     s.commit(tx, false).await
 }
 
-/// Removes what jobs (`ids`) have beyond their records: their outputs,
-/// their events (raising the log's floor past them) and their deliveries.
+/// Removes what jobs (`ids`) have beyond their records: their results,
+/// their events (raising the log's floor past them), their deliveries and
+/// their output streams.
 pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResult<()> {
     let [lock_events, forget_events] = FORGET_EVENTS_OF_JOBS;
     for sql in [
@@ -327,6 +341,10 @@ pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResu
         "DELETE FROM delivery_attempts WHERE delivery_id IN
              (SELECT id FROM outbox WHERE job_id = ANY($1))",
         "DELETE FROM outbox WHERE job_id = ANY($1)",
+        "DELETE FROM stream_chunks WHERE stream IN (SELECT id FROM streams WHERE job = ANY($1))",
+        "DELETE FROM stream_producers WHERE stream IN
+             (SELECT id FROM streams WHERE job = ANY($1))",
+        "DELETE FROM streams WHERE job = ANY($1)",
     ] {
         sqlx::query(sql)
             .bind(ids)

@@ -173,6 +173,16 @@ impl PgStore {
         self.inner.pool.begin().await.map_err(backend)
     }
 
+    /// Ends `tx` for an operation that failed or refused: rolled back and
+    /// waited for, so that no row lock it took outlives the call. (A
+    /// dropped transaction only queues its ROLLBACK on its connection,
+    /// which may sit in the pool with the locks held while the caller's
+    /// next statement, on another connection, skips the locked rows.)
+    async fn abort<T>(&self, tx: Tx, e: StoreError) -> StoreResult<T> {
+        let _ = tx.rollback().await;
+        Err(e)
+    }
+
     /// Commits and, if the transaction appended events, wakes the sequencer.
     async fn commit(&self, tx: Tx, appended: bool) -> StoreResult<()> {
         tx.commit().await.map_err(backend)?;
@@ -361,7 +371,7 @@ impl Store for PgStore {
             .map_err(backend)
     }
 
-    fn streams(&self) -> Option<&dyn replyd_core::stream::StreamStore> {
+    fn streams(&self) -> Option<&dyn replyd_core::store::StreamStore> {
         Some(self)
     }
 

@@ -229,4 +229,12 @@ const POSTGRES: &[(i64, &str)] = &[
     );
     ",
     ),
+    (
+        8,
+        "
+    -- See SQLite's v7.
+    ALTER TABLE streams ADD COLUMN job uuid;
+    CREATE INDEX streams_job ON streams (job) WHERE job IS NOT NULL;
+    ",
+    ),
 ];

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use replyd_core::store::StreamStore;
 use replyd_core::store::{StoreError, StoreResult};
 use replyd_core::stream::{
     Append, Appended, CreateRefusal, CreateStream, Created, Expiry, ForkOf, Found, ProducerState,
-    ReadChunks, StreamKey, StreamState, StreamStore, StreamTick,
+    ReadChunks, StreamKey, StreamState, StreamTick,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgRow};
@@ -129,8 +130,8 @@ impl Rows for Sql<'_> {
         let (ttl, at) = expiry_columns(&new.expiry);
         sqlx::query_scalar(
             "INSERT INTO streams (tenant, path, content_type, ttl_secs, expires_at, touched_at,
-                                  closed, tail, source, fork_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                                  closed, tail, source, fork_at, job)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(&key.tenant.0)
         .bind(&key.path)
@@ -142,6 +143,7 @@ impl Rows for Sql<'_> {
         .bind(col(new.tail))
         .bind(new.fork.map(|f| f.source))
         .bind(new.fork.map(|f| col(f.at)))
+        .bind(new.job.map(|j| j.0))
         .fetch_one(&mut **self.tx)
         .await
         .map_err(backend)
@@ -310,7 +312,7 @@ impl PgStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        flow::touch(
+        let touched = flow::touch(
             &mut Sql {
                 tx: &mut tx,
                 lock: true,
@@ -318,8 +320,11 @@ impl PgStore {
             s.id,
             now,
         )
-        .await?;
-        self.commit(tx, false).await
+        .await;
+        match touched {
+            Ok(()) => self.commit(tx, false).await,
+            Err(e) => self.abort(tx, e).await,
+        }
     }
 }
 
@@ -343,8 +348,11 @@ impl StreamStore for PgStore {
                     self.commit(tx, false).await?;
                     return Ok(answer);
                 }
-                Err(e) if raced(&e) && tries < 3 => tries += 1,
-                Err(e) => return Err(e),
+                Err(e) if raced(&e) && tries < 3 => {
+                    let _ = tx.rollback().await;
+                    tries += 1;
+                }
+                Err(e) => return self.abort(tx, e).await,
             }
         }
     }
@@ -356,7 +364,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
         let mut tx = self.begin().await?;
-        let found = flow::append(
+        let found = match flow::append(
             &mut Sql {
                 tx: &mut tx,
                 lock: true,
@@ -365,7 +373,11 @@ impl StreamStore for PgStore {
             req,
             now,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         if let Found::Live(Ok(Appended::Written { .. })) = &found {
             notify(&mut tx, key).await?;
         }
@@ -385,7 +397,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
         let mut tx = self.begin().await?;
-        let found = flow::append_output(
+        let found = match flow::append_output(
             &mut Sql {
                 tx: &mut tx,
                 lock: true,
@@ -396,7 +408,11 @@ impl StreamStore for PgStore {
             req,
             now,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         if let Found::Live(Ok(Appended::Written { .. })) = &found {
             notify(&mut tx, key).await?;
         }
@@ -414,7 +430,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Found<StreamState>> {
         let mut tx = self.begin().await?;
-        let found = flow::head(
+        let found = match flow::head(
             &mut Sql {
                 tx: &mut tx,
                 lock: false,
@@ -422,7 +438,11 @@ impl StreamStore for PgStore {
             key,
             now,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         self.commit(tx, false).await?;
         if touch && let Found::Live(s) = &found {
             self.touch(s, now).await?;
@@ -438,7 +458,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Found<(StreamState, ReadChunks)>> {
         let mut tx = self.begin().await?;
-        let found = flow::read(
+        let found = match flow::read(
             &mut Sql {
                 tx: &mut tx,
                 lock: false,
@@ -448,7 +468,11 @@ impl StreamStore for PgStore {
             budget,
             now,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         self.commit(tx, false).await?;
         if let Found::Live((s, _)) = &found {
             self.touch(s, now).await?;
@@ -458,7 +482,7 @@ impl StreamStore for PgStore {
 
     async fn stream_delete(&self, key: &StreamKey, now: DateTime<Utc>) -> StoreResult<Found<()>> {
         let mut tx = self.begin().await?;
-        let found = flow::delete(
+        let found = match flow::delete(
             &mut Sql {
                 tx: &mut tx,
                 lock: true,
@@ -466,7 +490,11 @@ impl StreamStore for PgStore {
             key,
             now,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         if let Found::Live(_) = found {
             notify(&mut tx, key).await?;
         }
@@ -483,7 +511,7 @@ impl StreamStore for PgStore {
 
     async fn stream_expire(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<usize> {
         let mut tx = self.begin().await?;
-        let n = flow::expire(
+        let n = match flow::expire(
             &mut Sql {
                 tx: &mut tx,
                 lock: true,
@@ -491,7 +519,11 @@ impl StreamStore for PgStore {
             now,
             limit,
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.abort(tx, e).await,
+        };
         self.commit(tx, false).await?;
         Ok(n)
     }

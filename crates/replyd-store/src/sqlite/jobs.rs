@@ -226,8 +226,9 @@ pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Vec<StateCount>> {
     .await
 }
 
-/// Removes what a job (`key`) has beyond its record: its output, its
-/// events (raising the log's floor past them first) and its deliveries.
+/// Removes what a job (`key`) has beyond its record: its result, its
+/// events (raising the log's floor past them first), its deliveries and
+/// its output stream.
 pub(super) fn forget_history(conn: &Connection, key: [u8; 16]) -> StoreResult<()> {
     for sql in [
         RAISE_LOG_FLOOR,
@@ -236,6 +237,9 @@ pub(super) fn forget_history(conn: &Connection, key: [u8; 16]) -> StoreResult<()
         "DELETE FROM delivery_attempts WHERE delivery_id IN
              (SELECT id FROM outbox WHERE job_id = ?1)",
         "DELETE FROM outbox WHERE job_id = ?1",
+        "DELETE FROM stream_chunks WHERE stream IN (SELECT id FROM streams WHERE job = ?1)",
+        "DELETE FROM stream_producers WHERE stream IN (SELECT id FROM streams WHERE job = ?1)",
+        "DELETE FROM streams WHERE job = ?1",
     ] {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute([key]))

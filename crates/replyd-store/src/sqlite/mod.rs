@@ -330,7 +330,7 @@ impl Store for SqliteStore {
         self.inner.bus.subscribe()
     }
 
-    fn streams(&self) -> Option<&dyn replyd_core::stream::StreamStore> {
+    fn streams(&self) -> Option<&dyn replyd_core::store::StreamStore> {
         Some(self)
     }
 }

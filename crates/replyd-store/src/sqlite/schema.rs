@@ -168,6 +168,15 @@ pub const SQLITE: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     ",
     ),
+    (
+        7,
+        "
+    -- A job's output stream names its job, so that the job's end of life
+    -- (garbage collection, delete) takes the output with it.
+    ALTER TABLE streams ADD COLUMN job BLOB;
+    CREATE INDEX streams_job ON streams (job) WHERE job IS NOT NULL;
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several

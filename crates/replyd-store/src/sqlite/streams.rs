@@ -6,9 +6,10 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::store::StoreResult;
+use replyd_core::store::StreamStore;
 use replyd_core::stream::{
     Append, Appended, CreateRefusal, CreateStream, Created, ForkOf, Found, ProducerState,
-    ReadChunks, StreamKey, StreamState, StreamStore, StreamTick,
+    ReadChunks, StreamKey, StreamState, StreamTick,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -102,8 +103,8 @@ impl Rows for Sql<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO streams (tenant, path, content_type, ttl_secs, expires_at,
-                                      touched_at, closed, tail, source, fork_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                      touched_at, closed, tail, source, fork_at, job)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -117,6 +118,7 @@ impl Rows for Sql<'_> {
                     col(new.tail),
                     new.fork.map(|f| f.source),
                     new.fork.map(|f| col(f.at)),
+                    new.job.map(super::jobs::id_bytes),
                 ])
             })
             .map_err(backend)?;

@@ -19,10 +19,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::stream::{
     Append, AppendRefusal, Appended, CreateRefusal, CreateStream, Expiry, ForkRequest, Found,
-    Producer, StreamKey, StreamLimits, StreamState, StreamStore, encode_offset, parse_offset,
+    Producer, StreamKey, StreamLimits, StreamState, encode_offset, parse_offset,
 };
 
 use super::{AppState, Client};
+use replyd_core::store::StreamStore;
 
 mod output;
 mod read;
@@ -368,7 +369,10 @@ async fn create(
                     "Stream-Fork-Sub-Offset needs Stream-Fork-Offset",
                 ));
             }
-            let Some(path) = src.strip_prefix(PREFIX).filter(|p| !p.is_empty()) else {
+            let Some(path) = src
+                .strip_prefix(PREFIX)
+                .filter(|p| !p.is_empty() && !p.starts_with("__"))
+            else {
                 return Err(ApiError::not_found(format!(
                     "Stream-Forked-From must name a stream of this server ({PREFIX}…)"
                 )));
