@@ -127,6 +127,7 @@ async fn run_command(argv: Arc<Vec<String>>, task: Task) -> Outcome {
         ],
         max_result: MAX_RESULT,
         echo_stderr: true,
+        tee: None,
     };
     let (progress_tx, mut progress_rx) = watch::channel::<Option<process::ProgressLine>>(None);
     let forward = async {

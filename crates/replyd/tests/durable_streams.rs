@@ -548,3 +548,59 @@ async fn a_job_with_only_output_has_it_as_its_result() {
     assert_eq!(result.headers()["content-type"], "text/event-stream");
     assert_eq!(result.text().await.unwrap(), "data: one\n\ndata: two\n\n");
 }
+
+/// `exec` with `stream_output`: the command's stdout reaches the job's
+/// output while it runs (a reader has the first line before the second is
+/// printed), all of it before the job's end closes the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_commands_stdout_streams_to_the_jobs_output_as_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.talk]\nexecutor = \"exec\"\n\
+                  command = [\"sh\", \"-c\", \"echo one; sleep 1; echo two\"]\n\
+                  stream_output = \"text/plain\"\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let base = &server.url;
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"queue": "talk", "input": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let output = format!("{base}/v1/jobs/{id}/output");
+    let first = http
+        .get(format!(
+            "{output}?offset=0000000000000000_0000000000000000&live=long-poll"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(
+        !first.headers().contains_key("stream-closed"),
+        "still running"
+    );
+    assert_eq!(first.text().await.unwrap(), "one\n");
+    let mut body = String::new();
+    for _ in 0..100 {
+        let r = http
+            .get(format!("{output}?offset=-1"))
+            .send()
+            .await
+            .unwrap();
+        let closed = r.headers().contains_key("stream-closed");
+        body = r.text().await.unwrap();
+        if closed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        body, "one\ntwo\n",
+        "all of stdout, then closed with the job"
+    );
+}

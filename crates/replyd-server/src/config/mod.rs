@@ -358,6 +358,23 @@ mod tests {
                 "tenant \"*\"",
             ),
             ("[streams]\nbuffer = 0", "streams.buffer"),
+            (
+                "[durable_streams]\nlong_poll = 0",
+                "durable_streams.long_poll",
+            ),
+            (
+                "[durable_streams]\nmax_append = 10",
+                "durable_streams.max_append",
+            ),
+            ("[limits]\nappend_rate = -1", "append_rate"),
+            (
+                "[queues.q]\nexecutor = \"exec\"\ncommand = [\"true\"]\nstream_output = \"text\"",
+                "queues.q.stream_output",
+            ),
+            (
+                "[queues.q]\nexecutor = \"pull\"\nstream_output = \"text/plain\"",
+                "queues.q.stream_output",
+            ),
             ("[streams]\nkeepalive = -1", "streams.keepalive"),
             (
                 "[streams]\nmax_subscriptions = 0",

@@ -114,6 +114,9 @@ pub struct QueueConfig {
     pub work_queue: Option<String>,
     /// `executor = "exec"`: the program and its arguments.
     pub command: Option<Vec<String>>,
+    /// `executor = "exec"`: stream the command's stdout, as it comes, to
+    /// the job's output (a Durable Stream) with this content type.
+    pub stream_output: Option<String>,
     /// `executor = "http"`: the URL each job's input is POSTed to.
     pub url: Option<String>,
     /// `executor = "http"`: whether a failed attempt is tried again
@@ -134,6 +137,7 @@ impl Default for QueueConfig {
             concurrency: 16,
             work_queue: None,
             command: None,
+            stream_output: None,
             url: None,
             retry: None,
             http: None,
@@ -204,6 +208,20 @@ impl QueueConfig {
             (Some(_), _) => {
                 return Err(format!(
                     "queues.{name}.command is for executor \"exec\" only"
+                ));
+            }
+            (None, _) => {}
+        }
+        match (&self.stream_output, self.executor) {
+            (Some(ct), Executor::Exec) if ct.contains('/') && ct.len() <= 255 => {}
+            (Some(_), Executor::Exec) => {
+                return Err(format!(
+                    "queues.{name}.stream_output must be a content type, e.g. \"text/plain\""
+                ));
+            }
+            (Some(_), _) => {
+                return Err(format!(
+                    "queues.{name}.stream_output is for executor \"exec\" only"
                 ));
             }
             (None, _) => {}

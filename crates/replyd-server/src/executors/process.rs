@@ -49,6 +49,9 @@ pub struct Command {
     /// Echo stderr lines that are not progress to this process's stderr
     /// (the CLI worker does; the server logs them instead).
     pub echo_stderr: bool,
+    /// Where stdout goes as it is read, besides the result (the job's
+    /// output stream). The command waits while it is full.
+    pub tee: Option<tokio::sync::mpsc::Sender<Bytes>>,
 }
 
 /// Why a command was stopped before it exited.
@@ -172,7 +175,12 @@ pub async fn run(
     }
     // Both are piped by `spawn`; the fallbacks only keep this panic-free.
     let stdout = match child.stdout.take() {
-        Some(out) => tokio::spawn(read_capped(out, cmd.max_result, stop_rx.clone())),
+        Some(out) => tokio::spawn(read_capped(
+            out,
+            cmd.max_result,
+            cmd.tee.clone(),
+            stop_rx.clone(),
+        )),
         None => tokio::spawn(async { Captured::default() }),
     };
     let stderr = match child.stderr.take() {
@@ -288,10 +296,12 @@ async fn collect(
     )
 }
 
-/// Reads stdout, keeping at most `cap` bytes (and draining the rest).
+/// Reads stdout, keeping at most `cap` bytes (and draining the rest), each
+/// read kept also sent to `tee`.
 async fn read_capped(
     mut out: impl AsyncRead + Unpin,
     cap: usize,
+    mut tee: Option<tokio::sync::mpsc::Sender<Bytes>>,
     mut stop: watch::Receiver<bool>,
 ) -> Captured {
     let mut captured = Captured::default();
@@ -308,7 +318,14 @@ async fn read_capped(
         if n > room {
             captured.overflow = true;
         }
-        captured.bytes.extend_from_slice(&chunk[..n.min(room)]);
+        let kept = &chunk[..n.min(room)];
+        captured.bytes.extend_from_slice(kept);
+        if let Some(t) = &tee
+            && !kept.is_empty()
+            && t.send(Bytes::copy_from_slice(kept)).await.is_err()
+        {
+            tee = None;
+        }
     }
     captured
 }
@@ -457,6 +474,7 @@ mod tests {
             env: vec![("REPLYD_JOB_ID".into(), "j-1".into())],
             max_result: 1024,
             echo_stderr: false,
+            tee: None,
         }
     }
 
@@ -555,10 +573,10 @@ mod tests {
     #[tokio::test]
     async fn stdout_is_capped() {
         let (_stop_tx, stop) = watch::channel(false);
-        let got = read_capped(&b"0123456789"[..], 4, stop.clone()).await;
+        let got = read_capped(&b"0123456789"[..], 4, None, stop.clone()).await;
         assert_eq!(got.bytes, b"0123");
         assert!(got.overflow);
-        let got = read_capped(&b"0123"[..], 4, stop).await;
+        let got = read_capped(&b"0123"[..], 4, None, stop).await;
         assert_eq!(got.bytes, b"0123");
         assert!(!got.overflow);
     }
