@@ -56,6 +56,17 @@ impl Error {
         }
     }
 
+    /// Whether trying again may succeed: no answer came, or the server was
+    /// unavailable (5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Http(e) => e.status().is_none_or(|s| s.is_server_error()),
+            _ => self
+                .status()
+                .is_some_and(|s| s == 429 || (500..600).contains(&s)),
+        }
+    }
+
     /// Whether the server answered with this HTTP status.
     pub fn is_status(&self, status: u16) -> bool {
         self.status() == Some(status)

@@ -76,6 +76,7 @@ mod error;
 mod events;
 mod jobs;
 mod leases;
+pub mod output;
 mod wait;
 pub mod worker;
 

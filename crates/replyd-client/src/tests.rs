@@ -595,6 +595,61 @@ timeout = 60
         }
     }
 
+    /// A worker streams its output; a client reads it from the start,
+    /// then waits at the end for the rest and for the job's end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workers_output_is_read_and_followed_to_the_end() {
+        let replyd = Replyd::start().await;
+        let (client, worker) = (replyd.client(), replyd.worker());
+        let job = client.submit(&work(json!({})), None).await.unwrap();
+        let req = LeaseRequest {
+            worker: Some("test".into()),
+            lease: Some(30.0),
+            wait: Some(10.0),
+            batch: None,
+            outcomes: Vec::new(),
+        };
+        let lease = worker.lease("work", &req).await.unwrap().unwrap();
+        let (id, lid) = (job.id.clone(), lease.lease_id.clone());
+        let say = |chunk: &'static str, seq: u64| {
+            let (worker, id, lid) = (worker.clone(), id.clone(), lid.clone());
+            async move {
+                worker
+                    .append_output(
+                        &id,
+                        &lid,
+                        "text/plain",
+                        Bytes::from_static(chunk.as_bytes()),
+                        Some(("w", 0, seq)),
+                    )
+                    .await
+            }
+        };
+        say("Hello, ", 0).await.unwrap();
+        say("Hello, ", 0).await.unwrap(); // a retry lands once
+        let first = client.output(&id, output::START, false).await.unwrap();
+        assert_eq!(&first.data[..], b"Hello, ");
+        assert!(first.up_to_date && !first.closed);
+        let follow = {
+            let (client, id, at) = (client.clone(), id.clone(), first.next_offset.clone());
+            tokio::spawn(async move { client.output(&id, &at, true).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        say("world", 1).await.unwrap();
+        let second = follow.await.unwrap();
+        assert_eq!(&second.data[..], b"world");
+        worker
+            .complete_json(&id, &lid, json!({"ok": true}))
+            .await
+            .unwrap();
+        let end = client.output(&id, &second.next_offset, true).await.unwrap();
+        assert!(end.data.is_empty() && end.closed, "{end:?}");
+        let stale = worker
+            .append_output(&id, &lid, "text/plain", Bytes::from_static(b"late"), None)
+            .await;
+        assert!(stale.is_err(), "an ended job's output takes no more");
+    }
+
     fn work(input: Value) -> SubmitRequest {
         SubmitRequest {
             queue: "work".into(),

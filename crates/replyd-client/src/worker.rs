@@ -132,9 +132,44 @@ pub struct Task {
     pub input: Value,
     progress: watch::Sender<Option<(Option<f64>, Option<String>)>>,
     stop: watch::Receiver<Option<Stop>>,
+    client: Client,
+    lease_id: String,
+    /// The next output append's producer sequence number.
+    output_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Task {
+    /// Appends `chunk` to the job's output, a Durable Stream its clients
+    /// read while the job runs (the first append fixes `content_type`).
+    /// Call it in order (one append at a time): each is tried up to three
+    /// times, as producer `<lease id>` with a sequence number, so a retry
+    /// lands once.
+    pub async fn output(&self, content_type: &str, chunk: bytes::Bytes) -> crate::Result<()> {
+        let seq = self
+            .output_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut tries = 0;
+        loop {
+            let sent = self
+                .client
+                .append_output(
+                    &self.job.id,
+                    &self.lease_id,
+                    content_type,
+                    chunk.clone(),
+                    Some((&self.lease_id, 0, seq)),
+                )
+                .await;
+            match sent {
+                Err(e) if tries < 2 && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Reports progress (the latest wins; it also renews the lease).
     pub fn progress(&self, percent: Option<f64>, message: Option<&str>) {
         self.progress
@@ -412,6 +447,9 @@ async fn run_task(
         input,
         progress: progress_tx,
         stop: stop_rx,
+        client: client.clone(),
+        lease_id: lease_id.clone(),
+        output_seq: std::sync::atomic::AtomicU64::new(0),
     };
     let work = handler.run(task);
     tokio::pin!(work);

@@ -54,6 +54,10 @@ pub struct WorkerArgs {
     /// The worker's name, shown in the server's logs (default: HOST-PID).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Also stream the command's stdout, as it comes, to the job's output
+    /// (a Durable Stream its clients read live) with this content type.
+    #[arg(long, value_name = "CONTENT-TYPE")]
+    pub stream_output: Option<String>,
     /// The command to run for each job, and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -101,8 +105,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
         }
     });
     let command = Arc::new(args.command);
+    let stream_output: Option<Arc<str>> = args.stream_output.as_deref().map(Arc::from);
     match worker
-        .run(move |task| run_command(command.clone(), task))
+        .run(move |task| run_command(command.clone(), stream_output.clone(), task))
         .await
     {
         Ok(()) => Ok(EXIT_OK),
@@ -114,7 +119,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<i32> {
 }
 
 /// Runs COMMAND for one job, as the server's `exec` executor does.
-async fn run_command(argv: Arc<Vec<String>>, task: Task) -> Outcome {
+async fn run_command(
+    argv: Arc<Vec<String>>,
+    stream_output: Option<Arc<str>>,
+    task: Task,
+) -> Outcome {
     let mut input = serde_json::to_vec(&task.input).unwrap_or_else(|_| b"null".to_vec());
     input.push(b'\n');
     let cmd = process::Command {
@@ -128,6 +137,27 @@ async fn run_command(argv: Arc<Vec<String>>, task: Task) -> Outcome {
         max_result: MAX_RESULT,
         echo_stderr: true,
         tee: None,
+    };
+    let (tee, mut chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let cmd = process::Command {
+        tee: stream_output.is_some().then_some(tee),
+        ..cmd
+    };
+    // stdout to the job's output, coalescing what comes while one append
+    // is on its way; all of it before the outcome is reported.
+    let tee_out = async {
+        let Some(ct) = &stream_output else { return };
+        let mut failed = false;
+        while let Some(first) = chunks.recv().await {
+            let mut body = bytes::BytesMut::from(&first[..]);
+            while let Ok(more) = chunks.try_recv() {
+                body.extend_from_slice(&more);
+            }
+            if !failed && let Err(e) = task.output(ct, body.freeze()).await {
+                warn!(job = %task.job.id, error = %e, "cannot append to the job's output");
+                failed = true;
+            }
+        }
     };
     let (progress_tx, mut progress_rx) = watch::channel::<Option<process::ProgressLine>>(None);
     let forward = async {
@@ -144,7 +174,12 @@ async fn run_command(argv: Arc<Vec<String>>, task: Task) -> Outcome {
             Stop::Shutdown => process::Stop::Shutdown,
         }
     };
-    let (ended, ()) = tokio::join!(process::run(&cmd, progress_tx, stop), forward);
+    let run = async {
+        let ended = process::run(&cmd, progress_tx, stop).await;
+        drop(cmd);
+        ended
+    };
+    let (ended, (), ()) = tokio::join!(run, forward, tee_out);
     let program = argv.first().map_or("", String::as_str);
     match ended.outcome(program, MAX_RESULT, None) {
         process::Outcome::Result { content_type, body } => {

@@ -250,3 +250,43 @@ async fn heartbeats_keep_a_long_job_leased_and_the_command_knows_its_job() {
     );
     assert!(stop_worker(worker).await.success());
 }
+
+/// `--stream-output`: the command's stdout reaches the job's output while
+/// it runs; a client following it with the SDK gets the first line before
+/// the second is printed, then the rest and the end.
+#[tokio::test]
+async fn a_commands_stdout_streams_to_the_jobs_output() {
+    let server = start_server().await;
+    let client = Client::new(&server.url, None).unwrap();
+    let job = client
+        .submit(&submit_request(json!({}), None), None)
+        .await
+        .unwrap();
+    let worker = start_worker(
+        &server,
+        &["--stream-output", "text/plain"],
+        "cat >/dev/null; echo one; sleep 1; echo two",
+    );
+    let mut at = replyd_client::output::START.to_string();
+    let mut got = String::new();
+    let mut first_while_running = None;
+    for _ in 0..100 {
+        let read = client.output(&job.id, &at, true).await.unwrap();
+        if !read.data.is_empty() && first_while_running.is_none() {
+            first_while_running = Some((
+                String::from_utf8_lossy(&read.data).to_string(),
+                client.get(&job.id).await.unwrap().job.state,
+            ));
+        }
+        got.push_str(&String::from_utf8_lossy(&read.data));
+        at = read.next_offset;
+        if read.closed {
+            break;
+        }
+    }
+    let (first, state) = first_while_running.expect("some output");
+    assert_eq!(first, "one\n");
+    assert_eq!(state, JobState::Running, "read while the command ran");
+    assert_eq!(got, "one\ntwo\n");
+    assert!(stop_worker(worker).await.success());
+}

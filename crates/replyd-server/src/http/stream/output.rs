@@ -65,11 +65,13 @@ async fn dispatch(
         }
         Method::POST => {
             let job = app.job_for(&r.caller, Action::Work, r.id).await?;
-            let lease = text(headers, "lease-id")?
-                .filter(|l| !l.is_empty())
-                .ok_or_else(|| {
-                    ApiError::bad_request("an output append needs its Lease-Id header")
-                })?;
+            // `Lease-Id`, or `Replyd-Lease-Id` as a raw complete takes it.
+            let lease = match text(headers, "lease-id")? {
+                Some(l) => Some(l),
+                None => text(headers, replyd_proto::LEASE_ID_HEADER)?,
+            }
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| ApiError::bad_request("an output append needs its Lease-Id header"))?;
             crate::http::take_rate(app, crate::limits::Rate::Append, &job.tenant, 1)?;
             let limits = app.config.durable_streams.limits();
             let body = crate::http::body(body, app.config.durable_streams.max_append)?;
