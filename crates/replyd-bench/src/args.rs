@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Streams scenario: jobs completed per second while they are held.
     #[arg(long, default_value_t = 1_000.0)]
     pub stream_rate: f64,
+    /// Tokens scenario: outputs streamed at once, each appended 50 times a
+    /// second and followed by one SSE reader.
+    #[arg(long, default_value_t = 1000)]
+    pub token_streams: usize,
     /// Streams scenario: jobs completed per measurement (at most 2C), half
     /// watched over SSE, half over WebSocket; the other connections stay
     /// idle throughout.

@@ -148,7 +148,7 @@ async fn load(peer: &Path, url: &str, n: usize, secs: u64) -> anyhow::Result<Loa
 }
 
 /// The reference server on cpu 0 (`data_dir`: file-backed), until dropped.
-async fn reference(
+pub(crate) async fn reference(
     peer: &Path,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
@@ -184,7 +184,7 @@ async fn reference(
     Ok((child, format!("http://127.0.0.1:{port}")))
 }
 
-async fn replyd(dir: &Path, store: &[&str]) -> anyhow::Result<Process> {
+pub(crate) async fn replyd(dir: &Path, store: &[&str]) -> anyhow::Result<Process> {
     let config = dir.join("dstreams.toml");
     std::fs::write(
         &config,

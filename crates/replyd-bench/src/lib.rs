@@ -35,6 +35,9 @@
 //! - `dstreams` (`dstreams.rs`): appends to Durable Streams by 64 and 256
 //!   writers, beside the protocol's Node reference server (in memory and
 //!   file-backed), with the peer's own load generator.
+//! - `tokens` (`tokens.rs`): 1,000 outputs appended at a model's token rate
+//!   (50/s each), one SSE reader each: append → reader latency, loss, CPU
+//!   and RSS, beside the reference server.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
 
@@ -53,6 +56,7 @@ mod pg;
 mod process;
 pub mod streams;
 mod submit;
+mod tokens;
 mod webhooks;
 
 pub use args::BenchArgs;
@@ -87,6 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "exposure" => exposure::run(&args, &dir).await?,
             "peers" => peers::run(&args, &dir).await?,
             "dstreams" => dstreams::run(&args, &dir).await?,
+            "tokens" => tokens::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -101,7 +106,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }

@@ -35,7 +35,7 @@ pub(crate) fn raise_nofile() -> u64 {
 
 /// A server in its own process, killed when dropped.
 pub(crate) struct Process {
-    child: std::process::Child,
+    pub(crate) child: std::process::Child,
     pub(crate) addr: SocketAddr,
     /// Its last log lines, for an error message.
     log: Arc<Mutex<Vec<String>>>,
@@ -152,19 +152,7 @@ impl Process {
 
     /// The CPU it uses over `span`, in cores (1.0: one core all along).
     pub(crate) async fn cpu_over(&self, span: Duration) -> anyhow::Result<f64> {
-        let ticks = || -> anyhow::Result<u64> {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-            // After the command's parenthesised name: utime and stime are
-            // the 12th and 13th fields.
-            let rest = stat.rsplit_once(')').context("no ) in /proc/PID/stat")?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Ok(f.get(11).context("utime")?.parse::<u64>()?
-                + f.get(12).context("stime")?.parse::<u64>()?)
-        };
-        let (t0, at) = (ticks()?, Instant::now());
-        tokio::time::sleep(span).await;
-        let used = (ticks()? - t0) as f64 / 100.0;
-        Ok(used / at.elapsed().as_secs_f64())
+        Pid(self.child.id()).cpu_over(span).await
     }
 
     /// The descriptors it has open.
@@ -174,12 +162,7 @@ impl Process {
 
     /// Resident set size, in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")
+        Pid(self.child.id()).rss_kib()
     }
 
     /// RSS after the process has been left alone for a second.
@@ -193,5 +176,38 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Any process of this machine, by id: what it uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pid(pub(crate) u32);
+
+impl Pid {
+    /// The CPU it uses over `span`, in cores (1.0: one core all along).
+    pub(crate) async fn cpu_over(self, span: Duration) -> anyhow::Result<f64> {
+        let ticks = || -> anyhow::Result<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0))?;
+            // After the command's parenthesised name: utime and stime are
+            // the 12th and 13th fields.
+            let rest = stat.rsplit_once(')').context("no ) in /proc/PID/stat")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Ok(f.get(11).context("utime")?.parse::<u64>()?
+                + f.get(12).context("stime")?.parse::<u64>()?)
+        };
+        let (t0, at) = (ticks()?, Instant::now());
+        tokio::time::sleep(span).await;
+        let used = (ticks()? - t0) as f64 / 100.0;
+        Ok(used / at.elapsed().as_secs_f64())
+    }
+
+    /// Resident set size, in KiB.
+    pub(crate) fn rss_kib(self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
     }
 }
