@@ -188,7 +188,9 @@ pub(crate) async fn replyd(dir: &Path, store: &[&str]) -> anyhow::Result<Process
     let config = dir.join("dstreams.toml");
     std::fs::write(
         &config,
-        "[limits]\nappend_rate = 0\nmax_connections_per_ip = 0\n",
+        "[limits]\nappend_rate = 0\nmax_connections_per_ip = 0\n\
+         streams = { total = 0, per_ip = 0, per_tenant = 0 }\n\
+         waits = { total = 0, per_ip = 0, per_tenant = 0 }\n",
     )?;
     let config = config.display().to_string();
     let mut args = vec!["serve", "--config", &config, "--listen", "127.0.0.1:0"];
