@@ -382,6 +382,20 @@ async fn create_for<R: Rows>(
 
 pub(crate) type AppendAnswer = Found<Result<Appended, AppendRefusal>>;
 
+/// Whether an append moved its stream (its readers are to be woken).
+pub(crate) fn appended(answer: &AppendAnswer) -> bool {
+    matches!(answer, Found::Live(Ok(Appended::Written { .. })))
+}
+
+/// A delete's answer without the id of what it deleted.
+pub(crate) fn forget_id(found: Found<i64>) -> Found<()> {
+    match found {
+        Found::Live(_) => Found::Live(()),
+        Found::Missing => Found::Missing,
+        Found::Gone => Found::Gone,
+    }
+}
+
 pub(crate) async fn append<R: Rows>(
     rows: &mut R,
     key: &StreamKey,

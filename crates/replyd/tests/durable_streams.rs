@@ -492,6 +492,34 @@ async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job(
     assert_eq!(reserved.status(), 404);
 }
 
+/// Submits a job to `queue` (a pull queue) and leases it: its id and the
+/// lease's.
+async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (String, String) {
+    let job: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"queue": queue, "input": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease: serde_json::Value = http
+        .post(format!("{base}/v1/queues/{queue}/lease"))
+        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lease["job"]["id"], job["id"]);
+    (
+        job["id"].as_str().unwrap().to_string(),
+        lease["lease_id"].as_str().unwrap().to_string(),
+    )
+}
+
 /// A worker that streams its output and completes with no result of its
 /// own: the output is the job's result, with the output's content type.
 #[tokio::test]
@@ -501,26 +529,8 @@ async fn a_job_with_only_output_has_it_as_its_result() {
     let server = Server::start(dir.path(), Some(config)).await;
     let http = support::http();
     let base = &server.url;
-    let job: serde_json::Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&serde_json::json!({"queue": "work", "input": {}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["id"].as_str().unwrap();
-    let lease: serde_json::Value = http
-        .post(format!("{base}/v1/queues/work/lease"))
-        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease_id = lease["lease_id"].as_str().unwrap();
+    let (id, lease_id) = submit_and_lease(&http, base, "work").await;
+    let lease_id = lease_id.as_str();
     for chunk in ["data: one\n\n", "data: two\n\n"] {
         let r = http
             .post(format!("{base}/v1/jobs/{id}/output"))

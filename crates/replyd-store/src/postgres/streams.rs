@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use replyd_core::store::StreamStore;
 use replyd_core::store::{StoreError, StoreResult};
 use replyd_core::stream::{
-    Append, Appended, CreateRefusal, CreateStream, Created, Expiry, ForkOf, Found, ProducerState,
-    ReadChunks, StreamKey, StreamState, StreamTick,
+    Append, CreateRefusal, CreateStream, Created, Expiry, ForkOf, Found, ProducerState, ReadChunks,
+    StreamKey, StreamState, StreamTick,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgRow};
@@ -307,24 +307,48 @@ impl PgStore {
         let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
     }
 
+    /// One stream operation in a transaction: `flow` on its rows (a write
+    /// locks the rows it looks up), then, when `moved` says the stream at
+    /// `key` moved, a NOTIFY to every node before the commit and a tick to
+    /// this one after it. An error rolls back (and waits for it).
+    async fn in_tx<T>(
+        &self,
+        lock: bool,
+        key: Option<&StreamKey>,
+        moved: impl Fn(&T) -> bool,
+        flow: impl AsyncFnOnce(&mut Sql<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut tx = self.begin().await?;
+        let done = flow(&mut Sql { tx: &mut tx, lock }).await;
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => return self.abort(tx, e).await,
+        };
+        let key = key.filter(|_| moved(&done));
+        if let Some(k) = key
+            && let Err(e) = notify(&mut tx, k).await
+        {
+            return self.abort(tx, e).await;
+        }
+        self.commit(tx, false).await?;
+        if let Some(k) = key {
+            self.tick(k);
+        }
+        Ok(done)
+    }
+
     async fn touch(&self, s: &StreamState, now: DateTime<Utc>) -> StoreResult<()> {
         if !matches!(s.expiry, Expiry::Ttl(_)) {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
-        let touched = flow::touch(
-            &mut Sql {
-                tx: &mut tx,
-                lock: true,
-            },
-            s.id,
-            now,
+        let id = s.id;
+        self.in_tx(
+            true,
+            None,
+            |_| false,
+            async |rows| flow::touch(rows, id, now).await,
         )
-        .await;
-        match touched {
-            Ok(()) => self.commit(tx, false).await,
-            Err(e) => self.abort(tx, e).await,
-        }
+        .await
     }
 }
 
@@ -338,21 +362,12 @@ impl StreamStore for PgStore {
     ) -> StoreResult<Result<Created, CreateRefusal>> {
         let mut tries = 0;
         loop {
-            let mut tx = self.begin().await?;
-            let mut rows = Sql {
-                tx: &mut tx,
-                lock: true,
-            };
-            match flow::create(&mut rows, key, req.clone(), now).await {
-                Ok(answer) => {
-                    self.commit(tx, false).await?;
-                    return Ok(answer);
-                }
-                Err(e) if raced(&e) && tries < 3 => {
-                    let _ = tx.rollback().await;
-                    tries += 1;
-                }
-                Err(e) => return self.abort(tx, e).await,
+            let create = async |rows: &mut Sql<'_>| flow::create(rows, key, req.clone(), now).await;
+            match self.in_tx(true, None, |_| false, create).await {
+                // A concurrent create of the same path won: run again to
+                // find it.
+                Err(e) if raced(&e) && tries < 3 => tries += 1,
+                answer => return answer,
             }
         }
     }
@@ -363,29 +378,8 @@ impl StreamStore for PgStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
-        let mut tx = self.begin().await?;
-        let found = match flow::append(
-            &mut Sql {
-                tx: &mut tx,
-                lock: true,
-            },
-            key,
-            req,
-            now,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            notify(&mut tx, key).await?;
-        }
-        self.commit(tx, false).await?;
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            self.tick(key);
-        }
-        Ok(found)
+        let append = async |rows: &mut Sql<'_>| flow::append(rows, key, req, now).await;
+        self.in_tx(true, Some(key), flow::appended, append).await
     }
 
     async fn output_append(
@@ -396,31 +390,9 @@ impl StreamStore for PgStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
-        let mut tx = self.begin().await?;
-        let found = match flow::append_output(
-            &mut Sql {
-                tx: &mut tx,
-                lock: true,
-            },
-            key,
-            job,
-            lease,
-            req,
-            now,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            notify(&mut tx, key).await?;
-        }
-        self.commit(tx, false).await?;
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            self.tick(key);
-        }
-        Ok(found)
+        let append =
+            async |rows: &mut Sql<'_>| flow::append_output(rows, key, job, lease, req, now).await;
+        self.in_tx(true, Some(key), flow::appended, append).await
     }
 
     async fn stream_head(
@@ -429,21 +401,8 @@ impl StreamStore for PgStore {
         touch: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<Found<StreamState>> {
-        let mut tx = self.begin().await?;
-        let found = match flow::head(
-            &mut Sql {
-                tx: &mut tx,
-                lock: false,
-            },
-            key,
-            now,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        self.commit(tx, false).await?;
+        let head = async |rows: &mut Sql<'_>| flow::head(rows, key, now).await;
+        let found = self.in_tx(false, None, |_| false, head).await?;
         if touch && let Found::Live(s) = &found {
             self.touch(s, now).await?;
         }
@@ -457,23 +416,8 @@ impl StreamStore for PgStore {
         budget: usize,
         now: DateTime<Utc>,
     ) -> StoreResult<Found<(StreamState, ReadChunks)>> {
-        let mut tx = self.begin().await?;
-        let found = match flow::read(
-            &mut Sql {
-                tx: &mut tx,
-                lock: false,
-            },
-            key,
-            from,
-            budget,
-            now,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        self.commit(tx, false).await?;
+        let read = async |rows: &mut Sql<'_>| flow::read(rows, key, from, budget, now).await;
+        let found = self.in_tx(false, None, |_| false, read).await?;
         if let Found::Live((s, _)) = &found {
             self.touch(s, now).await?;
         }
@@ -481,51 +425,16 @@ impl StreamStore for PgStore {
     }
 
     async fn stream_delete(&self, key: &StreamKey, now: DateTime<Utc>) -> StoreResult<Found<()>> {
-        let mut tx = self.begin().await?;
-        let found = match flow::delete(
-            &mut Sql {
-                tx: &mut tx,
-                lock: true,
-            },
-            key,
-            now,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        if let Found::Live(_) = found {
-            notify(&mut tx, key).await?;
-        }
-        self.commit(tx, false).await?;
-        Ok(match found {
-            Found::Live(_) => {
-                self.tick(key);
-                Found::Live(())
-            }
-            Found::Missing => Found::Missing,
-            Found::Gone => Found::Gone,
-        })
+        let delete = async |rows: &mut Sql<'_>| flow::delete(rows, key, now).await;
+        let found = self
+            .in_tx(true, Some(key), |f| matches!(f, Found::Live(_)), delete)
+            .await?;
+        Ok(flow::forget_id(found))
     }
 
     async fn stream_expire(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<usize> {
-        let mut tx = self.begin().await?;
-        let n = match flow::expire(
-            &mut Sql {
-                tx: &mut tx,
-                lock: true,
-            },
-            now,
-            limit,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => return self.abort(tx, e).await,
-        };
-        self.commit(tx, false).await?;
-        Ok(n)
+        let expire = async |rows: &mut Sql<'_>| flow::expire(rows, now, limit).await;
+        self.in_tx(true, None, |_| false, expire).await
     }
 
     fn stream_ticks(&self) -> tokio::sync::broadcast::Receiver<StreamTick> {

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use replyd_core::store::StoreResult;
 use replyd_core::store::StreamStore;
 use replyd_core::stream::{
-    Append, Appended, CreateRefusal, CreateStream, Created, ForkOf, Found, ProducerState,
-    ReadChunks, StreamKey, StreamState, StreamTick,
+    Append, CreateRefusal, CreateStream, Created, ForkOf, Found, ProducerState, ReadChunks,
+    StreamKey, StreamState, StreamTick,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -236,8 +236,11 @@ impl Rows for Sql<'_> {
 }
 
 impl SqliteStore {
-    fn tick(&self, key: &StreamKey) {
-        let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
+    /// Wakes the readers of the stream at `key` when it `moved`.
+    fn tick_if(&self, moved: bool, key: &StreamKey) {
+        if moved {
+            let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
+        }
     }
 
     /// Restarts a sliding TTL (a write only for streams that have one).
@@ -274,9 +277,7 @@ impl StreamStore for SqliteStore {
         let found = self
             .write(move |conn, _| now_or_never(flow::append(&mut Sql(conn), &k, req, now)))
             .await?;
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            self.tick(key);
-        }
+        self.tick_if(flow::appended(&found), key);
         Ok(found)
     }
 
@@ -291,19 +292,11 @@ impl StreamStore for SqliteStore {
         let k = key.clone();
         let found = self
             .write(move |conn, _| {
-                now_or_never(flow::append_output(
-                    &mut Sql(conn),
-                    &k,
-                    job,
-                    lease,
-                    req,
-                    now,
-                ))
+                let mut rows = Sql(conn);
+                now_or_never(flow::append_output(&mut rows, &k, job, lease, req, now))
             })
             .await?;
-        if let Found::Live(Ok(Appended::Written { .. })) = &found {
-            self.tick(key);
-        }
+        self.tick_if(flow::appended(&found), key);
         Ok(found)
     }
 
@@ -345,15 +338,9 @@ impl StreamStore for SqliteStore {
         let found = self
             .write(move |conn, _| now_or_never(flow::delete(&mut Sql(conn), &k, now)))
             .await?;
-        Ok(match found {
-            Found::Live(_) => {
-                // Its live readers learn that it is gone.
-                self.tick(key);
-                Found::Live(())
-            }
-            Found::Missing => Found::Missing,
-            Found::Gone => Found::Gone,
-        })
+        // Its live readers learn that it is gone.
+        self.tick_if(matches!(found, Found::Live(_)), key);
+        Ok(flow::forget_id(found))
     }
 
     async fn stream_expire(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<usize> {

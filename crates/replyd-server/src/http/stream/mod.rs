@@ -67,8 +67,9 @@ mod h {
     pub const RECEIVED_SEQ: &str = "producer-received-seq";
 }
 
-/// Every answer, errors too: what a browser must not sniff or embed.
-fn secure(mut res: Response) -> Response {
+/// Every answer, errors too, with what a browser must not sniff or embed.
+fn secure(res: ApiResult<Response>) -> Response {
+    let mut res = res.unwrap_or_else(IntoResponse::into_response);
     let hs = res.headers_mut();
     hs.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -102,11 +103,7 @@ async fn handle(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let res = match dispatch(&app, client, method, path, &headers, query, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    secure(res)
+    secure(dispatch(&app, client, method, path, &headers, query, body).await)
 }
 
 async fn dispatch(

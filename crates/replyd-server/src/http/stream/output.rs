@@ -8,7 +8,7 @@
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use replyd_core::LeaseId;
 use replyd_core::stream::{Found, StreamKey, output_path};
@@ -28,11 +28,7 @@ pub(super) async fn handle(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let res = match dispatch(&app, client, method, r, &headers, query, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    secure(res)
+    secure(dispatch(&app, client, method, r, &headers, query, body).await)
 }
 
 async fn dispatch(
