@@ -171,6 +171,52 @@ async fn streams_are_kept_apart_by_tenant_and_need_a_key() {
     // Nothing the refused calls sent was appended.
     let a = read("key-of-a").await.unwrap();
     assert_eq!(a.text().await.unwrap(), "from a");
+    // A job's output: its tenant's, like the job.
+    let job: serde_json::Value = http
+        .post(format!("{}/v1/jobs", server.url))
+        .bearer_auth("key-of-a")
+        .json(&serde_json::json!({"queue": "demo", "input": {"seconds": 0}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let output = format!(
+        "{}/v1/jobs/{}/output",
+        server.url,
+        job["id"].as_str().unwrap()
+    );
+    let status = |r: reqwest::Response| r.status();
+    assert_eq!(status(http.get(&output).send().await.unwrap()), 401);
+    let other = http
+        .get(&output)
+        .bearer_auth("key-of-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(other),
+        404,
+        "another tenant's job, as if there were none"
+    );
+    let own = http
+        .get(&output)
+        .bearer_auth("key-of-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(own), 200);
+    let append = http
+        .post(&output)
+        .bearer_auth("key-of-a")
+        .header("lease-id", "anything")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(append), 403, "a client key does not work jobs");
 }
 
 /// Every acknowledged append survives a SIGKILL of the server, and a
@@ -398,15 +444,7 @@ async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job(
     let server = Server::start(dir.path(), Some(config)).await;
     let http = support::http();
     let base = &server.url;
-    let job: serde_json::Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&serde_json::json!({"queue": "work", "input": {}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = submit(&http, base, "work").await;
     let id = job["id"].as_str().unwrap().to_string();
     let output = job["links"]["output"].as_str().unwrap().to_string();
     assert!(output.contains("access_token=jt_"), "{output}");
@@ -492,18 +530,22 @@ async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job(
     assert_eq!(reserved.status(), 404);
 }
 
-/// Submits a job to `queue` (a pull queue) and leases it: its id and the
-/// lease's.
-async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (String, String) {
-    let job: serde_json::Value = http
+/// Submits a job with no input to `queue`: its representation.
+async fn submit(http: &reqwest::Client, base: &str, queue: &str) -> serde_json::Value {
+    let r = http
         .post(format!("{base}/v1/jobs"))
         .json(&serde_json::json!({"queue": queue, "input": {}}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+/// Submits a job to `queue` (a pull queue) and leases it: its id and the
+/// lease's.
+async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (String, String) {
+    let job = submit(http, base, queue).await;
     let lease: serde_json::Value = http
         .post(format!("{base}/v1/queues/{queue}/lease"))
         .json(&serde_json::json!({"worker": "w1", "wait": 5}))
@@ -571,15 +613,7 @@ async fn an_exec_commands_stdout_streams_to_the_jobs_output_as_it_comes() {
     let server = Server::start(dir.path(), Some(config)).await;
     let http = support::http();
     let base = &server.url;
-    let job: serde_json::Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&serde_json::json!({"queue": "talk", "input": {}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = submit(&http, base, "talk").await;
     let id = job["id"].as_str().unwrap();
     let output = format!("{base}/v1/jobs/{id}/output");
     let first = http
