@@ -456,6 +456,10 @@ pub struct OutcomesAnswer {
 /// The header that carries the lease id with a raw (non-JSON) result.
 pub const LEASE_ID_HEADER: &str = "replyd-lease-id";
 
+/// The header that names the job behind a gateway's answer (a streamed
+/// pass-through, whose output it is).
+pub const JOB_ID_HEADER: &str = "replyd-job-id";
+
 /// An RFC 9457 problem. Every error replyd answers has this body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {

@@ -64,6 +64,9 @@ async fn answer(
         body: body.clone(),
     });
     let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/stream") {
+        return streamed(rest == "-break");
+    }
     if path.starts_with("/reports") {
         return (
             StatusCode::CREATED,
@@ -102,6 +105,40 @@ async fn answer(
         }
         _ => (StatusCode::IM_A_TEAPOT, "?").into_response(),
     }
+}
+
+/// The events `/stream` sends, 20 ms apart.
+const EVENTS: usize = 20;
+
+fn event(i: usize) -> String {
+    format!(
+        "data: {{\"token\": {i}, \"text\": \"{}\"}}\n\n",
+        "x".repeat(40)
+    )
+}
+
+/// `/stream`: Server-Sent Events, one every 20 ms (chunked); `/stream-break`
+/// breaks off after half of them.
+fn streamed(breaks: bool) -> axum::response::Response {
+    let body = futures::stream::unfold(0usize, move |i| async move {
+        if i == EVENTS {
+            return None;
+        }
+        if breaks && i == EVENTS / 2 {
+            return Some((Err(std::io::Error::other("the model crashed")), EVENTS));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(event(i))), i + 1))
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+fn all_events() -> String {
+    (0..EVENTS).map(event).collect()
 }
 
 async fn upstream() -> (SocketAddr, Arc<Upstream>) {
@@ -543,4 +580,118 @@ async fn dot_segments_and_encoded_slashes_never_leave_the_route() {
         .map(|s| s.path.clone())
         .collect();
     assert_eq!(seen, ["/api/reports/monthly"], "only the ordinary request");
+}
+
+/// A streaming route passes a streamed answer through as it arrives, and
+/// keeps it as the job's output and result; an answer that does not
+/// stream is replayed whole; `Prefer: respond-async` is the 202.
+#[tokio::test]
+async fn a_streaming_route_passes_the_answer_through_and_keeps_it_as_output() {
+    let (up, state) = upstream().await;
+    let config = route("POST", "/llm", up, "stream = true\nstrip_prefix = true");
+    let Some(s) = TestServer::start(&config).await else {
+        return;
+    };
+    let c = s.client(None);
+    let r = c
+        .send(M::POST, "/llm/stream", &[], Some(b"{}".to_vec()))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert_eq!(String::from_utf8_lossy(&r.body), all_events());
+    let id = r.header("replyd-job-id").expect("the answer names its job");
+    assert_eq!(
+        r.header("content-location"),
+        Some(format!("/v1/jobs/{id}/output"))
+    );
+    assert_eq!(
+        state.seen.lock().unwrap()[0].path,
+        "/stream",
+        "the prefix went"
+    );
+    let job = finished(&c, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let out = c.get(&format!("/v1/jobs/{id}/output?offset=-1")).await;
+    assert_eq!(String::from_utf8_lossy(&out.body), all_events());
+    assert_eq!(out.header("stream-closed").as_deref(), Some("true"));
+    let res = c.get(&format!("/v1/jobs/{id}/result")).await;
+    assert_eq!(String::from_utf8_lossy(&res.body), all_events());
+    // An answer that does not stream: replayed whole, its status kept.
+    let r = c.send(M::POST, "/llm/reports/x", &[], Some(vec![])).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..], b"month,total\n,42\n");
+    assert!(r.header("replyd-job-id").is_some());
+    // A failure: the upstream's status.
+    let r = c.send(M::POST, "/llm/missing", &[], Some(vec![])).await;
+    r.problem(404);
+    // The 202 on request.
+    let r = c
+        .send(
+            M::POST,
+            "/llm/stream",
+            &[("prefer", "respond-async")],
+            Some(vec![]),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert!(r.header("location").is_some());
+}
+
+/// An attempt that streamed output and then broke off is not tried again
+/// (its output cannot be taken back), whatever the route allows; the
+/// output keeps what came.
+#[tokio::test]
+async fn a_stream_that_breaks_off_fails_without_another_attempt() {
+    let (up, _) = upstream().await;
+    let config = route(
+        "POST",
+        "/llm",
+        up,
+        "strip_prefix = true\nretry = \"always\"\nmax_attempts = 3",
+    );
+    let Some(s) = TestServer::start(&config).await else {
+        return;
+    };
+    let c = s.client(None);
+    let r = c
+        .send(M::POST, "/llm/stream-break", &[], Some(vec![]))
+        .await;
+    assert_eq!(r.status, 202);
+    let id = id_of(&r);
+    let job = finished(&c, &id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "not tried again: {job}");
+    // What came before the break (the last events before it may have been
+    // lost with the connection).
+    let out = c.get(&format!("/v1/jobs/{id}/output?offset=-1")).await;
+    let got = String::from_utf8_lossy(&out.body).to_string();
+    assert!(got.starts_with(&event(0)), "{got}");
+    let half: String = (0..EVENTS / 2).map(event).collect();
+    assert!(half.starts_with(&got), "{got}");
+}
+
+/// A streamed answer larger than `limits.max_result` succeeds: its output
+/// is its result.
+#[tokio::test]
+async fn a_streamed_answer_over_max_result_has_its_output_as_result() {
+    let (up, _) = upstream().await;
+    let config = format!(
+        "{}\n[limits]\nmax_result = 1024\n",
+        route("POST", "/llm", up, "strip_prefix = true")
+    );
+    let Some(s) = TestServer::start(&config).await else {
+        return;
+    };
+    let c = s.client(None);
+    let r = c.send(M::POST, "/llm/stream", &[], Some(vec![])).await;
+    let id = id_of(&r);
+    let job = finished(&c, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(all_events().len() > 1024);
+    let res = c.get(&format!("/v1/jobs/{id}/result")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(String::from_utf8_lossy(&res.body), all_events());
 }

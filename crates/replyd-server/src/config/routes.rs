@@ -44,6 +44,16 @@ pub struct Route {
     /// Answer headers kept and replayed (lower case).
     #[serde(default = "Route::default_response")]
     pub response_headers: Vec<String>,
+    /// Answer each request with the upstream's answer, passed through as it
+    /// arrives when it streams (the job's output), rather than with a 202
+    /// (which `Prefer: respond-async` still asks for).
+    #[serde(default)]
+    pub stream: bool,
+    /// Replay the request's path without the route's prefix (`/openai`
+    /// with upstream `https://api.example.com`: `/openai/v1/models` goes to
+    /// `https://api.example.com/v1/models`).
+    #[serde(default)]
+    pub strip_prefix: bool,
 }
 
 impl Route {
@@ -89,6 +99,17 @@ impl Route {
             };
             name.chars().take(64).collect()
         })
+    }
+
+    /// The path replayed upstream for a request at `path` (one it matches).
+    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+        if !self.strip_prefix {
+            return path;
+        }
+        match path.get(self.path.trim_end_matches('/').len()..) {
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => "/",
+        }
     }
 
     /// Whether it takes a request for `method` at `path`.
@@ -201,5 +222,36 @@ impl Route {
             return Err(format!("{at}: ttl must be in [0, limits.max_ttl] seconds"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str, strip_prefix: bool) -> Route {
+        let toml = format!(
+            "method = \"POST\"\npath = {path:?}\nupstream = \"http://127.0.0.1:9\"\nstrip_prefix = {strip_prefix}"
+        );
+        toml::from_str(&toml).unwrap()
+    }
+
+    #[test]
+    fn a_stripped_prefix_leaves_the_rest_of_the_path() {
+        let r = route("/openai", true);
+        assert_eq!(
+            r.upstream_path("/openai/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(r.upstream_path("/openai"), "/");
+        let r = route("/openai/", true);
+        assert_eq!(r.upstream_path("/openai/v1/models"), "/v1/models");
+        let r = route("/openai", false);
+        assert_eq!(
+            r.upstream_path("/openai/v1/models"),
+            "/openai/v1/models",
+            "kept unless asked"
+        );
+        assert!(!r.stream, "streaming is asked for");
     }
 }

@@ -14,7 +14,9 @@
 //! is killed. A cancel of the running job stops the group too (SIGTERM,
 //! then SIGKILL). With `stream_output = "<content type>"`, stdout also
 //! goes to the job's output stream as it comes (chunks that arrive while
-//! one is appended are appended together), all of it before the outcome.
+//! one is appended are appended together), all of it before the outcome
+//! ([`output`](super::output)); an attempt that streamed output is not
+//! tried again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,23 +67,8 @@ async fn run_one(
     let mut stdin = input.to_vec();
     stdin.push(b'\n');
     let max_result = app.config.limits.max_result;
-    let (tee, mut teeing) = match stream_output {
-        Some(ct) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let job = (id, job.tenant.clone(), lease_id.clone());
-            (
-                Some(tx),
-                Some(tokio::spawn(tee_output(
-                    app.store.clone(),
-                    app.clock.clone(),
-                    job,
-                    ct,
-                    rx,
-                ))),
-            )
-        }
-        None => (None, None),
-    };
+    let tee = stream_output
+        .map(|ct| super::output::Tee::start(app, (id, job.tenant.clone(), lease_id.clone()), ct));
     let cmd = process::Command {
         argv: argv.to_vec(),
         input: stdin.into(),
@@ -92,7 +79,7 @@ async fn run_one(
         ],
         max_result,
         echo_stderr: false,
-        tee,
+        tee: tee.as_ref().map(super::output::Tee::sender),
     };
     tracing::info!(job = %id, attempt = job.attempt, "running the command");
     let (progress_tx, mut progress_rx) = watch::channel::<Option<process::ProgressLine>>(None);
@@ -139,9 +126,10 @@ async fn run_one(
     drop(cmd);
     // All of the output before the outcome (its readers see the end after
     // the last chunk).
-    if let Some(t) = teeing.take() {
-        let _ = t.await;
-    }
+    let streamed = match tee {
+        Some(t) => t.finish().await,
+        None => 0,
+    };
     // The last progress line is recorded before the outcome.
     if tokio::time::timeout(Duration::from_secs(2), &mut reporter)
         .await
@@ -165,7 +153,8 @@ async fn run_one(
             Command::Fail {
                 lease_id: lease_id.clone(),
                 error: JobError::new("command-failed", message),
-                retry,
+                // Its output cannot be taken back (`output`).
+                retry: retry && streamed == 0,
             },
             None,
         ),
@@ -178,56 +167,4 @@ async fn run_one(
         Ok(job) => tracing::info!(job = %id, state = job.state.as_str(), "command done"),
         Err(e) => tracing::warn!(job = %id, error = %e, "cannot record the command's outcome"),
     }
-}
-
-/// Appends what the command writes on stdout to the job's output stream,
-/// coalescing what arrives while an append is written, until stdout ends
-/// (or the lease is gone).
-async fn tee_output(
-    store: Arc<dyn replyd_core::Store>,
-    clock: replyd_core::Clock,
-    (id, tenant, lease): (
-        replyd_core::JobId,
-        replyd_core::Tenant,
-        replyd_core::LeaseId,
-    ),
-    content_type: Arc<str>,
-    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-) {
-    use replyd_core::stream::{Append, Found, StreamKey, output_path};
-    let Some(streams) = store.streams() else {
-        while rx.recv().await.is_some() {}
-        return;
-    };
-    let key = StreamKey {
-        tenant,
-        path: output_path(id),
-    };
-    while let Some(first) = rx.recv().await {
-        let mut body = bytes::BytesMut::from(&first[..]);
-        while let Ok(more) = rx.try_recv() {
-            body.extend_from_slice(&more);
-        }
-        let req = Append {
-            content_type: Some(content_type.to_string()),
-            body: body.freeze(),
-            ..Append::default()
-        };
-        match streams
-            .output_append(&key, id, lease.clone(), req, clock.now())
-            .await
-        {
-            Ok(Found::Live(Ok(_))) => {}
-            Ok(refused) => {
-                tracing::warn!(job = %id, answer = ?refused, "the job's output took no more");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "cannot append to the job's output");
-                break;
-            }
-        }
-    }
-    // Drain, so that the command is never held by a full channel.
-    while rx.recv().await.is_some() {}
 }

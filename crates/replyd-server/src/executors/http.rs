@@ -10,7 +10,11 @@
 //!
 //! A 2xx answer succeeds the job: its body (at most `limits.max_result`
 //! bytes) with its content type, and its status and allow-listed headers,
-//! replayed at `/result`. Any other answer fails the attempt with the
+//! replayed at `/result`. An answer that streams (`text/event-stream`, or
+//! chunked: no `Content-Length`) is also the job's output stream as it
+//! arrives (`/v1/jobs/{id}/output`); such an answer larger than
+//! `limits.max_result` has its output as its result, and an attempt that
+//! streamed is not tried again. Any other answer fails the attempt with the
 //! status and an excerpt of the body; so does an upstream that cannot be
 //! reached or does not answer within the queue's `timeout`. A failed
 //! attempt is tried again (with backoff, until `max_attempts`) only if the
@@ -31,8 +35,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use replyd_core::job::{Command, JobError};
 use replyd_core::store::{JobOutput, Leased, Move, Upstream};
+use replyd_core::{JobId, LeaseId, Tenant};
 use serde::{Deserialize, Serialize};
 
+use super::output::Tee;
 use crate::app::App;
 use crate::config::{HttpTarget, secs};
 
@@ -186,7 +192,8 @@ pub async fn run(app: Arc<App>, queue: String) {
 
 /// How an attempt ended.
 enum Ended {
-    Answered(JobOutput),
+    /// With its result (none: the streamed output is the result).
+    Answered(Option<JobOutput>),
     Failed(JobError, bool),
     /// Canceled or shutting down: the request was dropped.
     Stopped,
@@ -199,11 +206,18 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
         lease_id,
     } = leased;
     let id = job.id;
+    // Made by `call` once the answer turns out to stream.
+    let mut tee = None;
     let ended = match outgoing(target, &input) {
         Err(e) => Ended::Failed(JobError::new("bad-request", e), false),
         Ok(req) => {
             let may_retry = target.retry.allows(req.method.as_str());
-            let call = call(client, target, req, app.config.limits.max_result, may_retry);
+            let output = OutputTo {
+                app,
+                job: (id, job.tenant.clone(), lease_id.clone()),
+                tee: &mut tee,
+            };
+            let call = call(client, target, req, may_retry, output);
             tokio::select! {
                 ended = call => ended,
                 () = super::cancel_requested(app, id) => Ended::Stopped,
@@ -211,13 +225,19 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
             }
         }
     };
+    // All of the output before the outcome; an attempt that streamed some
+    // is not tried again (`super::output`).
+    let streamed = match tee {
+        Some(t) => t.finish().await,
+        None => 0,
+    };
     let (cmd, output) = match ended {
-        Ended::Answered(out) => (Command::Complete { lease_id }, Some(out)),
+        Ended::Answered(out) => (Command::Complete { lease_id }, out),
         Ended::Failed(error, retry) => (
             Command::Fail {
                 lease_id,
                 error,
-                retry,
+                retry: retry && streamed == 0,
             },
             None,
         ),
@@ -225,7 +245,7 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
             Command::Fail {
                 lease_id,
                 error: JobError::new("stopped", "the request to the upstream was dropped"),
-                retry: true,
+                retry: streamed == 0,
             },
             None,
         ),
@@ -235,14 +255,41 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
     }
 }
 
-/// Sends the request and reads the answer.
+/// Where a streamed answer goes: job `job`'s output, through `tee` (made
+/// when the answer starts).
+struct OutputTo<'a> {
+    app: &'a App,
+    job: (JobId, Tenant, LeaseId),
+    tee: &'a mut Option<Tee>,
+}
+
+/// Whether an answer streams, so that it is recorded as the job's output
+/// while it arrives: Server-Sent Events, or a body of no stated length
+/// (chunked, or up to the connection's end) unless it is one JSON value
+/// (whose chunks are not messages of a JSON stream).
+fn streams(res: &reqwest::Response) -> bool {
+    let media = res
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    media == "text/event-stream"
+        || (res.content_length().is_none() && !replyd_core::stream::is_json(&media))
+}
+
+/// Sends the request and reads the answer; a 2xx answer that streams goes
+/// to the job's output as it arrives, and is its result too unless it
+/// exceeds `limits.max_result` (then the output alone is).
 async fn call(
     client: &reqwest::Client,
     target: &HttpTarget,
     req: Outgoing,
-    max_result: usize,
     may_retry: bool,
+    output: OutputTo<'_>,
 ) -> Ended {
+    let max_result = output.app.config.limits.max_result;
     let mut builder = client.request(req.method, &req.url);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
@@ -277,7 +324,14 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    let body = match read_capped(res, max_result).await {
+    if status.is_success() && streams(&res) {
+        *output.tee = Some(Tee::start(
+            output.app,
+            output.job.clone(),
+            Arc::from(content_type.as_str()),
+        ));
+    }
+    let body = match read_capped(res, max_result, output.tee.as_ref()).await {
         Ok(b) => b,
         Err(Some(e)) => {
             return Ended::Failed(
@@ -298,6 +352,10 @@ async fn call(
             );
         }
     };
+    let Some(body) = body else {
+        // Streamed, and too large to keep twice: the output is the result.
+        return Ended::Answered(None);
+    };
     if !status.is_success() {
         let cut = body.len().min(EXCERPT);
         let excerpt = String::from_utf8_lossy(&body[..cut]);
@@ -307,31 +365,46 @@ async fn call(
             may_retry && retryable(status.as_u16()),
         );
     }
-    Ended::Answered(JobOutput {
+    Ended::Answered(Some(JobOutput {
         content_type,
         body,
         upstream: Some(Upstream {
             status: status.as_u16(),
             headers,
         }),
-    })
+    }))
 }
 
-/// The body, unless it exceeds `cap` (`Err(None)`) or breaks off.
-async fn read_capped(res: reqwest::Response, cap: usize) -> Result<Bytes, Option<reqwest::Error>> {
-    if res.content_length().is_some_and(|n| n > cap as u64) {
+/// The body, also sent to `tee` chunk by chunk when there is one. Past
+/// `cap` bytes it is `Err(None)`, or with a tee `Ok(None)` (the tee has
+/// all of it); `Err(Some)` if it breaks off.
+async fn read_capped(
+    res: reqwest::Response,
+    cap: usize,
+    tee: Option<&Tee>,
+) -> Result<Option<Bytes>, Option<reqwest::Error>> {
+    if tee.is_none() && res.content_length().is_some_and(|n| n > cap as u64) {
         return Err(None);
     }
-    let mut out = Vec::new();
+    let mut out = Some(Vec::new());
     let mut body = res.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(Some)?;
-        if out.len() + chunk.len() > cap {
-            return Err(None);
+        if let Some(kept) = &mut out {
+            if kept.len() + chunk.len() > cap {
+                if tee.is_none() {
+                    return Err(None);
+                }
+                out = None;
+            } else {
+                kept.extend_from_slice(&chunk);
+            }
         }
-        out.extend_from_slice(&chunk);
+        if let Some(t) = tee {
+            t.send(chunk).await;
+        }
     }
-    Ok(out.into())
+    Ok(out.map(Bytes::from))
 }
 
 #[cfg(test)]

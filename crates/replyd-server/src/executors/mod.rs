@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod exec;
 pub mod http;
+pub mod output;
 pub mod process;
 
 use std::future::Future;

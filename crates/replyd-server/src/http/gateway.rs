@@ -10,6 +10,16 @@
 //! itself when it comes within N seconds; `Idempotency-Key` works as on
 //! `POST /v1/jobs`.
 //!
+//! A route with `stream = true` answers at once with the upstream's answer
+//! instead, passed through as it arrives when it streams (an LLM's
+//! Server-Sent Events): the bytes are the job's output, recorded as they
+//! come, and the answer names the job (`Replyd-Job-Id`, and
+//! `Content-Location: /v1/jobs/{id}/output`). A client that drops the
+//! connection leaves the upstream call running; it reattaches at the
+//! output from the offset it reached, or repeats its request with the
+//! same `Idempotency-Key` for the whole answer again. `Prefer:
+//! respond-async` asks such a route for the 202.
+//!
 //! With API keys configured, a gateway request needs one: in
 //! `X-Replyd-Key` (then the client's own `Authorization` may be forwarded,
 //! if the route lists it), or as `Authorization: Bearer` (then it is
@@ -17,10 +27,12 @@
 
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use base64::Engine;
 use bytes::Bytes;
+use replyd_core::JobState;
+use replyd_core::store::Submitted;
 use replyd_proto as proto;
 
 use super::jobs::{accepted, with_rate};
@@ -69,7 +81,7 @@ pub async fn handle(
     let bytes = body(raw, app.config.limits.max_body)?;
     let captured = Captured {
         method: method.as_str().to_string(),
-        path,
+        path: route.upstream_path(&path).to_string(),
         query: uri.query().map(str::to_string),
         headers: forwarded(&headers, &forward, authorization_is_ours),
         body_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
@@ -86,10 +98,19 @@ pub async fn handle(
         .transpose()?;
     let hash = key.as_ref().map(|_| request_hash(&input));
     let wait = prefer_wait(&headers)?;
+    // A streaming route answers with the upstream's stream as it comes,
+    // unless the client asks for the 202.
+    let passing = match route.stream && !prefers_respond_async(&headers) {
+        true => Some(client.hold(&app, Held::Stream, Some(&tenant))?),
+        false => None,
+    };
     let _waiting = match wait {
-        Some(w) if !w.is_zero() => Some(client.hold(&app, Held::Wait, Some(&tenant))?),
+        Some(w) if !w.is_zero() && passing.is_none() => {
+            Some(client.hold(&app, Held::Wait, Some(&tenant))?)
+        }
         _ => None,
     };
+    let timeout = crate::config::secs(route.timeout);
     let submitted = app
         .submit(Submission {
             tenant,
@@ -106,9 +127,84 @@ pub async fn handle(
             reply: None,
         })
         .await?;
-    let mut res = accepted(&app, submitted, wait).await?;
+    let mut res = match passing {
+        Some(permit) => pass_through(&app, submitted, timeout, permit).await?,
+        None => accepted(&app, submitted, wait).await?,
+    };
     with_rate(&mut res, rate);
     Ok(res)
+}
+
+/// Whether the client asked for the 202 (`Prefer: respond-async`).
+fn prefers_respond_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// A streaming route's answer: the upstream's streamed answer as it comes
+/// (the job's output, from its first byte; a repeat of the request with
+/// its `Idempotency-Key` replays it from the start, with no second call
+/// upstream). An answer that does not stream is replayed once the job
+/// ends, as `Prefer: wait` would; a failure with the upstream's status (or
+/// 502); a job still without either after the route's timeout is the 202.
+async fn pass_through(
+    app: &AppState,
+    submitted: Submitted,
+    timeout: std::time::Duration,
+    permit: crate::limits::Permit,
+) -> ApiResult<Response> {
+    let job = match &submitted {
+        Submitted::Created(j) | Submitted::Existing(j) => j.clone(),
+    };
+    // The stream may last as long as the upstream may take, and a while.
+    let lifetime = timeout + std::time::Duration::from_secs(60);
+    if let Some(res) = super::stream::pass_through(app, &job, timeout, lifetime, permit).await? {
+        return Ok(res);
+    }
+    let now = app.store.get(job.id).await?.unwrap_or(job);
+    let failed = |status: StatusCode, detail: String| {
+        ApiError::new(status, "upstream-failed", detail)
+            .with_header(header::LOCATION, job_location(&now))
+    };
+    match now.state {
+        JobState::Succeeded => {
+            let mut res = super::jobs::result_body(app, &now).await?;
+            let h = res.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}/result", now.id)) {
+                h.insert(header::CONTENT_LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&now.id.to_string()) {
+                h.insert(proto::JOB_ID_HEADER, v);
+            }
+            Ok(res)
+        }
+        JobState::Failed => {
+            let (status, detail) = match &now.error {
+                Some(e) => (
+                    e.status
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .filter(|s| s.is_client_error() || s.is_server_error())
+                        .unwrap_or(StatusCode::BAD_GATEWAY),
+                    e.message.clone(),
+                ),
+                None => (StatusCode::BAD_GATEWAY, "the job failed".to_string()),
+            };
+            Err(failed(status, detail))
+        }
+        JobState::Canceled => Err(failed(
+            StatusCode::BAD_GATEWAY,
+            "the job was canceled before the upstream answered".into(),
+        )),
+        _ => accepted(app, submitted, Some(std::time::Duration::ZERO)).await,
+    }
+}
+
+fn job_location(job: &replyd_core::JobRecord) -> HeaderValue {
+    HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).unwrap_or(HeaderValue::from_static("/"))
 }
 
 /// The request headers the route passes on; never replyd's own key, nor

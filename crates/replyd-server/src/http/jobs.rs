@@ -357,7 +357,7 @@ fn status_response(app: &AppState, job: &JobRecord, query_token: Option<&str>) -
 }
 
 /// The body of a succeeded job's result, with the worker's content type.
-async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
+pub(crate) async fn result_body(app: &AppState, job: &JobRecord) -> ApiResult<Response> {
     let out = app
         .store
         .output(job.id)

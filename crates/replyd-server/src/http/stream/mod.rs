@@ -27,6 +27,8 @@ use replyd_core::store::StreamStore;
 
 mod output;
 mod read;
+pub(crate) use output::pass_through;
+
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 
@@ -174,8 +176,9 @@ async fn dispatch(
     Ok(res)
 }
 
-/// Job `job`'s output as its result (up to `limits.max_result` bytes), if
-/// it has any.
+/// Job `job`'s output as its result, if it has any: all of it, read a
+/// chunk at a time as the body goes out (a JSON output's messages as one
+/// array).
 pub async fn output_as_result(
     app: &AppState,
     job: &replyd_core::JobRecord,
@@ -187,16 +190,56 @@ pub async fn output_as_result(
         tenant: job.tenant.clone(),
         path: replyd_core::stream::output_path(job.id),
     };
-    let budget = app.config.limits.max_result;
-    match streams.stream_read(&key, 0, budget, app.now()).await? {
-        Found::Live((s, chunks)) if s.tail > 0 => {
-            let mut res = Response::new(axum::body::Body::from(read::render(&s, &chunks)));
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, content_type_value(&s));
-            Ok(Some(res))
+    let budget = app.config.durable_streams.read_chunk;
+    let (s, first) = match streams.stream_read(&key, 0, budget, app.now()).await? {
+        Found::Live((s, first)) if s.tail > 0 => (s, first),
+        _ => return Ok(None),
+    };
+    let (json, tail) = (s.json(), s.tail);
+    let content_type = content_type_value(&s);
+    // (the read to send next; whether a JSON message was sent)
+    let state = (Some(first), false, app.clone());
+    let body = futures::stream::unfold(state, move |(read, mut wrote, app)| {
+        let key = key.clone();
+        async move {
+            let read = read?;
+            let mut out = bytes::BytesMut::new();
+            if json && !wrote {
+                out.extend_from_slice(b"[");
+            }
+            for c in &read.chunks {
+                if json && wrote {
+                    out.extend_from_slice(b",");
+                }
+                out.extend_from_slice(c);
+                wrote = true;
+            }
+            if read.next >= tail || read.chunks.is_empty() {
+                if json {
+                    out.extend_from_slice(b"]");
+                }
+                return Some((Ok(out.freeze()), (None, wrote, app)));
+            }
+            // A read that fails cuts the body off (the client sees it
+            // incomplete), rather than ending it short.
+            let next = match app.store.streams() {
+                Some(s) => s.stream_read(&key, read.next, budget, app.now()).await,
+                None => {
+                    return Some((Err(std::io::Error::other("no streams")), (None, wrote, app)));
+                }
+            };
+            match next {
+                Ok(Found::Live((_, next))) => Some((Ok(out.freeze()), (Some(next), wrote, app))),
+                _ => {
+                    let e = std::io::Error::other("the output cannot be read");
+                    Some((Err(e), (None, wrote, app)))
+                }
+            }
         }
-        _ => Ok(None),
-    }
+    });
+    let mut res = Response::new(axum::body::Body::from_stream(body));
+    res.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    Ok(Some(res))
 }
 
 /// The store's streams, or 501 where it keeps none.

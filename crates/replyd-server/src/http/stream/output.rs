@@ -7,17 +7,18 @@
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use replyd_core::LeaseId;
 use replyd_core::stream::{Found, StreamKey, output_path};
 
-use super::read::{Source, read};
+use super::read::{Follow, Followed, Source, read, render};
 use super::{append_request, appended, secure, streams_of, text};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{AppState, Client, JobRequest};
+use crate::limits::Permit;
 
 pub(super) async fn handle(
     State(app): State<AppState>,
@@ -91,4 +92,71 @@ async fn dispatch(
             "a job's output takes GET, HEAD and POST (by its worker)",
         )),
     }
+}
+
+/// A job's output as one response body, from its first byte, as it is
+/// appended, until the job ends: the gateway's pass-through of a streamed
+/// answer (the bytes exactly as the upstream sent them). Waits up to
+/// `wait` for the first bytes; `None` if the job ended without output, or
+/// none came in time. The body holds `permit` while it lasts, at most
+/// `lifetime`.
+pub(crate) async fn pass_through(
+    app: &AppState,
+    job: &replyd_core::JobRecord,
+    wait: std::time::Duration,
+    lifetime: std::time::Duration,
+    permit: Permit,
+) -> ApiResult<Option<Response>> {
+    let source = Source::Output {
+        key: StreamKey {
+            tenant: job.tenant.clone(),
+            path: output_path(job.id),
+        },
+        job: job.id,
+    };
+    let keepalive = crate::config::secs(app.config.streams.keepalive);
+    let mut follow = Follow::new(app, &source, 0, lifetime);
+    let deadline = tokio::time::Instant::now() + wait;
+    let (s, first) = loop {
+        match tokio::time::timeout_at(deadline, follow.next(keepalive)).await {
+            Err(_) | Ok(Followed::Ended) => return Ok(None),
+            Ok(Followed::Quiet) => {}
+            Ok(Followed::Read(s, read)) if !read.chunks.is_empty() => break (s, read),
+            Ok(Followed::Read(s, _)) if s.closed => return Ok(None),
+            Ok(Followed::Read(..)) => {}
+        }
+    };
+    let first = render(&s, &first);
+    let state = (Some(first), follow, permit);
+    let body = futures::stream::unfold(state, move |(first, mut follow, permit)| async move {
+        if let Some(bytes) = first {
+            return Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (None, follow, permit),
+            ));
+        }
+        loop {
+            match follow.next(keepalive).await {
+                Followed::Read(s, read) if !read.chunks.is_empty() => {
+                    let bytes = render(&s, &read);
+                    return Some((Ok(bytes), (None, follow, permit)));
+                }
+                Followed::Read(s, _) if s.closed => return None,
+                Followed::Read(..) | Followed::Quiet => {}
+                Followed::Ended => return None,
+            }
+        }
+    });
+    let mut res = Response::new(axum::body::Body::from_stream(body));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, super::content_type_value(&s));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}/output", job.id)) {
+        h.insert(header::CONTENT_LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&job.id.to_string()) {
+        h.insert(replyd_proto::JOB_ID_HEADER, v);
+    }
+    Ok(Some(res))
 }

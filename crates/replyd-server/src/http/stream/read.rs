@@ -396,72 +396,69 @@ fn sse_event(out: &mut BytesMut, event: &str, data: &[u8]) {
     out.put_u8(b'\n');
 }
 
-struct SseState {
+/// A reader that follows a stream from an offset: each read that finds
+/// data (and the first, and the one that finds the stream closed at its
+/// tail), waiting on the stream's tail and, for a job's output, the job.
+pub(crate) struct Follow {
     app: AppState,
     source: Source,
     events: Option<Listener>,
-    at: u64,
-    cursor: Option<String>,
     watch: crate::tails::Watch,
-    base64: bool,
-    /// Sent the first control event (a quiet stream's first answer).
+    at: u64,
     started: bool,
-    done: bool,
     ends: tokio::time::Instant,
-    _permit: crate::limits::Permit,
 }
 
-impl SseState {
-    /// The next frames: data then control, or a control after a wait; `None`
-    /// once the stream closed, the connection's lifetime ran out, or the
+/// What a [`Follow`] found.
+pub(crate) enum Followed {
+    /// Data from the reader's offset (maybe none, on the first read or
+    /// at a closed tail); the offset has moved past it.
+    Read(StreamState, ReadChunks),
+    /// Nothing for a keep-alive's while.
+    Quiet,
+    /// The reader's lifetime ran out, the server is stopping, or the
     /// stream went away.
-    async fn next(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
+    Ended,
+}
+
+impl Follow {
+    /// Follows `source` from `from` (clamped to its tail) for `lifetime`.
+    pub(crate) fn new(
+        app: &AppState,
+        source: &Source,
+        from: u64,
+        lifetime: std::time::Duration,
+    ) -> Follow {
+        Follow {
+            app: app.clone(),
+            source: source.clone(),
+            events: source.listener(app),
+            watch: app.tails.watch(source.key().tick()),
+            at: from,
+            started: false,
+            ends: tokio::time::Instant::now() + lifetime,
         }
-        let keepalive = crate::config::secs(self.app.config.streams.keepalive);
+    }
+
+    /// The offset the next read starts at.
+    pub(crate) fn at(&self) -> u64 {
+        self.at
+    }
+
+    pub(crate) async fn next(&mut self, keepalive: std::time::Duration) -> Followed {
         loop {
             let woken = self.watch.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let budget = self.app.config.durable_streams.read_chunk;
             let Ok((s, read)) = self.source.read(&self.app, self.at, budget).await else {
-                self.done = true;
-                return None;
+                return Followed::Ended;
             };
-            let mut out = BytesMut::new();
-            if !read.chunks.is_empty() {
-                let data = render(&s, &read);
-                if self.base64 {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-                    sse_event(&mut out, "data", b64.as_bytes());
-                } else {
-                    sse_event(&mut out, "data", &data);
-                }
-                self.at = read.next;
-            }
-            let at_tail = self.at >= s.tail;
+            let at_tail = read.next >= s.tail;
             if !read.chunks.is_empty() || !self.started || (s.closed && at_tail) {
                 self.started = true;
-                let mut control = serde_json::Map::new();
-                control.insert("streamNextOffset".into(), encode_offset(self.at).into());
-                if s.closed && at_tail {
-                    control.insert("streamClosed".into(), true.into());
-                    control.insert("upToDate".into(), true.into());
-                    self.done = true;
-                } else {
-                    let c = cursor(self.cursor.as_deref(), self.app.now());
-                    control.insert(
-                        "streamCursor".into(),
-                        c.to_str().unwrap_or_default().to_string().into(),
-                    );
-                    if at_tail {
-                        control.insert("upToDate".into(), true.into());
-                    }
-                }
-                let json = serde_json::Value::Object(control).to_string();
-                sse_event(&mut out, "control", json.as_bytes());
-                return Some(out.freeze());
+                self.at = read.next;
+                return Followed::Read(s, read);
             }
             let tick = tokio::time::Instant::now() + keepalive;
             tokio::select! {
@@ -469,17 +466,72 @@ impl SseState {
                 () = moved(&mut self.events) => continue,
                 () = tokio::time::sleep_until(tick.min(self.ends)) => {
                     if tokio::time::Instant::now() >= self.ends {
-                        self.done = true;
-                        return None;
+                        return Followed::Ended;
                     }
-                    return Some(Bytes::from_static(b": keep-alive\n\n"));
+                    return Followed::Quiet;
                 }
-                () = self.app.shutdown.cancelled() => {
-                    self.done = true;
-                    return None;
-                }
+                () = self.app.shutdown.cancelled() => return Followed::Ended,
             }
         }
+    }
+}
+
+struct SseState {
+    follow: Follow,
+    cursor: Option<String>,
+    base64: bool,
+    done: bool,
+    _permit: crate::limits::Permit,
+}
+
+impl SseState {
+    /// The next frames: data then control, or a keep-alive; `None` once the
+    /// stream closed, the connection's lifetime ran out, or the stream went
+    /// away.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let keepalive = crate::config::secs(self.follow.app.config.streams.keepalive);
+        let (s, read) = match self.follow.next(keepalive).await {
+            Followed::Read(s, read) => (s, read),
+            Followed::Quiet => return Some(Bytes::from_static(b": keep-alive\n\n")),
+            Followed::Ended => {
+                self.done = true;
+                return None;
+            }
+        };
+        let mut out = BytesMut::new();
+        if !read.chunks.is_empty() {
+            let data = render(&s, &read);
+            if self.base64 {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+                sse_event(&mut out, "data", b64.as_bytes());
+            } else {
+                sse_event(&mut out, "data", &data);
+            }
+        }
+        let at = self.follow.at();
+        let at_tail = at >= s.tail;
+        let mut control = serde_json::Map::new();
+        control.insert("streamNextOffset".into(), encode_offset(at).into());
+        if s.closed && at_tail {
+            control.insert("streamClosed".into(), true.into());
+            control.insert("upToDate".into(), true.into());
+            self.done = true;
+        } else {
+            let c = cursor(self.cursor.as_deref(), self.follow.app.now());
+            control.insert(
+                "streamCursor".into(),
+                c.to_str().unwrap_or_default().to_string().into(),
+            );
+            if at_tail {
+                control.insert("upToDate".into(), true.into());
+            }
+        }
+        let json = serde_json::Value::Object(control).to_string();
+        sse_event(&mut out, "control", json.as_bytes());
+        Some(out.freeze())
     }
 }
 
@@ -495,18 +547,12 @@ async fn sse(
     // Where "now" is, and whether the stream is there at all.
     let (s, _) = source.read(app, u64::MAX, 1).await?;
     let base64 = !is_text(&s.content_type);
+    let lifetime = crate::config::secs(app.config.durable_streams.sse_lifetime);
     let state = SseState {
-        app: app.clone(),
-        source: source.clone(),
-        events: source.listener(app),
-        at: from.min(s.tail),
+        follow: Follow::new(app, source, from.min(s.tail), lifetime),
         cursor: client_cursor,
-        watch: app.tails.watch(key.tick()),
         base64,
-        started: false,
         done: false,
-        ends: tokio::time::Instant::now()
-            + crate::config::secs(app.config.durable_streams.sse_lifetime),
         _permit: permit,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
