@@ -170,6 +170,18 @@ pub struct JobRecord {
     /// another request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// The job's output as its `job.output` events have announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputMark>,
+}
+
+/// How much of a job's output its events have announced: the last
+/// `job.output` event's part, bytes `from..to` of the output stream (`to`
+/// is the length announced so far).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputMark {
+    pub from: u64,
+    pub to: u64,
 }
 
 /// What a client asks for when it submits a job.
@@ -216,6 +228,7 @@ impl NewJob {
             more_replies: Vec::new(),
             idempotency_key: self.idempotency_key,
             request_hash: self.request_hash,
+            output: None,
         };
         (record, self.input)
     }
@@ -281,6 +294,10 @@ pub enum Command {
         lease_id: LeaseId,
         progress: Progress,
     },
+    /// The output stream the lease holder appends to has reached `to`
+    /// bytes: a `job.output` event for the part since the last one (none
+    /// if there is no new part).
+    Output { lease_id: LeaseId, to: u64 },
     /// A worker delivers the result (stored by the caller beside the job).
     Complete { lease_id: LeaseId },
     /// A worker gives up on the attempt; `retry` asks for another one.
@@ -381,6 +398,17 @@ impl JobRecord {
                 lease.expires_at = after(now, lease.length_ms).min(lease.deadline);
                 self.progress = Some(progress);
                 Effect::event(EventKind::Progress)
+            }
+            Command::Output { lease_id, to } => {
+                // An append is the holder's sign of life, as progress is.
+                let lease = self.current_lease(&lease_id, now)?;
+                lease.expires_at = after(now, lease.length_ms).min(lease.deadline);
+                let from = self.output.map_or(0, |o| o.to);
+                if to <= from {
+                    return Ok(Effect::silent());
+                }
+                self.output = Some(OutputMark { from, to });
+                Effect::event(EventKind::Output)
             }
             Command::Complete { lease_id } => {
                 self.current_lease(&lease_id, now)?;
@@ -639,6 +667,46 @@ mod tests {
         assert_eq!(j.expires_at, Some(t(3602)));
         assert!(j.lease.is_none());
         assert_eq!(j.version, 3);
+    }
+
+    /// Each `job.output` announces the part since the last one, never the
+    /// same part twice; only the lease holder's, and not after the end.
+    #[test]
+    fn output_announcements_cover_each_part_once() {
+        let mut j = job(1);
+        let l = lease(&mut j, t(0), 30);
+        let out = |to| Command::Output {
+            lease_id: l.clone(),
+            to,
+        };
+        let e = j.apply(out(10), t(1), &P).unwrap();
+        assert_eq!(e.event, Some(EventKind::Output));
+        assert_eq!(j.output, Some(OutputMark { from: 0, to: 10 }));
+        let v = j.version;
+        // Nothing new (a late or repeated announcement): no event.
+        assert_eq!(j.apply(out(10), t(2), &P).unwrap().event, None);
+        assert_eq!(j.apply(out(4), t(2), &P).unwrap().event, None);
+        assert_eq!(j.version, v);
+        assert_eq!(j.output, Some(OutputMark { from: 0, to: 10 }));
+        // An announcement is a sign of life: it extends the lease.
+        assert_eq!(j.lease.as_ref().unwrap().expires_at, t(32));
+        j.apply(out(25), t(3), &P).unwrap();
+        assert_eq!(j.output, Some(OutputMark { from: 10, to: 25 }));
+        let stranger = Command::Output {
+            lease_id: LeaseId::new(),
+            to: 40,
+        };
+        assert_eq!(
+            j.apply(stranger, t(4), &P).unwrap_err(),
+            TransitionError::LeaseLost
+        );
+        j.apply(Command::Complete { lease_id: l.clone() }, t(5), &P)
+            .unwrap();
+        assert!(matches!(
+            j.apply(out(40), t(6), &P).unwrap_err(),
+            TransitionError::AlreadyFinished(_)
+        ));
+        assert_eq!(j.output, Some(OutputMark { from: 10, to: 25 }));
     }
 
     #[test]

@@ -9,6 +9,9 @@ pub enum EventKind {
     Accepted,
     Started,
     Progress,
+    /// More of the job's output: the part since the last such event
+    /// (many appends in one event).
+    Output,
     /// An attempt failed or lost its lease; the job is queued again.
     Retrying,
     /// A cancel was asked of a running job; the worker learns it next.
@@ -19,10 +22,11 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Accepted,
         EventKind::Started,
         EventKind::Progress,
+        EventKind::Output,
         EventKind::Retrying,
         EventKind::CancelRequested,
         EventKind::Succeeded,
@@ -36,6 +40,7 @@ impl EventKind {
             EventKind::Accepted => "job.accepted",
             EventKind::Started => "job.started",
             EventKind::Progress => "job.progress",
+            EventKind::Output => "job.output",
             EventKind::Retrying => "job.retrying",
             EventKind::CancelRequested => "job.cancel_requested",
             EventKind::Succeeded => "job.succeeded",

@@ -361,6 +361,12 @@ pub trait StreamStore: Send + Sync + 'static {
         crate::stream::Found<Result<crate::stream::Appended, crate::stream::AppendRefusal>>,
     >;
 
+    /// The lengths of the output streams of those of `jobs` that have one.
+    async fn output_tails(
+        &self,
+        jobs: &[crate::ids::JobId],
+    ) -> StoreResult<Vec<(crate::ids::JobId, u64)>>;
+
     /// The stream; `touch`: this is a read or write that restarts a TTL.
     async fn stream_head(
         &self,

@@ -130,9 +130,30 @@ pub struct Job {
     pub expires_at: Option<DateTime<Utc>>,
     pub error: Option<JobError>,
     pub links: Links,
+    /// The job's output so far (`links.output`), once it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Output>,
     /// The job's input: present only where a worker receives the job (lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
+}
+
+/// How much output a job has, as its `job.output` events announced it;
+/// in a `job.output` event, also the part it announces: bytes `offset` to
+/// `next_offset` (offsets of `links.output`), inline as `text` when the
+/// output is text and the part is small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Output {
+    /// Bytes of output so far.
+    pub bytes: u64,
+    /// Where the last announced part starts.
+    pub offset: String,
+    /// Where the output goes on (its length, as an offset).
+    pub next_offset: String,
+    /// The announced part, in a `job.output` event (text outputs, up to
+    /// 64 KiB; else read it from `links.output` at `offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// Where and which events a job's webhook receives (API.md §2).

@@ -47,6 +47,9 @@ pub struct App {
     pub finisher: crate::finisher::Finisher,
     /// Readers waiting for Durable Streams to move.
     pub tails: Arc<crate::tails::Tails>,
+    /// Jobs' outputs announced as `job.output` events; every end of an
+    /// attempt is applied through it.
+    pub outputs: Arc<crate::outputs::Announcer>,
 }
 
 impl std::fmt::Debug for App {
@@ -88,6 +91,10 @@ impl App {
             max_connections_per_ip = conns.per_ip,
             "connection limits (0: none)"
         );
+        let outputs = Arc::new(crate::outputs::Announcer::new(
+            store.clone(),
+            crate::config::secs(config.durable_streams.output_events),
+        ));
         App {
             limits,
             hub: Hub::new(config.streams.buffer),
@@ -97,7 +104,8 @@ impl App {
             )),
             render,
             config,
-            finisher: crate::finisher::Finisher::new(store.clone(), clock.clone()),
+            finisher: crate::finisher::Finisher::new(outputs.clone(), clock.clone()),
+            outputs,
             store,
             clock,
             auth,
@@ -331,7 +339,7 @@ impl App {
         caller.check(Action::Work, None)?;
         // The store checks the tenant inside the transaction: no extra read.
         Ok(self
-            .store
+            .outputs
             .apply(id, caller.tenant(), cmd, output, self.now())
             .await?)
     }
@@ -345,7 +353,7 @@ impl App {
     ) -> ApiResult<Vec<replyd_core::store::StoreResult<JobRecord>>> {
         caller.check(Action::Work, None)?;
         Ok(self
-            .store
+            .outputs
             .apply_many(caller.tenant(), moves, self.now())
             .await?)
     }

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use replyd_core::job::JobRecord;
 use replyd_core::store::{Move, StoreError, StoreResult};
-use replyd_core::{Clock, Store};
+use replyd_core::Clock;
+
+use crate::outputs::Announcer;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most outcomes one [`Finisher`] batch carries.
@@ -20,13 +22,14 @@ type Finished = (Move, oneshot::Sender<StoreResult<JobRecord>>);
 /// answered on its own. Its task starts with the first outcome and ends
 /// when the `Finisher` is dropped.
 pub struct Finisher {
-    store: Arc<dyn Store>,
+    /// The store, behind the output announcements an attempt's end needs.
+    store: Arc<Announcer>,
     clock: Clock,
     queue: OnceLock<mpsc::Sender<Finished>>,
 }
 
 impl Finisher {
-    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Finisher {
+    pub fn new(store: Arc<Announcer>, clock: Clock) -> Finisher {
         Finisher {
             store,
             clock,
@@ -49,7 +52,7 @@ impl Finisher {
     }
 }
 
-async fn finish(store: Arc<dyn Store>, clock: Clock, mut rx: mpsc::Receiver<Finished>) {
+async fn finish(store: Arc<Announcer>, clock: Clock, mut rx: mpsc::Receiver<Finished>) {
     let mut batch = Vec::with_capacity(MAX_FINISHED);
     while rx.recv_many(&mut batch, MAX_FINISHED).await > 0 {
         let (moves, answer): (Vec<Move>, Vec<_>) = batch.drain(..).unzip();
@@ -75,7 +78,7 @@ mod tests {
     use bytes::Bytes;
     use replyd_core::job::{Command, NewJob};
     use replyd_core::store::LeaseQuery;
-    use replyd_core::{JobId, LeaseId, Tenant};
+    use replyd_core::{JobId, LeaseId, Store, Tenant};
     use replyd_store::{SqliteOptions, SqliteStore};
     use std::time::Duration;
 
@@ -115,7 +118,8 @@ mod tests {
         };
         let leased = store.lease(query, clock.now()).await.unwrap();
         assert_eq!(leased.len(), 40);
-        let finisher = Arc::new(Finisher::new(store.clone(), clock));
+        let announcer = Announcer::new(store.clone(), Duration::from_millis(250));
+        let finisher = Arc::new(Finisher::new(Arc::new(announcer), clock));
         // Every third outcome carries a stale lease.
         let answers = futures::future::join_all(leased.iter().enumerate().map(|(i, l)| {
             let finisher = finisher.clone();

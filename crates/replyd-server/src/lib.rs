@@ -17,6 +17,7 @@ pub mod limits;
 pub mod live;
 pub mod outbound;
 pub mod outbox;
+pub mod outputs;
 pub mod render;
 pub mod tails;
 pub mod tasks;
@@ -102,6 +103,11 @@ impl Server {
                     .run(streams.stream_ticks(), app.shutdown.clone()),
             );
             tasks.spawn(tasks::stream_collector(app.clone()));
+            tasks.spawn(
+                app.outputs
+                    .clone()
+                    .run(app.clock.clone(), app.shutdown.clone()),
+            );
         }
         brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {

@@ -50,6 +50,12 @@ impl Renderer {
                 events: format!("{base}/events?access_token={token}"),
                 output: format!("{base}/output?access_token={token}"),
             },
+            output: job.output.map(|o| proto::Output {
+                bytes: o.to,
+                offset: replyd_core::stream::encode_offset(o.from),
+                next_offset: replyd_core::stream::encode_offset(o.to),
+                text: None,
+            }),
             input: None,
         }
     }

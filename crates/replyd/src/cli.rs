@@ -407,6 +407,7 @@ mod tests {
                 events: "/v1/jobs/j1/events".into(),
                 output: "/v1/jobs/j1/output".into(),
             },
+            output: None,
             input: None,
         }
     }

@@ -336,7 +336,7 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
         return Ok(());
     };
     let (cmd, output) = command_of(m, lease.id, app.config.limits.max_result);
-    match app.store.apply(id, None, cmd, output, app.now()).await {
+    match app.outputs.apply(id, None, cmd, output, app.now()).await {
         Ok(_) => Ok(()),
         // The attempt ended meanwhile (expired, canceled): a late reply.
         Err(StoreError::Transition(e)) => {

@@ -18,6 +18,9 @@ pub struct DurableStreams {
     pub max_streams_per_tenant: u64,
     /// Bytes one stream may hold; 0: no limit.
     pub max_stream_bytes: u64,
+    /// Seconds between a job's `job.output` events (each announces all of
+    /// the output appended since the one before); 0: no such events.
+    pub output_events: f64,
 }
 
 impl Default for DurableStreams {
@@ -29,6 +32,7 @@ impl Default for DurableStreams {
             read_chunk: 1024 * 1024,
             max_streams_per_tenant: 100_000,
             max_stream_bytes: 1 << 30,
+            output_events: 0.25,
         }
     }
 }
@@ -50,6 +54,9 @@ impl DurableStreams {
             if !(v > 0.0 && v <= 3600.0) {
                 return Err(format!("{what} must be between 0 and 3600 seconds"));
             }
+        }
+        if !(self.output_events >= 0.0 && self.output_events <= 3600.0) {
+            return Err("durable_streams.output_events must be between 0 and 3600 seconds".into());
         }
         if !(1024..=(1 << 30)).contains(&self.max_append) {
             return Err(

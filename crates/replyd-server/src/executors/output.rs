@@ -11,12 +11,13 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use replyd_core::stream::{Append, Found, StreamKey, output_path};
+use replyd_core::stream::{Append, Appended, Found, StreamKey, output_path};
 use replyd_core::{JobId, LeaseId, Tenant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::outputs::Announcer;
 
 /// Chunks waiting to be appended, at most.
 const QUEUED: usize = 64;
@@ -37,18 +38,14 @@ impl Tee {
         content_type: Arc<str>,
     ) -> Tee {
         let (tx, rx) = mpsc::channel(QUEUED);
-        let store = app.store.clone();
+        let outputs = app.outputs.clone();
         let clock = app.clock.clone();
         let task = tokio::spawn(async move {
-            let Some(streams) = store.streams() else {
-                drain(rx).await;
-                return 0;
-            };
             let key = StreamKey {
                 tenant,
                 path: output_path(id),
             };
-            append_all(streams, &clock, &key, id, lease, content_type, rx).await
+            append_all(&outputs, &clock, &key, id, lease, content_type, rx).await
         });
         Tee { tx, task }
     }
@@ -73,7 +70,7 @@ impl Tee {
 }
 
 async fn append_all(
-    streams: &dyn replyd_core::store::StreamStore,
+    outputs: &Announcer,
     clock: &replyd_core::Clock,
     key: &StreamKey,
     id: JobId,
@@ -81,6 +78,10 @@ async fn append_all(
     content_type: Arc<str>,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> u64 {
+    let Some(streams) = outputs.store().streams() else {
+        drain(rx).await;
+        return 0;
+    };
     let mut appended = 0u64;
     while let Some(first) = rx.recv().await {
         let mut body = BytesMut::from(&first[..]);
@@ -97,7 +98,12 @@ async fn append_all(
             .output_append(key, id, lease.clone(), req, clock.now())
             .await
         {
-            Ok(Found::Live(Ok(_))) => appended += len,
+            Ok(Found::Live(Ok(done))) => {
+                appended += len;
+                if let Appended::Written { tail, .. } = done {
+                    outputs.appended(id, lease.clone(), tail);
+                }
+            }
             Ok(refused) => {
                 tracing::warn!(job = %id, answer = ?refused, "the job's output took no more");
                 break;

@@ -26,6 +26,7 @@ use replyd_core::event::EventRecord;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
+use super::stream::event_data;
 use super::{AppState, Client, JobRequest, query};
 use crate::auth::Action;
 use crate::config::secs;
@@ -240,14 +241,14 @@ impl Sse {
             return Some(head);
         }
         if let Some(e) = self.pending.take() {
-            return Some(frame(&e, &self.app.render.event(&e)));
+            return Some(frame(&e, &event_data(&self.app, &e, None).await));
         }
         loop {
             if self.feed.finished() {
                 return None;
             }
             match self.feed.next_backlog(&*self.app.store).await {
-                Ok(Some(e)) => return Some(frame(&e, &self.app.render.event(&e))),
+                Ok(Some(e)) => return Some(frame(&e, &event_data(&self.app, &e, None).await)),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "an event stream cannot read the log; closing it");
@@ -268,7 +269,9 @@ impl Sse {
                 live = self.listener.recv() => match live {
                     Some(Live::Event { event, .. }) => {
                         if self.feed.offer(&event.record) {
-                            return Some(frame(&event.record, event.data(&self.app.render)));
+                            let cached = event.data(&self.app.render);
+                            let data = event_data(&self.app, &event.record, Some(cached)).await;
+                            return Some(frame(&event.record, &data));
                         }
                     }
                     Some(Live::Resync) => self.feed.resync(),

@@ -560,17 +560,12 @@ impl Session {
             return Ok(());
         };
         let finished = sub.feed.finished();
-        let rendered;
-        let data = match data {
-            Some(d) => d,
-            None => {
-                rendered = self.app.render.event(e);
-                &rendered
-            }
-        };
+        let reference = sub.reference.clone();
+        let data = crate::http::stream::event_data(&self.app, e, data).await;
+        let data = &data;
         let text = format!(
             r#"{{"type":"event","ref":{},"id":{},"event":"{}","job":{}}}"#,
-            sub.reference,
+            reference,
             e.id,
             e.kind.name(),
             String::from_utf8_lossy(data)

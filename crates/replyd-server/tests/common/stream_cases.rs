@@ -732,3 +732,149 @@ async fn a_connection_that_sent_nothing_does_not_hold_up_shutdown() {
         .unwrap();
     drop(silent);
 }
+
+/// Appends `n` tokens to job `id`'s output under `lease`, a few ms apart:
+/// the text appended.
+async fn append_tokens(s: &TestServer, id: &str, lease: &str, n: usize) -> String {
+    let c = s.client(None);
+    let mut all = String::new();
+    for i in 0..n {
+        let tok = format!("tok{i} ");
+        all.push_str(&tok);
+        let r = c
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{id}/output"),
+                &[("lease-id", lease), ("content-type", "text/plain")],
+                Some(tok.into_bytes()),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    all
+}
+
+/// The `job.output` events of `frames`: (id, offset, next_offset, text).
+fn outputs(frames: &[common::streams::Frame]) -> Vec<(i64, String, String, String)> {
+    frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("job.output"))
+        .map(|f| {
+            let o = &f.json()["output"];
+            (
+                f.id(),
+                o["offset"].as_str().unwrap().to_string(),
+                o["next_offset"].as_str().unwrap().to_string(),
+                o["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A job's output is on its event streams as `job.output` events: a few
+/// for many appends, each with its part inline and contiguous with the one
+/// before, all before the terminal event; a resume from one of them goes
+/// on exactly after it; polling shows how much there is; a WebSocket
+/// subscription has the same events with the same ids.
+#[tokio::test]
+async fn a_jobs_output_is_on_its_event_streams_in_few_events() {
+    let config = format!("{PULL_QUEUES}\n[durable_streams]\noutput_events = 0.1\n");
+    let Some(s) = TestServer::start(&config).await else { return };
+    let job = submit(&s, None, "work").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let c = s.client(None);
+    let (_, lease) = c.lease("work").await;
+    let mut sse = Sse::open(&base(&s), &format!("/v1/jobs/{id}/events"), None, &[]).await;
+    let want = append_tokens(&s, &id, &lease, 60).await;
+    assert_eq!(c.complete(&id, &lease, json!({"ok": true})).await.status, 200);
+    let frames = sse.until_terminal(WAIT).await;
+    let seen = names(&frames);
+    assert_eq!(seen.last().map(String::as_str), Some("job.succeeded"), "{seen:?}");
+    let outs = outputs(&frames);
+    let text: String = outs.iter().map(|o| o.3.as_str()).collect();
+    assert_eq!(text, want, "every byte, in order, once");
+    assert!(
+        (2..30).contains(&outs.len()),
+        "60 appends over 300+ ms, announced every 100 ms: {} events",
+        outs.len()
+    );
+    assert_eq!(outs[0].1, format!("{:016}_{:016}", 0, 0));
+    for w in outs.windows(2) {
+        assert_eq!(w[0].2, w[1].1, "each part starts where the last ended");
+    }
+    assert_eq!(outs.last().unwrap().2, format!("{:016}_{:016}", 0, want.len()));
+    // Polling: how much output there is.
+    let polled = c.get(&format!("/v1/jobs/{id}")).await.json();
+    assert_eq!(polled["output"]["bytes"], want.len() as u64, "{polled}");
+    // A resume after the first part: the rest, exactly.
+    let first = &outs[0];
+    let mut again = Sse::open(
+        &base(&s),
+        &format!("/v1/jobs/{id}/events"),
+        None,
+        &[("last-event-id", &first.0.to_string())],
+    )
+    .await;
+    let rest: String = outputs(&again.until_terminal(WAIT).await)
+        .iter()
+        .map(|o| o.3.clone())
+        .collect();
+    assert_eq!(format!("{}{rest}", first.3), want);
+    // The WebSocket: the same events, the same ids.
+    let mut ws = ws_connect(s.addr, None).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "ref": 1, "job_id": id})).await;
+    assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+    let mut ws_outs = Vec::new();
+    loop {
+        let e = ws_recv(&mut ws).await;
+        if e["event"] == "job.output" {
+            let text = e["job"]["output"]["text"].as_str().unwrap().to_string();
+            ws_outs.push((e["id"].as_i64().unwrap(), text));
+        }
+        if e["event"] == "job.succeeded" {
+            break;
+        }
+    }
+    let sse_outs: Vec<(i64, String)> = outs.iter().map(|o| (o.0, o.3.clone())).collect();
+    assert_eq!(ws_outs, sse_outs);
+}
+
+/// However long the announcements' interval, the end of an attempt
+/// announces its output first: one `job.output` event with all of it, just
+/// before the terminal event. A job with no output has no such event.
+#[tokio::test]
+async fn an_attempts_end_announces_its_output_first() {
+    let config = format!("{PULL_QUEUES}\n[durable_streams]\noutput_events = 3600\n");
+    let Some(s) = TestServer::start(&config).await else { return };
+    let c = s.client(None);
+    let job = submit(&s, None, "work").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (_, lease) = c.lease("work").await;
+    let want = append_tokens(&s, &id, &lease, 10).await;
+    let r = c
+        .post(
+            &format!("/v1/jobs/{id}/fail"),
+            json!({"lease_id": lease, "error": {"code": "x", "message": "no more"}, "retry": false}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut sse = Sse::open(&base(&s), &format!("/v1/jobs/{id}/events"), None, &[]).await;
+    let frames = sse.until_terminal(WAIT).await;
+    let seen = names(&frames);
+    assert_eq!(
+        seen[seen.len() - 2..],
+        ["job.output".to_string(), "job.failed".to_string()],
+        "{seen:?}"
+    );
+    let outs = outputs(&frames);
+    assert_eq!(outs.len(), 1);
+    assert_eq!(outs[0].3, want);
+
+    let other = submit(&s, None, "work").await;
+    let other_id = other["id"].as_str().unwrap().to_string();
+    work_through(&s, None, "work", &other_id, 1).await;
+    let mut sse = Sse::open(&base(&s), &format!("/v1/jobs/{other_id}/events"), None, &[]).await;
+    let names = names(&sse.until_terminal(WAIT).await);
+    assert!(!names.iter().any(|n| n == "job.output"), "{names:?}");
+}

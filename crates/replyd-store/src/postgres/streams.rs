@@ -395,6 +395,29 @@ impl StreamStore for PgStore {
         self.in_tx(true, Some(key), flow::appended, append).await
     }
 
+    async fn output_tails(
+        &self,
+        jobs: &[replyd_core::JobId],
+    ) -> StoreResult<Vec<(replyd_core::JobId, u64)>> {
+        let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.0).collect();
+        let rows = sqlx::query(
+            "SELECT job, tail FROM streams WHERE job = ANY($1) AND NOT deleted",
+        )
+        .bind(&ids)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    replyd_core::JobId(r.get::<uuid::Uuid, _>("job")),
+                    flow::pos(r.get::<i64, _>("tail")),
+                )
+            })
+            .collect())
+    }
+
     async fn stream_head(
         &self,
         key: &StreamKey,

@@ -300,6 +300,30 @@ impl StreamStore for SqliteStore {
         Ok(found)
     }
 
+    async fn output_tails(
+        &self,
+        jobs: &[replyd_core::JobId],
+    ) -> StoreResult<Vec<(replyd_core::JobId, u64)>> {
+        let jobs = jobs.to_vec();
+        self.read(move |conn| {
+            let mut q = conn
+                .prepare_cached("SELECT tail FROM streams WHERE job = ?1 AND deleted = 0")
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for id in jobs {
+                let tail: Option<i64> = q
+                    .query_row([super::jobs::id_bytes(id)], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(t) = tail {
+                    out.push((id, flow::pos(t)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stream_head(
         &self,
         key: &StreamKey,

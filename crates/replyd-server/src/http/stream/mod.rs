@@ -27,7 +27,7 @@ use replyd_core::store::StreamStore;
 
 mod output;
 mod read;
-pub(crate) use output::pass_through;
+pub(crate) use output::{event_data, pass_through};
 
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};

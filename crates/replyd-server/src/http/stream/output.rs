@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use replyd_core::LeaseId;
-use replyd_core::stream::{Found, StreamKey, output_path};
+use replyd_core::stream::{Appended, Found, StreamKey, output_path};
 
 use super::read::{Follow, Followed, Source, read, render};
 use super::{append_request, appended, secure, streams_of, text};
@@ -78,11 +78,17 @@ async fn dispatch(
                 tenant: job.tenant,
                 path: output_path(job.id),
             };
+            let lease = LeaseId(lease.to_string());
             match streams_of(app)?
-                .output_append(&key, job.id, LeaseId(lease.to_string()), req, now)
+                .output_append(&key, job.id, lease.clone(), req, now)
                 .await?
             {
-                Found::Live(answer) => appended(answer, wrote),
+                Found::Live(answer) => {
+                    if let Ok(Appended::Written { tail, .. }) = &answer {
+                        app.outputs.appended(job.id, lease, *tail);
+                    }
+                    appended(answer, wrote)
+                }
                 Found::Missing | Found::Gone => Err(ApiError::job_not_found()),
             }
         }
@@ -159,4 +165,77 @@ pub(crate) async fn pass_through(
         h.insert(replyd_proto::JOB_ID_HEADER, v);
     }
     Ok(Some(res))
+}
+
+/// The most of a `job.output` event's part sent inline.
+const INLINE: u64 = 64 * 1024;
+
+/// The data of event `e` as the job's event streams send it (`cached`: its
+/// rendering, if at hand): a `job.output` event also carries its part of
+/// the output as `output.text` when the output is text and the part is
+/// at most 64 KiB (else the client reads it from `links.output`).
+pub(crate) async fn event_data(
+    app: &AppState,
+    e: &replyd_core::event::EventRecord,
+    cached: Option<&Bytes>,
+) -> Bytes {
+    let plain = || cached.cloned().unwrap_or_else(|| app.render.event(e));
+    let (replyd_core::event::EventKind::Output, Some(mark)) = (e.kind, e.job.output) else {
+        return plain();
+    };
+    let Some(text) = output_part(app, &e.job, mark).await else {
+        return plain();
+    };
+    let mut view = app.render.job(&e.job);
+    if let Some(o) = &mut view.output {
+        o.text = Some(text);
+    }
+    serde_json::to_vec(&view).map(Bytes::from).unwrap_or_else(|_| plain())
+}
+
+/// Bytes `mark.from..mark.to` of `job`'s output as text, if it is text and
+/// small enough.
+async fn output_part(
+    app: &AppState,
+    job: &replyd_core::JobRecord,
+    mark: replyd_core::job::OutputMark,
+) -> Option<String> {
+    let len = mark.to.checked_sub(mark.from)?;
+    if len > INLINE {
+        return None;
+    }
+    let key = StreamKey {
+        tenant: job.tenant.clone(),
+        path: output_path(job.id),
+    };
+    let streams = app.store.streams()?;
+    let Found::Live((s, read)) = streams
+        .stream_read(&key, mark.from, len as usize, app.now())
+        .await
+        .ok()?
+    else {
+        return None;
+    };
+    if !replyd_core::stream::is_text(&s.content_type) {
+        return None;
+    }
+    // Whole appends from `from`, cut at `to` (later appends may follow).
+    let mut part = Vec::with_capacity(len as usize);
+    let mut messages = Vec::new();
+    for c in &read.chunks {
+        if part.len() as u64 >= len {
+            break;
+        }
+        part.extend_from_slice(c);
+        messages.push(c.clone());
+    }
+    part.truncate(len as usize);
+    if s.json() {
+        let read = replyd_core::stream::ReadChunks {
+            chunks: messages,
+            next: mark.to,
+        };
+        return String::from_utf8(render(&s, &read).to_vec()).ok();
+    }
+    String::from_utf8(part).ok()
 }
