@@ -533,6 +533,26 @@ pub struct ReadChunks {
     pub next: u64,
 }
 
+impl ReadChunks {
+    /// The read as a body of stream `s`: its bytes, or for a JSON stream
+    /// its messages as one array.
+    pub fn body(&self, s: &StreamState) -> Bytes {
+        if !s.json() {
+            return self.chunks.concat().into();
+        }
+        let mut out = Vec::with_capacity(2 + self.chunks.iter().map(|c| c.len() + 1).sum::<usize>());
+        out.push(b'[');
+        for (i, c) in self.chunks.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(c);
+        }
+        out.push(b']');
+        out.into()
+    }
+}
+
 /// A lookup of a stream by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found<T> {

@@ -5,7 +5,9 @@
 //! delivery's id (the same on every attempt, so a requester can drop a
 //! duplicate), and headers `x-replyd-job-id`, `x-replyd-state` (the job's
 //! state after the event) and `x-replyd-event`. A success's body is the
-//! job's result with its content type; any other reply's (a failure, a
+//! job's result with its content type (a job that only streamed output:
+//! the output when it is at most 64 KiB, else the job's representation,
+//! which links to it); any other reply's (a failure, a
 //! cancellation, a progress report) is the job's representation as JSON,
 //! whose `error` says why.
 
@@ -51,13 +53,23 @@ impl Replies {
                 None => self.store.output(job.id).await.map_err(|e| e.to_string())?,
             };
             let JobOutput {
-                content_type, body, ..
+                content_type,
+                body,
+                upstream,
             } = output.unwrap_or(JobOutput {
                 content_type: "application/json".into(),
                 body: "null".into(),
                 upstream: None,
             });
-            (content_type, body)
+            if upstream.is_none() && &body[..] == b"null" && job.output.is_some() {
+                // No result of its own, and an output too large to carry
+                // (a small one came as the result): the job, which links
+                // to it.
+                let rep = serde_json::to_vec(&self.render.job(job)).map_err(|e| e.to_string())?;
+                ("application/json".to_string(), rep.into())
+            } else {
+                (content_type, body)
+            }
         } else {
             let rep = serde_json::to_vec(&self.render.job(job)).map_err(|e| e.to_string())?;
             ("application/json".to_string(), rep.into())

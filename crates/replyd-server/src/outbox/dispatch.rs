@@ -306,7 +306,10 @@ fn drain_owed(bus: &mut broadcast::Receiver<EventBatch>, channel: Channel) -> bo
 
 /// One attempt on a claimed delivery: what became of it, and how long the
 /// endpoint took.
-async fn attempt(cx: &super::Context, sender: &dyn Sender, c: Claimed) -> (Outcome, Duration) {
+async fn attempt(cx: &super::Context, sender: &dyn Sender, mut c: Claimed) -> (Outcome, Duration) {
+    if let Some(output) = super::output_as_result(cx, &c).await {
+        c.result = Some(output);
+    }
     let now = cx.now();
     let a = sender.attempt(&c, now).await;
     let d = &c.delivery;

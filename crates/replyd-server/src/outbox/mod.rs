@@ -35,6 +35,40 @@ impl Context {
     }
 }
 
+/// A succeeded job whose worker gave no result of its own (`null`, no
+/// upstream answer) but streamed output has its output as its result, on
+/// every channel: when it is at most `INLINE_RESULT` bytes, the claimed
+/// delivery carries it (else the receiver reads `links.output`, whose
+/// length the job's `output` gives).
+async fn output_as_result(cx: &Context, c: &Claimed) -> Option<replyd_core::store::JobOutput> {
+    use replyd_core::stream::{Found, StreamKey, output_path};
+    let d = &c.delivery;
+    let no_result = c
+        .result
+        .as_ref()
+        .is_some_and(|r| r.upstream.is_none() && &r.body[..] == b"null");
+    if d.kind != replyd_core::EventKind::Succeeded || !no_result || d.job.output.is_none() {
+        return None;
+    }
+    let key = StreamKey {
+        tenant: d.job.tenant.clone(),
+        path: output_path(d.job.id),
+    };
+    let cap = replyd_core::outbox::INLINE_RESULT;
+    let streams = cx.store.streams()?;
+    let Ok(Found::Live((s, read))) = streams.stream_read(&key, 0, cap, cx.now()).await else {
+        return None;
+    };
+    if s.tail > cap as u64 || read.next < s.tail {
+        return None;
+    }
+    Some(replyd_core::store::JobOutput {
+        content_type: s.content_type.clone(),
+        body: read.body(&s),
+        upstream: None,
+    })
+}
+
 /// Delivers one channel's deliveries.
 #[async_trait]
 pub trait Sender: Send + Sync + 'static {

@@ -174,24 +174,7 @@ fn cursor(client: Option<&str>, now: DateTime<Utc>) -> HeaderValue {
 /// A read's bytes as the answer's body: the bytes, or for JSON the
 /// messages as one array.
 pub(super) fn render(s: &StreamState, read: &ReadChunks) -> Bytes {
-    if !s.json() {
-        let mut out = BytesMut::new();
-        for c in &read.chunks {
-            out.put_slice(c);
-        }
-        return out.freeze();
-    }
-    let mut out =
-        BytesMut::with_capacity(2 + read.chunks.iter().map(|c| c.len() + 1).sum::<usize>());
-    out.put_u8(b'[');
-    for (i, c) in read.chunks.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(c);
-    }
-    out.put_u8(b']');
-    out.freeze()
+    read.body(s)
 }
 
 pub(crate) async fn read(
