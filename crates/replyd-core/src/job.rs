@@ -700,8 +700,14 @@ mod tests {
             j.apply(stranger, t(4), &P).unwrap_err(),
             TransitionError::LeaseLost
         );
-        j.apply(Command::Complete { lease_id: l.clone() }, t(5), &P)
-            .unwrap();
+        j.apply(
+            Command::Complete {
+                lease_id: l.clone(),
+            },
+            t(5),
+            &P,
+        )
+        .unwrap();
         assert!(matches!(
             j.apply(out(40), t(6), &P).unwrap_err(),
             TransitionError::AlreadyFinished(_)

@@ -540,7 +540,8 @@ impl ReadChunks {
         if !s.json() {
             return self.chunks.concat().into();
         }
-        let mut out = Vec::with_capacity(2 + self.chunks.iter().map(|c| c.len() + 1).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(2 + self.chunks.iter().map(|c| c.len() + 1).sum::<usize>());
         out.push(b'[');
         for (i, c) in self.chunks.iter().enumerate() {
             if i > 0 {

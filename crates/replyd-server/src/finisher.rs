@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use replyd_core::Clock;
 use replyd_core::job::JobRecord;
 use replyd_core::store::{Move, StoreError, StoreResult};
-use replyd_core::Clock;
 
 use crate::outputs::Announcer;
 use tokio::sync::{mpsc, oneshot};

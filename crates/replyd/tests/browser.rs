@@ -284,3 +284,127 @@ async fn log_of(base: &str, id: &str) -> Vec<(i64, String)> {
     }
     out
 }
+
+/// A page following a job's output with the Durable Streams client
+/// (`@durable-streams/client` in headless Chromium, driven by
+/// `tests/browser/output_reload.mjs`) is reloaded mid-stream and goes on
+/// from the offset it saved: what it shows at the end is the output byte
+/// for byte, with no gap and no repeat, and the work ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reading_a_jobs_output_is_reloaded_mid_stream_with_no_gap_and_no_repeat() {
+    if let Some(why) = missing() {
+        replyd_testkit::skip(
+            &why,
+            "run scripts/test (it installs Chromium and the npm packages)",
+        );
+        return;
+    }
+    let client = harness_dir().join("../durable-streams/node_modules/@durable-streams/client");
+    if !client.exists() {
+        replyd_testkit::skip(
+            "the Durable Streams client (npm ci --prefix crates/replyd/tests/durable-streams)",
+            "run scripts/test (it installs the npm packages)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(CONFIG)).await;
+    let api = Api {
+        base: server.url.clone(),
+        http: http(),
+    };
+    let (status, job) = api
+        .post("/v1/jobs", json!({"queue": "work", "input": {}}))
+        .await;
+    assert_eq!(status, 202);
+    let id = job["id"].as_str().unwrap().to_string();
+    let output_path = job["links"]["output"].as_str().unwrap().to_string();
+    let (status, lease) = api
+        .post(
+            "/v1/queues/work/lease",
+            json!({"worker": "w", "lease": 120, "wait": 5}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+
+    let mut browser = tokio::process::Command::new("node")
+        .arg(harness_dir().join("output_reload.mjs"))
+        .arg(&server.url)
+        .arg(&output_path)
+        .arg("60000")
+        .env("RELOAD_AFTER", "15")
+        .envs(std::env::var_os("SCREENSHOT").map(|p| ("SCREENSHOT", p)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    // The worker: a token every 25 ms, then the end.
+    let worker = {
+        let (base, id, lease_id) = (server.url.clone(), id.clone(), lease_id.clone());
+        tokio::spawn(async move {
+            let http = http();
+            let mut all = String::new();
+            for i in 0..120 {
+                let token = format!("token{i} ");
+                all.push_str(&token);
+                let r = http
+                    .post(format!("{base}/v1/jobs/{id}/output"))
+                    .header("lease-id", &lease_id)
+                    .header("content-type", "text/plain")
+                    .body(token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 204);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let r = http
+                .post(format!("{base}/v1/jobs/{id}/complete"))
+                .json(&json!({"lease_id": lease_id}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            all
+        })
+    };
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let mut seen: Vec<Value> = Vec::new();
+    let done = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the browser said nothing for 30 s")
+            .unwrap()
+            .expect("the browser harness ended early");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        seen.push(v.clone());
+        if v["kind"] == "done" {
+            break v;
+        }
+    };
+    let want = worker.await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), browser.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "the harness exited with {exit}");
+    let reload = seen.iter().position(|v| v["kind"] == "reload");
+    let reload = reload.expect("the page was reloaded");
+    let second = seen
+        .iter()
+        .find(|v| v["kind"] == "load" && v["loads"] == 2)
+        .expect("the page loaded again");
+    assert_ne!(second["offset"], "-1", "it went on from its saved offset");
+    assert!(second["length"].as_u64().unwrap() > 0, "{second}");
+    assert!(
+        seen[reload..]
+            .iter()
+            .any(|v| v["kind"] == "chunk" && v["length"].as_u64() > Some(0)),
+        "the reload came mid-stream: {seen:?}"
+    );
+    assert_eq!(done["loads"], 2);
+    assert_eq!(done["text"].as_str().unwrap(), want, "no gap, no repeat");
+}

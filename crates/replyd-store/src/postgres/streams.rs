@@ -400,13 +400,11 @@ impl StreamStore for PgStore {
         jobs: &[replyd_core::JobId],
     ) -> StoreResult<Vec<(replyd_core::JobId, u64)>> {
         let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.0).collect();
-        let rows = sqlx::query(
-            "SELECT job, tail FROM streams WHERE job = ANY($1) AND NOT deleted",
-        )
-        .bind(&ids)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query("SELECT job, tail FROM streams WHERE job = ANY($1) AND NOT deleted")
+            .bind(&ids)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(backend)?;
         Ok(rows
             .iter()
             .map(|r| {

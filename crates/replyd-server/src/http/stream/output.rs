@@ -190,7 +190,9 @@ pub(crate) async fn event_data(
     if let Some(o) = &mut view.output {
         o.text = Some(text);
     }
-    serde_json::to_vec(&view).map(Bytes::from).unwrap_or_else(|_| plain())
+    serde_json::to_vec(&view)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| plain())
 }
 
 /// Bytes `mark.from..mark.to` of `job`'s output as text, if it is text and
