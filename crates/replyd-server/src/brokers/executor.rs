@@ -13,7 +13,13 @@
 //! - `x-replyd-state: failed`: it fails (the body is the reason), or is
 //!   retried with `x-replyd-retry: true`;
 //! - `x-replyd-state: running`, with `x-replyd-percent` and
-//!   `x-replyd-message`: progress, which also renews the lease.
+//!   `x-replyd-message`: progress, which also renews the lease;
+//! - `x-replyd-state: output`, with `x-replyd-seq` (0, 1, 2, … in the
+//!   attempt, which `x-replyd-attempt` may name): a chunk of the job's
+//!   output (with its content type), appended once and in order however
+//!   the broker delivers it (the attempt is the producer's epoch, the
+//!   number its sequence; a chunk that comes before the one ahead of it is
+//!   given back to the broker to come again).
 //!
 //! No reply within the lease: the reaper expires it and the job is retried
 //! with backoff, then fails after `max_attempts`. A reply that comes after
@@ -233,7 +239,7 @@ async fn settle_reply(app: &App, r: Received) {
     } = r;
     match apply_reply(app, &message).await {
         Err(StoreError::Unavailable(e)) => {
-            tracing::info!(error = %e, "a worker reply is given back: the store is unavailable");
+            tracing::info!(error = %e, "a worker reply is given back, to come again");
             tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = settle.requeue().await;
         }
@@ -331,10 +337,14 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
     let Some(job) = app.store.get(id).await? else {
         return Ok(());
     };
+    let attempt = job.attempt;
     let Some(lease) = job.lease.filter(|_| job.state == JobState::Running) else {
         tracing::info!(job = %id, state = job.state.as_str(), "a late worker reply; dropped");
         return Ok(());
     };
+    if m.props.header(headers::STATE).map(str::trim) == Some("output") {
+        return append_chunk(app, m, (id, &job.tenant, attempt), lease.id).await;
+    }
     let (cmd, output) = command_of(m, lease.id, app.config.limits.max_result);
     match app.outputs.apply(id, None, cmd, output, app.now()).await {
         Ok(_) => Ok(()),
@@ -344,6 +354,78 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A worker's output chunk: appended to job `id`'s output under the
+/// attempt's lease, as producer `broker-worker` with the attempt as its
+/// epoch and `x-replyd-seq` as its sequence, so a redelivered chunk lands
+/// once. A chunk of an earlier attempt is dropped; one that comes before
+/// the chunk ahead of it is given back (`Unavailable`: the broker brings
+/// it again).
+async fn append_chunk(
+    app: &App,
+    m: &Message,
+    (id, tenant, attempt): (JobId, &replyd_core::Tenant, u32),
+    lease: replyd_core::LeaseId,
+) -> Result<(), StoreError> {
+    use replyd_core::stream::{Append, AppendRefusal, Appended, Found, Producer, StreamKey};
+    let named = m
+        .props
+        .header(headers::ATTEMPT)
+        .and_then(|a| a.trim().parse::<u32>().ok());
+    if named.is_some_and(|a| a != attempt) {
+        tracing::info!(job = %id, "an output chunk of an earlier attempt; dropped");
+        return Ok(());
+    }
+    let Some(seq) = m
+        .props
+        .header(headers::SEQ)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        tracing::warn!(job = %id, "an output chunk without x-replyd-seq; dropped");
+        return Ok(());
+    };
+    let Some(streams) = app.store.streams() else {
+        return Ok(());
+    };
+    let key = StreamKey {
+        tenant: tenant.clone(),
+        path: replyd_core::stream::output_path(id),
+    };
+    let req = Append {
+        content_type: Some(
+            m.props
+                .content_type
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "application/octet-stream".into()),
+        ),
+        body: m.body.clone(),
+        producer: Some(Producer {
+            id: "broker-worker".into(),
+            epoch: attempt.into(),
+            seq,
+        }),
+        limits: app.config.durable_streams.limits(),
+        ..Append::default()
+    };
+    match streams
+        .output_append(&key, id, lease.clone(), req, app.now())
+        .await?
+    {
+        Found::Live(Ok(Appended::Written { tail, .. })) => {
+            app.outputs.appended(id, lease, tail);
+            Ok(())
+        }
+        Found::Live(Ok(Appended::Duplicate { .. })) => Ok(()),
+        Found::Live(Err(AppendRefusal::SeqGap { expected, .. })) => Err(StoreError::Unavailable(
+            format!("output chunk {seq} came before chunk {expected}").into(),
+        )),
+        refused => {
+            tracing::warn!(job = %id, answer = ?refused, "an output chunk was refused; dropped");
+            Ok(())
+        }
     }
 }
 

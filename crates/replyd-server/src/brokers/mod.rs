@@ -199,8 +199,8 @@ pub mod headers {
     pub const JOB_ID: &str = "x-replyd-job-id";
     /// Reply: the job's state after the event (`succeeded`, `failed`,
     /// `canceled`, `running`, or `rejected` for a request that made no
-    /// job). Worker reply: `succeeded` (the default), `failed` or
-    /// `running` (progress).
+    /// job). Worker reply: `succeeded` (the default), `failed`,
+    /// `running` (progress) or `output` (a chunk of the job's output).
     pub const STATE: &str = "x-replyd-state";
     /// Reply: the event (`job.succeeded`, …).
     pub const EVENT: &str = "x-replyd-event";
@@ -213,6 +213,9 @@ pub mod headers {
     pub const MESSAGE: &str = "x-replyd-message";
     /// Worker reply with state `failed`: `true` to ask for another attempt.
     pub const RETRY: &str = "x-replyd-retry";
+    /// Worker reply with state `output`: the chunk's number in its
+    /// attempt, from 0.
+    pub const SEQ: &str = "x-replyd-seq";
 }
 
 /// Starts every configured broker's tasks: ingress, the reply dispatcher,

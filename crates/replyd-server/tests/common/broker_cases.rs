@@ -391,6 +391,81 @@ async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_th
     cleanup(&names).await;
 }
 
+/// A worker streams its output as numbered chunks: each lands once and in
+/// order, however they are taken (concurrently, a duplicate among them);
+/// a chunk of an earlier attempt is dropped; the job's end closes the
+/// output, which is its result when the worker gave none.
+#[tokio::test]
+async fn a_workers_output_chunks_land_once_and_in_order() {
+    let names = Names::new();
+    let extra = format!(
+        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 1\n",
+        names.work
+    );
+    let Some(broker) = client().await else { return };
+    let config = format!("{PULL_QUEUES}\n{extra}\n{}", section(&names));
+    let Some(server) = TestServer::start(&config).await else { return };
+    let c = server.client(None);
+    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
+    broker.declare(&names.replies).await.unwrap();
+    common::brokers::until_consuming(&server, &names.replies).await;
+    let id = c.submit("remote", json!({})).await;
+    let job = next(&mut work).await;
+    let reply_to = job.props.reply_to.clone().unwrap();
+    let chunk = |seq: u64, attempt: &str, text: &str| Message {
+        body: text.to_string().into(),
+        props: Props {
+            correlation_id: Some(id.clone()),
+            content_type: Some("text/plain".into()),
+            ..Props::default()
+        }
+        .with_header(headers::STATE, "output")
+        .with_header(headers::SEQ, &seq.to_string())
+        .with_header(headers::ATTEMPT, attempt),
+    };
+    let words: Vec<String> = (0..12).map(|i| format!("word{i} ")).collect();
+    for (i, w) in words.iter().enumerate() {
+        broker.publish(&reply_to, chunk(i as u64, "1", w)).await.unwrap();
+        if i == 5 {
+            // A redelivery (the same chunk again), and a straggler of
+            // another attempt.
+            broker.publish(&reply_to, chunk(3, "1", &words[3])).await.unwrap();
+            broker.publish(&reply_to, chunk(6, "7", "stale ")).await.unwrap();
+        }
+    }
+    let want: String = words.concat();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = c.get(&format!("/v1/jobs/{id}/output?offset=-1")).await;
+        let got = String::from_utf8_lossy(&r.body).to_string();
+        if got.len() >= want.len() {
+            assert_eq!(got, want);
+            break;
+        }
+        assert!(want.starts_with(&got), "{got}");
+        assert!(tokio::time::Instant::now() < deadline, "{got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = Message {
+        body: "null".into(),
+        props: Props {
+            correlation_id: Some(id.clone()),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        },
+    };
+    broker.publish(&reply_to, done).await.unwrap();
+    c.wait_state(&id, "succeeded").await;
+    let r = c.get(&format!("/v1/jobs/{id}/output?offset=-1")).await;
+    assert_eq!(r.header("stream-closed").as_deref(), Some("true"));
+    assert_eq!(String::from_utf8_lossy(&r.body), want);
+    let r = c.get(&format!("/v1/jobs/{id}/result")).await;
+    assert_eq!(String::from_utf8_lossy(&r.body), want);
+    server.stop.cancel();
+    let _ = server.task.await;
+    cleanup(&names).await;
+}
+
 #[tokio::test]
 async fn a_job_whose_worker_never_replies_is_retried_then_fails() {
     let names = Names::new();
