@@ -138,6 +138,7 @@ fn job_row() -> (JobId, String) {
         reply: None,
         idempotency_key: None,
         request_hash: None,
+        output_type: None,
     }
     .into_record(chrono::Utc::now());
     (job.id, serde_json::to_string(&job).unwrap_or_default())

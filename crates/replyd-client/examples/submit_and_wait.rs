@@ -26,6 +26,7 @@ async fn main() -> replyd_client::Result<()> {
                 max_attempts: None,
                 timeout: None,
                 ttl: None,
+                output: None,
             },
             None,
         )

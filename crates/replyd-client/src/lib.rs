@@ -24,6 +24,7 @@
 //!     max_attempts: None,
 //!     timeout: None,
 //!     ttl: None,
+//!     output: None,
 //! };
 //! let job = client.submit(&req, None).await?;
 //! let done = client.wait(&job.id, None).await?;

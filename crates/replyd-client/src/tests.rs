@@ -434,6 +434,7 @@ async fn submit_and_wait_reads_a_direct_result() {
         max_attempts: None,
         timeout: None,
         ttl: None,
+        output: None,
     };
     match client
         .submit_and_wait(&req, Some("key-1"), 5)
@@ -658,6 +659,7 @@ timeout = 60
             max_attempts: None,
             timeout: None,
             ttl: None,
+            output: None,
         }
     }
 

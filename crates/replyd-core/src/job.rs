@@ -173,6 +173,10 @@ pub struct JobRecord {
     /// The job's output as its `job.output` events have announced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputMark>,
+    /// The content type its output stream has or will have, when the
+    /// submission named one (`"output": {"content_type": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
 }
 
 /// How much of a job's output its events have announced: the last
@@ -199,6 +203,9 @@ pub struct NewJob {
     pub reply: Option<ReplySpec>,
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
+    /// The content type its output stream will have (else its first
+    /// append's).
+    pub output_type: Option<String>,
 }
 
 impl NewJob {
@@ -229,6 +236,7 @@ impl NewJob {
             idempotency_key: self.idempotency_key,
             request_hash: self.request_hash,
             output: None,
+            output_type: self.output_type,
         };
         (record, self.input)
     }
@@ -628,6 +636,7 @@ mod tests {
             reply: None,
             idempotency_key: None,
             request_hash: None,
+            output_type: None,
         }
         .into_record(t(0))
         .0

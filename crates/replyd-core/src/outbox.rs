@@ -131,6 +131,7 @@ mod tests {
             reply,
             idempotency_key: None,
             request_hash: None,
+            output_type: None,
         }
         .into_record(Utc::now())
         .0

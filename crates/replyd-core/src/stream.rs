@@ -66,6 +66,22 @@ pub fn is_text(content_type: &str) -> bool {
     e.starts_with("text/") || e == "application/json"
 }
 
+/// Whether `content_type` is a media type (`type/subtype`, tokens, and
+/// parameters after `;`), at most 255 bytes of visible ASCII.
+pub fn is_media_type(content_type: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let t = content_type.trim();
+    if t.len() > 255 || !t.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return false;
+    }
+    let essence = t.split(';').next().unwrap_or("").trim();
+    matches!(essence.split_once('/'), Some((a, b)) if token(a) && token(b))
+}
+
 /// A content type's media type, lowercased, without parameters.
 pub fn essence(content_type: &str) -> String {
     content_type
@@ -144,10 +160,14 @@ impl StreamState {
 
     /// What a job's output reads as before its first append: empty (and
     /// closed once the job has ended).
-    pub fn nothing_yet(closed: bool, now: DateTime<Utc>) -> StreamState {
+    pub fn nothing_yet(
+        content_type: Option<&str>,
+        closed: bool,
+        now: DateTime<Utc>,
+    ) -> StreamState {
         StreamState {
             id: 0,
-            content_type: "application/octet-stream".into(),
+            content_type: content_type.unwrap_or("application/octet-stream").into(),
             expiry: Expiry::Never,
             touched_at: now,
             closed,
@@ -644,6 +664,30 @@ mod tests {
         for bad in ["", "_", "1", "0_", "_1", "a_1", "0_1,2", "0_ 1", "1_5"] {
             assert_eq!(parse_offset(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn media_types_are_checked() {
+        for ok in [
+            "text/plain",
+            "text/event-stream",
+            "application/json; charset=utf-8",
+            "a/b+c",
+        ] {
+            assert!(is_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "text",
+            "/plain",
+            "text/",
+            "text/pl ain",
+            "text/plain\n",
+            "tëxt/plain",
+        ] {
+            assert!(!is_media_type(bad), "{bad:?}");
+        }
+        assert!(!is_media_type(&format!("text/{}", "x".repeat(300))));
     }
 
     #[test]

@@ -192,6 +192,19 @@ pub struct SubmitRequest {
     #[schema(minimum = 0)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<f64>,
+    /// The job's output stream (`links.output`): its content type, which
+    /// every append must then have (else the first append's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRequest>,
+}
+
+/// What a submission says of its job's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRequest {
+    /// A media type, such as `text/plain` or `text/event-stream`.
+    #[schema(min_length = 3, max_length = 255)]
+    pub content_type: String,
 }
 
 /// One job of a `POST /v1/jobs:batch`: a submission as `POST /v1/jobs`

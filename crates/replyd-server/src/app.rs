@@ -162,6 +162,14 @@ impl App {
         };
         let input = serde_json::to_vec(&req.input)
             .map_err(|e| ApiError::bad_request(format!("input: {e}")))?;
+        let output_type = match &req.output {
+            Some(o) if !replyd_core::stream::is_media_type(&o.content_type) => {
+                return Err(ApiError::bad_request(
+                    "output.content_type must be a media type, such as text/plain",
+                ));
+            }
+            o => o.as_ref().map(|o| o.content_type.trim().to_string()),
+        };
         let new = NewJob {
             id: JobId::new(),
             tenant: s.tenant.clone(),
@@ -174,6 +182,7 @@ impl App {
             reply: s.reply,
             idempotency_key: s.idempotency_key.clone(),
             request_hash: s.request_hash,
+            output_type,
         };
         let _guard = match &s.idempotency_key {
             Some(key) => Some(self.claim_key(&s.tenant, key)?),

@@ -106,6 +106,7 @@ mod tests {
                 reply: None,
                 idempotency_key: None,
                 request_hash: None,
+                output_type: None,
             };
             store.submit(job, clock.now()).await.unwrap();
         }

@@ -541,6 +541,7 @@ mod tests {
             reply: None,
             idempotency_key: None,
             request_hash: None,
+            output_type: None,
         };
         let now = Utc::now();
         EventRecord {

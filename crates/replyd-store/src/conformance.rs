@@ -67,6 +67,7 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
         reply: None,
         idempotency_key: key.map(str::to_string),
         request_hash: Some(format!("hash:{body}")),
+        output_type: None,
     }
 }
 

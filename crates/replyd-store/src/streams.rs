@@ -441,7 +441,7 @@ pub(crate) async fn append<R: Rows>(
 
 /// A worker's append to job `job`'s output (at `key`): only with the
 /// job's current lease; the stream is made by the first append, its
-/// content type the append's.
+/// content type the one the submission named, else the append's.
 pub(crate) async fn append_output<R: Rows>(
     rows: &mut R,
     key: &StreamKey,
@@ -459,7 +459,8 @@ pub(crate) async fn append_output<R: Rows>(
     }
     if rows.by_key(key).await?.is_none() {
         let new = CreateStream {
-            content_type: req.content_type.clone(),
+            // The submission's content type, else the first append's.
+            content_type: record.output_type.clone().or(req.content_type.clone()),
             expiry: Expiry::Never,
             closed: false,
             body: Bytes::new(),

@@ -30,6 +30,7 @@ fn job(queue: &str) -> NewJob {
         reply: None,
         idempotency_key: None,
         request_hash: None,
+        output_type: None,
     }
 }
 

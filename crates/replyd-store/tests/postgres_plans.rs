@@ -47,6 +47,7 @@ async fn a_delivery_claim_stays_cheap_without_statistics() {
         reply: None,
         idempotency_key: None,
         request_hash: None,
+        output_type: None,
     }
     .into_record(chrono::Utc::now())
     .0;

@@ -43,6 +43,7 @@ async fn concurrent_writes_are_group_committed() {
                     reply: None,
                     idempotency_key: None,
                     request_hash: None,
+                    output_type: None,
                 };
                 replyd_core::Store::submit(&store, job, chrono::Utc::now())
                     .await

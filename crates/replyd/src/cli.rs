@@ -154,6 +154,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         max_attempts: args.max_attempts,
         timeout: None,
         ttl: None,
+        output: None,
     };
     let key = args.idempotency_key.as_deref();
     if !args.wait {

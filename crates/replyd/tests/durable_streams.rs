@@ -648,3 +648,85 @@ async fn an_exec_commands_stdout_streams_to_the_jobs_output_as_it_comes() {
         "all of stdout, then closed with the job"
     );
 }
+
+/// `"output": {"content_type": …}` on submit fixes the output's content
+/// type before any append: readers see it at once, an append of another
+/// type is refused (409) and appends nothing; a content type that is not
+/// one is 400 and makes no job.
+#[tokio::test]
+async fn a_submission_names_its_outputs_content_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let base = &server.url;
+    for bad in [
+        serde_json::json!({"content_type": "markdown"}),
+        serde_json::json!({"content_type": "text/plain\r\nx: y"}),
+        serde_json::json!({"content_type": "text/plain", "other": 1}),
+    ] {
+        let r = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&serde_json::json!({"queue": "work", "input": {}, "output": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let listed: serde_json::Value = http
+        .get(format!("{base}/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(0), "{listed}");
+    let r = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&serde_json::json!({"queue": "work", "input": {},
+                                  "output": {"content_type": "text/markdown"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = http
+        .get(format!("{base}/v1/jobs/{id}/output?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.headers()["content-type"], "text/markdown");
+    let lease: serde_json::Value = http
+        .post(format!("{base}/v1/queues/work/lease"))
+        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease_id = lease["lease_id"].as_str().unwrap();
+    let append = |ct: &'static str, body: &'static str| {
+        http.post(format!("{base}/v1/jobs/{id}/output"))
+            .header("lease-id", lease_id)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    assert_eq!(append("text/plain", "no").await.unwrap().status(), 409);
+    assert_eq!(
+        append("text/markdown", "# yes").await.unwrap().status(),
+        204
+    );
+    let all = http
+        .get(format!("{base}/v1/jobs/{id}/output?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.headers()["content-type"], "text/markdown");
+    assert_eq!(all.text().await.unwrap(), "# yes");
+}

@@ -21,6 +21,7 @@ fn work(input: Value) -> SubmitRequest {
         max_attempts: Some(1),
         timeout: None,
         ttl: None,
+        output: None,
     }
 }
 

@@ -107,6 +107,7 @@ fn submit_request(input: Value, max_attempts: Option<u32>) -> SubmitRequest {
         max_attempts,
         timeout: None,
         ttl: None,
+        output: None,
     }
 }
 

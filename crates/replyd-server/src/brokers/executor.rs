@@ -343,7 +343,8 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
         return Ok(());
     };
     if m.props.header(headers::STATE).map(str::trim) == Some("output") {
-        return append_chunk(app, m, (id, &job.tenant, attempt), lease.id).await;
+        let declared = job.output_type.as_deref();
+        return append_chunk(app, m, (id, &job.tenant, attempt, declared), lease.id).await;
     }
     let (cmd, output) = command_of(m, lease.id, app.config.limits.max_result);
     match app.outputs.apply(id, None, cmd, output, app.now()).await {
@@ -366,7 +367,7 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
 async fn append_chunk(
     app: &App,
     m: &Message,
-    (id, tenant, attempt): (JobId, &replyd_core::Tenant, u32),
+    (id, tenant, attempt, declared): (JobId, &replyd_core::Tenant, u32, Option<&str>),
     lease: replyd_core::LeaseId,
 ) -> Result<(), StoreError> {
     use replyd_core::stream::{Append, AppendRefusal, Appended, Found, Producer, StreamKey};
@@ -394,13 +395,14 @@ async fn append_chunk(
         path: replyd_core::stream::output_path(id),
     };
     let req = Append {
-        content_type: Some(
+        // The type the submission named, else the chunk's.
+        content_type: Some(declared.map(str::to_string).unwrap_or_else(|| {
             m.props
                 .content_type
                 .clone()
                 .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "application/octet-stream".into()),
-        ),
+                .unwrap_or_else(|| "application/octet-stream".into())
+        })),
         body: m.body.clone(),
         producer: Some(Producer {
             id: "broker-worker".into(),

@@ -181,6 +181,7 @@ pub fn parse(settings: &Settings, m: &Message, max_body: usize) -> Result<Reques
             max_attempts,
             timeout: number(headers::TIMEOUT)?,
             ttl: number(headers::TTL)?,
+            output: None,
         },
         progress,
     })

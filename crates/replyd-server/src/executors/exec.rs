@@ -67,8 +67,11 @@ async fn run_one(
     let mut stdin = input.to_vec();
     stdin.push(b'\n');
     let max_result = app.config.limits.max_result;
-    let tee = stream_output
-        .map(|ct| super::output::Tee::start(app, (id, job.tenant.clone(), lease_id.clone()), ct));
+    // The type the submission named, else the queue's.
+    let tee = stream_output.map(|ct| {
+        let ct = job.output_type.as_deref().map_or(ct, Arc::from);
+        super::output::Tee::start(app, (id, job.tenant.clone(), lease_id.clone()), ct)
+    });
     let cmd = process::Command {
         argv: argv.to_vec(),
         input: stdin.into(),

@@ -214,6 +214,7 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
             let may_retry = target.retry.allows(req.method.as_str());
             let output = OutputTo {
                 app,
+                output_type: job.output_type.as_deref(),
                 job: (id, job.tenant.clone(), lease_id.clone()),
                 tee: &mut tee,
             };
@@ -259,6 +260,7 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
 /// when the answer starts).
 struct OutputTo<'a> {
     app: &'a App,
+    output_type: Option<&'a str>,
     job: (JobId, Tenant, LeaseId),
     tee: &'a mut Option<Tee>,
 }
@@ -328,7 +330,8 @@ async fn call(
         *output.tee = Some(Tee::start(
             output.app,
             output.job.clone(),
-            Arc::from(content_type.as_str()),
+            // The type the submission named, else the answer's.
+            Arc::from(output.output_type.unwrap_or(content_type.as_str())),
         ));
     }
     let body = match read_capped(res, max_result, output.tee.as_ref()).await {

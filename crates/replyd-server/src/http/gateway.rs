@@ -121,6 +121,7 @@ pub async fn handle(
                 max_attempts: None,
                 timeout: None,
                 ttl: None,
+                output: None,
             },
             idempotency_key: key,
             request_hash: hash,

@@ -22,7 +22,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(
-        proto::Job, proto::JobState, proto::Progress, proto::JobError, proto::Links, proto::Output,
+        proto::Job, proto::JobState, proto::Progress, proto::JobError, proto::Links, proto::Output, proto::OutputRequest,
         proto::SubmitRequest, proto::BatchJob, proto::BatchSubmitRequest, proto::BatchSubmitted,
         proto::BatchSubmitAnswer, proto::WebhookSpec, proto::JobList, proto::LeaseRequest,
         proto::Lease, proto::LeaseBatch, proto::LeaseAnswer, proto::HeartbeatRequest, proto::LeaseStatus,

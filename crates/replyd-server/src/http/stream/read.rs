@@ -54,20 +54,19 @@ impl Source {
             },
             Source::Output { key, job } => {
                 // The job first: every append it took came before its end.
-                let ended = app
+                let record = app
                     .store
                     .get(*job)
                     .await?
-                    .ok_or_else(ApiError::job_not_found)?
-                    .state
-                    .is_terminal();
+                    .ok_or_else(ApiError::job_not_found)?;
+                let ended = record.state.is_terminal();
                 match streams.stream_read(key, from, budget, app.now()).await? {
                     Found::Live((mut s, read)) => {
                         s.closed |= ended;
                         Ok((s, read))
                     }
                     Found::Missing | Found::Gone => Ok((
-                        StreamState::nothing_yet(ended, app.now()),
+                        StreamState::nothing_yet(record.output_type.as_deref(), ended, app.now()),
                         ReadChunks {
                             chunks: Vec::new(),
                             next: 0,
