@@ -159,7 +159,7 @@ impl StreamState {
     }
 
     /// What a job's output reads as before its first append: empty (and
-    /// closed once the job has ended).
+    /// closed once the job has ended); its `id` is 0, no stream's.
     pub fn nothing_yet(
         content_type: Option<&str>,
         closed: bool,
@@ -596,14 +596,47 @@ pub struct Created {
 /// stream by its key's [`StreamKey::tick`], so that a reader may wait for
 /// a stream that does not exist yet (a job's output before its first
 /// append); two keys that share one only wake each other's readers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamTick {
     pub key: u64,
+    /// For this node's readers, what the append wrote (other nodes'
+    /// ticks carry none).
+    pub fresh: Option<std::sync::Arc<Fresh>>,
+}
+
+/// An append as its node's readers may take it without reading the
+/// store: its stream, where its bytes start, and the bytes (the body as
+/// sent: a byte stream's chunk; a JSON stream's readers read the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fresh {
+    pub stream: StreamKey,
+    pub start: u64,
+    pub data: Bytes,
+    /// The append closed the stream.
+    pub closed: bool,
+}
+
+impl Fresh {
+    /// Where its bytes end: the stream's tail after it.
+    pub fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
 }
 
 impl StreamTick {
     /// Every stream may have moved (ticks may have been missed).
-    pub const ALL: StreamTick = StreamTick { key: u64::MAX };
+    pub const ALL: StreamTick = StreamTick {
+        key: u64::MAX,
+        fresh: None,
+    };
+
+    /// The stream at `key` moved.
+    pub fn of(key: &StreamKey) -> StreamTick {
+        StreamTick {
+            key: key.tick(),
+            fresh: None,
+        }
+    }
 }
 
 impl StreamKey {

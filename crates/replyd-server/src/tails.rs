@@ -3,17 +3,37 @@
 //! committed change the store announces (`StreamStore::stream_ticks`, on
 //! every node of a cluster). A wake-up, not the truth: a woken reader
 //! reads the store again, and a lagging tick stream wakes everyone.
+//!
+//! The one exception: a tick of an append made on this node carries its
+//! bytes ([`Fresh`]), kept with the stream's place until the next tick, so
+//! that a reader at the offset where they start takes them without a read
+//! (positions never change, so they are the stream's bytes there), and a
+//! reader at their end knows it is up to date. Any other tick (another
+//! node's append, a delete, everyone woken at once) clears them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use replyd_core::stream::StreamTick;
+use replyd_core::stream::{Fresh, StreamTick};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub struct Tails {
-    waiting: Mutex<HashMap<u64, Arc<Notify>>>,
+    waiting: Mutex<HashMap<u64, Arc<Place>>>,
+}
+
+/// One stream's readers: their wake-up, and its last append on this node.
+#[derive(Debug, Default)]
+struct Place {
+    notify: Notify,
+    fresh: Mutex<Option<Arc<Fresh>>>,
+}
+
+impl Place {
+    fn set(&self, fresh: Option<Arc<Fresh>>) {
+        *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
 }
 
 /// A reader's place on one stream; given back on drop.
@@ -21,12 +41,22 @@ pub struct Tails {
 pub struct Watch {
     tails: Arc<Tails>,
     key: u64,
-    notify: Arc<Notify>,
+    place: Arc<Place>,
 }
 
 impl Watch {
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.place.notify
+    }
+
+    /// The stream's last append on this node, if no other change came
+    /// since (the caller checks that it is its stream's: keys may collide).
+    pub fn fresh(&self) -> Option<Arc<Fresh>> {
+        self.place
+            .fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -34,7 +64,7 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let mut map = self.tails.waiting.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's: no one else waits on this stream.
-        if Arc::strong_count(&self.notify) <= 2 {
+        if Arc::strong_count(&self.place) <= 2 {
             map.remove(&self.key);
         }
     }
@@ -44,7 +74,7 @@ impl Tails {
     /// A place on the stream whose [`replyd_core::stream::StreamKey::tick`]
     /// is `key`.
     pub fn watch(self: &Arc<Self>, key: u64) -> Watch {
-        let notify = self
+        let place = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -54,19 +84,21 @@ impl Tails {
         Watch {
             tails: self.clone(),
             key,
-            notify,
+            place,
         }
     }
 
-    fn wake(&self, key: u64) {
-        let notify = self
+    fn wake(&self, tick: StreamTick) {
+        let place = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(&tick.key)
             .cloned();
-        if let Some(n) = notify {
-            n.notify_waiters();
+        if let Some(p) = place {
+            // The bytes first: a reader that sees the wake-up finds them.
+            p.set(tick.fresh);
+            p.notify.notify_waiters();
         }
     }
 
@@ -78,8 +110,9 @@ impl Tails {
             .values()
             .cloned()
             .collect();
-        for n in all {
-            n.notify_waiters();
+        for p in all {
+            p.set(None);
+            p.notify.notify_waiters();
         }
     }
 
@@ -98,7 +131,7 @@ impl Tails {
                 }
                 tick = ticks.recv() => match tick {
                     Ok(t) if t == StreamTick::ALL => self.wake_all(),
-                    Ok(t) => self.wake(t.key),
+                    Ok(t) => self.wake(t),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -125,7 +158,11 @@ mod tests {
             tokio::pin!(wa, wb);
             wa.as_mut().enable();
             wb.as_mut().enable();
-            tx.send(StreamTick { key: 1 }).unwrap();
+            tx.send(StreamTick {
+                key: 1,
+                fresh: None,
+            })
+            .unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(5), wa)
                 .await
                 .expect("stream 1's reader is woken");

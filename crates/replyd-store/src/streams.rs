@@ -382,9 +382,30 @@ async fn create_for<R: Rows>(
 
 pub(crate) type AppendAnswer = Found<Result<Appended, AppendRefusal>>;
 
-/// Whether an append moved its stream (its readers are to be woken).
-pub(crate) fn appended(answer: &AppendAnswer) -> bool {
-    matches!(answer, Found::Live(Ok(Appended::Written { .. })))
+/// The tick of an append that moved the stream at `key` (`body`: what was
+/// sent): its readers are to be woken, and this node's handed the bytes.
+pub(crate) fn tick_of(
+    key: &StreamKey,
+    body: &Bytes,
+    answer: &AppendAnswer,
+) -> Option<replyd_core::stream::StreamTick> {
+    let Found::Live(Ok(Appended::Written { tail, closed, .. })) = answer else {
+        return None;
+    };
+    let fresh = tail
+        .checked_sub(body.len() as u64)
+        .filter(|_| !body.is_empty());
+    Some(replyd_core::stream::StreamTick {
+        key: key.tick(),
+        fresh: fresh.map(|start| {
+            std::sync::Arc::new(replyd_core::stream::Fresh {
+                stream: key.clone(),
+                start,
+                data: body.clone(),
+                closed: *closed,
+            })
+        }),
+    })
 }
 
 /// A delete's answer without the id of what it deleted.

@@ -291,11 +291,12 @@ fn raced(e: &StoreError) -> bool {
         .is_some_and(|c| c == "23505")
 }
 
-/// Tells every node, at commit, that the stream at `key` moved.
-async fn notify(tx: &mut Tx, key: &StreamKey) -> StoreResult<()> {
+/// Tells every node, at commit, that the stream whose tick key is `key`
+/// moved.
+async fn notify(tx: &mut Tx, key: u64) -> StoreResult<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
-        .bind(key.tick().to_string())
+        .bind(key.to_string())
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -303,19 +304,14 @@ async fn notify(tx: &mut Tx, key: &StreamKey) -> StoreResult<()> {
 }
 
 impl PgStore {
-    fn tick(&self, key: &StreamKey) {
-        let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
-    }
-
     /// One stream operation in a transaction: `flow` on its rows (a write
-    /// locks the rows it looks up), then, when `moved` says the stream at
-    /// `key` moved, a NOTIFY to every node before the commit and a tick to
-    /// this one after it. An error rolls back (and waits for it).
+    /// locks the rows it looks up), then, when `moved` gives the tick of a
+    /// stream that moved, a NOTIFY to every node before the commit and the
+    /// tick to this one after it. An error rolls back (and waits for it).
     async fn in_tx<T>(
         &self,
         lock: bool,
-        key: Option<&StreamKey>,
-        moved: impl Fn(&T) -> bool,
+        moved: impl Fn(&T) -> Option<StreamTick>,
         flow: impl AsyncFnOnce(&mut Sql<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
         let mut tx = self.begin().await?;
@@ -324,15 +320,15 @@ impl PgStore {
             Ok(d) => d,
             Err(e) => return self.abort(tx, e).await,
         };
-        let key = key.filter(|_| moved(&done));
-        if let Some(k) = key
-            && let Err(e) = notify(&mut tx, k).await
+        let tick = moved(&done);
+        if let Some(t) = &tick
+            && let Err(e) = notify(&mut tx, t.key).await
         {
             return self.abort(tx, e).await;
         }
         self.commit(tx, false).await?;
-        if let Some(k) = key {
-            self.tick(k);
+        if let Some(t) = tick {
+            let _ = self.inner.stream_bus.send(t);
         }
         Ok(done)
     }
@@ -344,8 +340,7 @@ impl PgStore {
         let id = s.id;
         self.in_tx(
             true,
-            None,
-            |_| false,
+            |_| None,
             async |rows| flow::touch(rows, id, now).await,
         )
         .await
@@ -363,7 +358,7 @@ impl StreamStore for PgStore {
         let mut tries = 0;
         loop {
             let create = async |rows: &mut Sql<'_>| flow::create(rows, key, req.clone(), now).await;
-            match self.in_tx(true, None, |_| false, create).await {
+            match self.in_tx(true, |_| None, create).await {
                 // A concurrent create of the same path won: run again to
                 // find it.
                 Err(e) if raced(&e) && tries < 3 => tries += 1,
@@ -378,8 +373,10 @@ impl StreamStore for PgStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
+        let body = req.body.clone();
         let append = async |rows: &mut Sql<'_>| flow::append(rows, key, req, now).await;
-        self.in_tx(true, Some(key), flow::appended, append).await
+        self.in_tx(true, |a| flow::tick_of(key, &body, a), append)
+            .await
     }
 
     async fn output_append(
@@ -390,9 +387,11 @@ impl StreamStore for PgStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
+        let body = req.body.clone();
         let append =
             async |rows: &mut Sql<'_>| flow::append_output(rows, key, job, lease, req, now).await;
-        self.in_tx(true, Some(key), flow::appended, append).await
+        self.in_tx(true, |a| flow::tick_of(key, &body, a), append)
+            .await
     }
 
     async fn output_tails(
@@ -423,7 +422,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Found<StreamState>> {
         let head = async |rows: &mut Sql<'_>| flow::head(rows, key, now).await;
-        let found = self.in_tx(false, None, |_| false, head).await?;
+        let found = self.in_tx(false, |_| None, head).await?;
         if touch && let Found::Live(s) = &found {
             self.touch(s, now).await?;
         }
@@ -438,7 +437,7 @@ impl StreamStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Found<(StreamState, ReadChunks)>> {
         let read = async |rows: &mut Sql<'_>| flow::read(rows, key, from, budget, now).await;
-        let found = self.in_tx(false, None, |_| false, read).await?;
+        let found = self.in_tx(false, |_| None, read).await?;
         if let Found::Live((s, _)) = &found {
             self.touch(s, now).await?;
         }
@@ -448,14 +447,18 @@ impl StreamStore for PgStore {
     async fn stream_delete(&self, key: &StreamKey, now: DateTime<Utc>) -> StoreResult<Found<()>> {
         let delete = async |rows: &mut Sql<'_>| flow::delete(rows, key, now).await;
         let found = self
-            .in_tx(true, Some(key), |f| matches!(f, Found::Live(_)), delete)
+            .in_tx(
+                true,
+                |f| matches!(f, Found::Live(_)).then(|| StreamTick::of(key)),
+                delete,
+            )
             .await?;
         Ok(flow::forget_id(found))
     }
 
     async fn stream_expire(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<usize> {
         let expire = async |rows: &mut Sql<'_>| flow::expire(rows, now, limit).await;
-        self.in_tx(true, None, |_| false, expire).await
+        self.in_tx(true, |_| None, expire).await
     }
 
     fn stream_ticks(&self) -> tokio::sync::broadcast::Receiver<StreamTick> {
@@ -500,7 +503,7 @@ pub(super) async fn stream_listener(
                 n = listen.try_recv() => match n {
                     Ok(Some(n)) => {
                         if let Ok(key) = n.payload().parse() {
-                            let _ = bus.send(StreamTick { key });
+                            let _ = bus.send(StreamTick { key, fresh: None });
                         }
                     }
                     // Dropped: connect again.

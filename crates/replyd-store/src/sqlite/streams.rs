@@ -236,10 +236,10 @@ impl Rows for Sql<'_> {
 }
 
 impl SqliteStore {
-    /// Wakes the readers of the stream at `key` when it `moved`.
-    fn tick_if(&self, moved: bool, key: &StreamKey) {
-        if moved {
-            let _ = self.inner.stream_bus.send(StreamTick { key: key.tick() });
+    /// Wakes the readers of a stream that moved.
+    fn tick(&self, tick: Option<StreamTick>) {
+        if let Some(t) = tick {
+            let _ = self.inner.stream_bus.send(t);
         }
     }
 
@@ -273,11 +273,11 @@ impl StreamStore for SqliteStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
-        let k = key.clone();
+        let (k, body) = (key.clone(), req.body.clone());
         let found = self
             .write(move |conn, _| now_or_never(flow::append(&mut Sql(conn), &k, req, now)))
             .await?;
-        self.tick_if(flow::appended(&found), key);
+        self.tick(flow::tick_of(key, &body, &found));
         Ok(found)
     }
 
@@ -289,14 +289,14 @@ impl StreamStore for SqliteStore {
         req: Append,
         now: DateTime<Utc>,
     ) -> StoreResult<AppendAnswer> {
-        let k = key.clone();
+        let (k, body) = (key.clone(), req.body.clone());
         let found = self
             .write(move |conn, _| {
                 let mut rows = Sql(conn);
                 now_or_never(flow::append_output(&mut rows, &k, job, lease, req, now))
             })
             .await?;
-        self.tick_if(flow::appended(&found), key);
+        self.tick(flow::tick_of(key, &body, &found));
         Ok(found)
     }
 
@@ -363,7 +363,7 @@ impl StreamStore for SqliteStore {
             .write(move |conn, _| now_or_never(flow::delete(&mut Sql(conn), &k, now)))
             .await?;
         // Its live readers learn that it is gone.
-        self.tick_if(matches!(found, Found::Live(_)), key);
+        self.tick(matches!(found, Found::Live(_)).then(|| StreamTick::of(key)));
         Ok(flow::forget_id(found))
     }
 

@@ -388,7 +388,17 @@ pub(crate) struct Follow {
     watch: crate::tails::Watch,
     at: u64,
     started: bool,
+    /// The stream as the last read of the store found it.
+    last: Option<StreamState>,
     ends: tokio::time::Instant,
+}
+
+/// What this node's last append says to a [`Follow`].
+enum Fresh {
+    /// It starts where the reader is: its bytes, as a read would give them.
+    Here(StreamState, ReadChunks),
+    /// It ends where the reader is: nothing newer (unless a tick comes).
+    Behind,
 }
 
 /// What a [`Follow`] found.
@@ -418,6 +428,7 @@ impl Follow {
             watch: app.tails.watch(source.key().tick()),
             at: from,
             started: false,
+            last: None,
             ends: tokio::time::Instant::now() + lifetime,
         }
     }
@@ -428,24 +439,38 @@ impl Follow {
     }
 
     pub(crate) async fn next(&mut self, keepalive: std::time::Duration) -> Followed {
+        // Whether the store must be read (else this node's last append may
+        // say all there is): not after a wake-up by the stream's tail.
+        let mut look = true;
         loop {
             let woken = self.watch.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let budget = self.app.config.durable_streams.read_chunk;
-            let Ok((s, read)) = self.source.read(&self.app, self.at, budget).await else {
-                return Followed::Ended;
-            };
-            let at_tail = read.next >= s.tail;
-            if !read.chunks.is_empty() || !self.started || (s.closed && at_tail) {
-                self.started = true;
-                self.at = read.next;
-                return Followed::Read(s, read);
+            match self.fresh() {
+                Some(Fresh::Here(s, read)) => {
+                    self.at = read.next;
+                    return Followed::Read(s, read);
+                }
+                Some(Fresh::Behind) if !look => {}
+                _ => look = true,
+            }
+            if look {
+                let budget = self.app.config.durable_streams.read_chunk;
+                let Ok((s, read)) = self.source.read(&self.app, self.at, budget).await else {
+                    return Followed::Ended;
+                };
+                self.last = Some(s.clone());
+                let at_tail = read.next >= s.tail;
+                if !read.chunks.is_empty() || !self.started || (s.closed && at_tail) {
+                    self.started = true;
+                    self.at = read.next;
+                    return Followed::Read(s, read);
+                }
             }
             let tick = tokio::time::Instant::now() + keepalive;
             tokio::select! {
-                () = &mut woken => continue,
-                () = moved(&mut self.events) => continue,
+                () = &mut woken => look = false,
+                () = moved(&mut self.events) => look = true,
                 () = tokio::time::sleep_until(tick.min(self.ends)) => {
                     if tokio::time::Instant::now() >= self.ends {
                         return Followed::Ended;
@@ -455,6 +480,31 @@ impl Follow {
                 () = self.app.shutdown.cancelled() => return Followed::Ended,
             }
         }
+    }
+
+    /// What this node's last append to the stream tells the reader, when
+    /// it is its stream's and the stream is a byte stream it has read.
+    fn fresh(&self) -> Option<Fresh> {
+        // (Not a job's output before its first append: it had no type yet.)
+        let last = self
+            .last
+            .as_ref()
+            .filter(|s| self.started && s.id != 0 && !s.json())?;
+        let f = self
+            .watch
+            .fresh()
+            .filter(|f| f.stream == *self.source.key())?;
+        if f.start == self.at {
+            let mut s = last.clone();
+            s.tail = f.end();
+            s.closed |= f.closed;
+            let read = ReadChunks {
+                chunks: vec![f.data.clone()],
+                next: f.end(),
+            };
+            return Some(Fresh::Here(s, read));
+        }
+        (f.end() == self.at).then_some(Fresh::Behind)
     }
 }
 
