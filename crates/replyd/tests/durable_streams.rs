@@ -730,3 +730,79 @@ async fn a_submission_names_its_outputs_content_type() {
     assert_eq!(all.headers()["content-type"], "text/markdown");
     assert_eq!(all.text().await.unwrap(), "# yes");
 }
+
+/// The Durable Streams client in Node (`@durable-streams/client`,
+/// `tests/durable-streams/read_output.mjs`) follows a job's output live,
+/// with the job token of `links.output`, from the start and from an
+/// offset in the middle, to the job's end: both byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_client_follows_a_jobs_output_live_to_its_end() {
+    if let Some(why) = missing() {
+        replyd_testkit::skip(&why, "run scripts/test (it installs the npm packages)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let base = server.url.clone();
+    let job = submit(&http, &base, "work").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let output = format!("{base}{}", job["links"]["output"].as_str().unwrap());
+    let lease: serde_json::Value = http
+        .post(format!("{base}/v1/queues/work/lease"))
+        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+    let append = |text: String| {
+        http.post(format!("{base}/v1/jobs/{id}/output"))
+            .header("lease-id", &lease_id)
+            .header("content-type", "text/plain")
+            .body(text)
+            .send()
+    };
+    // Something before the readers start, to resume in the middle of.
+    assert_eq!(append("first ".into()).await.unwrap().status(), 204);
+    let read = |offset: &str| {
+        tokio::process::Command::new("node")
+            .arg(harness_dir().join("read_output.mjs"))
+            .args([output.as_str(), offset])
+            .current_dir(harness_dir())
+            .output()
+    };
+    let middle = format!("{:016}_{:016}", 0, "first ".len());
+    let (from_start, from_middle, ()) = tokio::join!(read("-1"), read(&middle), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for i in 0..40 {
+            let r = append(format!("token{i} ")).await.unwrap();
+            assert_eq!(r.status(), 204);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let done = http
+            .post(format!("{base}/v1/jobs/{id}/complete"))
+            .json(&serde_json::json!({"lease_id": lease_id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+    });
+    let tokens: String = (0..40).map(|i| format!("token{i} ")).collect();
+    for (out, want) in [
+        (from_start.unwrap(), format!("first {tokens}")),
+        (from_middle.unwrap(), tokens.clone()),
+    ] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["text"], want);
+        assert!(got["batches"].as_u64().unwrap() > 1, "read live: {got}");
+    }
+}
