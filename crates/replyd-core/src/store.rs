@@ -361,6 +361,10 @@ pub trait StreamStore: Send + Sync + 'static {
         crate::stream::Found<Result<crate::stream::Appended, crate::stream::AppendRefusal>>,
     >;
 
+    /// The bytes each tenant's streams hold (a fork counts only what it
+    /// holds itself), for the tenants that have any.
+    async fn tenant_bytes(&self) -> StoreResult<Vec<(crate::ids::Tenant, u64)>>;
+
     /// The lengths of the output streams of those of `jobs` that have one.
     async fn output_tails(
         &self,

@@ -50,6 +50,8 @@ pub struct App {
     /// Jobs' outputs announced as `job.output` events; every end of an
     /// attempt is applied through it.
     pub outputs: Arc<crate::outputs::Announcer>,
+    /// What each tenant's streams hold, against its bound.
+    pub stream_bytes: Arc<crate::limits::StreamBytes>,
 }
 
 impl std::fmt::Debug for App {
@@ -95,7 +97,11 @@ impl App {
             store.clone(),
             crate::config::secs(config.durable_streams.output_events),
         ));
+        let stream_bytes = Arc::new(crate::limits::StreamBytes::new(
+            config.durable_streams.max_tenant_bytes,
+        ));
         App {
+            stream_bytes,
             limits,
             hub: Hub::new(config.streams.buffer),
             webhooks: Arc::new(crate::webhooks::Runtime::new(

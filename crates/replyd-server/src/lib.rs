@@ -103,6 +103,7 @@ impl Server {
                     .run(streams.stream_ticks(), app.shutdown.clone()),
             );
             tasks.spawn(tasks::stream_collector(app.clone()));
+            tasks.spawn(tasks::stream_usage(app.clone()));
             tasks.spawn(
                 app.outputs
                     .clone()

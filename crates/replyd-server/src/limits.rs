@@ -547,3 +547,56 @@ mod tests {
         assert_eq!(set.connections(20_000), (10, 0));
     }
 }
+
+/// What each tenant's Durable Streams (job outputs included) hold, against
+/// `durable_streams.max_tenant_bytes`: the store's sums, refreshed every
+/// few seconds (so they count every node's appends), plus this node's
+/// appends since. A soft bound: between two refreshes another node's
+/// appends are not seen here. One entry per tenant that holds any.
+#[derive(Debug, Default)]
+pub struct StreamBytes {
+    /// 0: no bound.
+    max: u64,
+    held: Mutex<HashMap<Tenant, u64>>,
+}
+
+impl StreamBytes {
+    pub fn new(max: u64) -> StreamBytes {
+        StreamBytes {
+            max,
+            held: Mutex::default(),
+        }
+    }
+
+    pub fn bounded(&self) -> bool {
+        self.max > 0
+    }
+
+    /// Counts `n` more bytes for `tenant`, unless that would pass the
+    /// bound: then what it holds, and nothing is counted.
+    pub fn take(&self, tenant: &Tenant, n: u64) -> Result<(), u64> {
+        if self.max == 0 || n == 0 {
+            return Ok(());
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.get(tenant).copied().unwrap_or(0);
+        if now.saturating_add(n) > self.max {
+            return Err(now);
+        }
+        held.insert(tenant.clone(), now + n);
+        Ok(())
+    }
+
+    /// The store's sums, in place of the counts so far.
+    pub fn refresh(&self, sums: Vec<(Tenant, u64)>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = sums.into_iter().collect();
+    }
+
+    /// Why `take` refused, for an answer.
+    pub fn refusal(&self, held: u64) -> String {
+        format!(
+            "the tenant's streams hold {held} bytes; durable_streams.max_tenant_bytes is {}",
+            self.max
+        )
+    }
+}

@@ -45,6 +45,29 @@ pub async fn stream_collector(app: Arc<App>) {
     .await;
 }
 
+/// Reads what each tenant's streams hold from the store every 5 s, for
+/// `durable_streams.max_tenant_bytes` (when it bounds anything).
+pub async fn stream_usage(app: Arc<App>) {
+    if !app.stream_bytes.bounded() {
+        return;
+    }
+    let Some(streams) = app.store.streams() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        match streams.tenant_bytes().await {
+            Ok(sums) => app.stream_bytes.refresh(sums),
+            Err(e) => tracing::warn!(error = %e, "cannot read what the tenants' streams hold"),
+        }
+    }
+}
+
 /// Runs `sweep` every `every` seconds until shutdown; a sweep that handled a
 /// full `SWEEP` of rows runs again at once.
 async fn periodically<F, Fut>(app: Arc<App>, every: f64, what: &'static str, sweep: F)

@@ -433,6 +433,90 @@ async fn streams_are_bounded_per_tenant() {
     );
 }
 
+/// What one tenant's streams hold in all is bounded
+/// (`durable_streams.max_tenant_bytes`, job outputs included): past it an
+/// append or a create with a body is 403 and keeps nothing; another
+/// tenant is not held back; after a restart the bound is read back from
+/// the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_tenants_streams_hold_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::db_path(dir.path()).display().to_string();
+    let config = format!("{KEYS}\n[durable_streams]\nmax_tenant_bytes = 3000\n");
+    let server = Server::start(dir.path(), Some(&config)).await;
+    let http = support::http();
+    let send = |key: &'static str, path: &str, body: usize| {
+        http.post(format!("{}/v1/stream/{path}", server.url))
+            .bearer_auth(key)
+            .header("content-type", "text/plain")
+            .body("x".repeat(body))
+            .send()
+    };
+    let create = |key: &'static str, path: &str| {
+        http.put(format!("{}/v1/stream/{path}", server.url))
+            .bearer_auth(key)
+            .header("content-type", "text/plain")
+            .send()
+    };
+    for p in ["a1", "a2"] {
+        assert_eq!(create("key-of-a", p).await.unwrap().status(), 201);
+    }
+    assert_eq!(create("key-of-b", "b1").await.unwrap().status(), 201);
+    assert_eq!(send("key-of-a", "a1", 2000).await.unwrap().status(), 204);
+    let over = send("key-of-a", "a2", 1500).await.unwrap();
+    assert_eq!(over.status(), 403);
+    let problem: serde_json::Value = over.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_tenant_bytes"),
+        "{problem}"
+    );
+    let a2 = http
+        .get(format!("{}/v1/stream/a2?offset=-1", server.url))
+        .bearer_auth("key-of-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a2.text().await.unwrap(), "", "nothing was kept");
+    assert_eq!(send("key-of-a", "a2", 900).await.unwrap().status(), 204);
+    assert_eq!(
+        send("key-of-b", "b1", 2500).await.unwrap().status(),
+        204,
+        "another tenant's bytes are its own"
+    );
+    // A restart: the sums come back from the store (within 5 s).
+    let addr = server.addr.to_string();
+    let mut server = server;
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let server = Server::start_at(dir.path(), Some(&config), &["--db", &db], &addr).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = http
+            .post(format!("{}/v1/stream/a1", server.url))
+            .bearer_auth("key-of-a")
+            .header("content-type", "text/plain")
+            .body("x".repeat(200))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 403 {
+            break;
+        }
+        assert_eq!(r.status(), 204);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bound was not read back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// A job's output: appended by the worker holding its lease (a stale or
 /// missing lease appends nothing), read with the protocol by the job's
 /// token, a long-poll reader woken by the append, and closed for readers

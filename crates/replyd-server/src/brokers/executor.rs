@@ -390,6 +390,11 @@ async fn append_chunk(
     let Some(streams) = app.store.streams() else {
         return Ok(());
     };
+    if let Err(held) = app.stream_bytes.take(tenant, m.body.len() as u64) {
+        let reason = app.stream_bytes.refusal(held);
+        tracing::warn!(job = %id, %reason, "an output chunk was refused; dropped");
+        return Ok(());
+    }
     let key = StreamKey {
         tenant: tenant.clone(),
         path: replyd_core::stream::output_path(id),

@@ -18,6 +18,10 @@ pub struct DurableStreams {
     pub max_streams_per_tenant: u64,
     /// Bytes one stream may hold; 0: no limit.
     pub max_stream_bytes: u64,
+    /// Bytes one tenant's streams (job outputs included) may hold in all;
+    /// 0: no limit. Checked against sums the store gives every few
+    /// seconds, plus this node's appends since.
+    pub max_tenant_bytes: u64,
     /// Seconds between a job's `job.output` events (each announces all of
     /// the output appended since the one before); 0: no such events.
     pub output_events: f64,
@@ -32,6 +36,7 @@ impl Default for DurableStreams {
             read_chunk: 1024 * 1024,
             max_streams_per_tenant: 100_000,
             max_stream_bytes: 1 << 30,
+            max_tenant_bytes: 10 << 30,
             output_events: 0.25,
         }
     }

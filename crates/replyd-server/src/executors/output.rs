@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::limits::StreamBytes;
 use crate::outputs::Announcer;
 
 /// Chunks waiting to be appended, at most.
@@ -39,13 +40,19 @@ impl Tee {
     ) -> Tee {
         let (tx, rx) = mpsc::channel(QUEUED);
         let outputs = app.outputs.clone();
+        let quota = app.stream_bytes.clone();
         let clock = app.clock.clone();
         let task = tokio::spawn(async move {
             let key = StreamKey {
                 tenant,
                 path: output_path(id),
             };
-            append_all(&outputs, &clock, &key, id, lease, content_type, rx).await
+            let to = Target {
+                outputs: &outputs,
+                quota: &quota,
+                key: &key,
+            };
+            append_all(to, &clock, id, lease, content_type, rx).await
         });
         Tee { tx, task }
     }
@@ -69,10 +76,21 @@ impl Tee {
     }
 }
 
+/// Where an attempt's output goes.
+struct Target<'a> {
+    outputs: &'a Announcer,
+    /// What the tenant's streams may hold in all.
+    quota: &'a StreamBytes,
+    key: &'a StreamKey,
+}
+
 async fn append_all(
-    outputs: &Announcer,
+    Target {
+        outputs,
+        quota,
+        key,
+    }: Target<'_>,
     clock: &replyd_core::Clock,
-    key: &StreamKey,
     id: JobId,
     lease: LeaseId,
     content_type: Arc<str>,
@@ -89,6 +107,10 @@ async fn append_all(
             body.extend_from_slice(&more);
         }
         let len = body.len() as u64;
+        if let Err(held) = quota.take(&key.tenant, len) {
+            tracing::warn!(job = %id, reason = %quota.refusal(held), "the job's output takes no more");
+            break;
+        }
         let req = Append {
             content_type: Some(content_type.to_string()),
             body: body.freeze(),

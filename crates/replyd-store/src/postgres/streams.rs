@@ -394,6 +394,25 @@ impl StreamStore for PgStore {
             .await
     }
 
+    async fn tenant_bytes(&self) -> StoreResult<Vec<(replyd_core::Tenant, u64)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, SUM(tail - COALESCE(fork_at, 0))::bigint AS bytes FROM streams
+             WHERE NOT deleted GROUP BY tenant",
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    replyd_core::Tenant(r.get("tenant")),
+                    flow::pos(r.get::<i64, _>("bytes")),
+                )
+            })
+            .collect())
+    }
+
     async fn output_tails(
         &self,
         jobs: &[replyd_core::JobId],

@@ -300,6 +300,23 @@ impl StreamStore for SqliteStore {
         Ok(found)
     }
 
+    async fn tenant_bytes(&self) -> StoreResult<Vec<(replyd_core::Tenant, u64)>> {
+        self.read(|conn| {
+            let mut q = conn
+                .prepare_cached(
+                    "SELECT tenant, SUM(tail - COALESCE(fork_at, 0)) FROM streams
+                     WHERE deleted = 0 GROUP BY tenant",
+                )
+                .map_err(backend)?;
+            q.query_map([], |r| {
+                Ok((replyd_core::Tenant(r.get(0)?), flow::pos(r.get(1)?)))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn output_tails(
         &self,
         jobs: &[replyd_core::JobId],

@@ -151,9 +151,13 @@ async fn dispatch(
     }
     let max = max_append(app);
     let mut res = match method {
-        Method::PUT => create(streams, &key, headers, super::body(body, max)?, limits, now).await?,
+        Method::PUT => {
+            let body = held(app, &key.tenant, super::body(body, max)?)?;
+            create(streams, &key, headers, body, limits, now).await?
+        }
         Method::POST => {
-            append(streams, &key, headers, super::body(body, max)?, limits, now).await?
+            let body = held(app, &key.tenant, super::body(body, max)?)?;
+            append(streams, &key, headers, body, limits, now).await?
         }
         Method::DELETE => delete(streams, &key, now).await?,
         Method::HEAD => head(streams, &key, now).await?,
@@ -240,6 +244,21 @@ pub async fn output_as_result(
     let mut res = Response::new(axum::body::Body::from_stream(body));
     res.headers_mut().insert(header::CONTENT_TYPE, content_type);
     Ok(Some(res))
+}
+
+/// `body`, once counted against what `tenant`'s streams may hold in all
+/// (`durable_streams.max_tenant_bytes`), or 403.
+pub(crate) fn held(app: &AppState, tenant: &replyd_core::Tenant, body: Bytes) -> ApiResult<Bytes> {
+    app.stream_bytes
+        .take(tenant, body.len() as u64)
+        .map_err(|now| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "quota-exceeded",
+                app.stream_bytes.refusal(now),
+            )
+        })?;
+    Ok(body)
 }
 
 /// The store's streams, or 501 where it keeps none.

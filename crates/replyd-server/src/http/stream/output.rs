@@ -72,6 +72,7 @@ async fn dispatch(
             crate::http::take_rate(app, crate::limits::Rate::Append, &job.tenant, 1)?;
             let limits = app.config.durable_streams.limits();
             let body = crate::http::body(body, app.config.durable_streams.max_append)?;
+            let body = super::held(app, &job.tenant, body)?;
             let req = append_request(headers, body, limits)?;
             let wrote = !req.body.is_empty();
             let key = StreamKey {
