@@ -420,7 +420,7 @@ async fn a_workers_output_chunks_land_once_and_in_order() {
             ..Props::default()
         }
         .with_header(headers::STATE, "output")
-        .with_header(headers::SEQ, &seq.to_string())
+        .with_header(headers::SEQ, seq.to_string())
         .with_header(headers::ATTEMPT, attempt),
     };
     let words: Vec<String> = (0..12).map(|i| format!("word{i} ")).collect();
