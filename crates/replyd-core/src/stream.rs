@@ -74,10 +74,10 @@ pub fn is_media_type(content_type: &str) -> bool {
             && t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
-    let t = content_type.trim();
-    if t.len() > 255 || !t.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+    if content_type.len() > 255 || !content_type.bytes().all(|b| (b' '..=b'~').contains(&b)) {
         return false;
     }
+    let t = content_type.trim();
     let essence = t.split(';').next().unwrap_or("").trim();
     matches!(essence.split_once('/'), Some((a, b)) if token(a) && token(b))
 }

@@ -382,6 +382,10 @@ async fn create_for<R: Rows>(
 
 pub(crate) type AppendAnswer = Found<Result<Appended, AppendRefusal>>;
 
+/// The most bytes a tick hands to readers (a token-sized append; a larger
+/// one is read from the store): each stream with readers keeps its last.
+const FRESH_MAX: usize = 64 * 1024;
+
 /// The tick of an append that moved the stream at `key` (`body`: what was
 /// sent): its readers are to be woken, and this node's handed the bytes.
 pub(crate) fn tick_of(
@@ -394,7 +398,7 @@ pub(crate) fn tick_of(
     };
     let fresh = tail
         .checked_sub(body.len() as u64)
-        .filter(|_| !body.is_empty());
+        .filter(|_| !body.is_empty() && body.len() <= FRESH_MAX);
     Some(replyd_core::stream::StreamTick {
         key: key.tick(),
         fresh: fresh.map(|start| {

@@ -358,6 +358,10 @@ async fn apply_reply(app: &App, m: &Message) -> Result<(), StoreError> {
     }
 }
 
+/// How far ahead of the next expected output chunk one may come and be
+/// given back to come again (past the replies taken at once).
+const MAX_AHEAD: u64 = 256;
+
 /// A worker's output chunk: appended to job `id`'s output under the
 /// attempt's lease, as producer `broker-worker` with the attempt as its
 /// epoch and `x-replyd-seq` as its sequence, so a redelivered chunk lands
@@ -426,9 +430,15 @@ async fn append_chunk(
             Ok(())
         }
         Found::Live(Ok(Appended::Duplicate { .. })) => Ok(()),
-        Found::Live(Err(AppendRefusal::SeqGap { expected, .. })) => Err(StoreError::Unavailable(
-            format!("output chunk {seq} came before chunk {expected}").into(),
-        )),
+        // Taken out of order (replies are taken concurrently): again later.
+        // Far ahead, it is no reordering but a worker's mistake: dropped.
+        Found::Live(Err(AppendRefusal::SeqGap { expected, .. }))
+            if seq.saturating_sub(expected) <= MAX_AHEAD =>
+        {
+            Err(StoreError::Unavailable(
+                format!("output chunk {seq} came before chunk {expected}").into(),
+            ))
+        }
         refused => {
             tracing::warn!(job = %id, answer = ?refused, "an output chunk was refused; dropped");
             Ok(())
