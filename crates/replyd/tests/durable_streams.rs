@@ -523,9 +523,7 @@ async fn what_a_tenants_streams_hold_is_bounded() {
 /// when the job ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
-    let server = Server::start(dir.path(), Some(config)).await;
+    let (_dir, server) = pull_server().await;
     let http = support::http();
     let base = &server.url;
     let job = submit(&http, base, "work").await;
@@ -547,16 +545,10 @@ async fn a_workers_output_is_read_live_with_the_job_token_and_ends_with_the_job(
         );
         async move { http.get(u).send().await.unwrap() }
     });
-    let lease: serde_json::Value = http
-        .post(format!("{base}/v1/queues/work/lease"))
-        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
-        .send()
-        .await
+    let lease_id = lease(&http, base, "work").await["lease_id"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+        .to_string();
     let append = |lease: &str, body: &'static str| {
         http.post(format!("{base}/v1/jobs/{id}/output"))
             .header("lease-id", lease)
@@ -626,19 +618,31 @@ async fn submit(http: &reqwest::Client, base: &str, queue: &str) -> serde_json::
     r.json().await.unwrap()
 }
 
-/// Submits a job to `queue` (a pull queue) and leases it: its id and the
-/// lease's.
-async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (String, String) {
-    let job = submit(http, base, queue).await;
-    let lease: serde_json::Value = http
-        .post(format!("{base}/v1/queues/{queue}/lease"))
+/// A server with a pull queue `work` (and the folder it keeps its data in).
+async fn pull_server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    (dir, server)
+}
+
+/// Leases a job of `queue` (a pull queue) as worker `w1`: the answer.
+async fn lease(http: &reqwest::Client, base: &str, queue: &str) -> serde_json::Value {
+    http.post(format!("{base}/v1/queues/{queue}/lease"))
         .json(&serde_json::json!({"worker": "w1", "wait": 5}))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Submits a job to `queue` (a pull queue) and leases it: its id and the
+/// lease's.
+async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (String, String) {
+    let job = submit(http, base, queue).await;
+    let lease = lease(http, base, queue).await;
     assert_eq!(lease["job"]["id"], job["id"]);
     (
         job["id"].as_str().unwrap().to_string(),
@@ -650,9 +654,7 @@ async fn submit_and_lease(http: &reqwest::Client, base: &str, queue: &str) -> (S
 /// own: the output is the job's result, with the output's content type.
 #[tokio::test]
 async fn a_job_with_only_output_has_it_as_its_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
-    let server = Server::start(dir.path(), Some(config)).await;
+    let (_dir, server) = pull_server().await;
     let http = support::http();
     let base = &server.url;
     let (id, lease_id) = submit_and_lease(&http, base, "work").await;
@@ -739,9 +741,7 @@ async fn an_exec_commands_stdout_streams_to_the_jobs_output_as_it_comes() {
 /// one is 400 and makes no job.
 #[tokio::test]
 async fn a_submission_names_its_outputs_content_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
-    let server = Server::start(dir.path(), Some(config)).await;
+    let (_dir, server) = pull_server().await;
     let http = support::http();
     let base = &server.url;
     for bad in [
@@ -784,16 +784,8 @@ async fn a_submission_names_its_outputs_content_type() {
         .await
         .unwrap();
     assert_eq!(before.headers()["content-type"], "text/markdown");
-    let lease: serde_json::Value = http
-        .post(format!("{base}/v1/queues/work/lease"))
-        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease_id = lease["lease_id"].as_str().unwrap();
+    let leased = lease(&http, base, "work").await;
+    let lease_id = leased["lease_id"].as_str().unwrap();
     let append = |ct: &'static str, body: &'static str| {
         http.post(format!("{base}/v1/jobs/{id}/output"))
             .header("lease-id", lease_id)
@@ -825,24 +817,16 @@ async fn the_node_client_follows_a_jobs_output_live_to_its_end() {
         replyd_testkit::skip(&why, "run scripts/test (it installs the npm packages)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = "[queues.work]\nexecutor = \"pull\"\ntimeout = 60\n";
-    let server = Server::start(dir.path(), Some(config)).await;
+    let (_dir, server) = pull_server().await;
     let http = support::http();
     let base = server.url.clone();
     let job = submit(&http, &base, "work").await;
     let id = job["id"].as_str().unwrap().to_string();
     let output = format!("{base}{}", job["links"]["output"].as_str().unwrap());
-    let lease: serde_json::Value = http
-        .post(format!("{base}/v1/queues/work/lease"))
-        .json(&serde_json::json!({"worker": "w1", "wait": 5}))
-        .send()
-        .await
+    let lease_id = lease(&http, &base, "work").await["lease_id"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+        .to_string();
     let append = |text: String| {
         http.post(format!("{base}/v1/jobs/{id}/output"))
             .header("lease-id", &lease_id)

@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use support::{Server, http};
 
 const BIN: &str = env!("CARGO_BIN_EXE_replyd");
@@ -21,29 +18,8 @@ fn example(file: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slow_reports_example_works_as_its_readme_says() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut service = tokio::process::Command::new(replyd_testkit::python())
-        .arg(example("slow_report_service.py"))
-        .args(["--port", &port.to_string(), "--delay", "1.5"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs the example service");
-    // Up once it says so.
-    let mut out = tokio::io::BufReader::new(service.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(line.contains("listening"), "{line}");
+    let (mut service, port) =
+        support::example_service(&example("slow_report_service.py"), &["--delay", "1.5"]).await;
 
     let config = std::fs::read_to_string(example("replyd.toml"))
         .unwrap()

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::Server;
@@ -20,14 +19,6 @@ fn example(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_client_streams_through_replyd_and_reattaches_byte_exact() {
     if !replyd_testkit::python_has(
@@ -36,31 +27,11 @@ async fn an_openai_client_streams_through_replyd_and_reattaches_byte_exact() {
     ) {
         return;
     }
-    let port = free_port();
-    let mut model = tokio::process::Command::new(replyd_testkit::python())
-        .arg(example("fake_llm.py"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--tokens",
-            "40",
-            "--delay",
-            "0.05",
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs the example's model server");
-    let mut out = tokio::io::BufReader::new(model.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    let (mut model, port) = support::example_service(
+        &example("fake_llm.py"),
+        &["--tokens", "40", "--delay", "0.05"],
     )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(line.contains("listening"), "{line}");
+    .await;
 
     let config = std::fs::read_to_string(example("replyd.toml"))
         .unwrap()

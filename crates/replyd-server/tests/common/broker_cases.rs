@@ -305,20 +305,44 @@ async fn progress_replies_come_when_asked_and_a_failure_replies_its_error() {
     rig.finish().await;
 }
 
+/// A replyd whose queue `remote` hands its jobs to workers over the
+/// broker (`queue`: more of the queue's keys; `top`: more top-level
+/// keys), the test's broker handle, its destinations, and a subscription
+/// to the work queue, once replyd takes the workers' replies.
+struct Workers {
+    server: TestServer,
+    broker: Arc<dyn Broker>,
+    names: Names,
+    work: mpsc::Receiver<Received>,
+}
+
+impl Workers {
+    async fn start(queue: &str, top: &str) -> Option<Workers> {
+        let names = Names::new();
+        let extra = format!(
+            "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\n{queue}\n",
+            names.work
+        );
+        let broker = client().await?;
+        let config = format!("{top}\n{PULL_QUEUES}\n{extra}\n{}", section(&names));
+        let server = TestServer::start(&config).await?;
+        let work = broker.subscribe(&names.work, 8).await.unwrap();
+        broker.declare(&names.replies).await.unwrap();
+        common::brokers::until_consuming(&server, &names.replies).await;
+        Some(Workers {
+            server,
+            broker,
+            names,
+            work,
+        })
+    }
+}
+
 #[tokio::test]
 async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_them() {
-    let names = Names::new();
-    let extra = format!(
-        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 1\n",
-        names.work
-    );
-    let Some(broker) = client().await else { return };
-    let config = format!("{PULL_QUEUES}\n{extra}\n{}", section(&names));
-    let Some(server) = TestServer::start(&config).await else { return };
+    let Some(w) = Workers::start("max_attempts = 1", "").await else { return };
+    let Workers { server, broker, names, mut work } = w;
     let c = server.client(None);
-    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
-    broker.declare(&names.replies).await.unwrap();
-    common::brokers::until_consuming(&server, &names.replies).await;
     // Success: the result is the reply's body, with its content type.
     let id = c.submit("remote", json!({"pages": 3})).await;
     let job = next(&mut work).await;
@@ -397,18 +421,9 @@ async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_th
 /// output, which is its result when the worker gave none.
 #[tokio::test]
 async fn a_workers_output_chunks_land_once_and_in_order() {
-    let names = Names::new();
-    let extra = format!(
-        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 1\n",
-        names.work
-    );
-    let Some(broker) = client().await else { return };
-    let config = format!("{PULL_QUEUES}\n{extra}\n{}", section(&names));
-    let Some(server) = TestServer::start(&config).await else { return };
+    let Some(w) = Workers::start("max_attempts = 1", "").await else { return };
+    let Workers { server, broker, names, mut work } = w;
     let c = server.client(None);
-    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
-    broker.declare(&names.replies).await.unwrap();
-    common::brokers::until_consuming(&server, &names.replies).await;
     let id = c.submit("remote", json!({})).await;
     let job = next(&mut work).await;
     let reply_to = job.props.reply_to.clone().unwrap();
@@ -468,18 +483,12 @@ async fn a_workers_output_chunks_land_once_and_in_order() {
 
 #[tokio::test]
 async fn a_job_whose_worker_never_replies_is_retried_then_fails() {
-    let names = Names::new();
-    let extra = format!(
-        "[queues.remote]\nexecutor = \"{EXECUTOR}\"\nwork_queue = \"{}\"\nmax_attempts = 2\ntimeout = 1\n",
-        names.work
-    );
-    let Some(broker) = client().await else { return };
-    let config = format!("reaper_interval = 0.2\n{PULL_QUEUES}\n{extra}\n{}", section(&names));
-    let Some(server) = TestServer::start(&config).await else { return };
+    let Some(w) = Workers::start("max_attempts = 2\ntimeout = 1", "reaper_interval = 0.2").await
+    else {
+        return;
+    };
+    let Workers { server, broker, names, mut work } = w;
     let c = server.client(None);
-    let mut work = broker.subscribe(&names.work, 8).await.unwrap();
-    broker.declare(&names.replies).await.unwrap();
-    common::brokers::until_consuming(&server, &names.replies).await;
     let id = c.submit("remote", json!({})).await;
     for attempt in ["1", "2"] {
         let job = next(&mut work).await;

@@ -37,8 +37,7 @@
 //   SCREENSHOT=/path.png       save a screenshot of the page before exiting
 //   DEBUG=1                    page console messages to stderr
 
-import { existsSync } from 'node:fs';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const TERMINAL = ['job.succeeded', 'job.failed', 'job.canceled'];
 const EVENT_NAMES = [
@@ -72,11 +71,6 @@ if (!eventsPath.startsWith('/')) usage(`events path must start with '/': ${event
 const timeoutMs = Number(timeoutArg ?? process.env.TIMEOUT_MS ?? 60000);
 if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage(`bad timeout: ${timeoutArg ?? process.env.TIMEOUT_MS}`);
 const keepOpen = process.env.KEEP_OPEN_AFTER_TERMINAL === '1';
-// Debian's /usr/bin/chromium is a wrapper script that adds Google API keys and
-// extension flags (and with them background lookups of Google hosts): launch the
-// binary it wraps when it is there.
-const executablePath =
-  process.env.CHROMIUM || (existsSync('/usr/lib/chromium/chromium') ? '/usr/lib/chromium/chromium' : '/usr/bin/chromium');
 const debug = process.env.DEBUG === '1';
 
 // Pipes and files are written synchronously by Node on Linux, so each line is
@@ -245,27 +239,7 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
 const deadline = setTimeout(() => fail(`timeout after ${timeoutMs} ms without a terminal event`, 2), timeoutMs);
 
 async function main() {
-  browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-dev-shm-usage',
-      // Loopback only: no name resolves but 127.0.0.1/localhost, and no
-      // background traffic (updates, sign-in, prefetch).
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-domain-reliability',
-      '--dns-prefetch-disable',
-      '--no-pings',
-    ],
-    // Our own handlers above close the browser.
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-  });
+  browser = await launch();
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on('pageerror', (err) => fail(`page error: ${err}`));

@@ -24,10 +24,10 @@
 // Env: RELOAD_AFTER (chunks before the reload, default 10), TIMEOUT_MS,
 // CHROMIUM, SCREENSHOT=/path.png, DEBUG=1.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const modules = join(here, '../durable-streams/node_modules');
@@ -41,8 +41,6 @@ if (!originArg || !outputPath || !outputPath.startsWith('/')) {
 const origin = new URL(originArg).origin;
 const timeoutMs = Number(timeoutArg ?? process.env.TIMEOUT_MS ?? 60000);
 const reloadAfter = Number(process.env.RELOAD_AFTER ?? 10);
-const executablePath =
-  process.env.CHROMIUM || (existsSync('/usr/lib/chromium/chromium') ? '/usr/lib/chromium/chromium' : '/usr/bin/chromium');
 
 function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
@@ -130,24 +128,7 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => fail(`k
 const deadline = setTimeout(() => fail(`timeout after ${timeoutMs} ms before the output closed`, 2), timeoutMs);
 
 async function main() {
-  browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-dev-shm-usage',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-domain-reliability',
-      '--dns-prefetch-disable',
-      '--no-pings',
-    ],
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-  });
+  browser = await launch();
   const page = await (await browser.newContext()).newPage();
   page.on('pageerror', (err) => fail(`page error: ${err}`));
   page.on('crash', () => fail('page crashed'));

@@ -385,3 +385,38 @@ pub fn bench_prints_round_trips(scenario: &str, args: &[&str], rows: &[&str]) {
     }
     assert!(stdout.contains("ratio to ceiling:"), "{stdout}");
 }
+
+/// An example's Python service (`script` with `args`, after
+/// `--port PORT` on a free port), up once it says it is listening: the
+/// process (killed when dropped) and its port.
+#[allow(dead_code)]
+pub async fn example_service(script: &Path, args: &[&str]) -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = tokio::process::Command::new(replyd_testkit::python())
+        .arg(script)
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the example's service");
+    let mut out = tokio::io::BufReader::new(service.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("the service says it is up within 10 s")
+    .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    // Its stdout stays open (a service that logs must not find it closed).
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut out, &mut tokio::io::sink()).await;
+    });
+    (service, port)
+}
