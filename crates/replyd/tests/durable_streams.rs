@@ -874,3 +874,45 @@ async fn the_node_client_follows_a_jobs_output_live_to_its_end() {
         assert!(got["batches"].as_u64().unwrap() > 1, "read live: {got}");
     }
 }
+
+/// A live SSE read lasts `durable_streams.sse_lifetime` at most, then the
+/// server ends it (its last control event says where to go on from), so
+/// that a client reconnects from its offset and no reader holds a
+/// connection forever.
+#[tokio::test]
+async fn an_sse_read_ends_after_its_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[durable_streams]\nsse_lifetime = 1\n";
+    let server = Server::start(dir.path(), Some(config)).await;
+    let http = support::http();
+    let url = format!("{}/v1/stream/quiet", server.url);
+    let r = http
+        .put(&url)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        http.get(format!("{url}?offset=-1&live=sse"))
+            .send()
+            .await
+            .unwrap()
+            .text(),
+    )
+    .await
+    .expect("the server ends the read")
+    .unwrap();
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+    assert!(body.contains("data:hello"), "{body}");
+    let offset = format!("{:016}_{:016}", 0, 5);
+    assert!(body.contains(&offset), "{body}");
+    assert!(
+        !body.contains("streamClosed"),
+        "the stream itself stays open: {body}"
+    );
+}
