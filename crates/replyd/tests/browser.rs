@@ -52,6 +52,18 @@ struct Api {
 }
 
 impl Api {
+    /// Leases the job of queue `work` for 120 s: the lease id.
+    async fn lease(&self) -> String {
+        let (status, lease) = self
+            .post(
+                "/v1/queues/work/lease",
+                json!({"worker": "w", "lease": 120, "wait": 5}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        lease["lease_id"].as_str().unwrap().to_string()
+    }
+
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
@@ -129,14 +141,7 @@ async fn a_browser_eventsource_shows_progress_and_result_across_a_server_restart
     };
     until!(is_event("job.accepted", None));
 
-    let (status, lease) = api
-        .post(
-            "/v1/queues/work/lease",
-            json!({"worker": "w", "lease": 120, "wait": 5}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+    let lease_id = api.lease().await;
     let progress = |percent: i64, message: &str| json!({"lease_id": lease_id, "percent": percent, "message": message});
     api.post(
         &format!("/v1/jobs/{id}/progress"),
@@ -319,14 +324,7 @@ async fn a_page_reading_a_jobs_output_is_reloaded_mid_stream_with_no_gap_and_no_
     assert_eq!(status, 202);
     let id = job["id"].as_str().unwrap().to_string();
     let output_path = job["links"]["output"].as_str().unwrap().to_string();
-    let (status, lease) = api
-        .post(
-            "/v1/queues/work/lease",
-            json!({"worker": "w", "lease": 120, "wait": 5}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let lease_id = lease["lease_id"].as_str().unwrap().to_string();
+    let lease_id = api.lease().await;
 
     let mut browser = tokio::process::Command::new("node")
         .arg(harness_dir().join("output_reload.mjs"))

@@ -618,6 +618,17 @@ async fn submit(http: &reqwest::Client, base: &str, queue: &str) -> serde_json::
     r.json().await.unwrap()
 }
 
+/// Completes job `id` under `lease` with no result of its own: the status.
+async fn complete(http: &reqwest::Client, base: &str, id: &str, lease: &str) -> u16 {
+    http.post(format!("{base}/v1/jobs/{id}/complete"))
+        .json(&serde_json::json!({"lease_id": lease}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// A server with a pull queue `work` (and the folder it keeps its data in).
 async fn pull_server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
@@ -670,13 +681,7 @@ async fn a_job_with_only_output_has_it_as_its_result() {
             .unwrap();
         assert_eq!(r.status(), 204);
     }
-    let done = http
-        .post(format!("{base}/v1/jobs/{id}/complete"))
-        .json(&serde_json::json!({"lease_id": lease_id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 200);
+    assert_eq!(complete(&http, base, &id, lease_id).await, 200);
     let result = http
         .get(format!("{base}/v1/jobs/{id}/result"))
         .send()
@@ -851,13 +856,7 @@ async fn the_node_client_follows_a_jobs_output_live_to_its_end() {
             assert_eq!(r.status(), 204);
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let done = http
-            .post(format!("{base}/v1/jobs/{id}/complete"))
-            .json(&serde_json::json!({"lease_id": lease_id}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(done.status(), 200);
+        assert_eq!(complete(&http, &base, &id, &lease_id).await, 200);
     });
     let tokens: String = (0..40).map(|i| format!("token{i} ")).collect();
     for (out, want) in [
