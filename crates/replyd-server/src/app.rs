@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Action, Authenticator, Caller, JobTokens};
 use crate::config::{Config, secs};
 use crate::error::{ApiError, ApiResult};
-use crate::live::{Hub, Live, Scope, Target};
+use crate::live::{Hub, Live, Target};
 use crate::render::Renderer;
 
 /// The longest a request may be held (long polling, `Prefer: wait`).
@@ -298,47 +298,27 @@ impl App {
     /// backoff ends.
     pub async fn lease(&self, query: LeaseQuery, wait: Duration) -> ApiResult<Vec<Leased>> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let watch = || {
-            let listener = self.hub.listen();
-            listener.watch(
-                0,
-                Target::All(Scope {
-                    tenant: query.tenant.clone(),
-                    queue: Some(query.queue.clone()),
-                }),
-            );
-            listener
-        };
-        let mut listener = watch();
+        let bell = self.hub.bells.bell(&query.queue, query.tenant.as_ref());
         loop {
+            // Listening before looking: a job queued after the look rings.
+            let rung = bell.notify().notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
             let leased = self.store.lease(query.clone(), self.now()).await?;
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
-            // Sleep until the deadline or the next job's backoff ends.
+            // Sleep until a job is queued, the deadline, or the next job's
+            // backoff ends.
             let mut wake = deadline;
             if let Some(at) = self.store.next_run_at(&query.queue).await? {
                 let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
                 wake = wake.min(tokio::time::Instant::now() + until);
             }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => break,
-                    _ = self.shutdown.cancelled() => return Ok(Vec::new()),
-                    live = listener.recv() => match live {
-                        Some(Live::Event { event, .. }) => {
-                            if event.record.job.state == replyd_core::JobState::Queued {
-                                break;
-                            }
-                        }
-                        Some(Live::Resync) => break,
-                        // Cut off: listen again, and look.
-                        None => {
-                            listener = watch();
-                            break;
-                        }
-                    },
-                }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                _ = rung => {}
             }
         }
     }

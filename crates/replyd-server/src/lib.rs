@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bells;
 pub mod brokers;
 pub mod config;
 pub mod error;

@@ -154,6 +154,8 @@ pub struct Hub {
     capacity: usize,
     /// The newest event id dispatched: where a feed that starts "now" starts.
     head: AtomicI64,
+    /// Waiting leases, woken one per job queued.
+    pub bells: crate::bells::Doorbells,
 }
 
 impl std::fmt::Debug for Hub {
@@ -172,6 +174,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             capacity: capacity.max(1),
             head: AtomicI64::new(0),
+            bells: Default::default(),
         })
     }
 
@@ -218,6 +221,7 @@ impl Hub {
     /// listener whose buffer is full is cut off (it learns so from
     /// [`Listener::recv`]); nothing here ever waits.
     pub fn publish(&self, batch: &EventBatch) {
+        self.bells.ring(batch.iter());
         let mut reg = self.lock();
         if let Some(last) = batch.last() {
             self.head.fetch_max(last.id.0, Ordering::Relaxed);
@@ -252,6 +256,7 @@ impl Hub {
 
     /// Tells every listener to re-read the log: the hub missed events.
     pub fn resync_all(&self) {
+        self.bells.ring_all();
         let mut reg = self.lock();
         let full: Vec<u64> = reg
             .listeners
@@ -522,13 +527,19 @@ impl Feed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
     use replyd_core::EventKind;
     use replyd_core::job::NewJob;
 
-    fn record(id: i64, job: JobId, tenant: &str, queue: &str, kind: EventKind) -> EventRecord {
+    pub(crate) fn record(
+        id: i64,
+        job: JobId,
+        tenant: &str,
+        queue: &str,
+        kind: EventKind,
+    ) -> EventRecord {
         let new = NewJob {
             id: job,
             tenant: Tenant(tenant.into()),

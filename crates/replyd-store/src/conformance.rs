@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@each $make;
             submit_then_get, idempotency_replay_and_mismatch, concurrent_duplicates_make_one_job,
+            concurrent_submits_are_each_answered_on_their_own,
             lease_hands_each_job_to_one_worker, fencing_refuses_stale_leases, many_moves_each_answered,
             expired_leases_retry_with_backoff_then_fail, cancel_queued_and_running,
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
@@ -181,6 +182,77 @@ pub async fn concurrent_duplicates_make_one_job(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(all.len(), 1);
+}
+
+/// Many submits at once (a store may commit them together): plain jobs,
+/// repeats of a key with the same request, and reuses of a key with
+/// another. Each key makes one job; a repeat gets that job, a reuse is
+/// refused; every job made has its one `job.accepted` event.
+pub async fn concurrent_submits_are_each_answered_on_their_own(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let store = store.clone();
+        let (key, body) = match i % 4 {
+            0 => (None, format!("{{\"plain\":{i}}}")),
+            // Ten keys, each sent 6 times with one body and 3 with another.
+            1 | 2 => (Some(format!("k{}", i % 10)), "{\"same\":1}".to_string()),
+            _ => (Some(format!("k{}", i % 10)), "{\"other\":1}".to_string()),
+        };
+        tasks.push(tokio::spawn(async move {
+            let job = new_job("t", "q", key.as_deref(), &body);
+            let hash = job.request_hash.clone();
+            (key, hash, store.submit(job, t(0)).await)
+        }));
+    }
+    let mut plain = 0;
+    let mut made: std::collections::HashMap<String, (JobId, Option<String>)> = Default::default();
+    let mut answers = Vec::new();
+    for task in tasks {
+        let (key, hash, answer) = task.await.unwrap();
+        match (&key, &answer) {
+            (None, Ok(Submitted::Created(_))) => plain += 1,
+            (Some(k), Ok(Submitted::Created(job))) => {
+                let first = made.insert(k.clone(), (job.id, hash.clone()));
+                assert!(first.is_none(), "key {k} made two jobs");
+            }
+            (None, other) => panic!("a plain job was answered {other:?}"),
+            _ => {}
+        }
+        answers.push((key, hash, answer));
+    }
+    assert_eq!(plain, 30);
+    assert_eq!(made.len(), 10, "each key makes one job");
+    for (key, hash, answer) in answers {
+        let Some(key) = key else { continue };
+        let (id, made_with) = &made[&key];
+        match answer {
+            Ok(Submitted::Created(job)) => assert_eq!(job.id, *id),
+            Ok(Submitted::Existing(job)) => {
+                assert_eq!(job.id, *id);
+                assert_eq!(hash, *made_with, "a repeat of {key} with another request");
+            }
+            Err(StoreError::IdempotencyMismatch) => {
+                assert_ne!(hash, *made_with, "a repeat of {key} refused")
+            }
+            Err(e) => panic!("{key}: {e}"),
+        }
+    }
+    let all = store
+        .list(ListQuery {
+            tenant: Some(Tenant("t".into())),
+            queue: None,
+            state: None,
+            before: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 40);
+    for job in all {
+        let events = store.events(job.id, None).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Accepted], "{}", job.id);
+    }
 }
 
 pub async fn lease_hands_each_job_to_one_worker(store: Arc<dyn Store>) {

@@ -17,3 +17,48 @@ async fn fresh() -> Option<Arc<dyn replyd_core::Store>> {
 }
 
 replyd_store::conformance_tests!(fresh().await);
+
+/// Submits share transactions (`postgres/submits.rs`): one the database
+/// refuses (text holding a NUL) fails alone, and the ones committed with
+/// it in a batch are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_the_database_refuses_fails_alone() {
+    let Some(store) = fresh().await else { return };
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let tenant = if i == 17 { "bad\0tenant" } else { "t" };
+                let job = replyd_core::job::NewJob {
+                    id: replyd_core::JobId::new(),
+                    tenant: replyd_core::Tenant(tenant.into()),
+                    queue: "q".into(),
+                    input: bytes::Bytes::from_static(b"{}"),
+                    max_attempts: 1,
+                    timeout: std::time::Duration::from_secs(60),
+                    ttl: std::time::Duration::from_secs(60),
+                    webhook: None,
+                    reply: None,
+                    idempotency_key: None,
+                    request_hash: None,
+                    output_type: None,
+                };
+                (i, store.submit(job, chrono::Utc::now()).await)
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for task in tasks {
+        let (i, answer) = task.await.unwrap();
+        match (i, answer) {
+            (17, Err(replyd_core::store::StoreError::Backend(_))) => {}
+            (17, other) => panic!("the refused job was answered {other:?}"),
+            (_, Ok(s)) => kept.push(s.job().id),
+            (i, Err(e)) => panic!("job {i} failed with the refused one: {e}"),
+        }
+    }
+    assert_eq!(kept.len(), 63);
+    for id in kept {
+        assert!(store.get(id).await.unwrap().is_some(), "{id} was not kept");
+    }
+}

@@ -2,6 +2,7 @@
 
 use super::events::{FORGET_EVENTS_OF_JOBS, append_event};
 use super::outbox::owe;
+use super::submits::Pending;
 use super::{PgStore, Tx, backend};
 use crate::record::{decode, encode_upstream, json_err, ms};
 use bytes::Bytes;
@@ -17,46 +18,19 @@ use sqlx::Row;
 pub(super) async fn submit(s: &PgStore, new: NewJob, now: DateTime<Utc>) -> StoreResult<Submitted> {
     let (job, input) = new.into_record(now);
     let text = serde_json::to_string(&job).map_err(json_err)?;
-    let mut tx = s.begin().await?;
-    // The unique index decides between concurrent duplicates: the second
-    // waits for the first to commit, then does nothing.
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(job.id.0)
-    .bind(&job.tenant.0)
-    .bind(&job.queue)
-    .bind(job.state.as_str())
-    .bind(ms(job.run_at))
-    .bind(&job.idempotency_key)
-    .bind(&input[..])
-    .bind(&text)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?
-    .rows_affected();
-    if inserted == 0 {
-        let found: String = sqlx::query_scalar(
-            "SELECT record FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
-        )
-        .bind(&job.tenant.0)
-        .bind(&job.idempotency_key)
-        .fetch_one(&mut *tx)
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let gone = || StoreError::Unavailable("the store is closing".into());
+    s.inner
+        .submits
+        .send(Pending {
+            job,
+            input,
+            text,
+            answer,
+        })
         .await
-        .map_err(backend)?;
-        let existing = decode(&found)?;
-        tx.rollback().await.map_err(backend)?;
-        return if existing.request_hash == job.request_hash {
-            Ok(Submitted::Existing(existing))
-        } else {
-            Err(StoreError::IdempotencyMismatch)
-        };
-    }
-    append_event(&mut tx, &job, EventKind::Accepted, &text).await?;
-    s.commit(tx, true).await?;
-    Ok(Submitted::Created(job))
+        .map_err(|_| gone())?;
+    answered.await.map_err(|_| gone())?
 }
 
 pub(super) async fn get(s: &PgStore, id: JobId) -> StoreResult<Option<JobRecord>> {

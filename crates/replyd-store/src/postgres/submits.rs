@@ -1,0 +1,278 @@
+//! Submissions' group commit: concurrent submits share one transaction.
+//!
+//! A submit is two rows (the job, its `job.accepted` event) and a commit;
+//! alone, the commit's round trips and WAL flush are most of its cost.
+//! So `submit` hands the job to a queue, and a few flushers each take
+//! what has gathered (up to [`MAX_JOBS`] jobs or [`MAX_BYTES`] of input),
+//! write it with one statement per table and commit once; each caller is
+//! answered after that commit. While one flusher commits, the next batch
+//! gathers: the busier the server, the larger the batches.
+//!
+//! Idempotency keys: the unique index decides, as for one job. A key
+//! already committed (or repeated within the batch) inserts nothing, and
+//! the job holding it answers. Rows are inserted keyed jobs first, in
+//! (tenant, key) order, so two batches that share keys wait on each other
+//! in one order and cannot deadlock.
+
+use super::outbox::owe;
+use super::{Inner, backend};
+use crate::record::{decode, ms};
+use bytes::Bytes;
+use replyd_core::event::EventKind;
+use replyd_core::job::JobRecord;
+use replyd_core::store::{StoreError, StoreResult, Submitted};
+use sqlx::postgres::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// The most jobs one transaction carries.
+pub(super) const MAX_JOBS: usize = 500;
+
+/// A batch stops gathering past this many bytes of input.
+pub(super) const MAX_BYTES: usize = 4 << 20;
+
+/// A job waiting for its batch's commit.
+pub(super) struct Pending {
+    pub job: JobRecord,
+    pub input: Bytes,
+    /// The record as JSON, encoded by the caller's task.
+    pub text: String,
+    pub answer: oneshot::Sender<StoreResult<Submitted>>,
+}
+
+pub(super) type Queue = Arc<Mutex<mpsc::Receiver<Pending>>>;
+
+/// Submits waiting for a flusher at most; past this, callers wait to
+/// queue theirs.
+pub(super) const QUEUED: usize = 4096;
+
+/// One flusher: takes what has gathered, writes it, answers. Stops when
+/// the store (which holds the queue's sender) is dropped.
+pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut bytes = first.input.len();
+            batch.push(first);
+            while batch.len() < MAX_JOBS && bytes < MAX_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.input.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let jobs = std::mem::take(&mut batch);
+        match write(&pool, &jobs).await {
+            Ok(answers) => {
+                announce(&inner, &answers);
+                for (p, a) in jobs.into_iter().zip(answers) {
+                    let _ = p.answer.send(a);
+                }
+            }
+            Err(StoreError::Backend(e)) if jobs.len() > 1 => {
+                // One job the database refuses (a value it cannot take)
+                // must not fail the others: each on its own.
+                tracing::debug!(error = %e, jobs = jobs.len(), "a batch of submits failed; one by one");
+                for p in jobs {
+                    let answer = match write(&pool, std::slice::from_ref(&p)).await {
+                        Ok(mut a) => {
+                            announce(&inner, &a);
+                            a.pop().unwrap_or(Err(StoreError::NotFound))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = p.answer.send(answer);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for p in jobs {
+                    let _ = p
+                        .answer
+                        .send(Err(StoreError::Unavailable(why.clone().into())));
+                }
+            }
+        }
+    }
+}
+
+/// Wakes the sequencer if the batch created a job (its event).
+fn announce(inner: &Weak<Inner>, answers: &[StoreResult<Submitted>]) {
+    if answers
+        .iter()
+        .any(|a| matches!(a, Ok(Submitted::Created(_))))
+        && let Some(inner) = inner.upgrade()
+    {
+        inner.sequence.notify_one();
+    }
+}
+
+/// Writes `jobs` in one transaction; each one's answer, in order.
+async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Vec<StoreResult<Submitted>>> {
+    // Keyed jobs first, by (tenant, key): the order rows are locked in.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| {
+            let j = &jobs[i].job;
+            (
+                j.idempotency_key.is_none(),
+                j.idempotency_key.as_deref(),
+                j.tenant.0.as_str(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let rows: Vec<&Pending> = order.iter().map(|&i| &jobs[i]).collect();
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let created: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record)
+         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                     $7::bytea[], $8::text[])
+              WITH ORDINALITY AS j(id, tenant, queue, state, run_at, idempotency_key, input,
+                                   record, n)
+         ORDER BY n
+         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(rows.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|p| p.job.tenant.0.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|p| p.job.queue.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|p| p.job.state.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|p| ms(p.job.run_at)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|p| p.job.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|p| &p.input[..]).collect::<Vec<_>>())
+    .bind(rows.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let created: std::collections::HashSet<uuid::Uuid> = created.into_iter().collect();
+    // The jobs that hold the keys of those that inserted nothing.
+    let holders = holders(
+        &mut tx,
+        jobs.iter().filter(|p| !created.contains(&p.job.id.0)),
+    )
+    .await?;
+    let fresh: Vec<&Pending> = rows
+        .iter()
+        .copied()
+        .filter(|p| created.contains(&p.job.id.0))
+        .collect();
+    if !fresh.is_empty() {
+        sqlx::query(
+            "INSERT INTO events (job_id, kind, at, job)
+             SELECT job_id, $2, at, job
+             FROM unnest($1::uuid[], $3::bigint[], $4::text[])
+                  WITH ORDINALITY AS e(job_id, at, job, n)
+             ORDER BY n",
+        )
+        .bind(fresh.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
+        .bind(EventKind::Accepted.name())
+        .bind(
+            fresh
+                .iter()
+                .map(|p| ms(p.job.updated_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for p in &fresh {
+            for (channel, target) in p.job.owed(EventKind::Accepted) {
+                owe(
+                    &mut tx,
+                    &p.job,
+                    EventKind::Accepted,
+                    channel,
+                    &target,
+                    &p.text,
+                    p.job.updated_at,
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(jobs
+        .iter()
+        .map(|p| {
+            if created.contains(&p.job.id.0) {
+                return Ok(Submitted::Created(p.job.clone()));
+            }
+            let key = (
+                p.job.tenant.0.clone(),
+                p.job.idempotency_key.clone().unwrap_or_default(),
+            );
+            match holders.get(&key) {
+                Some(existing) if existing.request_hash == p.job.request_hash => {
+                    Ok(Submitted::Existing(existing.clone()))
+                }
+                Some(_) => Err(StoreError::IdempotencyMismatch),
+                // A row that did not insert conflicted with a key: its
+                // holder is there, in this transaction's view.
+                None => Err(StoreError::Backend(
+                    "a job that did not insert has no key holder".into(),
+                )),
+            }
+        })
+        .collect())
+}
+
+/// The records holding the (tenant, key) of each of `jobs`.
+async fn holders<'a>(
+    tx: &mut super::Tx,
+    jobs: impl Iterator<Item = &'a Pending>,
+) -> StoreResult<HashMap<(String, String), JobRecord>> {
+    let (tenants, keys): (Vec<&str>, Vec<&str>) = jobs
+        .filter_map(|p| Some((p.job.tenant.0.as_str(), p.job.idempotency_key.as_deref()?)))
+        .unzip();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT j.record FROM unnest($1::text[], $2::text[]) AS k(tenant, key),
+             LATERAL (SELECT record FROM jobs
+                      WHERE tenant = k.tenant AND idempotency_key = k.key) j",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
+    texts
+        .iter()
+        .map(|t| {
+            let job = decode(t)?;
+            let key = (
+                job.tenant.0.clone(),
+                job.idempotency_key.clone().unwrap_or_default(),
+            );
+            Ok((key, job))
+        })
+        .collect()
+}
