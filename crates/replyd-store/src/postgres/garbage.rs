@@ -31,7 +31,7 @@ pub(super) async fn collect_garbage(
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-    s.commit(tx, false).await?;
+    s.commit(tx, None).await?;
     Ok(ids.len())
 }
 

@@ -1,7 +1,6 @@
 //! Jobs: submitting, reading, listing, moving (every transition), deleting, counting.
 
-use super::events::{FORGET_EVENTS_OF_JOBS, append_event};
-use super::outbox::owe;
+use super::events::{FORGET_EVENTS_OF_JOBS, append_events};
 use super::submits::Pending;
 use super::{PgStore, Tx, backend};
 use crate::record::{decode, encode_upstream, json_err, ms};
@@ -109,7 +108,9 @@ pub(super) async fn apply(
 
 /// Every move in one transaction (one commit), each answered on its own:
 /// a move the job refuses (or a job not found) is that move's answer and
-/// writes nothing; only the database's failure fails them all.
+/// writes nothing; only the database's failure fails them all. The moves
+/// of a job another transaction holds are applied after, each in a
+/// transaction of its own (see [`transition_all`]).
 pub(super) async fn apply_many(
     s: &PgStore,
     scope: Option<&Tenant>,
@@ -117,19 +118,31 @@ pub(super) async fn apply_many(
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
     let mut tx = s.begin().await?;
-    let (answers, appended) = match transition_all(&mut tx, moves, scope, now, &s.inner.retry).await
-    {
+    let (moved, appended) = match transition_all(&mut tx, moves, scope, now, &s.inner.retry).await {
         Ok(t) => t,
         Err(e) => return s.abort(tx, e).await,
     };
     s.commit(tx, appended).await?;
-    Ok(answers
-        .into_iter()
-        .map(|r| match r? {
-            (_, Some(refused)) => Err(StoreError::Transition(refused)),
-            (job, None) => Ok(job),
-        })
-        .collect())
+    let mut answers = Vec::with_capacity(moved.len());
+    for m in moved {
+        answers.push(match m {
+            Moved::Done(r) => match r {
+                Ok((_, Some(refused))) => Err(StoreError::Transition(refused)),
+                Ok((job, None)) => Ok(job),
+                Err(e) => Err(e),
+            },
+            Moved::Busy(m) => apply(s, m.id, scope, m.cmd, m.output, now).await,
+        });
+    }
+    Ok(answers)
+}
+
+/// A move of [`transition_all`]: decided (the job's new record and what it
+/// refused, or why not), or not tried because another transaction holds
+/// the job.
+pub(super) enum Moved {
+    Done(StoreResult<(JobRecord, Option<TransitionError>)>),
+    Busy(Move),
 }
 
 /// [`transition`] for many jobs at once, in a handful of statements
@@ -138,25 +151,49 @@ pub(super) async fn apply_many(
 /// decided in order (a job named twice sees its first move), then one
 /// UPDATE, one INSERT of events and one of outputs write them all. Each
 /// move's answer is its own; `Err` only for the database's failure.
-/// Returns whether an event was appended.
-#[allow(clippy::type_complexity)]
+///
+/// Rows another transaction holds are skipped, not waited for: their
+/// moves come back [`Moved::Busy`], for the caller to apply in a
+/// transaction of their own. A transaction that waited for a job's row
+/// after locking another would hold a transaction id older than the
+/// holder's, and its event would be placed before the holder's though it
+/// happened after (`events.rs`). Returns the highest position appended.
 pub(super) async fn transition_all(
     tx: &mut Tx,
     moves: Vec<Move>,
     scope: Option<&Tenant>,
     now: DateTime<Utc>,
     retry: &RetryPolicy,
-) -> StoreResult<(Vec<StoreResult<(JobRecord, Option<TransitionError>)>>, bool)> {
+) -> StoreResult<(Vec<Moved>, Option<i64>)> {
     let ids: Vec<uuid::Uuid> = moves.iter().map(|m| m.id.0).collect();
-    let rows = sqlx::query("SELECT id, record FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(backend)?;
+    let rows = sqlx::query(
+        "SELECT id, record FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(backend)?;
     let mut current: std::collections::HashMap<uuid::Uuid, JobRecord> = rows
         .iter()
         .map(|r| Ok((r.get::<uuid::Uuid, _>("id"), decode(r.get("record"))?)))
         .collect::<StoreResult<_>>()?;
+    // Of the jobs not locked, those that exist are held by another.
+    let missing: Vec<uuid::Uuid> = ids
+        .iter()
+        .filter(|id| !current.contains_key(id))
+        .copied()
+        .collect();
+    let held: std::collections::HashSet<uuid::Uuid> = if missing.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+            .bind(&missing)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .collect()
+    };
     let mut answers = Vec::with_capacity(moves.len());
     // What to write: each job's last record (by id), every event in order,
     // each job's last output.
@@ -164,15 +201,19 @@ pub(super) async fn transition_all(
     let mut events: Vec<(JobRecord, EventKind, String)> = Vec::new();
     let mut outputs: std::collections::HashMap<uuid::Uuid, JobOutput> = Default::default();
     for m in moves {
+        if held.contains(&m.id.0) {
+            answers.push(Moved::Busy(m));
+            continue;
+        }
         let Some(job) = current.get(&m.id.0).cloned() else {
-            answers.push(Err(StoreError::NotFound));
+            answers.push(Moved::Done(Err(StoreError::NotFound)));
             continue;
         };
         let t = match crate::record::transition(job, scope, m.cmd, m.output, now, retry) {
             Ok(t) => t,
             Err(e @ (StoreError::Backend(_) | StoreError::Unavailable(_))) => return Err(e),
             Err(e) => {
-                answers.push(Err(e));
+                answers.push(Moved::Done(Err(e)));
                 continue;
             }
         };
@@ -184,7 +225,7 @@ pub(super) async fn transition_all(
             outputs.insert(m.id.0, out);
         }
         current.insert(m.id.0, t.job.clone());
-        answers.push(Ok((t.job, t.refused)));
+        answers.push(Moved::Done(Ok((t.job, t.refused))));
     }
     if !written.is_empty() {
         let jobs: Vec<&JobRecord> = written.keys().map(|id| &current[id]).collect();
@@ -219,38 +260,12 @@ pub(super) async fn transition_all(
         .await
         .map_err(backend)?;
     }
-    if !events.is_empty() {
-        // In the moves' order: event ids (and so positions) follow it.
-        sqlx::query(
-            "INSERT INTO events (job_id, kind, at, job)
-             SELECT job_id, kind, at, job
-             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[])
-                  WITH ORDINALITY AS e(job_id, kind, at, job, n)
-             ORDER BY n",
-        )
-        .bind(events.iter().map(|(j, _, _)| j.id.0).collect::<Vec<_>>())
-        .bind(events.iter().map(|(_, k, _)| k.name()).collect::<Vec<_>>())
-        .bind(
-            events
-                .iter()
-                .map(|(j, _, _)| ms(j.updated_at))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|(_, _, t)| t.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-        for (job, kind, text) in &events {
-            for (channel, target) in job.owed(*kind) {
-                owe(tx, job, *kind, channel, &target, text, job.updated_at).await?;
-            }
-        }
-    }
+    // In the moves' order: positions follow it.
+    let appended: Vec<_> = events
+        .iter()
+        .map(|(job, kind, text)| (job, *kind, text.as_str()))
+        .collect();
+    let top = append_events(tx, &appended).await?;
     if !outputs.is_empty() {
         let outs: Vec<(&uuid::Uuid, &JobOutput)> = outputs.iter().collect();
         sqlx::query(
@@ -279,7 +294,7 @@ pub(super) async fn transition_all(
         .await
         .map_err(backend)?;
     }
-    Ok((answers, !events.is_empty()))
+    Ok((answers, top))
 }
 
 pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
@@ -300,17 +315,15 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-    s.commit(tx, false).await
+    s.commit(tx, None).await
 }
 
 /// Removes what jobs (`ids`) have beyond their records: their results,
 /// their events (raising the log's floor past them), their deliveries and
 /// their output streams.
 pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResult<()> {
-    let [lock_events, forget_events] = FORGET_EVENTS_OF_JOBS;
     for sql in [
-        lock_events,
-        forget_events,
+        FORGET_EVENTS_OF_JOBS,
         "DELETE FROM job_outputs WHERE job_id = ANY($1)",
         "DELETE FROM delivery_attempts WHERE delivery_id IN
              (SELECT id FROM outbox WHERE job_id = ANY($1))",
@@ -384,7 +397,7 @@ pub(super) async fn update_job(tx: &mut Tx, job: &JobRecord, text: &str) -> Stor
 
 /// Loads (locked), applies (`record::transition` decides), writes back,
 /// appends the event: every transition's one path. Returns whether an
-/// event was appended.
+/// event was appended: its position.
 pub(super) async fn transition(
     tx: &mut Tx,
     id: JobId,
@@ -393,13 +406,14 @@ pub(super) async fn transition(
     output: Option<JobOutput>,
     now: DateTime<Utc>,
     retry: &RetryPolicy,
-) -> StoreResult<(JobRecord, Option<TransitionError>, bool)> {
+) -> StoreResult<(JobRecord, Option<TransitionError>, Option<i64>)> {
     let job = load(tx, id, true).await?.ok_or(StoreError::NotFound)?;
     let t = crate::record::transition(job, scope, cmd, output, now, retry)?;
     update_job(tx, &t.job, &t.text).await?;
-    if let Some(kind) = t.event {
-        append_event(tx, &t.job, kind, &t.text).await?;
-    }
+    let top = match t.event {
+        Some(kind) => append_events(tx, &[(&t.job, kind, &t.text)]).await?,
+        None => None,
+    };
     if let Some(out) = &t.output {
         sqlx::query(
             "INSERT INTO job_outputs (job_id, content_type, body, upstream) VALUES ($1, $2, $3, $4)
@@ -413,5 +427,5 @@ pub(super) async fn transition(
         .await
         .map_err(backend)?;
     }
-    Ok((t.job, t.refused, t.event.is_some()))
+    Ok((t.job, t.refused, top))
 }

@@ -1,15 +1,24 @@
 //! Leases: handing queued jobs to workers (`FOR UPDATE SKIP LOCKED`), and taking back the ones whose lease ran out.
 
-use super::jobs::{transition, transition_all};
+use super::jobs::{Moved, transition, transition_all};
 use super::{PgStore, backend};
 use crate::record::ms;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::job::Command;
-use replyd_core::store::{LeaseQuery, Leased, Move, StoreResult};
+use replyd_core::store::{LeaseQuery, Leased, Move, StoreError, StoreResult};
 use replyd_core::{JobId, LeaseId};
 use sqlx::Row;
 use uuid::Uuid;
+
+/// The jobs a lease takes: `$1` queue, `$2` now (ms), `$3` tenant or
+/// NULL, `$4` how many. `jobs_ready` serves the order, so the scan stops
+/// at the limit.
+pub(super) const LEASE: &str = "SELECT id, input FROM jobs
+     WHERE queue = $1 AND state = 'queued' AND run_at <= $2
+       AND ($3::text IS NULL OR tenant = $3)
+     ORDER BY run_at, id LIMIT $4
+     FOR UPDATE SKIP LOCKED";
 
 pub(super) async fn lease(
     s: &PgStore,
@@ -17,20 +26,14 @@ pub(super) async fn lease(
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<Leased>> {
     let mut tx = s.begin().await?;
-    let picked = sqlx::query(
-        "SELECT id, input FROM jobs
-         WHERE queue = $1 AND state = 'queued' AND run_at <= $2
-           AND ($3::text IS NULL OR tenant = $3)
-         ORDER BY run_at, id LIMIT $4
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(&q.queue)
-    .bind(ms(now))
-    .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
-    .bind(i64::from(q.max))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(backend)?;
+    let picked = sqlx::query(LEASE)
+        .bind(&q.queue)
+        .bind(ms(now))
+        .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
+        .bind(i64::from(q.max))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
     let mut inputs = Vec::with_capacity(picked.len());
     let mut moves = Vec::with_capacity(picked.len());
     for row in &picked {
@@ -51,7 +54,15 @@ pub(super) async fn lease(
     let (moved, appended) = transition_all(&mut tx, moves, None, now, &s.inner.retry).await?;
     let mut leased = Vec::with_capacity(moved.len());
     for (m, (lease_id, input)) in moved.into_iter().zip(inputs) {
-        let (job, _) = m?;
+        let (job, _) = match m {
+            Moved::Done(r) => r?,
+            // Our own locks are never skipped.
+            Moved::Busy(_) => {
+                return s
+                    .abort(tx, StoreError::Backend("a leased row was held".into()))
+                    .await;
+            }
+        };
         leased.push(Leased {
             job,
             input,
@@ -77,8 +88,9 @@ pub(super) async fn expire_leases(
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
+    let mut top = None;
     for &id in &ids {
-        transition(
+        let (_, _, appended) = transition(
             &mut tx,
             JobId(id),
             None,
@@ -88,8 +100,9 @@ pub(super) async fn expire_leases(
             &s.inner.retry,
         )
         .await?;
+        top = top.max(appended);
     }
-    s.commit(tx, !ids.is_empty()).await?;
+    s.commit(tx, top).await?;
     Ok(ids.len())
 }
 

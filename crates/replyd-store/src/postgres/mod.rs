@@ -6,16 +6,10 @@
 //! for itself (leases, expired leases, garbage) are claimed with `FOR UPDATE
 //! SKIP LOCKED`, so nodes never wait on each other nor take the same row.
 //!
-//! **Event positions.** Sequence values do not commit in order: a reader may
-//! see event 11 before event 10 commits. So an event is inserted without a
-//! position, and a sequencer assigns positions to the committed, unpositioned
-//! events, in insertion order, under a cluster-wide advisory lock: positions
-//! are handed out in the order their sequencing transactions commit, and a
-//! reader that asks "after position P" can never later find an event below
-//! P. (Within one job, insertion order is causal order: the job's row lock
-//! makes the next event's transaction wait for the previous one's commit.)
-//! The sequencer's commit NOTIFYs `replyd_events`; every node LISTENs and
-//! reads the newly positioned events onto its local bus.
+//! **Event positions** are fixed when an event is written and read up to
+//! a horizon that no transaction still open can write below: see
+//! `events.rs`. Every node LISTENs for the others' commits and reads the
+//! newly readable events onto its local bus.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +39,7 @@ mod streams;
 mod submits;
 pub mod testing;
 
-use events::{listener, sequence, sequencer};
+use events::{listener, notifier, readable_top};
 use schema::migrate;
 
 /// Options of the PostgreSQL store.
@@ -80,8 +74,13 @@ struct Inner {
     bus: broadcast::Sender<EventBatch>,
     /// Committed changes of Durable Streams, on any node.
     stream_bus: broadcast::Sender<replyd_core::stream::StreamTick>,
-    /// Wakes the sequencer after a commit that appended events.
-    sequence: Notify,
+    /// Wakes this node's listener after a commit that appended events.
+    committed: Arc<Notify>,
+    /// Wakes the notifier, which tells the other nodes.
+    notify: Arc<Notify>,
+    /// The highest event position known committed, here or (told by a
+    /// NOTIFY) on another node: the listener reads until it has it.
+    wanted: std::sync::atomic::AtomicI64,
     /// Submissions waiting for their group commit (`submits.rs`).
     submits: tokio::sync::mpsc::Sender<submits::Pending>,
     retry: RetryPolicy,
@@ -140,7 +139,7 @@ const FLUSHERS: usize = 2;
 
 impl PgStore {
     /// Connects, applies pending migrations (safe when several nodes start
-    /// at once), and starts the sequencer and the listener.
+    /// at once), and starts the listener and the notifier.
     pub async fn connect(url: &str, options: PgOptions) -> StoreResult<PgStore> {
         let connect: PgConnectOptions = url.parse().map_err(backend)?;
         PgStore::connect_with(connect, options).await
@@ -165,13 +164,19 @@ impl PgStore {
                 pool,
                 bus,
                 stream_bus: broadcast::channel(4096).0,
-                sequence: Notify::new(),
+                committed: Arc::default(),
+                notify: Arc::default(),
+                wanted: Default::default(),
                 submits: submit_tx,
                 retry: options.retry,
                 _stop: StopOnDrop(stop_tx),
             }),
         };
-        let last = store.max_position().await?;
+        let last = readable_top(&store.inner.pool).await?;
+        store
+            .inner
+            .wanted
+            .store(last, std::sync::atomic::Ordering::Relaxed);
         let queue: submits::Queue = Arc::new(tokio::sync::Mutex::new(submit_rx));
         for _ in 0..FLUSHERS {
             tokio::spawn(submits::flusher(
@@ -180,7 +185,7 @@ impl PgStore {
                 queue.clone(),
             ));
         }
-        tokio::spawn(sequencer(Arc::downgrade(&store.inner), stop_rx.clone()));
+        tokio::spawn(notifier(Arc::downgrade(&store.inner), stop_rx.clone()));
         tokio::spawn(streams::stream_listener(
             Arc::downgrade(&store.inner),
             stop_rx.clone(),
@@ -203,27 +208,32 @@ impl PgStore {
         Err(e)
     }
 
-    /// Commits and, if the transaction appended events, wakes the sequencer.
-    async fn commit(&self, tx: Tx, appended: bool) -> StoreResult<()> {
+    /// Commits and, if the transaction appended events (`top`: the highest
+    /// position), says so.
+    async fn commit(&self, tx: Tx, top: Option<i64>) -> StoreResult<()> {
         tx.commit().await.map_err(backend)?;
-        if appended {
-            self.inner.sequence.notify_one();
+        if let Some(top) = top {
+            self.inner.appended(top);
         }
         Ok(())
     }
 
-    async fn max_position(&self) -> StoreResult<i64> {
-        sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
-            .fetch_one(&self.inner.pool)
-            .await
-            .map(|v| v.unwrap_or(0))
-            .map_err(backend)
+    /// Waits until every event committed before the call can be read from
+    /// the log on any node (no transaction older than them is open), at
+    /// most `limit`; whether it came to that.
+    pub async fn settle(&self, limit: Duration) -> StoreResult<bool> {
+        events::settle(&self.inner.pool, limit).await
     }
+}
 
-    /// Positions the committed, unpositioned events (see the module doc).
-    /// Returns how many.
-    pub async fn sequence(&self) -> StoreResult<u64> {
-        sequence(&self.inner.pool).await
+impl Inner {
+    /// After a commit that appended events: this node's listener looks,
+    /// and the other nodes are told.
+    fn appended(&self, top: i64) {
+        self.wanted
+            .fetch_max(top, std::sync::atomic::Ordering::Relaxed);
+        self.committed.notify_one();
+        self.notify.notify_one();
     }
 }
 

@@ -98,7 +98,7 @@ pub(super) async fn ask_reply(
         }
         ReplyAsked::Owed => return Ok(asked),
     }
-    s.commit(tx, false).await?;
+    s.commit(tx, None).await?;
     Ok(asked)
 }
 
@@ -179,7 +179,7 @@ pub(super) async fn record_attempts(s: &PgStore, outcomes: Vec<Outcome>) -> Stor
         .await
         .map_err(backend)?;
     }
-    s.commit(tx, false).await
+    s.commit(tx, None).await
 }
 
 pub(super) async fn deliveries(

@@ -237,4 +237,49 @@ const POSTGRES: &[(i64, &str)] = &[
     CREATE INDEX streams_job ON streams (job) WHERE job IS NOT NULL;
     ",
     ),
+    (
+        9,
+        "
+    -- A lease takes the queue's oldest jobs in (run_at, id) order: with id
+    -- in the index the scan stops after the jobs it takes. Without it,
+    -- jobs sharing a run_at (a burst submitted within a millisecond) were
+    -- sorted whole on every lease: 50,000 queued jobs made each lease of
+    -- 100 read and sort all 50,000 (37 ms; 147 ms under load).
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (queue, run_at, id) WHERE state = 'queued';
+    ",
+    ),
+    (
+        10,
+        "
+    -- Positions fixed at write, from the writing transaction's id, and read
+    -- below the horizon of the oldest transaction still open (events.rs):
+    -- the sequencer, its second write per event and its cluster-wide lock
+    -- are gone. All nodes must run this version: an older node would still
+    -- write events without a position.
+    --
+    -- First, position what the old sequencer had not reached, in id order,
+    -- past every position handed out.
+    WITH base AS (
+        SELECT greatest((SELECT coalesce(max(position), 0) FROM events),
+                        (SELECT coalesce(max(below), 0) FROM log_floor)) AS b
+    ), todo AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS r FROM events WHERE position IS NULL
+    )
+    UPDATE events e SET position = base.b + todo.r FROM todo, base WHERE e.id = todo.id;
+    -- New positions start past every old one: xid * 65536 + shift.
+    CREATE TABLE event_origin (
+        one   integer PRIMARY KEY CHECK (one = 1),
+        shift bigint NOT NULL
+    );
+    INSERT INTO event_origin (one, shift)
+    SELECT 1, greatest(0, greatest((SELECT coalesce(max(position), 0) FROM events),
+                                   (SELECT coalesce(max(below), 0) FROM log_floor))
+                          + 1 - pg_current_xact_id()::text::bigint * 65536);
+    -- The position is the key: the id column, its sequence and its index go.
+    DROP INDEX events_unpositioned;
+    ALTER TABLE events DROP COLUMN id;
+    ALTER TABLE events DROP CONSTRAINT events_position_key, ADD PRIMARY KEY (position);
+    ",
+    ),
 ];

@@ -326,7 +326,7 @@ impl PgStore {
         {
             return self.abort(tx, e).await;
         }
-        self.commit(tx, false).await?;
+        self.commit(tx, None).await?;
         if let Some(t) = tick {
             let _ = self.inner.stream_bus.send(t);
         }

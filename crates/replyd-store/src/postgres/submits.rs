@@ -14,7 +14,7 @@
 //! (tenant, key) order, so two batches that share keys wait on each other
 //! in one order and cannot deadlock.
 
-use super::outbox::owe;
+use super::events::append_events;
 use super::{Inner, backend};
 use crate::record::{decode, ms};
 use bytes::Bytes;
@@ -71,8 +71,8 @@ pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
         }
         let jobs = std::mem::take(&mut batch);
         match write(&pool, &jobs).await {
-            Ok(answers) => {
-                announce(&inner, &answers);
+            Ok((answers, top)) => {
+                announce(&inner, top);
                 for (p, a) in jobs.into_iter().zip(answers) {
                     let _ = p.answer.send(a);
                 }
@@ -83,8 +83,8 @@ pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
                 tracing::debug!(error = %e, jobs = jobs.len(), "a batch of submits failed; one by one");
                 for p in jobs {
                     let answer = match write(&pool, std::slice::from_ref(&p)).await {
-                        Ok(mut a) => {
-                            announce(&inner, &a);
+                        Ok((mut a, top)) => {
+                            announce(&inner, top);
                             a.pop().unwrap_or(Err(StoreError::NotFound))
                         }
                         Err(e) => Err(e),
@@ -104,19 +104,20 @@ pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
     }
 }
 
-/// Wakes the sequencer if the batch created a job (its event).
-fn announce(inner: &Weak<Inner>, answers: &[StoreResult<Submitted>]) {
-    if answers
-        .iter()
-        .any(|a| matches!(a, Ok(Submitted::Created(_))))
-        && let Some(inner) = inner.upgrade()
-    {
-        inner.sequence.notify_one();
+/// Says that events were appended, up to `top`.
+fn announce(inner: &Weak<Inner>, top: Option<i64>) {
+    if let (Some(top), Some(inner)) = (top, inner.upgrade()) {
+        inner.appended(top);
     }
 }
 
-/// Writes `jobs` in one transaction; each one's answer, in order.
-async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Vec<StoreResult<Submitted>>> {
+/// Writes `jobs` in one transaction; each one's answer, in order, and the
+/// highest event position written.
+#[allow(clippy::type_complexity)]
+async fn write(
+    pool: &PgPool,
+    jobs: &[Pending],
+) -> StoreResult<(Vec<StoreResult<Submitted>>, Option<i64>)> {
     // Keyed jobs first, by (tenant, key): the order rows are locked in.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -182,43 +183,13 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Vec<StoreResult<S
         .copied()
         .filter(|p| created.contains(&p.job.id.0))
         .collect();
-    if !fresh.is_empty() {
-        sqlx::query(
-            "INSERT INTO events (job_id, kind, at, job)
-             SELECT job_id, $2, at, job
-             FROM unnest($1::uuid[], $3::bigint[], $4::text[])
-                  WITH ORDINALITY AS e(job_id, at, job, n)
-             ORDER BY n",
-        )
-        .bind(fresh.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
-        .bind(EventKind::Accepted.name())
-        .bind(
-            fresh
-                .iter()
-                .map(|p| ms(p.job.updated_at))
-                .collect::<Vec<_>>(),
-        )
-        .bind(fresh.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        for p in &fresh {
-            for (channel, target) in p.job.owed(EventKind::Accepted) {
-                owe(
-                    &mut tx,
-                    &p.job,
-                    EventKind::Accepted,
-                    channel,
-                    &target,
-                    &p.text,
-                    p.job.updated_at,
-                )
-                .await?;
-            }
-        }
-    }
+    let accepted: Vec<_> = fresh
+        .iter()
+        .map(|p| (&p.job, EventKind::Accepted, p.text.as_str()))
+        .collect();
+    let top = append_events(&mut tx, &accepted).await?;
     tx.commit().await.map_err(backend)?;
-    Ok(jobs
+    let answers = jobs
         .iter()
         .map(|p| {
             if created.contains(&p.job.id.0) {
@@ -240,7 +211,8 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Vec<StoreResult<S
                 )),
             }
         })
-        .collect())
+        .collect();
+    Ok((answers, top))
 }
 
 /// The records holding the (tenant, key) of each of `jobs`.

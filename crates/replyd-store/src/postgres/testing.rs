@@ -40,6 +40,29 @@ pub async fn explain_garbage(url: &str, now_ms: i64, limit: i64) -> sqlx::Result
     Ok(plan)
 }
 
+/// The plan of a lease's selection (`lease`'s own statement) of `limit`
+/// jobs of `queue`, as [`explain_claim`] gives it.
+pub async fn explain_lease(
+    url: &str,
+    queue: &str,
+    now_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    let mut tx = pool.begin().await?;
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {}", super::leases::LEASE);
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(queue)
+        .bind(now_ms)
+        .bind(None::<&str>)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    pool.close().await;
+    Ok(plan)
+}
+
 /// The server tests run against: `REPLYD_TEST_DATABASE_URL`, by default
 /// the local `test` database.
 pub fn url() -> String {
