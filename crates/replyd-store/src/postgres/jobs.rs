@@ -140,6 +140,9 @@ pub(super) async fn apply_many(
 /// A move of [`transition_all`]: decided (the job's new record and what it
 /// refused, or why not), or not tried because another transaction holds
 /// the job.
+// Short-lived, one per move of a batch: boxing the common variant would
+// cost an allocation per move to save a copy.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Moved {
     Done(StoreResult<(JobRecord, Option<TransitionError>)>),
     Busy(Move),
