@@ -236,3 +236,166 @@ async fn nodes_starting_together_migrate_once() {
         .id;
     assert!(stores[3].get(id).await.unwrap().is_some());
 }
+
+/// A batch of outcomes whose job another transaction holds (a node in the
+/// middle of that job's transition): the batch does not wait for it with
+/// the others' rows locked. The jobs that were free commit at once, the
+/// held one's move is applied once the holder lets go, each answered on
+/// its own, and every job's events read back in the order they happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_outcomes_never_waits_for_a_held_job_with_others_locked() {
+    let Some(url) = testing::fresh_schema("held").await else {
+        return;
+    };
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(store.submit(job("q"), now).await.unwrap().job().id);
+    }
+    let leased = store
+        .lease(
+            LeaseQuery {
+                queue: "q".into(),
+                tenant: None,
+                worker: "w".into(),
+                length: Duration::from_secs(60),
+                max: 3,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    // Another session holds the middle job's row.
+    let held = ids[1];
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(held.0)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let moves = leased
+        .iter()
+        .map(|l| replyd_core::store::Move {
+            id: l.job.id,
+            cmd: Command::Complete {
+                lease_id: l.lease_id.clone(),
+            },
+            output: None,
+        })
+        .collect();
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply_many(None, moves, now).await })
+    };
+    // The free jobs are done while the held one is still held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut states = Vec::new();
+        for id in [ids[0], ids[2]] {
+            states.push(store.get(id).await.unwrap().unwrap().state);
+        }
+        if states
+            .iter()
+            .all(|s| *s == replyd_core::JobState::Succeeded)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the free jobs waited for the held one: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!batch.is_finished(), "the held job's move did not wait");
+    assert_eq!(
+        store.get(held).await.unwrap().unwrap().state,
+        replyd_core::JobState::Running
+    );
+    holder.commit().await.unwrap();
+    let answers = batch.await.unwrap().unwrap();
+    assert_eq!(answers.len(), 3);
+    for (answer, id) in answers.into_iter().zip(&ids) {
+        let job = answer.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(job.id, *id);
+        assert_eq!(job.state, replyd_core::JobState::Succeeded);
+    }
+    assert!(store.settle(Duration::from_secs(10)).await.unwrap());
+    let log = store.log(None, 100).await.unwrap();
+    use EventKind::*;
+    for id in &ids {
+        let kinds: Vec<_> = log
+            .iter()
+            .filter(|e| e.job_id == *id)
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, [Accepted, Started, Succeeded], "job {id}");
+    }
+}
+
+/// An event log written by the sequencer (migrations 1–9), upgraded:
+/// events it had not positioned get positions past the old ones, in the
+/// order they were written; new events come after every old position and
+/// after the floor of removed ones; a reader that had read the old log
+/// resumes into the new one without a gap or a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_log_goes_on_after_the_sequencers_positions() {
+    let Some(url) = testing::fresh_schema("upgrade").await else {
+        return;
+    };
+    testing::migrate_schema_to(&url, 9).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // Four old jobs' accepted events: two positioned (5 and 9), two not
+    // yet; the floor says position 12 was removed.
+    let mut old = Vec::new();
+    for position in [Some(5_i64), Some(9), None, None] {
+        let record = job("q").into_record(chrono::Utc::now()).0;
+        let text = serde_json::to_string(&record).unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant, queue, state, run_at, input, record)
+             VALUES ($1, $2, 'q', 'queued', 0, '\\x7b7d', $3)",
+        )
+        .bind(record.id.0)
+        .bind(&record.tenant.0)
+        .bind(&text)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO events (job_id, kind, at, job, position)
+             VALUES ($1, 'job.accepted', 0, $2, $3)",
+        )
+        .bind(record.id.0)
+        .bind(&text)
+        .bind(position)
+        .execute(&pool)
+        .await
+        .unwrap();
+        old.push(record.id);
+    }
+    sqlx::query("INSERT INTO log_floor (one, below) VALUES (1, 12)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A reader had read up to 9.
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let fresh = store.submit(job("q"), chrono::Utc::now()).await.unwrap();
+    assert!(store.settle(Duration::from_secs(10)).await.unwrap());
+    let after_nine = store
+        .log(Some(replyd_core::event::EventId(9)), 100)
+        .await
+        .unwrap();
+    let read: Vec<(i64, JobId)> = after_nine.iter().map(|e| (e.id.0, e.job_id)).collect();
+    assert_eq!(read.len(), 3, "{read:?}");
+    // The unpositioned two, past the floor, in the order written.
+    assert_eq!(read[0], (13, old[2]));
+    assert_eq!(read[1], (14, old[3]));
+    assert_eq!(read[2].1, fresh.job().id);
+    assert!(read[2].0 > 14);
+    let all = store.log(None, 100).await.unwrap();
+    let positions: Vec<i64> = all.iter().map(|e| e.id.0).collect();
+    assert_eq!(&positions[..4], [5, 9, 13, 14]);
+    pool.close().await;
+}

@@ -8,6 +8,11 @@ use sqlx::postgres::PgPool;
 pub(super) const MIGRATION_LOCK: i64 = 0x7265_706c_7964_0002;
 
 pub(super) async fn migrate(pool: &PgPool) -> StoreResult<()> {
+    migrate_to(pool, i64::MAX).await
+}
+
+/// Applies the pending migrations up to `last` (tests of an upgrade).
+pub(super) async fn migrate_to(pool: &PgPool, last: i64) -> StoreResult<()> {
     let mut conn = pool.acquire().await.map_err(backend)?;
     // A session lock: nodes starting together migrate one after another.
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -25,7 +30,7 @@ pub(super) async fn migrate(pool: &PgPool) -> StoreResult<()> {
         .execute(&mut *conn)
         .await
         .map_err(backend)?;
-        for (version, sql) in POSTGRES {
+        for (version, sql) in POSTGRES.iter().filter(|(v, _)| *v <= last) {
             let done: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
             )

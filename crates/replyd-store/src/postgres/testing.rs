@@ -63,6 +63,17 @@ pub async fn explain_lease(
     Ok(plan)
 }
 
+/// Migrates the schema of `url` up to `version` only, as an older
+/// replyd left it (tests of an upgrade).
+pub async fn migrate_schema_to(url: &str, version: i64) -> replyd_core::store::StoreResult<()> {
+    let pool = sqlx::PgPool::connect(url)
+        .await
+        .map_err(replyd_core::store::StoreError::backend)?;
+    super::schema::migrate_to(&pool, version).await?;
+    pool.close().await;
+    Ok(())
+}
+
 /// The server tests run against: `REPLYD_TEST_DATABASE_URL`, by default
 /// the local `test` database.
 pub fn url() -> String {
