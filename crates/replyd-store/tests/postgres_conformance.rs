@@ -62,3 +62,61 @@ async fn a_submit_the_database_refuses_fails_alone() {
         assert!(store.get(id).await.unwrap().is_some(), "{id} was not kept");
     }
 }
+
+/// A lease scans a queue from past the last job it leased (`leases.rs`,
+/// the floor). A job that comes in below the floor (its `run_at` older
+/// than the jobs leased since, as a slow submit's is) is still leased,
+/// at the latest by the next scan from the start, within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_below_the_lease_floor_is_still_leased() {
+    use replyd_core::Store;
+    let Some(store) = fresh().await else { return };
+    let job = || replyd_core::job::NewJob {
+        id: replyd_core::JobId::new(),
+        tenant: replyd_core::Tenant("t".into()),
+        queue: "q".into(),
+        input: bytes::Bytes::from_static(b"{}"),
+        max_attempts: 1,
+        timeout: std::time::Duration::from_secs(60),
+        ttl: std::time::Duration::from_secs(60),
+        webhook: None,
+        reply: None,
+        idempotency_key: None,
+        request_hash: None,
+        output_type: None,
+    };
+    let lease = || replyd_core::store::LeaseQuery {
+        queue: "q".into(),
+        tenant: None,
+        worker: "w".into(),
+        length: std::time::Duration::from_secs(60),
+        max: 10,
+    };
+    let now = chrono::Utc::now();
+    for _ in 0..3 {
+        store.submit(job(), now).await.unwrap();
+    }
+    assert_eq!(store.lease(lease(), now).await.unwrap().len(), 3);
+    // Submitted "ten seconds ago": below the floor the lease left.
+    let late = store
+        .submit(job(), now - chrono::Duration::seconds(10))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let got = store.lease(lease(), chrono::Utc::now()).await.unwrap();
+        if let Some(l) = got.first() {
+            assert_eq!(l.job.id, late);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job below the floor was never leased"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And a store's view of when the queue's next job is due sees it too.
+    assert!(store.next_run_at("q").await.unwrap().is_none());
+}

@@ -12,25 +12,129 @@ use sqlx::Row;
 use uuid::Uuid;
 
 /// The jobs a lease takes: `$1` queue, `$2` now (ms), `$3` tenant or
-/// NULL, `$4` how many. `jobs_ready` serves the order, so the scan stops
-/// at the limit.
-pub(super) const LEASE: &str = "SELECT id, input FROM jobs
+/// NULL, `$4` how many, from (`$5` run_at, `$6` id) on (the scan floor).
+/// `jobs_ready` serves the order, so the scan starts at the floor and
+/// stops at the limit.
+pub(super) const LEASE: &str = "SELECT id, input, run_at FROM jobs
      WHERE queue = $1 AND state = 'queued' AND run_at <= $2
        AND ($3::text IS NULL OR tenant = $3)
+       AND (run_at, id) >= ($5, $6)
      ORDER BY run_at, id LIMIT $4
      FOR UPDATE SKIP LOCKED";
+
+/// How often a lease of a queue scans from the start rather than from its
+/// floor: the longest a job below the floor waits.
+const FULL_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How far behind the last job leased a floor stays (ms): longer than a
+/// submit takes from taking its `run_at` to its commit.
+const FLOOR_LAG: i64 = 250;
+
+/// Queues (with tenants) whose floors a node keeps at most.
+const MAX_FLOORS: usize = 10_000;
+
+/// Where a queue's lease scan starts: [`FLOOR_LAG`] before the last job
+/// this node leased from it. A leased job leaves `jobs_ready`, but its
+/// index entry stays until vacuum removes it, and vacuum cannot while any
+/// snapshot older than the lease is open (a long report): a scan from the
+/// start walks every such entry, and leases slowed as a run went on
+/// (issue 25's held horizon: end to end at 0.53 of its figure). Every
+/// queued job below the last one leased was leased too, or was held by
+/// another lease, or had not committed yet; a job's `run_at` is set when
+/// it is submitted, before its commit, hence the lag. One that still
+/// comes in below the floor (a submit slower than the lag, a lease that
+/// rolled back, a node's clock behind) is found by a scan from the start,
+/// at least every [`FULL_SCAN_EVERY`].
+#[derive(Debug, Default)]
+pub(super) struct Floors(std::sync::Mutex<std::collections::HashMap<FloorKey, Floor>>);
+
+type FloorKey = (String, Option<String>);
+
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    run_at: i64,
+    id: Uuid,
+    /// When a lease last scanned this queue from the start.
+    full_at: std::time::Instant,
+}
+
+impl Floors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<FloorKey, Floor>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where to scan from: the floor, or the start (`None`) when there is
+    /// none or a scan from the start is due.
+    fn start(&self, key: &FloorKey) -> Option<(i64, Uuid)> {
+        self.lock()
+            .get(key)
+            .filter(|f| f.full_at.elapsed() < FULL_SCAN_EVERY)
+            .map(|f| (f.run_at, f.id))
+    }
+
+    /// After a lease (committed) that scanned from `from` and took jobs up
+    /// to `last` (`None`: none).
+    fn moved(&self, key: FloorKey, from: Option<(i64, Uuid)>, last: Option<(i64, Uuid)>) {
+        let mut floors = self.lock();
+        if floors.len() >= MAX_FLOORS && !floors.contains_key(&key) {
+            floors.clear();
+        }
+        let now = std::time::Instant::now();
+        match (floors.get_mut(&key), last) {
+            (Some(f), Some((run_at, id))) => {
+                if (run_at, id) > (f.run_at, f.id) || from.is_none() {
+                    (f.run_at, f.id) = (run_at, id);
+                }
+                if from.is_none() {
+                    f.full_at = now;
+                }
+            }
+            (Some(f), None) => {
+                if from.is_none() {
+                    f.full_at = now;
+                }
+            }
+            (None, Some((run_at, id))) => {
+                floors.insert(
+                    key,
+                    Floor {
+                        run_at,
+                        id,
+                        full_at: now,
+                    },
+                );
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The lowest fresh floor of a queue's leases, whatever their tenant
+    /// (for `next_run_at`, which is asked after a lease of any tenant).
+    fn of_queue(&self, queue: &str) -> Option<(i64, Uuid)> {
+        self.lock()
+            .iter()
+            .filter(|((q, _), f)| q == queue && f.full_at.elapsed() < FULL_SCAN_EVERY)
+            .map(|(_, f)| (f.run_at, f.id))
+            .min()
+    }
+}
 
 pub(super) async fn lease(
     s: &PgStore,
     q: LeaseQuery,
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<Leased>> {
+    let key: FloorKey = (q.queue.clone(), q.tenant.as_ref().map(|t| t.0.clone()));
+    let from = s.inner.floors.start(&key);
+    let (from_run_at, from_id) = from.unwrap_or((i64::MIN, Uuid::nil()));
     let mut tx = s.begin().await?;
     let picked = sqlx::query(LEASE)
         .bind(&q.queue)
         .bind(ms(now))
         .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
         .bind(i64::from(q.max))
+        .bind(from_run_at)
+        .bind(from_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
@@ -70,6 +174,10 @@ pub(super) async fn lease(
         });
     }
     s.commit(tx, appended).await?;
+    let last = picked
+        .last()
+        .map(|r| (r.get::<i64, _>("run_at") - FLOOR_LAG, Uuid::nil()));
+    s.inner.floors.moved(key, from, last);
     Ok(leased)
 }
 
@@ -107,11 +215,22 @@ pub(super) async fn expire_leases(
 }
 
 pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
-    let v: Option<i64> =
-        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE queue = $1 AND state = 'queued'")
-            .bind(queue)
-            .fetch_one(&s.inner.pool)
-            .await
-            .map_err(backend)?;
+    // From the queue's floor, as a lease scans: a job below it is found by
+    // the next scan from the start.
+    let (run_at, id) = s
+        .inner
+        .floors
+        .of_queue(queue)
+        .unwrap_or((i64::MIN, Uuid::nil()));
+    let v: Option<i64> = sqlx::query_scalar(
+        "SELECT min(run_at) FROM jobs
+         WHERE queue = $1 AND state = 'queued' AND (run_at, id) >= ($2, $3)",
+    )
+    .bind(queue)
+    .bind(run_at)
+    .bind(id)
+    .fetch_one(&s.inner.pool)
+    .await
+    .map_err(backend)?;
     Ok(v.and_then(DateTime::from_timestamp_millis))
 }

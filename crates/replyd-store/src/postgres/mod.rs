@@ -81,6 +81,8 @@ struct Inner {
     /// The highest event position known committed, here or (told by a
     /// NOTIFY) on another node: the listener reads until it has it.
     wanted: std::sync::atomic::AtomicI64,
+    /// Where each queue's lease scan starts (`leases.rs`).
+    floors: leases::Floors,
     /// Submissions waiting for their group commit (`submits.rs`).
     submits: tokio::sync::mpsc::Sender<submits::Pending>,
     retry: RetryPolicy,
@@ -167,6 +169,7 @@ impl PgStore {
                 committed: Arc::default(),
                 notify: Arc::default(),
                 wanted: Default::default(),
+                floors: Default::default(),
                 submits: submit_tx,
                 retry: options.retry,
                 _stop: StopOnDrop(stop_tx),

@@ -56,6 +56,8 @@ pub async fn explain_lease(
         .bind(now_ms)
         .bind(None::<&str>)
         .bind(limit)
+        .bind(i64::MIN)
+        .bind(uuid::Uuid::nil())
         .fetch_all(&mut *tx)
         .await?;
     tx.rollback().await?;
