@@ -69,7 +69,6 @@ async fn a_submit_the_database_refuses_fails_alone() {
 /// at the latest by the next scan from the start, within about a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_below_the_lease_floor_is_still_leased() {
-    use replyd_core::Store;
     let Some(store) = fresh().await else { return };
     let job = || replyd_core::job::NewJob {
         id: replyd_core::JobId::new(),
