@@ -18,6 +18,24 @@ async fn fresh() -> Option<Arc<dyn replyd_core::Store>> {
 
 replyd_store::conformance_tests!(fresh().await);
 
+/// A plain job of `tenant` on queue `q`.
+fn job(tenant: &str) -> replyd_core::job::NewJob {
+    replyd_core::job::NewJob {
+        id: replyd_core::JobId::new(),
+        tenant: replyd_core::Tenant(tenant.into()),
+        queue: "q".into(),
+        input: bytes::Bytes::from_static(b"{}"),
+        max_attempts: 1,
+        timeout: std::time::Duration::from_secs(60),
+        ttl: std::time::Duration::from_secs(60),
+        webhook: None,
+        reply: None,
+        idempotency_key: None,
+        request_hash: None,
+        output_type: None,
+    }
+}
+
 /// Submits share transactions (`postgres/submits.rs`): one the database
 /// refuses (text holding a NUL) fails alone, and the ones committed with
 /// it in a batch are kept.
@@ -29,21 +47,7 @@ async fn a_submit_the_database_refuses_fails_alone() {
             let store = store.clone();
             tokio::spawn(async move {
                 let tenant = if i == 17 { "bad\0tenant" } else { "t" };
-                let job = replyd_core::job::NewJob {
-                    id: replyd_core::JobId::new(),
-                    tenant: replyd_core::Tenant(tenant.into()),
-                    queue: "q".into(),
-                    input: bytes::Bytes::from_static(b"{}"),
-                    max_attempts: 1,
-                    timeout: std::time::Duration::from_secs(60),
-                    ttl: std::time::Duration::from_secs(60),
-                    webhook: None,
-                    reply: None,
-                    idempotency_key: None,
-                    request_hash: None,
-                    output_type: None,
-                };
-                (i, store.submit(job, chrono::Utc::now()).await)
+                (i, store.submit(job(tenant), chrono::Utc::now()).await)
             })
         })
         .collect();
@@ -70,20 +74,6 @@ async fn a_submit_the_database_refuses_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_below_the_lease_floor_is_still_leased() {
     let Some(store) = fresh().await else { return };
-    let job = || replyd_core::job::NewJob {
-        id: replyd_core::JobId::new(),
-        tenant: replyd_core::Tenant("t".into()),
-        queue: "q".into(),
-        input: bytes::Bytes::from_static(b"{}"),
-        max_attempts: 1,
-        timeout: std::time::Duration::from_secs(60),
-        ttl: std::time::Duration::from_secs(60),
-        webhook: None,
-        reply: None,
-        idempotency_key: None,
-        request_hash: None,
-        output_type: None,
-    };
     let lease = || replyd_core::store::LeaseQuery {
         queue: "q".into(),
         tenant: None,
@@ -93,12 +83,12 @@ async fn a_job_below_the_lease_floor_is_still_leased() {
     };
     let now = chrono::Utc::now();
     for _ in 0..3 {
-        store.submit(job(), now).await.unwrap();
+        store.submit(job("t"), now).await.unwrap();
     }
     assert_eq!(store.lease(lease(), now).await.unwrap().len(), 3);
     // Submitted "ten seconds ago": below the floor the lease left.
     let late = store
-        .submit(job(), now - chrono::Duration::seconds(10))
+        .submit(job("t"), now - chrono::Duration::seconds(10))
         .await
         .unwrap()
         .job()
