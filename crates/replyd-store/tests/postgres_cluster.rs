@@ -399,3 +399,37 @@ async fn an_upgraded_log_goes_on_after_the_sequencers_positions() {
     assert_eq!(&positions[..4], [5, 9, 13, 14]);
     pool.close().await;
 }
+
+/// A writing transaction open elsewhere holds the log's horizon: a job
+/// submitted after it began is in its own events at once, but in the log
+/// only once that transaction ends (and then in order), so no reader of
+/// the log can pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_writing_transaction_holds_the_log_until_it_ends() {
+    let Some(url) = testing::fresh_schema("horizon").await else {
+        return;
+    };
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let first = store.submit(job("q"), chrono::Utc::now()).await.unwrap();
+    assert!(store.settle(Duration::from_secs(10)).await.unwrap());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let second = store.submit(job("q"), chrono::Utc::now()).await.unwrap();
+    let own = store.events(second.job().id, None).await.unwrap();
+    assert_eq!(own.len(), 1, "a job's own events are read at once");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = store.log(None, 100).await.unwrap();
+    let ids: Vec<JobId> = log.iter().map(|e| e.job_id).collect();
+    assert_eq!(ids, [first.job().id], "the log passed an open transaction");
+    assert!(!store.settle(Duration::from_millis(100)).await.unwrap());
+    open.commit().await.unwrap();
+    assert!(store.settle(Duration::from_secs(10)).await.unwrap());
+    let log = store.log(None, 100).await.unwrap();
+    let ids: Vec<JobId> = log.iter().map(|e| e.job_id).collect();
+    assert_eq!(ids, [first.job().id, second.job().id]);
+    pool.close().await;
+}
