@@ -72,6 +72,20 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
     }
 }
 
+/// Every job of `tenant` (up to 1,000), newest first.
+async fn jobs_of(store: &dyn Store, tenant: &str) -> Vec<replyd_core::job::JobRecord> {
+    store
+        .list(ListQuery {
+            tenant: Some(Tenant(tenant.into())),
+            queue: None,
+            state: None,
+            before: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+}
+
 async fn submit(store: &dyn Store, queue: &str) -> JobId {
     store
         .submit(new_job("t", queue, None, "{}"), t(0))
@@ -171,17 +185,7 @@ pub async fn concurrent_duplicates_make_one_job(store: Arc<dyn Store>) {
     }
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1);
-    let all = store
-        .list(ListQuery {
-            tenant: Some(Tenant("t".into())),
-            queue: None,
-            state: None,
-            before: None,
-            limit: 100,
-        })
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 1);
+    assert_eq!(jobs_of(&*store, "t").await.len(), 1);
 }
 
 /// Many submits at once (a store may commit them together): plain jobs,
@@ -237,16 +241,7 @@ pub async fn concurrent_submits_are_each_answered_on_their_own(store: Arc<dyn St
             Err(e) => panic!("{key}: {e}"),
         }
     }
-    let all = store
-        .list(ListQuery {
-            tenant: Some(Tenant("t".into())),
-            queue: None,
-            state: None,
-            before: None,
-            limit: 1000,
-        })
-        .await
-        .unwrap();
+    let all = jobs_of(&*store, "t").await;
     assert_eq!(all.len(), 40);
     for job in all {
         let events = store.events(job.id, None).await.unwrap();
