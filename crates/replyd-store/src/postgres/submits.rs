@@ -71,34 +71,47 @@ pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
         }
         let jobs = std::mem::take(&mut batch);
         match write(&pool, &jobs).await {
-            Ok((answers, top)) => {
-                announce(&inner, top);
-                for (p, a) in jobs.into_iter().zip(answers) {
-                    let _ = p.answer.send(a);
-                }
-            }
             Err(StoreError::Backend(e)) if jobs.len() > 1 => {
                 // One job the database refuses (a value it cannot take)
                 // must not fail the others: each on its own.
                 tracing::debug!(error = %e, jobs = jobs.len(), "a batch of submits failed; one by one");
                 for p in jobs {
-                    let answer = match write(&pool, std::slice::from_ref(&p)).await {
-                        Ok((mut a, top)) => {
-                            announce(&inner, top);
-                            a.pop().unwrap_or(Err(StoreError::NotFound))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let _ = p.answer.send(answer);
+                    let written = write(&pool, std::slice::from_ref(&p)).await;
+                    answer(&inner, vec![p], written);
                 }
             }
-            Err(e) => {
-                let why = e.to_string();
-                for p in jobs {
-                    let _ = p
-                        .answer
-                        .send(Err(StoreError::Unavailable(why.clone().into())));
-                }
+            written => answer(&inner, jobs, written),
+        }
+    }
+}
+
+/// Answers each of `jobs` from their transaction's outcome: its own
+/// answer, or the failure (a lone job gets it as it is; the callers of a
+/// batch that failed as a whole are told to try again).
+#[allow(clippy::type_complexity)]
+fn answer(
+    inner: &Weak<Inner>,
+    jobs: Vec<Pending>,
+    written: StoreResult<(Vec<StoreResult<Submitted>>, Option<i64>)>,
+) {
+    match written {
+        Ok((answers, top)) => {
+            announce(inner, top);
+            for (p, a) in jobs.into_iter().zip(answers) {
+                let _ = p.answer.send(a);
+            }
+        }
+        Err(e) if jobs.len() == 1 => {
+            if let Some(p) = jobs.into_iter().next() {
+                let _ = p.answer.send(Err(e));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for p in jobs {
+                let _ = p
+                    .answer
+                    .send(Err(StoreError::Unavailable(why.clone().into())));
             }
         }
     }
