@@ -149,7 +149,8 @@ pub(super) async fn log(
     after: Option<EventId>,
     limit: u32,
 ) -> StoreResult<Vec<EventRecord>> {
-    read_after(&s.inner.pool, after.map_or(0, |e| e.0), i64::from(limit)).await
+    let (events, _) = read_after(&s.inner.pool, after.map_or(0, |e| e.0), i64::from(limit)).await?;
+    Ok(events)
 }
 
 pub(super) async fn log_floor(s: &PgStore) -> StoreResult<Option<EventId>> {
@@ -171,15 +172,15 @@ async fn horizon(pool: &PgPool) -> StoreResult<i64> {
     .map_err(backend)
 }
 
-/// Up to `limit` events after `after` and below the horizon. The horizon
-/// is read first, in a statement of its own: the read that follows has a
-/// later snapshot, which sees every transaction the horizon counts as
-/// ended.
+/// Up to `limit` events after `after` and below the horizon, and the
+/// horizon. The horizon is read first, in a statement of its own: the
+/// read that follows has a later snapshot, which sees every transaction
+/// the horizon counts as ended.
 pub(super) async fn read_after(
     pool: &PgPool,
     after: i64,
     limit: i64,
-) -> StoreResult<Vec<EventRecord>> {
+) -> StoreResult<(Vec<EventRecord>, i64)> {
     let below = horizon(pool).await?;
     let rows = sqlx::query(
         "SELECT position, kind, at, job FROM events
@@ -191,7 +192,11 @@ pub(super) async fn read_after(
     .fetch_all(pool)
     .await
     .map_err(backend)?;
-    rows.iter().map(event_from_row).collect()
+    let events = rows
+        .iter()
+        .map(event_from_row)
+        .collect::<StoreResult<_>>()?;
+    Ok((events, below))
 }
 
 /// The highest position below the horizon (0 for none): where a new
@@ -337,9 +342,11 @@ pub(super) async fn listener(
             _ = stop.changed() => return,
         }
         let before = last;
+        let mut below = i64::MIN;
         loop {
             match read_after(&pool, last, 1000).await {
-                Ok(batch) => {
+                Ok((batch, horizon)) => {
+                    below = horizon;
                     let full = batch.len() == 1000;
                     last = batch.last().map_or(last, |e| e.id.0);
                     if !batch.is_empty() && bus.receiver_count() > 0 {
@@ -356,11 +363,12 @@ pub(super) async fn listener(
                 }
             }
         }
-        // Committed (here, or on a node that told us) and not yet readable:
-        // an older transaction is still open.
+        // Committed (here, or on a node that told us) and not yet below the
+        // horizon: an older transaction is still open. (Not "not yet read":
+        // a job's events may be gone before they were read.)
         look_soon = wanted_of
             .upgrade()
-            .is_some_and(|inner| inner.wanted.load(Ordering::Relaxed) > last);
+            .is_some_and(|inner| inner.wanted.load(Ordering::Relaxed) >= below);
         if !look_soon || last != before {
             held = HELD_FIRST;
             held_since = look_soon.then(Instant::now);
