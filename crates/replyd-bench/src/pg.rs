@@ -151,6 +151,25 @@ const EVENTS: &str = "INSERT INTO events (position, job_id, kind, at, job)
             + e.n - 1, e.job_id, $2, $3, e.job
      FROM unnest($1::uuid[], $4::text[]) WITH ORDINALITY AS e(job_id, job, n)";
 
+/// Appends one event of `kind` for each of `ids` (with its record).
+async fn append<T: AsRef<str>>(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ids: &[uuid::Uuid],
+    kind: &str,
+    now: i64,
+    texts: &[T],
+) -> anyhow::Result<()> {
+    let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+    sqlx::query(EVENTS)
+        .bind(ids)
+        .bind(kind)
+        .bind(now)
+        .bind(&texts)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A well-written client's submit: `batch` jobs and their events in one
 /// transaction, a statement each.
 async fn insert_jobs(pool: &PgPool, batch: usize) -> anyhow::Result<()> {
@@ -169,13 +188,7 @@ async fn insert_jobs(pool: &PgPool, batch: usize) -> anyhow::Result<()> {
     .bind(&texts)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(EVENTS)
-        .bind(&ids)
-        .bind("job.accepted")
-        .bind(now)
-        .bind(&texts)
-        .execute(&mut *tx)
-        .await?;
+    append(&mut tx, &ids, "job.accepted", now, &texts).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -259,13 +272,7 @@ async fn e2e_ceiling(url: &str, args: &BenchArgs, conns: usize) -> anyhow::Resul
                 let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.get("id")).collect();
                 let texts: Vec<String> = rows.iter().map(|r| r.get("record")).collect();
                 if !ids.is_empty() {
-                    sqlx::query(EVENTS)
-                        .bind(&ids)
-                        .bind("job.started")
-                        .bind(now)
-                        .bind(&texts)
-                        .execute(&mut *tx)
-                        .await?;
+                    append(&mut tx, &ids, "job.started", now, &texts).await?;
                 }
                 tx.commit().await?;
                 if ids.is_empty() {
@@ -284,13 +291,7 @@ async fn e2e_ceiling(url: &str, args: &BenchArgs, conns: usize) -> anyhow::Resul
                 .bind(&texts)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(EVENTS)
-                    .bind(&ids)
-                    .bind("job.succeeded")
-                    .bind(now)
-                    .bind(&texts)
-                    .execute(&mut *tx)
-                    .await?;
+                append(&mut tx, &ids, "job.succeeded", now, &texts).await?;
                 sqlx::query(
                     "INSERT INTO job_outputs (job_id, content_type, body)
                      SELECT id, 'application/json', '\\x6e756c6c' FROM unnest($1::uuid[]) AS u(id)",

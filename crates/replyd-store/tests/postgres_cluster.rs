@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, NewJob, Progress};
 use replyd_core::store::{LeaseQuery, Store};
@@ -18,20 +17,7 @@ use replyd_store::postgres::testing;
 use replyd_store::{PgOptions, PgStore};
 
 fn job(queue: &str) -> NewJob {
-    NewJob {
-        id: JobId::new(),
-        tenant: Tenant::open(),
-        queue: queue.into(),
-        input: Bytes::from_static(b"{}"),
-        max_attempts: 1,
-        timeout: Duration::from_secs(60),
-        ttl: Duration::from_secs(3600),
-        webhook: None,
-        reply: None,
-        idempotency_key: None,
-        request_hash: None,
-        output_type: None,
-    }
+    testing::job(Tenant::open().0.as_str(), queue)
 }
 
 /// Submit, lease, two progress reports, complete: five events per job.

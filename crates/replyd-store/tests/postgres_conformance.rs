@@ -20,20 +20,7 @@ replyd_store::conformance_tests!(fresh().await);
 
 /// A plain job of `tenant` on queue `q`.
 fn job(tenant: &str) -> replyd_core::job::NewJob {
-    replyd_core::job::NewJob {
-        id: replyd_core::JobId::new(),
-        tenant: replyd_core::Tenant(tenant.into()),
-        queue: "q".into(),
-        input: bytes::Bytes::from_static(b"{}"),
-        max_attempts: 1,
-        timeout: std::time::Duration::from_secs(60),
-        ttl: std::time::Duration::from_secs(60),
-        webhook: None,
-        reply: None,
-        idempotency_key: None,
-        request_hash: None,
-        output_type: None,
-    }
+    testing::job(tenant, "q")
 }
 
 /// Submits share transactions (`postgres/submits.rs`): one the database
@@ -65,6 +52,12 @@ async fn a_submit_the_database_refuses_fails_alone() {
     for id in kept {
         assert!(store.get(id).await.unwrap().is_some(), "{id} was not kept");
     }
+    // Alone in its batch, it is refused as it is (not "try again").
+    let alone = store.submit(job("bad\0tenant"), chrono::Utc::now()).await;
+    assert!(
+        matches!(alone, Err(replyd_core::store::StoreError::Backend(_))),
+        "{alone:?}"
+    );
 }
 
 /// A lease scans a queue from past the last job it leased (`leases.rs`,

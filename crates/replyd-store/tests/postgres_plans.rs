@@ -35,22 +35,9 @@ async fn a_delivery_claim_stays_cheap_without_statistics() {
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     // A job record as the outbox keeps it (each row's own text).
-    let record = replyd_core::job::NewJob {
-        id: replyd_core::JobId::new(),
-        tenant: replyd_core::Tenant::open(),
-        queue: "q".into(),
-        input: bytes::Bytes::new(),
-        max_attempts: 1,
-        timeout: std::time::Duration::from_secs(60),
-        ttl: std::time::Duration::from_secs(60),
-        webhook: None,
-        reply: None,
-        idempotency_key: None,
-        request_hash: None,
-        output_type: None,
-    }
-    .into_record(chrono::Utc::now())
-    .0;
+    let record = testing::job(replyd_core::Tenant::open().0.as_str(), "q")
+        .into_record(chrono::Utc::now())
+        .0;
     let record = serde_json::to_string(&record).unwrap().replace('\'', "''");
     // Statistics of the empty table, as a new deployment has them.
     sqlx::query("ANALYZE outbox").execute(&pool).await.unwrap();
