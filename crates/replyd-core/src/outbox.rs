@@ -168,6 +168,7 @@ mod tests {
         let plain = WebhookSpec {
             url: "https://h.test/".into(),
             events: None,
+            jwt: false,
         };
         assert!(plain.wants(EventKind::Succeeded));
         assert!(plain.wants(EventKind::Failed));

@@ -59,6 +59,9 @@ pub struct WebhookSpec {
     /// Event names beyond the terminal ones (which are always sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// Each delivery also carries a `webhook-jwt` token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jwt: bool,
 }
 
 impl WebhookSpec {

@@ -307,9 +307,29 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs by queue and state.
     async fn counts(&self) -> StoreResult<Vec<StateCount>>;
 
+    /// A cluster-wide setting: the value kept under `key`, if any.
+    async fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// The value kept under `key`; if there was none, `init` is kept and
+    /// returned. Nodes racing to set it agree on one value.
+    async fn setting_or_init(&self, key: &str, init: Vec<u8>) -> StoreResult<Vec<u8>>;
+
+    /// Replaces `key`'s value with `new` if it is still `old` (`None`: if
+    /// it has none); false, changing nothing, if another writer was first.
+    async fn replace_setting(
+        &self,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> StoreResult<bool>;
+
     /// A secret shared by every node of the cluster, created on first use
     /// (the key of job tokens).
-    async fn cluster_secret(&self) -> StoreResult<Vec<u8>>;
+    async fn cluster_secret(&self) -> StoreResult<Vec<u8>> {
+        let fresh: [u8; 32] = rand::random();
+        self.setting_or_init("job_token_secret", fresh.to_vec())
+            .await
+    }
 
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;

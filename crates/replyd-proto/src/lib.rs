@@ -165,6 +165,10 @@ pub struct WebhookSpec {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// Each delivery also carries a `webhook-jwt` header: an ES256 token
+    /// over the body's digest, verifiable with `/.well-known/jwks.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jwt: bool,
 }
 
 /// `POST /v1/jobs`.

@@ -106,6 +106,7 @@ impl App {
             hub: Hub::new(config.streams.buffer),
             webhooks: Arc::new(crate::webhooks::Runtime::new(
                 &config.webhooks,
+                config.webhook_issuer(),
                 render.clone(),
             )),
             render,

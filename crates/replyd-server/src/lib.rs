@@ -88,7 +88,13 @@ impl Server {
             secret,
             CancellationToken::new(),
         ));
+        app.webhooks.jwt_keys.load(&*app.store, app.now()).await?;
         let mut tasks = JoinSet::new();
+        tasks.spawn(app.webhooks.jwt_keys.clone().refresh(
+            app.store.clone(),
+            app.clock.clone(),
+            app.shutdown.clone(),
+        ));
         tasks.spawn(
             app.hub
                 .clone()

@@ -313,3 +313,56 @@ async fn three_dispatchers_send_each_delivery_once_and_in_order() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_publishes_and_signs_with_the_same_webhook_keys() {
+    use replyd_server::webhooks::jwt;
+    let Some(nodes) = cluster(2).await else {
+        return;
+    };
+    let jwks = |s: &TestServer| {
+        let c = s.client(None);
+        async move {
+            let r = c.get("/.well-known/jwks.json").await;
+            assert_eq!(r.status, 200);
+            r.json()
+        }
+    };
+    let (a, b) = (jwks(&nodes[0]).await, jwks(&nodes[1]).await);
+    assert_eq!(a["keys"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(a, b, "the first node's key, kept in the database");
+    // A rotation (what `replyd keys generate --activate-in 0` does): both
+    // nodes publish both keys and sign with the new one once they re-read.
+    let now = chrono::Utc::now();
+    let (kid, _) = jwt::add_key(&*nodes[0].app.store, now, now).await.unwrap();
+    for n in &nodes {
+        n.app
+            .webhooks
+            .jwt_keys
+            .load(&*n.app.store, now)
+            .await
+            .unwrap();
+        let keys = n.app.webhooks.jwt_keys.get();
+        assert_eq!(keys.keys.len(), 2);
+        assert_eq!(keys.signer(chrono::Utc::now()).unwrap().kid, kid);
+    }
+    let (a, b) = (jwks(&nodes[0]).await, jwks(&nodes[1]).await);
+    assert_eq!(a, b);
+    assert_eq!(a["keys"].as_array().unwrap().len(), 2);
+    // The key that signs cannot be retired; the old one can.
+    let old = a["keys"][0]["kid"].as_str().unwrap().to_string();
+    let refused = jwt::retire_key(&*nodes[1].app.store, &kid, chrono::Utc::now()).await;
+    assert!(matches!(refused, Ok(Err(jwt::RetireError::Signing(_)))));
+    jwt::retire_key(&*nodes[1].app.store, &old, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    nodes[0]
+        .app
+        .webhooks
+        .jwt_keys
+        .load(&*nodes[0].app.store, now)
+        .await
+        .unwrap();
+    assert_eq!(jwks(&nodes[0]).await["keys"].as_array().unwrap().len(), 1);
+}

@@ -105,6 +105,7 @@ fn msg() -> Message {
         body: Bytes::from_static(
             br#"{"type":"job.succeeded","data":{"id":"j1","state":"succeeded"}}"#,
         ),
+        jwt: None,
     }
 }
 

@@ -33,7 +33,8 @@ macro_rules! conformance_tests {
             expired_leases_retry_with_backoff_then_fail, cancel_queued_and_running,
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
-            cluster_secret_is_stable, subscribers_see_committed_events, tenant_scoped_leases,
+            cluster_secret_is_stable, settings_are_kept_once_and_replaced_only_from_what_was_read,
+            subscribers_see_committed_events, tenant_scoped_leases,
             log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
             concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel,
             job_output_is_fenced_by_the_lease_and_goes_with_the_job);
@@ -793,6 +794,57 @@ pub async fn cluster_secret_is_stable(store: Arc<dyn Store>) {
     assert_eq!(a, b);
     assert!(a.len() >= 32);
     store.ping().await.unwrap();
+}
+
+pub async fn settings_are_kept_once_and_replaced_only_from_what_was_read(store: Arc<dyn Store>) {
+    let key = "conformance_setting";
+    assert_eq!(store.setting(key).await.unwrap(), None);
+    // Racing initialisers agree on one value.
+    let racers = (0..8u8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.setting_or_init(key, vec![i; 4]).await.unwrap() })
+    });
+    let kept: Vec<Vec<u8>> = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(kept.iter().all(|v| *v == kept[0]), "{kept:?}");
+    assert_eq!(store.setting(key).await.unwrap().as_ref(), Some(&kept[0]));
+    // A replacement from a stale read changes nothing.
+    assert!(
+        !store
+            .replace_setting(key, Some(b"stale"), b"x".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_setting(key, None, b"x".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_setting(key, Some(&kept[0]), b"new".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.setting(key).await.unwrap(), Some(b"new".to_vec()));
+    // The first value of a key is set from "none".
+    assert!(
+        store
+            .replace_setting("conformance_other", None, b"1".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .setting_or_init("conformance_other", b"2".to_vec())
+            .await
+            .unwrap(),
+        b"1"
+    );
 }
 
 pub async fn subscribers_see_committed_events(store: Arc<dyn Store>) {

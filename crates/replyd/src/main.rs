@@ -4,6 +4,7 @@
 //! calls library functions.
 
 mod cli;
+mod keys;
 mod worker;
 
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ enum Command {
     },
     /// Lease jobs over HTTP and run COMMAND for each.
     Worker(worker::WorkerArgs),
+    /// The keys that sign webhook JWTs: generate, list, retire.
+    Keys(keys::KeysArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -184,6 +187,10 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },
+        Command::Keys(args) => {
+            init_logging("warn");
+            keys::run(args).await
+        }
         Command::Worker(args) => {
             init_logging("info");
             let code = cli::exit_code(worker::run(args).await);

@@ -45,6 +45,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Allow a non-loopback `listen` with no API keys configured.
     pub insecure: bool,
+    /// The URL clients reach this server at (behind a proxy, the proxy's):
+    /// the issuer of webhook tokens. `http://{listen}` when unset.
+    pub public_url: Option<String>,
     pub storage: Storage,
     pub api_keys: Vec<ApiKey>,
     /// Queues by name. A `demo` queue is added unless one is configured.
@@ -82,6 +85,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8202)),
             insecure: false,
+            public_url: None,
             storage: Storage::default(),
             api_keys: Vec::new(),
             queues: BTreeMap::new(),
@@ -190,6 +194,11 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(u) = &self.public_url
+            && !is_http_url(u)
+        {
+            return Err("public_url must be an http:// or https:// URL".into());
+        }
         self.storage.check()?;
         keys::check(&self.api_keys)?;
         for (name, q) in &self.queues {
@@ -245,6 +254,22 @@ impl Config {
             .iter()
             .filter(|r| r.matches(method, path))
             .max_by_key(|r| r.path.len())
+    }
+
+    /// The URL clients reach this server at, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The `iss` of webhook tokens.
+    pub fn webhook_issuer(&self) -> String {
+        self.webhooks
+            .jwt_issuer
+            .clone()
+            .unwrap_or_else(|| self.public_url())
     }
 
     /// Whether the server runs without authentication.

@@ -41,6 +41,11 @@ pub struct Webhooks {
     pub per_endpoint: usize,
     /// Secrets of particular tenants, in place of `secret`.
     pub tenants: BTreeMap<String, TenantWebhooks>,
+    /// Every delivery also carries a `webhook-jwt` token (ES256; the keys
+    /// are kept in the store and published at `/.well-known/jwks.json`).
+    pub jwt: bool,
+    /// The tokens' `iss`: by default the server's `public_url`.
+    pub jwt_issuer: Option<String>,
     /// An HTTP(S) proxy every delivery goes through (e.g. an egress proxy
     /// that enforces its own allow-list). Proxy settings in the
     /// environment are never used.
@@ -52,6 +57,8 @@ pub struct Webhooks {
 pub struct TenantWebhooks {
     pub secret: Option<String>,
     pub previous_secrets: Vec<String>,
+    /// This tenant's deliveries carry a `webhook-jwt` token.
+    pub jwt: bool,
 }
 
 impl Default for Webhooks {
@@ -68,6 +75,8 @@ impl Default for Webhooks {
             concurrency: 64,
             per_endpoint: 4,
             tenants: BTreeMap::new(),
+            jwt: false,
+            jwt_issuer: None,
             proxy: None,
         }
     }
@@ -113,6 +122,11 @@ impl Webhooks {
                     "webhooks.allow_networks: {n:?} is not a CIDR network"
                 ));
             }
+        }
+        if let Some(iss) = &self.jwt_issuer
+            && (iss.is_empty() || iss.len() > 512)
+        {
+            return Err("webhooks.jwt_issuer must be 1 to 512 characters".into());
         }
         if let Some(p) = &self.proxy
             && !is_http_url(p)

@@ -19,7 +19,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         workers::complete_many,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::jwks,
     ),
     components(schemas(
         proto::Job, proto::JobState, proto::Progress, proto::JobError, proto::Links, proto::Output, proto::OutputRequest,

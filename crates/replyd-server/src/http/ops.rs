@@ -1,4 +1,5 @@
-//! Operations: liveness, readiness, Prometheus metrics, the OpenAPI document.
+//! Operations: liveness, readiness, Prometheus metrics, the OpenAPI
+//! document, the webhook tokens' public keys.
 
 use std::sync::OnceLock;
 
@@ -20,6 +21,23 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// The public keys that verify `webhook-jwt` tokens (RFC 7517), every key
+/// of a rotation. No authentication: receivers fetch it.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations",
+    responses((status = 200, description = "A JWK set: ES256 keys by `kid`")))]
+pub async fn jwks(State(app): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        app.webhooks.jwt_keys.get().jwks().to_string(),
+    )
+        .into_response()
 }
 
 /// The process is up.

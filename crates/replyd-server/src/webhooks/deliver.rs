@@ -25,6 +25,8 @@ use crate::outbox::{Attempt, Verdict};
 pub struct Message {
     pub id: String,
     pub body: Bytes,
+    /// The `webhook-jwt` header, when the delivery carries one.
+    pub jwt: Option<String>,
 }
 
 /// Sends webhooks.
@@ -124,9 +126,11 @@ impl Deliverer {
             return refused(e);
         }
         let ts = now.timestamp();
-        let sent = self
-            .client
-            .post(url)
+        let mut request = self.client.post(url);
+        if let Some(token) = &msg.jwt {
+            request = request.header("webhook-jwt", token);
+        }
+        let sent = request
             .header("content-type", "application/json")
             .header("webhook-id", &msg.id)
             .header("webhook-timestamp", ts.to_string())

@@ -4,6 +4,7 @@
 //! the webhook channel's [`Sender`] for the outbox dispatcher.
 
 pub mod deliver;
+pub mod jwt;
 pub mod signing;
 pub mod ssrf;
 
@@ -38,6 +39,13 @@ pub struct Runtime {
     /// Tenants with secrets of their own.
     pub tenant_secrets: std::collections::HashMap<String, Vec<Secret>>,
     pub deliverer: Deliverer,
+    /// The ES256 keys of `webhook-jwt` tokens, read from the store.
+    pub jwt_keys: Arc<jwt::Keys>,
+    /// Who gets tokens: everyone, these tenants, or jobs that ask.
+    pub jwt_all: bool,
+    pub jwt_tenants: std::collections::HashSet<String>,
+    /// The tokens' `iss`.
+    pub issuer: String,
     pub limits: Limits,
     /// The job in a payload.
     pub render: Renderer,
@@ -50,13 +58,15 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// From validated configuration, resolving names with the system.
-    pub fn new(config: &Webhooks, render: Renderer) -> Runtime {
-        Runtime::with_resolver(config, render, Arc::new(SystemResolver))
+    /// From validated configuration, resolving names with the system;
+    /// tokens are issued as `issuer`.
+    pub fn new(config: &Webhooks, issuer: String, render: Renderer) -> Runtime {
+        Runtime::with_resolver(config, issuer, render, Arc::new(SystemResolver))
     }
 
     pub fn with_resolver(
         config: &Webhooks,
+        issuer: String,
         render: Renderer,
         resolver: Arc<dyn Resolver>,
     ) -> Runtime {
@@ -109,6 +119,15 @@ impl Runtime {
                 .collect(),
             tenant_secrets,
             render,
+            jwt_keys: Arc::default(),
+            jwt_all: config.jwt,
+            jwt_tenants: config
+                .tenants
+                .iter()
+                .filter(|(_, t)| t.jwt)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            issuer,
             limits: Limits {
                 concurrency: config.concurrency,
                 per_endpoint: config.per_endpoint,
@@ -164,7 +183,45 @@ impl Runtime {
         .await
         .map_err(|_| ApiError::bad_request("webhook.url: its host did not resolve in 5 s"))?;
         resolved.map_err(bad)?;
-        Ok(serde_json::json!({"url": spec.url, "events": spec.events}))
+        let mut kept = serde_json::json!({"url": spec.url, "events": spec.events});
+        if spec.jwt {
+            kept["jwt"] = true.into();
+        }
+        Ok(kept)
+    }
+
+    /// The `webhook-jwt` token of a delivery of `d` with `body` at `now`,
+    /// if the server, its tenant or its job asks for one.
+    pub fn token(
+        &self,
+        d: &Delivery,
+        message_id: &str,
+        body: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
+        let asked = self.jwt_all
+            || self.jwt_tenants.contains(&d.job.tenant.0)
+            || d.job
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.get("jwt") == Some(&serde_json::Value::Bool(true)));
+        if !asked {
+            return None;
+        }
+        let keys = self.jwt_keys.get();
+        let Some(key) = keys.signer(now) else {
+            tracing::warn!("a delivery asks for a JWT but no key signs yet; sent without one");
+            return None;
+        };
+        let job = d.job.id.to_string();
+        Some(key.sign(&jwt::Claims::of(
+            &self.issuer,
+            &d.target,
+            message_id,
+            &job,
+            body,
+            now.timestamp(),
+        )))
     }
 }
 
@@ -184,9 +241,12 @@ impl Sender for Runtime {
 
     async fn attempt(&self, c: &Claimed, now: chrono::DateTime<chrono::Utc>) -> Attempt {
         let d = &c.delivery;
+        let id = d.message_id();
+        let body = payload(&self.render, d, c.result.as_ref());
         let msg = Message {
-            id: d.message_id(),
-            body: payload(&self.render, d, c.result.as_ref()),
+            jwt: self.token(d, &id, &body, now),
+            id,
+            body,
         };
         self.deliverer
             .attempt(

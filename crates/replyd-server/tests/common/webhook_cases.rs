@@ -364,3 +364,184 @@ async fn a_tenant_with_its_own_secret_is_signed_with_it() {
         );
     }
 }
+
+/// What PyJWT says of a delivery's `webhook-jwt` (the receiver's check in
+/// `tests/pyjwt/verify_delivery.py`, which fetches the server's JWKS):
+/// Ok(claims) when it verifies, Err(why) when it does not; None (the test
+/// skips) without PyJWT.
+async fn pyjwt_verify(
+    jwks_url: &str,
+    token: &str,
+    body: &[u8],
+    audience: &str,
+    issuer: &str,
+) -> Option<Result<Value, String>> {
+    let input = json!({
+        "jwks_url": jwks_url, "token": token, "body": String::from_utf8_lossy(body),
+        "audience": audience, "issuer": issuer,
+    });
+    // Off the runtime: the server it asks for the JWKS runs on it.
+    tokio::task::spawn_blocking(move || run_pyjwt(&input))
+        .await
+        .unwrap()
+}
+
+fn run_pyjwt(input: &Value) -> Option<Result<Value, String>> {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyjwt/verify_delivery.py");
+    let mut child = std::process::Command::new(replyd_testkit::python())
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Some(Ok(serde_json::from_str(&said).unwrap())),
+        Some(1) => Some(Err(said)),
+        Some(3) => {
+            replyd_testkit::skip(
+                "Python with PyJWT and cryptography",
+                "run scripts/test, or pip install -r scripts/test-requirements.txt",
+            );
+            None
+        }
+        other => panic!("the PyJWT verifier failed ({other:?}): {said}"),
+    }
+}
+
+/// The request `path` got (headers and the exact body bytes).
+fn delivery_to(r: &Receiver, path: &str) -> (HeaderMap, Bytes) {
+    let got = r.got.lock().unwrap();
+    let (_, h, b) = got.iter().find(|(p, _, _)| p == path).unwrap();
+    (h.clone(), b.clone())
+}
+
+#[tokio::test]
+async fn a_job_that_asks_gets_a_jwt_that_pyjwt_verifies_with_the_jwks() {
+    let config = format!("public_url = \"https://replyd.test/\"\n{}", config());
+    let Some(s) = TestServer::start(&config).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let url = format!("{base}/jwt");
+    let r1 = c
+        .post(
+            "/v1/jobs",
+            json!({"queue": "work", "input": {}, "webhook": {"url": url, "jwt": true}}),
+        )
+        .await;
+    assert_eq!(r1.status, 202, "{}", String::from_utf8_lossy(&r1.body));
+    let id = r1.json()["id"].as_str().unwrap().to_string();
+    let plain = submit_hooked(&c, &format!("{base}/plain"), None).await;
+    for job in [&id, &plain] {
+        c.post(&format!("/v1/jobs/{job}/cancel"), json!({})).await;
+    }
+    received(&r, "/jwt", 1).await;
+    received(&r, "/plain", 1).await;
+    let (plain_headers, _) = delivery_to(&r, "/plain");
+    assert!(
+        plain_headers.get("webhook-jwt").is_none(),
+        "only a job that asks (or a server or tenant that says so) gets a token"
+    );
+    let (h, body) = delivery_to(&r, "/jwt");
+    assert!(h.get("webhook-signature").is_some(), "beside, not instead of");
+    let token = h["webhook-jwt"].to_str().unwrap().to_string();
+
+    // The JWKS: public, cacheable, no key needed.
+    let jwks = c.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, 200);
+    assert!(jwks.header("cache-control").unwrap().contains("max-age"));
+    assert_eq!(jwks.json()["keys"][0]["alg"], "ES256");
+
+    let jwks_url = format!("http://{}/.well-known/jwks.json", s.addr);
+    let iss = "https://replyd.test";
+    let Some(verified) = pyjwt_verify(&jwks_url, &token, &body, &url, iss).await else {
+        return;
+    };
+    let claims = verified.expect("PyJWT accepts the delivery");
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["jti"], h["webhook-id"].to_str().unwrap());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
+    // A tampered body, another audience, another issuer: refused.
+    let mut tampered = body.to_vec();
+    tampered.extend_from_slice(b" ");
+    let refused = [
+        pyjwt_verify(&jwks_url, &token, &tampered, &url, iss).await,
+        pyjwt_verify(&jwks_url, &token, &body, &format!("{base}/other"), iss).await,
+        pyjwt_verify(&jwks_url, &token, &body, &url, "https://evil.test").await,
+    ];
+    let why: Vec<String> = refused
+        .into_iter()
+        .map(|v| v.unwrap().expect_err("refused"))
+        .collect();
+    assert!(why[0].contains("BodyDigestMismatch"), "{why:?}");
+    assert!(why[1].contains("InvalidAudienceError"), "{why:?}");
+    assert!(why[2].contains("InvalidIssuerError"), "{why:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_says_so_signs_every_delivery_and_an_old_token_is_expired() {
+    // The server's clock runs ten minutes behind: its tokens (5 minutes
+    // long) are expired when they arrive.
+    let clock = replyd_core::Clock::manual(chrono::Utc::now() - chrono::Duration::minutes(10));
+    let config = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
+         jwt = true\njwt_issuer = \"urn:replyd:test\"\n[queues.work]\n"
+    );
+    let Some(s) = TestServer::start_with(&config, clock).await else { return };
+    let (base, r) = receiver().await;
+    let c = s.client(None);
+    let url = format!("{base}/all");
+    let id = submit_hooked(&c, &url, None).await;
+    c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    received(&r, "/all", 1).await;
+    let (h, body) = delivery_to(&r, "/all");
+    let token = h["webhook-jwt"].to_str().expect("every delivery has a token");
+    let jwks_url = format!("http://{}/.well-known/jwks.json", s.addr);
+    let Some(verified) = pyjwt_verify(&jwks_url, token, &body, &url, "urn:replyd:test").await
+    else {
+        return;
+    };
+    let why = verified.expect_err("an expired token is refused");
+    assert!(why.contains("ExpiredSignatureError"), "{why}");
+}
+
+#[tokio::test]
+async fn a_tenant_that_says_so_gets_tokens_and_others_do_not() {
+    let config = format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
+         [webhooks.tenants.a]\njwt = true\n\
+         [[api_keys]]\nkey = \"client-a-key\"\ntenant = \"a\"\nrole = \"client\"\n\
+         [[api_keys]]\nkey = \"client-b-key\"\ntenant = \"b\"\nrole = \"client\"\n\
+         [queues.work]\n"
+    );
+    let Some(s) = TestServer::start(&config).await else { return };
+    let (base, r) = receiver().await;
+    for (key, path) in [("client-a-key", "/a"), ("client-b-key", "/b")] {
+        let c = s.client(Some(key));
+        let id = submit_hooked(&c, &format!("{base}{path}"), None).await;
+        c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    }
+    received(&r, "/a", 1).await;
+    received(&r, "/b", 1).await;
+    assert!(delivery_to(&r, "/a").0.get("webhook-jwt").is_some());
+    assert!(delivery_to(&r, "/b").0.get("webhook-jwt").is_none());
+    // Tenant a's secret is the server's (it set only `jwt`).
+    let (h, body) = delivery_to(&r, "/a");
+    let secret: replyd_server::webhooks::signing::Secret = SECRET.parse().unwrap();
+    let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        h["webhook-signature"].to_str().unwrap(),
+        secret.sign(h["webhook-id"].to_str().unwrap(), ts, &body)
+    );
+}

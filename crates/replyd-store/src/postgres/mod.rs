@@ -380,20 +380,49 @@ impl Store for PgStore {
         events::log_floor(self).await
     }
 
-    async fn cluster_secret(&self) -> StoreResult<Vec<u8>> {
-        let fresh: [u8; 32] = rand::random();
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('job_token_secret', $1)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&fresh[..])
-        .execute(&self.inner.pool)
-        .await
-        .map_err(backend)?;
-        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'job_token_secret'")
+    async fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn setting_or_init(&self, key: &str, init: Vec<u8>) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(init)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
             .fetch_one(&self.inner.pool)
             .await
             .map_err(backend)
+    }
+
+    async fn replace_setting(
+        &self,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> StoreResult<bool> {
+        let done = match old {
+            Some(old) => sqlx::query("UPDATE meta SET value = $3 WHERE key = $1 AND value = $2")
+                .bind(key)
+                .bind(old)
+                .bind(new),
+            None => sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(new),
+        }
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -297,26 +297,54 @@ impl Store for SqliteStore {
         jobs::counts(self).await
     }
 
-    async fn cluster_secret(&self) -> StoreResult<Vec<u8>> {
-        self.write(|conn, _| {
-            let found: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'job_token_secret'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            if let Some(secret) = found {
-                return Ok(secret);
-            }
-            let secret: [u8; 32] = rand::random();
+    async fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn setting_or_init(&self, key: &str, init: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let key = key.to_string();
+        self.write(move |conn, _| {
             conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('job_token_secret', ?1)",
-                [&secret[..]],
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                rusqlite::params![key, init],
             )
             .map_err(backend)?;
-            Ok(secret.to_vec())
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn replace_setting(
+        &self,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> StoreResult<bool> {
+        let (key, old) = (key.to_string(), old.map(<[u8]>::to_vec));
+        self.write(move |conn, _| {
+            let changed = match old {
+                Some(old) => conn.execute(
+                    "UPDATE meta SET value = ?3 WHERE key = ?1 AND value = ?2",
+                    rusqlite::params![key, old, new],
+                ),
+                None => conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                    rusqlite::params![key, new],
+                ),
+            }
+            .map_err(backend)?;
+            Ok(changed == 1)
         })
         .await
     }
