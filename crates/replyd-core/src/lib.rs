@@ -12,6 +12,7 @@ pub mod event;
 pub mod ids;
 pub mod job;
 pub mod kind;
+pub mod ops;
 pub mod outbox;
 pub mod reply;
 pub mod store;

@@ -29,6 +29,9 @@ pub enum DeliveryState {
     /// Given up on (schedule spent, `410 Gone`, or a refused URL); can be
     /// replayed.
     Dead,
+    /// Owed to an endpoint that is paused: sent, in order, once it is
+    /// resumed.
+    Held,
 }
 
 impl DeliveryState {
@@ -37,6 +40,7 @@ impl DeliveryState {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
+            DeliveryState::Held => "held",
         }
     }
 
@@ -45,6 +49,7 @@ impl DeliveryState {
             DeliveryState::Pending,
             DeliveryState::Delivered,
             DeliveryState::Dead,
+            DeliveryState::Held,
         ]
         .into_iter()
         .find(|d| d.as_str() == s)

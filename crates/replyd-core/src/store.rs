@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::event::{EventId, EventRecord};
 use crate::ids::{JobId, LeaseId, Tenant};
 use crate::job::{Command, JobRecord, JobState, NewJob, TransitionError};
+use crate::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use crate::outbox::{
     AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec,
 };
@@ -264,8 +265,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records attempts on deliveries and what becomes of each, in one
     /// transaction. A delivery that no longer exists (its job was deleted
-    /// meanwhile) is skipped.
-    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()>;
+    /// meanwhile) is skipped. In the same transaction, as `watch` asks:
+    /// each dead letter's `delivery.dead_lettered`, a tenant's dead letters
+    /// on a channel reaching the threshold, a webhook endpoint paused after
+    /// too many dead letters in a row (its pending deliveries held), and
+    /// one that had failed getting a delivery through again.
+    async fn record_attempts(&self, outcomes: Vec<Outcome>, watch: Watch) -> StoreResult<()>;
+
+    /// Dead letters by channel and tenant, with the oldest's time: read
+    /// from counts kept as deliveries die and leave, not from the outbox.
+    async fn dead_letters(&self) -> StoreResult<Vec<DeadLetters>>;
+
+    /// Operational events after `after` (0: from the first kept), of one
+    /// tenant (`None`: all), oldest first.
+    async fn ops_events(
+        &self,
+        after: i64,
+        tenant: Option<Tenant>,
+        limit: u32,
+    ) -> StoreResult<Vec<OpsEvent>>;
+
+    /// The id of the newest operational event (0 if none).
+    async fn last_ops_event(&self) -> StoreResult<i64>;
+
+    /// Webhook endpoints that have failed (dead letters in a row) or are
+    /// paused, of one tenant (`None`: all).
+    async fn endpoints(&self, tenant: Option<Tenant>) -> StoreResult<Vec<Endpoint>>;
+
+    /// Resumes a paused endpoint: its held deliveries are due at `now`, in
+    /// order. Returns how many were held; `NotFound` if it is not paused.
+    async fn resume_endpoint(
+        &self,
+        tenant: &Tenant,
+        channel: Channel,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 
     /// A job's deliveries, oldest first, each with its attempts.
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>>;

@@ -323,6 +323,37 @@ pub struct DeliveryList {
     pub next_cursor: Option<String>,
 }
 
+/// A webhook endpoint (a tenant's URL) that has failed: dead letters in a
+/// row, and whether it is paused (its deliveries held).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Endpoint {
+    pub tenant: String,
+    pub channel: String,
+    pub url: String,
+    pub dead_in_a_row: u32,
+    pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Deliveries held while paused.
+    pub held: u64,
+}
+
+/// `GET /v1/endpoints`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EndpointList {
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `POST /v1/endpoints/resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeEndpoint {
+    pub url: String,
+    /// The endpoint's tenant: for a key of every tenant (`*`) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
 /// `POST /v1/queues/{queue}/lease`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

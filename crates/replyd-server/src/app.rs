@@ -132,6 +132,7 @@ impl App {
             store: self.store.clone(),
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),
+            watch: self.config.operations.watch(),
         }
     }
 

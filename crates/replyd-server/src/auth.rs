@@ -43,6 +43,9 @@ pub enum Action {
     Deliveries,
     /// Lease and work on jobs.
     Work,
+    /// Failing webhook endpoints and operational events; resuming a
+    /// paused endpoint: admin keys (a tenant's admin sees its tenant's).
+    Endpoints,
     /// Metrics and other operator views: an admin key of every tenant
     /// (`"*"`) only.
     Operate,

@@ -103,6 +103,15 @@ impl Server {
         tasks.spawn(tasks::reaper(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
+        if let Some(url) = &app.config.operations.webhook_url {
+            tasks.spawn(webhooks::operational::run(
+                app.store.clone(),
+                app.webhooks.clone(),
+                url.clone(),
+                app.clock.clone(),
+                app.shutdown.clone(),
+            ));
+        }
         if let Some(streams) = app.store.streams() {
             tasks.spawn(
                 app.tails

@@ -20,6 +20,9 @@ use replyd_core::store::{
 };
 use replyd_core::{JobId, LeaseId, Tenant};
 
+mod ops;
+pub use ops::*;
+
 /// Instantiates every conformance test for a store. `$make` is an async
 /// expression yielding `Option<Arc<dyn Store>>`: `None` skips the test (a
 /// service that is absent; the factory says why).
@@ -34,7 +37,9 @@ macro_rules! conformance_tests {
             complete_stores_the_output, events_resume_after_an_id, garbage_collection_leaves_a_tombstone,
             delete_only_finished_jobs, list_pages_newest_first_per_tenant, counts_by_queue_and_state,
             cluster_secret_is_stable, settings_are_kept_once_and_replaced_only_from_what_was_read,
-            subscribers_see_committed_events, tenant_scoped_leases,
+            subscribers_see_committed_events,
+            dead_letters_pause_their_endpoint_which_holds_then_resumes_in_order,
+            dead_letter_counts_survive_folding, tenant_scoped_leases,
             log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
             concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel,
             job_output_is_fenced_by_the_lease_and_goes_with_the_job);
@@ -1234,11 +1239,14 @@ async fn record(
     after: AfterAttempt,
 ) {
     store
-        .record_attempts(vec![Outcome {
-            delivery,
-            attempt,
-            after,
-        }])
+        .record_attempts(
+            vec![Outcome {
+                delivery,
+                attempt,
+                after,
+            }],
+            replyd_core::ops::Watch::default(),
+        )
         .await
         .unwrap();
 }

@@ -34,6 +34,25 @@ pub(crate) fn decode(text: &str) -> StoreResult<JobRecord> {
 }
 
 /// An upstream's answer (status and headers) is kept as JSON.
+/// An operational event read back.
+pub(crate) fn ops_event(
+    id: i64,
+    at: i64,
+    kind: &str,
+    tenant: String,
+    data: &str,
+) -> StoreResult<replyd_core::ops::OpsEvent> {
+    Ok(replyd_core::ops::OpsEvent {
+        id,
+        at: from_ms(at),
+        kind: replyd_core::ops::OpsKind::parse(kind).ok_or_else(|| {
+            StoreError::Backend(format!("unknown operational event {kind:?}").into())
+        })?,
+        tenant: Tenant(tenant),
+        data: serde_json::from_str(data).map_err(json_err)?,
+    })
+}
+
 pub(crate) fn encode_upstream(u: &Upstream) -> String {
     serde_json::to_string(u).unwrap_or_default()
 }

@@ -20,6 +20,7 @@ pub mod brokers;
 pub mod durable;
 pub mod keys;
 pub mod limits;
+pub mod operations;
 pub mod queues;
 pub mod routes;
 pub mod storage;
@@ -29,6 +30,7 @@ pub mod webhooks;
 pub use durable::DurableStreams;
 pub use keys::{ApiKey, Role};
 pub use limits::{Limits, Quota, TenantLimits};
+pub use operations::Operations;
 pub use queues::{
     Executor, FORWARD_HEADERS, HttpTarget, QueueConfig, RESPONSE_HEADERS, UpstreamRetry,
 };
@@ -62,6 +64,9 @@ pub struct Config {
     pub durable_streams: DurableStreams,
     /// Webhook delivery.
     pub webhooks: Webhooks,
+    /// Dead letters and failing endpoints: thresholds, the operational
+    /// webhook.
+    pub operations: Operations,
     /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
     pub amqp: Option<brokers::amqp::AmqpConfig>,
     /// MQTT 5: request topics, replies, `executor = "mqtt"`.
@@ -94,6 +99,7 @@ impl Default for Config {
             streams: Streams::default(),
             durable_streams: DurableStreams::default(),
             webhooks: Webhooks::default(),
+            operations: Operations::default(),
             amqp: None,
             mqtt: None,
             nats: None,
@@ -233,6 +239,12 @@ impl Config {
         self.limits.check()?;
         self.streams.check()?;
         self.durable_streams.check()?;
+        self.operations.check()?;
+        if self.operations.webhook_url.is_some() && self.webhooks.secret.is_none() {
+            return Err(
+                "operations.webhook_url needs webhooks.secret (it signs like every webhook)".into(),
+            );
+        }
         self.webhooks.check()
     }
 

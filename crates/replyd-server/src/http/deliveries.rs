@@ -86,7 +86,7 @@ pub struct ListParams {
 
 /// The caller's deliveries, newest first (`?state=dead`: the dead letters).
 #[utoipa::path(get, path = "/v1/deliveries", tag = "webhooks", operation_id = "list_deliveries",
-    params(("state" = Option<String>, Query, description = "pending, delivered or dead"),
+    params(("state" = Option<String>, Query, description = "pending, delivered, dead or held"),
            ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 50")),
     responses((status = 200, body = proto::DeliveryList),
               (status = 400, body = proto::Problem)))]
@@ -103,7 +103,7 @@ pub async fn list(
         None | Some("") => None,
         Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "state must be one of pending, delivered, dead; got {s:?}"
+                "state must be one of pending, delivered, dead, held; got {s:?}"
             ))
         })?),
     };

@@ -47,6 +47,9 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
     /// `/v1/events` only: just this queue's jobs.
     pub queue: Option<String>,
+    /// `/v1/events` only: the operational events instead (admin keys).
+    #[serde(default)]
+    pub operational: bool,
     pub access_token: Option<String>,
 }
 
@@ -111,6 +114,7 @@ pub async fn job_events(
 /// All of the caller's jobs' events.
 #[utoipa::path(get, path = "/v1/events", tag = "events", operation_id = "all_events",
     params(("queue" = Option<String>, Query, description = "Only this queue's jobs"),
+           ("operational" = Option<bool>, Query, description = "The operational events instead (admin keys): delivery.dead_lettered, endpoint.disabled, endpoint.recovered, dlq.threshold_exceeded"),
            ("last_event_id" = Option<String>, Query, description = "Resume after this event (first connection)"),
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
@@ -127,11 +131,25 @@ pub async fn all_events(
     let mut permit = client.hold(&app, Held::Stream, None)?;
     let q = query(q)?;
     let caller = app.auth.identify(&headers, q.access_token.as_deref())?;
-    caller.check(Action::Read, None)?;
+    caller.check(
+        if q.operational {
+            Action::Endpoints
+        } else {
+            Action::Read
+        },
+        None,
+    )?;
     if let Some(t) = caller.tenant() {
         permit.add_tenant(t)?;
     }
     let after = resume_from(&headers, q.last_event_id.as_deref())?;
+    if q.operational {
+        let after = match after {
+            Some(id) => id.0,
+            None => app.store.last_ops_event().await?,
+        };
+        return Ok(operational(app, caller.tenant().cloned(), after, permit));
+    }
     if let Some(queue) = &q.queue {
         super::queue_filter(queue)?;
     }
@@ -144,6 +162,103 @@ pub async fn all_events(
     let (feed, reset) = Feed::open(target, after, &app.hub, &*app.store).await?;
     let reset = after.filter(|_| reset).map(reset_frame);
     Ok(stream(app, listener, feed, None, reset, permit))
+}
+
+/// How often an operational stream looks for new events (they are rare:
+/// dead letters and endpoints).
+const OPERATIONAL_POLL: Duration = Duration::from_secs(1);
+
+/// The operational events of `tenant` (all for `None`) after `after`, then
+/// as they come. Their ids are their own (rising in commit order), so
+/// `Last-Event-ID` resumes exactly.
+fn operational(
+    app: AppState,
+    tenant: Option<replyd_core::Tenant>,
+    after: i64,
+    permit: Permit,
+) -> Response {
+    struct State {
+        app: AppState,
+        tenant: Option<replyd_core::Tenant>,
+        after: i64,
+        head: Option<Bytes>,
+        quiet: Duration,
+        done: bool,
+        _permit: Permit,
+    }
+    let head = format!("retry: {}\n\n", app.config.streams.retry_ms);
+    let state = State {
+        head: Some(head.into()),
+        tenant,
+        after,
+        quiet: Duration::ZERO,
+        done: false,
+        _permit: permit,
+        app,
+    };
+    let body = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(head) = st.head.take() {
+            return Some((Ok::<Bytes, Infallible>(head), st));
+        }
+        let keepalive = secs(st.app.config.streams.keepalive);
+        loop {
+            match st
+                .app
+                .store
+                .ops_events(st.after, st.tenant.clone(), 100)
+                .await
+            {
+                Ok(events) if !events.is_empty() => {
+                    let mut b = BytesMut::new();
+                    for e in &events {
+                        let data = serde_json::json!({
+                            "type": e.kind.name(),
+                            "timestamp": e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            "tenant": e.tenant.0,
+                            "data": e.data,
+                        });
+                        b.put_slice(
+                            format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, e.kind.name())
+                                .as_bytes(),
+                        );
+                        st.after = e.id;
+                    }
+                    st.quiet = Duration::ZERO;
+                    return Some((Ok(b.freeze()), st));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "an operational stream cannot read; closing it");
+                    st.done = true;
+                    let b = Bytes::from_static(
+                        b": the store is unavailable; reconnect with Last-Event-ID\n\n",
+                    );
+                    return Some((Ok(b), st));
+                }
+            }
+            tokio::select! {
+                _ = st.app.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(OPERATIONAL_POLL) => {}
+            }
+            st.quiet += OPERATIONAL_POLL;
+            if st.quiet >= keepalive {
+                st.quiet = Duration::ZERO;
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
+            }
+        }
+    });
+    let mut res = Response::new(Body::from_stream(body));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    cors(res)
 }
 
 /// `stream.reset`: events after the client's id were removed from the log

@@ -4,6 +4,7 @@
 //! and the middleware (metrics, panics, body limits).
 
 pub mod deliveries;
+pub mod endpoints;
 pub mod events;
 pub mod gateway;
 pub mod jobs;
@@ -43,6 +44,7 @@ pub fn router(app: AppState) -> Router {
         .merge(jobs::router())
         .merge(events::router())
         .merge(deliveries::router())
+        .merge(endpoints::router())
         .merge(ws::router())
         .merge(workers::router(limits.max_result))
         .merge(ops::router())

@@ -8,7 +8,7 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use super::{deliveries, events, jobs, ops, workers, ws};
+use super::{deliveries, endpoints, events, jobs, ops, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
+        endpoints::list, endpoints::resume,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         workers::complete_many,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::jwks,
@@ -29,6 +30,7 @@ use super::{deliveries, events, jobs, ops, workers, ws};
         proto::ProgressRequest, proto::CompleteRequest, proto::FailRequest, proto::FailReason,
         proto::Outcome, proto::OutcomesRequest, proto::OutcomeAnswer, proto::OutcomesAnswer,
         proto::Problem, proto::Delivery, proto::DeliveryAttempt, proto::DeliveryList,
+        proto::Endpoint, proto::EndpointList, proto::ResumeEndpoint,
         deliveries::ReplayRequest,
     )),
     modifiers(&BearerAuth),

@@ -119,6 +119,7 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
             .map_or(0, |c| c.count);
         out.push_str(&format!("replyd_queue_depth{{queue=\"{q}\"}} {n}\n"));
     }
+    dead_letters(&mut out, app.store.dead_letters().await?, app.now());
     out.push_str(&prometheus().render());
     Ok((
         StatusCode::OK,
@@ -126,6 +127,74 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
         out,
     )
         .into_response())
+}
+
+/// Dead-letter series beyond which the smallest are summed into one per
+/// channel (`tenant="_other"`): a label set per tenant, bounded.
+pub const MAX_DEAD_LETTER_SERIES: usize = 1000;
+
+/// `replyd_dead_letters{channel,tenant}` and the age of the oldest, read
+/// from counts the store keeps (no outbox scan per scrape).
+fn dead_letters(
+    out: &mut String,
+    mut groups: Vec<replyd_core::ops::DeadLetters>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+    let mut series: Vec<(String, String, u64, Option<chrono::DateTime<chrono::Utc>>)> = Vec::new();
+    for g in groups {
+        if series.len() < MAX_DEAD_LETTER_SERIES {
+            series.push((g.channel.as_str().into(), g.tenant.0, g.count, g.oldest));
+            continue;
+        }
+        let channel = g.channel.as_str();
+        match series
+            .iter_mut()
+            .find(|s| s.0 == channel && s.1 == OTHER_TENANTS)
+        {
+            Some(s) => {
+                s.2 += g.count;
+                s.3 = match (s.3, g.oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => series.push((channel.into(), OTHER_TENANTS.into(), g.count, g.oldest)),
+        }
+    }
+    out.push_str(
+        "# HELP replyd_dead_letters Dead-lettered deliveries awaiting a replay, by channel and tenant.\n\
+         # TYPE replyd_dead_letters gauge\n",
+    );
+    for (channel, tenant, n, _) in &series {
+        let tenant = label(tenant);
+        out.push_str(&format!(
+            "replyd_dead_letters{{channel=\"{channel}\",tenant=\"{tenant}\"}} {n}\n"
+        ));
+    }
+    out.push_str(
+        "# HELP replyd_dead_letter_oldest_age_seconds Seconds since the oldest dead letter died, by channel and tenant.\n\
+         # TYPE replyd_dead_letter_oldest_age_seconds gauge\n",
+    );
+    for (channel, tenant, _, oldest) in &series {
+        if let Some(oldest) = oldest {
+            let age = (now - *oldest).num_milliseconds().max(0) as f64 / 1000.0;
+            let tenant = label(tenant);
+            out.push_str(&format!(
+                "replyd_dead_letter_oldest_age_seconds{{channel=\"{channel}\",tenant=\"{tenant}\"}} {age}\n"
+            ));
+        }
+    }
+}
+
+/// The tenant label of the dead letters beyond [`MAX_DEAD_LETTER_SERIES`].
+const OTHER_TENANTS: &str = "_other";
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The OpenAPI document, generated from the handlers and wire types.

@@ -368,7 +368,7 @@ async fn recorder(
         }
         let (outcomes, permits): (Vec<Outcome>, Vec<_>) = batch.into_iter().unzip();
         let n = outcomes.len();
-        if let Err(e) = cx.store.record_attempts(outcomes).await {
+        if let Err(e) = cx.store.record_attempts(outcomes, cx.watch).await {
             // Their claims run out and they are attempted again: at least
             // once, with the same webhook-id.
             tracing::warn!(error = %e, attempts = n, "cannot record delivery attempts");

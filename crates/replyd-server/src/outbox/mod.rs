@@ -21,6 +21,8 @@ pub struct Context {
     pub store: std::sync::Arc<dyn replyd_core::Store>,
     pub clock: replyd_core::Clock,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What recording attempts watches for operators.
+    pub watch: replyd_core::ops::Watch,
 }
 
 impl std::fmt::Debug for Context {

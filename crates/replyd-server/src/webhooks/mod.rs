@@ -5,6 +5,7 @@
 
 pub mod deliver;
 pub mod jwt;
+pub mod operational;
 pub mod signing;
 pub mod ssrf;
 

@@ -31,6 +31,7 @@ pub(super) async fn collect_garbage(
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+    super::ops::trim(&mut tx, now).await?;
     s.commit(tx, None).await?;
     Ok(ids.len())
 }

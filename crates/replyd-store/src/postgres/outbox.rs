@@ -7,8 +7,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::JobRecord;
+use replyd_core::ops::Watch;
 use replyd_core::outbox::{
-    AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked, ReplySpec,
+    AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked,
+    ReplySpec,
 };
 use replyd_core::store::{Claimed, JobOutput, Outcome, StoreError, StoreResult};
 use replyd_core::{JobId, Tenant};
@@ -145,27 +147,41 @@ pub(super) async fn defer_deliveries(
     Ok(())
 }
 
-pub(super) async fn record_attempts(s: &PgStore, outcomes: Vec<Outcome>) -> StoreResult<()> {
+pub(super) async fn record_attempts(
+    s: &PgStore,
+    outcomes: Vec<Outcome>,
+    watch: Watch,
+) -> StoreResult<()> {
     let mut tx = s.begin().await?;
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.delivery).collect();
+    let any_dead = outcomes.iter().any(|o| o.after == AfterAttempt::Dead);
+    // Operational events are written under their lock, taken first.
+    let watching = super::ops::may_emit(&mut tx, &ids, any_dead).await?;
+    if watching {
+        super::ops::lock(&mut tx).await?;
+    }
     for o in &outcomes {
         let (state, next_at) = o.after.state_and_next(o.attempt.at);
         let updated = sqlx::query(
-            "UPDATE outbox SET state = $2, attempts = attempts + 1, next_at = $3,
+            "UPDATE outbox SET attempts = attempts + 1, next_at = $3,
+                 -- Held (its endpoint paused meanwhile) until resumed.
+                 state = CASE WHEN state = 'held' AND $2 = 'pending' THEN 'held' ELSE $2 END,
                  claimed_until = NULL, updated_at = $4, last_error = $5
-             WHERE id = $1",
+             WHERE id = $1
+             RETURNING tenant, channel, target, job_id, kind, attempts",
         )
         .bind(o.delivery)
         .bind(state.as_str())
         .bind(ms(next_at))
         .bind(ms(o.attempt.at))
         .bind(&o.attempt.error)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        if updated.rows_affected() == 0 {
+        let Some(row) = updated else {
             // Deleted with its job meanwhile.
             continue;
-        }
+        };
         sqlx::query(
             "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
              VALUES ($1, $2, $3, $4, $5)",
@@ -178,6 +194,19 @@ pub(super) async fn record_attempts(s: &PgStore, outcomes: Vec<Outcome>) -> Stor
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        if watching {
+            let recorded = super::ops::Recorded {
+                id: o.delivery,
+                tenant: row.get("tenant"),
+                channel: Channel::parse(row.get::<&str, _>("channel")).unwrap_or(Channel::Webhook),
+                target: row.get("target"),
+                job: JobId(row.get::<Uuid, _>("job_id")).to_string(),
+                kind: row.get("kind"),
+                attempts: u32::try_from(row.get::<i32, _>("attempts")).unwrap_or(0),
+            };
+            let error = o.attempt.error.as_deref();
+            super::ops::watch(&mut tx, &recorded, o.after, error, watch, o.attempt.at).await?;
+        }
     }
     s.commit(tx, None).await
 }
@@ -322,7 +351,7 @@ pub(super) fn delivery_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Deli
 /// which made a claim quadratic (6.4 s with 20,000 pending).
 pub(super) fn claim_sql() -> String {
     format!(
-        "UPDATE outbox SET claimed_until = $3 WHERE id IN (
+        "WITH picked AS (
              SELECT id FROM outbox o
              WHERE channel = $4 AND state = 'pending' AND next_at <= $1
                AND (claimed_until IS NULL OR claimed_until <= $1)
@@ -330,7 +359,18 @@ pub(super) fn claim_sql() -> String {
                                AND p.channel = o.channel
                                AND p.state = 'pending' AND p.id < o.id)
              ORDER BY next_at, id LIMIT $2
-             FOR UPDATE SKIP LOCKED)
+             FOR UPDATE SKIP LOCKED
+         ), held AS (
+             -- What is owed to a paused endpoint is held, not attempted.
+             UPDATE outbox SET state = 'held', claimed_until = NULL, updated_at = $1
+             FROM picked, endpoints e
+             WHERE outbox.id = picked.id AND e.paused_at IS NOT NULL
+               AND e.tenant = outbox.tenant AND e.channel = outbox.channel
+               AND e.target = outbox.target
+             RETURNING outbox.id
+         )
+         UPDATE outbox SET claimed_until = $3
+         WHERE id IN (SELECT id FROM picked) AND id NOT IN (SELECT id FROM held)
          RETURNING {DELIVERY_COLUMNS}"
     )
 }

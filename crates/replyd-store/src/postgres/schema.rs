@@ -287,4 +287,59 @@ const POSTGRES: &[(i64, &str)] = &[
     ALTER TABLE events DROP CONSTRAINT events_position_key, ADD PRIMARY KEY (position);
     ",
     ),
+    (
+        11,
+        "
+    -- Dead letters counted as deliveries die and leave; see SQLite's v8.
+    -- Rows of +1 and -1, not one counter per channel and tenant: writers
+    -- never wait for one another on a counter row.
+    CREATE TABLE dead_letter_counts (
+        channel text NOT NULL,
+        tenant  text NOT NULL,
+        delta   bigint NOT NULL
+    );
+    INSERT INTO dead_letter_counts (channel, tenant, delta)
+        SELECT channel, tenant, count(*) FROM outbox WHERE state = 'dead'
+        GROUP BY channel, tenant;
+    CREATE INDEX outbox_dead ON outbox (channel, tenant, updated_at) WHERE state = 'dead';
+    CREATE FUNCTION replyd_count_dead_letters() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            INSERT INTO dead_letter_counts VALUES (OLD.channel, OLD.tenant, -1);
+            RETURN OLD;
+        ELSIF NEW.state = 'dead' THEN
+            INSERT INTO dead_letter_counts VALUES (NEW.channel, NEW.tenant, 1);
+        ELSE
+            INSERT INTO dead_letter_counts VALUES (OLD.channel, OLD.tenant, -1);
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER outbox_dead_changes AFTER UPDATE OF state ON outbox FOR EACH ROW
+        WHEN ((OLD.state = 'dead') <> (NEW.state = 'dead'))
+        EXECUTE FUNCTION replyd_count_dead_letters();
+    CREATE TRIGGER outbox_dead_deleted AFTER DELETE ON outbox FOR EACH ROW
+        WHEN (OLD.state = 'dead')
+        EXECUTE FUNCTION replyd_count_dead_letters();
+    CREATE TABLE endpoints (
+        tenant        text NOT NULL,
+        channel       text NOT NULL,
+        target        text NOT NULL,
+        dead_in_a_row integer NOT NULL DEFAULT 0,
+        paused_at     bigint,
+        PRIMARY KEY (tenant, channel, target)
+    );
+    CREATE INDEX outbox_held ON outbox (tenant, channel, target, id) WHERE state = 'held';
+    -- Numbered in commit order: a transaction that writes them takes
+    -- OPS_LOCK (outbox.rs) before anything else.
+    CREATE TABLE ops_events (
+        id     bigserial PRIMARY KEY,
+        at     bigint NOT NULL,
+        kind   text NOT NULL,
+        tenant text NOT NULL,
+        data   text NOT NULL
+    );
+    CREATE INDEX ops_events_at ON ops_events (at);
+    ",
+    ),
 ];

@@ -32,6 +32,7 @@ pub(super) async fn collect_garbage(
         conn.prepare_cached("DELETE FROM jobs WHERE input IS NULL AND expires_at <= ?1")
             .and_then(|mut s| s.execute([ms(now - retention)]))
             .map_err(backend)?;
+        super::ops::trim(conn, now)?;
         Ok(ids.len())
     })
     .await

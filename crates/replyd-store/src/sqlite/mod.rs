@@ -26,6 +26,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::{EventId, EventRecord};
 use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
+use replyd_core::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
 use replyd_core::store::{
     Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Move, Outcome, StateCount,
@@ -39,6 +40,7 @@ mod events;
 mod garbage;
 mod jobs;
 mod leases;
+mod ops;
 mod outbox;
 mod schema;
 mod streams;
@@ -265,8 +267,45 @@ impl Store for SqliteStore {
         outbox::defer_deliveries(self, deferred).await
     }
 
-    async fn record_attempts(&self, outcomes: Vec<Outcome>) -> StoreResult<()> {
-        outbox::record_attempts(self, outcomes).await
+    async fn record_attempts(&self, outcomes: Vec<Outcome>, watch: Watch) -> StoreResult<()> {
+        outbox::record_attempts(self, outcomes, watch).await
+    }
+
+    async fn dead_letters(&self) -> StoreResult<Vec<DeadLetters>> {
+        ops::dead_letters(self).await
+    }
+
+    async fn ops_events(
+        &self,
+        after: i64,
+        tenant: Option<Tenant>,
+        limit: u32,
+    ) -> StoreResult<Vec<OpsEvent>> {
+        ops::ops_events(self, after, tenant, limit).await
+    }
+
+    async fn last_ops_event(&self) -> StoreResult<i64> {
+        self.read(|conn| {
+            conn.query_row("SELECT coalesce(max(id), 0) FROM ops_events", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn endpoints(&self, tenant: Option<Tenant>) -> StoreResult<Vec<Endpoint>> {
+        ops::endpoints(self, tenant).await
+    }
+
+    async fn resume_endpoint(
+        &self,
+        tenant: &Tenant,
+        channel: Channel,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        ops::resume_endpoint(self, tenant, channel, target, now).await
     }
 
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::JobRecord;
+use replyd_core::ops::Watch;
 use replyd_core::outbox::{
     AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked, ReplySpec,
 };
@@ -41,8 +42,11 @@ pub(super) async fn claim_deliveries(
             ),
             params![ms(now), limit, channel.as_str()],
         )?;
+        // What is owed to a paused endpoint is held, not attempted.
+        let ids: Vec<i64> = rows.iter().map(|d| d.id).collect();
+        let held = super::ops::hold_paused(conn, &ids, now)?;
         let mut claimed = Vec::with_capacity(rows.len());
-        for d in rows {
+        for d in rows.into_iter().filter(|d| !held.contains(&d.id)) {
             conn.prepare_cached("UPDATE outbox SET claimed_until = ?2 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![d.id, ms(until)]))
                 .map_err(backend)?;
@@ -149,30 +153,50 @@ pub(super) async fn defer_deliveries(
     .await
 }
 
-pub(super) async fn record_attempts(s: &SqliteStore, outcomes: Vec<Outcome>) -> StoreResult<()> {
+pub(super) async fn record_attempts(
+    s: &SqliteStore,
+    outcomes: Vec<Outcome>,
+    watch: Watch,
+) -> StoreResult<()> {
     s.write(move |conn, _| {
         for o in &outcomes {
             let (state, next_at) = o.after.state_and_next(o.attempt.at);
-            let n = conn
+            let recorded = conn
                 .prepare_cached(
-                    "UPDATE outbox SET state = ?2, attempts = attempts + 1, next_at = ?3,
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?3,
+                         -- Held (its endpoint paused meanwhile) until resumed.
+                         state = CASE WHEN state = 'held' AND ?2 = 'pending' THEN 'held' ELSE ?2 END,
                          claimed_until = NULL, updated_at = ?4, last_error = ?5
-                     WHERE id = ?1",
+                     WHERE id = ?1
+                     RETURNING tenant, channel, target, job_id, kind, attempts",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![
-                        o.delivery,
-                        state.as_str(),
-                        ms(next_at),
-                        ms(o.attempt.at),
-                        o.attempt.error
-                    ])
+                    s.query_row(
+                        params![
+                            o.delivery,
+                            state.as_str(),
+                            ms(next_at),
+                            ms(o.attempt.at),
+                            o.attempt.error
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, Vec<u8>>(3)?,
+                                r.get::<_, String>(4)?,
+                                r.get::<_, u32>(5)?,
+                            ))
+                        },
+                    )
+                    .optional()
                 })
                 .map_err(backend)?;
-            if n == 0 {
+            let Some((tenant, channel, target, job, kind, attempts)) = recorded else {
                 // Deleted with its job meanwhile.
                 continue;
-            }
+            };
             conn.prepare_cached(
                 "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -187,6 +211,25 @@ pub(super) async fn record_attempts(s: &SqliteStore, outcomes: Vec<Outcome>) -> 
                 ])
             })
             .map_err(backend)?;
+            let recorded = super::ops::Recorded {
+                id: o.delivery,
+                tenant,
+                channel: Channel::parse(&channel).unwrap_or(Channel::Webhook),
+                target,
+                job: uuid::Uuid::from_slice(&job)
+                    .map(|u| JobId(u).to_string())
+                    .unwrap_or_default(),
+                kind,
+                attempts,
+            };
+            super::ops::watch(
+                conn,
+                &recorded,
+                o.after,
+                o.attempt.error.as_deref(),
+                watch,
+                o.attempt.at,
+            )?;
         }
         Ok(())
     })

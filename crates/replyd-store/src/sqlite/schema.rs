@@ -177,6 +177,53 @@ pub const SQLITE: &[(i64, &str)] = &[
     CREATE INDEX streams_job ON streams (job) WHERE job IS NOT NULL;
     ",
     ),
+    (
+        8,
+        "
+    -- Dead letters counted as deliveries die and leave: a trigger adds +1
+    -- or -1 per change, `dead_letters()` sums them (and folds them now and
+    -- then), so a scrape reads no outbox rows; the oldest dead letter of a
+    -- channel and tenant is one probe of outbox_dead.
+    CREATE TABLE dead_letter_counts (
+        channel TEXT NOT NULL,
+        tenant  TEXT NOT NULL,
+        delta   INTEGER NOT NULL
+    );
+    INSERT INTO dead_letter_counts (channel, tenant, delta)
+        SELECT channel, tenant, count(*) FROM outbox WHERE state = 'dead'
+        GROUP BY channel, tenant;
+    CREATE INDEX outbox_dead ON outbox (channel, tenant, updated_at) WHERE state = 'dead';
+    CREATE TRIGGER outbox_dies AFTER UPDATE OF state ON outbox
+        WHEN NEW.state = 'dead' AND OLD.state <> 'dead'
+        BEGIN INSERT INTO dead_letter_counts VALUES (NEW.channel, NEW.tenant, 1); END;
+    CREATE TRIGGER outbox_revives AFTER UPDATE OF state ON outbox
+        WHEN OLD.state = 'dead' AND NEW.state <> 'dead'
+        BEGIN INSERT INTO dead_letter_counts VALUES (OLD.channel, OLD.tenant, -1); END;
+    CREATE TRIGGER outbox_dead_deleted AFTER DELETE ON outbox
+        WHEN OLD.state = 'dead'
+        BEGIN INSERT INTO dead_letter_counts VALUES (OLD.channel, OLD.tenant, -1); END;
+    -- Webhook endpoints that failed: dead letters in a row; paused ones
+    -- hold their deliveries (state 'held') until resumed.
+    CREATE TABLE endpoints (
+        tenant        TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        target        TEXT NOT NULL,
+        dead_in_a_row INTEGER NOT NULL DEFAULT 0,
+        paused_at     INTEGER,
+        PRIMARY KEY (tenant, channel, target)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_held ON outbox (tenant, channel, target, id) WHERE state = 'held';
+    -- Operational events, numbered in commit order.
+    CREATE TABLE ops_events (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at     INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        data   TEXT NOT NULL
+    );
+    CREATE INDEX ops_events_at ON ops_events (at);
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several

@@ -1,0 +1,10 @@
+//! The `operations` cases against PostgreSQL (a fresh schema per server).
+//! Without a server they skip, saying so, unless `REPLYD_REQUIRE_SERVICES=1`.
+
+#![cfg(feature = "postgres")]
+
+mod common;
+
+const BACKEND: common::Backend = common::Backend::Postgres;
+
+include!("common/operations_cases.rs");
