@@ -365,11 +365,20 @@ async fn a_tenant_with_its_own_secret_is_signed_with_it() {
     }
 }
 
-/// What PyJWT says of a delivery's `webhook-jwt` (the receiver's check in
-/// `tests/pyjwt/verify_delivery.py`, which fetches the server's JWKS):
-/// Ok(claims) when it verifies, Err(why) when it does not; None (the test
-/// skips) without PyJWT.
-async fn pyjwt_verify(
+/// A receiver's JWT library: PyJWT (`tests/pyjwt/verify_delivery.py`) or
+/// Node's jose (`tests/jose/verify.mjs`). Each fetches the server's JWKS
+/// and checks the token and the body's digest as a receiver would.
+#[derive(Debug, Clone, Copy)]
+enum Verifier {
+    PyJwt,
+    Jose,
+}
+
+/// What `verifier` says of a delivery's `webhook-jwt`: Ok(claims) when it
+/// verifies, Err(why) when it does not; None (the test skips, saying so)
+/// when the library is missing.
+async fn jwt_verify(
+    verifier: Verifier,
     jwks_url: &str,
     token: &str,
     body: &[u8],
@@ -381,20 +390,34 @@ async fn pyjwt_verify(
         "audience": audience, "issuer": issuer,
     });
     // Off the runtime: the server it asks for the JWKS runs on it.
-    tokio::task::spawn_blocking(move || run_pyjwt(&input))
+    tokio::task::spawn_blocking(move || run_verifier(verifier, &input))
         .await
         .unwrap()
 }
 
-fn run_pyjwt(input: &Value) -> Option<Result<Value, String>> {
+fn run_verifier(verifier: Verifier, input: &Value) -> Option<Result<Value, String>> {
     use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyjwt/verify_delivery.py");
-    let mut child = std::process::Command::new(replyd_testkit::python())
-        .arg(script)
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let (mut cmd, missing) = match verifier {
+        Verifier::PyJwt => {
+            let mut cmd = std::process::Command::new(replyd_testkit::python());
+            cmd.arg(format!("{dir}/tests/pyjwt/verify_delivery.py"));
+            (cmd, "Python with PyJWT and cryptography")
+        }
+        Verifier::Jose => {
+            let mut cmd = std::process::Command::new("node");
+            cmd.arg(format!("{dir}/tests/jose/verify.mjs"));
+            (cmd, "Node with jose (npm ci in crates/replyd-server/tests/jose)")
+        }
+    };
+    let child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
+        .spawn();
+    let Ok(mut child) = child else {
+        replyd_testkit::skip(missing, "run scripts/test");
+        return None;
+    };
     child
         .stdin
         .take()
@@ -407,13 +430,10 @@ fn run_pyjwt(input: &Value) -> Option<Result<Value, String>> {
         Some(0) => Some(Ok(serde_json::from_str(&said).unwrap())),
         Some(1) => Some(Err(said)),
         Some(3) => {
-            replyd_testkit::skip(
-                "Python with PyJWT and cryptography",
-                "run scripts/test, or pip install -r scripts/test-requirements.txt",
-            );
+            replyd_testkit::skip(missing, "run scripts/test");
             None
         }
-        other => panic!("the PyJWT verifier failed ({other:?}): {said}"),
+        other => panic!("the {verifier:?} verifier failed ({other:?}): {said}"),
     }
 }
 
@@ -425,7 +445,7 @@ fn delivery_to(r: &Receiver, path: &str) -> (HeaderMap, Bytes) {
 }
 
 #[tokio::test]
-async fn a_job_that_asks_gets_a_jwt_that_pyjwt_verifies_with_the_jwks() {
+async fn a_job_that_asks_gets_a_jwt_that_pyjwt_and_jose_verify_with_the_jwks() {
     let config = format!("public_url = \"https://replyd.test/\"\n{}", config());
     let Some(s) = TestServer::start(&config).await else { return };
     let (base, r) = receiver().await;
@@ -462,31 +482,39 @@ async fn a_job_that_asks_gets_a_jwt_that_pyjwt_verifies_with_the_jwks() {
 
     let jwks_url = format!("http://{}/.well-known/jwks.json", s.addr);
     let iss = "https://replyd.test";
-    let Some(verified) = pyjwt_verify(&jwks_url, &token, &body, &url, iss).await else {
-        return;
-    };
-    let claims = verified.expect("PyJWT accepts the delivery");
-    assert_eq!(claims["sub"], id.as_str());
-    assert_eq!(claims["jti"], h["webhook-id"].to_str().unwrap());
-    assert_eq!(
-        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-        300
-    );
-    // A tampered body, another audience, another issuer: refused.
-    let mut tampered = body.to_vec();
-    tampered.extend_from_slice(b" ");
-    let refused = [
-        pyjwt_verify(&jwks_url, &token, &tampered, &url, iss).await,
-        pyjwt_verify(&jwks_url, &token, &body, &format!("{base}/other"), iss).await,
-        pyjwt_verify(&jwks_url, &token, &body, &url, "https://evil.test").await,
-    ];
-    let why: Vec<String> = refused
-        .into_iter()
-        .map(|v| v.unwrap().expect_err("refused"))
-        .collect();
-    assert!(why[0].contains("BodyDigestMismatch"), "{why:?}");
-    assert!(why[1].contains("InvalidAudienceError"), "{why:?}");
-    assert!(why[2].contains("InvalidIssuerError"), "{why:?}");
+    for v in [Verifier::PyJwt, Verifier::Jose] {
+        let Some(verified) = jwt_verify(v, &jwks_url, &token, &body, &url, iss).await else {
+            return;
+        };
+        let claims = verified.unwrap_or_else(|e| panic!("{v:?} refuses the delivery: {e}"));
+        assert_eq!(claims["sub"], id.as_str());
+        assert_eq!(claims["jti"], h["webhook-id"].to_str().unwrap());
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            300
+        );
+        // A tampered body, another audience, another issuer: refused.
+        let mut tampered = body.to_vec();
+        tampered.extend_from_slice(b" ");
+        let other = format!("{base}/other");
+        let refused = [
+            jwt_verify(v, &jwks_url, &token, &tampered, &url, iss).await,
+            jwt_verify(v, &jwks_url, &token, &body, &other, iss).await,
+            jwt_verify(v, &jwks_url, &token, &body, &url, "https://evil.test").await,
+        ];
+        let why: Vec<String> = refused
+            .into_iter()
+            .map(|r| r.unwrap().expect_err("refused"))
+            .collect();
+        assert!(why[0].contains("BodyDigestMismatch"), "{v:?}: {why:?}");
+        // PyJWT names the error class; jose gives a code and the claim.
+        let (aud, iss_err) = match v {
+            Verifier::PyJwt => ("InvalidAudienceError", "InvalidIssuerError"),
+            Verifier::Jose => ("\"aud\" claim", "\"iss\" claim"),
+        };
+        assert!(why[1].contains(aud), "{v:?}: {why:?}");
+        assert!(why[2].contains(iss_err), "{v:?}: {why:?}");
+    }
 }
 
 #[tokio::test]
@@ -508,12 +536,17 @@ async fn a_server_that_says_so_signs_every_delivery_and_an_old_token_is_expired(
     let (h, body) = delivery_to(&r, "/all");
     let token = h["webhook-jwt"].to_str().expect("every delivery has a token");
     let jwks_url = format!("http://{}/.well-known/jwks.json", s.addr);
-    let Some(verified) = pyjwt_verify(&jwks_url, token, &body, &url, "urn:replyd:test").await
-    else {
-        return;
-    };
-    let why = verified.expect_err("an expired token is refused");
-    assert!(why.contains("ExpiredSignatureError"), "{why}");
+    for (v, expired) in [
+        (Verifier::PyJwt, "ExpiredSignatureError"),
+        (Verifier::Jose, "ERR_JWT_EXPIRED"),
+    ] {
+        let Some(verified) = jwt_verify(v, &jwks_url, token, &body, &url, "urn:replyd:test").await
+        else {
+            return;
+        };
+        let why = verified.expect_err("an expired token is refused");
+        assert!(why.contains(expired), "{v:?}: {why}");
+    }
 }
 
 #[tokio::test]
