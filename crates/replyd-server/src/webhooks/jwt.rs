@@ -5,8 +5,8 @@
 //! The token is a compact JWS, `alg` ES256 with the signing key's `kid`,
 //! whose claims bind it to one message: `iss` (the configured issuer),
 //! `aud` (the endpoint URL), `iat`, `exp` (`iat` + 5 min), `jti` (the
-//! `webhook-id`), `sub` (the job id) and `body_sha256` (lowercase hex of
-//! the SHA-256 of the exact body bytes).
+//! `webhook-id`), `sub` (the job id), `tenant` (the job's) and
+//! `body_sha256` (lowercase hex of the SHA-256 of the exact body bytes).
 //!
 //! The keys live in the store (setting [`SETTING`]), so every node of a
 //! cluster signs alike: the first node to start generates one, `replyd
@@ -151,6 +151,9 @@ pub struct Claims<'a> {
     pub exp: i64,
     pub jti: &'a str,
     pub sub: &'a str,
+    /// The job's tenant: receivers of a replyd that serves several tell
+    /// them apart by it (they share the server's keys).
+    pub tenant: &'a str,
     pub body_sha256: String,
 }
 
@@ -161,6 +164,7 @@ impl<'a> Claims<'a> {
         url: &'a str,
         message_id: &'a str,
         job: &'a str,
+        tenant: &'a str,
         body: &[u8],
         now: i64,
     ) -> Claims<'a> {
@@ -171,6 +175,7 @@ impl<'a> Claims<'a> {
             exp: now + LIFETIME,
             jti: message_id,
             sub: job,
+            tenant,
             body_sha256: hex::encode(Sha256::digest(body)),
         }
     }
@@ -365,6 +370,7 @@ mod tests {
             "https://r.test/h",
             "msg_1",
             "j1",
+            "acme",
             body,
             1000,
         );
@@ -380,6 +386,7 @@ mod tests {
         assert_eq!(payload["exp"], 1300);
         assert_eq!(payload["jti"], "msg_1");
         assert_eq!(payload["sub"], "j1");
+        assert_eq!(payload["tenant"], "acme");
         assert_eq!(payload["aud"], "https://r.test/h");
         assert_eq!(
             payload["body_sha256"].as_str().unwrap(),

@@ -220,6 +220,7 @@ impl Runtime {
             &d.target,
             message_id,
             &job,
+            &d.job.tenant.0,
             body,
             now.timestamp(),
         )))

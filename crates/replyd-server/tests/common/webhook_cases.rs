@@ -488,6 +488,7 @@ async fn a_job_that_asks_gets_a_jwt_that_pyjwt_and_jose_verify_with_the_jwks() {
         };
         let claims = verified.unwrap_or_else(|e| panic!("{v:?} refuses the delivery: {e}"));
         assert_eq!(claims["sub"], id.as_str());
+        assert_eq!(claims["tenant"], "default", "the open server's one tenant");
         assert_eq!(claims["jti"], h["webhook-id"].to_str().unwrap());
         assert_eq!(
             claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
