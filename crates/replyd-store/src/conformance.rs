@@ -908,6 +908,21 @@ fn hooked(tenant: &str, events: serde_json::Value) -> NewJob {
     job
 }
 
+/// A finished job of `tenant` owing one webhook delivery; its id.
+async fn owing(store: &dyn Store, tenant: &str) -> JobId {
+    let id = store
+        .submit(hooked(tenant, serde_json::json!([])), t(0))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    store
+        .apply(id, None, Command::Cancel, None, t(1))
+        .await
+        .unwrap();
+    id
+}
+
 fn attempt(at: DateTime<Utc>, status: Option<u16>) -> AttemptRecord {
     AttemptRecord {
         at,
@@ -1417,17 +1432,7 @@ pub async fn replies_are_owed_on_their_own_channel(store: Arc<dyn Store>) {
 pub async fn concurrent_claims_never_share_a_delivery(store: Arc<dyn Store>) {
     let mut ids = HashSet::new();
     for _ in 0..30 {
-        let id = store
-            .submit(hooked("t", serde_json::json!([])), t(0))
-            .await
-            .unwrap()
-            .job()
-            .id;
-        store
-            .apply(id, None, Command::Cancel, None, t(1))
-            .await
-            .unwrap();
-        ids.insert(id);
+        ids.insert(owing(&*store, "t").await);
     }
     let mut claimers = Vec::new();
     for _ in 0..4 {

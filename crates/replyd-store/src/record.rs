@@ -34,6 +34,18 @@ pub(crate) fn decode(text: &str) -> StoreResult<JobRecord> {
 }
 
 /// An upstream's answer (status and headers) is kept as JSON.
+/// A delivery whose attempt was just recorded, as each store's
+/// `ops::watch` needs it.
+pub(crate) struct Recorded {
+    pub id: i64,
+    pub tenant: String,
+    pub channel: replyd_core::outbox::Channel,
+    pub target: String,
+    pub job: String,
+    pub kind: String,
+    pub attempts: u32,
+}
+
 /// An operational event read back.
 pub(crate) fn ops_event(
     id: i64,

@@ -250,15 +250,7 @@ fn operational(
             }
         }
     });
-    let mut res = Response::new(Body::from_stream(body));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    cors(res)
+    event_stream(Body::from_stream(body))
 }
 
 /// `stream.reset`: events after the client's id were removed from the log
@@ -269,6 +261,20 @@ fn reset_frame(after: EventId) -> Bytes {
         "detail": "events after this id are no longer retained; what is retained follows",
     });
     Bytes::from(format!("event: stream.reset\ndata: {data}\n\n"))
+}
+
+/// An event stream's response: its type, never cached or buffered by a
+/// proxy, readable from any origin.
+fn event_stream(body: Body) -> Response {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    cors(res)
 }
 
 fn cors(mut res: Response) -> Response {
@@ -313,15 +319,7 @@ fn stream(
         sse.keepalive.as_mut().reset(next);
         Some((Ok::<Bytes, Infallible>(chunk), sse))
     });
-    let mut res = Response::new(Body::from_stream(body));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    cors(res)
+    event_stream(Body::from_stream(body))
 }
 
 /// One open stream.

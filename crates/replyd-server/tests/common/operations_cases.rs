@@ -4,79 +4,16 @@
 // `include!`, so `BACKEND` and `common` come from the includer. Receivers
 // run on 127.0.0.1, which the servers here allow-list.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use bytes::Bytes;
+use common::hooks::{assert_signed, received, receiver};
 use common::{KEYS, TestServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// A receiver whose `/down` answers 500 while `down` is set; every
-/// request is kept as (path, headers, body).
-#[derive(Default)]
-struct Receiver {
-    got: Mutex<Vec<(String, HeaderMap, Bytes)>>,
-    down: AtomicBool,
-}
-
-async fn receiver() -> (String, Arc<Receiver>) {
-    let r = Arc::new(Receiver::default());
-    r.down.store(true, Ordering::SeqCst);
-    async fn record(
-        State(r): State<Arc<Receiver>>,
-        uri: axum::http::Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> StatusCode {
-        let path = uri.path().to_string();
-        let down = path == "/down" && r.down.load(Ordering::SeqCst);
-        r.got.lock().unwrap().push((path, headers, body));
-        if down {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::OK
-        }
-    }
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, r)
-}
-
-/// The bodies `path` received (JSON), waiting (at most 15 s) for `n`.
-async fn bodies(r: &Receiver, path: &str, n: usize) -> Vec<(HeaderMap, Value)> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got: Vec<(HeaderMap, Value)> = r
-            .got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _, _)| p == path)
-            .map(|(_, h, b)| (h.clone(), serde_json::from_slice(b).unwrap()))
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path}: {} of {n} requests arrived",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// An SSE stream's frames as (id, event, data), read in the background.
 type Frames = Arc<Mutex<Vec<(i64, String, Value)>>>;
@@ -162,6 +99,7 @@ async fn wait_delivery_state(c: &common::Client, job: &str, state: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_dead_lettered_paused_and_resumed_with_operators_told() {
     let (base, r) = receiver().await;
+    r.down.store(true, Ordering::SeqCst);
     let config = format!(
         "{KEYS}\n[[api_keys]]\nkey = \"admin-b-key\"\ntenant = \"b\"\nrole = \"admin\"\n[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
          retry_schedule = [0, 0.1]\ntimeout = 2\nper_endpoint = 1\n\
@@ -242,15 +180,12 @@ async fn a_failing_endpoint_is_dead_lettered_paused_and_resumed_with_operators_t
     let again = frames(&resumed, 3).await;
     assert_eq!(again, seen[2..5].to_vec());
     // The operational webhook got the same, in order, signed.
-    let hooks = bodies(&r, "/ops", 5).await;
+    let hooks = received(&r, "/ops", 5).await;
     let types: Vec<&str> = hooks.iter().map(|(_, b)| b["type"].as_str().unwrap()).collect();
     assert_eq!(types, seen.iter().map(|f| f.1.as_str()).collect::<Vec<_>>());
-    let secret: replyd_server::webhooks::signing::Secret = SECRET.parse().unwrap();
     let raw = r.got.lock().unwrap().iter().find(|g| g.0 == "/ops").cloned().unwrap();
-    let id = raw.1["webhook-id"].to_str().unwrap();
-    assert_eq!(id, format!("ops_{}", seen[0].0));
-    let ts: i64 = raw.1["webhook-timestamp"].to_str().unwrap().parse().unwrap();
-    assert_eq!(raw.1["webhook-signature"].to_str().unwrap(), secret.sign(id, ts, &raw.2));
+    assert_eq!(raw.1["webhook-id"].to_str().unwrap(), format!("ops_{}", seen[0].0));
+    assert_signed(SECRET, &raw.1, &raw.2, "the operational webhook");
     // Another tenant's operators saw none of it.
     assert!(others.lock().unwrap().is_empty(), "{:?}", others.lock().unwrap());
 }

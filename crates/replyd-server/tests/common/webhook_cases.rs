@@ -3,16 +3,13 @@
 // the includer. The receiver runs on 127.0.0.1, which the servers here
 // allow-list.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use common::TestServer;
+use common::hooks::{Receiver, assert_signed, received, receiver};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -22,67 +19,6 @@ fn config() -> String {
         "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
          retry_schedule = [0, 0.2, 0.2, 0.2]\ntimeout = 2\n[queues.work]\n"
     )
-}
-
-#[derive(Default)]
-struct Receiver {
-    /// (path, headers, body) of every request, in arrival order.
-    got: Mutex<Vec<(String, HeaderMap, Bytes)>>,
-    flaky_failures: AtomicUsize,
-}
-
-async fn receiver() -> (String, Arc<Receiver>) {
-    let r = Arc::new(Receiver::default());
-    async fn record(
-        State(r): State<Arc<Receiver>>,
-        uri: axum::http::Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> StatusCode {
-        let path = uri.path().to_string();
-        r.got.lock().unwrap().push((path.clone(), headers, body));
-        if path == "/slow" {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-        }
-        match path.as_str() {
-            "/gone" => StatusCode::GONE,
-            "/flaky" if r.flaky_failures.fetch_add(1, Ordering::SeqCst) < 2 => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            _ => StatusCode::OK,
-        }
-    }
-    let app = Router::new()
-        .route("/{*path}", post(record))
-        .with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, r)
-}
-
-/// Waits until the receiver has `n` requests on `path`.
-async fn received(r: &Receiver, path: &str, n: usize) -> Vec<(HeaderMap, Value)> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got: Vec<(HeaderMap, Value)> = r
-            .got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _, _)| p == path)
-            .map(|(_, h, b)| (h.clone(), serde_json::from_slice(b).unwrap()))
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path}: {} of {n} deliveries arrived",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn submit_hooked(c: &common::Client, url: &str, events: Option<Value>) -> String {
@@ -119,13 +55,8 @@ async fn a_completed_job_is_delivered_signed_with_its_result() {
     let sig = h["webhook-signature"].to_str().unwrap();
     assert!(sig.starts_with("v1,"), "{sig}");
     // The signature is over id.timestamp.body with the configured secret.
-    let secret: replyd_server::webhooks::signing::Secret = SECRET.parse().unwrap();
     let body = r.got.lock().unwrap()[1].2.clone();
-    let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
-    assert_eq!(
-        sig,
-        secret.sign(h["webhook-id"].to_str().unwrap(), ts, &body)
-    );
+    assert_signed(SECRET, h, &body, "the server's secret");
     assert_ne!(got[0].0["webhook-id"], got[1].0["webhook-id"]);
 }
 
@@ -333,17 +264,19 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
     received(&slow, "/slow", 6).await;
 }
 
-#[tokio::test]
-async fn a_tenant_with_its_own_secret_is_signed_with_it() {
-    let tenant_secret = replyd_server::webhooks::signing::Secret::generate().expose();
+/// A server whose tenant `a` has `tenant_a` in its `[webhooks.tenants.a]`
+/// (tenant `b` none); one job of each, canceled, hooked to `/a` and `/b`
+/// of a receiver, whose deliveries have arrived. None when the store's
+/// service is absent (the test skips).
+async fn one_delivery_per_tenant(tenant_a: &str) -> Option<Arc<Receiver>> {
     let config = format!(
         "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
-         [webhooks.tenants.a]\nsecret = \"{tenant_secret}\"\n\
+         [webhooks.tenants.a]\n{tenant_a}\n\
          [[api_keys]]\nkey = \"client-a-key\"\ntenant = \"a\"\nrole = \"client\"\n\
          [[api_keys]]\nkey = \"client-b-key\"\ntenant = \"b\"\nrole = \"client\"\n\
          [queues.work]\n"
     );
-    let Some(s) = TestServer::start(&config).await else { return };
+    let s = TestServer::start(&config).await?;
     let (base, r) = receiver().await;
     for (key, path) in [("client-a-key", "/a"), ("client-b-key", "/b")] {
         let c = s.client(Some(key));
@@ -352,16 +285,19 @@ async fn a_tenant_with_its_own_secret_is_signed_with_it() {
     }
     received(&r, "/a", 1).await;
     received(&r, "/b", 1).await;
+    Some(r)
+}
+
+#[tokio::test]
+async fn a_tenant_with_its_own_secret_is_signed_with_it() {
+    let tenant_secret = replyd_server::webhooks::signing::Secret::generate().expose();
+    let Some(r) = one_delivery_per_tenant(&format!("secret = \"{tenant_secret}\"")).await else {
+        return;
+    };
     let got = r.got.lock().unwrap().clone();
     for (path, secret) in [("/a", tenant_secret.as_str()), ("/b", SECRET)] {
         let (_, h, body) = got.iter().find(|(p, _, _)| p == path).unwrap();
-        let secret: replyd_server::webhooks::signing::Secret = secret.parse().unwrap();
-        let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
-        assert_eq!(
-            h["webhook-signature"].to_str().unwrap(),
-            secret.sign(h["webhook-id"].to_str().unwrap(), ts, body),
-            "{path}"
-        );
+        assert_signed(secret, h, body, path);
     }
 }
 
@@ -552,30 +488,10 @@ async fn a_server_that_says_so_signs_every_delivery_and_an_old_token_is_expired(
 
 #[tokio::test]
 async fn a_tenant_that_says_so_gets_tokens_and_others_do_not() {
-    let config = format!(
-        "[webhooks]\nsecret = \"{SECRET}\"\nallow_networks = [\"127.0.0.0/8\"]\n\
-         [webhooks.tenants.a]\njwt = true\n\
-         [[api_keys]]\nkey = \"client-a-key\"\ntenant = \"a\"\nrole = \"client\"\n\
-         [[api_keys]]\nkey = \"client-b-key\"\ntenant = \"b\"\nrole = \"client\"\n\
-         [queues.work]\n"
-    );
-    let Some(s) = TestServer::start(&config).await else { return };
-    let (base, r) = receiver().await;
-    for (key, path) in [("client-a-key", "/a"), ("client-b-key", "/b")] {
-        let c = s.client(Some(key));
-        let id = submit_hooked(&c, &format!("{base}{path}"), None).await;
-        c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
-    }
-    received(&r, "/a", 1).await;
-    received(&r, "/b", 1).await;
+    let Some(r) = one_delivery_per_tenant("jwt = true").await else { return };
     assert!(delivery_to(&r, "/a").0.get("webhook-jwt").is_some());
     assert!(delivery_to(&r, "/b").0.get("webhook-jwt").is_none());
     // Tenant a's secret is the server's (it set only `jwt`).
     let (h, body) = delivery_to(&r, "/a");
-    let secret: replyd_server::webhooks::signing::Secret = SECRET.parse().unwrap();
-    let ts: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
-    assert_eq!(
-        h["webhook-signature"].to_str().unwrap(),
-        secret.sign(h["webhook-id"].to_str().unwrap(), ts, &body)
-    );
+    assert_signed(SECRET, &h, &body, "tenant a, with the server's secret");
 }

@@ -3,30 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use replyd_core::job::Command;
 use replyd_core::ops::{OpsKind, Watch};
 use replyd_core::outbox::{AfterAttempt, Channel, DeliveryState};
 use replyd_core::store::{Outcome, Store, StoreError};
 use replyd_core::{JobId, Tenant};
 
-use super::{attempt, hooked, t};
+use super::{attempt, owing, t};
 
 const URL: &str = "https://hooks.test/x";
-
-/// A finished job of `tenant` owing one webhook delivery; its id.
-async fn owing(store: &dyn Store, tenant: &str) -> JobId {
-    let id = store
-        .submit(hooked(tenant, serde_json::json!([])), t(0))
-        .await
-        .unwrap()
-        .job()
-        .id;
-    store
-        .apply(id, None, Command::Cancel, None, t(1))
-        .await
-        .unwrap();
-    id
-}
 
 async fn claim(store: &dyn Store, at: i64) -> Vec<i64> {
     store

@@ -4,7 +4,7 @@
 //! resumes after an id misses none) and no lock is taken out of turn.
 
 use super::{PgStore, Tx, backend};
-use crate::record::{from_ms, ms};
+use crate::record::{Recorded, from_ms, ms};
 use chrono::{DateTime, Utc};
 use replyd_core::Tenant;
 use replyd_core::ops::{self, DeadLetters, Endpoint, OpsEvent, OpsKind, Watch};
@@ -39,17 +39,6 @@ pub(super) async fn may_emit(tx: &mut Tx, ids: &[i64], any_dead: bool) -> StoreR
     .fetch_one(&mut **tx)
     .await
     .map_err(backend)
-}
-
-/// A recorded delivery, as `watch` needs it.
-pub(super) struct Recorded {
-    pub id: i64,
-    pub tenant: String,
-    pub channel: Channel,
-    pub target: String,
-    pub job: String,
-    pub kind: String,
-    pub attempts: u32,
 }
 
 /// Writes what one outcome means to operators (under [`OPS_LOCK`]).

@@ -195,7 +195,7 @@ pub(super) async fn record_attempts(
         .await
         .map_err(backend)?;
         if watching {
-            let recorded = super::ops::Recorded {
+            let recorded = crate::record::Recorded {
                 id: o.delivery,
                 tenant: row.get("tenant"),
                 channel: Channel::parse(row.get::<&str, _>("channel")).unwrap_or(Channel::Webhook),

@@ -3,24 +3,13 @@
 //! `record_attempts`' write, for each outcome in order.
 
 use super::{SqliteStore, backend};
-use crate::record::{from_ms, ms};
+use crate::record::{Recorded, from_ms, ms};
 use chrono::{DateTime, Utc};
 use replyd_core::Tenant;
 use replyd_core::ops::{self, DeadLetters, Endpoint, OpsEvent, OpsKind, Watch};
 use replyd_core::outbox::{AfterAttempt, Channel};
 use replyd_core::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, params};
-
-/// A recorded delivery, as `watch` needs it.
-pub(super) struct Recorded {
-    pub id: i64,
-    pub tenant: String,
-    pub channel: Channel,
-    pub target: String,
-    pub job: String,
-    pub kind: String,
-    pub attempts: u32,
-}
 
 /// Writes what one outcome means to operators.
 pub(super) fn watch(

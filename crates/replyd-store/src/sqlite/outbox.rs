@@ -211,7 +211,7 @@ pub(super) async fn record_attempts(
                 ])
             })
             .map_err(backend)?;
-            let recorded = super::ops::Recorded {
+            let recorded = crate::record::Recorded {
                 id: o.delivery,
                 tenant,
                 channel: Channel::parse(&channel).unwrap_or(Channel::Webhook),
