@@ -11,6 +11,14 @@ use replyd_core::outbox::{AfterAttempt, Channel};
 use replyd_core::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, params};
 
+/// Whether any endpoint is failing (or paused): until one is, a delivery
+/// that gets through means nothing to operators.
+pub(super) fn any_failing(conn: &Connection) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM endpoints)")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)
+}
+
 /// Writes what one outcome means to operators.
 pub(super) fn watch(
     conn: &Connection,

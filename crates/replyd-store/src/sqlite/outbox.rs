@@ -9,7 +9,8 @@ use replyd_core::event::EventKind;
 use replyd_core::job::JobRecord;
 use replyd_core::ops::Watch;
 use replyd_core::outbox::{
-    AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked, ReplySpec,
+    AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState, INLINE_RESULT, ReplyAsked,
+    ReplySpec,
 };
 use replyd_core::store::{Claimed, JobOutput, Outcome, StoreError, StoreResult};
 use replyd_core::{JobId, Tenant};
@@ -159,6 +160,7 @@ pub(super) async fn record_attempts(
     watch: Watch,
 ) -> StoreResult<()> {
     s.write(move |conn, _| {
+        let mut failing = super::ops::any_failing(conn)?;
         for o in &outcomes {
             let (state, next_at) = o.after.state_and_next(o.attempt.at);
             let recorded = conn
@@ -211,6 +213,12 @@ pub(super) async fn record_attempts(
                 ])
             })
             .map_err(backend)?;
+            // Only a dead letter, or a delivery while some endpoint is
+            // failing, can mean anything to operators.
+            failing |= o.after == AfterAttempt::Dead;
+            if !failing {
+                continue;
+            }
             let recorded = crate::record::Recorded {
                 id: o.delivery,
                 tenant,
