@@ -163,42 +163,30 @@ pub(super) async fn record_attempts(
         let mut failing = super::ops::any_failing(conn)?;
         for o in &outcomes {
             let (state, next_at) = o.after.state_and_next(o.attempt.at);
-            let recorded = conn
+            // No RETURNING: SQLite's costs several microseconds per row,
+            // and only a few outcomes need the row again (below).
+            let n = conn
                 .prepare_cached(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?3,
                          -- Held (its endpoint paused meanwhile) until resumed.
                          state = CASE WHEN state = 'held' AND ?2 = 'pending' THEN 'held' ELSE ?2 END,
                          claimed_until = NULL, updated_at = ?4, last_error = ?5
-                     WHERE id = ?1
-                     RETURNING tenant, channel, target, job_id, kind, attempts",
+                     WHERE id = ?1",
                 )
                 .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            o.delivery,
-                            state.as_str(),
-                            ms(next_at),
-                            ms(o.attempt.at),
-                            o.attempt.error
-                        ],
-                        |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, Vec<u8>>(3)?,
-                                r.get::<_, String>(4)?,
-                                r.get::<_, u32>(5)?,
-                            ))
-                        },
-                    )
-                    .optional()
+                    s.execute(params![
+                        o.delivery,
+                        state.as_str(),
+                        ms(next_at),
+                        ms(o.attempt.at),
+                        o.attempt.error
+                    ])
                 })
                 .map_err(backend)?;
-            let Some((tenant, channel, target, job, kind, attempts)) = recorded else {
+            if n == 0 {
                 // Deleted with its job meanwhile.
                 continue;
-            };
+            }
             conn.prepare_cached(
                 "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -219,17 +207,28 @@ pub(super) async fn record_attempts(
             if !failing {
                 continue;
             }
-            let recorded = crate::record::Recorded {
-                id: o.delivery,
-                tenant,
-                channel: Channel::parse(&channel).unwrap_or(Channel::Webhook),
-                target,
-                job: uuid::Uuid::from_slice(&job)
-                    .map(|u| JobId(u).to_string())
-                    .unwrap_or_default(),
-                kind,
-                attempts,
-            };
+            let recorded = conn
+                .prepare_cached(
+                    "SELECT tenant, channel, target, job_id, kind, attempts
+                     FROM outbox WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([o.delivery], |r| {
+                        Ok(crate::record::Recorded {
+                            id: o.delivery,
+                            tenant: r.get(0)?,
+                            channel: Channel::parse(&r.get::<_, String>(1)?)
+                                .unwrap_or(Channel::Webhook),
+                            target: r.get(2)?,
+                            job: uuid::Uuid::from_slice(&r.get::<_, Vec<u8>>(3)?)
+                                .map(|u| JobId(u).to_string())
+                                .unwrap_or_default(),
+                            kind: r.get(4)?,
+                            attempts: r.get(5)?,
+                        })
+                    })
+                })
+                .map_err(backend)?;
             super::ops::watch(
                 conn,
                 &recorded,
