@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use common::streams::{RawSse, Sse, ws_connect, ws_recv, ws_send};
+use common::streams::{RawSse, Sse, ws_connect, ws_recv, ws_recv_reply, ws_send};
 use common::{KEYS, PULL_QUEUES, TestServer};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -510,20 +510,20 @@ async fn ws_limits_subscriptions_and_drops_peers_that_do_not_answer_pings() {
             json!({"type": "subscribe", "ref": i, "all": true})
         };
         ws_send(&mut ws, frame).await;
-        assert_eq!(ws_recv(&mut ws).await["type"], "ack");
+        assert_eq!(ws_recv_reply(&mut ws).await["type"], "ack");
         if i == 0 {
             assert_eq!(ws_recv(&mut ws).await["event"], "job.accepted");
         }
     }
     ws_send(&mut ws, json!({"type": "subscribe", "ref": 3, "all": true})).await;
-    let e = ws_recv(&mut ws).await;
+    let e = ws_recv_reply(&mut ws).await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["status"], 429);
     // Unsubscribing frees a slot.
     ws_send(&mut ws, json!({"type": "unsubscribe", "ref": 4, "all": true})).await;
-    assert_eq!(ws_recv(&mut ws).await, json!({"type": "ack", "ref": 4}));
+    assert_eq!(ws_recv_reply(&mut ws).await, json!({"type": "ack", "ref": 4}));
     ws_send(&mut ws, json!({"type": "subscribe", "ref": 5, "all": true})).await;
-    assert_eq!(ws_recv(&mut ws).await, json!({"type": "ack", "ref": 5}));
+    assert_eq!(ws_recv_reply(&mut ws).await, json!({"type": "ack", "ref": 5}));
 
     // A peer that reads (tungstenite answers pings as it reads) stays...
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);

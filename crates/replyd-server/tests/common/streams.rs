@@ -254,6 +254,19 @@ pub async fn ws_recv(ws: &mut Ws) -> Value {
     }
 }
 
+/// The next reply (`ack`, `error`…), skipping `event` frames: an `all`
+/// subscription made "from now on" may still get an event committed just
+/// before it on PostgreSQL, whose log is read below the horizon of the
+/// transactions still open (another test's, on the same server).
+pub async fn ws_recv_reply(ws: &mut Ws) -> Value {
+    loop {
+        let v = ws_recv(ws).await;
+        if v["type"] != "event" {
+            return v;
+        }
+    }
+}
+
 /// The next frame that is not an `event`... or is: frames of `type`.
 pub async fn ws_recv_type(ws: &mut Ws, ty: &str) -> Value {
     loop {
