@@ -236,6 +236,8 @@ impl KeySet {
 #[derive(Debug, Default)]
 pub struct Keys {
     current: RwLock<Arc<KeySet>>,
+    /// The stored bytes `current` was parsed from.
+    read: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Keys {
@@ -247,13 +249,26 @@ impl Keys {
     }
 
     /// Reads the set from `store`, generating the first key if it has none.
+    /// Generates a key only when the store has none, and parses the set
+    /// only when it changed since the last read (this runs every
+    /// [`REFRESH`] on every node).
     pub async fn load(&self, store: &dyn Store, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let first = KeySet {
-            keys: vec![JwtKey::generate(now, now)],
+        let bytes = match store.setting(SETTING).await? {
+            Some(bytes) => bytes,
+            None => {
+                let first = KeySet {
+                    keys: vec![JwtKey::generate(now, now)],
+                };
+                store.setting_or_init(SETTING, first.encode()).await?
+            }
         };
-        let bytes = store.setting_or_init(SETTING, first.encode()).await?;
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        if *read == bytes {
+            return Ok(());
+        }
         let set = KeySet::decode(&bytes).map_err(StoreError::backend)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        *read = bytes;
         Ok(())
     }
 
