@@ -15,6 +15,16 @@ impl JobId {
     pub fn new() -> JobId {
         JobId(Uuid::now_v7())
     }
+
+    /// The lowest id a job created at `at` can have: its millisecond
+    /// timestamp, then zeros. Every job created at or after `at` sorts at
+    /// or above it, every one created before sorts below.
+    pub fn first_at(at: chrono::DateTime<chrono::Utc>) -> JobId {
+        let ms = u64::try_from(at.timestamp_millis())
+            .unwrap_or(0)
+            .min((1 << 48) - 1);
+        JobId(Uuid::from_u128(u128::from(ms) << 80))
+    }
 }
 
 impl Default for JobId {

@@ -55,7 +55,7 @@ impl Submitted {
 }
 
 /// Which jobs to list, newest first.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     /// `None` lists every tenant (operator keys only).
     pub tenant: Option<Tenant>,
@@ -63,7 +63,46 @@ pub struct ListQuery {
     pub state: Option<JobState>,
     /// Only jobs older than this one (the cursor).
     pub before: Option<JobId>,
+    /// Only jobs created at or after `since` and before `until`: a job's
+    /// id is a UUIDv7 that starts with its creation time, so each is an id
+    /// bound ([`JobId::first_at`]) and the scan stays on the key.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Only the job submitted with this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Only jobs whose input or error message contains this text (ASCII
+    /// case-insensitive). A search reads at most [`SEARCH_SCAN`] jobs per
+    /// page, newest first, so that a query's time is bounded however
+    /// rare its matches: a page may then come back short, with
+    /// [`JobPage::next`] saying where to go on.
+    pub text: Option<String>,
+    /// How many jobs a page with a row filter (queue, state, text) reads
+    /// at most; `None`: [`SEARCH_SCAN`].
+    pub scan: Option<u32>,
     pub limit: u32,
+}
+
+/// How many jobs one page with a row filter reads at most, by default.
+pub const SEARCH_SCAN: u32 = 5_000;
+
+/// A page of [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// The cursor of the next page (its `before`) when more jobs may match:
+    /// the page is full, or a search stopped at its scan limit.
+    pub next: Option<JobId>,
+}
+
+impl JobPage {
+    /// The page of `jobs` found for a `limit`: full means there may be
+    /// more, after its last.
+    pub fn of(jobs: Vec<JobRecord>, limit: u32) -> JobPage {
+        let next = (jobs.len() == limit as usize)
+            .then(|| jobs.last().map(|j| j.id))
+            .flatten();
+        JobPage { jobs, next }
+    }
 }
 
 /// Which jobs a worker may lease.
@@ -165,7 +204,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn output(&self, id: JobId) -> StoreResult<Option<JobOutput>>;
 
-    async fn list(&self, query: ListQuery) -> StoreResult<Vec<JobRecord>>;
+    async fn list(&self, query: ListQuery) -> StoreResult<JobPage>;
 
     /// Applies a command to a job. With `Complete`, `output` is stored in
     /// the same transaction. A command the job refuses is
@@ -301,6 +340,27 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<u64>;
+
+    /// Pauses an endpoint by hand: its deliveries are held (as when it
+    /// was disabled for failing) until [`Store::resume_endpoint`]. Pausing
+    /// a paused endpoint changes nothing.
+    async fn pause_endpoint(
+        &self,
+        tenant: &Tenant,
+        channel: Channel,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Pauses a queue (`paused`) or resumes it: no job of a paused queue
+    /// is leased, by any node or executor, until it is resumed (jobs are
+    /// still accepted, and running ones finish). Returns whether this
+    /// changed anything.
+    async fn pause_queue(&self, queue: &str, paused: bool, now: DateTime<Utc>)
+    -> StoreResult<bool>;
+
+    /// The paused queues, each with when it was paused.
+    async fn paused_queues(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
 
     /// A job's deliveries, oldest first, each with its attempts.
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>>;

@@ -21,7 +21,9 @@ use replyd_core::store::{
 use replyd_core::{JobId, LeaseId, Tenant};
 
 mod ops;
+mod steering;
 pub use ops::*;
+pub use steering::*;
 
 /// Instantiates every conformance test for a store. `$make` is an async
 /// expression yielding `Option<Arc<dyn Store>>`: `None` skips the test (a
@@ -42,7 +44,10 @@ macro_rules! conformance_tests {
             dead_letter_counts_survive_folding, tenant_scoped_leases,
             log_floor_rises_when_events_are_removed, outbox_deliveries_in_order_with_attempts,
             concurrent_claims_never_share_a_delivery, replies_are_owed_on_their_own_channel,
-            job_output_is_fenced_by_the_lease_and_goes_with_the_job);
+            job_output_is_fenced_by_the_lease_and_goes_with_the_job,
+            list_filters_by_time_key_text_and_state_within_a_bounded_scan,
+            a_paused_queue_leases_nothing_until_resumed,
+            an_endpoint_paused_by_hand_holds_its_deliveries_until_resumed);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -83,13 +88,12 @@ async fn jobs_of(store: &dyn Store, tenant: &str) -> Vec<replyd_core::job::JobRe
     store
         .list(ListQuery {
             tenant: Some(Tenant(tenant.into())),
-            queue: None,
-            state: None,
-            before: None,
             limit: 1000,
+            ..Default::default()
         })
         .await
         .unwrap()
+        .jobs
 }
 
 async fn submit(store: &dyn Store, queue: &str) -> JobId {
@@ -740,14 +744,14 @@ pub async fn list_pages_newest_first_per_tenant(store: Arc<dyn Store>) {
     let q = |before, queue: Option<&str>| ListQuery {
         tenant: Some(Tenant("t".into())),
         queue: queue.map(str::to_string),
-        state: None,
         before,
         limit: 3,
+        ..Default::default()
     };
     let mut seen = Vec::new();
     let mut before = None;
     loop {
-        let page = store.list(q(before, None)).await.unwrap();
+        let page = store.list(q(before, None)).await.unwrap().jobs;
         if page.is_empty() {
             break;
         }
@@ -756,7 +760,7 @@ pub async fn list_pages_newest_first_per_tenant(store: Arc<dyn Store>) {
     }
     ids.reverse();
     assert_eq!(seen, ids);
-    let even = store.list(q(None, Some("even"))).await.unwrap();
+    let even = store.list(q(None, Some("even"))).await.unwrap().jobs;
     assert_eq!(even.len(), 3);
     assert!(even.iter().all(|j| j.queue == "even" && j.tenant.0 == "t"));
     let canceled = store
@@ -765,7 +769,8 @@ pub async fn list_pages_newest_first_per_tenant(store: Arc<dyn Store>) {
             ..q(None, None)
         })
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert!(canceled.is_empty());
 }
 

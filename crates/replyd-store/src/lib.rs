@@ -3,6 +3,7 @@
 //! database; [`conformance`] is the suite every store must pass.
 
 pub mod conformance;
+mod listing;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod record;

@@ -3,13 +3,14 @@
 use super::events::{FORGET_EVENTS_OF_JOBS, append_events};
 use super::submits::Pending;
 use super::{PgStore, Tx, backend};
+use crate::listing;
 use crate::record::{decode, encode_upstream, json_err, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    JobOutput, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+    JobOutput, JobPage, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use sqlx::Row;
@@ -65,24 +66,54 @@ pub(super) async fn output(s: &PgStore, id: JobId) -> StoreResult<Option<JobOutp
     }))
 }
 
-pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<Vec<JobRecord>> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT record FROM jobs
-         WHERE ($1::text IS NULL OR tenant = $1)
-           AND ($2::text IS NULL OR queue = $2)
-           AND ($3::text IS NULL OR state = $3)
-           AND ($4::uuid IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5",
+/// Jobs newest first (see `crate::listing`). Unfiltered, one page of the
+/// key order; with a row predicate, a window of at most `SEARCH_SCAN` ids
+/// in key order, each with whether it matches and (then) its record.
+pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
+    let (lower, upper) = listing::bounds(&q);
+    let window = if listing::filters_rows(&q) {
+        i64::from(listing::scan_bound(&q))
+    } else {
+        i64::from(q.limit)
+    };
+    let rows = sqlx::query(
+        "SELECT id, m, CASE WHEN m THEN record END AS record FROM (
+             SELECT id, record,
+                 coalesce(($5::text IS NULL OR queue = $5)
+                     AND ($6::text IS NULL OR state = $6)
+                     AND ($7::text IS NULL
+                          OR convert_from(input, 'UTF8') ILIKE $7
+                          OR (record::jsonb #>> '{error,message}') ILIKE $7), false) AS m
+             FROM jobs
+             WHERE ($1::text IS NULL OR tenant = $1)
+               AND ($2::text IS NULL OR idempotency_key = $2)
+               AND ($3::uuid IS NULL OR id >= $3)
+               AND ($4::uuid IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $8) w
+         ORDER BY id DESC",
     )
-    .bind(q.tenant.map(|t| t.0))
-    .bind(q.queue)
+    .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
+    .bind(q.idempotency_key.as_deref())
+    .bind(lower.map(|b| b.0))
+    .bind(upper.map(|b| b.0))
+    .bind(q.queue.as_deref())
     .bind(q.state.map(|s| s.as_str()))
-    .bind(q.before.map(|b| b.0))
-    .bind(i64::from(q.limit))
+    .bind(q.text.as_deref().map(listing::like_pattern))
+    .bind(window)
     .fetch_all(&s.inner.pool)
     .await
     .map_err(backend)?;
-    rows.iter().map(|t| decode(t)).collect()
+    let mut walk = listing::Walk::new(&q);
+    for row in rows {
+        let id = JobId(row.get::<uuid::Uuid, _>("id"));
+        let record = row
+            .get::<bool, _>("m")
+            .then_some(|| decode(row.get::<&str, _>("record")));
+        if !walk.take(id, record)? {
+            break;
+        }
+    }
+    Ok(walk.finish())
 }
 
 pub(super) async fn apply(

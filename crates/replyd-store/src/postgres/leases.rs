@@ -2,7 +2,7 @@
 
 use super::jobs::{Moved, transition, transition_all};
 use super::{PgStore, backend};
-use crate::record::ms;
+use crate::record::{from_ms, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::job::Command;
@@ -19,6 +19,7 @@ pub(super) const LEASE: &str = "SELECT id, input, run_at FROM jobs
      WHERE queue = $1 AND state = 'queued' AND run_at <= $2
        AND ($3::text IS NULL OR tenant = $3)
        AND (run_at, id) >= ($5, $6)
+       AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)
      ORDER BY run_at, id LIMIT $4
      FOR UPDATE SKIP LOCKED";
 
@@ -224,7 +225,8 @@ pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<
         .unwrap_or((i64::MIN, Uuid::nil()));
     let v: Option<i64> = sqlx::query_scalar(
         "SELECT min(run_at) FROM jobs
-         WHERE queue = $1 AND state = 'queued' AND (run_at, id) >= ($2, $3)",
+         WHERE queue = $1 AND state = 'queued' AND (run_at, id) >= ($2, $3)
+           AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)",
     )
     .bind(queue)
     .bind(run_at)
@@ -233,4 +235,33 @@ pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<
     .await
     .map_err(backend)?;
     Ok(v.and_then(DateTime::from_timestamp_millis))
+}
+
+pub(super) async fn pause_queue(
+    s: &PgStore,
+    queue: &str,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let sql = if paused {
+        "INSERT INTO queue_pauses (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM queue_pauses WHERE queue = $1 AND $2::bigint IS NOT NULL"
+    };
+    let done = sqlx::query(sql)
+        .bind(queue)
+        .bind(ms(now))
+        .execute(&s.inner.pool)
+        .await
+        .map_err(backend)?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn paused_queues(s: &PgStore) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT queue, paused_at FROM queue_pauses ORDER BY queue")
+            .fetch_all(&s.inner.pool)
+            .await
+            .map_err(backend)?;
+    Ok(rows.into_iter().map(|(q, at)| (q, from_ms(at))).collect())
 }

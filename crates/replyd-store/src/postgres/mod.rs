@@ -22,8 +22,8 @@ use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
 use replyd_core::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
 use replyd_core::store::{
-    Claimed, EventBatch, JobOutput, LeaseQuery, Leased, ListQuery, Move, Outcome, StateCount,
-    Store, StoreError, StoreResult, Submitted,
+    Claimed, EventBatch, JobOutput, JobPage, LeaseQuery, Leased, ListQuery, Move, Outcome,
+    StateCount, Store, StoreError, StoreResult, Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -260,7 +260,7 @@ impl Store for PgStore {
         jobs::output(self, id).await
     }
 
-    async fn list(&self, q: ListQuery) -> StoreResult<Vec<JobRecord>> {
+    async fn list(&self, q: ListQuery) -> StoreResult<JobPage> {
         jobs::list(self, q).await
     }
 
@@ -386,6 +386,29 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
         ops::resume_endpoint(self, tenant, channel, target, now).await
+    }
+
+    async fn pause_endpoint(
+        &self,
+        tenant: &Tenant,
+        channel: Channel,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        ops::pause_endpoint(self, tenant, channel, target, now).await
+    }
+
+    async fn pause_queue(
+        &self,
+        queue: &str,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        leases::pause_queue(self, queue, paused, now).await
+    }
+
+    async fn paused_queues(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        leases::paused_queues(self).await
     }
 
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>> {

@@ -320,3 +320,26 @@ pub(super) async fn trim(tx: &mut Tx, now: DateTime<Utc>) -> StoreResult<()> {
         .map_err(backend)?;
     Ok(())
 }
+
+pub(super) async fn pause_endpoint(
+    s: &PgStore,
+    tenant: &Tenant,
+    channel: Channel,
+    target: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO endpoints (tenant, channel, target, dead_in_a_row, paused_at)
+         VALUES ($1, $2, $3, 0, $4)
+         ON CONFLICT (tenant, channel, target)
+         DO UPDATE SET paused_at = coalesce(endpoints.paused_at, excluded.paused_at)",
+    )
+    .bind(&tenant.0)
+    .bind(channel.as_str())
+    .bind(target)
+    .bind(ms(now))
+    .execute(&s.inner.pool)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}

@@ -342,4 +342,17 @@ const POSTGRES: &[(i64, &str)] = &[
     CREATE INDEX ops_events_at ON ops_events (at);
     ",
     ),
+    (
+        12,
+        "
+    -- Paused queues: no job of one is leased until it is resumed.
+    CREATE TABLE queue_pauses (
+        queue     text PRIMARY KEY,
+        paused_at bigint NOT NULL
+    );
+    -- An operator looks a job up by its idempotency key in any tenant.
+    CREATE INDEX jobs_idempotency_any ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    ",
+    ),
 ];

@@ -3,13 +3,14 @@
 use super::events::{RAISE_LOG_FLOOR, append_event};
 use super::writer::Events;
 use super::{SqliteStore, backend};
+use crate::listing;
 use crate::record::{decode, decode_upstream, encode_upstream, json_err, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    JobOutput, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+    JobOutput, JobPage, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -88,29 +89,73 @@ pub(super) async fn output(s: &SqliteStore, id: JobId) -> StoreResult<Option<Job
     .await
 }
 
-pub(super) async fn list(s: &SqliteStore, q: ListQuery) -> StoreResult<Vec<JobRecord>> {
+/// Jobs newest first (see `crate::listing`): the key filters in the
+/// WHERE clause, the others a predicate read with each row; SQLite steps
+/// rows lazily, so the walk stops reading where the page is done.
+pub(super) async fn list(s: &SqliteStore, q: ListQuery) -> StoreResult<JobPage> {
     s.read(move |conn| {
-        let mut sql = String::from("SELECT record FROM jobs WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(t) = q.tenant {
-            args.push(t.0.into());
-            sql.push_str(&format!(" AND tenant = ?{}", args.len()));
-        }
-        if let Some(queue) = q.queue {
-            args.push(queue.into());
-            sql.push_str(&format!(" AND queue = ?{}", args.len()));
+        let mut arg = |v: rusqlite::types::Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        let mut tests = Vec::new();
+        if let Some(queue) = &q.queue {
+            tests.push(format!("queue = {}", arg(queue.clone().into())));
         }
         if let Some(state) = q.state {
-            args.push(state.as_str().to_string().into());
-            sql.push_str(&format!(" AND state = ?{}", args.len()));
+            tests.push(format!(
+                "state = {}",
+                arg(state.as_str().to_string().into())
+            ));
         }
-        if let Some(before) = q.before {
-            args.push(id_bytes(before).to_vec().into());
-            sql.push_str(&format!(" AND id < ?{}", args.len()));
+        if let Some(text) = &q.text {
+            let p = arg(listing::like_pattern(text).into());
+            tests.push(format!(
+                "(CAST(input AS TEXT) LIKE {p} ESCAPE '\\' \
+                  OR json_extract(record, '$.error.message') LIKE {p} ESCAPE '\\')"
+            ));
         }
-        args.push(i64::from(q.limit).into());
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-        query_records(conn, &sql, rusqlite::params_from_iter(args))
+        let test = if tests.is_empty() {
+            "1".to_string()
+        } else {
+            format!("coalesce({}, 0)", tests.join(" AND "))
+        };
+        let mut sql = format!("SELECT id, {test}, record FROM jobs WHERE 1 = 1");
+        if let Some(t) = &q.tenant {
+            sql += &format!(" AND tenant = {}", arg(t.0.clone().into()));
+        }
+        if let Some(key) = &q.idempotency_key {
+            sql += &format!(" AND idempotency_key = {}", arg(key.clone().into()));
+        }
+        let (lower, upper) = listing::bounds(&q);
+        if let Some(l) = lower {
+            sql += &format!(" AND id >= {}", arg(id_bytes(l).to_vec().into()));
+        }
+        if let Some(u) = upper {
+            sql += &format!(" AND id < {}", arg(id_bytes(u).to_vec().into()));
+        }
+        sql += " ORDER BY id DESC";
+        let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(backend)?;
+        let mut walk = listing::Walk::new(&q);
+        while let Some(row) = rows.next().map_err(backend)? {
+            let id = JobId(uuid::Uuid::from_bytes(
+                row.get::<_, [u8; 16]>(0).map_err(backend)?,
+            ));
+            let matched = row.get::<_, bool>(1).map_err(backend)?;
+            let record = matched.then_some(|| {
+                row.get::<_, String>(2)
+                    .map_err(backend)
+                    .and_then(|t| decode(&t))
+            });
+            if !walk.take(id, record)? {
+                break;
+            }
+        }
+        Ok(walk.finish())
     })
     .await
 }
@@ -379,18 +424,5 @@ pub(super) fn query_ids(
         .query_map(params, |r| r.get::<_, [u8; 16]>(0))
         .map_err(backend)?;
     rows.map(|r| r.map(|b| JobId(uuid::Uuid::from_bytes(b))).map_err(backend))
-        .collect()
-}
-
-pub(super) fn query_records(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> StoreResult<Vec<JobRecord>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params, |r| r.get::<_, String>(0))
-        .map_err(backend)?;
-    rows.map(|r| r.map_err(backend).and_then(|t| decode(&t)))
         .collect()
 }

@@ -23,12 +23,16 @@ pub(super) async fn lease(
             let (sql, tenant) = match &q.tenant {
                 Some(t) => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND tenant = ?4 ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND tenant = ?4
+                       AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)
+                     ORDER BY run_at, id LIMIT ?3",
                     Some(t.0.as_str()),
                 ),
                 None => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND ?4 IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)
+                     ORDER BY run_at, id LIMIT ?3",
                     None,
                 ),
             };
@@ -101,10 +105,47 @@ pub(super) async fn next_run_at(
 ) -> StoreResult<Option<DateTime<Utc>>> {
     let queue = queue.to_string();
     s.read(move |conn| {
-        conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued'")
-            .and_then(|mut s| s.query_row([queue], |r| r.get::<_, Option<i64>>(0)))
-            .map(|v| v.map(from_ms))
+        conn.prepare_cached(
+            "SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)",
+        )
+        .and_then(|mut s| s.query_row([queue], |r| r.get::<_, Option<i64>>(0)))
+        .map(|v| v.map(from_ms))
+        .map_err(backend)
+    })
+    .await
+}
+
+pub(super) async fn pause_queue(
+    s: &SqliteStore,
+    queue: &str,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let queue = queue.to_string();
+    s.write(move |conn, _| {
+        let sql = if paused {
+            "INSERT INTO queue_pauses (queue, paused_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM queue_pauses WHERE queue = ?1 AND ?2 IS NOT NULL"
+        };
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute(params![queue, ms(now)]))
+            .map(|n| n > 0)
             .map_err(backend)
+    })
+    .await
+}
+
+pub(super) async fn paused_queues(s: &SqliteStore) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+    s.read(|conn| {
+        let mut stmt = conn
+            .prepare_cached("SELECT queue, paused_at FROM queue_pauses ORDER BY queue")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?))))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
     })
     .await
 }

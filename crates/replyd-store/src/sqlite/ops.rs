@@ -353,3 +353,27 @@ pub(super) fn trim(conn: &Connection, now: DateTime<Utc>) -> StoreResult<()> {
         .map_err(backend)?;
     Ok(())
 }
+
+pub(super) async fn pause_endpoint(
+    s: &SqliteStore,
+    tenant: &Tenant,
+    channel: Channel,
+    target: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let (tenant, target) = (tenant.0.clone(), target.to_string());
+    s.write(move |conn, _| {
+        conn.prepare_cached(PAUSE_ENDPOINT)
+            .and_then(|mut s| s.execute(params![tenant, channel.as_str(), target, ms(now)]))
+            .map(drop)
+            .map_err(backend)
+    })
+    .await
+}
+
+/// Pauses an endpoint by hand (`?4` now), recorded if it was not yet.
+const PAUSE_ENDPOINT: &str =
+    "INSERT INTO endpoints (tenant, channel, target, dead_in_a_row, paused_at)
+     VALUES (?1, ?2, ?3, 0, ?4)
+     ON CONFLICT (tenant, channel, target)
+     DO UPDATE SET paused_at = coalesce(endpoints.paused_at, excluded.paused_at)";

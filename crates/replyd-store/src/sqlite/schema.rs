@@ -224,6 +224,19 @@ pub const SQLITE: &[(i64, &str)] = &[
     CREATE INDEX ops_events_at ON ops_events (at);
     ",
     ),
+    (
+        9,
+        "
+    -- Paused queues: no job of one is leased until it is resumed.
+    CREATE TABLE queue_pauses (
+        queue     TEXT PRIMARY KEY,
+        paused_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- An operator looks a job up by its idempotency key in any tenant.
+    CREATE INDEX jobs_idempotency_any ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several
