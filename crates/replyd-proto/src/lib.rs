@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod steer;
+pub use steer::*;
+
 /// Where a job is in its life. `queued → running → succeeded | failed | canceled`,
 /// and `running → queued` again when an attempt is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

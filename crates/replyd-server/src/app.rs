@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use replyd_core::job::{Command, JobRecord, NewJob};
+use replyd_core::job::{Command, JobRecord, JobState, NewJob};
 use replyd_core::store::{JobOutput, LeaseQuery, Leased, Store, Submitted};
 use replyd_core::{Clock, JobId, Tenant};
 use replyd_proto as proto;
@@ -52,6 +52,8 @@ pub struct App {
     pub outputs: Arc<crate::outputs::Announcer>,
     /// What each tenant's streams hold, against its bound.
     pub stream_bytes: Arc<crate::limits::StreamBytes>,
+    /// The queues' last hour, for the console.
+    pub stats: crate::stats::Stats,
 }
 
 impl std::fmt::Debug for App {
@@ -119,6 +121,7 @@ impl App {
             shutdown,
             in_flight: Mutex::new(HashSet::new()),
             tails: Arc::default(),
+            stats: Default::default(),
         }
     }
 
@@ -223,6 +226,52 @@ impl App {
             .store
             .apply(id, None, Command::Cancel, None, self.now())
             .await?)
+    }
+
+    /// Submits a failed or canceled job again as a new job of its tenant:
+    /// its queue, input, attempts, timeout, time to live, webhook and
+    /// output type (not its idempotency key, which stays with the first,
+    /// nor a broker's reply address, whose requester had its answer).
+    pub async fn retry(&self, caller: &Caller, id: JobId) -> ApiResult<JobRecord> {
+        let old = self.job_for(caller, Action::Submit, id).await?;
+        if !matches!(old.state, JobState::Failed | JobState::Canceled) {
+            return Err(ApiError::conflict(
+                "not-retryable",
+                format!(
+                    "only a failed or canceled job is retried; this one is {}",
+                    old.state.as_str()
+                ),
+            ));
+        }
+        if !self.config.queues.contains_key(&old.queue) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown-queue",
+                format!("no queue named {:?} is configured any more", old.queue),
+            ));
+        }
+        let input = self.store.input(id).await?.ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::GONE,
+                "job-expired",
+                "the job's input is gone",
+            )
+        })?;
+        let new = NewJob {
+            id: JobId::new(),
+            tenant: old.tenant,
+            queue: old.queue,
+            input,
+            max_attempts: old.max_attempts,
+            timeout: Duration::from_millis(old.timeout_ms),
+            ttl: Duration::from_millis(old.ttl_ms),
+            webhook: old.webhook,
+            reply: None,
+            idempotency_key: None,
+            request_hash: None,
+            output_type: old.output_type,
+        };
+        Ok(self.store.submit(new, self.now()).await?.job().clone())
     }
 
     /// Loads a job the caller may act on. Missing, another tenant's, and

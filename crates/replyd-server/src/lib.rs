@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bells;
 pub mod brokers;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod executors;
 pub mod finisher;
@@ -20,6 +21,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod outputs;
 pub mod render;
+pub mod stats;
 pub mod tails;
 pub mod tasks;
 pub mod webhooks;
@@ -101,6 +103,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
+        tasks.spawn(stats::run(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         if let Some(url) = &app.config.operations.webhook_url {

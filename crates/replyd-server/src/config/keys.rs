@@ -8,6 +8,9 @@ pub enum Role {
     Client,
     Worker,
     Admin,
+    /// Reads jobs and deliveries, changes nothing: a read-only console
+    /// user (and what a portal link grants).
+    Viewer,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod brokers;
+pub mod console;
 pub mod durable;
 pub mod keys;
 pub mod limits;
@@ -27,6 +28,7 @@ pub mod storage;
 pub mod streams;
 pub mod webhooks;
 
+pub use console::Console;
 pub use durable::DurableStreams;
 pub use keys::{ApiKey, Role};
 pub use limits::{Limits, Quota, TenantLimits};
@@ -67,6 +69,8 @@ pub struct Config {
     /// Dead letters and failing endpoints: thresholds, the operational
     /// webhook.
     pub operations: Operations,
+    /// The web console.
+    pub console: Console,
     /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
     pub amqp: Option<brokers::amqp::AmqpConfig>,
     /// MQTT 5: request topics, replies, `executor = "mqtt"`.
@@ -100,6 +104,7 @@ impl Default for Config {
             durable_streams: DurableStreams::default(),
             webhooks: Webhooks::default(),
             operations: Operations::default(),
+            console: Console::default(),
             amqp: None,
             mqtt: None,
             nats: None,
@@ -240,6 +245,7 @@ impl Config {
         self.streams.check()?;
         self.durable_streams.check()?;
         self.operations.check()?;
+        self.console.check()?;
         if self.operations.webhook_url.is_some() && self.webhooks.secret.is_none() {
             return Err(
                 "operations.webhook_url needs webhooks.secret (it signs like every webhook)".into(),

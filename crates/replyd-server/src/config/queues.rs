@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::{is_http_url, valid_queue_name};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Executor {
     /// Workers lease jobs over HTTP (API.md §5).

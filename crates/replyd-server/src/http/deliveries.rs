@@ -149,7 +149,7 @@ pub async fn retry(
     let p = query(q)?;
     let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
-    caller.check(Action::Deliveries, None)?;
+    caller.check(Action::Replay, None)?;
     let id: i64 = raw
         .parse()
         .map_err(|_| ApiError::not_found("no such delivery"))?;
@@ -189,7 +189,7 @@ pub async fn retry_dead(
 ) -> ApiResult<Response> {
     let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
-    caller.check(Action::Deliveries, None)?;
+    caller.check(Action::Replay, None)?;
     let bytes = super::body(raw, app.config.limits.max_body)?;
     let req: ReplayRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()

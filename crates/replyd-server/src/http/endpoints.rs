@@ -1,7 +1,8 @@
 //! Webhook endpoints that fail (`replyd_core::ops`): the list of those
-//! with dead letters in a row or paused, and resuming a paused one (its
-//! held deliveries then flow, in order). Admin keys; a tenant's admin
-//! sees and resumes its tenant's.
+//! with dead letters in a row or paused, pausing one by hand (its
+//! deliveries are then held), and resuming a paused one (its held
+//! deliveries then flow, in order). Admin keys; a tenant's admin sees,
+//! pauses and resumes its tenant's.
 
 use axum::Router;
 use axum::extract::State;
@@ -19,6 +20,7 @@ use crate::error::{ApiError, ApiResult};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/endpoints", get(list))
+        .route("/v1/endpoints/pause", post(pause))
         .route("/v1/endpoints/resume", post(resume))
 }
 
@@ -62,22 +64,7 @@ pub async fn resume(
     headers: HeaderMap,
     raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None)?;
-    caller.check(Action::Endpoints, None)?;
-    let bytes = super::body(raw, app.config.limits.max_body)?;
-    let req: proto::ResumeEndpoint = super::parse_json(&headers, &bytes)?;
-    let tenant = match (caller.tenant(), req.tenant) {
-        (Some(own), None) => own.clone(),
-        (Some(own), Some(t)) if own.0 == t => own.clone(),
-        // Another tenant's endpoint is one this caller cannot see.
-        (Some(_), Some(_)) => return Err(not_paused()),
-        (None, Some(t)) => Tenant(t),
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "a key of every tenant must name the endpoint's tenant",
-            ));
-        }
-    };
+    let (tenant, req) = endpoint(&app, &headers, raw)?;
     let released = app
         .store
         .resume_endpoint(&tenant, Channel::Webhook, &req.url, app.now())
@@ -95,4 +82,55 @@ pub async fn resume(
 
 fn not_paused() -> ApiError {
     ApiError::not_found("no paused endpoint has this URL")
+}
+
+/// Pause an endpoint by hand: its deliveries are held until it is
+/// resumed.
+#[utoipa::path(post, path = "/v1/endpoints/pause", tag = "webhooks", operation_id = "pause_endpoint",
+    request_body = proto::ResumeEndpoint,
+    responses((status = 200, description = "{\"paused\": URL}"),
+              (status = 400, body = proto::Problem)))]
+pub async fn pause(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
+    let (tenant, req) = endpoint(&app, &headers, raw)?;
+    if req.url.is_empty() || req.url.len() > 2048 {
+        return Err(ApiError::bad_request("url must be 1 to 2048 bytes"));
+    }
+    app.store
+        .pause_endpoint(&tenant, Channel::Webhook, &req.url, app.now())
+        .await?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"paused": req.url})),
+    )
+        .into_response())
+}
+
+/// The endpoint a pause or resume names, and its tenant: the caller's own
+/// (a key of every tenant names one).
+fn endpoint(
+    app: &AppState,
+    headers: &HeaderMap,
+    raw: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(Tenant, proto::ResumeEndpoint)> {
+    let caller = app.auth.identify(headers, None)?;
+    caller.check(Action::Endpoints, None)?;
+    let bytes = super::body(raw, app.config.limits.max_body)?;
+    let mut req: proto::ResumeEndpoint = super::parse_json(headers, &bytes)?;
+    let tenant = match (caller.tenant(), req.tenant.take()) {
+        (Some(own), None) => own.clone(),
+        (Some(own), Some(t)) if own.0 == t => own.clone(),
+        // Another tenant's endpoint is one this caller cannot see.
+        (Some(_), Some(_)) => return Err(not_paused()),
+        (None, Some(t)) if !t.is_empty() => Tenant(t),
+        (None, _) => {
+            return Err(ApiError::bad_request(
+                "a key of every tenant must name the endpoint's tenant",
+            ));
+        }
+    };
+    Ok((tenant, req))
 }

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use replyd_core::JobState;
 use replyd_core::job::JobRecord;
-use replyd_core::store::{ListQuery, Submitted};
+use replyd_core::store::Submitted;
 use replyd_proto as proto;
 use serde::Deserialize;
 
@@ -22,7 +22,6 @@ use crate::app::{Submission, request_hash};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::limits::Held;
-use crate::render::domain_state;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -455,13 +454,23 @@ pub async fn delete(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
 pub struct ListParams {
     queue: Option<String>,
     state: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    q: Option<String>,
+    idempotency_key: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
-/// List the caller's jobs, newest first.
+/// List the caller's jobs, newest first. A page with a filter on queue,
+/// state or text reads at most 5,000 jobs: it may come back short (even
+/// empty) with a `next_cursor` to go on from.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(("queue" = Option<String>, Query), ("state" = Option<String>, Query),
+           ("since" = Option<String>, Query, description = "Created at or after (RFC 3339)"),
+           ("until" = Option<String>, Query, description = "Created before (RFC 3339)"),
+           ("q" = Option<String>, Query, description = "Text in the input or the error message (ASCII case-insensitive)"),
+           ("idempotency_key" = Option<String>, Query),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = proto::JobList), (status = 400, body = proto::Problem)))]
@@ -474,45 +483,26 @@ pub async fn list(
     let caller = app.auth.identify(&headers, None)?;
     // A job token is refused here: it grants its own job only.
     caller.check(Action::Read, None)?;
-    if let Some(q) = &p.queue {
-        super::queue_filter(q)?;
-    }
-    let state = match p.state.as_deref() {
-        None => None,
-        Some(s) => Some(
-            proto::JobState::ALL
-                .into_iter()
-                .find(|st| st.as_str() == s)
-                .map(domain_state)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "state must be one of queued, running, succeeded, failed, canceled; got {s:?}"
-                    ))
-                })?,
-        ),
+    let filter = proto::JobFilter {
+        queue: p.queue,
+        state: p.state,
+        since: p.since,
+        until: p.until,
+        q: p.q,
+        idempotency_key: p.idempotency_key,
     };
-    let (limit, before) = page::<replyd_core::JobId>(p.limit, p.cursor.as_deref())?;
-    let jobs = app
-        .store
-        .list(ListQuery {
-            tenant: caller.tenant().cloned(),
-            queue: p.queue,
-            state,
-            before,
-            limit,
-        })
-        .await?;
+    let mut query = super::steer::list_query(&caller, &filter)?;
+    (query.limit, query.before) = page::<replyd_core::JobId>(p.limit, p.cursor.as_deref())?;
+    let page = app.store.list(query).await?;
     let now = app.now();
-    let next_cursor = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|j| j.id.to_string()))
-        .flatten();
     let list = proto::JobList {
-        jobs: jobs
+        jobs: page
+            .jobs
             .iter()
             .filter(|j| !j.is_expired(now))
             .map(|j| app.render.job(j))
             .collect(),
-        next_cursor,
+        next_cursor: page.next.map(|id| id.to_string()),
     };
     Ok(json_response(StatusCode::OK, &list))
 }

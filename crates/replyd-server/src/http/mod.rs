@@ -10,7 +10,9 @@ pub mod gateway;
 pub mod jobs;
 pub mod openapi;
 pub mod ops;
+pub mod queues;
 pub mod serve;
+pub mod steer;
 pub mod stream;
 pub mod workers;
 pub mod ws;
@@ -42,6 +44,8 @@ pub fn router(app: AppState) -> Router {
     let limits = app.config.limits.clone();
     Router::new()
         .merge(jobs::router())
+        .merge(steer::router())
+        .merge(queues::router())
         .merge(events::router())
         .merge(deliveries::router())
         .merge(endpoints::router())
@@ -49,8 +53,13 @@ pub fn router(app: AppState) -> Router {
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
         .merge(stream::router(app.config.durable_streams.max_append))
+        .merge(crate::console::router(&app))
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::console::guard,
+        ))
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn_with_state(
             crate::config::secs(limits.body_timeout),

@@ -8,16 +8,18 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use super::{deliveries, endpoints, events, jobs, ops, workers, ws};
+use super::{deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "replyd", description = "Asynchronous Request-Reply: 202 now, the result later."),
     paths(
         jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
+        steer::retry, steer::bulk, queues::list, queues::pause, queues::resume,
+        crate::console::portal_link,
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
-        endpoints::list, endpoints::resume,
+        endpoints::list, endpoints::pause, endpoints::resume,
         workers::lease, workers::heartbeat, workers::progress, workers::complete, workers::fail,
         workers::complete_many,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::jwks,
@@ -32,6 +34,9 @@ use super::{deliveries, endpoints, events, jobs, ops, workers, ws};
         proto::Problem, proto::Delivery, proto::DeliveryAttempt, proto::DeliveryList,
         proto::Endpoint, proto::EndpointList, proto::ResumeEndpoint,
         deliveries::ReplayRequest,
+        proto::JobFilter, proto::BulkAction, proto::BulkRequest, proto::BulkRefusal, proto::BulkAnswer,
+        proto::StateCounts, proto::Minute, proto::Queue, proto::QueueList,
+        proto::PortalLinkRequest, proto::PortalLink,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

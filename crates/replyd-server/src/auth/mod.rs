@@ -1,9 +1,12 @@
-//! Who is calling: API keys (tenant + role) from the configuration, and job
-//! tokens, the capability that grants read, stream and cancel of one job.
+//! Who is calling: API keys (tenant + role) from the configuration, job
+//! tokens, the capability that grants read, stream and cancel of one job,
+//! and the console's passes ([`passes`]: a signed-in session, a portal).
 //!
 //! Keys are looked up by their SHA-256 digest, so the lookup does not leak
 //! their content through timing; job tokens are an HMAC of the job id under
 //! the cluster secret, so any node can check one without storing it.
+
+pub mod passes;
 
 use std::collections::HashMap;
 
@@ -37,10 +40,12 @@ pub enum Action {
     Read,
     /// Cancel or delete a job.
     Cancel,
-    /// Read and replay deliveries: they show webhook URLs, reply
-    /// addresses and what receivers answered, which a job token (handed to
-    /// a browser) must not.
+    /// Read deliveries: they show webhook URLs, reply addresses and what
+    /// receivers answered, which a job token (handed to a browser) must
+    /// not.
     Deliveries,
+    /// Replay deliveries.
+    Replay,
     /// Lease and work on jobs.
     Work,
     /// Failing webhook endpoints and operational events; resuming a
@@ -91,9 +96,14 @@ impl Caller {
                     Role::Admin => action != Action::Operate || tenant.is_none(),
                     Role::Client => matches!(
                         action,
-                        Action::Submit | Action::Read | Action::Cancel | Action::Deliveries
+                        Action::Submit
+                            | Action::Read
+                            | Action::Cancel
+                            | Action::Deliveries
+                            | Action::Replay
                     ),
                     Role::Worker => matches!(action, Action::Work | Action::Read),
+                    Role::Viewer => matches!(action, Action::Read | Action::Deliveries),
                 };
                 if allowed {
                     Ok(())
@@ -134,11 +144,12 @@ impl Caller {
     }
 }
 
-fn role_name(r: Role) -> &'static str {
+pub fn role_name(r: Role) -> &'static str {
     match r {
         Role::Client => "client",
         Role::Worker => "worker",
         Role::Admin => "admin",
+        Role::Viewer => "viewer",
     }
 }
 
@@ -204,8 +215,11 @@ impl JobTokens {
 /// Checks credentials (API keys, job tokens).
 pub struct Authenticator {
     keys: HashMap<[u8; 32], (Option<Tenant>, Role)>,
+    /// The keys by the id a console session names them by.
+    sessions: HashMap<[u8; 16], [u8; 32]>,
     open: bool,
     tokens: JobTokens,
+    pub passes: passes::Passes,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -225,11 +239,29 @@ impl Authenticator {
                 (digest(k.key.as_bytes()), (tenant, k.role))
             })
             .collect::<HashMap<_, _>>();
+        let passes = passes::Passes::new(tokens.secret.clone());
         Authenticator {
             open: keys.is_empty(),
+            sessions: keys.keys().map(|d| (passes.key_id(d), *d)).collect(),
             keys,
             tokens,
+            passes,
         }
+    }
+
+    /// Whether no keys are configured (every caller is the open tenant's
+    /// admin).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// A console session for `key`, good until `expires`; `None` for a key
+    /// that is not configured.
+    pub fn session_for(&self, key: &str, expires: chrono::DateTime<chrono::Utc>) -> Option<String> {
+        let digest = digest(key.as_bytes());
+        self.keys
+            .contains_key(&digest)
+            .then(|| self.passes.session(self.passes.key_id(&digest), expires))
     }
 
     /// Who sent these headers (and `access_token` query parameter).
@@ -271,6 +303,11 @@ impl Authenticator {
                          send an API key as Authorization: Bearer <key>",
                     ));
                 }
+                // A browser signed in to the console: its session cookie
+                // (the console's middleware has checked its CSRF token
+                // and origin, `crate::console::guard`).
+                None => passes::cookie(headers, passes::SESSION_COOKIE)
+                    .filter(|c| c.starts_with(passes::SESSION_PREFIX)),
                 t => t,
             },
         })
@@ -301,6 +338,33 @@ impl Authenticator {
                 tenant: Some(Tenant::open()),
                 role: Role::Admin,
             });
+        }
+        let now = chrono::Utc::now();
+        if token.starts_with(passes::SESSION_PREFIX) {
+            return self
+                .passes
+                .open_session(token, now)
+                .and_then(|(id, _)| self.sessions.get(&id))
+                .and_then(|d| self.keys.get(d))
+                .map(|(tenant, role)| Caller::Key {
+                    tenant: tenant.clone(),
+                    role: *role,
+                })
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the console session expired or its key was removed")
+                });
+        }
+        if token.starts_with(passes::PORTAL_PREFIX) {
+            return self
+                .passes
+                .open_portal(token, now)
+                .map(|(tenant, _)| Caller::Key {
+                    tenant: Some(Tenant(tenant)),
+                    role: Role::Viewer,
+                })
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the portal link expired or is not genuine")
+                });
         }
         match self.keys.get(&digest(token.as_bytes())) {
             Some((tenant, role)) => Ok(Caller::Key {
