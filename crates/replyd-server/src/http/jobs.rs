@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs:batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(status).delete(delete))
         .route("/v1/jobs/{id}/result", get(result))
+        .route("/v1/jobs/{id}/input", get(input))
         .route("/v1/jobs/{id}/cancel", post(cancel))
 }
 
@@ -430,6 +431,34 @@ pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
         StatusCode::ACCEPTED
     };
     Ok(json_response(status, &app.render.job(&job)))
+}
+
+/// A job's input, as submitted.
+#[utoipa::path(get, path = "/v1/jobs/{id}/input", tag = "jobs", operation_id = "job_input",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The input (application/json)"),
+        (status = 403, description = "A job token (it may be in a browser; the input may hold what only its submitter should see)", body = proto::Problem),
+        (status = 404, description = "Unknown job", body = proto::Problem),
+        (status = 410, description = "Expired: its input is gone", body = proto::Problem)))]
+pub async fn input(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
+    if let Caller::JobToken(_) = r.caller {
+        return Err(ApiError::forbidden("a job token cannot read its job's input"));
+    }
+    app.job_for(&r.caller, Action::Read, r.id).await?;
+    let Some(bytes) = app.store.input(r.id).await? else {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "job-expired",
+            "the job's input is gone",
+        ));
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Delete a finished job and its result.

@@ -14,7 +14,7 @@ use super::{deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws
 #[openapi(
     info(title = "replyd", description = "Asynchronous Request-Reply: 202 now, the result later."),
     paths(
-        jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list,
+        jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list, jobs::input,
         steer::retry, steer::bulk, queues::list, queues::pause, queues::resume,
         crate::console::portal_link,
         events::job_events, events::all_events, ws::upgrade,
