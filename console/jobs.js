@@ -136,7 +136,8 @@ export async function jobsPage(main, session, setStop) {
       : cursor
         ? `No match among the newest jobs searched (${took} ms); load more to search further back.`
         : 'No jobs match.';
-    main.dataset.loaded = String(Number(main.dataset.loaded || 0) + 1);
+    // Which list is shown (what a test waits for after a navigation).
+    main.dataset.loaded = location.hash;
   };
   more.addEventListener('click', () => load().catch(showError));
   await load();

@@ -9,3 +9,4 @@ const BACKEND: common::Backend = common::Backend::Postgres;
 
 include!("common/api_cases.rs");
 include!("common/batch_cases.rs");
+include!("common/console_cases.rs");

@@ -14,34 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Server, db_path, http};
+use support::{Server, browser_dir as harness_dir, browser_missing as missing, db_path, http};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn harness_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing() -> Option<String> {
-    let dir = harness_dir();
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("node is not installed".into());
-    }
-    if !dir.join("node_modules/playwright-core").exists() {
-        return Some(format!("run `npm ci --prefix {}`", dir.display()));
-    }
-    if !["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists())
-    {
-        return Some("chromium is not installed (apt-get install chromium)".into());
-    }
-    None
-}
 
 const CONFIG: &str =
     "[queues.work]\nexecutor = \"pull\"\ntimeout = 120\n\n[streams]\nretry_ms = 1500\n";

@@ -348,11 +348,23 @@ pub async fn portal_link(
         .passes
         .portal(&tenant, expires_at)
         .ok_or_else(|| ApiError::bad_request("tenant is longer than 200 bytes"))?;
+    // Where browsers reach this server: the configured public URL, else
+    // the host this request was sent to.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = match (&app.config.public_url, host) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(host)) => {
+            let scheme = if secure(&app, &headers) {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        }
+        (None, None) => app.config.public_url(),
+    };
     let link = proto::PortalLink {
-        url: format!(
-            "{}/ui/portal#{pass}",
-            app.config.public_url().trim_end_matches('/')
-        ),
+        url: format!("{origin}/ui/portal#{pass}"),
         tenant,
         expires_at,
     };

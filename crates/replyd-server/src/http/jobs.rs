@@ -443,7 +443,9 @@ pub async fn cancel(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
         (status = 410, description = "Expired: its input is gone", body = proto::Problem)))]
 pub async fn input(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
     if let Caller::JobToken(_) = r.caller {
-        return Err(ApiError::forbidden("a job token cannot read its job's input"));
+        return Err(ApiError::forbidden(
+            "a job token cannot read its job's input",
+        ));
     }
     app.job_for(&r.caller, Action::Read, r.id).await?;
     let Some(bytes) = app.store.input(r.id).await? else {
@@ -455,7 +457,10 @@ pub async fn input(State(app): State<AppState>, r: JobRequest) -> ApiResult<Resp
     };
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         bytes,
     )
         .into_response())

@@ -420,3 +420,30 @@ pub async fn example_service(script: &Path, args: &[&str]) -> (tokio::process::C
     });
     (service, port)
 }
+
+/// Where the browser harnesses (Node.js + playwright-core) live.
+pub fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+pub fn browser_missing() -> Option<String> {
+    let dir = browser_dir();
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("node is not installed".into());
+    }
+    if !dir.join("node_modules/playwright-core").exists() {
+        return Some(format!("run `npm ci --prefix {}`", dir.display()));
+    }
+    if !["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        return Some("chromium is not installed (apt-get install chromium)".into());
+    }
+    None
+}
