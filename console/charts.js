@@ -12,7 +12,7 @@ function el(tag, attrs) {
 
 // series: [{name, cls, values: [number|null]}]; every series as long as
 // the axis. Returns a <figure> with the chart and its legend.
-export function lineChart(title, series, { width = 320, height = 90, unit = '' } = {}) {
+export function lineChart(title, series, { width = 250, height = 84, unit = '' } = {}) {
   const fig = document.createElement('figure');
   fig.className = 'chart';
   const cap = document.createElement('figcaption');

@@ -78,6 +78,7 @@ mod events;
 mod jobs;
 mod leases;
 pub mod output;
+mod queues;
 mod wait;
 pub mod worker;
 

@@ -43,7 +43,8 @@ pub struct Connection {
         long = "server",
         env = "REPLYD_URL",
         default_value = "http://127.0.0.1:8202",
-        value_name = "URL"
+        value_name = "URL",
+        global = true
     )]
     pub server: String,
 }
@@ -82,6 +83,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Show the queues (jobs by state, paused or not); pause or resume one.
+    /// An operator's: the key must be an admin key of every tenant.
+    Queues {
+        #[command(subcommand)]
+        action: Option<QueuesAction>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Wait for a job to finish, showing progress, then print its result.
     Wait {
         /// The job id.
@@ -91,6 +100,22 @@ pub enum ClientCommand {
         timeout: Option<f64>,
         #[command(flatten)]
         conn: Connection,
+    },
+}
+
+/// `replyd queues pause|resume NAME`.
+#[derive(clap::Subcommand, Debug)]
+pub enum QueuesAction {
+    /// Pause a queue: no worker or executor gets a job of it until it is
+    /// resumed (submissions are still accepted).
+    Pause {
+        /// The queue.
+        name: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        name: String,
     },
 }
 
@@ -128,6 +153,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Result { id, conn } => result(&conn.client()?, &id).await,
         ClientCommand::Cancel { id, conn } => cancel(&conn.client()?, &id).await,
         ClientCommand::Wait { id, timeout, conn } => wait(&conn.client()?, &id, timeout).await,
+        ClientCommand::Queues { action, conn } => queues(&conn.client()?, action).await,
     };
     Ok(exit_code(outcome))
 }
@@ -172,6 +198,35 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             finish(&client, &job.id, None).await
         }
     }
+}
+
+/// Lists the queues as a table, or pauses or resumes one (then prints it).
+async fn queues(client: &Client, action: Option<QueuesAction>) -> anyhow::Result<i32> {
+    let list = match action {
+        Some(QueuesAction::Pause { name }) => vec![client.pause_queue(&name, true).await?],
+        Some(QueuesAction::Resume { name }) => vec![client.pause_queue(&name, false).await?],
+        None => client.queues().await?.queues,
+    };
+    let mut out = format!(
+        "{:<24} {:<8} {:<7} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+        "QUEUE", "EXECUTOR", "PAUSED", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"
+    );
+    for q in &list {
+        let j = &q.jobs;
+        out += &format!(
+            "{:<24} {:<8} {:<7} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+            q.name,
+            q.executor,
+            if q.paused { "yes" } else { "no" },
+            j.queued,
+            j.running,
+            j.succeeded,
+            j.failed,
+            j.canceled
+        );
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(EXIT_OK)
 }
 
 async fn status(client: &Client, id: &str) -> anyhow::Result<i32> {
