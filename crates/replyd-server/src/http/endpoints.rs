@@ -89,7 +89,8 @@ fn not_paused() -> ApiError {
 #[utoipa::path(post, path = "/v1/endpoints/pause", tag = "webhooks", operation_id = "pause_endpoint",
     request_body = proto::ResumeEndpoint,
     responses((status = 200, description = "{\"paused\": URL}"),
-              (status = 400, body = proto::Problem)))]
+              (status = 400, body = proto::Problem),
+              (status = 404, description = "Another tenant's endpoint", body = proto::Problem)))]
 pub async fn pause(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -124,7 +125,11 @@ fn endpoint(
         (Some(own), None) => own.clone(),
         (Some(own), Some(t)) if own.0 == t => own.clone(),
         // Another tenant's endpoint is one this caller cannot see.
-        (Some(_), Some(_)) => return Err(not_paused()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::not_found(
+                "this key sees its own tenant's endpoints only",
+            ));
+        }
         (None, Some(t)) if !t.is_empty() => Tenant(t),
         (None, _) => {
             return Err(ApiError::bad_request(
