@@ -9,7 +9,7 @@
 //! rare its matches are.
 
 use replyd_core::JobId;
-use replyd_core::job::JobRecord;
+use replyd_core::job::{JobRecord, JobState};
 use replyd_core::store::{JobPage, ListQuery, SEARCH_SCAN, StoreResult};
 
 /// The bounds of a listing: ids below `upper` (the cursor, or the end of
@@ -21,6 +21,30 @@ pub(crate) fn bounds(q: &ListQuery) -> (Option<JobId>, Option<JobId>) {
         (a, b) => a.or(b),
     };
     (q.since.map(JobId::first_at), upper)
+}
+
+/// The index a listing walks, newest first: the narrowest its filters
+/// give. Each is in both stores' schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `jobs_failed` or `jobs_canceled`: the jobs that ended so (the
+    /// state as a literal, which a partial index needs to be used).
+    Ended(&'static str),
+    /// `jobs_queue`: one queue's jobs.
+    Queue,
+    /// The primary key, the tenant's (`jobs_tenant`) or an idempotency
+    /// key's, as the planner takes them.
+    Key,
+}
+
+pub(crate) fn access(q: &ListQuery) -> Access {
+    match q.state {
+        _ if q.idempotency_key.is_some() => Access::Key,
+        Some(JobState::Failed) => Access::Ended("failed"),
+        Some(JobState::Canceled) => Access::Ended("canceled"),
+        _ if q.queue.is_some() => Access::Queue,
+        _ => Access::Key,
+    }
 }
 
 /// Whether the query tests rows (queue, state or text), so that its scan

@@ -66,9 +66,11 @@ pub(super) async fn output(s: &PgStore, id: JobId) -> StoreResult<Option<JobOutp
     }))
 }
 
-/// Jobs newest first (see `crate::listing`). Unfiltered, one page of the
-/// key order; with a row predicate, a window of at most `SEARCH_SCAN` ids
-/// in key order, each with whether it matches and (then) its record.
+/// Jobs newest first (see `crate::listing`): a statement of just the
+/// filters given (so that the planner sees a partial index's state as a
+/// literal, `listing::access`). Unfiltered, one page of the key order;
+/// with a row predicate, a window of at most the scan bound in key order,
+/// each row with whether it matches and (then) its record.
 pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
     let (lower, upper) = listing::bounds(&q);
     let window = if listing::filters_rows(&q) {
@@ -76,33 +78,53 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
     } else {
         i64::from(q.limit)
     };
-    let rows = sqlx::query(
-        "SELECT id, m, CASE WHEN m THEN record END AS record FROM (
-             SELECT id, record,
-                 coalesce(($5::text IS NULL OR queue = $5)
-                     AND ($6::text IS NULL OR state = $6)
-                     AND ($7::text IS NULL
-                          OR convert_from(input, 'UTF8') ILIKE $7
-                          OR (record::jsonb #>> '{error,message}') ILIKE $7), false) AS m
-             FROM jobs
-             WHERE ($1::text IS NULL OR tenant = $1)
-               AND ($2::text IS NULL OR idempotency_key = $2)
-               AND ($3::uuid IS NULL OR id >= $3)
-               AND ($4::uuid IS NULL OR id < $4)
-             ORDER BY id DESC LIMIT $8) w
-         ORDER BY id DESC",
-    )
-    .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
-    .bind(q.idempotency_key.as_deref())
-    .bind(lower.map(|b| b.0))
-    .bind(upper.map(|b| b.0))
-    .bind(q.queue.as_deref())
-    .bind(q.state.map(|s| s.as_str()))
-    .bind(q.text.as_deref().map(listing::like_pattern))
-    .bind(window)
-    .fetch_all(&s.inner.pool)
-    .await
-    .map_err(backend)?;
+    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "SELECT id, m, CASE WHEN m THEN record END AS record FROM (SELECT id, record, coalesce(true",
+    );
+    if let Some(queue) = &q.queue {
+        b.push(" AND queue = ").push_bind(queue.clone());
+    }
+    if let Some(state) = q.state {
+        b.push(" AND state = ").push_bind(state.as_str());
+    }
+    if let Some(text) = &q.text {
+        let p = listing::like_pattern(text);
+        b.push(" AND (convert_from(input, 'UTF8') ILIKE ")
+            .push_bind(p.clone())
+            .push(" OR (record::jsonb #>> '{error,message}') ILIKE ")
+            .push_bind(p)
+            .push(")");
+    }
+    b.push(", false) AS m FROM jobs WHERE true");
+    match listing::access(&q) {
+        listing::Access::Ended(state) => {
+            b.push(format!(" AND state = '{state}'"));
+        }
+        listing::Access::Queue => {
+            b.push(" AND queue = ").push_bind(q.queue.clone());
+        }
+        listing::Access::Key => {}
+    }
+    if let Some(t) = &q.tenant {
+        b.push(" AND tenant = ").push_bind(t.0.clone());
+    }
+    if let Some(key) = &q.idempotency_key {
+        b.push(" AND idempotency_key = ").push_bind(key.clone());
+    }
+    if let Some(l) = lower {
+        b.push(" AND id >= ").push_bind(l.0);
+    }
+    if let Some(u) = upper {
+        b.push(" AND id < ").push_bind(u.0);
+    }
+    b.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(window)
+        .push(") w ORDER BY id DESC");
+    let rows = b
+        .build()
+        .fetch_all(&s.inner.pool)
+        .await
+        .map_err(backend)?;
     let mut walk = listing::Walk::new(&q);
     for row in rows {
         let id = JobId(row.get::<uuid::Uuid, _>("id"));

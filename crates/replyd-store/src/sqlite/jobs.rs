@@ -90,52 +90,12 @@ pub(super) async fn output(s: &SqliteStore, id: JobId) -> StoreResult<Option<Job
 }
 
 /// Jobs newest first (see `crate::listing`): the key filters in the
-/// WHERE clause, the others a predicate read with each row; SQLite steps
-/// rows lazily, so the walk stops reading where the page is done.
+/// WHERE clause, walking the index `listing::access` names, the others a
+/// predicate read with each row; SQLite steps rows lazily, so the walk
+/// stops reading where the page is done.
 pub(super) async fn list(s: &SqliteStore, q: ListQuery) -> StoreResult<JobPage> {
     s.read(move |conn| {
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut arg = |v: rusqlite::types::Value| {
-            args.push(v);
-            format!("?{}", args.len())
-        };
-        let mut tests = Vec::new();
-        if let Some(queue) = &q.queue {
-            tests.push(format!("queue = {}", arg(queue.clone().into())));
-        }
-        if let Some(state) = q.state {
-            tests.push(format!(
-                "state = {}",
-                arg(state.as_str().to_string().into())
-            ));
-        }
-        if let Some(text) = &q.text {
-            let p = arg(listing::like_pattern(text).into());
-            tests.push(format!(
-                "(CAST(input AS TEXT) LIKE {p} ESCAPE '\\' \
-                  OR json_extract(record, '$.error.message') LIKE {p} ESCAPE '\\')"
-            ));
-        }
-        let test = if tests.is_empty() {
-            "1".to_string()
-        } else {
-            format!("coalesce({}, 0)", tests.join(" AND "))
-        };
-        let mut sql = format!("SELECT id, {test}, record FROM jobs WHERE 1 = 1");
-        if let Some(t) = &q.tenant {
-            sql += &format!(" AND tenant = {}", arg(t.0.clone().into()));
-        }
-        if let Some(key) = &q.idempotency_key {
-            sql += &format!(" AND idempotency_key = {}", arg(key.clone().into()));
-        }
-        let (lower, upper) = listing::bounds(&q);
-        if let Some(l) = lower {
-            sql += &format!(" AND id >= {}", arg(id_bytes(l).to_vec().into()));
-        }
-        if let Some(u) = upper {
-            sql += &format!(" AND id < {}", arg(id_bytes(u).to_vec().into()));
-        }
-        sql += " ORDER BY id DESC";
+        let (sql, args) = list_sql(&q);
         let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args))
@@ -158,6 +118,61 @@ pub(super) async fn list(s: &SqliteStore, q: ListQuery) -> StoreResult<JobPage> 
         Ok(walk.finish())
     })
     .await
+}
+
+/// A listing's statement and its arguments.
+pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut arg = |v: rusqlite::types::Value| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let mut tests = Vec::new();
+    if let Some(queue) = &q.queue {
+        tests.push(format!("queue = {}", arg(queue.clone().into())));
+    }
+    if let Some(state) = q.state {
+        tests.push(format!(
+            "state = {}",
+            arg(state.as_str().to_string().into())
+        ));
+    }
+    if let Some(text) = &q.text {
+        let p = arg(listing::like_pattern(text).into());
+        tests.push(format!(
+            "(CAST(input AS TEXT) LIKE {p} ESCAPE '\\' \
+              OR json_extract(record, '$.error.message') LIKE {p} ESCAPE '\\')"
+        ));
+    }
+    let test = if tests.is_empty() {
+        "1".to_string()
+    } else {
+        format!("coalesce({}, 0)", tests.join(" AND "))
+    };
+    let mut sql = match listing::access(q) {
+        listing::Access::Ended(state) => format!(
+            "SELECT id, {test}, record FROM jobs INDEXED BY jobs_{state} WHERE state = '{state}'"
+        ),
+        listing::Access::Queue => format!(
+            "SELECT id, {test}, record FROM jobs INDEXED BY jobs_queue WHERE queue = ?1"
+        ),
+        listing::Access::Key => format!("SELECT id, {test}, record FROM jobs WHERE 1 = 1"),
+    };
+    if let Some(t) = &q.tenant {
+        sql += &format!(" AND tenant = {}", arg(t.0.clone().into()));
+    }
+    if let Some(key) = &q.idempotency_key {
+        sql += &format!(" AND idempotency_key = {}", arg(key.clone().into()));
+    }
+    let (lower, upper) = listing::bounds(q);
+    if let Some(l) = lower {
+        sql += &format!(" AND id >= {}", arg(id_bytes(l).to_vec().into()));
+    }
+    if let Some(u) = upper {
+        sql += &format!(" AND id < {}", arg(id_bytes(u).to_vec().into()));
+    }
+    sql += " ORDER BY id DESC";
+    (sql, args)
 }
 
 pub(super) async fn apply(
@@ -425,4 +440,76 @@ pub(super) fn query_ids(
         .map_err(backend)?;
     rows.map(|r| r.map(|b| JobId(uuid::Uuid::from_bytes(b))).map_err(backend))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replyd_core::job::JobState;
+
+    /// The plan SQLite makes for a listing: each access path walks its
+    /// index newest first, with no sort of what it finds (a sort reads
+    /// every match before the first row comes back).
+    fn plan(q: &ListQuery) -> String {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::apply(&mut conn).unwrap();
+        let (sql, args) = list_sql(q);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn each_listing_walks_its_index_without_sorting() {
+        let tenant = Some(Tenant("t".into()));
+        let cases: [(ListQuery, &str); 6] = [
+            (ListQuery::default(), "SCAN jobs"),
+            (
+                ListQuery {
+                    tenant: tenant.clone(),
+                    ..Default::default()
+                },
+                "jobs_tenant",
+            ),
+            (
+                ListQuery {
+                    tenant: tenant.clone(),
+                    state: Some(JobState::Failed),
+                    text: Some("x".into()),
+                    ..Default::default()
+                },
+                "jobs_failed",
+            ),
+            (
+                ListQuery {
+                    state: Some(JobState::Canceled),
+                    queue: Some("q".into()),
+                    ..Default::default()
+                },
+                "jobs_canceled",
+            ),
+            (
+                ListQuery {
+                    queue: Some("q".into()),
+                    state: Some(JobState::Succeeded),
+                    ..Default::default()
+                },
+                "jobs_queue",
+            ),
+            (
+                ListQuery {
+                    idempotency_key: Some("k".into()),
+                    ..Default::default()
+                },
+                "jobs_idempotency_any",
+            ),
+        ];
+        for (q, index) in cases {
+            let p = plan(&q);
+            assert!(p.contains(index), "{q:?}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{q:?} sorts: {p}");
+        }
+    }
 }

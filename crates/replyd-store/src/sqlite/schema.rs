@@ -232,9 +232,15 @@ pub const SQLITE: &[(i64, &str)] = &[
         queue     TEXT PRIMARY KEY,
         paused_at INTEGER NOT NULL
     ) WITHOUT ROWID;
-    -- An operator looks a job up by its idempotency key in any tenant.
+    -- The console's lists, newest first (replyd_store::listing): an
+    -- operator looks a job up by its idempotency key in any tenant, lists
+    -- a queue's jobs, and the failed or canceled ones. Each is written
+    -- once per job (a queue never changes; those states are final).
     CREATE INDEX jobs_idempotency_any ON jobs (idempotency_key)
         WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_queue ON jobs (queue, id);
+    CREATE INDEX jobs_failed ON jobs (id) WHERE state = 'failed';
+    CREATE INDEX jobs_canceled ON jobs (id) WHERE state = 'canceled';
     ",
     ),
 ];
