@@ -138,6 +138,7 @@ export async function jobsPage(main, session, setStop) {
         : 'No jobs match.';
     // Which list is shown (what a test waits for after a navigation).
     main.dataset.loaded = location.hash;
+    main.dataset.loadedAt = String(Math.round(performance.now()));
   };
   more.addEventListener('click', () => load().catch(showError));
   await load();

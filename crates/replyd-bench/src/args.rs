@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// which the end-to-end measurement runs.
     #[arg(long, value_delimiter = ',', default_values_t = [20_000, 200_000, 1_000_000])]
     pub growth: Vec<usize>,
+    /// Console scenario: jobs in the table whose lists are read.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub console_jobs: usize,
     /// Concurrent workers in the end-to-end scenario.
     #[arg(long, default_value_t = 32)]
     pub workers: usize,

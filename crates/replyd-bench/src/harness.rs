@@ -35,6 +35,9 @@ pub(crate) struct Replyd {
     pub(crate) addr: SocketAddr,
     /// The SQLite store, for its group-commit figures.
     pub(crate) sqlite: Option<SqliteStore>,
+    /// The store it serves (a scenario may fill it or read it directly).
+    #[allow(dead_code)]
+    pub(crate) store: Arc<dyn replyd_core::Store>,
     pub(crate) stop: CancellationToken,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
@@ -78,7 +81,7 @@ pub(crate) async fn start_replyd_with(
         }
         Storage::Postgres(_) => (replyd_server::open_store(&config).await?, None),
     };
-    let server = Server::with_store(config, store, Clock::system()).await?;
+    let server = Server::with_store(config, store.clone(), Clock::system()).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -91,6 +94,7 @@ pub(crate) async fn start_replyd_with(
     Ok(Replyd {
         addr,
         sqlite,
+        store,
         stop,
         task,
     })

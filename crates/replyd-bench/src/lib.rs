@@ -38,6 +38,9 @@
 //! - `tokens` (`tokens.rs`): 1,000 outputs appended at a model's token rate
 //!   (50/s each), one SSE reader each: append → reader latency, loss, CPU
 //!   and RSS, beside the reference server.
+//! - `console` (`console.rs`): the console's job lists with 1M jobs in
+//!   the table (SQLite, and PostgreSQL with `--database-url`): each list's
+//!   store read beside the newest page's, and the first paint in Chromium.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
 
@@ -46,6 +49,7 @@ mod amqp;
 mod args;
 #[cfg(any(feature = "mqtt", feature = "nats", feature = "kafka"))]
 mod brokers;
+mod console;
 mod dstreams;
 mod e2e;
 pub mod exposure;
@@ -92,6 +96,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "peers" => peers::run(&args, &dir).await?,
             "dstreams" => dstreams::run(&args, &dir).await?,
             "tokens" => tokens::run(&args, &dir).await?,
+            "console" => console::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -106,7 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka)"
             ),
         }

@@ -68,18 +68,23 @@ pub(super) async fn output(s: &PgStore, id: JobId) -> StoreResult<Option<JobOutp
 
 /// Jobs newest first (see `crate::listing`): a statement of just the
 /// filters given (so that the planner sees a partial index's state as a
-/// literal, `listing::access`). Unfiltered, one page of the key order;
-/// with a row predicate, a window of at most the scan bound in key order,
-/// each row with whether it matches and (then) its record.
+/// literal, `listing::access`). The rows of the walk come out one by one
+/// with whether they match, numbered; the statement returns the matches
+/// and the row at the scan's bound, and stops at `limit` of them, so that
+/// PostgreSQL reads no further than the page needs. A lookup by
+/// idempotency key (a handful of rows) is fenced off (`OFFSET 0`) from the
+/// order, so that the planner takes its index whatever its statistics say.
 pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
     let (lower, upper) = listing::bounds(&q);
-    let window = if listing::filters_rows(&q) {
+    let bound = if listing::filters_rows(&q) {
         i64::from(listing::scan_bound(&q))
     } else {
         i64::from(q.limit)
     };
     let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-        "SELECT id, m, CASE WHEN m THEN record END AS record FROM (SELECT id, record, coalesce(true",
+        "SELECT id, m, rn, CASE WHEN m THEN record END AS record FROM (
+             SELECT id, record, m, row_number() OVER (ORDER BY id DESC) AS rn FROM (
+                 SELECT id, record, coalesce(true",
     );
     if let Some(queue) = &q.queue {
         b.push(" AND queue = ").push_bind(queue.clone());
@@ -117,25 +122,33 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
     if let Some(u) = upper {
         b.push(" AND id < ").push_bind(u.0);
     }
-    b.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(window)
-        .push(") w ORDER BY id DESC");
-    let rows = b
-        .build()
-        .fetch_all(&s.inner.pool)
-        .await
-        .map_err(backend)?;
-    let mut walk = listing::Walk::new(&q);
+    if q.idempotency_key.is_some() {
+        b.push(" OFFSET 0");
+    }
+    b.push(") f ORDER BY id DESC LIMIT ")
+        .push_bind(bound)
+        .push(") w WHERE m OR rn = ")
+        .push_bind(bound)
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
+    let rows = b.build().fetch_all(&s.inner.pool).await.map_err(backend)?;
+    let mut page = JobPage::default();
     for row in rows {
         let id = JobId(row.get::<uuid::Uuid, _>("id"));
-        let record = row
-            .get::<bool, _>("m")
-            .then_some(|| decode(row.get::<&str, _>("record")));
-        if !walk.take(id, record)? {
+        if row.get::<bool, _>("m") {
+            page.jobs.push(decode(row.get::<&str, _>("record"))?);
+            if page.jobs.len() >= q.limit as usize {
+                page.next = Some(id);
+                break;
+            }
+        }
+        if row.get::<i64, _>("rn") == bound {
+            // The scan stopped at its bound: go on below this row.
+            page.next = Some(id);
             break;
         }
     }
-    Ok(walk.finish())
+    Ok(page)
 }
 
 pub(super) async fn apply(

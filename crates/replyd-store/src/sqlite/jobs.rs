@@ -153,9 +153,9 @@ pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
         listing::Access::Ended(state) => format!(
             "SELECT id, {test}, record FROM jobs INDEXED BY jobs_{state} WHERE state = '{state}'"
         ),
-        listing::Access::Queue => format!(
-            "SELECT id, {test}, record FROM jobs INDEXED BY jobs_queue WHERE queue = ?1"
-        ),
+        listing::Access::Queue => {
+            format!("SELECT id, {test}, record FROM jobs INDEXED BY jobs_queue WHERE queue = ?1")
+        }
         listing::Access::Key => format!("SELECT id, {test}, record FROM jobs WHERE 1 = 1"),
     };
     if let Some(t) = &q.tenant {
