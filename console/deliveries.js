@@ -76,21 +76,35 @@ export async function deliveriesPage(main, session) {
   pick.addEventListener('change', () => go('deliveries', new URLSearchParams({ state: pick.value })));
   const list = h('div', {});
   const more = h('button', { type: 'button', class: 'subtle', hidden: true }, 'Load more');
-  const replayAll = canReplay && state === 'dead'
-    ? h('button', { type: 'button', id: 'replay-all', onclick: async () => {
+  // Replay every dead letter that matches: of one queue, dead in a time
+  // range (none given: all of them).
+  let replayAll = null;
+  if (canReplay && state === 'dead') {
+    replayAll = h('form', { class: 'filters', id: 'replay-all' },
+      h('input', { name: 'queue', placeholder: 'queue (any)', size: 12 }),
+      h('label', {}, 'died from ', h('input', { type: 'datetime-local', name: 'from' })),
+      h('label', {}, 'to ', h('input', { type: 'datetime-local', name: 'to' })),
+      h('button', { type: 'submit' }, 'Replay every dead letter that matches'));
+    replayAll.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const d = new FormData(replayAll);
+      const body = {};
+      if (d.get('queue')) body.queue = String(d.get('queue'));
+      for (const k of ['from', 'to']) if (d.get(k)) body[k] = new Date(String(d.get(k))).toISOString();
       try {
-        const r = await api('/v1/deliveries/retry', { method: 'POST', body: {} });
+        const r = await api('/v1/deliveries/retry', { method: 'POST', body });
         toast(`${r.replayed} dead letters queued again`);
         setTimeout(() => deliveriesPage(main, session), 800);
-      } catch (e) {
-        showError(e);
+      } catch (x) {
+        showError(x);
       }
-    } }, 'Replay every dead letter')
-    : null;
+    });
+  }
   const endpoints = h('section', { id: 'endpoints' });
   clear(main,
-    h('div', { class: 'title-row' }, h('h1', {}, 'Deliveries'), pick, replayAll),
+    h('div', { class: 'title-row' }, h('h1', {}, 'Deliveries'), pick),
     h('p', { class: 'muted' }, 'Webhooks and replies over every broker. A dead letter ran out of attempts; replaying it starts its schedule again.'),
+    replayAll,
     list, more,
     isAdmin ? endpoints : null);
 

@@ -6,6 +6,8 @@ import { h, clear, when, ago, badge, pretty, short, route, go, toast, showError 
 
 const STATES = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
 const FILTERS = ['queue', 'state', 'since', 'until', 'q', 'idempotency_key'];
+// The most rows a live list keeps.
+const MAX_ROWS = 500;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 // The filter in the route, as the API takes it.
@@ -60,10 +62,7 @@ export async function jobsPage(main, session, setStop) {
   const f = filterOf(params);
   const canChange = !session.portal && ['admin', 'client'].includes(session.role);
 
-  let queues = [];
-  if (!session.portal && session.tenant === '*' && session.role === 'admin') {
-    queues = (await api('/v1/queues').catch(() => ({ queues: [] }))).queues.map((q) => q.name);
-  }
+  const queues = session.queues || [];
   const queueInput = queues.length
     ? h('select', { name: 'queue' }, h('option', { value: '' }, 'any queue'), queues.map((q) => h('option', { value: q, selected: q === f.queue }, q)))
     : h('input', { name: 'queue', placeholder: 'queue', value: f.queue || '' });
@@ -120,6 +119,15 @@ export async function jobsPage(main, session, setStop) {
     else if (top) tbody.prepend(r);
     else tbody.append(r);
     rows.set(job.id, r);
+    // A busy system adds jobs faster than anyone reads them: the list
+    // keeps the newest MAX_ROWS, and "Load more" goes on below them.
+    while (top && rows.size > MAX_ROWS) {
+      const last = tbody.lastElementChild;
+      rows.delete(last.dataset.id);
+      last.remove();
+      cursor = tbody.lastElementChild.dataset.id;
+      more.hidden = false;
+    }
   };
   const load = async () => {
     const p = new URLSearchParams(f);

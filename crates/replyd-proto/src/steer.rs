@@ -160,4 +160,6 @@ pub struct ConsoleSession {
     pub expires_at: DateTime<Utc>,
     /// A portal: one tenant's jobs and deliveries, read-only.
     pub portal: bool,
+    /// The configured queues' names.
+    pub queues: Vec<String>,
 }

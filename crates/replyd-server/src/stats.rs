@@ -7,11 +7,20 @@
 //! since it started; a restart starts the hour over (the log itself stays
 //! the record). Bounded: configured queues only, 60 minutes each, and the
 //! latencies in a fixed histogram of [`BUCKETS`] counters.
+//!
+//! And the jobs by queue and state (the console's queues, `/metrics`):
+//! a count of the table reads every row, so it is taken now and then
+//! ([`Stats::counts`]: at most every minute, less often as the count
+//! takes longer), and kept up to date in between by the same events (each
+//! says what the job became, and so where it was), and by this node's
+//! deletes; a garbage collection makes the next view count again. (Another
+//! node's deletes and collections show at this node's next count.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use replyd_core::JobState;
 use replyd_core::Store;
 use replyd_core::event::{EventKind, EventRecord};
 use replyd_core::store::{StateCount, StoreResult};
@@ -26,14 +35,24 @@ const BUCKETS: usize = 120;
 #[derive(Debug, Default)]
 pub struct Stats {
     queues: Mutex<HashMap<String, VecDeque<Bucket>>>,
-    /// Jobs by queue and state as last read, and when: a count reads the
-    /// whole table, so views share one read for [`COUNTS_FOR`].
-    counts: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<StateCount>>)>>,
+    /// Jobs by queue and state: the last count, kept by the events since.
+    tally: Mutex<Option<Tally>>,
+    /// One count of the table at a time.
+    counting: tokio::sync::Mutex<()>,
 }
 
-/// How long a count of the jobs by queue and state is shown before it is
-/// read again.
-const COUNTS_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+#[derive(Debug)]
+struct Tally {
+    jobs: HashMap<(String, JobState), i64>,
+    /// When the table was counted, and when to count it again.
+    at: std::time::Instant,
+    every: std::time::Duration,
+}
+
+/// The least time between two counts of the table; a count that takes
+/// longer than 1/50 of it waits 50 times what it took, so that counting
+/// never takes more than 2% of the store's time.
+const RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Bucket {
@@ -91,18 +110,87 @@ fn minute_of(at: DateTime<Utc>) -> i64 {
 }
 
 impl Stats {
-    /// Jobs by queue and state, read at most every [`COUNTS_FOR`] (one
-    /// read at a time however many ask).
-    pub async fn counts(&self, store: &dyn Store) -> StoreResult<Arc<Vec<StateCount>>> {
-        let mut cached = self.counts.lock().await;
-        if let Some((at, counts)) = &*cached
-            && at.elapsed() < COUNTS_FOR
-        {
-            return Ok(counts.clone());
+    /// Jobs by queue and state: the table counted now and then (one
+    /// count at a time however many ask), and the events since.
+    pub async fn counts(&self, store: &dyn Store) -> StoreResult<Vec<StateCount>> {
+        if let Some(c) = self.tallied(false) {
+            return Ok(c);
         }
-        let counts = Arc::new(store.counts().await?);
-        *cached = Some((std::time::Instant::now(), counts.clone()));
-        Ok(counts)
+        let _one = self.counting.lock().await;
+        if let Some(c) = self.tallied(false) {
+            return Ok(c);
+        }
+        let started = std::time::Instant::now();
+        let counted = store.counts().await?;
+        let took = started.elapsed();
+        let jobs = counted
+            .into_iter()
+            .map(|c| ((c.queue, c.state), c.count as i64))
+            .collect();
+        *self.tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tally {
+            jobs,
+            at: std::time::Instant::now(),
+            every: RECOUNT.max(took * 50),
+        });
+        Ok(self.tallied(true).unwrap_or_default())
+    }
+
+    /// The tally, if there is one (and, unless `stale` will do, it is not
+    /// yet due for a count).
+    fn tallied(&self, stale: bool) -> Option<Vec<StateCount>> {
+        let tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tally.as_ref()?;
+        if !stale && t.at.elapsed() >= t.every {
+            return None;
+        }
+        Some(
+            t.jobs
+                .iter()
+                .map(|((queue, state), n)| StateCount {
+                    queue: queue.clone(),
+                    state: *state,
+                    count: (*n).max(0) as u64,
+                })
+                .collect(),
+        )
+    }
+
+    /// A job was deleted (no event says so).
+    pub fn removed(&self, queue: &str, state: JobState) {
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tally.as_mut() {
+            *t.jobs.entry((queue.to_string(), state)).or_default() -= 1;
+        }
+    }
+
+    /// Jobs left the table unseen (garbage collection): count it again
+    /// when next asked.
+    pub fn recount(&self) {
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tally.as_mut() {
+            t.every = std::time::Duration::ZERO;
+        }
+    }
+
+    /// Moves a job between states in the tally, as an event says.
+    fn tally(&self, e: &EventRecord) {
+        let from = match e.kind {
+            EventKind::Accepted => None,
+            EventKind::Started => Some(JobState::Queued),
+            // A job canceled while running had its cancel requested first.
+            EventKind::Canceled if !e.job.cancel_requested => Some(JobState::Queued),
+            EventKind::Retrying
+            | EventKind::Succeeded
+            | EventKind::Failed
+            | EventKind::Canceled => Some(JobState::Running),
+            _ => return,
+        };
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = tally.as_mut() else { return };
+        if let Some(from) = from {
+            *t.jobs.entry((e.queue.clone(), from)).or_default() -= 1;
+        }
+        *t.jobs.entry((e.queue.clone(), e.job.state)).or_default() += 1;
     }
 
     /// Counts a batch of events of the queues in `known`.
@@ -112,6 +200,7 @@ impl Stats {
             if !known(&e.queue) {
                 continue;
             }
+            self.tally(e);
             let ring = queues.entry(e.queue.clone()).or_default();
             let minute = minute_of(e.at);
             let b = match ring.iter_mut().rev().find(|b| b.minute == minute) {
@@ -200,6 +289,97 @@ pub async fn run(app: Arc<crate::app::App>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use replyd_core::job::{JobRecord, NewJob};
+    use replyd_core::{EventId, JobId, Tenant};
+
+    fn job() -> JobRecord {
+        NewJob {
+            id: JobId::new(),
+            tenant: Tenant("t".into()),
+            queue: "q".into(),
+            input: Default::default(),
+            max_attempts: 3,
+            timeout: std::time::Duration::from_secs(60),
+            ttl: std::time::Duration::from_secs(60),
+            webhook: None,
+            reply: None,
+            idempotency_key: None,
+            request_hash: None,
+            output_type: None,
+        }
+        .into_record(Utc::now())
+        .0
+    }
+
+    fn event(kind: EventKind, job: &JobRecord) -> EventRecord {
+        EventRecord {
+            id: EventId(1),
+            job_id: job.id,
+            tenant: job.tenant.clone(),
+            queue: job.queue.clone(),
+            kind,
+            at: Utc::now(),
+            job: job.clone(),
+        }
+    }
+
+    #[test]
+    fn the_tally_follows_each_job_from_state_to_state() {
+        let stats = Stats::default();
+        *stats.tally.lock().unwrap() = Some(Tally {
+            jobs: HashMap::from([(("q".to_string(), JobState::Succeeded), 5)]),
+            at: std::time::Instant::now(),
+            every: RECOUNT,
+        });
+        let count = |state| {
+            stats
+                .tallied(false)
+                .unwrap()
+                .iter()
+                .find(|c| c.queue == "q" && c.state == state)
+                .map_or(0, |c| c.count)
+        };
+        let mut a = job();
+        let mut b = job();
+        let mut events = vec![
+            event(EventKind::Accepted, &a),
+            event(EventKind::Accepted, &b),
+        ];
+        a.state = JobState::Running;
+        events.push(event(EventKind::Started, &a));
+        a.state = JobState::Queued;
+        events.push(event(EventKind::Retrying, &a));
+        a.state = JobState::Running;
+        events.push(event(EventKind::Started, &a));
+        a.cancel_requested = true;
+        events.push(event(EventKind::CancelRequested, &a));
+        a.state = JobState::Canceled;
+        events.push(event(EventKind::Canceled, &a));
+        b.state = JobState::Canceled;
+        events.push(event(EventKind::Canceled, &b));
+        stats.count(&events, |_| true);
+        assert_eq!(
+            [
+                JobState::Queued,
+                JobState::Running,
+                JobState::Canceled,
+                JobState::Succeeded
+            ]
+            .map(count),
+            [0, 0, 2, 5]
+        );
+        let mut c = job();
+        stats.count(&[event(EventKind::Accepted, &c)], |_| true);
+        c.state = JobState::Running;
+        stats.count(&[event(EventKind::Started, &c)], |_| true);
+        c.state = JobState::Succeeded;
+        stats.count(&[event(EventKind::Succeeded, &c)], |_| true);
+        assert_eq!(count(JobState::Succeeded), 6);
+        assert_eq!(count(JobState::Running), 0);
+        // Another queue's events are not counted.
+        stats.count(&[event(EventKind::Accepted, &job())], |q| q != "q");
+        assert_eq!(count(JobState::Queued), 0);
+    }
 
     #[test]
     fn buckets_bound_the_latency_they_count() {

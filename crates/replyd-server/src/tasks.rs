@@ -27,7 +27,11 @@ pub async fn reaper(app: Arc<App>) {
 pub async fn garbage_collector(app: Arc<App>) {
     let every = app.config.gc_interval;
     periodically(app, every, "purged expired jobs", |app| async move {
-        app.store.collect_garbage(app.now(), SWEEP).await
+        let purged = app.store.collect_garbage(app.now(), SWEEP).await?;
+        if purged > 0 {
+            app.stats.recount();
+        }
+        Ok(purged)
     })
     .await;
 }

@@ -193,6 +193,7 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 }
 
 fn view(
+    app: &AppState,
     caller: &Caller,
     csrf: String,
     expires_at: DateTime<Utc>,
@@ -205,6 +206,7 @@ fn view(
             csrf,
             expires_at,
             portal,
+            queues: app.config.queues.keys().cloned().collect(),
         }),
         Caller::JobToken(_) => Err(ApiError::forbidden("a job token cannot open the console")),
         Caller::Anonymous => Err(ApiError::unauthorized("sign in with an API key")),
@@ -226,7 +228,13 @@ async fn session(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<R
             let ttl = chrono::Duration::seconds(app.config.console.session_ttl as i64);
             (String::new(), now + ttl, false)
         };
-    let view = view(&caller, csrf, expires_at, portal && !app.auth.is_open())?;
+    let view = view(
+        &app,
+        &caller,
+        csrf,
+        expires_at,
+        portal && !app.auth.is_open(),
+    )?;
     Ok((StatusCode::OK, no_store(), axum::Json(view)).into_response())
 }
 
@@ -259,7 +267,13 @@ async fn sign_in(
     };
     let caller = app.auth.identify_token(Some(key))?;
     caller.may(Action::Read, false)?;
-    let view = view(&caller, app.auth.passes.csrf(&session), expires, false)?;
+    let view = view(
+        &app,
+        &caller,
+        app.auth.passes.csrf(&session),
+        expires,
+        false,
+    )?;
     let cookie = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         app.config.console.session_ttl as i64,

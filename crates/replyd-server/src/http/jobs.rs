@@ -478,8 +478,9 @@ pub async fn delete(State(app): State<AppState>, r: JobRequest) -> ApiResult<Res
     if let Caller::JobToken(_) = r.caller {
         return Err(ApiError::forbidden("a job token cannot delete its job"));
     }
-    app.job_for(&r.caller, Action::Cancel, id).await?;
+    let job = app.job_for(&r.caller, Action::Cancel, id).await?;
     app.store.delete(id).await?;
+    app.stats.removed(&job.queue, job.state);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

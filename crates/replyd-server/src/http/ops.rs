@@ -96,7 +96,7 @@ pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResu
             .identify(&headers, None)?
             .check(Action::Operate, None)?;
     }
-    let counts = app.store.counts().await?;
+    let counts = app.stats.counts(&*app.store).await?;
     let mut out = String::new();
     out.push_str("# HELP replyd_jobs Jobs by queue and state.\n# TYPE replyd_jobs gauge\n");
     for q in app.config.queues.keys() {

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use replyd_core::job::{Command, JobState, TransitionError};
+use replyd_core::job::{Command, JobRecord, JobState, TransitionError};
 use replyd_core::store::{ListQuery, Move};
 use replyd_core::{JobId, StoreError};
 use replyd_proto as proto;
@@ -156,7 +156,7 @@ pub async fn bulk(
         let page = app.store.list(q.clone()).await?;
         let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
         answer.matched += ids.len() as u64;
-        let outcomes = act(&app, &caller, req.action, &ids).await?;
+        let outcomes = act(&app, &caller, req.action, &page.jobs).await?;
         for (id, outcome) in ids.iter().zip(outcomes) {
             match outcome {
                 Ok(Some(new)) => {
@@ -190,15 +190,15 @@ async fn act(
     app: &AppState,
     caller: &Caller,
     action: proto::BulkAction,
-    ids: &[JobId],
+    jobs: &[JobRecord],
 ) -> ApiResult<Vec<Result<Option<JobId>, String>>> {
-    let mut out = Vec::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(jobs.len());
     match action {
         proto::BulkAction::Cancel => {
-            let moves = ids
+            let moves = jobs
                 .iter()
-                .map(|&id| Move {
-                    id,
+                .map(|j| Move {
+                    id: j.id,
                     cmd: Command::Cancel,
                     output: None,
                 })
@@ -212,9 +212,12 @@ async fn act(
             }
         }
         proto::BulkAction::Delete => {
-            for &id in ids {
-                out.push(match app.store.delete(id).await {
-                    Ok(()) => Ok(None),
+            for j in jobs {
+                out.push(match app.store.delete(j.id).await {
+                    Ok(()) => {
+                        app.stats.removed(&j.queue, j.state);
+                        Ok(None)
+                    }
                     Err(e @ (StoreError::Unavailable(_) | StoreError::Backend(_))) => {
                         return Err(e.into());
                     }
@@ -223,8 +226,8 @@ async fn act(
             }
         }
         proto::BulkAction::Retry => {
-            for &id in ids {
-                out.push(match app.retry(caller, id).await {
+            for j in jobs {
+                out.push(match app.retry(caller, j.id).await {
                     Ok(job) => Ok(Some(job.id)),
                     Err(e) if e.status.is_server_error() => return Err(e),
                     Err(e) => Err(e.detail),
