@@ -67,8 +67,13 @@ export function go(path, params) {
 }
 
 export function toast(text, kind = 'info') {
+  let box = document.getElementById('toasts');
+  if (!box) {
+    box = h('div', { id: 'toasts' });
+    document.body.append(box);
+  }
   const el = h('div', { class: `toast ${kind}`, role: 'status' }, text);
-  document.body.append(el);
+  box.append(el);
   setTimeout(() => el.remove(), kind === 'error' ? 8000 : 4000);
 }
 
