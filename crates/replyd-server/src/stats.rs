@@ -43,7 +43,8 @@ pub struct Stats {
 
 #[derive(Debug)]
 struct Tally {
-    jobs: HashMap<(String, JobState), i64>,
+    /// By queue, then by state (`JobState::ALL`'s order).
+    jobs: HashMap<String, [i64; 5]>,
     /// When the table was counted, and when to count it again.
     at: std::time::Instant,
     every: std::time::Duration,
@@ -105,6 +106,14 @@ fn upper_ms(bucket: usize) -> u64 {
     2f64.powf((bucket + 1) as f64 / 4.0).ceil() as u64
 }
 
+/// A state's place in a tally's row.
+fn slot(state: JobState) -> usize {
+    JobState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or(0)
+}
+
 fn minute_of(at: DateTime<Utc>) -> i64 {
     at.timestamp().div_euclid(60)
 }
@@ -123,10 +132,10 @@ impl Stats {
         let started = std::time::Instant::now();
         let counted = store.counts().await?;
         let took = started.elapsed();
-        let jobs = counted
-            .into_iter()
-            .map(|c| ((c.queue, c.state), c.count as i64))
-            .collect();
+        let mut jobs: HashMap<String, [i64; 5]> = HashMap::new();
+        for c in counted {
+            jobs.entry(c.queue).or_default()[slot(c.state)] += c.count as i64;
+        }
         *self.tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tally {
             jobs,
             at: std::time::Instant::now(),
@@ -146,10 +155,12 @@ impl Stats {
         Some(
             t.jobs
                 .iter()
-                .map(|((queue, state), n)| StateCount {
-                    queue: queue.clone(),
-                    state: *state,
-                    count: (*n).max(0) as u64,
+                .flat_map(|(queue, by_state)| {
+                    JobState::ALL.into_iter().map(|state| StateCount {
+                        queue: queue.clone(),
+                        state,
+                        count: by_state[slot(state)].max(0) as u64,
+                    })
                 })
                 .collect(),
         )
@@ -159,7 +170,7 @@ impl Stats {
     pub fn removed(&self, queue: &str, state: JobState) {
         let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tally.as_mut() {
-            *t.jobs.entry((queue.to_string(), state)).or_default() -= 1;
+            t.jobs.entry(queue.to_string()).or_default()[slot(state)] -= 1;
         }
     }
 
@@ -173,7 +184,7 @@ impl Stats {
     }
 
     /// Moves a job between states in the tally, as an event says.
-    fn tally(&self, e: &EventRecord) {
+    fn move_in(t: &mut Tally, e: &EventRecord) {
         let from = match e.kind {
             EventKind::Accepted => None,
             EventKind::Started => Some(JobState::Queued),
@@ -185,23 +196,31 @@ impl Stats {
             | EventKind::Canceled => Some(JobState::Running),
             _ => return,
         };
-        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = tally.as_mut() else { return };
+        let by_state = match t.jobs.get_mut(&e.queue) {
+            Some(b) => b,
+            None => t.jobs.entry(e.queue.clone()).or_default(),
+        };
         if let Some(from) = from {
-            *t.jobs.entry((e.queue.clone(), from)).or_default() -= 1;
+            by_state[slot(from)] -= 1;
         }
-        *t.jobs.entry((e.queue.clone(), e.job.state)).or_default() += 1;
+        by_state[slot(e.job.state)] += 1;
     }
 
     /// Counts a batch of events of the queues in `known`.
     pub fn count(&self, events: &[EventRecord], known: impl Fn(&str) -> bool) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if !known(&e.queue) {
                 continue;
             }
-            self.tally(e);
-            let ring = queues.entry(e.queue.clone()).or_default();
+            if let Some(t) = tally.as_mut() {
+                Stats::move_in(t, e);
+            }
+            let ring = match queues.get_mut(&e.queue) {
+                Some(r) => r,
+                None => queues.entry(e.queue.clone()).or_default(),
+            };
             let minute = minute_of(e.at);
             let b = match ring.iter_mut().rev().find(|b| b.minute == minute) {
                 Some(b) => b,
@@ -327,7 +346,7 @@ mod tests {
     fn the_tally_follows_each_job_from_state_to_state() {
         let stats = Stats::default();
         *stats.tally.lock().unwrap() = Some(Tally {
-            jobs: HashMap::from([(("q".to_string(), JobState::Succeeded), 5)]),
+            jobs: HashMap::from([("q".to_string(), [0, 0, 5, 0, 0])]),
             at: std::time::Instant::now(),
             every: RECOUNT,
         });

@@ -61,3 +61,48 @@ async fn concurrent_writes_are_group_committed() {
         "400 concurrent submissions took {commits} commits: group commit is not batching"
     );
 }
+
+/// A pause outlives the store: the reopened store (which keeps the paused
+/// queues in memory too) still leases nothing of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_restart() {
+    use replyd_core::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let now = chrono::Utc::now();
+    let lease = replyd_core::store::LeaseQuery {
+        queue: "q".into(),
+        tenant: None,
+        worker: "w".into(),
+        length: std::time::Duration::from_secs(60),
+        max: 10,
+    };
+    {
+        let store = SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        let job = replyd_core::NewJob {
+            id: replyd_core::JobId::new(),
+            tenant: replyd_core::Tenant::open(),
+            queue: "q".into(),
+            input: bytes::Bytes::from_static(b"{}"),
+            max_attempts: 1,
+            timeout: std::time::Duration::from_secs(60),
+            ttl: std::time::Duration::from_secs(60),
+            webhook: None,
+            reply: None,
+            idempotency_key: None,
+            request_hash: None,
+            output_type: None,
+        };
+        store.submit(job, now).await.unwrap();
+        assert!(store.pause_queue("q", true, now).await.unwrap());
+    }
+    let store = SqliteStore::open(&path, SqliteOptions::default())
+        .await
+        .unwrap();
+    assert!(store.lease(lease.clone(), now).await.unwrap().is_empty());
+    assert_eq!(store.next_run_at("q").await.unwrap(), None);
+    assert!(store.pause_queue("q", false, now).await.unwrap());
+    assert_eq!(store.lease(lease, now).await.unwrap().len(), 1);
+}

@@ -104,11 +104,15 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     responses(
         (status = 202, description = "The new job", body = proto::Job),
         (status = 404, description = "Unknown job, or its queue is no longer configured", body = proto::Problem),
-        (status = 409, description = "The job has not failed or been canceled", body = proto::Problem)))]
+        (status = 409, description = "The job has not failed or been canceled", body = proto::Problem),
+        (status = 429, description = "The tenant submits faster than its limits.submit_rate", body = proto::Problem)))]
 pub async fn retry(State(app): State<AppState>, r: JobRequest) -> ApiResult<Response> {
     if let Caller::JobToken(_) = r.caller {
         return Err(ApiError::forbidden("a job token cannot submit jobs"));
     }
+    // A retry is a submission: the tenant's submit rate applies.
+    let old = app.job_for(&r.caller, Action::Submit, r.id).await?;
+    super::take_submit(&app, &old.tenant, 1)?;
     let job = app.retry(&r.caller, r.id).await?;
     let mut res = json(StatusCode::ACCEPTED, &app.render.job(&job));
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
@@ -227,6 +231,10 @@ async fn act(
         }
         proto::BulkAction::Retry => {
             for j in jobs {
+                if let Err(e) = super::take_submit(app, &j.tenant, 1) {
+                    out.push(Err(e.detail));
+                    continue;
+                }
                 out.push(match app.retry(caller, j.id).await {
                     Ok(job) => Ok(Some(job.id)),
                     Err(e) if e.status.is_server_error() => return Err(e),

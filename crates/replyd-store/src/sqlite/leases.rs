@@ -16,6 +16,9 @@ pub(super) async fn lease(
     q: LeaseQuery,
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<Leased>> {
+    if is_paused(s, &q.queue) {
+        return Ok(Vec::new());
+    }
     let retry = s.inner.retry;
     s.write(move |conn, events| {
         // The jobs to lease with their records and inputs, in one read.
@@ -23,16 +26,12 @@ pub(super) async fn lease(
             let (sql, tenant) = match &q.tenant {
                 Some(t) => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND tenant = ?4
-                       AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)
-                     ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND tenant = ?4 ORDER BY run_at, id LIMIT ?3",
                     Some(t.0.as_str()),
                 ),
                 None => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND ?4 IS NULL
-                       AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)
-                     ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY run_at, id LIMIT ?3",
                     None,
                 ),
             };
@@ -103,12 +102,12 @@ pub(super) async fn next_run_at(
     s: &SqliteStore,
     queue: &str,
 ) -> StoreResult<Option<DateTime<Utc>>> {
+    if is_paused(s, queue) {
+        return Ok(None);
+    }
     let queue = queue.to_string();
     s.read(move |conn| {
-        conn.prepare_cached(
-            "SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = ?1)",
-        )
+        conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued'")
         .and_then(|mut s| s.query_row([queue], |r| r.get::<_, Option<i64>>(0)))
         .map(|v| v.map(from_ms))
         .map_err(backend)
@@ -122,19 +121,47 @@ pub(super) async fn pause_queue(
     paused: bool,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let queue = queue.to_string();
-    s.write(move |conn, _| {
-        let sql = if paused {
-            "INSERT INTO queue_pauses (queue, paused_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
-        } else {
-            "DELETE FROM queue_pauses WHERE queue = ?1 AND ?2 IS NOT NULL"
-        };
-        conn.prepare_cached(sql)
-            .and_then(|mut st| st.execute(params![queue, ms(now)]))
-            .map(|n| n > 0)
-            .map_err(backend)
-    })
-    .await
+    let name = queue.to_string();
+    let changed = s
+        .write(move |conn, _| {
+            let sql = if paused {
+                "INSERT INTO queue_pauses (queue, paused_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM queue_pauses WHERE queue = ?1 AND ?2 IS NOT NULL"
+            };
+            conn.prepare_cached(sql)
+                .and_then(|mut st| st.execute(params![name, ms(now)]))
+                .map(|n| n > 0)
+                .map_err(backend)
+        })
+        .await?;
+    // Committed: from now on, leases see it.
+    let mut set = s.inner.paused.write().unwrap_or_else(|p| p.into_inner());
+    if paused {
+        set.insert(queue.to_string());
+    } else {
+        set.remove(queue);
+    }
+    Ok(changed)
+}
+
+fn is_paused(s: &SqliteStore, queue: &str) -> bool {
+    s.inner
+        .paused
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(queue)
+}
+
+/// The paused queues as the database has them (at open).
+pub(super) fn read_paused(
+    conn: &rusqlite::Connection,
+) -> StoreResult<std::collections::HashSet<String>> {
+    let mut stmt = conn
+        .prepare("SELECT queue FROM queue_pauses")
+        .map_err(backend)?;
+    let rows = stmt.query_map([], |r| r.get(0)).map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
 }
 
 pub(super) async fn paused_queues(s: &SqliteStore) -> StoreResult<Vec<(String, DateTime<Utc>)>> {

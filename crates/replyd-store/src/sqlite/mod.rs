@@ -85,6 +85,9 @@ struct Inner {
     /// Committed changes of Durable Streams.
     stream_bus: broadcast::Sender<replyd_core::stream::StreamTick>,
     retry: RetryPolicy,
+    /// The paused queues (`queue_pauses`), kept here too: one process
+    /// owns the file, so a lease asks this set rather than the database.
+    paused: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -111,14 +114,15 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || -> StoreResult<Connection> {
+        let (conn, paused) = tokio::task::spawn_blocking(move || -> StoreResult<_> {
             let mut conn = open_connection(&p).map_err(backend)?;
             schema::apply(&mut conn).map_err(backend)?;
             conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
                 .map_err(backend)?;
             conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
                 .map_err(backend)?;
-            Ok(conn)
+            let paused = leases::read_paused(&conn)?;
+            Ok((conn, paused))
         })
         .await
         .map_err(StoreError::backend)??;
@@ -149,6 +153,7 @@ impl SqliteStore {
                 bus,
                 stream_bus: broadcast::channel(4096).0,
                 retry: options.retry,
+                paused: std::sync::RwLock::new(paused),
             }),
         })
     }
