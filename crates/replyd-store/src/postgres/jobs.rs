@@ -100,8 +100,17 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
             .push_bind(p)
             .push(")");
     }
+    // On a partial or queue index the tenant is tested row by row too:
+    // in the WHERE clause, a planner without fresh statistics may combine
+    // it with the tenant's index and sort every match (30 ms for 20,000
+    // failed jobs), where walking the index newest first stops at the page.
+    let access = listing::access(&q);
+    let tenant_in_walk = access != listing::Access::Key;
+    if let Some(t) = q.tenant.as_ref().filter(|_| tenant_in_walk) {
+        b.push(" AND tenant = ").push_bind(t.0.clone());
+    }
     b.push(", false) AS m FROM jobs WHERE true");
-    match listing::access(&q) {
+    match access {
         listing::Access::Ended(state) => {
             b.push(format!(" AND state = '{state}'"));
         }
@@ -110,7 +119,7 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
         }
         listing::Access::Key => {}
     }
-    if let Some(t) = &q.tenant {
+    if let Some(t) = q.tenant.as_ref().filter(|_| !tenant_in_walk) {
         b.push(" AND tenant = ").push_bind(t.0.clone());
     }
     if let Some(key) = &q.idempotency_key {
