@@ -108,10 +108,7 @@ fn upper_ms(bucket: usize) -> u64 {
 
 /// A state's place in a tally's row.
 fn slot(state: JobState) -> usize {
-    JobState::ALL
-        .iter()
-        .position(|s| *s == state)
-        .unwrap_or(0)
+    JobState::ALL.iter().position(|s| *s == state).unwrap_or(0)
 }
 
 fn minute_of(at: DateTime<Utc>) -> i64 {

@@ -108,9 +108,9 @@ pub(super) async fn next_run_at(
     let queue = queue.to_string();
     s.read(move |conn| {
         conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued'")
-        .and_then(|mut s| s.query_row([queue], |r| r.get::<_, Option<i64>>(0)))
-        .map(|v| v.map(from_ms))
-        .map_err(backend)
+            .and_then(|mut s| s.query_row([queue], |r| r.get::<_, Option<i64>>(0)))
+            .map(|v| v.map(from_ms))
+            .map_err(backend)
     })
     .await
 }
