@@ -10,7 +10,6 @@ pub mod auth;
 pub mod bells;
 pub mod brokers;
 pub mod config;
-pub mod console;
 pub mod error;
 pub mod executors;
 pub mod finisher;
@@ -103,7 +102,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
-        tasks.spawn(stats::run(app.clone()));
+        tasks.spawn(tasks::stats(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));
         if let Some(url) = &app.config.operations.webhook_url {

@@ -17,7 +17,7 @@
 //! node's deletes and collections show at this node's next count.)
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use replyd_core::JobState;
@@ -280,25 +280,6 @@ impl Stats {
                 }
             })
             .collect()
-    }
-}
-
-/// Counts every event the store publishes until shutdown.
-pub async fn run(app: Arc<crate::app::App>) {
-    let mut events = app.store.subscribe();
-    loop {
-        let batch = tokio::select! {
-            b = events.recv() => b,
-            _ = app.shutdown.cancelled() => return,
-        };
-        match batch {
-            Ok(batch) => app
-                .stats
-                .count(&batch, |q| app.config.queues.contains_key(q)),
-            // Counts missed while this task lagged are lost: a chart's dip.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Background maintenance: the lease reaper (requeues or fails jobs whose
-//! worker went silent) and the garbage collector (purges expired jobs).
-//! Both are safe to run on every node at once.
+//! worker went silent), the garbage collector (purges expired jobs), and
+//! the queues' figures fed by the event log. All are safe to run on every
+//! node at once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,27 @@ pub async fn stream_collector(app: Arc<App>) {
         }
     })
     .await;
+}
+
+/// Counts every event the store publishes into the queues' figures
+/// (`crate::stats`) until shutdown.
+pub async fn stats(app: Arc<App>) {
+    let mut events = app.store.subscribe();
+    loop {
+        let batch = tokio::select! {
+            b = events.recv() => b,
+            _ = app.shutdown.cancelled() => return,
+        };
+        match batch {
+            Ok(batch) => app
+                .stats
+                .count(&batch, |q| app.config.queues.contains_key(q)),
+            // Counts missed while this task lagged are lost (a chart's
+            // dip); the tally is counted again.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => app.stats.recount(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Reads what each tenant's streams hold from the store every 5 s, for

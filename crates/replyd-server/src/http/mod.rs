@@ -3,6 +3,7 @@
 //! bad input into a precise problem, `Prefer` and `If-None-Match` parsing,
 //! and the middleware (metrics, panics, body limits).
 
+pub mod console;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
@@ -53,12 +54,12 @@ pub fn router(app: AppState) -> Router {
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
         .merge(stream::router(app.config.durable_streams.max_append))
-        .merge(crate::console::router(&app))
+        .merge(console::router(&app))
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            crate::console::guard,
+            console::guard,
         ))
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(axum::middleware::from_fn_with_state(

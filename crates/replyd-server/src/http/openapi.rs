@@ -8,7 +8,7 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use super::{deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws};
+use super::{console, deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use super::{deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws
     paths(
         jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list, jobs::input,
         steer::retry, steer::bulk, queues::list, queues::pause, queues::resume,
-        crate::console::portal_link,
+        console::portal_link,
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
         endpoints::list, endpoints::pause, endpoints::resume,

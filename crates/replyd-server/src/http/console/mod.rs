@@ -28,10 +28,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_proto as proto;
 
+use super::{AppState, body, parse_json};
 use crate::auth::passes::{self, SESSION_COOKIE, SESSION_PREFIX};
 use crate::auth::{Action, Caller, role_name};
 use crate::error::{ApiError, ApiResult};
-use crate::http::{AppState, body, parse_json};
 
 /// The header the console sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
