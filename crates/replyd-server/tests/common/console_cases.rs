@@ -81,6 +81,14 @@ mod console {
         let r = with_cookie(&s, Method::POST, &format!("/v1/jobs/{id}/cancel"), &cookie, &[("x-csrf-token", &csrf), ("origin", &same)], None).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
+        // A job token in the query is the credential, not the cookie the
+        // browser also sends: a page of another origin of the same site
+        // (an app at app.example.com, replyd at api.example.com) may use
+        // its job links while its user is signed in to the console.
+        let r = with_cookie(&s, Method::POST, "/v1/jobs", &cookie, &[("x-csrf-token", &csrf)], Some(job.clone())).await;
+        let link = r.json()["links"]["self"].as_str().unwrap().to_string();
+        let r = with_cookie(&s, Method::POST, &link.replacen("?access_token", "/cancel?access_token", 1), &cookie, &[("origin", "https://app.example")], None).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         // An explicit key passes as before (it is not ambient).
         let r = s
             .client(Some("client-a-key"))

@@ -59,10 +59,18 @@ pub fn router(app: &AppState) -> Router<AppState> {
 /// Refuses a request authenticated by the console's session cookie that
 /// comes from another site, or that changes something without the
 /// session's CSRF token. Requests with an Authorization header (API
-/// clients, the portal) carry their credential explicitly and pass.
+/// clients, the portal) or a job token in the query carry their
+/// credential explicitly and pass.
 pub async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let h = req.headers();
+    // A job token in the query (a link handed to a browser) is the
+    // credential then, not the cookie the browser also sends.
+    let token_in_query = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
     let ambient = !h.contains_key(header::AUTHORIZATION)
+        && !token_in_query
         && passes::cookie(h, SESSION_COOKIE).is_some_and(|c| c.starts_with(SESSION_PREFIX));
     if ambient && let Err(e) = check_ambient(&app, &req) {
         return e.into_response();
