@@ -21,7 +21,11 @@ use tokio::sync::mpsc;
 
 use common::{Names, PULL_QUEUES, TestServer};
 
-const WAIT: Duration = Duration::from_secs(15);
+/// How long a case waits for what the broker carries. Generous: on a
+/// loaded 2-core machine a Kafka consumer group (librdkafka's mock
+/// cluster) has taken more than 15 s to assign replyd's reply consumer its
+/// partitions (CI runs of 2026-12-06/07; never seen alone).
+const WAIT: Duration = Duration::from_secs(45);
 
 /// A server with the broker configured, the test's own broker handle, and
 /// an inbox for replies.

@@ -89,7 +89,9 @@ pub async fn one_job_and_one_reply_per_request(
     };
     let mut first: HashMap<String, Vec<String>> = HashMap::new();
     while first.len() < n {
-        let r = tokio::time::timeout(Duration::from_secs(30), replies.recv())
+        // Generous: three nodes joining one consumer group on a loaded
+        // machine have taken more than 30 s to settle (Kafka's mock cluster).
+        let r = tokio::time::timeout(Duration::from_secs(60), replies.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} replies", first.len()))
             .unwrap();
