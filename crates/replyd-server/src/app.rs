@@ -232,8 +232,10 @@ impl App {
     /// its queue, input, attempts, timeout, time to live, webhook and
     /// output type (not its idempotency key, which stays with the first,
     /// nor a broker's reply address, whose requester had its answer).
-    pub async fn retry(&self, caller: &Caller, id: JobId) -> ApiResult<JobRecord> {
-        let old = self.job_for(caller, Action::Submit, id).await?;
+    /// `old` is the job as the caller may see it (`job_for`, or a listing
+    /// of the caller's jobs: a finished job's state does not change).
+    pub async fn retry(&self, old: JobRecord) -> ApiResult<JobRecord> {
+        let id = old.id;
         if !matches!(old.state, JobState::Failed | JobState::Canceled) {
             return Err(ApiError::conflict(
                 "not-retryable",

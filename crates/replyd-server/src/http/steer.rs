@@ -113,7 +113,7 @@ pub async fn retry(State(app): State<AppState>, r: JobRequest) -> ApiResult<Resp
     // A retry is a submission: the tenant's submit rate applies.
     let old = app.job_for(&r.caller, Action::Submit, r.id).await?;
     super::take_submit(&app, &old.tenant, 1)?;
-    let job = app.retry(&r.caller, r.id).await?;
+    let job = app.retry(old).await?;
     let mut res = json(StatusCode::ACCEPTED, &app.render.job(&job));
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
         res.headers_mut().insert(axum::http::header::LOCATION, v);
@@ -157,7 +157,10 @@ pub async fn bulk(
         next_cursor: None,
     };
     loop {
-        let page = app.store.list(q.clone()).await?;
+        let mut page = app.store.list(q.clone()).await?;
+        // An expired job is gone to the API (410), as it is to a listing.
+        let now = app.now();
+        page.jobs.retain(|j| !j.is_expired(now));
         let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
         answer.matched += ids.len() as u64;
         let outcomes = act(&app, &caller, req.action, &page.jobs).await?;
@@ -235,7 +238,7 @@ async fn act(
                     out.push(Err(e.detail));
                     continue;
                 }
-                out.push(match app.retry(caller, j.id).await {
+                out.push(match app.retry(j.clone()).await {
                     Ok(job) => Ok(Some(job.id)),
                     Err(e) if e.status.is_server_error() => return Err(e),
                     Err(e) => Err(e.detail),
