@@ -98,7 +98,10 @@ pub(super) async fn ask_reply(
             let text = serde_json::to_string(&job).map_err(json_err)?;
             update_job(&mut tx, &job, &text).await?;
         }
-        ReplyAsked::Owed => return Ok(asked),
+        // Nothing to write, but the job's row is locked: end the
+        // transaction here. Dropped, its ROLLBACK would only be queued, and
+        // the lock would make the next `SKIP LOCKED` lease skip the job.
+        ReplyAsked::Owed => {}
     }
     s.commit(tx, None).await?;
     Ok(asked)
