@@ -94,17 +94,6 @@ pub struct JobPage {
     pub next: Option<JobId>,
 }
 
-impl JobPage {
-    /// The page of `jobs` found for a `limit`: full means there may be
-    /// more, after its last.
-    pub fn of(jobs: Vec<JobRecord>, limit: u32) -> JobPage {
-        let next = (jobs.len() == limit as usize)
-            .then(|| jobs.last().map(|j| j.id))
-            .flatten();
-        JobPage { jobs, next }
-    }
-}
-
 /// Which jobs a worker may lease.
 #[derive(Debug, Clone)]
 pub struct LeaseQuery {

@@ -74,7 +74,9 @@ pub(crate) fn like_pattern(text: &str) -> String {
 }
 
 /// Builds a page from rows read newest first: each row's id, whether it
-/// matches, and (when it does) its record, decoded lazily.
+/// matches, and (when it does) its record, decoded lazily. SQLite's walk
+/// (it steps rows one by one); PostgreSQL's statement returns only the
+/// matches and the scan's last row, and makes its page from those.
 pub(crate) struct Walk {
     limit: usize,
     /// The most rows to read; `None`: unbounded (no row filter).

@@ -161,10 +161,9 @@ pub async fn bulk(
         // An expired job is gone to the API (410), as it is to a listing.
         let now = app.now();
         page.jobs.retain(|j| !j.is_expired(now));
-        let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
-        answer.matched += ids.len() as u64;
+        answer.matched += page.jobs.len() as u64;
         let outcomes = act(&app, &caller, req.action, &page.jobs).await?;
-        for (id, outcome) in ids.iter().zip(outcomes) {
+        for (job, outcome) in page.jobs.iter().zip(outcomes) {
             match outcome {
                 Ok(Some(new)) => {
                     answer.changed += 1;
@@ -173,7 +172,7 @@ pub async fn bulk(
                 Ok(None) => answer.changed += 1,
                 Err(detail) if answer.refused.len() < REFUSALS_TOLD => {
                     answer.refused.push(proto::BulkRefusal {
-                        id: id.to_string(),
+                        id: job.id.to_string(),
                         detail,
                     });
                 }
