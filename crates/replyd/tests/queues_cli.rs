@@ -5,9 +5,8 @@
 mod support;
 
 use std::process::Output;
-use std::time::Duration;
 
-use support::{Server, http, replyd};
+use support::{Server, http};
 
 const CONFIG: &str = r#"
 [[api_keys]]
@@ -27,24 +26,7 @@ executor = "pull"
 "#;
 
 async fn run(server: &Server, key: &str, args: &[&str]) -> Output {
-    let mut cmd = replyd();
-    cmd.args(args)
-        .args(["--server", &server.url])
-        .env("REPLYD_API_KEY", key);
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
-    )
-    .await
-    .expect("the command ends within 60 s")
-    .unwrap();
-    eprintln!(
-        "replyd {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    support::run_cli(server, args, &[("REPLYD_API_KEY", key)]).await
 }
 
 /// The row of `queue` in the table `replyd queues` printed.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use replyd_client::Client;
 use replyd_client::proto::{LeaseRequest, SubmitRequest};
 use serde_json::{Value, json};
-use support::{Server, WORK_QUEUE, replyd};
+use support::{Server, WORK_QUEUE};
 
 fn work(input: Value) -> SubmitRequest {
     SubmitRequest {
@@ -27,21 +27,7 @@ fn work(input: Value) -> SubmitRequest {
 
 /// Runs `replyd ARGS... --server URL` to its end.
 async fn run(server: &Server, args: &[&str]) -> Output {
-    let mut cmd = replyd();
-    cmd.args(args).args(["--server", &server.url]);
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
-    )
-    .await
-    .expect("the command ends within 60 s")
-    .unwrap();
-    eprintln!(
-        "replyd {args:?}: {}\n--- stderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    support::run_cli(server, args, &[]).await
 }
 
 fn lines(bytes: &[u8]) -> Vec<String> {

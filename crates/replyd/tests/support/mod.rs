@@ -447,3 +447,27 @@ pub fn browser_missing() -> Option<String> {
     }
     None
 }
+
+/// Runs `replyd ARGS... --server URL` (with `env` added) to its end, within
+/// 60 s, and logs what it said.
+pub async fn run_cli(server: &Server, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = replyd();
+    cmd.args(args).args(["--server", &server.url]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
+    )
+    .await
+    .expect("the command ends within 60 s")
+    .unwrap();
+    eprintln!(
+        "replyd {args:?}: {}\n--- stdout:\n{}--- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
