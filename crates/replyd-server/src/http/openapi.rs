@@ -226,6 +226,28 @@ fn complete(doc: &mut serde_json::Value) {
 mod tests {
     use super::*;
 
+    /// The SDKs under `clients/` are generated from and checked against
+    /// `clients/openapi.json`; this keeps that file the served document, so
+    /// that a change to the wire fails here until the snapshot (and then
+    /// the SDKs' own drift checks) follow. `REPLYD_BLESS=1` rewrites it.
+    #[test]
+    fn the_clients_snapshot_is_the_served_document() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/openapi.json");
+        let served = format!("{}\n", serde_json::to_string_pretty(&document()).unwrap());
+        if std::env::var_os("REPLYD_BLESS").is_some() {
+            std::fs::write(&path, &served).unwrap();
+        }
+        let snapshot = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            snapshot == served,
+            "clients/openapi.json is not the served document: run \
+             `REPLYD_BLESS=1 cargo test -p replyd-server --lib the_clients_snapshot`, then \
+             regenerate the SDKs' models (clients/python/scripts/gen_models.py, \
+             clients/typescript/scripts/gen-types.mjs)"
+        );
+    }
+
     #[test]
     fn every_operation_documents_its_problems_as_problem_json() {
         let doc = document();

@@ -23,6 +23,15 @@
 //!   part of a preface has come, the bytes are read instead (a read waits
 //!   for more, a peek of bytes already there would not) and handed to
 //!   hyper in front of the rest ([`Conn`]).
+//! - **Lingering close.** When hyper closes an HTTP/1.1 connection while
+//!   the client may still be sending (a 413 answered from `Content-Length`
+//!   before the body, a 400 for a broken request), closing the socket at
+//!   once would answer the client's next bytes with a reset, and a reset
+//!   can destroy the response before the client reads it (Node's fetch
+//!   reported `EPIPE` instead of the 413). So [`Conn`] sends FIN, then
+//!   reads and discards what still comes until the client closes, for at
+//!   most [`LINGER`] and [`LINGER_BYTES`] (nginx's `lingering_close`). The
+//!   connection keeps its place meanwhile.
 //! - One router and one pair of connection builders serve every
 //!   connection; accept errors (out of descriptors) wait rather than spin.
 
@@ -55,6 +64,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Requests one HTTP/2 connection may have in progress at once.
 const H2_MAX_STREAMS: u32 = 100;
+
+/// How long a closing HTTP/1.1 connection reads what the client still
+/// sends, at most, and how many bytes (see the module's docs).
+const LINGER: Duration = Duration::from_secs(10);
+const LINGER_BYTES: usize = 64 << 20;
 
 /// The client's address, in every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +196,8 @@ async fn serve_one(
     let io = TokioIo::new(Conn {
         stream,
         prefix,
+        read_closed: false,
+        linger: None,
         _permit: permit,
     });
     let served = if is_h2 {
@@ -278,6 +294,10 @@ async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
 struct Conn {
     stream: TcpStream,
     prefix: Bytes,
+    /// The client has closed its side (a read found the end).
+    read_closed: bool,
+    /// Once closing: until when, and how many more bytes, to discard.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
     _permit: Permit,
 }
 
@@ -294,7 +314,15 @@ impl AsyncRead for Conn {
             this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            this.read_closed = true;
+        }
+        read
     }
 }
 
@@ -323,8 +351,35 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
+    /// Sends FIN, then lingers: discards what the client still sends until
+    /// it closes, [`LINGER`] passes or [`LINGER_BYTES`] have come.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER)), LINGER_BYTES));
+        }
+        let Some((deadline, left)) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() && buf.filled().len() < *left => {
+                    *left -= buf.filled().len();
+                }
+                // The end, an error or past the budget: close.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
