@@ -190,9 +190,10 @@ async function withRetries<T>(
       if (!route.idempotent) throw failure;
     }
     if (attempt >= (opts.maxRetries ?? t.maxRetries)) throw failure;
-    const delay = pause ?? Math.min(t.maxRetryDelay, FIRST_BACKOFF * 2 ** attempt) * (0.8 + Math.random() * 0.4);
-    if (delay > t.maxRetryDelay) throw failure;
-    await sleep(delay, opts.signal);
+    // A Retry-After past the bound is not waited for: asking sooner would be refused again.
+    if (pause !== undefined && pause > t.maxRetryDelay) throw failure;
+    const backoff = FIRST_BACKOFF * 2 ** attempt * (0.8 + Math.random() * 0.4);
+    await sleep(pause ?? Math.min(t.maxRetryDelay, backoff), opts.signal);
   }
 }
 

@@ -103,8 +103,8 @@ export async function verifyWebhook(
   } catch {
     throw new WebhookVerificationError('bad-payload', 'the body is not JSON');
   }
-  if (!event || typeof event !== 'object' || typeof (event as WebhookEvent).type !== 'string') {
-    throw new WebhookVerificationError('bad-payload', 'the body is not a webhook event (no "type")');
+  if (!event || typeof event !== 'object' || Array.isArray(event)) {
+    throw new WebhookVerificationError('bad-payload', 'the body is not a JSON object');
   }
   return event as WebhookEvent;
 }
