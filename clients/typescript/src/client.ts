@@ -130,14 +130,14 @@ const HOLD_GRACE = 30;
  * ```
  */
 export class Client {
-  /** How requests are made (shared with what is built on this client). */
-  readonly transport: TransportOptions;
+  /** How requests are made. A private field: the credentials in it never show in a log of the client. */
+  readonly #transport: TransportOptions;
 
   constructor(options: ClientOptions) {
     if (options.apiKey && options.token) throw new TypeError('give an apiKey or a job token, not both');
     const secret = options.apiKey || options.token;
     if (typeof (options.fetch ?? globalThis.fetch) !== 'function') throw new TypeError('no fetch here: pass options.fetch');
-    this.transport = {
+    this.#transport = {
       baseUrl: normaliseBaseUrl(options.baseUrl),
       // Called unbound, a browser's fetch throws "Illegal invocation".
       fetch: options.fetch ?? ((input, init) => globalThis.fetch(input, init)),
@@ -150,7 +150,7 @@ export class Client {
 
   /** The server's base URL. */
   get baseUrl(): URL {
-    return new URL(this.transport.baseUrl);
+    return new URL(this.#transport.baseUrl);
   }
 
   /**
@@ -178,11 +178,11 @@ export class Client {
       hold = Math.min(60, Math.max(0, Math.floor(options.wait)));
       headers.prefer = `wait=${hold}`;
     }
-    const answer = await call(this.transport, ROUTES.submit, {
+    const answer = await call(this.#transport, ROUTES.submit, {
       json: body,
       headers,
       signal: options.signal,
-      timeout: hold === undefined ? undefined : hold + this.transport.requestTimeout,
+      timeout: hold === undefined ? undefined : hold + this.#transport.requestTimeout,
       retryOn: (e) => e.status === 409 && e.slug === 'idempotency-key-in-flight',
     });
     if (answer.status === 202) return json<Job>(answer);
@@ -205,7 +205,7 @@ export class Client {
 
   /** `GET /v1/jobs/{id}`: the job, whatever its state. 404 unknown (or another tenant's), 410 expired. */
   async get(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<Job> {
-    const status = await getStatus(this.transport, id, { signal: options.signal });
+    const status = await getStatus(this.#transport, id, { signal: options.signal });
     if (!status.job) throw new UnexpectedResponseError(`GET of job ${id} answered 304 unasked`, { status: 304 });
     return status.job;
   }
@@ -215,7 +215,7 @@ export class Client {
    * has not succeeded (the problem names its state), 410 expired.
    */
   async result(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<JobResult> {
-    const answer = await call(this.transport, ROUTES.result, { params: { id }, signal: options.signal });
+    const answer = await call(this.#transport, ROUTES.result, { params: { id }, signal: options.signal });
     if (answer.status < 200 || answer.status >= 300) {
       throw new UnexpectedResponseError(`result answered ${answer.status}`, { status: answer.status });
     }
@@ -228,13 +228,13 @@ export class Client {
    * `cancel_requested` until it ends `canceled`). 409 when it had finished.
    */
   async cancel(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<Job> {
-    const answer = await call(this.transport, ROUTES.cancel, { params: { id }, signal: options.signal });
+    const answer = await call(this.#transport, ROUTES.cancel, { params: { id }, signal: options.signal });
     return json<Job>(answer);
   }
 
   /** `DELETE /v1/jobs/{id}`: removes a finished job and its result. 409 when it has not finished. */
   async delete(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
-    await call(this.transport, ROUTES.deleteJob, { params: { id }, signal: options.signal });
+    await call(this.#transport, ROUTES.deleteJob, { params: { id }, signal: options.signal });
   }
 
   /**
@@ -243,7 +243,7 @@ export class Client {
    * {@link listAll} walks every page.
    */
   async list(options: ListOptions = {}): Promise<JobList> {
-    const answer = await call(this.transport, ROUTES.listJobs, {
+    const answer = await call(this.#transport, ROUTES.listJobs, {
       query: { queue: options.queue, state: options.state, limit: options.limit, cursor: options.cursor },
       signal: options.signal,
     });
@@ -270,7 +270,7 @@ export class Client {
    * last seen) once `timeout` seconds have passed.
    */
   wait(id: string, options: WaitOptions = {}): Promise<Job> {
-    return waitForJob(this.transport, id, options);
+    return waitForJob(this.#transport, id, options);
   }
 
   /**
@@ -286,7 +286,7 @@ export class Client {
    * ```
    */
   events(id: string, options: Omit<FollowOptions, 'maxFailures'> = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    return followEvents(this.transport, id, options);
+    return followEvents(this.#transport, id, options);
   }
 
   /**
@@ -296,7 +296,7 @@ export class Client {
    */
   async lease(queue: string, options: LeaseOptions = {}): Promise<LeasedJob[]> {
     const wait = options.wait ?? 0;
-    const answer = await call(this.transport, ROUTES.lease, {
+    const answer = await call(this.#transport, ROUTES.lease, {
       params: { queue },
       json: { batch: options.batch ?? 1, lease: options.lease, wait, worker: options.worker },
       signal: options.signal,
@@ -308,7 +308,7 @@ export class Client {
 
   /** `POST /v1/jobs/{id}/heartbeat`: renews the lease (by `lease` seconds, or its own length); says whether a cancel was asked. 409: the lease is lost. */
   async heartbeat(id: string, leaseId: string, options: { lease?: number; signal?: AbortSignal } = {}): Promise<LeaseStatus> {
-    const answer = await call(this.transport, ROUTES.heartbeat, {
+    const answer = await call(this.#transport, ROUTES.heartbeat, {
       params: { id },
       json: { lease_id: leaseId, lease: options.lease },
       signal: options.signal,
@@ -324,7 +324,7 @@ export class Client {
     message?: string | null,
     options: { signal?: AbortSignal } = {},
   ): Promise<LeaseStatus> {
-    const answer = await call(this.transport, ROUTES.progress, {
+    const answer = await call(this.#transport, ROUTES.progress, {
       params: { id },
       json: { lease_id: leaseId, percent: percent ?? null, message: message ?? null },
       signal: options.signal,
@@ -342,14 +342,14 @@ export class Client {
     const raw = result instanceof Uint8Array ? new RawResult(result, 'application/octet-stream') : result;
     const answer =
       raw instanceof RawResult
-        ? await call(this.transport, ROUTES.complete, {
+        ? await call(this.#transport, ROUTES.complete, {
             params: { id },
             headers: { 'replyd-lease-id': leaseId },
             body: raw.body,
             contentType: raw.contentType,
             signal: options.signal,
           })
-        : await call(this.transport, ROUTES.complete, {
+        : await call(this.#transport, ROUTES.complete, {
             params: { id },
             json: { lease_id: leaseId, result: raw === undefined ? null : raw },
             signal: options.signal,
@@ -367,7 +367,7 @@ export class Client {
     error: FailReason,
     options: { retry?: boolean; signal?: AbortSignal } = {},
   ): Promise<void> {
-    await call(this.transport, ROUTES.fail, {
+    await call(this.#transport, ROUTES.fail, {
       params: { id },
       json: { lease_id: leaseId, error, retry: options.retry ?? false },
       signal: options.signal,

@@ -107,11 +107,15 @@ export async function* followEvents(
   if (last !== undefined && !/^\d+$/.test(last)) throw new TypeError(`an event id is a non-negative integer, not ${JSON.stringify(last)}`);
   let failures = 0;
   let retry: number | undefined;
+  /** The `Retry-After` of a refusal (429, 503) to open the stream, in seconds. */
+  let refusedFor: number | undefined;
   let connected = false;
   for (;;) {
     if (failures > 0) {
       const base = retry !== undefined ? retry / 1000 : DEFAULT_RECONNECT;
-      await sleep(Math.min(MAX_RECONNECT, Math.max(base, 0.05) * 2 ** (failures - 1)), signal);
+      const backoff = Math.min(MAX_RECONNECT, Math.max(base, 0.05) * 2 ** (failures - 1));
+      await sleep(Math.max(backoff, refusedFor ?? 0), signal);
+      refusedFor = undefined;
     }
     if (connected) opts.onReconnect?.(last);
     let opened;
@@ -129,6 +133,7 @@ export async function* followEvents(
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
       if (!transient(error) || ++failures >= maxFailures) throw error;
+      if (error instanceof ProblemError) refusedFor = error.retryAfter;
       continue;
     }
     const { response, release } = opened;

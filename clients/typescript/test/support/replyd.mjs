@@ -10,9 +10,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
-/** The binary under test: $REPLYD_BIN, else the workspace's debug build. */
-export const REPLYD_BIN = process.env.REPLYD_BIN || '/work/main/target/debug/replyd';
+/** The binary under test: $REPLYD_BIN, else this workspace's debug build (target/debug/replyd). */
+export const REPLYD_BIN = process.env.REPLYD_BIN || fileURLToPath(new URL('../../../../target/debug/replyd', import.meta.url));
 
 const running = new Set();
 process.on('exit', () => {
