@@ -28,8 +28,23 @@ export interface FollowJobOptions {
   EventSource?: EventSourceConstructor | undefined;
 }
 
+/** What {@link followJob} needs of an event of an `EventSource`. */
+export interface EventSourceMessage {
+  readonly type: string;
+  readonly data: string;
+  readonly lastEventId: string;
+}
+
+/** What {@link followJob} needs of an `EventSource` (the browser's fits). */
+export interface EventSourceLike {
+  /** 0 connecting, 1 open, 2 closed for good. */
+  readonly readyState: number;
+  addEventListener(type: string, listener: (event: EventSourceMessage) => void): void;
+  close(): void;
+}
+
 /** What {@link followJob} needs of an `EventSource` class. */
-export type EventSourceConstructor = new (url: string | URL) => EventSource;
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
 
 /** Every event a job's stream can carry. */
 const JOB_EVENTS: readonly JobEventType[] = [
@@ -72,7 +87,7 @@ export function followJob(jobOrLinks: Pick<Job, 'links'> | Links, options: Follo
   const { signal } = options;
   return new Promise<Job>((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
-    const source = new Source(url);
+    const source = new Source(url.href);
     let last: Job | undefined;
     const finish = (outcome: () => void) => {
       source.close();
@@ -81,8 +96,7 @@ export function followJob(jobOrLinks: Pick<Job, 'links'> | Links, options: Follo
     };
     const onAbort = () => finish(() => reject(signal?.reason));
     signal?.addEventListener('abort', onAbort, { once: true });
-    const onJobEvent = (e: Event) => {
-      const message = e as MessageEvent<string>;
+    const onJobEvent = (message: EventSourceMessage) => {
       let job: Job;
       try {
         job = JSON.parse(message.data) as Job;
@@ -100,7 +114,7 @@ export function followJob(jobOrLinks: Pick<Job, 'links'> | Links, options: Follo
     };
     for (const name of JOB_EVENTS) source.addEventListener(name, onJobEvent);
     source.addEventListener('stream.reset', (e) => {
-      const data = parseObject((e as MessageEvent<string>).data);
+      const data = parseObject(e.data);
       options.onEvent?.({
         type: 'stream.reset',
         lastEventId: typeof data.last_event_id === 'string' ? data.last_event_id : '',

@@ -56,7 +56,7 @@ export interface Answer {
   readonly headers: Headers;
   readonly body: Uint8Array;
   /** `opaqueredirect` where a browser hides a redirect's answer; else `basic`, `cors`, `default`. */
-  readonly type: ResponseType;
+  readonly type: string;
 }
 
 /** An answer whose body is still to be read (an event stream). */

@@ -60,4 +60,10 @@ export {
   drainOnSignal,
 } from './worker.js';
 export { type VerifyOptions, type WebhookEvent, type WebhookHeaders, verifyWebhook } from './webhooks.js';
-export { type EventSourceConstructor, type FollowJobOptions, followJob } from './browser.js';
+export {
+  type EventSourceConstructor,
+  type EventSourceLike,
+  type EventSourceMessage,
+  type FollowJobOptions,
+  followJob,
+} from './browser.js';
