@@ -155,7 +155,6 @@ export async function* followEvents(
       let broken: ReplydError = new ConnectionError(`the event stream of job ${id} closed before the job finished`, undefined);
       try {
         for await (const frame of readEvents(response.body, parser, IDLE_TIMEOUT)) {
-          retry = parser.retry ?? retry;
           if (frame.event === 'stream.overflow') {
             broken = new ConnectionError('the server dropped the event stream: this reader fell behind', undefined);
             break;
@@ -172,7 +171,6 @@ export async function* followEvents(
           yield event;
           if (isTerminal(event.job.state)) return;
         }
-        retry = parser.retry ?? retry;
       } catch (error) {
         if (signal?.aborted) throw signal.reason;
         if (error instanceof UnexpectedResponseError) throw error;
@@ -181,6 +179,8 @@ export async function* followEvents(
             ? new TimeoutError(error.message)
             : new ConnectionError(`the event stream of job ${id} broke off`, error);
       }
+      // The reconnection time the stream asked for (`retry:`), however it ended.
+      retry = parser.retry ?? retry;
       if (++failures >= maxFailures) throw broken;
     } finally {
       release();

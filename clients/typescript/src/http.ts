@@ -236,7 +236,8 @@ export function problemFrom(status: number, headers: Headers, body: Uint8Array):
         ...p,
         type: typeof p.type === 'string' ? p.type : 'about:blank',
         title: typeof p.title === 'string' ? p.title : fallbackTitle,
-        status: typeof p.status === 'number' ? p.status : status,
+        // The answer's status is authoritative (RFC 9457 §3.1.2).
+        status,
         detail: typeof p.detail === 'string' ? p.detail : '',
       };
       return new ProblemError(problem, retryAfter);

@@ -291,6 +291,12 @@ export class Worker<I = unknown> {
     outcome: { ok: true; value: unknown } | { ok: false; error: unknown },
   ): Promise<void> {
     try {
+      if (outcome.ok && !serialisable(outcome.value)) {
+        const message = 'the handler returned a value that is not JSON (a RawResult or Uint8Array is sent as bytes)';
+        this.onError(new TypeError(message), job);
+        await this.client.fail(job.id, leaseId, { code: 'result_not_json', message }, { retry: false });
+        return;
+      }
       if (outcome.ok) {
         try {
           await this.client.complete(job.id, leaseId, outcome.value);
@@ -317,6 +323,16 @@ export class Worker<I = unknown> {
 /** Whether `signal` aborted because the lease was lost (then nothing more is sent for the job). */
 function lost(signal: AbortSignal): boolean {
   return signal.aborted && signal.reason instanceof JobStoppedError && signal.reason.reason === 'lease-lost';
+}
+
+/** Whether a handler's return value can be sent: bytes, or a value `JSON.stringify` takes. */
+function serialisable(value: unknown): boolean {
+  if (value instanceof RawResult || value instanceof Uint8Array || value === undefined) return true;
+  try {
+    return JSON.stringify(value) !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** What a handler's throw becomes on the wire. */

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, JobStoppedError, PermanentError, ProblemError, RawResult, Worker } from '../dist/index.js';
 import { gate, suiteReplyd } from './support/replyd.mjs';
 
-const QUEUES = ['batch', 'raw', 'retry', 'permanent', 'cancel', 'drain', 'signal', 'trace', 'lost'];
+const QUEUES = ['batch', 'raw', 'retry', 'permanent', 'badresult', 'cancel', 'drain', 'signal', 'trace', 'lost'];
 
 describe('worker', { concurrency: true }, () => {
   // Tests run at once, each on a queue of its own.
@@ -124,6 +124,16 @@ describe('worker', { concurrency: true }, () => {
     assert.equal(done.attempt, 1);
     assert.equal(done.error.code, 'bad_input');
     assert.equal(done.error.message, 'no such month');
+  });
+
+  test('a return value that is not JSON fails the job for good instead of leaving it to its lease', async (t) => {
+    const job = await client.submit('badresult', {}, { maxAttempts: 3 });
+    const { errors } = worker(t, 'badresult', () => ({ total: 10n }));
+    const done = await client.wait(job.id, { timeout: 20 });
+    assert.equal(done.state, 'failed');
+    assert.equal(done.attempt, 1);
+    assert.equal(done.error.code, 'result_not_json');
+    assert.ok(errors.some((e) => e instanceof TypeError));
   });
 
   test("a cancel reaches the running handler's signal; the job ends canceled", async (t) => {
