@@ -94,6 +94,7 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<String> {
                     idempotency_key: (i % 10 == 0).then(|| format!("order-{i}")),
                     request_hash: (i % 10 == 0).then(|| format!("h{i}")),
                     output_type: None,
+                    trace: None,
                 };
                 store.submit(job, chrono::Utc::now()).await?;
                 i += SEEDERS;

@@ -139,6 +139,7 @@ fn job_row() -> (JobId, String) {
         idempotency_key: None,
         request_hash: None,
         output_type: None,
+        trace: None,
     }
     .into_record(chrono::Utc::now());
     (job.id, serde_json::to_string(&job).unwrap_or_default())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{JobId, LeaseId, Tenant};
 use crate::kind::EventKind;
 use crate::reply::{Channel, MORE_REPLIES, ReplyAsked, ReplySpec, WebhookSpec};
+use crate::trace::TraceContext;
 
 /// Where a job is in its life: `queued → running → succeeded | failed |
 /// canceled`, and `running → queued` again when an attempt is retried.
@@ -148,6 +149,14 @@ pub struct JobRecord {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// When the current attempt started, or the last one did (kept after
+    /// it ends: the attempt's span starts here).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_milliseconds_option"
+    )]
+    pub started_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
@@ -177,6 +186,10 @@ pub struct JobRecord {
     /// submission named one (`"output": {"content_type": …}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_type: Option<String>,
+    /// The trace its submitter was in (W3C Trace Context), passed to its
+    /// workers, webhooks and replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// How much of a job's output its events have announced: the last
@@ -206,6 +219,8 @@ pub struct NewJob {
     /// The content type its output stream will have (else its first
     /// append's).
     pub output_type: Option<String>,
+    /// The trace its submitter was in, or one started for it.
+    pub trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -227,6 +242,7 @@ impl NewJob {
             finished_at: None,
             expires_at: None,
             lease: None,
+            started_at: None,
             cancel_requested: false,
             error: None,
             version: 1,
@@ -237,6 +253,7 @@ impl NewJob {
             request_hash: self.request_hash,
             output: None,
             output_type: self.output_type,
+            trace: self.trace,
         };
         (record, self.input)
     }
@@ -385,6 +402,7 @@ impl JobRecord {
                 self.state = JobState::Running;
                 self.attempt += 1;
                 self.progress = None;
+                self.started_at = Some(now);
                 self.lease = Some(Lease {
                     id: lease_id,
                     worker,

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod reply;
 pub mod store;
 pub mod stream;
+pub mod trace;
 
 pub use clock::Clock;
 pub use event::{EventId, EventKind, EventRecord};

@@ -137,6 +137,7 @@ mod tests {
             idempotency_key: None,
             request_hash: None,
             output_type: None,
+            trace: None,
         }
         .into_record(Utc::now())
         .0

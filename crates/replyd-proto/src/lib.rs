@@ -396,6 +396,13 @@ pub struct Lease {
     pub job: Job,
     pub lease_id: String,
     pub lease_expires_at: DateTime<Utc>,
+    /// W3C Trace Context for the work, when the job is in a trace: the
+    /// position of replyd's span of this attempt (or, when replyd makes
+    /// no spans, of the submitter's), for the worker's span to hang below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// The answer to a lease request: one lease, or (when the request named a

@@ -54,6 +54,8 @@ pub struct App {
     pub stream_bytes: Arc<crate::limits::StreamBytes>,
     /// The queues' last hour, for the console.
     pub stats: crate::stats::Stats,
+    /// Traces: what is passed on, and replyd's own spans.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for App {
@@ -73,6 +75,10 @@ pub struct Submission {
     pub request_hash: Option<String>,
     /// Where the reply goes, for a request that came over a broker.
     pub reply: Option<replyd_core::outbox::ReplySpec>,
+    /// The trace it came in (W3C Trace Context), if any.
+    pub trace: Option<replyd_core::trace::TraceContext>,
+    /// Which ingress it came by (`http`, `ws`, `amqp`, …), for its span.
+    pub via: &'static str,
 }
 
 impl App {
@@ -81,6 +87,7 @@ impl App {
         store: Arc<dyn Store>,
         clock: Clock,
         secret: Vec<u8>,
+        telemetry: crate::telemetry::Telemetry,
         shutdown: CancellationToken,
     ) -> App {
         let tokens = JobTokens::new(secret);
@@ -106,11 +113,14 @@ impl App {
             stream_bytes,
             limits,
             hub: Hub::new(config.streams.buffer),
-            webhooks: Arc::new(crate::webhooks::Runtime::new(
-                &config.webhooks,
-                config.webhook_issuer(),
-                render.clone(),
-            )),
+            webhooks: Arc::new(crate::webhooks::Runtime {
+                telemetry: telemetry.clone(),
+                ..crate::webhooks::Runtime::new(
+                    &config.webhooks,
+                    config.webhook_issuer(),
+                    render.clone(),
+                )
+            }),
             render,
             config,
             finisher: crate::finisher::Finisher::new(outputs.clone(), clock.clone()),
@@ -122,6 +132,7 @@ impl App {
             in_flight: Mutex::new(HashSet::new()),
             tails: Arc::default(),
             stats: Default::default(),
+            telemetry,
         }
     }
 
@@ -136,11 +147,13 @@ impl App {
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),
             watch: self.config.operations.watch(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
     /// Accepts a job: durable when this returns.
     pub async fn submit(&self, s: Submission) -> ApiResult<Submitted> {
+        let started = self.now();
         let req = &s.request;
         let Some(queue) = self.config.queues.get(&req.queue) else {
             return Err(ApiError::new(
@@ -194,12 +207,17 @@ impl App {
             idempotency_key: s.idempotency_key.clone(),
             request_hash: s.request_hash,
             output_type,
+            trace: self.telemetry.begin(s.trace),
         };
         let _guard = match &s.idempotency_key {
             Some(key) => Some(self.claim_key(&s.tenant, key)?),
             None => None,
         };
-        Ok(self.store.submit(new, self.now()).await?)
+        let submitted = self.store.submit(new, self.now()).await?;
+        if let Submitted::Created(job) = &submitted {
+            self.telemetry.submitted(job, started, s.via);
+        }
+        Ok(submitted)
     }
 
     /// Marks an idempotency key as being accepted; a second request with it
@@ -272,6 +290,8 @@ impl App {
             idempotency_key: None,
             request_hash: None,
             output_type: old.output_type,
+            // The new job is in the trace of the one it repeats.
+            trace: self.telemetry.begin(old.trace),
         };
         Ok(self.store.submit(new, self.now()).await?.job().clone())
     }

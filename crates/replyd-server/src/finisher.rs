@@ -107,6 +107,7 @@ mod tests {
                 idempotency_key: None,
                 request_hash: None,
                 output_type: None,
+                trace: None,
             };
             store.submit(job, clock.now()).await.unwrap();
         }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod bells;
 pub mod brokers;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod executors;
@@ -23,6 +24,7 @@ pub mod render;
 pub mod stats;
 pub mod tails;
 pub mod tasks;
+pub mod telemetry;
 pub mod webhooks;
 
 use std::future::Future;
@@ -50,6 +52,8 @@ pub enum ServeError {
     Store(#[from] replyd_core::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 /// A started server: the store is open, background tasks are running.
@@ -82,11 +86,13 @@ impl Server {
         // dead).
         http::ops::prometheus();
         let secret = store.cluster_secret().await?;
+        let (telemetry, spans) = telemetry::Telemetry::configured(&config.telemetry);
         let app = Arc::new(App::new(
             config,
             store,
             clock,
             secret,
+            telemetry,
             CancellationToken::new(),
         ));
         app.webhooks.jwt_keys.load(&*app.store, app.now()).await?;
@@ -128,6 +134,26 @@ impl Server {
                     .run(app.clock.clone(), app.shutdown.clone()),
             );
         }
+        #[cfg(feature = "otel")]
+        if let Some(spans) = spans {
+            let exporter = Arc::new(
+                telemetry::otlp::Exporter::new(&app.config.telemetry)
+                    .map_err(ServeError::Telemetry)?,
+            );
+            tasks.spawn(telemetry::otlp::run_queue(
+                exporter.clone(),
+                spans,
+                app.shutdown.clone(),
+            ));
+            tasks.spawn(telemetry::otlp::run_log(
+                exporter,
+                app.store.clone(),
+                app.clock.clone(),
+                app.shutdown.clone(),
+            ));
+        }
+        #[cfg(not(feature = "otel"))]
+        drop(spans);
         brokers::start(&app, &mut tasks);
         for (name, q) in &app.config.queues {
             match q.executor {

@@ -553,6 +553,7 @@ pub(crate) mod tests {
             idempotency_key: None,
             request_hash: None,
             output_type: None,
+            trace: None,
         };
         let now = Utc::now();
         EventRecord {

@@ -106,6 +106,7 @@ fn msg() -> Message {
             br#"{"type":"job.succeeded","data":{"id":"j1","state":"succeeded"}}"#,
         ),
         jwt: None,
+        trace: None,
     }
 }
 

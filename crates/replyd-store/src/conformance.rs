@@ -80,6 +80,7 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
         idempotency_key: key.map(str::to_string),
         request_hash: Some(format!("hash:{body}")),
         output_type: None,
+        trace: None,
     }
 }
 

@@ -44,6 +44,7 @@ async fn concurrent_writes_are_group_committed() {
                     idempotency_key: None,
                     request_hash: None,
                     output_type: None,
+                    trace: None,
                 };
                 replyd_core::Store::submit(&store, job, chrono::Utc::now())
                     .await
@@ -94,6 +95,7 @@ async fn a_pause_survives_a_restart() {
             idempotency_key: None,
             request_hash: None,
             output_type: None,
+            trace: None,
         };
         store.submit(job, now).await.unwrap();
         assert!(store.pause_queue("q", true, now).await.unwrap());

@@ -20,6 +20,7 @@ fn job(max_attempts: u32) -> JobRecord {
         idempotency_key: None,
         request_hash: None,
         output_type: None,
+        trace: None,
     }
     .into_record(t(0))
     .0

@@ -26,6 +26,7 @@
 //! its attempt ended is dropped. A worker reply is acknowledged only once
 //! what it did is durable.
 
+use replyd_core::trace::SpanOf;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -136,7 +137,8 @@ pub async fn run(app: Arc<App>, broker: Arc<dyn Broker>, settings: Settings) {
         for job in leased {
             let (id, attempt) = (job.job.id, job.job.attempt);
             in_flight.lock().insert(id, attempt);
-            if let Err(error) = publish(&*broker, &settings, &job).await {
+            let trace = app.telemetry.outgoing(&job.job, SpanOf::Attempt(attempt));
+            if let Err(error) = publish(&*broker, &settings, &job, trace).await {
                 // The attempt is over: given back with backoff (it counts).
                 tracing::warn!(queue = %settings.queue, job = %id, error = %error, "cannot publish a job to its workers");
                 let cmd = Command::Fail {
@@ -155,7 +157,12 @@ pub async fn run(app: Arc<App>, broker: Arc<dyn Broker>, settings: Settings) {
 }
 
 /// Publishes one leased job to the work destination.
-async fn publish(broker: &dyn Broker, settings: &Settings, job: &Leased) -> Result<(), String> {
+async fn publish(
+    broker: &dyn Broker,
+    settings: &Settings,
+    job: &Leased,
+    trace: Option<crate::telemetry::Outgoing>,
+) -> Result<(), String> {
     let id = job.job.id;
     let message = Message {
         body: job.input.clone(),
@@ -168,7 +175,8 @@ async fn publish(broker: &dyn Broker, settings: &Settings, job: &Leased) -> Resu
         }
         .with_header(headers::JOB_ID, id.to_string())
         .with_header(headers::ATTEMPT, job.job.attempt.to_string())
-        .with_header(headers::QUEUE, job.job.queue.clone()),
+        .with_header(headers::QUEUE, job.job.queue.clone())
+        .with_trace(trace),
     };
     match broker.publish(&settings.work, message).await {
         Ok(Published::Accepted) => Ok(()),

@@ -231,6 +231,8 @@ pub async fn accept(
         idempotency_key: key.clone(),
         request_hash: hash.clone(),
         reply: reply.clone(),
+        trace: m.props.trace(),
+        via: channel.as_str(),
     };
     let mut submitted = app.submit(submission()).await;
     // A duplicate that came while the first is still being accepted (409):

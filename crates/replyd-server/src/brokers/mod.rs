@@ -72,6 +72,25 @@ impl Props {
         self.headers.insert(name.to_string(), value.into());
         self
     }
+
+    /// With the W3C `traceparent` and `tracestate` headers, if any.
+    pub fn with_trace(self, trace: Option<crate::telemetry::Outgoing>) -> Props {
+        let Some(t) = trace else { return self };
+        let props = self.with_header(headers::TRACEPARENT, t.traceparent);
+        match t.tracestate {
+            Some(state) => props.with_header(headers::TRACESTATE, state),
+            None => props,
+        }
+    }
+
+    /// The trace a message came in: its `traceparent` and `tracestate`
+    /// headers (ignored when malformed).
+    pub fn trace(&self) -> Option<replyd_core::trace::TraceContext> {
+        replyd_core::trace::TraceContext::parse(
+            self.header(headers::TRACEPARENT)?,
+            self.header(headers::TRACESTATE),
+        )
+    }
 }
 
 /// A message: a body and its metadata.
@@ -216,6 +235,10 @@ pub mod headers {
     /// Worker reply with state `output`: the chunk's number in its
     /// attempt, from 0.
     pub const SEQ: &str = "x-replyd-seq";
+    /// Every message: W3C Trace Context (the request's trace in; a reply's
+    /// delivery span, a work message's attempt span out).
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
 }
 
 /// Starts every configured broker's tasks: ingress, the reply dispatcher,
@@ -321,6 +344,7 @@ pub(crate) fn run(app: &Arc<App>, tasks: &mut JoinSet<()>, setup: Setup) {
         broker: broker.clone(),
         store: app.store.clone(),
         render: app.render.clone(),
+        telemetry: app.telemetry.clone(),
         limits: Limits {
             concurrency,
             per_endpoint: concurrency,

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use replyd_core::EventKind;
 use replyd_core::outbox::{Channel, Delivery, ReplyTarget};
 use replyd_core::store::{Claimed, JobOutput};
+use replyd_core::trace::SpanOf;
 
 use super::{Broker, Message, Props, Published, headers};
 use crate::outbox::{Attempt, Limits, Sender, Verdict};
@@ -30,6 +31,8 @@ pub struct Replies {
     pub store: Arc<dyn replyd_core::Store>,
     pub render: Renderer,
     pub limits: Limits,
+    /// The trace headers each reply carries.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Replies {
@@ -45,7 +48,11 @@ impl Replies {
         }
         .with_header(headers::JOB_ID, job.id.to_string())
         .with_header(headers::STATE, wire_state(job.state).as_str())
-        .with_header(headers::EVENT, d.kind.name());
+        .with_header(headers::EVENT, d.kind.name())
+        .with_trace(
+            self.telemetry
+                .outgoing(job, SpanOf::Delivery(d.id, d.attempts + 1)),
+        );
         let (content_type, body) = if d.kind == EventKind::Succeeded {
             // Small results came with the claim; a larger one is read now.
             let output = match &c.result {

@@ -26,6 +26,7 @@ pub mod queues;
 pub mod routes;
 pub mod storage;
 pub mod streams;
+pub mod telemetry;
 pub mod webhooks;
 
 pub use console::Console;
@@ -39,6 +40,7 @@ pub use queues::{
 pub use routes::Route;
 pub use storage::Storage;
 pub use streams::Streams;
+pub use telemetry::Telemetry;
 pub use webhooks::{TenantWebhooks, Webhooks};
 
 /// The whole configuration of a replyd server.
@@ -71,6 +73,8 @@ pub struct Config {
     pub operations: Operations,
     /// The web console.
     pub console: Console,
+    /// OpenTelemetry: spans exported over OTLP.
+    pub telemetry: Telemetry,
     /// RabbitMQ (AMQP 0-9-1): request queues, replies, `executor = "amqp"`.
     pub amqp: Option<brokers::amqp::AmqpConfig>,
     /// MQTT 5: request topics, replies, `executor = "mqtt"`.
@@ -105,6 +109,7 @@ impl Default for Config {
             webhooks: Webhooks::default(),
             operations: Operations::default(),
             console: Console::default(),
+            telemetry: Telemetry::default(),
             amqp: None,
             mqtt: None,
             nats: None,
@@ -246,6 +251,7 @@ impl Config {
         self.durable_streams.check()?;
         self.operations.check()?;
         self.console.check()?;
+        self.telemetry.check()?;
         if self.operations.webhook_url.is_some() && self.webhooks.secret.is_none() {
             return Err(
                 "operations.webhook_url needs webhooks.secret (it signs like every webhook)".into(),

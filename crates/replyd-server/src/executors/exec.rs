@@ -18,6 +18,7 @@
 //! ([`output`](super::output)); an attempt that streamed output is not
 //! tried again.
 
+use replyd_core::trace::SpanOf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,17 @@ pub async fn run(app: Arc<App>, queue: String) {
     .await
 }
 
+/// `TRACEPARENT` and `TRACESTATE` for a command, when its job is in a
+/// trace (the names OpenTelemetry's SDKs read a parent from).
+fn trace_env(app: &App, job: &replyd_core::JobRecord) -> Vec<(String, String)> {
+    let Some(t) = app.telemetry.outgoing(job, SpanOf::Attempt(job.attempt)) else {
+        return Vec::new();
+    };
+    let mut env = vec![("TRACEPARENT".to_string(), t.traceparent)];
+    env.extend(t.tracestate.map(|s| ("TRACESTATE".to_string(), s)));
+    env
+}
+
 async fn run_one(
     app: &App,
     argv: &[String],
@@ -79,7 +91,10 @@ async fn run_one(
             ("REPLYD_JOB_ID".into(), id.to_string()),
             ("REPLYD_QUEUE".into(), job.queue.clone()),
             ("REPLYD_ATTEMPT".into(), job.attempt.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(trace_env(app, &job))
+        .collect(),
         max_result,
         echo_stderr: false,
         tee: tee.as_ref().map(super::output::Tee::sender),

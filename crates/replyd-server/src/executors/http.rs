@@ -27,6 +27,7 @@
 //! Upstream URLs come from the operator's configuration, so they are not
 //! put through the webhooks' SSRF guard.
 
+use replyd_core::trace::SpanOf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,7 +211,17 @@ async fn run_one(app: &App, client: &reqwest::Client, target: &HttpTarget, lease
     let mut tee = None;
     let ended = match outgoing(target, &input) {
         Err(e) => Ended::Failed(JobError::new("bad-request", e), false),
-        Ok(req) => {
+        Ok(mut req) => {
+            // The upstream call continues the job's trace (replacing a
+            // forwarded client's own headers).
+            if let Some(t) = app.telemetry.outgoing(&job, SpanOf::Attempt(job.attempt)) {
+                req.headers.retain(|(k, _)| {
+                    !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate")
+                });
+                req.headers.push(("traceparent".into(), t.traceparent));
+                req.headers
+                    .extend(t.tracestate.map(|s| ("tracestate".into(), s)));
+            }
             let may_retry = target.retry.allows(req.method.as_str());
             let output = OutputTo {
                 app,

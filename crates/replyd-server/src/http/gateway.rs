@@ -126,6 +126,8 @@ pub async fn handle(
             idempotency_key: key,
             request_hash: hash,
             reply: None,
+            trace: super::trace_of(&headers),
+            via: "gateway",
         })
         .await?;
     let mut res = match passing {

@@ -68,7 +68,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job",
     request_body = proto::SubmitRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the same job"),
-           ("Prefer" = Option<String>, Header, description = "wait=N: answer 200 with the result if done within N s")),
+           ("Prefer" = Option<String>, Header, description = "wait=N: answer 200 with the result if done within N s"),
+           ("traceparent" = Option<String>, Header, description = "W3C Trace Context: the job joins this trace (its workers, webhooks and replies carry it on)"),
+           ("tracestate" = Option<String>, Header, description = "W3C Trace Context: vendors' state, passed on with traceparent")),
     responses(
         (status = 202, description = "Accepted; durable", body = proto::Job),
         (status = 200, description = "Done within Prefer: wait; the body is the result"),
@@ -107,6 +109,8 @@ pub async fn submit(
             request,
             idempotency_key: key,
             request_hash,
+            trace: super::trace_of(&headers),
+            via: "http",
         })
         .await?;
     let mut res = accepted(&app, submitted, wait).await?;
@@ -146,6 +150,8 @@ pub async fn submit_batch(
         )));
     }
     let rate = take_submit(&app, &tenant, n as u32)?;
+    // Every job of the batch is in the trace of the call.
+    let trace = super::trace_of(&headers);
     // A job with a key is told from a reuse of its key by the digest of
     // what was sent for it, as `POST /v1/jobs` digests its body: the
     // item as it came, less its key (so that the two calls agree).
@@ -162,7 +168,7 @@ pub async fn submit_batch(
         Vec::new()
     };
     let submitted = request.jobs.into_iter().enumerate().map(|(i, item)| {
-        let (app, tenant) = (&app, &tenant);
+        let (app, tenant, trace) = (&app, &tenant, &trace);
         let mut as_sent = sent.get(i).cloned().unwrap_or_default();
         async move {
             let key = item
@@ -182,6 +188,8 @@ pub async fn submit_batch(
                 request: item.job,
                 idempotency_key: key,
                 request_hash,
+                trace: trace.clone(),
+                via: "http",
             })
             .await
         }

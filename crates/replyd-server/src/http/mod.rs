@@ -347,6 +347,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for WorkerCall<T> {
     }
 }
 
+/// The W3C Trace Context a request came in (`traceparent`, and every
+/// `tracestate` header joined), if well formed.
+pub fn trace_of(headers: &HeaderMap) -> Option<replyd_core::trace::TraceContext> {
+    let parent = headers.get("traceparent")?.to_str().ok()?;
+    let states: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let state = (!states.is_empty()).then(|| states.join(","));
+    replyd_core::trace::TraceContext::parse(parent, state.as_deref())
+}
+
 /// The body, or 413 past the limit, or 408 when it came too slowly.
 pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
     b.map_err(|e| {

@@ -2,6 +2,7 @@
 //! complete (JSON or a raw body), fail. Every call after the lease carries
 //! the lease id: a stale one is 409 (fencing).
 
+use replyd_core::trace::SpanOf;
 use std::time::Duration;
 
 use axum::Router;
@@ -78,8 +79,13 @@ fn seconds(name: &str, v: Option<f64>, default: Duration, max: f64) -> ApiResult
 pub fn leased_view(app: &App, l: &Leased) -> proto::Lease {
     let mut job = app.render.job(&l.job);
     job.input = Some(serde_json::from_slice(&l.input).unwrap_or(serde_json::Value::Null));
+    let trace = app
+        .telemetry
+        .outgoing(&l.job, SpanOf::Attempt(l.job.attempt));
     proto::Lease {
         job,
+        traceparent: trace.as_ref().map(|t| t.traceparent.clone()),
+        tracestate: trace.and_then(|t| t.tracestate),
         lease_id: l.lease_id.0.clone(),
         lease_expires_at: l
             .job

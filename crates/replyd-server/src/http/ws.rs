@@ -13,6 +13,7 @@
 //! closes it with 1009; a connection whose buffer fills (it reads too
 //! slowly) is closed with 1008 and resumes with `after`.
 
+use replyd_core::trace::TraceContext;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -81,6 +82,7 @@ pub async fn upgrade(
         )
     })?;
     let max = app.config.limits.max_body + FRAME_OVERHEAD;
+    let trace = super::trace_of(&headers);
     Ok(ws
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -89,7 +91,9 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("replyd_websockets").increment(1.0);
-            Session::new(app, caller, client, permit).run(socket).await;
+            Session::new(app, caller, client, permit, trace)
+                .run(socket)
+                .await;
             metrics::gauge!("replyd_websockets").decrement(1.0);
         })
         .into_response())
@@ -107,6 +111,10 @@ enum ClientFrame {
         /// Also subscribe to the new job, under the same ref.
         #[serde(default)]
         subscribe: bool,
+        /// W3C Trace Context of the submission (else the upgrade
+        /// request's).
+        traceparent: Option<String>,
+        tracestate: Option<String>,
     },
     Subscribe {
         #[serde(rename = "ref")]
@@ -180,12 +188,20 @@ struct Session {
     listener: Listener,
     subs: HashMap<u32, Subscription>,
     next_tag: u32,
+    /// The upgrade request's trace: a submission's unless it names its own.
+    trace: Option<TraceContext>,
 }
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
 impl Session {
-    fn new(app: AppState, caller: Caller, client: Client, permit: Permit) -> Session {
+    fn new(
+        app: AppState,
+        caller: Caller,
+        client: Client,
+        permit: Permit,
+        trace: Option<TraceContext>,
+    ) -> Session {
         let listener = app.hub.listen();
         Session {
             app,
@@ -195,6 +211,7 @@ impl Session {
             listener,
             subs: HashMap::new(),
             next_tag: 0,
+            trace,
         }
     }
 
@@ -337,6 +354,8 @@ impl Session {
                 job,
                 idempotency_key: key,
                 subscribe,
+                traceparent,
+                tracestate,
                 ..
             } => {
                 let caller = self.caller.clone();
@@ -354,6 +373,11 @@ impl Session {
                         request_hash: key.as_ref().map(|_| request_hash(&job)),
                         request,
                         idempotency_key: key,
+                        trace: match traceparent {
+                            Some(p) => TraceContext::parse(&p, tracestate.as_deref()),
+                            None => self.trace.clone(),
+                        },
+                        via: "ws",
                     })
                     .await?;
                 let replayed = matches!(submitted, Submitted::Existing(_));

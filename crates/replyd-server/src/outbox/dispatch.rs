@@ -313,6 +313,10 @@ async fn attempt(cx: &super::Context, sender: &dyn Sender, mut c: Claimed) -> (O
     let now = cx.now();
     let a = sender.attempt(&c, now).await;
     let d = &c.delivery;
+    let ended = now + chrono::Duration::from_std(a.latency).unwrap_or_default();
+    let failed = (a.verdict != Verdict::Delivered).then(|| a.error.as_deref().unwrap_or("failed"));
+    cx.telemetry
+        .delivered(d, d.attempts + 1, now, ended, a.status, failed);
     let after = match a.verdict {
         Verdict::Delivered => AfterAttempt::Delivered,
         Verdict::Gone | Verdict::Refused => AfterAttempt::Dead,

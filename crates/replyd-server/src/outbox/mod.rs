@@ -23,6 +23,8 @@ pub struct Context {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// What recording attempts watches for operators.
     pub watch: replyd_core::ops::Watch,
+    /// Where each attempt's span goes.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for Context {

@@ -27,6 +27,9 @@ pub struct Message {
     pub body: Bytes,
     /// The `webhook-jwt` header, when the delivery carries one.
     pub jwt: Option<String>,
+    /// The `traceparent` and `tracestate` headers, when the job is in a
+    /// trace.
+    pub trace: Option<crate::telemetry::Outgoing>,
 }
 
 /// Sends webhooks.
@@ -129,6 +132,12 @@ impl Deliverer {
         let mut request = self.client.post(url);
         if let Some(token) = &msg.jwt {
             request = request.header("webhook-jwt", token);
+        }
+        if let Some(t) = &msg.trace {
+            request = request.header("traceparent", &t.traceparent);
+            if let Some(state) = &t.tracestate {
+                request = request.header("tracestate", state);
+            }
         }
         let sent = request
             .header("content-type", "application/json")

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use replyd_core::outbox::{Channel, Delivery, INLINE_RESULT};
 use replyd_core::store::{Claimed, JobOutput};
+use replyd_core::trace::SpanOf;
 use replyd_core::{EventKind, JobState};
 use replyd_proto as proto;
 use serde::Serialize;
@@ -50,6 +51,8 @@ pub struct Runtime {
     pub limits: Limits,
     /// The job in a payload.
     pub render: Renderer,
+    /// The trace headers each delivery carries.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -120,6 +123,7 @@ impl Runtime {
                 .collect(),
             tenant_secrets,
             render,
+            telemetry: crate::telemetry::Telemetry::off(),
             jwt_keys: Arc::default(),
             jwt_all: config.jwt,
             jwt_tenants: config
@@ -245,10 +249,14 @@ impl Sender for Runtime {
         let d = &c.delivery;
         let id = d.message_id();
         let body = payload(&self.render, d, c.result.as_ref());
+        let attempt = d.attempts + 1;
         let msg = Message {
             jwt: self.token(d, &id, &body, now),
             id,
             body,
+            trace: self
+                .telemetry
+                .outgoing(&d.job, SpanOf::Delivery(d.id, attempt)),
         };
         self.deliverer
             .attempt(

@@ -16,27 +16,21 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::ops::OpsEvent;
 use replyd_core::{Clock, Store, StoreError};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
 use super::deliver::Message;
+use crate::cluster::{Cursor, Position, Singleton};
 use crate::outbox::Verdict;
 
 /// The setting that says which node sends, until when.
 pub const LEASE: &str = "ops_webhook_lease";
 /// The setting that holds the id of the last event sent or given up on.
-pub const CURSOR: &str = "ops_webhook_cursor";
+pub const CURSOR: Cursor = Cursor("ops_webhook_cursor");
 /// How long a lease lasts; it is renewed when half has passed.
 const LEASE_FOR: Duration = Duration::from_secs(15);
 /// How often the sender looks for events.
 const POLL: Duration = Duration::from_millis(500);
-
-#[derive(Serialize, Deserialize)]
-struct Lease {
-    node: String,
-    until: DateTime<Utc>,
-}
 
 /// The event being sent: its id, the attempts made, when to try again.
 struct Trying {
@@ -52,7 +46,7 @@ pub async fn run(
     clock: Clock,
     shutdown: CancellationToken,
 ) {
-    let me = uuid::Uuid::new_v4().to_string();
+    let lease = Singleton::new(LEASE, LEASE_FOR);
     let mut trying: Option<Trying> = None;
     // Set the cursor now, before anything this node serves can raise an
     // event: events from then on are all sent.
@@ -65,7 +59,7 @@ pub async fn run(
             () = tokio::time::sleep(POLL) => {}
         }
         let step = async {
-            if !hold(&*store, &me, clock.now()).await? {
+            if !lease.hold(&*store, clock.now()).await? {
                 trying = None;
                 return Ok::<_, StoreError>(());
             }
@@ -122,10 +116,7 @@ pub async fn run(
                 };
                 metrics::counter!("replyd_ops_webhook_events_total", "outcome" => outcome)
                     .increment(1);
-                if !store
-                    .replace_setting(CURSOR, Some(&cursor.1), event.id.to_string().into_bytes())
-                    .await?
-                {
+                if !CURSOR.advance(&*store, &cursor, event.id).await? {
                     // Another node moved it (this one's lease had lapsed).
                     return Ok(());
                 }
@@ -138,40 +129,14 @@ pub async fn run(
     }
 }
 
-/// Takes or renews the lease; whether this node holds it.
-async fn hold(store: &dyn Store, me: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    let old = store.setting(LEASE).await?;
-    let current: Option<Lease> = old.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-    let half = chrono::Duration::from_std(LEASE_FOR / 2).unwrap_or_default();
-    match &current {
-        Some(l) if l.node == me && l.until - now > half => return Ok(true),
-        Some(l) if l.node != me && l.until > now => return Ok(false),
-        _ => {}
+/// The cursor; started at the newest event.
+async fn cursor(store: &dyn Store) -> Result<Position, StoreError> {
+    if let Some(c) = CURSOR.get(store).await? {
+        return Ok(c);
     }
-    let new = Lease {
-        node: me.to_string(),
-        until: now + chrono::Duration::from_std(LEASE_FOR).unwrap_or_default(),
-    };
-    let bytes = serde_json::to_vec(&new).unwrap_or_default();
-    store.replace_setting(LEASE, old.as_deref(), bytes).await
-}
-
-/// The cursor and its stored bytes; started at the newest event.
-async fn cursor(store: &dyn Store) -> Result<(i64, Vec<u8>), StoreError> {
-    if let Some(bytes) = store.setting(CURSOR).await? {
-        let id = std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        return Ok((id, bytes));
-    }
-    let newest = store.last_ops_event().await?.to_string().into_bytes();
-    let kept = store.setting_or_init(CURSOR, newest).await?;
-    let id = std::str::from_utf8(&kept)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((id, kept))
+    CURSOR
+        .get_or_init(store, store.last_ops_event().await?)
+        .await
 }
 
 /// The message of one event: `{"type", "timestamp", "data"}`, the tenant in
@@ -190,5 +155,6 @@ fn message(e: &OpsEvent) -> Message {
         id: format!("ops_{}", e.id),
         body: Bytes::from(body.to_string()),
         jwt: None,
+        trace: None,
     }
 }

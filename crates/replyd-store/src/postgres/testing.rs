@@ -92,6 +92,7 @@ pub fn job(tenant: &str, queue: &str) -> replyd_core::job::NewJob {
         idempotency_key: None,
         request_hash: None,
         output_type: None,
+        trace: None,
     }
 }
 
