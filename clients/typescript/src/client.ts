@@ -107,13 +107,12 @@ export interface LeaseOptions {
   signal?: AbortSignal | undefined;
 }
 
-/** A leased job, with the trace context the worker should continue. */
-export interface LeasedJob extends Lease {
-  /** W3C `traceparent` to continue (its parent is replyd's span for this attempt), when the server sends one. */
-  traceparent?: string | null;
-  /** W3C `tracestate` that goes with it. */
-  tracestate?: string | null;
-}
+/**
+ * A leased job: the job with its input, the lease's id and expiry, and the
+ * W3C trace context the worker should continue (`traceparent`,
+ * `tracestate`) when the job is in a trace.
+ */
+export type LeasedJob = Lease;
 
 /** Seconds a held request (`Prefer: wait`, a lease's `wait`) may take beyond its hold. */
 const HOLD_GRACE = 30;

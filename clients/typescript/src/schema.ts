@@ -87,6 +87,13 @@ export interface Lease {
   job: Job;
   lease_expires_at: string;
   lease_id: string;
+  /**
+   * W3C Trace Context for the work, when the job is in a trace: the
+   * position of replyd's span of this attempt (or, when replyd makes
+   * no spans, of the submitter's), for the worker's span to hang below.
+   */
+  traceparent?: string | null;
+  tracestate?: string | null;
 }
 
 /** The answer to a lease request that named a `batch` size. */

@@ -31,7 +31,11 @@ export interface JobContext {
    * is a {@link JobStoppedError} saying which.
    */
   readonly signal: AbortSignal;
-  /** W3C `traceparent` to continue (its parent is replyd's span for this attempt), when the server sends one. */
+  /**
+   * W3C `traceparent` for the worker's span to hang below, when the job is
+   * in a trace: replyd's span of this attempt, or (when replyd makes no
+   * spans) the submitter's.
+   */
   readonly traceparent: string | undefined;
   /** W3C `tracestate` that goes with it. */
   readonly tracestate: string | undefined;
