@@ -108,9 +108,11 @@ export function followJob(jobOrLinks: Pick<Job, 'links'> | Links, options: Follo
       const event: JobEvent = { type: message.type as JobEventType, id: message.lastEventId, job };
       try {
         options.onEvent?.(event);
-      } finally {
-        if (isTerminal(job.state)) finish(() => resolve(job));
+      } catch (error) {
+        finish(() => reject(error));
+        return;
       }
+      if (isTerminal(job.state)) finish(() => resolve(job));
     };
     for (const name of JOB_EVENTS) source.addEventListener(name, onJobEvent);
     source.addEventListener('stream.reset', (e) => {

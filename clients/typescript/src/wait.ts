@@ -119,7 +119,11 @@ export async function waitForJob(t: TransportOptions, id: string, opts: WaitOpti
   let seen: Job | undefined;
   const update = (job: Job, event?: JobEvent) => {
     seen = job;
-    opts.onUpdate?.(job, event);
+    try {
+      opts.onUpdate?.(job, event);
+    } catch (error) {
+      throw new CallbackFailed(error);
+    }
   };
   try {
     if (opts.transport !== 'polling') {
@@ -132,10 +136,12 @@ export async function waitForJob(t: TransportOptions, id: string, opts: WaitOpti
         // The stream had ended before we came (204): read the job.
       } catch (error) {
         if (signal.aborted || opts.transport === 'events' || !fallsBack(error)) throw error;
+        // Else the stream failed: poll instead.
       }
     }
     return await poll(t, id, { signal, deadline, seen, update });
   } catch (error) {
+    if (error instanceof CallbackFailed) throw error.cause;
     if (signal.aborted && signal.reason === deadlineReason) {
       throw new TimeoutError(deadlineReason.message, seen ?? (await lastKnown(t, id, outer)));
     }
@@ -147,8 +153,14 @@ export async function waitForJob(t: TransportOptions, id: string, opts: WaitOpti
   }
 }
 
+/** What `onUpdate` threw, carried out of the wait as it is. */
+class CallbackFailed {
+  constructor(readonly cause: unknown) {}
+}
+
 /** Whether a stream failure leaves polling worth a try (an unknown job or a refused key would fail alike). */
 function fallsBack(error: unknown): boolean {
+  if (error instanceof CallbackFailed) return false;
   if (error instanceof ProblemError) return ![400, 401, 403, 404, 410].includes(error.status);
   return true;
 }

@@ -50,6 +50,11 @@ describe('events and wait', { concurrency: true }, () => {
     assert.equal(updates[0][0], 'job.accepted');
     assert.ok(updates.some(([type, , p]) => type === 'job.progress' && p && p.percent > 0), JSON.stringify(updates));
     assert.equal(updates.at(-1)[1], 'succeeded');
+    const boom = new Error('the callback broke');
+    for (const transport of ['events', 'polling', undefined]) {
+      const thrown = await client.wait(job.id, { transport, onUpdate: () => { throw boom; } }).catch((e) => e);
+      assert.equal(thrown, boom, `the callback's error comes out as it is (${transport})`);
+    }
   });
 
   test('wait over polling (chosen) long polls until the end', async () => {
