@@ -7,3 +7,4 @@ const BACKEND: common::Backend = common::Backend::Sqlite;
 include!("common/api_cases.rs");
 include!("common/batch_cases.rs");
 include!("common/console_cases.rs");
+include!("common/trace_cases.rs");

@@ -10,3 +10,4 @@ const BACKEND: common::Backend = common::Backend::Postgres;
 include!("common/api_cases.rs");
 include!("common/batch_cases.rs");
 include!("common/console_cases.rs");
+include!("common/trace_cases.rs");

@@ -96,6 +96,42 @@ async fn a_command_gets_the_input_and_its_output_is_the_result_with_progress_on_
     assert_eq!(&r.body[..], b"\"hi\"\ndone\n");
 }
 
+/// Issue 17: a command continues its job's trace: `TRACEPARENT` and
+/// `TRACESTATE` (what OpenTelemetry's SDKs read), when the job is in one.
+#[tokio::test]
+async fn a_command_gets_its_jobs_trace_in_its_environment() {
+    let script = r#"printf '{"parent": "%s", "state": "%s", "set": %s}' "$TRACEPARENT" "$TRACESTATE" "$([ -n "${TRACEPARENT+x}" ] && echo true || echo false)""#;
+    let Some(s) = TestServer::start(&queue("traced", script, "")).await else {
+        return;
+    };
+    let c = s.client(None);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = c
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            &[
+                ("content-type", "application/json"),
+                ("traceparent", tp),
+                ("tracestate", "rojo=1"),
+            ],
+            Some(br#"{"queue": "traced", "input": {}}"#.to_vec()),
+        )
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    c.wait_state(&id, "succeeded").await;
+    let result = c.get(&format!("/v1/jobs/{id}/result")).await.json();
+    assert_eq!(
+        result,
+        json!({"parent": tp, "state": "rojo=1", "set": true})
+    );
+    // In no trace: neither is set.
+    let id = c.submit("traced", json!({})).await;
+    c.wait_state(&id, "succeeded").await;
+    let result = c.get(&format!("/v1/jobs/{id}/result")).await.json();
+    assert_eq!(result["set"], false, "{result}");
+}
+
 #[tokio::test]
 async fn a_non_zero_exit_fails_with_the_tail_of_stderr_after_its_attempts() {
     let script = r#"echo "starting" >&2; echo "disk full on /out" >&2; exit 3"#;

@@ -27,6 +27,10 @@ use common::{Names, PULL_QUEUES, TestServer};
 /// partitions (CI runs of 2026-12-06/07; never seen alone).
 const WAIT: Duration = Duration::from_secs(45);
 
+/// A W3C `traceparent` (the specification's example) and a `tracestate`.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACESTATE: &str = "rojo=00f067aa0ba902b7";
+
 /// A server with the broker configured, the test's own broker handle, and
 /// an inbox for replies.
 struct Rig {
@@ -153,8 +157,12 @@ async fn lease(s: &TestServer, queue: &str) -> (String, String) {
 #[tokio::test]
 async fn a_request_becomes_a_job_and_the_reply_carries_its_correlation_id() {
     let Some(mut rig) = Rig::start("").await else { return };
-    rig.request(r#"{"n":1}"#, Some("m-1"), "corr-1", &[(headers::QUEUE, "work")])
-        .await;
+    let hs = [
+        (headers::QUEUE, "work"),
+        (headers::TRACEPARENT, TRACEPARENT),
+        (headers::TRACESTATE, TRACESTATE),
+    ];
+    rig.request(r#"{"n":1}"#, Some("m-1"), "corr-1", &hs).await;
     let (id, lease_id) = lease(&rig.server, "work").await;
     let c = rig.server.client(None);
     let job = c.get(&format!("/v1/jobs/{id}")).await.json();
@@ -168,6 +176,10 @@ async fn a_request_becomes_a_job_and_the_reply_carries_its_correlation_id() {
     assert_eq!(reply.props.header(headers::EVENT), Some("job.succeeded"));
     assert_eq!(reply.props.content_type.as_deref(), Some("application/json"));
     assert_eq!(json_of(&reply), json!({"ok": 1}));
+    // The request's trace goes on with its reply (replyd exports no spans
+    // here, so it passes the requester's position on unchanged).
+    assert_eq!(reply.props.header(headers::TRACEPARENT), Some(TRACEPARENT));
+    assert_eq!(reply.props.header(headers::TRACESTATE), Some(TRACESTATE));
     // The reply has a stable message id (its delivery's), and is in the
     // job's delivery log, delivered once its confirm is recorded.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -190,6 +202,7 @@ async fn a_request_becomes_a_job_and_the_reply_carries_its_correlation_id() {
     c.complete(&id2, &lease2, json!(2)).await;
     let reply = rig.reply().await;
     assert_eq!(reply.props.correlation_id.as_deref(), Some("corr-2"));
+    assert_eq!(reply.props.header(headers::TRACEPARENT), None, "in no trace");
     rig.finish().await;
 }
 
@@ -348,8 +361,19 @@ async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_th
     let Workers { server, broker, names, mut work } = w;
     let c = server.client(None);
     // Success: the result is the reply's body, with its content type.
-    let id = c.submit("remote", json!({"pages": 3})).await;
+    let submitted = c
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            &[("content-type", "application/json"), ("traceparent", TRACEPARENT)],
+            Some(br#"{"queue": "remote", "input": {"pages": 3}}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(submitted.status, 202);
+    let id = submitted.json()["id"].as_str().unwrap().to_string();
     let job = next(&mut work).await;
+    // The worker gets the submitter's trace.
+    assert_eq!(job.props.header(headers::TRACEPARENT), Some(TRACEPARENT));
     assert_eq!(job.props.correlation_id.as_deref(), Some(id.as_str()));
     assert_eq!(job.props.header(headers::JOB_ID), Some(id.as_str()));
     assert_eq!(job.props.header(headers::ATTEMPT), Some("1"));
