@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { createServer, request } from 'node:http';
 import { join, normalize } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +25,7 @@ const PAGE = `<!doctype html>
 <meta charset="utf-8">
 <title>report</title>
 <script type="module">
-  import { followJob } from '/sdk/index.js';
+  import { Client, followJob } from '/sdk/index.js';
   window.follow = async (which) => {
     const { replyd, links } = await (await fetch('/job/' + which)).json();
     const events = [];
@@ -35,6 +35,22 @@ const PAGE = `<!doctype html>
       return { job, events };
     } catch (e) {
       return { error: String(e), name: e.name, events };
+    }
+  };
+  // The Client in the page, with the job's token, through this origin
+  // (the app's server passes /v1/ on to replyd).
+  window.clientCalls = async (which) => {
+    const { links } = await (await fetch('/job/' + which)).json();
+    const self = new URL(links.self, location.href);
+    const client = new Client({ baseUrl: location.origin, token: self.searchParams.get('access_token') });
+    const id = self.pathname.split('/')[3];
+    try {
+      const job = await client.get(id);
+      const waited = await client.wait(id, { timeout: 10 });
+      const result = await client.result(id);
+      return { state: job.state, waited: waited.state, result: result.json() };
+    } catch (e) {
+      return { error: String(e) };
     }
   };
   window.tryFetch = async (path) => {
@@ -86,6 +102,7 @@ describe('followJob in headless Chromium', { skip }, () => {
         if (!job) return send(res, 404, 'text/plain', 'no such job');
         return send(res, 200, 'application/json', JSON.stringify({ replyd: replyd.server.url, links: job.links }));
       }
+      if (path.startsWith('/v1/')) return forward(req, res, replyd.server.port);
       if (path.startsWith('/sdk/')) {
         const file = normalize(join(DIST, path.slice(5)));
         if (!file.startsWith(DIST)) return send(res, 403, 'text/plain', 'no');
@@ -102,6 +119,7 @@ describe('followJob in headless Chromium', { skip }, () => {
 
   after(async () => {
     await browser?.close();
+    app?.closeAllConnections();
     await new Promise((resolve) => (app ? app.close(resolve) : resolve()));
   });
 
@@ -170,11 +188,29 @@ describe('followJob in headless Chromium', { skip }, () => {
       done.events.map((e) => e.type),
       ['job.accepted', 'job.started', 'job.succeeded'],
     );
+    // On replyd's origin (here: behind the app's), the Client works in the
+    // page too; a succeeded job's 303 is read as its status even though
+    // the browser hides a redirect's body.
+    assert.deepEqual(await page.evaluate(() => window.clientCalls('finished')), {
+      state: 'succeeded',
+      waited: 'succeeded',
+      result: { ok: 1 },
+    });
     const refused = await page.evaluate(() => window.follow('forged'));
     assert.equal(refused.name, 'ReplydError', JSON.stringify(refused));
     assert.match(refused.error, /closed before it finished/);
   });
 });
+
+/** Passes a request on to replyd on 127.0.0.1:`port`, streaming its answer. */
+function forward(req, res, port) {
+  const upstream = request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+    res.writeHead(answer.statusCode, answer.headers);
+    answer.pipe(res);
+  });
+  upstream.on('error', () => res.destroy());
+  req.pipe(upstream);
+}
 
 function send(res, status, type, body) {
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
