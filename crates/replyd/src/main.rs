@@ -107,7 +107,10 @@ impl ServerArgs {
 /// Logs to stderr at `default` unless `RUST_LOG` says otherwise. lapin's
 /// own logs are off by default: replyd reports broker trouble itself, and
 /// lapin logs a returned message whole (its body, which may be a job's
-/// result).
+/// result). A log line that cannot be written (stderr a pipe whose reader
+/// has gone) is dropped quietly: tracing-subscriber's own report of it
+/// goes through `eprintln!`, which panics then, and the panic took the
+/// task that waits for SIGTERM with it (the server never drained).
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},lapin=off")));
@@ -115,6 +118,7 @@ fn init_logging(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .init();
 }
 

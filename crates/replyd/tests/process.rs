@@ -585,3 +585,43 @@ async fn bad_config_exits_nonzero_with_one_line_reason() {
         started.elapsed()
     );
 }
+
+/// SIGTERM drains even when nothing reads the log any more (stderr a pipe
+/// whose reader exited, as under `replyd serve 2>&1 | head`, or a parent
+/// that died): a log line that cannot be written is dropped, not turned
+/// into a panic of the task that waits for the signal.
+#[tokio::test]
+async fn sigterm_drains_when_stderr_is_a_broken_pipe() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = replyd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(db_path(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let listening = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        // Read up to the listening line, then close the pipe.
+        lines.any(|l| l.is_ok_and(|l| support::listen_url(&l).is_some()))
+    })
+    .await
+    .unwrap();
+    assert!(listening, "replyd did not say where it listens");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("replyd did not exit within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

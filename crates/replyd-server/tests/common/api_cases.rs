@@ -713,9 +713,17 @@ async fn job_tokens_grant_their_own_job_only() {
     let other = a.submit("work", json!({})).await;
     let anon = s.client(None);
     // As a query parameter (what a browser link carries) and as a bearer.
-    assert_eq!(anon.get(link).await.status, 202);
+    let r = anon.get(link).await;
+    assert_eq!(r.status, 202);
+    // A link's token may be used from a page of any origin (no ambient
+    // credential is involved); what a poller reads is exposed to it.
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    assert!(r.header("access-control-expose-headers").unwrap().contains("retry-after"));
     let t = s.client(Some(&token));
-    assert_eq!(t.get(&format!("/v1/jobs/{id}")).await.status, 202);
+    let r = t.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("access-control-allow-origin"), None, "not for a bearer");
+    assert_eq!(a.get(&format!("/v1/jobs/{id}")).await.header("access-control-allow-origin"), None);
     t.get(&format!("/v1/jobs/{other}")).await.problem(404);
     anon.get(&format!("/v1/jobs/{other}?access_token={token}"))
         .await
