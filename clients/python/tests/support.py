@@ -162,7 +162,7 @@ class RecordingProxy(_Server):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = upstream
         self.block_events = block_events
-        self.requests: List[Tuple[str, str, Dict[str, str]]] = []
+        self.requests: List[Tuple[str, str, Dict[str, str], bytes]] = []
         self._http = httpx.Client(timeout=120.0, follow_redirects=False)
         self._lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -173,9 +173,9 @@ class RecordingProxy(_Server):
 
     def handle(self, request: _Handler) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        with self._lock:
-            self.requests.append((request.command, request.path, headers))
         body = request._body()
+        with self._lock:
+            self.requests.append((request.command, request.path, headers, body))
         if self.block_events and "/events" in request.path.split("?")[0]:
             request._answer(200, {"content-type": "text/html"}, b"<html>no streaming here</html>")
             return
@@ -188,7 +188,14 @@ class RecordingProxy(_Server):
     def seen(self, method: str, path_prefix: str) -> List[Dict[str, str]]:
         """Headers of the requests recorded for ``method`` on paths that start with ``path_prefix``."""
         with self._lock:
-            return [h for m, p, h in self.requests if m == method and p.startswith(path_prefix)]
+            return [h for m, p, h, _ in self.requests if m == method and p.startswith(path_prefix)]
+
+    def bodies(self, method: str, path_prefix: str) -> List[Any]:
+        """Decoded JSON bodies of the requests recorded for ``method`` on
+        paths that start with ``path_prefix``."""
+        with self._lock:
+            found = [b for m, p, _, b in self.requests if m == method and p.startswith(path_prefix)]
+        return [json.loads(b) for b in found if b]
 
     def close(self) -> None:
         self.shutdown()

@@ -59,6 +59,36 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+class AbortHandle:
+    """Lets another thread (or a signal handler) abort one request by
+    shutting its connection down. It learns the socket from httpcore's
+    ``trace`` extension when the connection is opened, so the request
+    must use a fresh connection (see ``Client._lease_abortable``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._sock: Optional[socket.socket] = None
+        self.aborted = False
+
+    def trace(self, name: str, info: Dict[str, Any]) -> None:
+        if name != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sock = sock
+                if self.aborted:
+                    _shutdown(sock)
+
+    def abort(self) -> None:
+        """Shuts the request's connection down (now, or once it is open)."""
+        with self._lock:
+            self.aborted = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+
 class Client(BaseClient):
     """A synchronous connection to one replyd server (thread-safe).
 
@@ -87,11 +117,14 @@ class Client(BaseClient):
         super().__init__(base_url, api_key, timeout, retry, headers)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(follow_redirects=False)
+        self._lease_http: Optional[httpx.Client] = None
 
     def close(self) -> None:
         """Closes the connections (not a client passed in as ``http_client``)."""
         if self._owns_http:
             self._http.close()
+        if self._lease_http is not None:
+            self._lease_http.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -368,6 +401,35 @@ class Client(BaseClient):
         return self._run(
             proto.lease(queue, batch=batch, worker=worker, lease_seconds=lease_seconds, wait=wait)
         )
+
+    def _lease_abortable(
+        self,
+        queue: str,
+        batch: int,
+        abort: AbortHandle,
+        *,
+        worker: Optional[str],
+        lease_seconds: Optional[float],
+        wait: Optional[float],
+    ) -> List[Lease]:
+        """:meth:`lease_batch` once (no retries), abortable from another
+        thread through ``abort``: replyd leases nothing to a request whose
+        connection is gone. Each call opens a connection of its own (from a
+        pool without keep-alive) so that its socket is known; with an
+        ``http_client`` of the caller's, the request may reuse one and then
+        cannot be aborted (it ends after ``wait``)."""
+        if self._owns_http and self._lease_http is None:
+            no_reuse = httpx.Limits(max_keepalive_connections=0)
+            self._lease_http = httpx.Client(follow_redirects=False, limits=no_reuse)
+        http = self._lease_http if self._lease_http is not None else self._http
+        call = proto.lease(queue, batch=batch, worker=worker, lease_seconds=lease_seconds, wait=wait)
+        args = self._request_args(call)
+        args["extensions"] = {"trace": abort.trace}
+        try:
+            response = http.request(call.method, self._url(call.path), **args)
+        except httpx.TransportError as e:
+            raise TransportError(f"{call.method} {call.path}: {e!r}") from e
+        return call.parse(Answer(response.status_code, response.headers, response.content))
 
     def heartbeat(
         self, job: Union[str, Job], lease_id: str, lease_seconds: Optional[float] = None

@@ -1,6 +1,7 @@
 """The threaded worker loop over the lease API (API.md §5).
 
-One thread leases jobs in batches, up to the free slots; a pool of
+The thread that calls :meth:`Worker.run` leases jobs in batches, up to
+the free slots (a stop aborts a lease request in flight); a pool of
 ``concurrency`` threads runs the handler, one job each; one more thread
 heartbeats every running lease every third of its length and tells a job
 whose client canceled it. :meth:`Worker.stop` (or SIGTERM/SIGINT, while
@@ -18,7 +19,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _tracing
-from ._client import Client
+from ._client import AbortHandle, Client
 from ._errors import ReplydError
 from ._models import Lease
 from ._worker_common import (
@@ -131,6 +132,7 @@ class Worker:
         self._slots: Dict[str, _Slot] = {}
         self._free = self.settings.concurrency
         self._error: Optional[BaseException] = None
+        self._abort: Optional[AbortHandle] = None
 
     @property
     def stopping(self) -> bool:
@@ -138,10 +140,13 @@ class Worker:
         return self._stopping
 
     def stop(self) -> None:
-        """Stops leasing; running jobs finish, then :meth:`run` returns.
-        Safe from any thread and from a signal handler."""
+        """Stops leasing (a lease request in flight is aborted); running
+        jobs finish, then :meth:`run` returns. Safe from any thread and
+        from a signal handler."""
         with self._cond:
             self._stopping = True
+            if self._abort is not None:
+                self._abort.abort()
             self._cond.notify_all()
 
     def run(self, *, handle_signals: bool = True) -> None:
@@ -183,59 +188,34 @@ class Worker:
 
     # ---- leasing -----------------------------------------------------
     def _lease(self, want: int) -> List[Lease]:
-        """Leases up to ``want`` jobs in a helper thread, so that a stop
-        need not wait for the long poll; leases that arrive after a stop
-        are given back at once (failed with a retry)."""
-        box: Dict[str, Any] = {}
+        """Leases up to ``want`` jobs. A stop aborts the request (its
+        connection is shut down, and replyd leases nothing to it); leases
+        that arrived before are run like any other."""
         s = self.settings
-
-        def call() -> None:
-            try:
-                box["leases"] = self.client.lease_batch(
-                    s.queue, want, worker=s.name, lease_seconds=s.lease_seconds, wait=s.wait_seconds
-                )
-            except BaseException as e:  # noqa: BLE001 - handed to the leasing thread
-                box["error"] = e
-            with self._cond:
-                box["done"] = True
-                abandoned = box.get("abandoned", False)
-                self._cond.notify_all()
-            if abandoned:
-                for lease in box.get("leases", []):
-                    self._give_back(lease)
-
-        threading.Thread(target=call, name="replyd-lease", daemon=True).start()
+        abort = AbortHandle()
         with self._cond:
-            while not box.get("done") and not self._stopping:
-                self._cond.wait(timeout=1.0)
-            if not box.get("done"):
-                box["abandoned"] = True
+            if self._stopping:
                 return []
-        error = box.get("error")
-        if error is None:
-            leases: List[Lease] = box.get("leases", [])
-            return leases
-        if is_permanent_lease_error(error):
-            log.error("worker %s: cannot lease from %s: %s", s.name, s.queue, error)
-            self._error = error
-            self.stop()
-        else:
-            log.warning("worker %s: lease failed: %s", s.name, error)
-            with self._cond:
-                self._cond.wait_for(lambda: self._stopping, timeout=1.0)
-        return []
-
-    def _give_back(self, lease: Lease) -> None:
+            self._abort = abort
         try:
-            self.client.fail(
-                lease.job.id,
-                lease.lease_id,
-                "the worker stopped before it began the job",
-                code="worker_stopped",
-                retry=True,
+            return self.client._lease_abortable(
+                s.queue, want, abort, worker=s.name, lease_seconds=s.lease_seconds, wait=s.wait_seconds
             )
-        except ReplydError as e:
-            log.warning("job %s: could not give the lease back: %s", lease.job.id, e)
+        except ReplydError as error:
+            if abort.aborted:
+                return []
+            if is_permanent_lease_error(error):
+                log.error("worker %s: cannot lease from %s: %s", s.name, s.queue, error)
+                self._error = error
+                self.stop()
+            else:
+                log.warning("worker %s: lease failed: %s", s.name, error)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, timeout=1.0)
+            return []
+        finally:
+            with self._cond:
+                self._abort = None
 
     def _drain(self) -> None:
         """Waits for running jobs; past ``drain_timeout`` tells them to stop."""
