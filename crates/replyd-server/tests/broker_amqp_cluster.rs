@@ -77,8 +77,15 @@ prefetch = 8
     let _ = tokio::time::timeout(Duration::from_secs(10), conn.close(200, "done".into())).await;
 
     let mut replies = broker.subscribe(&names.work, 64).await.unwrap();
-    common::brokers::one_job_and_one_reply_per_request(&broker, &names, &mut replies, &nodes, 150)
-        .await;
+    common::brokers::one_job_and_one_reply_per_request(
+        &broker,
+        &names,
+        &mut replies,
+        &nodes,
+        150,
+        common::brokers::Rereads::Never,
+    )
+    .await;
     for node in nodes {
         node.stop.cancel();
         let _ = node.task.await;

@@ -64,8 +64,15 @@ session_expiry = 60
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    common::brokers::one_job_and_one_reply_per_request(&broker, &names, &mut replies, &nodes, 150)
-        .await;
+    common::brokers::one_job_and_one_reply_per_request(
+        &broker,
+        &names,
+        &mut replies,
+        &nodes,
+        150,
+        common::brokers::Rereads::Never,
+    )
+    .await;
     for node in nodes {
         node.stop.cancel();
         let _ = node.task.await;

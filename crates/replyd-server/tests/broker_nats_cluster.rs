@@ -46,8 +46,15 @@ prefetch = 8
     // its to answer.
     common::brokers::until_consuming(&nodes[0], &names.requests).await;
     let mut replies = broker.subscribe(&names.work, 64).await.unwrap();
-    common::brokers::one_job_and_one_reply_per_request(&broker, &names, &mut replies, &nodes, 150)
-        .await;
+    common::brokers::one_job_and_one_reply_per_request(
+        &broker,
+        &names,
+        &mut replies,
+        &nodes,
+        150,
+        common::brokers::Rereads::Never,
+    )
+    .await;
     for node in nodes {
         node.stop.cancel();
         let _ = node.task.await;

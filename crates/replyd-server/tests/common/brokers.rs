@@ -70,6 +70,7 @@ pub async fn one_job_and_one_reply_per_request(
     replies: &mut tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
     nodes: &[TestServer],
     n: usize,
+    rereads: Rereads,
 ) {
     for i in 0..n {
         publish(broker, &names.requests, request(names, i)).await;
@@ -98,11 +99,25 @@ pub async fn one_job_and_one_reply_per_request(
         collect(&mut first, &r.message);
         r.settle.ack().await.unwrap();
     }
-    // No more: one reply per request.
-    if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(1), replies.recv()).await {
-        panic!("a second reply: {:?}", r.message.props);
+    // No more: one reply per request (or, where a rebalance may have
+    // handed a request to another node before its offset was committed,
+    // the same job's reply again).
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(1), replies.recv()).await {
+        assert_eq!(
+            rereads,
+            Rereads::AfterRebalance,
+            "a second reply: {:?}",
+            r.message.props
+        );
+        collect(&mut first, &r.message);
+        r.settle.ack().await.unwrap();
     }
-    assert!(first.values().all(|jobs| jobs.len() == 1));
+    for (corr, jobs) in &first {
+        assert!(
+            jobs.iter().all(|j| j == &jobs[0]),
+            "{corr}: replies of two jobs: {jobs:?}"
+        );
+    }
     let jobs: HashSet<&String> = first.values().flatten().collect();
     assert_eq!(jobs.len(), n, "a job per request");
 
@@ -119,7 +134,11 @@ pub async fn one_job_and_one_reply_per_request(
         r.settle.ack().await.unwrap();
     }
     for (corr, jobs) in &again {
-        assert_eq!(jobs, &first[corr], "{corr}: the same job");
+        assert!(
+            jobs.iter().all(|j| j == &first[corr][0]),
+            "{corr}: the same job: {jobs:?} after {:?}",
+            first[corr]
+        );
     }
     let listed = nodes[1]
         .client(None)
@@ -127,6 +146,20 @@ pub async fn one_job_and_one_reply_per_request(
         .await
         .json();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), n);
+}
+
+/// Whether a broker may deliver a request again without a requester
+/// sending it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rereads {
+    Never,
+    /// Kafka: a partition a consumer-group rebalance moves to another
+    /// node is read again from its last committed offset, so a request
+    /// replyd had accepted but not yet committed comes again. It finds its
+    /// job (no second job) and is answered again, as API.md allows for a
+    /// duplicate; the test's rebalances come from nodes joining the group
+    /// late on a loaded machine.
+    AfterRebalance,
 }
 
 /// How a broker's requesters ride out an outage of the broker.
