@@ -175,13 +175,13 @@ class AsyncClient(BaseClient):
         self, job: Union[str, Job], after: Optional[int] = None
     ) -> AsyncIterator[JobEvent]:
         """The job's events; see :meth:`replyd.Client.events`."""
-        _, url = self._events_target(job)
+        _, url, _ = self._targets(job)
         async for event in self._follow(url, EventCursor(after)):
             yield event
 
     async def wait(self, job: Union[str, Job], timeout: Optional[float] = None) -> Job:
         """Waits until the job has finished; see :meth:`replyd.Client.wait`."""
-        job_id, url = self._events_target(job)
+        job_id, url, link = self._targets(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: List[Job] = []
 
@@ -205,12 +205,17 @@ class AsyncClient(BaseClient):
             log.info("job %s: events unavailable (%s); polling instead", job_id, e)
         if finished is not None:
             return finished
-        return await self._poll(job_id, deadline, seen[0] if seen else None, timeout)
+        return await self._poll(job_id, link, deadline, seen[0] if seen else None, timeout)
 
     async def _poll(
-        self, job_id: str, deadline: Optional[float], seen: Optional[Job], timeout: Optional[float]
+        self,
+        job_id: str,
+        link: Optional[str],
+        deadline: Optional[float],
+        seen: Optional[Job],
+        timeout: Optional[float],
     ) -> Job:
-        plan = proto.PollPlan(job_id, deadline)
+        plan = proto.PollPlan(job_id, deadline, link)
         while True:
             pause, call = plan.next()
             if pause > 0:

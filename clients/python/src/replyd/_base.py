@@ -95,13 +95,16 @@ class BaseClient:
         connect = min(CONNECT_TIMEOUT, self._timeout)
         return httpx.Timeout(self._timeout, connect=connect, read=read)
 
-    def _events_target(self, job: Union[str, Job]) -> Tuple[str, str]:
-        """(job id, URL of its event stream): the job's own ``links.events``
-        (it carries the job token) when given the job, else the route."""
+    def _link(self, link: str) -> str:
+        if link.startswith(("http://", "https://")):
+            return link
+        # Links are paths from the API's root, which base_url is.
+        return self._base + "/" + link.lstrip("/")
+
+    def _targets(self, job: Union[str, Job]) -> Tuple[str, str, Optional[str]]:
+        """(job id, URL of its event stream, URL to poll it at or None for
+        the route). Given the job, its own links, which carry its token (so
+        a client without a key can follow it); given an id, the routes."""
         if isinstance(job, Job):
-            link = job.links.events
-            if link.startswith(("http://", "https://")):
-                return job.id, link
-            # Links are paths from the API's root, which base_url is.
-            return job.id, self._base + "/" + link.lstrip("/")
-        return job, self._url(path("events", id=job))
+            return job.id, self._link(job.links.events), self._link(job.links.self_)
+        return job, self._url(path("events", id=job)), None

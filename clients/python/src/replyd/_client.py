@@ -272,7 +272,7 @@ class Client(BaseClient):
         failed connections in a row end it with :class:`StreamError`, as
         does an endpoint that does not answer an event stream.
         """
-        job_id, url = self._events_target(job)
+        _, url, _ = self._targets(job)
         yield from self._follow(url, EventCursor(after), None)
 
     def wait(self, job: Union[str, Job], timeout: Optional[float] = None) -> Job:
@@ -286,7 +286,7 @@ class Client(BaseClient):
         After ``timeout`` seconds: :class:`WaitTimeoutError` (``.job`` is
         the job as last seen).
         """
-        job_id, url = self._events_target(job)
+        job_id, url, link = self._targets(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: Optional[Job] = None
         try:
@@ -298,12 +298,17 @@ class Client(BaseClient):
             raise WaitTimeoutError(f"job {job_id} did not finish within {timeout} s", seen) from None
         except (StreamError, ProblemError) as e:
             log.info("job %s: events unavailable (%s); polling instead", job_id, e)
-        return self._poll(job_id, deadline, seen, timeout)
+        return self._poll(job_id, link, deadline, seen, timeout)
 
     def _poll(
-        self, job_id: str, deadline: Optional[float], seen: Optional[Job], timeout: Optional[float]
+        self,
+        job_id: str,
+        link: Optional[str],
+        deadline: Optional[float],
+        seen: Optional[Job],
+        timeout: Optional[float],
     ) -> Job:
-        plan = proto.PollPlan(job_id, deadline)
+        plan = proto.PollPlan(job_id, deadline, link)
         while True:
             pause, call = plan.next()
             if pause > 0:

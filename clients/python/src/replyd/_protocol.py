@@ -278,9 +278,12 @@ class Polled:
     retry_after: Optional[float]
 
 
-def poll(job_id: str, etag: Optional[str], hold: float) -> Call[Optional[Polled]]:
-    """``GET /v1/jobs/{id}``, with ``If-None-Match`` and ``Prefer: wait``
-    (long polling) when an ETag is known. None: unchanged (304)."""
+def poll(
+    job_id: str, etag: Optional[str], hold: float, link: Optional[str] = None
+) -> Call[Optional[Polled]]:
+    """``GET /v1/jobs/{id}`` (or the job's own ``links.self``, which carries
+    its token), with ``If-None-Match`` and ``Prefer: wait`` (long polling)
+    when an ETag is known. None: unchanged (304)."""
     headers: Dict[str, str] = {}
     seconds = 0
     if etag is not None:
@@ -294,7 +297,8 @@ def poll(job_id: str, etag: Optional[str], hold: float) -> Call[Optional[Polled]
         _expect(answer, 200, 202, 303)
         return Polled(_job(answer), answer.headers.get("etag"), retry_after(answer.headers))
 
-    return Call("get", path("get", id=job_id), parse, headers=headers, hold=float(seconds))
+    where = link if link is not None else path("get", id=job_id)
+    return Call("get", where, parse, headers=headers, hold=float(seconds))
 
 
 def result(job_id: str) -> Call[JobResult]:
@@ -521,8 +525,9 @@ class PollPlan:
     ``Prefer: wait``) while the server gives an ETag, pausing as its
     ``Retry-After`` says whenever it answers without holding the request."""
 
-    def __init__(self, job_id: str, deadline: Optional[float]) -> None:
+    def __init__(self, job_id: str, deadline: Optional[float], link: Optional[str] = None) -> None:
         self.job_id = job_id
+        self.link = link
         self.deadline = deadline
         self.last: Optional[Polled] = None
         self._pause_next = False
@@ -547,7 +552,7 @@ class PollPlan:
         etag = self.last.etag if self.last is not None else None
         self._hold = hold if etag is not None else 0.0
         self._sent_at = time.monotonic() + pause
-        return pause, poll(self.job_id, etag, hold)
+        return pause, poll(self.job_id, etag, hold, self.link)
 
     def update(self, polled: Optional[Polled]) -> Optional[Job]:
         """Takes the answer to the last call; returns the job when it changed."""
