@@ -101,17 +101,9 @@ def default_name() -> str:
 
 
 def lease_trace(lease: Lease) -> Tuple[Optional[str], Optional[str]]:
-    """The lease's ``traceparent`` and ``tracestate``, when it carries them
-    (as fields once the spec has them, in ``extra`` before)."""
-    fields = vars(lease)
-
-    def text(name: str) -> Optional[str]:
-        value = fields.get(name)
-        if value is None:
-            value = lease.extra.get(name)
-        return value if isinstance(value, str) and value else None
-
-    return text("traceparent"), text("tracestate")
+    """The lease's ``traceparent`` and ``tracestate``: the trace context the
+    worker continues (its parent is replyd's span for the attempt)."""
+    return lease.traceparent or None, lease.tracestate or None
 
 
 def failure_of(error: BaseException) -> Tuple[str, Optional[str], bool]:
