@@ -130,6 +130,10 @@ pub struct Task {
     pub job: Job,
     /// Its input.
     pub input: Value,
+    /// W3C Trace Context to continue (the lease's `traceparent` and
+    /// `tracestate`), when the job is in a trace.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     progress: watch::Sender<Option<(Option<f64>, Option<String>)>>,
     stop: watch::Receiver<Option<Stop>>,
     client: Client,
@@ -420,7 +424,11 @@ async fn run_task(
     mut phase: watch::Receiver<Phase>,
 ) {
     let Lease {
-        mut job, lease_id, ..
+        mut job,
+        lease_id,
+        traceparent,
+        tracestate,
+        ..
     } = lease;
     let id = job.id.clone();
     info!(job = %id, attempt = job.attempt, "running job");
@@ -445,6 +453,8 @@ async fn run_task(
     let task = Task {
         job,
         input,
+        traceparent,
+        tracestate,
         progress: progress_tx,
         stop: stop_rx,
         client: client.clone(),

@@ -5,7 +5,7 @@
 //!
 //! Each of `--concurrency` slots leases one job at a time (long poll, 20 s)
 //! and runs COMMAND in its own process group with the job's input (JSON) on
-//! stdin and `REPLYD_JOB_ID`, `REPLYD_QUEUE`, `REPLYD_ATTEMPT` in its
+//! stdin and `REPLYD_JOB_ID`, `REPLYD_QUEUE`, `REPLYD_ATTEMPT` (and `TRACEPARENT`, `TRACESTATE` when the job is in a trace) in its
 //! environment. stdout is the result (JSON if it parses, else text or
 //! bytes); stderr lines `progress <percent> [message]` are reported as
 //! progress and the others are forwarded to the worker's stderr, the last
@@ -129,11 +129,17 @@ async fn run_command(
     let cmd = process::Command {
         argv: argv.to_vec(),
         input: input.into(),
-        env: vec![
-            ("REPLYD_JOB_ID".into(), task.job.id.clone()),
-            ("REPLYD_QUEUE".into(), task.job.queue.clone()),
-            ("REPLYD_ATTEMPT".into(), task.job.attempt.to_string()),
-        ],
+        env: [
+            ("REPLYD_JOB_ID", Some(task.job.id.clone())),
+            ("REPLYD_QUEUE", Some(task.job.queue.clone())),
+            ("REPLYD_ATTEMPT", Some(task.job.attempt.to_string())),
+            // The job's trace, as OpenTelemetry's SDKs read it.
+            ("TRACEPARENT", task.traceparent.clone()),
+            ("TRACESTATE", task.tracestate.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect(),
         max_result: MAX_RESULT,
         echo_stderr: true,
         tee: None,

@@ -138,6 +138,40 @@ async fn worker_runs_a_command_and_completes_the_job() {
     assert!(stop_worker(worker).await.success());
 }
 
+/// Issue 17: the command continues its job's trace (`TRACEPARENT`,
+/// `TRACESTATE` from the lease), as the `exec` executor's does.
+#[tokio::test]
+async fn the_command_gets_its_jobs_trace() {
+    let server = start_server().await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let submitted: Value = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .header("traceparent", tp)
+        .header("tracestate", "rojo=1")
+        .json(&json!({"queue": "work", "input": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = submitted["id"].as_str().unwrap();
+    let worker = start_worker(
+        &server,
+        &[],
+        r#"cat >/dev/null; printf '{"parent": "%s", "state": "%s"}' "$TRACEPARENT" "$TRACESTATE""#,
+    );
+    let client = Client::new(&server.url, None).unwrap();
+    let done = client.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let result = client.result(id).await.unwrap();
+    assert_eq!(
+        result.json::<Value>().unwrap(),
+        json!({"parent": tp, "state": "rojo=1"})
+    );
+    assert!(stop_worker(worker).await.success());
+}
+
 #[tokio::test]
 async fn a_failing_command_fails_the_job() {
     let server = start_server().await;
