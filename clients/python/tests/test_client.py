@@ -184,3 +184,19 @@ def test_invalid_base_url_is_refused() -> None:
     with pytest.raises(ValueError):
         replyd.Client("127.0.0.1:8202")
     assert "k-secret" not in repr(replyd.Client("http://127.0.0.1:1", api_key="k-secret"))
+
+
+def test_an_expired_job_is_gone(client: replyd.Client) -> None:
+    job = client.submit("demo", {"seconds": 0}, ttl=0)
+    assert client.wait(job, timeout=20).state == "succeeded"
+    for read in (client.get, client.result):
+        with pytest.raises(replyd.GoneError) as caught:
+            read(job)
+        assert caught.value.status == 410 and "expired" in caught.value.type
+
+
+def test_a_body_over_the_limit_is_413(client: replyd.Client) -> None:
+    with pytest.raises(replyd.PayloadTooLargeError) as caught:
+        client.submit("work", {"blob": "x" * 1_100_000})
+    assert caught.value.status == 413
+    assert list(client.list_all()) == []

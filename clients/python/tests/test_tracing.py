@@ -23,10 +23,14 @@ EXPORTER = InMemorySpanExporter()
 
 @pytest.fixture(scope="module", autouse=True)
 def tracer_provider() -> Iterator[None]:
-    """A provider that keeps finished spans in memory (set once per process)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)
+    """Finished spans kept in memory. The global provider can be set once
+    per process: when another test set it first, the exporter joins it."""
+    current = trace.get_tracer_provider()
+    if not isinstance(current, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+        current = trace.get_tracer_provider()
+    assert isinstance(current, TracerProvider)
+    current.add_span_processor(SimpleSpanProcessor(EXPORTER))
     yield
     EXPORTER.clear()
 

@@ -252,7 +252,7 @@ def test_stop_aborts_a_held_lease_request(client: replyd.Client) -> None:
         threading.Event().wait(0.3)
         started = time.monotonic()
     took = time.monotonic() - started
-    assert took < 2, f"stop() took {took:.1f}s: it waited for the long poll"
+    assert took < 5, f"stop() took {took:.1f}s: it waited for the (30 s) long poll"
 
 
 def test_settings_are_checked(client: replyd.Client) -> None:

@@ -14,6 +14,8 @@ webhook receiver checks their signatures (:func:`verify_webhook`).
 :class:`AsyncClient` is :class:`Client` for asyncio.
 """
 
+import logging
+
 from ._async_client import AsyncClient
 from ._async_worker import AsyncJobContext, AsyncWorker
 from ._client import Client
@@ -56,6 +58,10 @@ from ._version import __version__
 from ._webhooks import JwksClient, WebhookEvent, WebhookVerificationError, verify_webhook
 from ._worker import JobContext, Worker
 from ._worker_common import Permanent
+
+# The SDK logs to the "replyd" logger (retries, a worker's jobs) and never
+# prints: without a handler of the application's, nothing is shown.
+logging.getLogger("replyd").addHandler(logging.NullHandler())
 
 __all__ = [
     "JOB_STATES",

@@ -186,7 +186,9 @@ class Client(BaseClient):
 
         With ``wait=N`` the server holds the request up to N seconds
         (``Prefer: wait``): if the job succeeds by then, the returned job is
-        finished and carries its result in ``Job.result``.
+        finished and carries its result in ``Job.result`` (the job is read
+        once more for its representation, so with ``ttl=0`` it is already
+        gone: :class:`GoneError`).
 
         ``traceparent``/``tracestate`` (W3C Trace Context) link the job to
         a trace; by default the current OpenTelemetry span's are sent, when
