@@ -167,3 +167,35 @@ def test_events_resume_exactly_across_a_server_restart(server: ReplydServer) -> 
     ]
     messages = [e.job.progress.message for e in seen if e.event == "job.progress" and e.job.progress]
     assert messages == ["before the crash", "after the restart", "nearly done"]
+
+
+def test_the_server_s_retry_sets_the_pause_before_reconnecting(
+    client: replyd.Client, server: ReplydServer
+) -> None:
+    """The stream opens with ``retry:`` (200 ms in the tests' config): a
+    follower waits that long after a dropped connection, doubling after
+    each further failure in a row, and a job event resets the count."""
+    import httpx
+    from httpx_sse import EventSource
+
+    from replyd._events import EventCursor
+
+    job = client.submit("work", {"n": 1})
+    cursor = EventCursor()
+    assert cursor.pause() == 0
+    with httpx.stream("GET", f"{server.url}/v1/jobs/{job.id}/events", headers=cursor.headers()) as r:
+        frames = EventSource(r).iter_sse()
+        first = next(frames)
+        assert first.retry == 200
+        assert cursor.feed(first) is None
+        accepted = cursor.feed(next(frames))
+    assert accepted is not None and accepted.event == "job.accepted"
+    assert cursor.headers()["Last-Event-ID"] == str(accepted.id)
+    cursor.broke(OSError("dropped"))
+    assert cursor.pause() == 0.2
+    cursor.broke(OSError("refused"))
+    assert cursor.pause() == 0.4
+    with pytest.raises(replyd.StreamError):
+        for _ in range(10):
+            cursor.broke(OSError("still refused"))
+    assert cursor.done
