@@ -162,7 +162,10 @@ async fn the_command_gets_its_jobs_trace() {
         r#"cat >/dev/null; printf '{"parent": "%s", "state": "%s"}' "$TRACEPARENT" "$TRACESTATE""#,
     );
     let client = Client::new(&server.url, None).unwrap();
-    let done = client.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    let done = client
+        .wait(id, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     let result = client.result(id).await.unwrap();
     assert_eq!(
