@@ -96,8 +96,7 @@ executor = "demo"
 secret = "{SECRET}"
 allow_networks = ["127.0.0.0/8"]
 retry_schedule = [0, 1]
-# Without it the issuer is http://LISTEN, which is http://127.0.0.1:0 here
-# (the configured address, not the bound one).
+# Without it the issuer is the server's own URL (the address it listens on).
 jwt_issuer = "https://replyd.test"
 """
 
@@ -148,6 +147,22 @@ def test_a_real_delivery_from_replyd_verifies(hook_server: ReplydServer, receive
         replyd.verify_webhook(
             body, headers, SECRET, jwks=jwks, issuer="https://replyd.test", tenant="acme"
         )
+
+
+def test_without_an_issuer_set_it_is_the_servers_own_url(
+    make_server: MakeServer, receiver: WebhookReceiver
+) -> None:
+    """`--listen 127.0.0.1:0`: the issuer is the address replyd bound, which a
+    receiver can reach (not the configured port 0)."""
+    server = make_server(WEBHOOK_CONFIG.replace('jwt_issuer = "https://replyd.test"\n', ""))
+    with replyd.Client(server.url) as client:
+        client.submit("demo", {"seconds": 0}, webhook={"url": receiver.url, "jwt": True})
+        headers, body = receiver.next()
+        event = replyd.verify_webhook(
+            body, headers, SECRET, jwks=replyd.JwksClient(server.url),
+            audience=receiver.url, require_jwt=True,
+        )
+    assert event.jwt_claims is not None and event.jwt_claims["iss"] == server.url
 
 
 def test_a_jwt_for_another_body_is_refused(hook_server: ReplydServer, receiver: WebhookReceiver) -> None:

@@ -259,6 +259,10 @@ pub async fn serve(
     if config.is_open() && !config.insecure && !addr.ip().is_loopback() {
         return Err(ServeError::Insecure(addr));
     }
+    // The address it is reachable at (`--listen 127.0.0.1:0` names none):
+    // what `public_url` defaults to, such as the webhook JWTs' issuer.
+    let mut config = config;
+    config.listen = addr;
     Server::start(config, Clock::system())
         .await?
         .run(listener, shutdown)
