@@ -41,6 +41,8 @@
 //! - `console` (`console.rs`): the console's job lists with 1M jobs in
 //!   the table (SQLite, and PostgreSQL with `--database-url`): each list's
 //!   store read beside the newest page's, and the first paint in Chromium.
+//! - `telemetry` (`telemetry.rs`, feature `otel`): e2e with spans off and
+//!   exported to an in-process OTLP sink, alternating rounds: the ratio.
 //! - `exposure` (`exposure.rs`): what a stranger with no key can make a
 //!   replyd hold, this build against `--baseline-bin` in the same run.
 
@@ -60,6 +62,8 @@ mod pg;
 mod process;
 pub mod streams;
 mod submit;
+#[cfg(feature = "otel")]
+mod telemetry;
 mod tokens;
 mod webhooks;
 
@@ -97,6 +101,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "dstreams" => dstreams::run(&args, &dir).await?,
             "tokens" => tokens::run(&args, &dir).await?,
             "console" => console::run(&args, &dir).await?,
+            #[cfg(feature = "otel")]
+            "telemetry" => telemetry::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
             "amqp" => amqp::run(&args, &dir).await?,
             #[cfg(feature = "mqtt")]
@@ -112,7 +118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             other => bail!(
                 "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, streams, webhooks, exposure; \
-                 with their features: pg, amqp, mqtt, nats, kafka)"
+                 with their features: pg, amqp, mqtt, nats, kafka, telemetry)"
             ),
         }
     }
