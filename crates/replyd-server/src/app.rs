@@ -215,7 +215,7 @@ impl App {
         };
         let submitted = self.store.submit(new, self.now()).await?;
         if let Submitted::Created(job) = &submitted {
-            self.telemetry.submitted(job, started, s.via);
+            self.telemetry.submitted(job, (started, self.now()), s.via);
         }
         Ok(submitted)
     }

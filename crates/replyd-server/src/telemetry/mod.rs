@@ -212,8 +212,14 @@ impl Telemetry {
         }
     }
 
-    /// The span of a job's acceptance, `via` the ingress it came by.
-    pub fn submitted(&self, job: &JobRecord, start: DateTime<Utc>, via: &'static str) {
+    /// The span of a job's acceptance, from `start` to `end`, `via` the
+    /// ingress it came by.
+    pub fn submitted(
+        &self,
+        job: &JobRecord,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+        via: &'static str,
+    ) {
         if !self.inner.exporting {
             return;
         }
@@ -223,7 +229,7 @@ impl Telemetry {
             "replyd.submit",
             SpanKind::Server,
             start,
-            Utc::now(),
+            end,
         )
         .map(|s| s.with("replyd.via", Value::Str(via.into())));
         self.record(span);

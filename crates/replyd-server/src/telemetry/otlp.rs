@@ -177,7 +177,11 @@ pub async fn run_log(
                 Some(c) => c,
                 None => {
                     // Start where the log is now: at the first event seen.
-                    let Ok(first) = bus.recv().await else {
+                    let first = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(false),
+                        first = bus.recv() => first,
+                    };
+                    let Ok(first) = first else {
                         return Ok(false);
                     };
                     let Some(e) = first.first() else {

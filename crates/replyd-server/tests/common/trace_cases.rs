@@ -130,6 +130,25 @@ mod trace {
         traceparent.split('-').nth(2).unwrap()
     }
 
+    /// The span exporter's log reader, waiting for a first event to start
+    /// its cursor at, lets a server with no jobs stop at once (it held the
+    /// drain for the whole grace period).
+    #[tokio::test]
+    async fn a_server_exporting_spans_with_no_jobs_stops_at_once() {
+        let (base, _got) = receiver().await;
+        let config = format!("[queues.work]\n[telemetry]\notlp_endpoint = \"{base}/otlp\"\n");
+        let Some(s) = TestServer::start(&config).await else {
+            return;
+        };
+        // Long enough for the reader to take its lease and wait.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let asked = std::time::Instant::now();
+        s.stop.cancel();
+        let _ = s.task.await;
+        let took = asked.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "stopped after {took:?}");
+    }
+
     #[tokio::test]
     async fn one_trace_runs_from_the_submitter_through_the_worker_to_the_webhook() {
         let (base, got) = receiver().await;
