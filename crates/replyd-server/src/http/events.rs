@@ -280,10 +280,7 @@ fn event_stream(body: Body) -> Response {
 fn cors(mut res: Response) -> Response {
     // Streams are read with a job token or an API key, never with ambient
     // credentials (cookies), so any origin may read them.
-    res.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    super::allow_any_origin(res.headers_mut(), "");
     res
 }
 

@@ -47,14 +47,9 @@ async fn token_cors(req: axum::extract::Request, next: axum::middleware::Next) -
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
     let mut res = next.run(req).await;
     if by_token {
-        let h = res.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("location, retry-after, etag, content-location"),
+        super::allow_any_origin(
+            res.headers_mut(),
+            "location, retry-after, etag, content-location",
         );
     }
     res

@@ -347,6 +347,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for WorkerCall<T> {
     }
 }
 
+/// Lets a page of any origin read an answer (`Access-Control-Allow-Origin:
+/// *`), with the headers in `expose` (a comma-separated list, or empty).
+/// Only for requests that carry their own credential (a bearer, a job
+/// token in the URL): `*` never lets a browser send ambient ones (the
+/// console's cookie), and the console's guard refuses them cross-site.
+pub fn allow_any_origin(headers: &mut HeaderMap, expose: &'static str) {
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    if !expose.is_empty() {
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::HeaderValue::from_static(expose),
+        );
+    }
+}
+
 /// The W3C Trace Context a request came in (`traceparent`, and every
 /// `tracestate` header joined), if well formed.
 pub fn trace_of(headers: &HeaderMap) -> Option<replyd_core::trace::TraceContext> {

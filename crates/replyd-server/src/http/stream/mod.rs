@@ -81,17 +81,11 @@ fn secure(res: ApiResult<Response>) -> Response {
         HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("cross-origin"),
     );
-    hs.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    hs.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "stream-next-offset, stream-cursor, stream-up-to-date, stream-closed, \
-             stream-sse-data-encoding, producer-epoch, producer-seq, producer-expected-seq, \
-             producer-received-seq, etag, location, content-type",
-        ),
+    super::allow_any_origin(
+        hs,
+        "stream-next-offset, stream-cursor, stream-up-to-date, stream-closed, \
+         stream-sse-data-encoding, producer-epoch, producer-seq, producer-expected-seq, \
+         producer-received-seq, etag, location, content-type",
     );
     res
 }
