@@ -224,6 +224,27 @@ pub struct NewJob {
 }
 
 impl NewJob {
+    /// A plain job of `tenant` on `queue`: input `{}`, one attempt of at
+    /// most 60 s, kept an hour, nothing owed, in no trace (what tests and
+    /// benchmarks submit; set the fields they are about).
+    pub fn plain(tenant: Tenant, queue: &str) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            tenant,
+            queue: queue.into(),
+            input: bytes::Bytes::from_static(b"{}"),
+            max_attempts: 1,
+            timeout: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            webhook: None,
+            reply: None,
+            idempotency_key: None,
+            request_hash: None,
+            output_type: None,
+            trace: None,
+        }
+    }
+
     /// The record of this job as it is accepted at `now`.
     pub fn into_record(self, now: DateTime<Utc>) -> (JobRecord, bytes::Bytes) {
         let record = JobRecord {

@@ -110,22 +110,12 @@ mod tests {
     #[test]
     fn each_move_ends_its_spans() {
         let t0 = Utc::now();
-        let (mut job, _) = replyd_core::NewJob {
-            id: replyd_core::JobId::new(),
-            tenant: replyd_core::Tenant::open(),
-            queue: "q".into(),
-            input: bytes::Bytes::from_static(b"{}"),
+        let new = replyd_core::NewJob {
             max_attempts: 2,
-            timeout: Duration::from_secs(60),
-            ttl: Duration::from_secs(60),
-            webhook: None,
-            reply: None,
-            idempotency_key: None,
-            request_hash: None,
-            output_type: None,
             trace: TraceContext::parse(TP, None),
-        }
-        .into_record(t0);
+            ..replyd_core::NewJob::plain(replyd_core::Tenant::open(), "q")
+        };
+        let (mut job, _) = new.into_record(t0);
         let policy = RetryPolicy::default();
         let lease = LeaseId::new();
         let t1 = t0 + chrono::Duration::milliseconds(40);

@@ -287,24 +287,11 @@ mod tests {
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn job(trace: Option<TraceContext>) -> JobRecord {
-        let (mut job, _) = replyd_core::NewJob {
-            id: replyd_core::JobId::new(),
-            tenant: replyd_core::Tenant::open(),
-            queue: "q".into(),
-            input: bytes::Bytes::from_static(b"{}"),
-            max_attempts: 1,
-            timeout: std::time::Duration::from_secs(60),
-            ttl: std::time::Duration::from_secs(60),
-            webhook: None,
-            reply: None,
-            idempotency_key: None,
-            request_hash: None,
-            output_type: None,
-            trace: None,
-        }
-        .into_record(Utc::now());
-        job.trace = trace;
-        job
+        let new = replyd_core::NewJob {
+            trace,
+            ..replyd_core::NewJob::plain(replyd_core::Tenant::open(), "q")
+        };
+        new.into_record(Utc::now()).0
     }
 
     #[test]

@@ -79,21 +79,7 @@ pub async fn migrate_schema_to(url: &str, version: i64) -> replyd_core::store::S
 /// A plain job of `tenant` on `queue` (input `{}`, one attempt, kept an
 /// hour): what the PostgreSQL store's tests submit.
 pub fn job(tenant: &str, queue: &str) -> replyd_core::job::NewJob {
-    replyd_core::job::NewJob {
-        id: replyd_core::JobId::new(),
-        tenant: replyd_core::Tenant(tenant.into()),
-        queue: queue.into(),
-        input: bytes::Bytes::from_static(b"{}"),
-        max_attempts: 1,
-        timeout: std::time::Duration::from_secs(60),
-        ttl: std::time::Duration::from_secs(3600),
-        webhook: None,
-        reply: None,
-        idempotency_key: None,
-        request_hash: None,
-        output_type: None,
-        trace: None,
-    }
+    replyd_core::job::NewJob::plain(replyd_core::Tenant(tenant.into()), queue)
 }
 
 /// The server tests run against: `REPLYD_TEST_DATABASE_URL`, by default
