@@ -236,7 +236,6 @@ impl Telemetry {
     }
 
     /// The span of attempt `n` of a delivery, from `start` to `end`.
-    #[allow(clippy::too_many_arguments)]
     pub fn delivered(
         &self,
         d: &Delivery,
