@@ -130,6 +130,33 @@ pub struct StateCount {
     pub count: u64,
 }
 
+/// A count of the jobs by queue and state, and which events of the log it
+/// saw: a reader keeping the count up to date from the log adds only the
+/// events it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub jobs: Vec<StateCount>,
+    pub seen: Seen,
+}
+
+/// The events a read saw: every position below `below`, but for the
+/// half-open ranges in `unseen` (writes still open when it read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub below: i64,
+    pub unseen: Vec<(i64, i64)>,
+}
+
+impl Seen {
+    pub fn includes(&self, event: EventId) -> bool {
+        event.0 < self.below
+            && !self
+                .unseen
+                .iter()
+                .any(|&(lo, hi)| lo <= event.0 && event.0 < hi)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no such job")]
@@ -388,8 +415,8 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<u64>;
 
-    /// Jobs by queue and state.
-    async fn counts(&self) -> StoreResult<Vec<StateCount>>;
+    /// Jobs by queue and state, and the events the count saw.
+    async fn counts(&self) -> StoreResult<Counts>;
 
     /// A cluster-wide setting: the value kept under `key`, if any.
     async fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;

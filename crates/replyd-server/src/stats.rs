@@ -14,7 +14,9 @@
 //! takes longer), and kept up to date in between by the same events (each
 //! says what the job became, and so where it was), and by this node's
 //! deletes; a garbage collection makes the next view count again. (Another
-//! node's deletes and collections show at this node's next count.)
+//! node's deletes and collections show at this node's next count.) The
+//! count says which events it saw ([`Seen`]); of the events that arrive
+//! while it runs and after, only the others move jobs in the tally.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -23,7 +25,7 @@ use chrono::{DateTime, Utc};
 use replyd_core::JobState;
 use replyd_core::Store;
 use replyd_core::event::{EventKind, EventRecord};
-use replyd_core::store::{StateCount, StoreResult};
+use replyd_core::store::{Counts, Seen, StateCount, StoreResult};
 use replyd_proto as proto;
 
 /// Minutes kept per queue.
@@ -39,7 +41,22 @@ pub struct Stats {
     tally: Mutex<Option<Tally>>,
     /// One count of the table at a time.
     counting: tokio::sync::Mutex<()>,
+    /// While a count runs: the moves of the events that arrived meanwhile,
+    /// for the count to add those it did not see.
+    meanwhile: Mutex<Option<Vec<Move>>>,
 }
+
+/// A job moving between states in a queue, as an event says.
+#[derive(Debug)]
+struct Move {
+    event: replyd_core::EventId,
+    queue: String,
+    from: Option<JobState>,
+    to: JobState,
+}
+
+/// Moves kept while a count runs; more make the next view count again.
+const MEANWHILE: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Tally {
@@ -48,12 +65,31 @@ struct Tally {
     /// When the table was counted, and when to count it again.
     at: std::time::Instant,
     every: std::time::Duration,
+    /// The events the count saw.
+    seen: Seen,
 }
 
 /// The least time between two counts of the table; a count that takes
 /// longer than 1/50 of it waits 50 times what it took, so that counting
 /// never takes more than 2% of the store's time.
 const RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Tally {
+    /// Moves a job between states, unless the count saw it move.
+    fn apply(&mut self, m: &Move) {
+        if self.seen.includes(m.event) {
+            return;
+        }
+        let by_state = match self.jobs.get_mut(&m.queue) {
+            Some(b) => b,
+            None => self.jobs.entry(m.queue.clone()).or_default(),
+        };
+        if let Some(from) = m.from {
+            by_state[slot(from)] -= 1;
+        }
+        by_state[slot(m.to)] += 1;
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Bucket {
@@ -127,18 +163,35 @@ impl Stats {
             return Ok(c);
         }
         let started = std::time::Instant::now();
-        let counted = store.counts().await?;
-        let took = started.elapsed();
-        let mut jobs: HashMap<String, [i64; 5]> = HashMap::new();
-        for c in counted {
-            jobs.entry(c.queue).or_default()[slot(c.state)] += c.count as i64;
-        }
-        *self.tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tally {
-            jobs,
+        *self.meanwhile.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        let counted = store.counts().await;
+        self.counted(counted?, started.elapsed());
+        Ok(self.tallied(true).unwrap_or_default())
+    }
+
+    /// Makes a count of the table, which took `took`, the tally: with the
+    /// moves of the events that came while it ran that it did not see.
+    fn counted(&self, counted: Counts, took: std::time::Duration) {
+        let meanwhile = self
+            .meanwhile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut t = Tally {
+            jobs: HashMap::new(),
             at: std::time::Instant::now(),
             every: RECOUNT.max(took * 50),
-        });
-        Ok(self.tallied(true).unwrap_or_default())
+            seen: counted.seen,
+        };
+        for c in counted.jobs {
+            t.jobs.entry(c.queue).or_default()[slot(c.state)] += c.count as i64;
+        }
+        match meanwhile {
+            Some(moves) => moves.iter().for_each(|m| t.apply(m)),
+            // Too many to keep: count again when next asked.
+            None => t.every = std::time::Duration::ZERO,
+        }
+        *self.tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
     }
 
     /// The tally, if there is one (and, unless `stale` will do, it is not
@@ -180,8 +233,8 @@ impl Stats {
         }
     }
 
-    /// Moves a job between states in the tally, as an event says.
-    fn move_in(t: &mut Tally, e: &EventRecord) {
+    /// How an event moves its job between states, if it does.
+    fn move_of(e: &EventRecord) -> Option<Move> {
         let from = match e.kind {
             EventKind::Accepted => None,
             EventKind::Started => Some(JobState::Queued),
@@ -191,28 +244,36 @@ impl Stats {
             | EventKind::Succeeded
             | EventKind::Failed
             | EventKind::Canceled => Some(JobState::Running),
-            _ => return,
+            _ => return None,
         };
-        let by_state = match t.jobs.get_mut(&e.queue) {
-            Some(b) => b,
-            None => t.jobs.entry(e.queue.clone()).or_default(),
-        };
-        if let Some(from) = from {
-            by_state[slot(from)] -= 1;
-        }
-        by_state[slot(e.job.state)] += 1;
+        Some(Move {
+            event: e.id,
+            queue: e.queue.clone(),
+            from,
+            to: e.job.state,
+        })
     }
 
     /// Counts a batch of events of the queues in `known`.
     pub fn count(&self, events: &[EventRecord], known: impl Fn(&str) -> bool) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        let mut meanwhile = self.meanwhile.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if !known(&e.queue) {
                 continue;
             }
-            if let Some(t) = tally.as_mut() {
-                Stats::move_in(t, e);
+            if let Some(m) = Stats::move_of(e) {
+                if let Some(t) = tally.as_mut() {
+                    t.apply(&m);
+                }
+                let full = meanwhile.as_mut().is_some_and(|kept| {
+                    kept.push(m);
+                    kept.len() > MEANWHILE
+                });
+                if full {
+                    *meanwhile = None;
+                }
             }
             let ring = match queues.get_mut(&e.queue) {
                 Some(r) => r,
@@ -328,6 +389,7 @@ mod tests {
             jobs: HashMap::from([("q".to_string(), [0, 0, 5, 0, 0])]),
             at: std::time::Instant::now(),
             every: RECOUNT,
+            seen: Seen::default(),
         });
         let count = |state| {
             stats
@@ -377,6 +439,56 @@ mod tests {
         // Another queue's events are not counted.
         stats.count(&[event(EventKind::Accepted, &job())], |q| q != "q");
         assert_eq!(count(JobState::Queued), 0);
+    }
+
+    #[test]
+    fn a_count_adds_the_moves_it_did_not_see_and_only_those() {
+        let stats = Stats::default();
+        let q = |n| StateCount {
+            queue: "q".into(),
+            state: JobState::Queued,
+            count: n,
+        };
+        let queued = |stats: &Stats| {
+            stats
+                .tallied(true)
+                .unwrap()
+                .iter()
+                .find(|c| c.queue == "q" && c.state == JobState::Queued)
+                .map_or(0, |c| c.count)
+        };
+        let at = |id, kind, job: &JobRecord| EventRecord {
+            id: EventId(id),
+            ..event(kind, job)
+        };
+        // Events 1..=3 came while the count ran; it saw 1 and 3 (2 was
+        // written by a transaction still open when it read).
+        *stats.meanwhile.lock().unwrap() = Some(Vec::new());
+        let events: Vec<_> = (1..=3)
+            .map(|i| at(i, EventKind::Accepted, &job()))
+            .collect();
+        stats.count(&events, |_| true);
+        stats.counted(
+            Counts {
+                jobs: vec![q(10)],
+                seen: Seen {
+                    below: 4,
+                    unseen: vec![(2, 3)],
+                },
+            },
+            std::time::Duration::ZERO,
+        );
+        assert_eq!(queued(&stats), 11);
+        // After it, the tally takes only what the count did not see.
+        stats.count(
+            &[
+                at(3, EventKind::Accepted, &job()),
+                at(4, EventKind::Accepted, &job()),
+            ],
+            |_| true,
+        );
+        assert_eq!(queued(&stats), 12);
+        assert!(stats.meanwhile.lock().unwrap().is_none());
     }
 
     #[test]

@@ -652,7 +652,7 @@ pub async fn garbage_collection_leaves_a_tombstone(store: Arc<dyn Store>) {
     store.collect_garbage(later, 100).await.unwrap();
     assert!(store.get(a).await.unwrap().is_none());
     // Counts skip tombstones.
-    let counts = store.counts().await.unwrap();
+    let counts = store.counts().await.unwrap().jobs;
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 1);
 }
 
@@ -781,11 +781,11 @@ pub async fn counts_by_queue_and_state(store: Arc<dyn Store>) {
     }
     submit(&*store, "b").await;
     lease_one(&*store, "a", t(0)).await;
-    let mut counts: Vec<_> = store
-        .counts()
-        .await
-        .unwrap()
-        .into_iter()
+    let counted = store.counts().await.unwrap();
+    let mut counts: Vec<_> = counted
+        .jobs
+        .iter()
+        .cloned()
         .map(|c| (c.queue, c.state, c.count))
         .collect();
     counts.sort_by(|x, y| (&x.0, x.1.as_str()).cmp(&(&y.0, y.1.as_str())));
@@ -797,6 +797,16 @@ pub async fn counts_by_queue_and_state(store: Arc<dyn Store>) {
             ("b".to_string(), JobState::Queued, 1),
         ]
     );
+    // The count says which events it saw: all so far, none after.
+    let log = store.log(None, 100).await.unwrap();
+    assert_eq!(log.len(), 5);
+    assert!(
+        log.iter().all(|e| counted.seen.includes(e.id)),
+        "{counted:?}"
+    );
+    let later = submit(&*store, "a").await;
+    let after = store.events(later, None).await.unwrap();
+    assert!(!counted.seen.includes(after[0].id), "{counted:?}");
 }
 
 pub async fn cluster_secret_is_stable(store: Arc<dyn Store>) {

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 pub(super) const CHANNEL: &str = "replyd_events";
 
 /// Positions one transaction may use: the ordinals of its events.
-const PER_TRANSACTION: i64 = 65_536;
+pub(super) const PER_TRANSACTION: i64 = 65_536;
 
 /// Appends `events` (job, kind, the job's record as JSON) in order, with
 /// their positions, and owes their deliveries. The position continues

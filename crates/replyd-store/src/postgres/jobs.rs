@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    JobOutput, JobPage, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+    Counts, JobOutput, JobPage, ListQuery, Move, Seen, StateCount, StoreError, StoreResult,
+    Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use sqlx::Row;
@@ -420,25 +421,51 @@ pub(super) async fn forget_history(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResu
     Ok(())
 }
 
-pub(super) async fn counts(s: &PgStore) -> StoreResult<Vec<StateCount>> {
+/// Jobs by queue and state, and the events the count saw: read in one
+/// repeatable-read transaction with its snapshot, whose transactions
+/// still running (and those not yet begun) wrote the events it did not
+/// see (`events`: a position is its transaction's id × 65,536 + a shift).
+pub(super) async fn counts(s: &PgStore) -> StoreResult<Counts> {
+    let mut tx = s.inner.pool.begin().await.map_err(backend)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let (xmax, running, shift): (i64, Vec<i64>, i64) = sqlx::query_as(
+        "SELECT pg_snapshot_xmax(s)::text::bigint,
+                array(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x),
+                (SELECT shift FROM event_origin)
+         FROM pg_current_snapshot() AS s",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(backend)?;
     let rows = sqlx::query(
         "SELECT queue, state, count(*) AS n FROM jobs WHERE input IS NOT NULL
          GROUP BY queue, state",
     )
-    .fetch_all(&s.inner.pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let state = JobState::parse(r.get::<&str, _>("state"))?;
-            Some(StateCount {
-                queue: r.get("queue"),
-                state,
-                count: u64::try_from(r.get::<i64, _>("n")).unwrap_or(0),
+    tx.commit().await.map_err(backend)?;
+    let at = |xid: i64| xid * super::events::PER_TRANSACTION + shift;
+    Ok(Counts {
+        jobs: rows
+            .iter()
+            .filter_map(|r| {
+                let state = JobState::parse(r.get::<&str, _>("state"))?;
+                Some(StateCount {
+                    queue: r.get("queue"),
+                    state,
+                    count: u64::try_from(r.get::<i64, _>("n")).unwrap_or(0),
+                })
             })
-        })
-        .collect())
+            .collect(),
+        seen: Seen {
+            below: at(xmax),
+            unseen: running.into_iter().map(|x| (at(x), at(x + 1))).collect(),
+        },
+    })
 }
 
 pub(super) async fn load(tx: &mut Tx, id: JobId, lock: bool) -> StoreResult<Option<JobRecord>> {

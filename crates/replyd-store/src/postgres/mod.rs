@@ -22,8 +22,8 @@ use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
 use replyd_core::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
 use replyd_core::store::{
-    Claimed, EventBatch, JobOutput, JobPage, LeaseQuery, Leased, ListQuery, Move, Outcome,
-    StateCount, Store, StoreError, StoreResult, Submitted,
+    Claimed, Counts, EventBatch, JobOutput, JobPage, LeaseQuery, Leased, ListQuery, Move, Outcome,
+    Store, StoreError, StoreResult, Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -312,7 +312,7 @@ impl Store for PgStore {
         events::log(self, after, limit).await
     }
 
-    async fn counts(&self) -> StoreResult<Vec<StateCount>> {
+    async fn counts(&self) -> StoreResult<Counts> {
         jobs::counts(self).await
     }
 

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
 use replyd_core::store::{
-    JobOutput, JobPage, ListQuery, Move, StateCount, StoreError, StoreResult, Submitted,
+    Counts, JobOutput, JobPage, ListQuery, Move, Seen, StateCount, StoreError, StoreResult,
+    Submitted,
 };
 use replyd_core::{JobId, Tenant};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -253,9 +254,12 @@ pub(super) async fn delete(s: &SqliteStore, id: JobId) -> StoreResult<()> {
     .await
 }
 
-pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Vec<StateCount>> {
+/// Jobs by queue and state, and the last event the count saw: both read
+/// in one transaction, so one snapshot (event ids are in commit order).
+pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Counts> {
     s.read(|conn| {
-        let mut stmt = conn
+        let tx = conn.unchecked_transaction().map_err(backend)?;
+        let mut stmt = tx
             .prepare_cached(
                 "SELECT queue, state, count(*) FROM jobs WHERE input IS NOT NULL
                  GROUP BY queue, state",
@@ -270,18 +274,35 @@ pub(super) async fn counts(s: &SqliteStore) -> StoreResult<Vec<StateCount>> {
                 ))
             })
             .map_err(backend)?;
-        let mut out = Vec::new();
+        let mut jobs = Vec::new();
         for row in rows {
             let (queue, state, count) = row.map_err(backend)?;
             if let Some(state) = JobState::parse(&state) {
-                out.push(StateCount {
+                jobs.push(StateCount {
                     queue,
                     state,
                     count: u64::try_from(count).unwrap_or(0),
                 });
             }
         }
-        Ok(out)
+        drop(stmt);
+        // The log's counter, not its highest row: events may have been
+        // collected.
+        let last: i64 = tx
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        tx.finish().map_err(backend)?;
+        Ok(Counts {
+            jobs,
+            seen: Seen {
+                below: last + 1,
+                unseen: Vec::new(),
+            },
+        })
     })
     .await
 }
