@@ -52,8 +52,12 @@ export interface Job {
   max_attempts: number;
   /** The job's output so far (`links.output`), once it has some. */
   output?: null | Output;
+  /** 0 to 9: a queue's jobs of a higher priority are leased first. */
+  priority?: number;
   progress?: null | Progress;
   queue: string;
+  /** When a scheduled job is due (present while it is scheduled). */
+  run_at?: string | null;
   state: JobState;
   updated_at: string;
 }
@@ -78,9 +82,10 @@ export interface JobList {
 
 /**
  * Where a job is in its life. `queued → running → succeeded | failed | canceled`,
- * and `running → queued` again when an attempt is retried.
+ * and `running → queued` again when an attempt is retried; a job
+ * submitted with `delay` or `run_at` is `scheduled` until then, then `queued`.
  */
-export type JobState = "queued" | "running" | "succeeded" | "failed" | "canceled";
+export type JobState = "scheduled" | "queued" | "running" | "succeeded" | "failed" | "canceled";
 
 /** One leased job. */
 export interface Lease {
@@ -224,6 +229,11 @@ export interface ProgressRequest {
 
 /** `POST /v1/jobs`. */
 export interface SubmitRequest {
+  /**
+   * Seconds from now until the job is due; it is `scheduled` until
+   * then. At most `limits.max_delay` (a year by default). Not with `run_at`.
+   */
+  delay?: number | null;
   input?: unknown;
   /** At most `limits.max_attempts` (100 by default). */
   max_attempts?: number | null;
@@ -232,8 +242,18 @@ export interface SubmitRequest {
    * every append must then have (else the first append's).
    */
   output?: null | OutputRequest;
+  /**
+   * 0 to 9 (default 0): a queue's jobs of a higher priority are leased
+   * first; first in, first out within a priority.
+   */
+  priority?: number | null;
   /** A configured queue. */
   queue: string;
+  /**
+   * When the job is due (RFC 3339); it is `scheduled` until then (a time
+   * past: queued at once). Not with `delay`.
+   */
+  run_at?: string | null;
   /** Seconds one attempt may take, at most 604800 (a week). */
   timeout?: number | null;
   /**

@@ -95,6 +95,8 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<String> {
                     request_hash: (i % 10 == 0).then(|| format!("h{i}")),
                     output_type: None,
                     trace: None,
+                    priority: 0,
+                    run_at: None,
                 };
                 store.submit(job, chrono::Utc::now()).await?;
                 i += SEEDERS;

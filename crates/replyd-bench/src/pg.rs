@@ -140,6 +140,8 @@ fn job_row() -> (JobId, String) {
         request_hash: None,
         output_type: None,
         trace: None,
+        priority: 0,
+        run_at: None,
     }
     .into_record(chrono::Utc::now());
     (job.id, serde_json::to_string(&job).unwrap_or_default())

@@ -27,6 +27,9 @@ async fn main() -> replyd_client::Result<()> {
                 timeout: None,
                 ttl: None,
                 output: None,
+                priority: None,
+                delay: None,
+                run_at: None,
             },
             None,
         )

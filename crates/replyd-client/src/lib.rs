@@ -25,6 +25,9 @@
 //!     timeout: None,
 //!     ttl: None,
 //!     output: None,
+//!     priority: None,
+//!     delay: None,
+//!     run_at: None,
 //! };
 //! let job = client.submit(&req, None).await?;
 //! let done = client.wait(&job.id, None).await?;

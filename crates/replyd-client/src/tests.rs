@@ -435,6 +435,9 @@ async fn submit_and_wait_reads_a_direct_result() {
         timeout: None,
         ttl: None,
         output: None,
+        priority: None,
+        delay: None,
+        run_at: None,
     };
     match client
         .submit_and_wait(&req, Some("key-1"), 5)
@@ -660,6 +663,9 @@ timeout = 60
             timeout: None,
             ttl: None,
             output: None,
+            priority: None,
+            delay: None,
+            run_at: None,
         }
     }
 

@@ -15,10 +15,12 @@ use crate::reply::{Channel, MORE_REPLIES, ReplyAsked, ReplySpec, WebhookSpec};
 use crate::trace::TraceContext;
 
 /// Where a job is in its life: `queued → running → succeeded | failed |
-/// canceled`, and `running → queued` again when an attempt is retried.
+/// canceled`, and `running → queued` again when an attempt is retried; a
+/// job submitted to run later is `scheduled` until then, then `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    Scheduled,
     Queued,
     Running,
     Succeeded,
@@ -27,7 +29,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
+        JobState::Scheduled,
         JobState::Queued,
         JobState::Running,
         JobState::Succeeded,
@@ -37,6 +40,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Scheduled => "scheduled",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
@@ -132,9 +136,13 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub updated_at: DateTime<Utc>,
-    /// A queued job is not leased before this (retry backoff).
+    /// A scheduled job is due at this time; a queued one is not leased
+    /// before it (retry backoff).
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub run_at: DateTime<Utc>,
+    /// 0 to 9: a queue's jobs of a higher priority are leased first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -221,6 +229,15 @@ pub struct NewJob {
     pub output_type: Option<String>,
     /// The trace its submitter was in, or one started for it.
     pub trace: Option<TraceContext>,
+    /// 0 to 9, higher first.
+    pub priority: u8,
+    /// When it is due: until then it is `scheduled` (none, or a time
+    /// already past: queued at once).
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl NewJob {
@@ -242,16 +259,22 @@ impl NewJob {
             request_hash: None,
             output_type: None,
             trace: None,
+            priority: 0,
+            run_at: None,
         }
     }
 
     /// The record of this job as it is accepted at `now`.
     pub fn into_record(self, now: DateTime<Utc>) -> (JobRecord, bytes::Bytes) {
+        let (state, run_at) = match self.run_at {
+            Some(at) if at > now => (JobState::Scheduled, at),
+            _ => (JobState::Queued, now),
+        };
         let record = JobRecord {
             id: self.id,
             tenant: self.tenant,
             queue: self.queue,
-            state: JobState::Queued,
+            state,
             progress: None,
             attempt: 0,
             max_attempts: self.max_attempts.max(1),
@@ -259,7 +282,8 @@ impl NewJob {
             ttl_ms: millis(self.ttl),
             created_at: now,
             updated_at: now,
-            run_at: now,
+            run_at,
+            priority: self.priority.min(MAX_PRIORITY),
             finished_at: None,
             expires_at: None,
             lease: None,
@@ -321,9 +345,14 @@ impl RetryPolicy {
     }
 }
 
+/// The highest priority.
+pub const MAX_PRIORITY: u8 = 9;
+
 /// A request to move a job.
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// A scheduled job is due: it is queued.
+    Promote,
     /// A worker takes a queued job.
     Lease {
         lease_id: LeaseId,
@@ -373,6 +402,8 @@ pub enum TransitionError {
     LeaseNotExpired,
     #[error("the job is {}; only a finished job can be deleted", .0.as_str())]
     NotFinished(JobState),
+    #[error("the job is not scheduled to run by now")]
+    NotDue,
 }
 
 /// What a command did.
@@ -410,6 +441,13 @@ impl JobRecord {
         retry: &RetryPolicy,
     ) -> Result<Effect, TransitionError> {
         let effect = match cmd {
+            Command::Promote => {
+                if self.state != JobState::Scheduled || self.run_at > now {
+                    return Err(TransitionError::NotDue);
+                }
+                self.state = JobState::Queued;
+                Effect::event(EventKind::Queued)
+            }
             Command::Lease {
                 lease_id,
                 worker,
@@ -481,7 +519,7 @@ impl JobRecord {
                 self.end_attempt(error, wants_retry, now, retry)
             }
             Command::Cancel => match self.state {
-                JobState::Queued => {
+                JobState::Scheduled | JobState::Queued => {
                     self.finish(JobState::Canceled, now);
                     self.error = Some(canceled_error());
                     Effect::event(EventKind::Canceled)
@@ -585,7 +623,7 @@ impl JobState {
             JobState::Succeeded => Some(EventKind::Succeeded),
             JobState::Failed => Some(EventKind::Failed),
             JobState::Canceled => Some(EventKind::Canceled),
-            JobState::Queued | JobState::Running => None,
+            JobState::Scheduled | JobState::Queued | JobState::Running => None,
         }
     }
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     Accepted,
+    /// A scheduled job came due: it waits in its queue for a worker.
+    Queued,
     Started,
     Progress,
     /// More of the job's output: the part since the last such event
@@ -22,8 +24,9 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Accepted,
+        EventKind::Queued,
         EventKind::Started,
         EventKind::Progress,
         EventKind::Output,
@@ -38,6 +41,7 @@ impl EventKind {
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Accepted => "job.accepted",
+            EventKind::Queued => "job.queued",
             EventKind::Started => "job.started",
             EventKind::Progress => "job.progress",
             EventKind::Output => "job.output",

@@ -138,6 +138,8 @@ mod tests {
             request_hash: None,
             output_type: None,
             trace: None,
+            priority: 0,
+            run_at: None,
         }
         .into_record(Utc::now())
         .0

@@ -260,6 +260,14 @@ pub trait Store: Send + Sync + 'static {
     /// Requeues (or fails) running jobs whose lease expired. Returns how many.
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize>;
 
+    /// Queues up to `limit` scheduled jobs that are due by `now`, the
+    /// earliest first (`Command::Promote`, event `job.queued`). Returns how
+    /// many. Safe to run on every node at once.
+    async fn promote_due(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize>;
+
+    /// When the earliest scheduled job is due, if any is scheduled.
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+
     /// When the next queued job of `queue` becomes ready, if one is waiting
     /// for its backoff (lets a long-polling lease sleep until then).
     async fn next_run_at(&self, queue: &str) -> StoreResult<Option<DateTime<Utc>>>;

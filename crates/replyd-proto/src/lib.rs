@@ -13,10 +13,12 @@ mod steer;
 pub use steer::*;
 
 /// Where a job is in its life. `queued → running → succeeded | failed | canceled`,
-/// and `running → queued` again when an attempt is retried.
+/// and `running → queued` again when an attempt is retried; a job
+/// submitted with `delay` or `run_at` is `scheduled` until then, then `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    Scheduled,
     Queued,
     Running,
     Succeeded,
@@ -25,7 +27,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
+        JobState::Scheduled,
         JobState::Queued,
         JobState::Running,
         JobState::Succeeded,
@@ -35,6 +38,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Scheduled => "scheduled",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
@@ -124,6 +128,12 @@ pub struct Job {
     pub progress: Option<Progress>,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// 0 to 9: a queue's jobs of a higher priority are leased first.
+    #[serde(default)]
+    pub priority: u8,
+    /// When a scheduled job is due (present while it is scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
     /// True once a cancel was asked for a running job that has not ended yet.
     #[serde(default)]
     pub cancel_requested: bool,
@@ -203,6 +213,20 @@ pub struct SubmitRequest {
     /// every append must then have (else the first append's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputRequest>,
+    /// 0 to 9 (default 0): a queue's jobs of a higher priority are leased
+    /// first; first in, first out within a priority.
+    #[schema(minimum = 0, maximum = 9)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Seconds from now until the job is due; it is `scheduled` until
+    /// then. At most `limits.max_delay` (a year by default). Not with `run_at`.
+    #[schema(minimum = 0)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<f64>,
+    /// When the job is due (RFC 3339); it is `scheduled` until then (a time
+    /// past: queued at once). Not with `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 /// What a submission says of its job's output.

@@ -80,6 +80,8 @@ pub struct BulkAnswer {
 /// Jobs of a queue by state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StateCounts {
+    #[serde(default)]
+    pub scheduled: u64,
     pub queued: u64,
     pub running: u64,
     pub succeeded: u64,

@@ -56,6 +56,8 @@ pub struct App {
     pub stats: crate::stats::Stats,
     /// Traces: what is passed on, and replyd's own spans.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Queues scheduled jobs as they come due.
+    pub promoter: crate::scheduler::Promoter,
 }
 
 impl std::fmt::Debug for App {
@@ -133,6 +135,7 @@ impl App {
             tails: Arc::default(),
             stats: Default::default(),
             telemetry,
+            promoter: Default::default(),
         }
     }
 
@@ -194,6 +197,14 @@ impl App {
             }
             o => o.as_ref().map(|o| o.content_type.trim().to_string()),
         };
+        let priority = req.priority.unwrap_or(0);
+        if priority > replyd_core::job::MAX_PRIORITY {
+            return Err(ApiError::bad_request(format!(
+                "priority must be between 0 and {}",
+                replyd_core::job::MAX_PRIORITY
+            )));
+        }
+        let run_at = self.due_time(req)?;
         let new = NewJob {
             id: JobId::new(),
             tenant: s.tenant.clone(),
@@ -208,6 +219,8 @@ impl App {
             request_hash: s.request_hash,
             output_type,
             trace: self.telemetry.begin(s.trace),
+            priority,
+            run_at,
         };
         let _guard = match &s.idempotency_key {
             Some(key) => Some(self.claim_key(&s.tenant, key)?),
@@ -216,8 +229,38 @@ impl App {
         let submitted = self.store.submit(new, self.now()).await?;
         if let Submitted::Created(job) = &submitted {
             self.telemetry.submitted(job, (started, self.now()), s.via);
+            if job.state == JobState::Scheduled {
+                self.promoter.scheduled(job.run_at);
+            }
         }
         Ok(submitted)
+    }
+
+    /// When a submission asks its job to be due (`delay` or `run_at`), if
+    /// later than now.
+    fn due_time(&self, req: &proto::SubmitRequest) -> ApiResult<Option<DateTime<Utc>>> {
+        let max = self.config.limits.max_delay;
+        let at = match (req.delay, req.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request("give delay or run_at, not both"));
+            }
+            (Some(d), None) if !(d >= 0.0 && d <= max) => {
+                return Err(ApiError::bad_request(format!(
+                    "delay must be between 0 and {max} seconds"
+                )));
+            }
+            (Some(d), None) => self.now() + chrono::Duration::milliseconds((d * 1000.0) as i64),
+            (None, Some(at)) => {
+                if (at - self.now()).num_milliseconds() as f64 > max * 1000.0 {
+                    return Err(ApiError::bad_request(format!(
+                        "run_at must be at most {max} seconds from now"
+                    )));
+                }
+                at
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok((at > self.now()).then_some(at))
     }
 
     /// Marks an idempotency key as being accepted; a second request with it
@@ -292,6 +335,8 @@ impl App {
             output_type: old.output_type,
             // The new job is in the trace of the one it repeats.
             trace: self.telemetry.begin(old.trace),
+            priority: old.priority,
+            run_at: None,
         };
         Ok(self.store.submit(new, self.now()).await?.job().clone())
     }
@@ -428,9 +473,15 @@ impl App {
 
     /// Seconds a poller should wait before asking again: short while a job
     /// is young, longer as it ages, and guided by its progress when it
-    /// reports some (about half the estimated time left), 1 to 30 s.
+    /// reports some (about half the estimated time left), 1 to 30 s; the
+    /// time left for a scheduled job.
     pub fn retry_after(&self, job: &JobRecord) -> u64 {
         let now = self.now();
+        // A scheduled job: look again when it is due.
+        if job.state == JobState::Scheduled {
+            let left = (job.run_at - now).num_milliseconds().max(0) as u64;
+            return left.div_ceil(1000).max(1);
+        }
         let age = (now - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
         let mut s = age / 4.0;
         if let Some(p) = job.progress.as_ref().and_then(|p| p.percent)

@@ -181,6 +181,7 @@ impl From<TransitionError> for ApiError {
             TransitionError::NotQueued(_) => "job-not-queued",
             TransitionError::LeaseNotExpired => "lease-active",
             TransitionError::NotFinished(_) => "job-not-finished",
+            TransitionError::NotDue => "job-not-due",
         };
         ApiError::conflict(slug, e.to_string())
     }

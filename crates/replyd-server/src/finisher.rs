@@ -108,6 +108,8 @@ mod tests {
                 request_hash: None,
                 output_type: None,
                 trace: None,
+                priority: 0,
+                run_at: None,
             };
             store.submit(job, clock.now()).await.unwrap();
         }

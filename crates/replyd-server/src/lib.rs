@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod outputs;
 pub mod render;
+pub mod scheduler;
 pub mod stats;
 pub mod tails;
 pub mod tasks;
@@ -108,6 +109,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
+        tasks.spawn(scheduler::promoter(app.clone()));
         tasks.spawn(tasks::stats(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));

@@ -554,6 +554,8 @@ pub(crate) mod tests {
             request_hash: None,
             output_type: None,
             trace: None,
+            priority: 0,
+            run_at: None,
         };
         let now = Utc::now();
         EventRecord {

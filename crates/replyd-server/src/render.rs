@@ -34,6 +34,8 @@ impl Renderer {
             }),
             attempt: job.attempt,
             max_attempts: job.max_attempts,
+            priority: job.priority,
+            run_at: (job.state == replyd_core::JobState::Scheduled).then_some(job.run_at),
             cancel_requested: job.cancel_requested,
             created_at: job.created_at,
             updated_at: job.updated_at,
@@ -71,6 +73,7 @@ impl Renderer {
 pub fn wire_state(s: replyd_core::JobState) -> proto::JobState {
     use replyd_core::JobState as S;
     match s {
+        S::Scheduled => proto::JobState::Scheduled,
         S::Queued => proto::JobState::Queued,
         S::Running => proto::JobState::Running,
         S::Succeeded => proto::JobState::Succeeded,
@@ -82,6 +85,7 @@ pub fn wire_state(s: replyd_core::JobState) -> proto::JobState {
 pub fn domain_state(s: proto::JobState) -> replyd_core::JobState {
     use replyd_core::JobState as S;
     match s {
+        proto::JobState::Scheduled => S::Scheduled,
         proto::JobState::Queued => S::Queued,
         proto::JobState::Running => S::Running,
         proto::JobState::Succeeded => S::Succeeded,

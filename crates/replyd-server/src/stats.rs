@@ -61,7 +61,7 @@ const MEANWHILE: usize = 1 << 20;
 #[derive(Debug)]
 struct Tally {
     /// By queue, then by state (`JobState::ALL`'s order).
-    jobs: HashMap<String, [i64; 5]>,
+    jobs: HashMap<String, [i64; JobState::ALL.len()]>,
     /// When the table was counted, and when to count it again.
     at: std::time::Instant,
     every: std::time::Duration,
@@ -237,8 +237,15 @@ impl Stats {
     fn move_of(e: &EventRecord) -> Option<Move> {
         let from = match e.kind {
             EventKind::Accepted => None,
+            EventKind::Queued => Some(JobState::Scheduled),
             EventKind::Started => Some(JobState::Queued),
-            // A job canceled while running had its cancel requested first.
+            // A job canceled while running had its cancel requested first;
+            // one canceled before it was due was scheduled (one canceled
+            // after, before the promoter came, counts as queued until the
+            // next count).
+            EventKind::Canceled if !e.job.cancel_requested && e.at < e.job.run_at => {
+                Some(JobState::Scheduled)
+            }
             EventKind::Canceled if !e.job.cancel_requested => Some(JobState::Queued),
             EventKind::Retrying
             | EventKind::Succeeded
@@ -365,6 +372,8 @@ mod tests {
             request_hash: None,
             output_type: None,
             trace: None,
+            priority: 0,
+            run_at: None,
         }
         .into_record(Utc::now())
         .0
@@ -386,7 +395,7 @@ mod tests {
     fn the_tally_follows_each_job_from_state_to_state() {
         let stats = Stats::default();
         *stats.tally.lock().unwrap() = Some(Tally {
-            jobs: HashMap::from([("q".to_string(), [0, 0, 5, 0, 0])]),
+            jobs: HashMap::from([("q".to_string(), [0, 0, 0, 5, 0, 0])]),
             at: std::time::Instant::now(),
             every: RECOUNT,
             seen: Seen::default(),

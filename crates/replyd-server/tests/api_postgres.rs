@@ -11,3 +11,4 @@ include!("common/api_cases.rs");
 include!("common/batch_cases.rs");
 include!("common/console_cases.rs");
 include!("common/trace_cases.rs");
+include!("common/flow_cases.rs");

@@ -20,8 +20,10 @@ use replyd_core::store::{
 };
 use replyd_core::{JobId, LeaseId, Tenant};
 
+mod flow;
 mod ops;
 mod steering;
+pub use flow::*;
 pub use ops::*;
 pub use steering::*;
 
@@ -47,7 +49,10 @@ macro_rules! conformance_tests {
             job_output_is_fenced_by_the_lease_and_goes_with_the_job,
             list_filters_by_time_key_text_and_state_within_a_bounded_scan,
             a_paused_queue_leases_nothing_until_resumed,
-            an_endpoint_paused_by_hand_holds_its_deliveries_until_resumed);
+            an_endpoint_paused_by_hand_holds_its_deliveries_until_resumed,
+            a_scheduled_job_waits_until_it_is_due,
+            many_due_jobs_are_queued_in_batches_earliest_first,
+            higher_priorities_lease_first_and_each_in_order);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -81,6 +86,8 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
         request_hash: Some(format!("hash:{body}")),
         output_type: None,
         trace: None,
+        priority: 0,
+        run_at: None,
     }
 }
 

@@ -45,6 +45,8 @@ async fn concurrent_writes_are_group_committed() {
                     request_hash: None,
                     output_type: None,
                     trace: None,
+                    priority: 0,
+                    run_at: None,
                 };
                 replyd_core::Store::submit(&store, job, chrono::Utc::now())
                     .await
@@ -96,6 +98,8 @@ async fn a_pause_survives_a_restart() {
             request_hash: None,
             output_type: None,
             trace: None,
+            priority: 0,
+            run_at: None,
         };
         store.submit(job, now).await.unwrap();
         assert!(store.pause_queue("q", true, now).await.unwrap());

@@ -181,6 +181,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         timeout: None,
         ttl: None,
         output: None,
+        priority: None,
+        delay: None,
+        run_at: None,
     };
     let key = args.idempotency_key.as_deref();
     if !args.wait {

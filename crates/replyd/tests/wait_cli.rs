@@ -22,6 +22,9 @@ fn work(input: Value) -> SubmitRequest {
         timeout: None,
         ttl: None,
         output: None,
+        priority: None,
+        delay: None,
+        run_at: None,
     }
 }
 

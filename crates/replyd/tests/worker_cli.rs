@@ -108,6 +108,9 @@ fn submit_request(input: Value, max_attempts: Option<u32>) -> SubmitRequest {
         timeout: None,
         ttl: None,
         output: None,
+        priority: None,
+        delay: None,
+        run_at: None,
     }
 }
 

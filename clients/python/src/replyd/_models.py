@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Type
 from ._result import JobResult
 
 #: Every state a job can be in (``JobState``).
-JOB_STATES = ('queued', 'running', 'succeeded', 'failed', 'canceled')
+JOB_STATES = ('scheduled', 'queued', 'running', 'succeeded', 'failed', 'canceled')
 #: The states a job ends in.
 TERMINAL_STATES = ("succeeded", "failed", "canceled")
 
@@ -227,13 +227,17 @@ class Job:
     input: Any = None
     """The job's input: present only where a worker receives the job (lease)."""
     output: Optional[Output] = None
+    priority: Optional[int] = None
+    """0 to 9: a queue's jobs of a higher priority are leased first."""
     progress: Optional[Progress] = None
+    run_at: Optional[datetime] = None
+    """When a scheduled job is due (present while it is scheduled)."""
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
     """Members of the answer that this version of the SDK does not know."""
     result: Optional[JobResult] = field(default=None, compare=False)
     """The result itself, when ``submit(..., wait=N)`` was answered with it (``200``); otherwise None: read it with ``result(id)``."""
 
-    _KEYS: ClassVar[FrozenSet[str]] = frozenset(['attempt', 'cancel_requested', 'created_at', 'error', 'expires_at', 'finished_at', 'id', 'input', 'links', 'max_attempts', 'output', 'progress', 'queue', 'state', 'updated_at'])
+    _KEYS: ClassVar[FrozenSet[str]] = frozenset(['attempt', 'cancel_requested', 'created_at', 'error', 'expires_at', 'finished_at', 'id', 'input', 'links', 'max_attempts', 'output', 'priority', 'progress', 'queue', 'run_at', 'state', 'updated_at'])
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Job:
@@ -253,7 +257,9 @@ class Job:
             finished_at=None if data.get('finished_at') is None else _time(data.get('finished_at'), 'Job.finished_at'),
             input=data.get('input'),
             output=None if data.get('output') is None else Output.from_json(_object(data.get('output'), 'Job.output')),
+            priority=None if data.get('priority') is None else _int(data.get('priority'), 'Job.priority'),
             progress=None if data.get('progress') is None else Progress.from_json(_object(data.get('progress'), 'Job.progress')),
+            run_at=None if data.get('run_at') is None else _time(data.get('run_at'), 'Job.run_at'),
             extra=_extra(data, cls._KEYS),
         )
 
@@ -442,9 +448,12 @@ class _SubmitRequestRequired(TypedDict):
 class SubmitRequest(_SubmitRequestRequired, total=False):
     """`POST /v1/jobs`."""
 
+    delay: Optional[float]
     input: Any
     max_attempts: Optional[int]
     output: Optional[OutputRequest]
+    priority: Optional[int]
+    run_at: Optional[str]
     timeout: Optional[float]
     ttl: Optional[float]
     webhook: Optional[WebhookSpec]

@@ -21,6 +21,8 @@ fn job(max_attempts: u32) -> JobRecord {
         request_hash: None,
         output_type: None,
         trace: None,
+        priority: 0,
+        run_at: None,
     }
     .into_record(t(0))
     .0

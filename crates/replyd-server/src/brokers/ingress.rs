@@ -163,6 +163,24 @@ pub fn parse(settings: &Settings, m: &Message, max_body: usize) -> Result<Reques
         }
         None => None,
     };
+    let priority = match number(headers::PRIORITY)? {
+        Some(n) if n.fract() == 0.0 && (0.0..=9.0).contains(&n) => Some(n as u8),
+        Some(_) => return Err(format!("header {}: 0 to 9", headers::PRIORITY)),
+        None => None,
+    };
+    let run_at = match m.props.header(headers::RUN_AT).map(str::trim) {
+        Some(v) => Some(
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map_err(|e| {
+                    format!(
+                        "header {}: {v:?} is not an RFC 3339 time: {e}",
+                        headers::RUN_AT
+                    )
+                })?
+                .to_utc(),
+        ),
+        None => None,
+    };
     let progress = match m.props.header(headers::PROGRESS).map(str::trim) {
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,
@@ -182,6 +200,9 @@ pub fn parse(settings: &Settings, m: &Message, max_body: usize) -> Result<Reques
             timeout: number(headers::TIMEOUT)?,
             ttl: number(headers::TTL)?,
             output: None,
+            priority,
+            delay: number(headers::DELAY)?,
+            run_at,
         },
         progress,
     })
@@ -342,11 +363,18 @@ mod tests {
                     (headers::TIMEOUT, "30"),
                     (headers::TTL, "60.5"),
                     (headers::PROGRESS, "true"),
+                    (headers::PRIORITY, "7"),
+                    (headers::RUN_AT, "2030-01-02T03:04:05Z"),
                 ],
             ),
             1024,
         )
         .unwrap();
+        assert_eq!(r.submit.priority, Some(7));
+        assert_eq!(
+            r.submit.run_at.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2030-01-02T03:04:05+00:00")
+        );
         assert_eq!(r.submit.queue, "thumbs");
         assert_eq!(r.submit.input, serde_json::json!({"n": 1}));
         assert_eq!(r.submit.max_attempts, Some(5));
@@ -377,6 +405,10 @@ mod tests {
             ),
             ("{}", &[(headers::TIMEOUT, "soon")], "x-replyd-timeout"),
             ("{}", &[(headers::PROGRESS, "maybe")], "x-replyd-progress"),
+            ("{}", &[(headers::PRIORITY, "10")], "x-replyd-priority"),
+            ("{}", &[(headers::PRIORITY, "1.5")], "x-replyd-priority"),
+            ("{}", &[(headers::DELAY, "later")], "x-replyd-delay"),
+            ("{}", &[(headers::RUN_AT, "tomorrow")], "x-replyd-run-at"),
         ];
         for (body, hs, says) in cases {
             let e = parse(&s, &message(body, hs), 1024).unwrap_err();

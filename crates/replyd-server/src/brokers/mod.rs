@@ -212,6 +212,10 @@ pub mod headers {
     pub const MAX_ATTEMPTS: &str = "x-replyd-max-attempts";
     pub const TIMEOUT: &str = "x-replyd-timeout";
     pub const TTL: &str = "x-replyd-ttl";
+    /// Request: `priority` (0 to 9), `delay` (s) or `run_at` (RFC 3339).
+    pub const PRIORITY: &str = "x-replyd-priority";
+    pub const DELAY: &str = "x-replyd-delay";
+    pub const RUN_AT: &str = "x-replyd-run-at";
     /// Request: `true` for a reply on each progress report too.
     pub const PROGRESS: &str = "x-replyd-progress";
     /// Reply (and work message): the job.

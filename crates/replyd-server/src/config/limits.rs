@@ -16,6 +16,9 @@ pub struct Limits {
     pub max_attempts: u32,
     /// Longest `ttl` a submission may ask for, in seconds.
     pub max_ttl: f64,
+    /// Furthest ahead a submission may schedule its job (`delay`,
+    /// `run_at`), in seconds.
+    pub max_delay: f64,
     /// Seconds a client may take to send a request's headers (slowloris),
     /// and the longest a connection may stay idle between requests
     /// (HTTP/1.1 keep-alive and HTTP/2 alike).
@@ -96,6 +99,7 @@ impl Default for Limits {
             max_result: 10 * 1024 * 1024,
             max_attempts: 100,
             max_ttl: 30.0 * 86_400.0,
+            max_delay: 366.0 * 86_400.0,
             header_timeout: 30.0,
             body_timeout: 60.0,
             max_connections: None,

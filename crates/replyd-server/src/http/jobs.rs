@@ -363,7 +363,7 @@ pub async fn status(
 fn status_response(app: &AppState, job: &JobRecord, query_token: Option<&str>) -> Response {
     let view = app.render.job(job);
     match job.state {
-        JobState::Queued | JobState::Running => {
+        JobState::Scheduled | JobState::Queued | JobState::Running => {
             let mut r = json_response(StatusCode::ACCEPTED, &view);
             set(
                 &mut r,

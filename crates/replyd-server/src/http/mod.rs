@@ -439,13 +439,22 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Api
             "the request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let problem = |path: String, e: serde_json::Error| {
         use serde_json::error::Category;
         match e.classify() {
+            // Where in the request, when it is a member's value.
+            Category::Data if path != "." => {
+                ApiError::bad_request(format!("invalid request: {path}: {e}"))
+            }
             Category::Data => ApiError::bad_request(format!("invalid request: {e}")),
             _ => ApiError::invalid_json(format!("malformed JSON: {e}")),
         }
-    })
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| problem(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| problem(".".into(), e))?;
+    Ok(value)
 }
 
 /// A queue name given as a filter (`?queue=`, a subscription's `queue`):

@@ -52,6 +52,7 @@ async fn views(app: &AppState, names: &[&String]) -> ApiResult<Vec<proto::Queue>
         let mut jobs = proto::StateCounts::default();
         for c in counts.iter().filter(|c| &c.queue == name) {
             *match c.state {
+                JobState::Scheduled => &mut jobs.scheduled,
                 JobState::Queued => &mut jobs.queued,
                 JobState::Running => &mut jobs.running,
                 JobState::Succeeded => &mut jobs.succeeded,

@@ -349,6 +349,9 @@ pub(super) async fn listener(
                     below = horizon;
                     let full = batch.len() == 1000;
                     last = batch.last().map_or(last, |e| e.id.0);
+                    if let Some(inner) = wanted_of.upgrade() {
+                        inner.floors.saw(batch.iter().map(|e| &e.job));
+                    }
                     if !batch.is_empty() && bus.receiver_count() > 0 {
                         let _ = bus.send(Arc::new(batch));
                     }

@@ -5,22 +5,22 @@ use super::{PgStore, backend};
 use crate::record::{from_ms, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use replyd_core::job::Command;
+use replyd_core::job::{Command, JobRecord, JobState};
 use replyd_core::store::{LeaseQuery, Leased, Move, StoreError, StoreResult};
 use replyd_core::{JobId, LeaseId};
 use sqlx::Row;
 use uuid::Uuid;
 
 /// The jobs a lease takes: `$1` queue, `$2` now (ms), `$3` tenant or
-/// NULL, `$4` how many, from (`$5` run_at, `$6` id) on (the scan floor).
-/// `jobs_ready` serves the order, so the scan starts at the floor and
-/// stops at the limit.
-pub(super) const LEASE: &str = "SELECT id, input, run_at FROM jobs
+/// NULL, `$4` how many, from (`$7` rank, `$5` run_at, `$6` id) on (the
+/// scan floor). `jobs_ready` serves the order (rank is minus the
+/// priority), so the scan starts at the floor and stops at the limit.
+pub(super) const LEASE: &str = "SELECT id, input, run_at, rank FROM jobs
      WHERE queue = $1 AND state = 'queued' AND run_at <= $2
        AND ($3::text IS NULL OR tenant = $3)
-       AND (run_at, id) >= ($5, $6)
+       AND (rank, run_at, id) >= ($7, $5, $6)
        AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)
-     ORDER BY run_at, id LIMIT $4
+     ORDER BY rank, run_at, id LIMIT $4
      FOR UPDATE SKIP LOCKED";
 
 /// How often a lease of a queue scans from the start rather than from its
@@ -42,17 +42,23 @@ const MAX_FLOORS: usize = 10_000;
 /// (issue 25's held horizon: end to end at 0.53 of its figure). Every
 /// queued job below the last one leased was leased too, or was held by
 /// another lease, or had not committed yet; a job's `run_at` is set when
-/// it is submitted, before its commit, hence the lag. One that still
-/// comes in below the floor (a submit slower than the lag, a lease that
-/// rolled back, a node's clock behind) is found by a scan from the start,
-/// at least every [`FULL_SCAN_EVERY`].
+/// it is submitted, before its commit, hence the lag. A job of a higher
+/// priority (a lower rank), or one queued late (a scheduled job coming
+/// due), lowers the floor to it when its event is read ([`Floors::saw`]).
+/// One that still comes in below the floor (a submit slower than the lag,
+/// a lease that rolled back, a node's clock behind) is found by a scan
+/// from the start, at least every [`FULL_SCAN_EVERY`].
 #[derive(Debug, Default)]
 pub(super) struct Floors(std::sync::Mutex<std::collections::HashMap<FloorKey, Floor>>);
 
 type FloorKey = (String, Option<String>);
 
+/// A place in the lease order: (rank, run_at, id).
+type Place = (i64, i64, Uuid);
+
 #[derive(Debug, Clone, Copy)]
 struct Floor {
+    rank: i64,
     run_at: i64,
     id: Uuid,
     /// When a lease last scanned this queue from the start.
@@ -66,25 +72,49 @@ impl Floors {
 
     /// Where to scan from: the floor, or the start (`None`) when there is
     /// none or a scan from the start is due.
-    fn start(&self, key: &FloorKey) -> Option<(i64, Uuid)> {
+    fn start(&self, key: &FloorKey) -> Option<Place> {
         self.lock()
             .get(key)
             .filter(|f| f.full_at.elapsed() < FULL_SCAN_EVERY)
-            .map(|f| (f.run_at, f.id))
+            .map(Floor::place)
+    }
+
+    /// Jobs as they were committed (this node's submits and promotions
+    /// at once, every node's as the log is read): one queued below a
+    /// floor of its queue (and tenant) lowers it to the job.
+    pub(super) fn saw<'a>(&self, jobs: impl IntoIterator<Item = &'a JobRecord>) {
+        let mut floors = self.lock();
+        if floors.is_empty() {
+            return;
+        }
+        for job in jobs {
+            if job.state != JobState::Queued {
+                continue;
+            }
+            let place = (-i64::from(job.priority), ms(job.run_at), job.id.0);
+            for (key, f) in floors.iter_mut() {
+                if key.0 == job.queue
+                    && key.1.as_ref().is_none_or(|t| *t == job.tenant.0)
+                    && place < f.place()
+                {
+                    (f.rank, f.run_at, f.id) = place;
+                }
+            }
+        }
     }
 
     /// After a lease (committed) that scanned from `from` and took jobs up
     /// to `last` (`None`: none).
-    fn moved(&self, key: FloorKey, from: Option<(i64, Uuid)>, last: Option<(i64, Uuid)>) {
+    fn moved(&self, key: FloorKey, from: Option<Place>, last: Option<Place>) {
         let mut floors = self.lock();
         if floors.len() >= MAX_FLOORS && !floors.contains_key(&key) {
             floors.clear();
         }
         let now = std::time::Instant::now();
         match (floors.get_mut(&key), last) {
-            (Some(f), Some((run_at, id))) => {
-                if (run_at, id) > (f.run_at, f.id) || from.is_none() {
-                    (f.run_at, f.id) = (run_at, id);
+            (Some(f), Some(place)) => {
+                if place > f.place() || from.is_none() {
+                    (f.rank, f.run_at, f.id) = place;
                 }
                 if from.is_none() {
                     f.full_at = now;
@@ -95,10 +125,11 @@ impl Floors {
                     f.full_at = now;
                 }
             }
-            (None, Some((run_at, id))) => {
+            (None, Some((rank, run_at, id))) => {
                 floors.insert(
                     key,
                     Floor {
+                        rank,
                         run_at,
                         id,
                         full_at: now,
@@ -111,12 +142,18 @@ impl Floors {
 
     /// The lowest fresh floor of a queue's leases, whatever their tenant
     /// (for `next_run_at`, which is asked after a lease of any tenant).
-    fn of_queue(&self, queue: &str) -> Option<(i64, Uuid)> {
+    fn of_queue(&self, queue: &str) -> Option<Place> {
         self.lock()
             .iter()
             .filter(|((q, _), f)| q == queue && f.full_at.elapsed() < FULL_SCAN_EVERY)
-            .map(|(_, f)| (f.run_at, f.id))
+            .map(|(_, f)| f.place())
             .min()
+    }
+}
+
+impl Floor {
+    fn place(&self) -> Place {
+        (self.rank, self.run_at, self.id)
     }
 }
 
@@ -127,7 +164,7 @@ pub(super) async fn lease(
 ) -> StoreResult<Vec<Leased>> {
     let key: FloorKey = (q.queue.clone(), q.tenant.as_ref().map(|t| t.0.clone()));
     let from = s.inner.floors.start(&key);
-    let (from_run_at, from_id) = from.unwrap_or((i64::MIN, Uuid::nil()));
+    let (from_rank, from_run_at, from_id) = from.unwrap_or((i64::MIN, i64::MIN, Uuid::nil()));
     let mut tx = s.begin().await?;
     let picked = sqlx::query(LEASE)
         .bind(&q.queue)
@@ -136,6 +173,7 @@ pub(super) async fn lease(
         .bind(i64::from(q.max))
         .bind(from_run_at)
         .bind(from_id)
+        .bind(from_rank)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
@@ -175,9 +213,13 @@ pub(super) async fn lease(
         });
     }
     s.commit(tx, appended).await?;
-    let last = picked
-        .last()
-        .map(|r| (r.get::<i64, _>("run_at") - FLOOR_LAG, Uuid::nil()));
+    let last = picked.last().map(|r| {
+        (
+            i64::from(r.get::<i16, _>("rank")),
+            r.get::<i64, _>("run_at") - FLOOR_LAG,
+            Uuid::nil(),
+        )
+    });
     s.inner.floors.moved(key, from, last);
     Ok(leased)
 }
@@ -215,22 +257,69 @@ pub(super) async fn expire_leases(
     Ok(ids.len())
 }
 
+pub(super) async fn promote_due(s: &PgStore, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
+    let mut tx = s.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
+         ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ms(now))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let moves = ids
+        .iter()
+        .map(|&id| Move {
+            id: JobId(id),
+            cmd: Command::Promote,
+            output: None,
+        })
+        .collect();
+    // The rows are ours (locked above).
+    let (moved, appended) = transition_all(&mut tx, moves, None, now, &s.inner.retry).await?;
+    let mut queued = Vec::with_capacity(moved.len());
+    for m in moved {
+        match m {
+            Moved::Done(r) => queued.push(r?.0),
+            Moved::Busy(_) => {
+                return s
+                    .abort(tx, StoreError::Backend("a promoted row was held".into()))
+                    .await;
+            }
+        }
+    }
+    s.commit(tx, appended).await?;
+    s.inner.floors.saw(&queued);
+    Ok(ids.len())
+}
+
+pub(super) async fn next_due(s: &PgStore) -> StoreResult<Option<DateTime<Utc>>> {
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")
+            .fetch_one(&s.inner.pool)
+            .await
+            .map_err(backend)?;
+    Ok(v.and_then(DateTime::from_timestamp_millis))
+}
+
 pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
     // From the queue's floor, as a lease scans: a job below it is found by
     // the next scan from the start.
-    let (run_at, id) = s
-        .inner
-        .floors
-        .of_queue(queue)
-        .unwrap_or((i64::MIN, Uuid::nil()));
+    let (rank, run_at, id) =
+        s.inner
+            .floors
+            .of_queue(queue)
+            .unwrap_or((i64::MIN, i64::MIN, Uuid::nil()));
     let v: Option<i64> = sqlx::query_scalar(
         "SELECT min(run_at) FROM jobs
-         WHERE queue = $1 AND state = 'queued' AND (run_at, id) >= ($2, $3)
+         WHERE queue = $1 AND state = 'queued' AND (rank, run_at, id) >= ($4, $2, $3)
            AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)",
     )
     .bind(queue)
     .bind(run_at)
     .bind(id)
+    .bind(rank)
     .fetch_one(&s.inner.pool)
     .await
     .map_err(backend)?;

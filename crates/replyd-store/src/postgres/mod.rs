@@ -292,6 +292,14 @@ impl Store for PgStore {
         leases::expire_leases(self, now, limit).await
     }
 
+    async fn promote_due(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
+        leases::promote_due(self, now, limit).await
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        leases::next_due(self).await
+    }
+
     async fn next_run_at(&self, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
         leases::next_run_at(self, queue).await
     }

@@ -361,4 +361,18 @@ const POSTGRES: &[(i64, &str)] = &[
     CREATE INDEX jobs_canceled ON jobs (id) WHERE state = 'canceled';
     ",
     ),
+    (
+        13,
+        "
+    -- Priorities: a queue's jobs are leased by (rank, run_at, id), where
+    -- rank is minus the priority (0 to 9, higher first), so that one
+    -- ascending index serves the order and a row comparison its floor.
+    -- Scheduled jobs wait by their due time for the promoter
+    -- (`promote_due`), which queues them.
+    ALTER TABLE jobs ADD COLUMN rank smallint NOT NULL DEFAULT 0;
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (queue, rank, run_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+    ",
+    ),
 ];

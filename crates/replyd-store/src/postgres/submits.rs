@@ -97,6 +97,12 @@ fn answer(
     match written {
         Ok((answers, top)) => {
             announce(inner, top);
+            if let Some(inner) = inner.upgrade() {
+                inner.floors.saw(answers.iter().filter_map(|a| match a {
+                    Ok(Submitted::Created(job)) => Some(job),
+                    _ => None,
+                }));
+            }
             for (p, a) in jobs.into_iter().zip(answers) {
                 let _ = p.answer.send(a);
             }
@@ -147,12 +153,13 @@ async fn write(
     let rows: Vec<&Pending> = order.iter().map(|&i| &jobs[i]).collect();
     let mut tx = pool.begin().await.map_err(backend)?;
     let created: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record)
-         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record
+        "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
+                           rank)
+         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record, rank
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                     $7::bytea[], $8::text[])
+                     $7::bytea[], $8::text[], $9::smallint[])
               WITH ORDINALITY AS j(id, tenant, queue, state, run_at, idempotency_key, input,
-                                   record, n)
+                                   record, rank, n)
          ORDER BY n
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
@@ -181,6 +188,11 @@ async fn write(
     )
     .bind(rows.iter().map(|p| &p.input[..]).collect::<Vec<_>>())
     .bind(rows.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|p| -i16::from(p.job.priority))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;

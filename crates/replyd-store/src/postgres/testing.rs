@@ -58,6 +58,7 @@ pub async fn explain_lease(
         .bind(limit)
         .bind(i64::MIN)
         .bind(uuid::Uuid::nil())
+        .bind(i64::MIN)
         .fetch_all(&mut *tx)
         .await?;
     tx.rollback().await?;

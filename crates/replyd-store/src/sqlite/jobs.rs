@@ -349,8 +349,8 @@ pub(super) fn insert_job(
 ) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, state, run_at, lease_expires_at, expires_at,
-                           idempotency_key, input, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8)",
+                           idempotency_key, input, record, rank)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -361,7 +361,8 @@ pub(super) fn insert_job(
             ms(job.run_at),
             job.idempotency_key,
             input,
-            text
+            text,
+            -i64::from(job.priority)
         ])
     })
     .map_err(backend)?;

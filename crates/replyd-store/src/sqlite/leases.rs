@@ -26,12 +26,12 @@ pub(super) async fn lease(
             let (sql, tenant) = match &q.tenant {
                 Some(t) => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND tenant = ?4 ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND tenant = ?4 ORDER BY rank, run_at, id LIMIT ?3",
                     Some(t.0.as_str()),
                 ),
                 None => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY rank, run_at, id LIMIT ?3",
                     None,
                 ),
             };
@@ -94,6 +94,44 @@ pub(super) async fn expire_leases(
             transition(conn, events, step, &retry)?;
         }
         Ok(ids.len())
+    })
+    .await
+}
+
+pub(super) async fn promote_due(
+    s: &SqliteStore,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> StoreResult<usize> {
+    let retry = s.inner.retry;
+    s.write(move |conn, events| {
+        let ids = query_ids(
+            conn,
+            "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1
+             ORDER BY run_at LIMIT ?2",
+            params![ms(now), limit],
+        )?;
+        for &id in &ids {
+            let step = Step {
+                id,
+                scope: None,
+                cmd: Command::Promote,
+                output: None,
+                now,
+            };
+            transition(conn, events, step, &retry)?;
+        }
+        Ok(ids.len())
+    })
+    .await
+}
+
+pub(super) async fn next_due(s: &SqliteStore) -> StoreResult<Option<DateTime<Utc>>> {
+    s.read(|conn| {
+        conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))
+            .map(|v| v.map(from_ms))
+            .map_err(backend)
     })
     .await
 }

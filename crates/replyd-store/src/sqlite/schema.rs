@@ -243,6 +243,19 @@ pub const SQLITE: &[(i64, &str)] = &[
     CREATE INDEX jobs_canceled ON jobs (id) WHERE state = 'canceled';
     ",
     ),
+    (
+        10,
+        "
+    -- Priorities: a queue's jobs are leased by (rank, run_at, id), where
+    -- rank is minus the priority (0 to 9, higher first), so that one
+    -- ascending index serves the order. Scheduled jobs wait by their due
+    -- time for the promoter (`promote_due`), which queues them.
+    ALTER TABLE jobs ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (queue, rank, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several

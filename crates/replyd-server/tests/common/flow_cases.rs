@@ -1,0 +1,142 @@
+// Flow control (issue 18) against a real server: jobs submitted for later
+// are `scheduled` until due, then queued and leased on time, on every
+// channel; priorities order the leases. Included by the `api` binaries
+// (one per store).
+
+mod flow {
+    use super::common::TestServer;
+    use super::common::streams::Sse;
+    use chrono::{DateTime, Utc};
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    async fn submit(s: &TestServer, body: Value) -> (Value, Option<String>) {
+        let r = s.client(None).post("/v1/jobs", body).await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        (r.json(), r.header("retry-after"))
+    }
+
+    fn time(v: &Value) -> DateTime<Utc> {
+        v.as_str().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delayed_job_is_scheduled_then_queued_and_leased_on_time() {
+        let Some(s) = TestServer::start("[queues.work]\n").await else {
+            return;
+        };
+        let c = s.client(None);
+        let (job, retry_after) = submit(&s, json!({"queue": "work", "input": 1, "delay": 1.5})).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        assert_eq!(job["state"], "scheduled");
+        let due = time(&job["run_at"]);
+        let created = time(&job["created_at"]);
+        let ahead = (due - created).num_milliseconds();
+        assert!((1490..=1510).contains(&ahead), "due {ahead} ms after it was made");
+        // A poller is told to come back when it is due.
+        assert_eq!(retry_after.as_deref(), Some("2"));
+        let mut events = Sse::open(&format!("http://{}", s.addr), &format!("/v1/jobs/{id}/events"), None, &[]).await;
+        let polled = c.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(polled.status, 202);
+        assert_eq!(polled.json()["state"], "scheduled");
+        // A worker waiting on the queue gets it once it is due, not before.
+        let r = c
+            .post("/v1/queues/work/lease", json!({"worker": "w", "lease": 30, "wait": 5}))
+            .await;
+        let leased_at = Utc::now();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["job"]["id"], id.as_str());
+        let late = (leased_at - due).num_milliseconds();
+        assert!((0..1000).contains(&late), "leased {late} ms after it was due");
+        let lease = r.json()["lease_id"].as_str().unwrap().to_string();
+        c.complete(&id, &lease, json!({"ok": true})).await;
+        let frames = events.until_terminal(Duration::from_secs(5)).await;
+        let seen: Vec<(String, String)> = frames
+            .iter()
+            .map(|f| (f.event.clone().unwrap(), f.json()["state"].as_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            ("job.accepted", "scheduled"),
+            ("job.queued", "queued"),
+            ("job.started", "running"),
+            ("job.succeeded", "succeeded"),
+        ];
+        assert_eq!(seen, want.map(|(e, s)| (e.to_string(), s.to_string())));
+        assert!(c.get(&format!("/v1/jobs/{id}")).await.json().get("run_at").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_job_can_be_canceled_and_bad_schedules_are_refused() {
+        let Some(s) = TestServer::start("[queues.work]\n").await else {
+            return;
+        };
+        let c = s.client(None);
+        let at = (Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+        let (job, retry_after) = submit(&s, json!({"queue": "work", "run_at": at})).await;
+        assert_eq!(job["state"], "scheduled");
+        let left: u64 = retry_after.unwrap().parse().unwrap();
+        assert!((7100..=7200).contains(&left), "{left}");
+        let id = job["id"].as_str().unwrap();
+        let r = c.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+        assert_eq!(r.json()["state"], "canceled", "{}", String::from_utf8_lossy(&r.body));
+        // A time already past: queued at once.
+        let (job, _) = submit(&s, json!({"queue": "work", "run_at": "2020-01-01T00:00:00Z"})).await;
+        assert_eq!(job["state"], "queued");
+        assert!(job.get("run_at").is_none());
+        for (body, says) in [
+            (json!({"queue": "work", "delay": 1, "run_at": at}), "not both"),
+            (json!({"queue": "work", "delay": -1}), "delay"),
+            (json!({"queue": "work", "delay": 1e12}), "delay"),
+            (json!({"queue": "work", "run_at": "2999-01-01T00:00:00Z"}), "run_at"),
+            (json!({"queue": "work", "run_at": "tomorrow"}), "run_at"),
+            (json!({"queue": "work", "priority": 10}), "priority"),
+            (json!({"queue": "work", "priority": -1}), "priority"),
+        ] {
+            let p = c.post("/v1/jobs", body.clone()).await.problem(400);
+            let detail = p["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(says), "{body}: {p}");
+        }
+        // The queue counts its scheduled jobs.
+        submit(&s, json!({"queue": "work", "delay": 600})).await;
+        let queues = c.get("/v1/queues").await;
+        assert_eq!(queues.status, 200, "{}", String::from_utf8_lossy(&queues.body));
+        let work = queues.json()["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "work")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (work["jobs"]["scheduled"].as_u64(), work["jobs"]["queued"].as_u64(), work["jobs"]["canceled"].as_u64()),
+            (Some(1), Some(1), Some(1)),
+            "{work}"
+        );
+    }
+
+    #[tokio::test]
+    async fn higher_priorities_are_leased_first() {
+        let Some(s) = TestServer::start("[queues.work]\n").await else {
+            return;
+        };
+        let c = s.client(None);
+        let mut made = Vec::new();
+        for (i, priority) in [0, 3, 9, 3, 0, 9].into_iter().enumerate() {
+            let (job, _) = submit(&s, json!({"queue": "work", "input": i, "priority": priority})).await;
+            assert_eq!(job["priority"], priority);
+            made.push((priority, i));
+        }
+        made.sort_by_key(|&(p, i)| (std::cmp::Reverse(p), i));
+        let r = c
+            .post("/v1/queues/work/lease", json!({"worker": "w", "lease": 30, "batch": 6}))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let got: Vec<u64> = r.json()["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["job"]["input"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, made.iter().map(|&(_, i)| i as u64).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,136 @@
+//! Conformance: flow control — jobs scheduled for later wait until they
+//! are due and are then queued; priorities order a queue's leases.
+
+use std::sync::Arc;
+
+use replyd_core::event::EventKind;
+use replyd_core::job::{Command, JobState, NewJob};
+use replyd_core::store::Store;
+use replyd_core::{JobId, Tenant};
+
+use super::{lq, t};
+
+fn job(queue: &str, priority: u8, run_at: Option<i64>) -> NewJob {
+    NewJob {
+        priority,
+        run_at: run_at.map(t),
+        ..NewJob::plain(Tenant("t".into()), queue)
+    }
+}
+
+async fn submit_at(store: &dyn Store, new: NewJob, now: i64) -> JobId {
+    store.submit(new, t(now)).await.unwrap().job().id
+}
+
+pub async fn a_scheduled_job_waits_until_it_is_due(store: Arc<dyn Store>) {
+    let later = submit_at(&*store, job("q", 0, Some(10)), 0).await;
+    let past = submit_at(&*store, job("q", 0, Some(-5)), 0).await;
+    let gone = submit_at(&*store, job("q", 0, Some(20)), 0).await;
+    let j = store.get(later).await.unwrap().unwrap();
+    assert_eq!((j.state, j.run_at), (JobState::Scheduled, t(10)));
+    // A time already past queues the job at once.
+    let p = store.get(past).await.unwrap().unwrap();
+    assert_eq!((p.state, p.run_at), (JobState::Queued, t(0)));
+    assert_eq!(store.next_due().await.unwrap(), Some(t(10)));
+    // Not before it is due: neither leased nor queued.
+    let leased = store.lease(lq("q", 10), t(5)).await.unwrap();
+    assert_eq!(leased.iter().map(|l| l.job.id).collect::<Vec<_>>(), [past]);
+    assert_eq!(store.promote_due(t(5), 10).await.unwrap(), 0);
+    // Canceled while scheduled: at once, and never queued.
+    let c = store
+        .apply(gone, None, Command::Cancel, None, t(6))
+        .await
+        .unwrap();
+    assert_eq!(c.state, JobState::Canceled);
+    assert_eq!(store.next_due().await.unwrap(), Some(t(10)));
+    // Due: queued, with its event, then leased.
+    assert_eq!(store.promote_due(t(10), 10).await.unwrap(), 1);
+    assert_eq!(store.promote_due(t(10), 10).await.unwrap(), 0);
+    assert_eq!(store.next_due().await.unwrap(), None);
+    let events = store.events(later, None).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.job.state)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Accepted, JobState::Scheduled),
+            (EventKind::Queued, JobState::Queued)
+        ]
+    );
+    let leased = store.lease(lq("q", 10), t(10)).await.unwrap();
+    assert_eq!(leased.iter().map(|l| l.job.id).collect::<Vec<_>>(), [later]);
+    // A promotion refuses a job not due, or not scheduled.
+    let soon = submit_at(&*store, job("q", 0, Some(30)), 10).await;
+    let refused = store
+        .apply(soon, None, Command::Promote, None, t(29))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            replyd_core::store::StoreError::Transition(replyd_core::job::TransitionError::NotDue)
+        ),
+        "{refused:?}"
+    );
+}
+
+pub async fn many_due_jobs_are_queued_in_batches_earliest_first(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        // Due at 100 + (24 - i): the last submitted is due first.
+        ids.push(submit_at(&*store, job("q", 0, Some(124 - i)), 0).await);
+    }
+    assert_eq!(store.promote_due(t(110), 10).await.unwrap(), 10);
+    // The earliest ten, due 100 to 109.
+    for (i, id) in ids.iter().enumerate() {
+        let state = store.get(*id).await.unwrap().unwrap().state;
+        let due = 124 - i as i64;
+        let want = if due <= 109 {
+            JobState::Queued
+        } else {
+            JobState::Scheduled
+        };
+        assert_eq!(state, want, "job due at {due}");
+    }
+    assert_eq!(store.promote_due(t(110), 10).await.unwrap(), 1);
+    assert_eq!(store.next_due().await.unwrap(), Some(t(111)));
+    assert_eq!(store.promote_due(t(200), 100).await.unwrap(), 14);
+}
+
+pub async fn higher_priorities_lease_first_and_each_in_order(store: Arc<dyn Store>) {
+    // (priority, submitted at)
+    let plan = [
+        (0, 0),
+        (5, 1),
+        (0, 2),
+        (9, 3),
+        (5, 4),
+        (9, 5),
+        (0, 6),
+        (1, 7),
+    ];
+    let mut made = Vec::new();
+    for (priority, at) in plan {
+        made.push((
+            submit_at(&*store, job("q", priority, None), at).await,
+            priority,
+            at,
+        ));
+    }
+    let mut want = made.clone();
+    want.sort_by_key(|&(_, p, at)| (std::cmp::Reverse(p), at));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        for l in store.lease(lq("q", 3), t(10)).await.unwrap() {
+            got.push(l.job.id);
+        }
+    }
+    assert_eq!(got, want.iter().map(|w| w.0).collect::<Vec<_>>());
+    // A job of a higher priority submitted after a lease still goes first.
+    let low = submit_at(&*store, job("q", 0, None), 11).await;
+    let high = submit_at(&*store, job("q", 8, None), 12).await;
+    let leased = store.lease(lq("q", 1), t(13)).await.unwrap();
+    assert_eq!(leased[0].job.id, high);
+    assert_eq!(leased[0].job.priority, 8);
+    let leased = store.lease(lq("q", 1), t(13)).await.unwrap();
+    assert_eq!(leased[0].job.id, low);
+}
