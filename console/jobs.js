@@ -4,7 +4,7 @@
 import { api, sse } from './api.js';
 import { h, clear, when, ago, badge, pretty, short, route, go, toast, showError } from './dom.js';
 
-const STATES = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
+const STATES = ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'canceled'];
 const FILTERS = ['queue', 'state', 'since', 'until', 'q', 'idempotency_key'];
 // The most rows a live list keeps.
 const MAX_ROWS = 500;

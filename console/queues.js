@@ -45,7 +45,7 @@ function card(q, canPause, redraw) {
       q.paused ? h('span', { class: 'badge held' }, `paused ${ago(q.paused_at)}`) : null,
       canPause ? h('button', { type: 'button', class: 'small', dataset: { toggle: q.name }, onclick: toggle }, q.paused ? 'Resume' : 'Pause') : null),
     h('dl', { class: 'counts' },
-      ['queued', 'running', 'succeeded', 'failed', 'canceled'].map((s) => h('div', {},
+      ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'canceled'].map((s) => h('div', {},
         h('dt', {}, h('a', { href: `#/jobs?queue=${encodeURIComponent(q.name)}&state=${s}` }, s)),
         h('dd', { dataset: { count: s } }, q.jobs[s])))),
     h('div', { class: 'charts' },

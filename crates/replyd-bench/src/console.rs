@@ -96,6 +96,7 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<String> {
                     output_type: None,
                     trace: None,
                     priority: 0,
+                    head_start: std::time::Duration::ZERO,
                     run_at: None,
                 };
                 store.submit(job, chrono::Utc::now()).await?;

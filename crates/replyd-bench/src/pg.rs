@@ -141,6 +141,7 @@ fn job_row() -> (JobId, String) {
         output_type: None,
         trace: None,
         priority: 0,
+        head_start: std::time::Duration::ZERO,
         run_at: None,
     }
     .into_record(chrono::Utc::now());

@@ -143,6 +143,10 @@ pub struct JobRecord {
     /// 0 to 9: a queue's jobs of a higher priority are leased first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// How far ahead of its `run_at` the job stands in its queue's order
+    /// (its priority's worth of waiting; see [`JobRecord::order_at`]).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub head_start_ms: u64,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -231,12 +235,19 @@ pub struct NewJob {
     pub trace: Option<TraceContext>,
     /// 0 to 9, higher first.
     pub priority: u8,
+    /// What its priority is worth in its queue's order: it is leased as if
+    /// it had been waiting this much longer.
+    pub head_start: Duration,
     /// When it is due: until then it is `scheduled` (none, or a time
     /// already past: queued at once).
     pub run_at: Option<DateTime<Utc>>,
 }
 
 fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
     *v == 0
 }
 
@@ -260,6 +271,7 @@ impl NewJob {
             output_type: None,
             trace: None,
             priority: 0,
+            head_start: Duration::ZERO,
             run_at: None,
         }
     }
@@ -284,6 +296,7 @@ impl NewJob {
             updated_at: now,
             run_at,
             priority: self.priority.min(MAX_PRIORITY),
+            head_start_ms: millis(self.head_start),
             finished_at: None,
             expires_at: None,
             lease: None,
@@ -604,6 +617,17 @@ impl JobRecord {
         self.lease = None;
         self.finished_at = Some(now);
         self.expires_at = Some(after(now, self.ttl_ms));
+    }
+
+    /// Where the job stands in its queue's order, in ms since the epoch
+    /// (lower first): its `run_at` less its head start. A job of a higher
+    /// priority goes before the jobs that have waited less than its head
+    /// start longer than it, and after those that have waited more, so
+    /// that no job waits forever however many of a higher priority come.
+    pub fn order_at(&self) -> i64 {
+        self.run_at
+            .timestamp_millis()
+            .saturating_sub(i64::try_from(self.head_start_ms).unwrap_or(i64::MAX))
     }
 
     /// Whether the job's time to live has run out.

@@ -220,6 +220,7 @@ impl App {
             output_type,
             trace: self.telemetry.begin(s.trace),
             priority,
+            head_start: secs(queue.priority_step * f64::from(priority)),
             run_at,
         };
         let _guard = match &s.idempotency_key {
@@ -336,6 +337,7 @@ impl App {
             // The new job is in the trace of the one it repeats.
             trace: self.telemetry.begin(old.trace),
             priority: old.priority,
+            head_start: Duration::from_millis(old.head_start_ms),
             run_at: None,
         };
         Ok(self.store.submit(new, self.now()).await?.job().clone())

@@ -109,6 +109,7 @@ mod tests {
                 output_type: None,
                 trace: None,
                 priority: 0,
+                head_start: std::time::Duration::ZERO,
                 run_at: None,
             };
             store.submit(job, clock.now()).await.unwrap();

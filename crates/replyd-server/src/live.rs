@@ -555,6 +555,7 @@ pub(crate) mod tests {
             output_type: None,
             trace: None,
             priority: 0,
+            head_start: std::time::Duration::ZERO,
             run_at: None,
         };
         let now = Utc::now();

@@ -373,6 +373,7 @@ mod tests {
             output_type: None,
             trace: None,
             priority: 0,
+            head_start: std::time::Duration::ZERO,
             run_at: None,
         }
         .into_record(Utc::now())

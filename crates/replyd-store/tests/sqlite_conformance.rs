@@ -46,6 +46,7 @@ async fn concurrent_writes_are_group_committed() {
                     output_type: None,
                     trace: None,
                     priority: 0,
+                    head_start: std::time::Duration::ZERO,
                     run_at: None,
                 };
                 replyd_core::Store::submit(&store, job, chrono::Utc::now())
@@ -99,6 +100,7 @@ async fn a_pause_survives_a_restart() {
             output_type: None,
             trace: None,
             priority: 0,
+            head_start: std::time::Duration::ZERO,
             run_at: None,
         };
         store.submit(job, now).await.unwrap();

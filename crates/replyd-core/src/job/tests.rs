@@ -22,6 +22,7 @@ fn job(max_attempts: u32) -> JobRecord {
         output_type: None,
         trace: None,
         priority: 0,
+        head_start: std::time::Duration::ZERO,
         run_at: None,
     }
     .into_record(t(0))

@@ -82,6 +82,9 @@ pub const RESPONSE_HEADERS: &[&str] = &[
     "location",
 ];
 
+/// The most a priority level may be worth (a hundred years: strict).
+pub const PRIORITY_STEP_MAX: f64 = 100.0 * 365.0 * 86_400.0;
+
 /// What an `http` queue's executor sends, and keeps of the answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpTarget {
@@ -122,6 +125,11 @@ pub struct QueueConfig {
     /// `executor = "http"`: whether a failed attempt is tried again
     /// (default `idempotent`: a POST is not).
     pub retry: Option<UpstreamRetry>,
+    /// Seconds of waiting one level of priority is worth: a job of
+    /// priority p is leased before the jobs that came in less than
+    /// p × this before it (and after those that came earlier, so that none
+    /// waits forever). A large value makes priorities strict.
+    pub priority_step: f64,
     /// Set by `validate` for `http` queues and gateway routes.
     #[serde(skip)]
     pub http: Option<HttpTarget>,
@@ -140,6 +148,7 @@ impl Default for QueueConfig {
             stream_output: None,
             url: None,
             retry: None,
+            priority_step: 60.0,
             http: None,
         }
     }
@@ -197,6 +206,11 @@ impl QueueConfig {
         }
         if self.concurrency == 0 {
             return Err(format!("queues.{name}.concurrency must be at least 1"));
+        }
+        if !(self.priority_step >= 0.0 && self.priority_step <= PRIORITY_STEP_MAX) {
+            return Err(format!(
+                "queues.{name}.priority_step must be in [0, {PRIORITY_STEP_MAX}] seconds"
+            ));
         }
         match (&self.command, self.executor) {
             (Some(c), Executor::Exec) if c.first().is_some_and(|p| !p.is_empty()) => {}

@@ -2,6 +2,7 @@
 //! are due and are then queued; priorities order a queue's leases.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobState, NewJob};
@@ -10,9 +11,13 @@ use replyd_core::{JobId, Tenant};
 
 use super::{lq, t};
 
+/// A priority level's worth of waiting in these tests.
+const STEP: u64 = 60;
+
 fn job(queue: &str, priority: u8, run_at: Option<i64>) -> NewJob {
     NewJob {
         priority,
+        head_start: Duration::from_secs(STEP * u64::from(priority)),
         run_at: run_at.map(t),
         ..NewJob::plain(Tenant("t".into()), queue)
     }
@@ -133,4 +138,26 @@ pub async fn higher_priorities_lease_first_and_each_in_order(store: Arc<dyn Stor
     assert_eq!(leased[0].job.priority, 8);
     let leased = store.lease(lq("q", 1), t(13)).await.unwrap();
     assert_eq!(leased[0].job.id, low);
+}
+
+pub async fn a_job_waiting_longer_than_a_priority_is_worth_goes_first(store: Arc<dyn Store>) {
+    // Priority 9 is worth 9 minutes: a priority-0 job submitted 10 minutes
+    // before it goes first, one submitted 8 minutes before goes after, and
+    // a priority-5 job of 3.5 minutes before goes after too (5 + 3.5 < 9).
+    let old = submit_at(&*store, job("q", 0, None), 0).await;
+    let mid = submit_at(&*store, job("q", 5, None), 390).await;
+    let recent = submit_at(&*store, job("q", 0, None), 120).await;
+    let urgent = submit_at(&*store, job("q", 9, None), 600).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(
+            store
+                .lease(lq("q", 1), t(601))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.job.id),
+        );
+    }
+    assert_eq!(got, [old, urgent, mid, recent]);
 }

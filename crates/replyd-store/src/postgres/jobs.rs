@@ -311,10 +311,11 @@ pub(super) async fn transition_all(
         sqlx::query(
             "UPDATE jobs SET state = u.state, run_at = u.run_at,
                              lease_expires_at = u.lease_expires_at,
-                             expires_at = u.expires_at, record = u.record
+                             expires_at = u.expires_at, record = u.record,
+                             order_at = u.order_at
              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::text[])
-                  AS u(id, state, run_at, lease_expires_at, expires_at, record)
+                         $6::text[], $7::bigint[])
+                  AS u(id, state, run_at, lease_expires_at, expires_at, record, order_at)
              WHERE jobs.id = u.id",
         )
         .bind(jobs.iter().map(|j| j.id.0).collect::<Vec<_>>())
@@ -335,6 +336,7 @@ pub(super) async fn transition_all(
                 .map(|j| written[&j.id.0].as_str())
                 .collect::<Vec<_>>(),
         )
+        .bind(jobs.iter().map(|j| j.order_at()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -485,7 +487,7 @@ pub(super) async fn load(tx: &mut Tx, id: JobId, lock: bool) -> StoreResult<Opti
 pub(super) async fn update_job(tx: &mut Tx, job: &JobRecord, text: &str) -> StoreResult<()> {
     sqlx::query(
         "UPDATE jobs SET state = $2, run_at = $3, lease_expires_at = $4, expires_at = $5,
-                         record = $6
+                         record = $6, order_at = $7
          WHERE id = $1",
     )
     .bind(job.id.0)
@@ -494,6 +496,7 @@ pub(super) async fn update_job(tx: &mut Tx, job: &JobRecord, text: &str) -> Stor
     .bind(job.lease.as_ref().map(|l| ms(l.expires_at)))
     .bind(job.expires_at.map(ms))
     .bind(text)
+    .bind(job.order_at())
     .execute(&mut **tx)
     .await
     .map_err(backend)?;

@@ -12,15 +12,16 @@ use sqlx::Row;
 use uuid::Uuid;
 
 /// The jobs a lease takes: `$1` queue, `$2` now (ms), `$3` tenant or
-/// NULL, `$4` how many, from (`$7` rank, `$5` run_at, `$6` id) on (the
-/// scan floor). `jobs_ready` serves the order (rank is minus the
-/// priority), so the scan starts at the floor and stops at the limit.
-pub(super) const LEASE: &str = "SELECT id, input, run_at, rank FROM jobs
+/// NULL, `$4` how many, from (`$5` order_at, `$6` id) on (the scan
+/// floor). `jobs_ready` serves the order (`JobRecord::order_at`: run_at
+/// less the priority's head start), so the scan starts at the floor and
+/// stops at the limit.
+pub(super) const LEASE: &str = "SELECT id, input, order_at FROM jobs
      WHERE queue = $1 AND state = 'queued' AND run_at <= $2
        AND ($3::text IS NULL OR tenant = $3)
-       AND (rank, run_at, id) >= ($7, $5, $6)
+       AND (order_at, id) >= ($5, $6)
        AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)
-     ORDER BY rank, run_at, id LIMIT $4
+     ORDER BY order_at, id LIMIT $4
      FOR UPDATE SKIP LOCKED";
 
 /// How often a lease of a queue scans from the start rather than from its
@@ -43,7 +44,7 @@ const MAX_FLOORS: usize = 10_000;
 /// queued job below the last one leased was leased too, or was held by
 /// another lease, or had not committed yet; a job's `run_at` is set when
 /// it is submitted, before its commit, hence the lag. A job of a higher
-/// priority (a lower rank), or one queued late (a scheduled job coming
+/// priority (an earlier order_at), or one queued late (a scheduled job coming
 /// due), lowers the floor to it when its event is read ([`Floors::saw`]).
 /// One that still comes in below the floor (a submit slower than the lag,
 /// a lease that rolled back, a node's clock behind) is found by a scan
@@ -53,13 +54,12 @@ pub(super) struct Floors(std::sync::Mutex<std::collections::HashMap<FloorKey, Fl
 
 type FloorKey = (String, Option<String>);
 
-/// A place in the lease order: (rank, run_at, id).
-type Place = (i64, i64, Uuid);
+/// A place in the lease order: (order_at, id).
+type Place = (i64, Uuid);
 
 #[derive(Debug, Clone, Copy)]
 struct Floor {
-    rank: i64,
-    run_at: i64,
+    order_at: i64,
     id: Uuid,
     /// When a lease last scanned this queue from the start.
     full_at: std::time::Instant,
@@ -91,13 +91,13 @@ impl Floors {
             if job.state != JobState::Queued {
                 continue;
             }
-            let place = (-i64::from(job.priority), ms(job.run_at), job.id.0);
+            let place = (job.order_at(), job.id.0);
             for (key, f) in floors.iter_mut() {
                 if key.0 == job.queue
                     && key.1.as_ref().is_none_or(|t| *t == job.tenant.0)
                     && place < f.place()
                 {
-                    (f.rank, f.run_at, f.id) = place;
+                    (f.order_at, f.id) = place;
                 }
             }
         }
@@ -114,7 +114,7 @@ impl Floors {
         match (floors.get_mut(&key), last) {
             (Some(f), Some(place)) => {
                 if place > f.place() || from.is_none() {
-                    (f.rank, f.run_at, f.id) = place;
+                    (f.order_at, f.id) = place;
                 }
                 if from.is_none() {
                     f.full_at = now;
@@ -125,12 +125,11 @@ impl Floors {
                     f.full_at = now;
                 }
             }
-            (None, Some((rank, run_at, id))) => {
+            (None, Some((order_at, id))) => {
                 floors.insert(
                     key,
                     Floor {
-                        rank,
-                        run_at,
+                        order_at,
                         id,
                         full_at: now,
                     },
@@ -153,7 +152,7 @@ impl Floors {
 
 impl Floor {
     fn place(&self) -> Place {
-        (self.rank, self.run_at, self.id)
+        (self.order_at, self.id)
     }
 }
 
@@ -164,16 +163,15 @@ pub(super) async fn lease(
 ) -> StoreResult<Vec<Leased>> {
     let key: FloorKey = (q.queue.clone(), q.tenant.as_ref().map(|t| t.0.clone()));
     let from = s.inner.floors.start(&key);
-    let (from_rank, from_run_at, from_id) = from.unwrap_or((i64::MIN, i64::MIN, Uuid::nil()));
+    let (from_order_at, from_id) = from.unwrap_or((i64::MIN, Uuid::nil()));
     let mut tx = s.begin().await?;
     let picked = sqlx::query(LEASE)
         .bind(&q.queue)
         .bind(ms(now))
         .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
         .bind(i64::from(q.max))
-        .bind(from_run_at)
+        .bind(from_order_at)
         .bind(from_id)
-        .bind(from_rank)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
@@ -213,13 +211,9 @@ pub(super) async fn lease(
         });
     }
     s.commit(tx, appended).await?;
-    let last = picked.last().map(|r| {
-        (
-            i64::from(r.get::<i16, _>("rank")),
-            r.get::<i64, _>("run_at") - FLOOR_LAG,
-            Uuid::nil(),
-        )
-    });
+    let last = picked
+        .last()
+        .map(|r| (r.get::<i64, _>("order_at") - FLOOR_LAG, Uuid::nil()));
     s.inner.floors.moved(key, from, last);
     Ok(leased)
 }
@@ -306,20 +300,19 @@ pub(super) async fn next_due(s: &PgStore) -> StoreResult<Option<DateTime<Utc>>> 
 pub(super) async fn next_run_at(s: &PgStore, queue: &str) -> StoreResult<Option<DateTime<Utc>>> {
     // From the queue's floor, as a lease scans: a job below it is found by
     // the next scan from the start.
-    let (rank, run_at, id) =
-        s.inner
-            .floors
-            .of_queue(queue)
-            .unwrap_or((i64::MIN, i64::MIN, Uuid::nil()));
+    let (order_at, id) = s
+        .inner
+        .floors
+        .of_queue(queue)
+        .unwrap_or((i64::MIN, Uuid::nil()));
     let v: Option<i64> = sqlx::query_scalar(
         "SELECT min(run_at) FROM jobs
-         WHERE queue = $1 AND state = 'queued' AND (rank, run_at, id) >= ($4, $2, $3)
+         WHERE queue = $1 AND state = 'queued' AND (order_at, id) >= ($2, $3)
            AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE queue = $1)",
     )
     .bind(queue)
-    .bind(run_at)
+    .bind(order_at)
     .bind(id)
-    .bind(rank)
     .fetch_one(&s.inner.pool)
     .await
     .map_err(backend)?;

@@ -364,14 +364,14 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         13,
         "
-    -- Priorities: a queue's jobs are leased by (rank, run_at, id), where
-    -- rank is minus the priority (0 to 9, higher first), so that one
-    -- ascending index serves the order and a row comparison its floor.
-    -- Scheduled jobs wait by their due time for the promoter
-    -- (`promote_due`), which queues them.
-    ALTER TABLE jobs ADD COLUMN rank smallint NOT NULL DEFAULT 0;
+    -- Priorities: a queue's jobs are leased by (order_at, id), where
+    -- order_at is run_at less the job's head start, its priority's worth
+    -- of waiting (JobRecord::order_at). Scheduled jobs wait by their due
+    -- time for the promoter (`promote_due`), which queues them.
+    ALTER TABLE jobs ADD COLUMN order_at bigint NOT NULL DEFAULT 0;
+    UPDATE jobs SET order_at = run_at WHERE state = 'queued';
     DROP INDEX jobs_ready;
-    CREATE INDEX jobs_ready ON jobs (queue, rank, run_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_ready ON jobs (queue, order_at, id) WHERE state = 'queued';
     CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
     ",
     ),

@@ -154,12 +154,12 @@ async fn write(
     let mut tx = pool.begin().await.map_err(backend)?;
     let created: Vec<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
-                           rank)
-         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record, rank
+                           order_at)
+         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record, order_at
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                     $7::bytea[], $8::text[], $9::smallint[])
+                     $7::bytea[], $8::text[], $9::bigint[])
               WITH ORDINALITY AS j(id, tenant, queue, state, run_at, idempotency_key, input,
-                                   record, rank, n)
+                                   record, order_at, n)
          ORDER BY n
          ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
@@ -188,11 +188,7 @@ async fn write(
     )
     .bind(rows.iter().map(|p| &p.input[..]).collect::<Vec<_>>())
     .bind(rows.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|p| -i16::from(p.job.priority))
-            .collect::<Vec<_>>(),
-    )
+    .bind(rows.iter().map(|p| p.job.order_at()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;

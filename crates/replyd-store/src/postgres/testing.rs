@@ -58,7 +58,6 @@ pub async fn explain_lease(
         .bind(limit)
         .bind(i64::MIN)
         .bind(uuid::Uuid::nil())
-        .bind(i64::MIN)
         .fetch_all(&mut *tx)
         .await?;
     tx.rollback().await?;

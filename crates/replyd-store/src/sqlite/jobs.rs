@@ -349,7 +349,7 @@ pub(super) fn insert_job(
 ) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, state, run_at, lease_expires_at, expires_at,
-                           idempotency_key, input, record, rank)
+                           idempotency_key, input, record, order_at)
          VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
@@ -362,7 +362,7 @@ pub(super) fn insert_job(
             job.idempotency_key,
             input,
             text,
-            -i64::from(job.priority)
+            job.order_at()
         ])
     })
     .map_err(backend)?;
@@ -372,7 +372,7 @@ pub(super) fn insert_job(
 pub(super) fn update_job(conn: &Connection, job: &JobRecord, text: &str) -> StoreResult<()> {
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, run_at = ?3, lease_expires_at = ?4, expires_at = ?5,
-                         record = ?6
+                         record = ?6, order_at = ?7
          WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -382,7 +382,8 @@ pub(super) fn update_job(conn: &Connection, job: &JobRecord, text: &str) -> Stor
             ms(job.run_at),
             job.lease.as_ref().map(|l| ms(l.expires_at)),
             job.expires_at.map(ms),
-            text
+            text,
+            job.order_at()
         ])
     })
     .map_err(backend)?;

@@ -26,12 +26,12 @@ pub(super) async fn lease(
             let (sql, tenant) = match &q.tenant {
                 Some(t) => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND tenant = ?4 ORDER BY rank, run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND tenant = ?4 ORDER BY order_at, id LIMIT ?3",
                     Some(t.0.as_str()),
                 ),
                 None => (
                     "SELECT record, input FROM jobs WHERE queue = ?1 AND state = 'queued'
-                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY rank, run_at, id LIMIT ?3",
+                       AND run_at <= ?2 AND ?4 IS NULL ORDER BY order_at, id LIMIT ?3",
                     None,
                 ),
             };

@@ -246,13 +246,14 @@ pub const SQLITE: &[(i64, &str)] = &[
     (
         10,
         "
-    -- Priorities: a queue's jobs are leased by (rank, run_at, id), where
-    -- rank is minus the priority (0 to 9, higher first), so that one
-    -- ascending index serves the order. Scheduled jobs wait by their due
+    -- Priorities: a queue's jobs are leased by (order_at, id), where
+    -- order_at is run_at less the job's head start, its priority's worth
+    -- of waiting (JobRecord::order_at). Scheduled jobs wait by their due
     -- time for the promoter (`promote_due`), which queues them.
-    ALTER TABLE jobs ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN order_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET order_at = run_at WHERE state = 'queued';
     DROP INDEX jobs_ready;
-    CREATE INDEX jobs_ready ON jobs (queue, rank, run_at) WHERE state = 'queued';
+    CREATE INDEX jobs_ready ON jobs (queue, order_at) WHERE state = 'queued';
     CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
     ",
     ),
