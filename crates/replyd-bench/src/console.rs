@@ -157,6 +157,7 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<String> {
                             worker: "seed".into(),
                             length: Duration::from_secs(600),
                             max: (left - keep).min(1000) as u32,
+                            limits: Default::default(),
                         },
                         chrono::Utc::now(),
                     )

@@ -103,6 +103,53 @@ pub struct LeaseQuery {
     pub worker: String,
     pub length: Duration,
     pub max: u32,
+    /// The queue's limits, which the store enforces across every node.
+    pub limits: QueueLimits,
+}
+
+/// How many of a queue's jobs may run at once, and how many may start per
+/// second, counted across every node and worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueLimits {
+    pub max_running: Option<u32>,
+    pub rate: Option<Rate>,
+}
+
+impl QueueLimits {
+    pub fn any(&self) -> bool {
+        self.max_running.is_some() || self.rate.is_some()
+    }
+}
+
+/// A token bucket: `per_sec` tokens a second, at most `burst` saved up;
+/// a lease takes one per job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    /// `per_sec`, with a bucket of a tenth of a second's tokens (at least
+    /// one): a queue idle for a while starts no more than that at once.
+    pub fn per_second(per_sec: f64) -> Rate {
+        Rate {
+            per_sec,
+            burst: (per_sec / 10.0).max(1.0),
+        }
+    }
+
+    /// The tokens in a bucket that held `kept` (tokens, at ms) at `now_ms`
+    /// (a bucket never used is full).
+    pub fn available(&self, kept: Option<(f64, i64)>, now_ms: i64) -> f64 {
+        match kept {
+            None => self.burst,
+            Some((tokens, at)) => {
+                let elapsed = (now_ms - at).max(0) as f64 / 1000.0;
+                (tokens + elapsed * self.per_sec).min(self.burst)
+            }
+        }
+    }
 }
 
 /// One job's move among many ([`Store::apply_many`]): a command and, for

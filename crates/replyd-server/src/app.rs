@@ -111,10 +111,18 @@ impl App {
         let stream_bytes = Arc::new(crate::limits::StreamBytes::new(
             config.durable_streams.max_tenant_bytes,
         ));
+        let hub = Hub::new(config.streams.buffer);
+        hub.bells.limit(
+            config
+                .queues
+                .iter()
+                .filter(|(_, q)| q.limits().max_running.is_some())
+                .map(|(name, _)| name.clone()),
+        );
         App {
             stream_bytes,
             limits,
-            hub: Hub::new(config.streams.buffer),
+            hub,
             webhooks: Arc::new(crate::webhooks::Runtime {
                 telemetry: telemetry.clone(),
                 ..crate::webhooks::Runtime::new(
@@ -414,10 +422,21 @@ impl App {
     }
 
     /// Leases up to `query.max` jobs, waiting up to `wait` for one to be
-    /// ready. Wakes on new and retried jobs of the queue, and when a job's
-    /// backoff ends.
-    pub async fn lease(&self, query: LeaseQuery, wait: Duration) -> ApiResult<Vec<Leased>> {
+    /// ready, within the queue's limits (`max_running`, `rate`: the store
+    /// counts them across every node). Wakes on new and retried jobs of
+    /// the queue, on a job of a limited queue leaving its slot, when a
+    /// job's backoff ends, and when a rate-limited queue's bucket refills.
+    pub async fn lease(&self, mut query: LeaseQuery, wait: Duration) -> ApiResult<Vec<Leased>> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        if let Some(q) = self.config.queues.get(&query.queue) {
+            query.limits = q.limits();
+        }
+        // A queue out of tokens has one again this soon (looked at no more
+        // often than every 10 ms).
+        let refill = query
+            .limits
+            .rate
+            .map(|r| Duration::from_secs_f64((1.0 / r.per_sec).clamp(0.01, 60.0)));
         let bell = self.hub.bells.bell(&query.queue, query.tenant.as_ref());
         loop {
             // Listening before looking: a job queued after the look rings.
@@ -431,6 +450,9 @@ impl App {
             // Sleep until a job is queued, the deadline, or the next job's
             // backoff ends.
             let mut wake = deadline;
+            if let Some(r) = refill {
+                wake = wake.min(tokio::time::Instant::now() + r);
+            }
             if let Some(at) = self.store.next_run_at(&query.queue).await? {
                 let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
                 wake = wake.min(tokio::time::Instant::now() + until);

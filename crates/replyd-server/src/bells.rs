@@ -22,6 +22,9 @@ type Key = (String, Option<Tenant>);
 #[derive(Debug, Default)]
 pub struct Doorbells {
     bells: Arc<Mutex<HashMap<Key, Arc<Notify>>>>,
+    /// The queues with limits (`max_running`): a job of one that ends
+    /// frees a slot, and rings too.
+    limited: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 impl Doorbells {
@@ -40,11 +43,19 @@ impl Doorbells {
         }
     }
 
-    /// Rings, once each, the bells of the jobs `events` leave queued.
+    /// Says which queues have limits (once, at start).
+    pub fn limit(&self, queues: impl IntoIterator<Item = String>) {
+        let _ = self.limited.set(queues.into_iter().collect());
+    }
+
+    /// Rings, once each, the bells of the jobs `events` leave queued, and
+    /// of the jobs of limited queues that end.
     pub fn ring<'a>(&self, events: impl IntoIterator<Item = &'a EventRecord>) {
         let mut bells = None;
         for e in events {
-            if e.job.state != replyd_core::JobState::Queued {
+            let frees =
+                e.kind.is_terminal() && self.limited.get().is_some_and(|l| l.contains(&e.queue));
+            if e.job.state != replyd_core::JobState::Queued && !frees {
                 continue;
             }
             let bells = bells.get_or_insert_with(|| self.lock());

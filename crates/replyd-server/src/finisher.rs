@@ -120,6 +120,7 @@ mod tests {
             worker: "w".into(),
             length: Duration::from_secs(60),
             max: 40,
+            limits: Default::default(),
         };
         let leased = store.lease(query, clock.now()).await.unwrap();
         assert_eq!(leased.len(), 40);

@@ -366,3 +366,18 @@ async fn every_node_publishes_and_signs_with_the_same_webhook_keys() {
         .unwrap();
     assert_eq!(jwks(&nodes[0]).await["keys"].as_array().unwrap().len(), 1);
 }
+
+/// A queue's limits hold across three nodes: `max_running` counted over
+/// every node's workers, one token bucket for the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_limits_hold_across_three_nodes() {
+    let Some(url) = replyd_store::postgres::testing::fresh_schema("limits").await else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestServer::start_on(common::flow::LIMITED, &url).await);
+    }
+    let clients: Vec<_> = nodes.iter().map(|n| n.client(None)).collect();
+    common::flow::limits_hold(&clients).await;
+}

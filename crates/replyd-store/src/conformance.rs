@@ -53,7 +53,8 @@ macro_rules! conformance_tests {
             a_scheduled_job_waits_until_it_is_due,
             many_due_jobs_are_queued_in_batches_earliest_first,
             higher_priorities_lease_first_and_each_in_order,
-            a_job_waiting_longer_than_a_priority_is_worth_goes_first);
+            a_job_waiting_longer_than_a_priority_is_worth_goes_first,
+            max_running_caps_the_jobs_leased_at_once, a_rate_limit_takes_a_token_per_job_leased);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -122,6 +123,7 @@ fn lq(queue: &str, max: u32) -> LeaseQuery {
         worker: "w".into(),
         length: Duration::from_secs(10),
         max,
+        limits: Default::default(),
     }
 }
 

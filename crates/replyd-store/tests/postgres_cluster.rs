@@ -34,6 +34,7 @@ async fn work(store: PgStore, queue: String, stop: Arc<AtomicBool>) -> Vec<JobId
                     worker: queue.clone(),
                     length: Duration::from_secs(60),
                     max: 1,
+                    limits: Default::default(),
                 },
                 now,
             )
@@ -247,6 +248,7 @@ async fn a_batch_of_outcomes_never_waits_for_a_held_job_with_others_locked() {
                 worker: "w".into(),
                 length: Duration::from_secs(60),
                 max: 3,
+                limits: Default::default(),
             },
             now,
         )

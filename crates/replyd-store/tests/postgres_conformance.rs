@@ -73,6 +73,7 @@ async fn a_job_below_the_lease_floor_is_still_leased() {
         worker: "w".into(),
         length: std::time::Duration::from_secs(60),
         max: 10,
+        limits: Default::default(),
     };
     let now = chrono::Utc::now();
     for _ in 0..3 {

@@ -80,6 +80,7 @@ async fn a_pause_survives_a_restart() {
         worker: "w".into(),
         length: std::time::Duration::from_secs(60),
         max: 10,
+        limits: Default::default(),
     };
     {
         let store = SqliteStore::open(&path, SqliteOptions::default())

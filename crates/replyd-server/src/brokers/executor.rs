@@ -121,6 +121,7 @@ pub async fn run(app: Arc<App>, broker: Arc<dyn Broker>, settings: Settings) {
             worker: format!("{}:{}", broker.channel().as_str(), settings.work),
             length: lease,
             max: u32::try_from(free).unwrap_or(u32::MAX),
+            limits: Default::default(),
         };
         let leased = tokio::select! {
             _ = app.shutdown.cancelled() => return,

@@ -130,6 +130,12 @@ pub struct QueueConfig {
     /// p × this before it (and after those that came earlier, so that none
     /// waits forever). A large value makes priorities strict.
     pub priority_step: f64,
+    /// Jobs of the queue running at once, across every node and worker
+    /// (and every executor: pull workers, brokers, in-process).
+    pub max_running: Option<u32>,
+    /// Jobs of the queue started per second, per minute or per hour across
+    /// every node (`"100/s"`, `"30/min"`, `"500/h"`): a token bucket.
+    pub rate: Option<String>,
     /// Set by `validate` for `http` queues and gateway routes.
     #[serde(skip)]
     pub http: Option<HttpTarget>,
@@ -149,12 +155,50 @@ impl Default for QueueConfig {
             url: None,
             retry: None,
             priority_step: 60.0,
+            max_running: None,
+            rate: None,
             http: None,
         }
     }
 }
 
+/// A rate as `"N/s"`, `"N/min"` or `"N/h"`: jobs per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let (n, per) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: write it as N/s, N/min or N/h"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {n:?} is not a number"))?;
+    let secs = match per.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        other => return Err(format!("{text:?}: per {other:?}? Use s, min or h")),
+    };
+    let per_sec = n / secs;
+    if !(per_sec.is_finite() && per_sec > 0.0 && per_sec <= 1e7) {
+        return Err(format!(
+            "{text:?}: must be more than 0 and at most 10,000,000/s"
+        ));
+    }
+    Ok(per_sec)
+}
+
 impl QueueConfig {
+    /// What the store enforces at each lease of the queue.
+    pub fn limits(&self) -> replyd_core::store::QueueLimits {
+        replyd_core::store::QueueLimits {
+            max_running: self.max_running,
+            rate: self
+                .rate
+                .as_deref()
+                .and_then(|r| parse_rate(r).ok())
+                .map(replyd_core::store::Rate::per_second),
+        }
+    }
+
     /// Derives what the executor needs from the keys (an `http` queue's
     /// target).
     pub fn resolve(&mut self, name: &str) -> Result<(), String> {
@@ -206,6 +250,14 @@ impl QueueConfig {
         }
         if self.concurrency == 0 {
             return Err(format!("queues.{name}.concurrency must be at least 1"));
+        }
+        if self.max_running == Some(0) {
+            return Err(format!(
+                "queues.{name}.max_running must be at least 1 (pause a queue to run none)"
+            ));
+        }
+        if let Some(r) = &self.rate {
+            parse_rate(r).map_err(|e| format!("queues.{name}.rate: {e}"))?;
         }
         if !(self.priority_step >= 0.0 && self.priority_step <= PRIORITY_STEP_MAX) {
             return Err(format!(

@@ -62,6 +62,7 @@ where
             worker: leasing.worker.clone(),
             length: leasing.length,
             max: permits.len() as u32,
+            limits: Default::default(),
         };
         match app.lease(query, Duration::from_secs(30)).await {
             Ok(leased) => {

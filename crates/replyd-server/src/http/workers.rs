@@ -170,6 +170,7 @@ pub async fn lease(
         worker: worker_name,
         length,
         max,
+        limits: Default::default(),
     };
     // The outcomes and the lease go to the store together (on SQLite, in
     // one commit): neither waits for the other.

@@ -4,8 +4,8 @@
 // (one per store).
 
 mod flow {
-    use super::common::TestServer;
     use super::common::streams::Sse;
+    use super::common::{TestServer, flow};
     use chrono::{DateTime, Utc};
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -138,5 +138,13 @@ mod flow {
             .map(|l| l["job"]["input"].as_u64().unwrap())
             .collect();
         assert_eq!(got, made.iter().map(|&(_, i)| i as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queues_limits_hold_for_every_worker() {
+        let Some(s) = TestServer::start(flow::LIMITED).await else {
+            return;
+        };
+        flow::limits_hold(&[s.client(None)]).await;
     }
 }

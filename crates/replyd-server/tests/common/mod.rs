@@ -7,6 +7,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod brokers;
+pub mod flow;
 pub mod hooks;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use replyd_core::event::EventKind;
 use replyd_core::job::{Command, JobState, NewJob};
-use replyd_core::store::Store;
+use replyd_core::store::{LeaseQuery, QueueLimits, Rate, Store};
 use replyd_core::{JobId, Tenant};
 
 use super::{lq, t};
@@ -160,4 +160,82 @@ pub async fn a_job_waiting_longer_than_a_priority_is_worth_goes_first(store: Arc
         );
     }
     assert_eq!(got, [old, urgent, mid, recent]);
+}
+
+fn limited(queue: &str, max: u32, limits: QueueLimits) -> LeaseQuery {
+    LeaseQuery {
+        limits,
+        ..lq(queue, max)
+    }
+}
+
+pub async fn max_running_caps_the_jobs_leased_at_once(store: Arc<dyn Store>) {
+    for _ in 0..10 {
+        submit_at(&*store, job("q", 0, None), 0).await;
+    }
+    let cap = QueueLimits {
+        max_running: Some(3),
+        rate: None,
+    };
+    let first = store.lease(limited("q", 10, cap), t(1)).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(
+        store
+            .lease(limited("q", 10, cap), t(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another queue, or a lease without the limit, is not held back.
+    assert_eq!(store.lease(lq("q", 2), t(1)).await.unwrap().len(), 2);
+    // A slot freed is a job leased: 5 running now, so one more needs three
+    // of them to end.
+    for l in &first {
+        store
+            .apply(
+                l.job.id,
+                None,
+                Command::Complete {
+                    lease_id: l.lease_id.clone(),
+                },
+                None,
+                t(2),
+            )
+            .await
+            .unwrap();
+    }
+    let more = store.lease(limited("q", 10, cap), t(2)).await.unwrap();
+    assert_eq!(more.len(), 1, "2 still running of 3");
+}
+
+pub async fn a_rate_limit_takes_a_token_per_job_leased(store: Arc<dyn Store>) {
+    for _ in 0..20 {
+        submit_at(&*store, job("q", 0, None), 0).await;
+    }
+    // 10 a second, at most 2 saved up.
+    let rate = QueueLimits {
+        max_running: None,
+        rate: Some(Rate {
+            per_sec: 10.0,
+            burst: 2.0,
+        }),
+    };
+    let at = |ms: i64| t(10) + chrono::Duration::milliseconds(ms);
+    let take = |ms| {
+        let store = store.clone();
+        async move {
+            store
+                .lease(limited("q", 10, rate), at(ms))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(take(0).await, 2, "a full bucket");
+    assert_eq!(take(0).await, 0);
+    assert_eq!(take(50).await, 0, "half a token");
+    assert_eq!(take(100).await, 1);
+    assert_eq!(take(5_000).await, 2, "never more than the bucket holds");
+    assert_eq!(take(5_300).await, 2);
+    assert_eq!(take(5_400).await, 1);
 }

@@ -6,7 +6,7 @@ use crate::record::{from_ms, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::job::{Command, JobRecord, JobState};
-use replyd_core::store::{LeaseQuery, Leased, Move, StoreError, StoreResult};
+use replyd_core::store::{LeaseQuery, Leased, Move, Rate, StoreError, StoreResult};
 use replyd_core::{JobId, LeaseId};
 use sqlx::Row;
 use uuid::Uuid;
@@ -165,11 +165,20 @@ pub(super) async fn lease(
     let from = s.inner.floors.start(&key);
     let (from_order_at, from_id) = from.unwrap_or((i64::MIN, Uuid::nil()));
     let mut tx = s.begin().await?;
+    let allowed = if q.limits.any() {
+        allowed(&mut tx, &q, now).await?
+    } else {
+        q.max
+    };
+    if allowed == 0 {
+        tx.rollback().await.map_err(backend)?;
+        return Ok(Vec::new());
+    }
     let picked = sqlx::query(LEASE)
         .bind(&q.queue)
         .bind(ms(now))
         .bind(q.tenant.as_ref().map(|t| t.0.as_str()))
-        .bind(i64::from(q.max))
+        .bind(i64::from(allowed))
         .bind(from_order_at)
         .bind(from_id)
         .fetch_all(&mut *tx)
@@ -210,12 +219,78 @@ pub(super) async fn lease(
             lease_id,
         });
     }
+    if let Some(rate) = q.limits.rate {
+        spend(&mut tx, &q.queue, rate, now, leased.len()).await?;
+    }
     s.commit(tx, appended).await?;
     let last = picked
         .last()
         .map(|r| (r.get::<i64, _>("order_at") - FLOOR_LAG, Uuid::nil()));
     s.inner.floors.moved(key, from, last);
     Ok(leased)
+}
+
+/// The advisory locks of limited queues: (this class, the queue's hash).
+const LIMITS_LOCK: i32 = 0x7265_706c; // "repl"
+
+/// How many jobs a lease may take: its `max`, less what the queue's
+/// limits leave (its running jobs against `max_running`, the tokens in
+/// its bucket). Takes the queue's advisory lock first, which the other
+/// leases of the queue wait for until this one commits: what they read
+/// then includes its jobs and its spent tokens, on every node.
+async fn allowed(tx: &mut super::Tx, q: &LeaseQuery, now: DateTime<Utc>) -> StoreResult<u32> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(LIMITS_LOCK)
+        .bind(&q.queue)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let mut allowed = q.max;
+    if let Some(cap) = q.limits.max_running {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'running'")
+                .bind(&q.queue)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+        let left = i64::from(cap).saturating_sub(running).max(0);
+        allowed = allowed.min(u32::try_from(left).unwrap_or(0));
+    }
+    if let Some(rate) = q.limits.rate {
+        let tokens = rate.available(bucket(tx, &q.queue).await?, ms(now));
+        allowed = allowed.min(tokens.max(0.0).floor() as u32);
+    }
+    Ok(allowed)
+}
+
+async fn bucket(tx: &mut super::Tx, queue: &str) -> StoreResult<Option<(f64, i64)>> {
+    sqlx::query_as("SELECT tokens, at FROM queue_buckets WHERE queue = $1")
+        .bind(queue)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)
+}
+
+/// Takes `n` tokens from the queue's bucket (under the queue's lock).
+async fn spend(
+    tx: &mut super::Tx,
+    queue: &str,
+    rate: Rate,
+    now: DateTime<Utc>,
+    n: usize,
+) -> StoreResult<()> {
+    let left = rate.available(bucket(tx, queue).await?, ms(now)) - n as f64;
+    sqlx::query(
+        "INSERT INTO queue_buckets (queue, tokens, at) VALUES ($1, $2, $3)
+         ON CONFLICT (queue) DO UPDATE SET tokens = excluded.tokens, at = excluded.at",
+    )
+    .bind(queue)
+    .bind(left)
+    .bind(ms(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 pub(super) async fn expire_leases(

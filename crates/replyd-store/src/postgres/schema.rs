@@ -373,6 +373,15 @@ const POSTGRES: &[(i64, &str)] = &[
     DROP INDEX jobs_ready;
     CREATE INDEX jobs_ready ON jobs (queue, order_at, id) WHERE state = 'queued';
     CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+    -- Limits (LeaseQuery::limits): a queue's running jobs, counted at each
+    -- lease of a queue with max_running; and its token bucket (rate).
+    -- Leases of a limited queue take its advisory lock first.
+    CREATE INDEX jobs_running ON jobs (queue) WHERE state = 'running';
+    CREATE TABLE queue_buckets (
+        queue  text PRIMARY KEY,
+        tokens float8 NOT NULL,
+        at     bigint NOT NULL
+    );
     ",
     ),
 ];

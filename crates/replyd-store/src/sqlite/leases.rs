@@ -8,8 +8,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::LeaseId;
 use replyd_core::job::Command;
-use replyd_core::store::{LeaseQuery, Leased, StoreResult};
-use rusqlite::params;
+use replyd_core::store::{LeaseQuery, Leased, Rate, StoreResult};
+use rusqlite::{OptionalExtension, params};
 
 pub(super) async fn lease(
     s: &SqliteStore,
@@ -21,6 +21,11 @@ pub(super) async fn lease(
     }
     let retry = s.inner.retry;
     s.write(move |conn, events| {
+        // The writer is the only one: what the limits allow is exact.
+        let allowed = allowed(conn, &q, now)?;
+        if allowed == 0 {
+            return Ok(Vec::new());
+        }
         // The jobs to lease with their records and inputs, in one read.
         let picked: Vec<(String, Vec<u8>)> = {
             let (sql, tenant) = match &q.tenant {
@@ -37,7 +42,7 @@ pub(super) async fn lease(
             };
             let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
             let rows = stmt
-                .query_map(params![q.queue, ms(now), q.max, tenant], |r| {
+                .query_map(params![q.queue, ms(now), allowed, tenant], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
                 })
                 .map_err(backend)?;
@@ -66,9 +71,58 @@ pub(super) async fn lease(
                 lease_id,
             });
         }
+        if let Some(rate) = q.limits.rate {
+            spend(conn, &q.queue, rate, now, leased.len())?;
+        }
         Ok(leased)
     })
     .await
+}
+
+/// How many jobs a lease may take: its `max`, less what the queue's
+/// limits leave (its running jobs against `max_running`, the tokens in
+/// its bucket).
+fn allowed(conn: &rusqlite::Connection, q: &LeaseQuery, now: DateTime<Utc>) -> StoreResult<u32> {
+    let mut allowed = q.max;
+    if let Some(cap) = q.limits.max_running {
+        let running: u32 = conn
+            .prepare_cached("SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'running'")
+            .and_then(|mut s| s.query_row([&q.queue], |r| r.get(0)))
+            .map_err(backend)?;
+        allowed = allowed.min(cap.saturating_sub(running));
+    }
+    if let Some(rate) = q.limits.rate {
+        let tokens = rate.available(bucket(conn, &q.queue)?, ms(now));
+        allowed = allowed.min(tokens.max(0.0).floor() as u32);
+    }
+    Ok(allowed)
+}
+
+fn bucket(conn: &rusqlite::Connection, queue: &str) -> StoreResult<Option<(f64, i64)>> {
+    conn.prepare_cached("SELECT tokens, at FROM queue_buckets WHERE queue = ?1")
+        .and_then(|mut s| {
+            s.query_row([queue], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)
+}
+
+/// Takes `n` tokens from the queue's bucket.
+fn spend(
+    conn: &rusqlite::Connection,
+    queue: &str,
+    rate: Rate,
+    now: DateTime<Utc>,
+    n: usize,
+) -> StoreResult<()> {
+    let left = rate.available(bucket(conn, queue)?, ms(now)) - n as f64;
+    conn.prepare_cached(
+        "INSERT INTO queue_buckets (queue, tokens, at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (queue) DO UPDATE SET tokens = excluded.tokens, at = excluded.at",
+    )
+    .and_then(|mut s| s.execute(params![queue, left, ms(now)]))
+    .map_err(backend)?;
+    Ok(())
 }
 
 pub(super) async fn expire_leases(

@@ -255,6 +255,14 @@ pub const SQLITE: &[(i64, &str)] = &[
     DROP INDEX jobs_ready;
     CREATE INDEX jobs_ready ON jobs (queue, order_at) WHERE state = 'queued';
     CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+    -- Limits (LeaseQuery::limits): a queue's running jobs, counted at each
+    -- lease of a queue with max_running; and its token bucket (rate).
+    CREATE INDEX jobs_running ON jobs (queue) WHERE state = 'running';
+    CREATE TABLE queue_buckets (
+        queue  TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        at     INTEGER NOT NULL
+    ) WITHOUT ROWID;
     ",
     ),
 ];

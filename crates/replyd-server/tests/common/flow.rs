@@ -1,0 +1,119 @@
+//! A crowd of pull workers on one or more nodes, measuring what a queue's
+//! limits let through: how many of its jobs ran at once, and when each
+//! was leased.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::Client;
+
+/// What the workers saw.
+#[derive(Debug)]
+pub struct Crowd {
+    /// The most jobs the workers held at once.
+    pub most_at_once: usize,
+    /// When each job was leased, from the start, in order.
+    pub leased_at: Vec<Duration>,
+}
+
+impl Crowd {
+    /// Jobs leased per second from the first lease to the last, less the
+    /// `burst` a full bucket lets through at once.
+    pub fn rate(&self, burst: usize) -> f64 {
+        let n = self.leased_at.len();
+        let first = self.leased_at[burst.min(n - 1)];
+        let last = self.leased_at[n - 1];
+        (n - 1 - burst.min(n - 1)) as f64 / (last - first).as_secs_f64()
+    }
+}
+
+/// `workers` workers (spread over `nodes` in turn) lease jobs of `queue`
+/// one at a time and hold each `hold` before completing it, until `jobs`
+/// are done. A worker counts a job as held from its lease until just
+/// before it asks to complete it, so what it counts is never more than
+/// what the server counts as running.
+pub async fn crowd(
+    nodes: &[Client],
+    queue: &str,
+    workers: usize,
+    jobs: usize,
+    hold: Duration,
+) -> Crowd {
+    let held = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let leased_at = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let c = nodes[w % nodes.len()].clone();
+        let (held, most, done, leased_at) =
+            (held.clone(), most.clone(), done.clone(), leased_at.clone());
+        let queue = queue.to_string();
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < jobs {
+                let r = c
+                    .post(
+                        &format!("/v1/queues/{queue}/lease"),
+                        json!({"worker": format!("w{w}"), "lease": 60, "wait": 1}),
+                    )
+                    .await;
+                if r.status == 204 {
+                    continue;
+                }
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                leased_at.lock().unwrap().push(start.elapsed());
+                let l = r.json();
+                tokio::time::sleep(hold).await;
+                held.fetch_sub(1, Ordering::SeqCst);
+                let id = l["job"]["id"].as_str().unwrap();
+                let lease = l["lease_id"].as_str().unwrap();
+                assert_eq!(c.complete(id, lease, json!({})).await.status, 200);
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let all = futures::future::join_all(tasks);
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the crowd finished its jobs in time")
+        .into_iter()
+        .for_each(|t| t.unwrap());
+    let mut leased_at = leased_at.lock().unwrap().clone();
+    leased_at.sort();
+    Crowd {
+        most_at_once: most.load(Ordering::SeqCst),
+        leased_at,
+    }
+}
+
+/// Both limits, measured by a crowd of workers: at most `max_running`
+/// at once (and that many reached), and the rate within 5%.
+pub const LIMITED: &str = "[queues.capped]\nmax_running = 4\n[queues.paced]\nrate = \"40/s\"\n";
+
+pub async fn limits_hold(nodes: &[Client]) {
+    for i in 0..40 {
+        nodes[i % nodes.len()].submit("capped", json!(i)).await;
+    }
+    let capped = crowd(nodes, "capped", 12, 40, Duration::from_millis(30)).await;
+    assert_eq!(capped.most_at_once, 4, "max_running = 4, with 12 workers");
+    for i in 0..100 {
+        nodes[i % nodes.len()].submit("paced", json!(i)).await;
+    }
+    let paced = crowd(nodes, "paced", 8, 100, Duration::ZERO).await;
+    // A full bucket is a tenth of a second's: 4 jobs at once.
+    let rate = paced.rate(4);
+    assert!((rate - 40.0).abs() <= 2.0, "rate = \"40/s\": {rate:.1}/s");
+    replyd_testkit::note(&format!(
+        "{} node(s): max_running = 4, 12 workers held at most {} at once; rate = \"40/s\" measured {rate:.2}/s",
+        nodes.len(),
+        capped.most_at_once
+    ));
+}
