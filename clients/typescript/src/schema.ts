@@ -45,6 +45,8 @@ export interface Job {
   error?: null | JobError;
   expires_at?: string | null;
   finished_at?: string | null;
+  /** The group it shares its queue fairly with others by, if given. */
+  group?: string | null;
   id: string;
   /** The job's input: present only where a worker receives the job (lease). */
   input?: unknown;
@@ -234,6 +236,12 @@ export interface SubmitRequest {
    * then. At most `limits.max_delay` (a year by default). Not with `run_at`.
    */
   delay?: number | null;
+  /**
+   * A key (a customer id, say) by which the queue is shared fairly: the
+   * groups of a queue take turns, so that one with many jobs queued does
+   * not hold back the others' (start-time fair queuing).
+   */
+  group?: string | null;
   input?: unknown;
   /** At most `limits.max_attempts` (100 by default). */
   max_attempts?: number | null;

@@ -97,6 +97,7 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<String> {
                     trace: None,
                     priority: 0,
                     head_start: std::time::Duration::ZERO,
+                    group: None,
                     run_at: None,
                 };
                 store.submit(job, chrono::Utc::now()).await?;

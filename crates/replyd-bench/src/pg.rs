@@ -142,6 +142,7 @@ fn job_row() -> (JobId, String) {
         trace: None,
         priority: 0,
         head_start: std::time::Duration::ZERO,
+        group: None,
         run_at: None,
     }
     .into_record(chrono::Utc::now());

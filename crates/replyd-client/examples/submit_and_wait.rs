@@ -30,6 +30,7 @@ async fn main() -> replyd_client::Result<()> {
                 priority: None,
                 delay: None,
                 run_at: None,
+                group: None,
             },
             None,
         )

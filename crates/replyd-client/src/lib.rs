@@ -28,6 +28,7 @@
 //!     priority: None,
 //!     delay: None,
 //!     run_at: None,
+//!     group: None,
 //! };
 //! let job = client.submit(&req, None).await?;
 //! let done = client.wait(&job.id, None).await?;

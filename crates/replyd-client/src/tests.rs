@@ -438,6 +438,7 @@ async fn submit_and_wait_reads_a_direct_result() {
         priority: None,
         delay: None,
         run_at: None,
+        group: None,
     };
     match client
         .submit_and_wait(&req, Some("key-1"), 5)
@@ -666,6 +667,7 @@ timeout = 60
             priority: None,
             delay: None,
             run_at: None,
+            group: None,
         }
     }
 

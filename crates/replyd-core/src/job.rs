@@ -147,6 +147,10 @@ pub struct JobRecord {
     /// (its priority's worth of waiting; see [`JobRecord::order_at`]).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub head_start_ms: u64,
+    /// The group the job shares its queue fairly with others by (a
+    /// customer, say): see [`fair_start`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -238,6 +242,8 @@ pub struct NewJob {
     /// What its priority is worth in its queue's order: it is leased as if
     /// it had been waiting this much longer.
     pub head_start: Duration,
+    /// Its group in its queue's fair share, if it is in one.
+    pub group: Option<String>,
     /// When it is due: until then it is `scheduled` (none, or a time
     /// already past: queued at once).
     pub run_at: Option<DateTime<Utc>>,
@@ -272,6 +278,7 @@ impl NewJob {
             trace: None,
             priority: 0,
             head_start: Duration::ZERO,
+            group: None,
             run_at: None,
         }
     }
@@ -297,6 +304,7 @@ impl NewJob {
             run_at,
             priority: self.priority.min(MAX_PRIORITY),
             head_start_ms: millis(self.head_start),
+            group: self.group,
             finished_at: None,
             expires_at: None,
             lease: None,
@@ -360,6 +368,26 @@ impl RetryPolicy {
 
 /// The highest priority.
 pub const MAX_PRIORITY: u8 = 9;
+
+/// How far one job moves its group's place in its queue's order (ms).
+pub const FAIR_STEP_MS: i64 = 1;
+
+/// How long a group's clock is kept after it last moved (ms): a group
+/// idle longer starts again at its queue's head, as a new one does.
+pub const GROUP_CLOCK_KEPT_MS: i64 = 86_400_000;
+
+/// Where the next job of a group starts in its queue's order (before its
+/// priority's head start), by start-time fair queuing: at the queue's
+/// head (the first of its queued jobs; `now` when none is queued), or
+/// after the group's own last job if that is later. Each job moves its
+/// group's clock on by [`FAIR_STEP_MS`]. So a group with many jobs queued
+/// has its next ones at the back, one with few has them at the front:
+/// the groups take turns, and none starves the others. Returns the
+/// start, the clock keeps `start + n × FAIR_STEP_MS` for `n` jobs.
+pub fn fair_start(head: Option<i64>, clock: Option<i64>, now: i64) -> i64 {
+    let head = head.unwrap_or(now);
+    clock.map_or(head, |c| c.max(head))
+}
 
 /// A request to move a job.
 #[derive(Debug, Clone)]

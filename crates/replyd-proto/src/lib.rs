@@ -134,6 +134,9 @@ pub struct Job {
     /// When a scheduled job is due (present while it is scheduled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// The group it shares its queue fairly with others by, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// True once a cancel was asked for a running job that has not ended yet.
     #[serde(default)]
     pub cancel_requested: bool,
@@ -227,6 +230,12 @@ pub struct SubmitRequest {
     /// past: queued at once). Not with `delay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// A key (a customer id, say) by which the queue is shared fairly: the
+    /// groups of a queue take turns, so that one with many jobs queued does
+    /// not hold back the others' (start-time fair queuing).
+    #[schema(min_length = 1, max_length = 128)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// What a submission says of its job's output.

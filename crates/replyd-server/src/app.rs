@@ -213,6 +213,14 @@ impl App {
             )));
         }
         let run_at = self.due_time(req)?;
+        let group = match &req.group {
+            Some(g) if g.is_empty() || g.len() > 128 || g.chars().any(char::is_control) => {
+                return Err(ApiError::bad_request(
+                    "group must be 1 to 128 characters, none of them control characters",
+                ));
+            }
+            g => g.clone(),
+        };
         let new = NewJob {
             id: JobId::new(),
             tenant: s.tenant.clone(),
@@ -229,6 +237,7 @@ impl App {
             trace: self.telemetry.begin(s.trace),
             priority,
             head_start: secs(queue.priority_step * f64::from(priority)),
+            group,
             run_at,
         };
         let _guard = match &s.idempotency_key {
@@ -346,6 +355,7 @@ impl App {
             trace: self.telemetry.begin(old.trace),
             priority: old.priority,
             head_start: Duration::from_millis(old.head_start_ms),
+            group: old.group,
             run_at: None,
         };
         Ok(self.store.submit(new, self.now()).await?.job().clone())

@@ -110,6 +110,7 @@ mod tests {
                 trace: None,
                 priority: 0,
                 head_start: std::time::Duration::ZERO,
+                group: None,
                 run_at: None,
             };
             store.submit(job, clock.now()).await.unwrap();

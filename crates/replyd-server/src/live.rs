@@ -556,6 +556,7 @@ pub(crate) mod tests {
             trace: None,
             priority: 0,
             head_start: std::time::Duration::ZERO,
+            group: None,
             run_at: None,
         };
         let now = Utc::now();

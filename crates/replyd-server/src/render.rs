@@ -36,6 +36,7 @@ impl Renderer {
             max_attempts: job.max_attempts,
             priority: job.priority,
             run_at: (job.state == replyd_core::JobState::Scheduled).then_some(job.run_at),
+            group: job.group.clone(),
             cancel_requested: job.cancel_requested,
             created_at: job.created_at,
             updated_at: job.updated_at,

@@ -374,6 +374,7 @@ mod tests {
             trace: None,
             priority: 0,
             head_start: std::time::Duration::ZERO,
+            group: None,
             run_at: None,
         }
         .into_record(Utc::now())

@@ -54,7 +54,8 @@ macro_rules! conformance_tests {
             many_due_jobs_are_queued_in_batches_earliest_first,
             higher_priorities_lease_first_and_each_in_order,
             a_job_waiting_longer_than_a_priority_is_worth_goes_first,
-            max_running_caps_the_jobs_leased_at_once, a_rate_limit_takes_a_token_per_job_leased);
+            max_running_caps_the_jobs_leased_at_once, a_rate_limit_takes_a_token_per_job_leased,
+            groups_take_turns_in_their_queue);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -90,6 +91,7 @@ fn new_job(tenant: &str, queue: &str, key: Option<&str>, body: &str) -> NewJob {
         trace: None,
         priority: 0,
         head_start: std::time::Duration::ZERO,
+        group: None,
         run_at: None,
     }
 }

@@ -47,6 +47,7 @@ async fn concurrent_writes_are_group_committed() {
                     trace: None,
                     priority: 0,
                     head_start: std::time::Duration::ZERO,
+                    group: None,
                     run_at: None,
                 };
                 replyd_core::Store::submit(&store, job, chrono::Utc::now())
@@ -102,6 +103,7 @@ async fn a_pause_survives_a_restart() {
             trace: None,
             priority: 0,
             head_start: std::time::Duration::ZERO,
+            group: None,
             run_at: None,
         };
         store.submit(job, now).await.unwrap();

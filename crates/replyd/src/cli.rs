@@ -184,6 +184,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         priority: None,
         delay: None,
         run_at: None,
+        group: None,
     };
     let key = args.idempotency_key.as_deref();
     if !args.wait {

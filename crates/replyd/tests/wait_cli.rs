@@ -25,6 +25,7 @@ fn work(input: Value) -> SubmitRequest {
         priority: None,
         delay: None,
         run_at: None,
+        group: None,
     }
 }
 

@@ -111,6 +111,7 @@ fn submit_request(input: Value, max_attempts: Option<u32>) -> SubmitRequest {
         priority: None,
         delay: None,
         run_at: None,
+        group: None,
     }
 }
 

@@ -224,6 +224,8 @@ class Job:
     error: Optional[JobError] = None
     expires_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None
+    group: Optional[str] = None
+    """The group it shares its queue fairly with others by, if given."""
     input: Any = None
     """The job's input: present only where a worker receives the job (lease)."""
     output: Optional[Output] = None
@@ -237,7 +239,7 @@ class Job:
     result: Optional[JobResult] = field(default=None, compare=False)
     """The result itself, when ``submit(..., wait=N)`` was answered with it (``200``); otherwise None: read it with ``result(id)``."""
 
-    _KEYS: ClassVar[FrozenSet[str]] = frozenset(['attempt', 'cancel_requested', 'created_at', 'error', 'expires_at', 'finished_at', 'id', 'input', 'links', 'max_attempts', 'output', 'priority', 'progress', 'queue', 'run_at', 'state', 'updated_at'])
+    _KEYS: ClassVar[FrozenSet[str]] = frozenset(['attempt', 'cancel_requested', 'created_at', 'error', 'expires_at', 'finished_at', 'group', 'id', 'input', 'links', 'max_attempts', 'output', 'priority', 'progress', 'queue', 'run_at', 'state', 'updated_at'])
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Job:
@@ -255,6 +257,7 @@ class Job:
             error=None if data.get('error') is None else JobError.from_json(_object(data.get('error'), 'Job.error')),
             expires_at=None if data.get('expires_at') is None else _time(data.get('expires_at'), 'Job.expires_at'),
             finished_at=None if data.get('finished_at') is None else _time(data.get('finished_at'), 'Job.finished_at'),
+            group=None if data.get('group') is None else _str(data.get('group'), 'Job.group'),
             input=data.get('input'),
             output=None if data.get('output') is None else Output.from_json(_object(data.get('output'), 'Job.output')),
             priority=None if data.get('priority') is None else _int(data.get('priority'), 'Job.priority'),
@@ -449,6 +452,7 @@ class SubmitRequest(_SubmitRequestRequired, total=False):
     """`POST /v1/jobs`."""
 
     delay: Optional[float]
+    group: Optional[str]
     input: Any
     max_attempts: Optional[int]
     output: Optional[OutputRequest]

@@ -23,6 +23,7 @@ fn job(max_attempts: u32) -> JobRecord {
         trace: None,
         priority: 0,
         head_start: std::time::Duration::ZERO,
+        group: None,
         run_at: None,
     }
     .into_record(t(0))

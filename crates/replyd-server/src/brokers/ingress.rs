@@ -203,6 +203,7 @@ pub fn parse(settings: &Settings, m: &Message, max_body: usize) -> Result<Reques
             priority,
             delay: number(headers::DELAY)?,
             run_at,
+            group: m.props.header(headers::GROUP).map(str::to_string),
         },
         progress,
     })

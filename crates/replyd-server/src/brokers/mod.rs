@@ -216,6 +216,8 @@ pub mod headers {
     pub const PRIORITY: &str = "x-replyd-priority";
     pub const DELAY: &str = "x-replyd-delay";
     pub const RUN_AT: &str = "x-replyd-run-at";
+    /// Request: the group the job shares its queue fairly by.
+    pub const GROUP: &str = "x-replyd-group";
     /// Request: `true` for a reply on each progress report too.
     pub const PROGRESS: &str = "x-replyd-progress";
     /// Reply (and work message): the job.

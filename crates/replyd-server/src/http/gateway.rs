@@ -125,6 +125,7 @@ pub async fn handle(
                 priority: None,
                 delay: None,
                 run_at: None,
+                group: None,
             },
             idempotency_key: key,
             request_hash: hash,

@@ -91,6 +91,8 @@ mod flow {
             (json!({"queue": "work", "run_at": "tomorrow"}), "run_at"),
             (json!({"queue": "work", "priority": 10}), "priority"),
             (json!({"queue": "work", "priority": -1}), "priority"),
+            (json!({"queue": "work", "group": ""}), "group"),
+            (json!({"queue": "work", "group": "x".repeat(129)}), "group"),
         ] {
             let p = c.post("/v1/jobs", body.clone()).await.problem(400);
             let detail = p["detail"].as_str().unwrap_or_default();
@@ -122,8 +124,9 @@ mod flow {
         let c = s.client(None);
         let mut made = Vec::new();
         for (i, priority) in [0, 3, 9, 3, 0, 9].into_iter().enumerate() {
-            let (job, _) = submit(&s, json!({"queue": "work", "input": i, "priority": priority})).await;
+            let (job, _) = submit(&s, json!({"queue": "work", "input": i, "priority": priority, "group": "acme"})).await;
             assert_eq!(job["priority"], priority);
+            assert_eq!(job["group"], "acme");
             made.push((priority, i));
         }
         made.sort_by_key(|&(p, i)| (std::cmp::Reverse(p), i));

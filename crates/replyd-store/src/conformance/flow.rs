@@ -239,3 +239,52 @@ pub async fn a_rate_limit_takes_a_token_per_job_leased(store: Arc<dyn Store>) {
     assert_eq!(take(5_300).await, 2);
     assert_eq!(take(5_400).await, 1);
 }
+
+pub async fn groups_take_turns_in_their_queue(store: Arc<dyn Store>) {
+    let grouped = |g: &str| NewJob {
+        group: Some(g.into()),
+        ..job("q", 0, None)
+    };
+    let mut a = Vec::new();
+    for _ in 0..20 {
+        a.push(submit_at(&*store, grouped("a"), 0).await);
+    }
+    // b comes later, with 3 jobs: they are not queued behind a's 20.
+    let mut b = Vec::new();
+    for _ in 0..3 {
+        b.push(submit_at(&*store, grouped("b"), 1).await);
+    }
+    // Another tenant's group of the same name is a group of its own.
+    let other = NewJob {
+        tenant: Tenant("u".into()),
+        ..grouped("a")
+    };
+    let other = submit_at(&*store, other, 1).await;
+    let mut got = Vec::new();
+    for _ in 0..24 {
+        got.extend(
+            store
+                .lease(lq("q", 1), t(2))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.job.id),
+        );
+    }
+    assert_eq!(got.len(), 24);
+    let first: Vec<_> = got[..7].to_vec();
+    for id in b.iter().chain([&other]) {
+        assert!(
+            first.contains(id),
+            "b's and the other tenant's jobs in the first 7: {got:?}"
+        );
+    }
+    // Each group's own jobs keep their order.
+    let a_order: Vec<_> = got.iter().filter(|id| a.contains(id)).copied().collect();
+    assert_eq!(a_order, a);
+    let b_order: Vec<_> = got.iter().filter(|id| b.contains(id)).copied().collect();
+    assert_eq!(b_order, b);
+    // The group is on the job.
+    let j = store.get(b[0]).await.unwrap().unwrap();
+    assert_eq!(j.group.as_deref(), Some("b"));
+}

@@ -4,6 +4,7 @@ use super::jobs::forget_history;
 use super::{PgStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
+use replyd_core::job::GROUP_CLOCK_KEPT_MS;
 use replyd_core::store::{StoreResult, TOMBSTONE_RETENTION};
 use uuid::Uuid;
 
@@ -33,6 +34,13 @@ pub(super) async fn collect_garbage(
         .map_err(backend)?;
     super::ops::trim(&mut tx, now).await?;
     s.commit(tx, None).await?;
+    // Idle groups' clocks, on their own: no lock of the sweep's is held
+    // while waiting for a submit's.
+    sqlx::query("DELETE FROM group_clocks WHERE tag <= $1")
+        .bind(ms(now) - GROUP_CLOCK_KEPT_MS)
+        .execute(&s.inner.pool)
+        .await
+        .map_err(backend)?;
     Ok(ids.len())
 }
 

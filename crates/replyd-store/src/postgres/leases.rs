@@ -82,16 +82,26 @@ impl Floors {
     /// Jobs as they were committed (this node's submits and promotions
     /// at once, every node's as the log is read): one queued below a
     /// floor of its queue (and tenant) lowers it to the job.
+    ///
+    /// A grouped job's place is its group's turn, which its record does
+    /// not say: read from the log, it counts as `JobRecord::order_at`,
+    /// and one placed lower still is found by the next scan from the start.
     pub(super) fn saw<'a>(&self, jobs: impl IntoIterator<Item = &'a JobRecord>) {
+        self.saw_at(
+            jobs.into_iter()
+                .filter(|j| j.state == JobState::Queued)
+                .map(|j| (j, j.order_at())),
+        );
+    }
+
+    /// Queued jobs at their places in the order.
+    pub(super) fn saw_at<'a>(&self, jobs: impl IntoIterator<Item = (&'a JobRecord, i64)>) {
         let mut floors = self.lock();
         if floors.is_empty() {
             return;
         }
-        for job in jobs {
-            if job.state != JobState::Queued {
-                continue;
-            }
-            let place = (job.order_at(), job.id.0);
+        for (job, order_at) in jobs {
+            let place = (order_at, job.id.0);
             for (key, f) in floors.iter_mut() {
                 if key.0 == job.queue
                     && key.1.as_ref().is_none_or(|t| *t == job.tenant.0)

@@ -31,6 +31,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Notify, broadcast};
 
 mod events;
+mod fair;
 mod garbage;
 mod jobs;
 mod leases;

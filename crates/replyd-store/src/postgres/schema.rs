@@ -382,6 +382,15 @@ const POSTGRES: &[(i64, &str)] = &[
         tokens float8 NOT NULL,
         at     bigint NOT NULL
     );
+    -- Fair share: each group's clock in its queue's order
+    -- (replyd_core::job::fair_start), kept a day after it last moved.
+    CREATE TABLE group_clocks (
+        queue  text NOT NULL,
+        tenant text NOT NULL,
+        grp    text NOT NULL,
+        tag    bigint NOT NULL,
+        PRIMARY KEY (queue, tenant, grp)
+    );
     ",
     ),
 ];

@@ -19,7 +19,7 @@ use super::{Inner, backend};
 use crate::record::{decode, ms};
 use bytes::Bytes;
 use replyd_core::event::EventKind;
-use replyd_core::job::JobRecord;
+use replyd_core::job::{JobRecord, JobState};
 use replyd_core::store::{StoreError, StoreResult, Submitted};
 use sqlx::postgres::PgPool;
 use std::collections::HashMap;
@@ -89,17 +89,16 @@ pub(super) async fn flusher(inner: Weak<Inner>, pool: PgPool, queue: Queue) {
 /// answer, or the failure (a lone job gets it as it is; the callers of a
 /// batch that failed as a whole are told to try again).
 #[allow(clippy::type_complexity)]
-fn answer(
-    inner: &Weak<Inner>,
-    jobs: Vec<Pending>,
-    written: StoreResult<(Vec<StoreResult<Submitted>>, Option<i64>)>,
-) {
+fn answer(inner: &Weak<Inner>, jobs: Vec<Pending>, written: StoreResult<Written>) {
     match written {
-        Ok((answers, top)) => {
+        Ok((answers, top, places)) => {
             announce(inner, top);
             if let Some(inner) = inner.upgrade() {
-                inner.floors.saw(answers.iter().filter_map(|a| match a {
-                    Ok(Submitted::Created(job)) => Some(job),
+                inner.floors.saw_at(answers.iter().filter_map(|a| match a {
+                    Ok(Submitted::Created(job)) if job.state == JobState::Queued => Some((
+                        job,
+                        places.get(&job.id.0).copied().unwrap_or(job.order_at()),
+                    )),
                     _ => None,
                 }));
             }
@@ -130,13 +129,18 @@ fn announce(inner: &Weak<Inner>, top: Option<i64>) {
     }
 }
 
-/// Writes `jobs` in one transaction; each one's answer, in order, and the
-/// highest event position written.
+/// What a batch's transaction did: each job's answer, in order, the
+/// highest event position written, and the grouped jobs' places in their
+/// queues' order (by id).
+type Written = (
+    Vec<StoreResult<Submitted>>,
+    Option<i64>,
+    HashMap<uuid::Uuid, i64>,
+);
+
+/// Writes `jobs` in one transaction.
 #[allow(clippy::type_complexity)]
-async fn write(
-    pool: &PgPool,
-    jobs: &[Pending],
-) -> StoreResult<(Vec<StoreResult<Submitted>>, Option<i64>)> {
+async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
     // Keyed jobs first, by (tenant, key): the order rows are locked in.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -152,6 +156,9 @@ async fn write(
     });
     let rows: Vec<&Pending> = order.iter().map(|&i| &jobs[i]).collect();
     let mut tx = pool.begin().await.map_err(backend)?;
+    let records: Vec<&JobRecord> = rows.iter().map(|p| &p.job).collect();
+    let now = records.iter().map(|j| ms(j.created_at)).max().unwrap_or(0);
+    let places = super::fair::places(&mut tx, &records, now).await?;
     let created: Vec<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
                            order_at)
@@ -188,7 +195,11 @@ async fn write(
     )
     .bind(rows.iter().map(|p| &p.input[..]).collect::<Vec<_>>())
     .bind(rows.iter().map(|p| p.text.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|p| p.job.order_at()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|p| places.get(&p.job.id.0).copied().unwrap_or(p.job.order_at()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
@@ -233,7 +244,7 @@ async fn write(
             }
         })
         .collect();
-    Ok((answers, top))
+    Ok((answers, top, places))
 }
 
 /// The records holding the (tenant, key) of each of `jobs`.

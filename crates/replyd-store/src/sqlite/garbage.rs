@@ -4,6 +4,7 @@ use super::jobs::{forget_history, id_bytes, query_ids};
 use super::{SqliteStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
+use replyd_core::job::GROUP_CLOCK_KEPT_MS;
 use replyd_core::store::{StoreResult, TOMBSTONE_RETENTION};
 use rusqlite::params;
 
@@ -31,6 +32,9 @@ pub(super) async fn collect_garbage(
         let retention = chrono::Duration::from_std(TOMBSTONE_RETENTION).unwrap_or_default();
         conn.prepare_cached("DELETE FROM jobs WHERE input IS NULL AND expires_at <= ?1")
             .and_then(|mut s| s.execute([ms(now - retention)]))
+            .map_err(backend)?;
+        conn.prepare_cached("DELETE FROM group_clocks WHERE tag <= ?1")
+            .and_then(|mut s| s.execute([ms(now) - GROUP_CLOCK_KEPT_MS]))
             .map_err(backend)?;
         super::ops::trim(conn, now)?;
         Ok(ids.len())

@@ -8,7 +8,9 @@ use crate::record::{decode, decode_upstream, encode_upstream, json_err, ms};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use replyd_core::event::EventKind;
-use replyd_core::job::{Command, JobRecord, JobState, NewJob, RetryPolicy, TransitionError};
+use replyd_core::job::{
+    Command, FAIR_STEP_MS, JobRecord, JobState, NewJob, RetryPolicy, TransitionError, fair_start,
+};
 use replyd_core::store::{
     Counts, JobOutput, JobPage, ListQuery, Move, Seen, StateCount, StoreError, StoreResult,
     Submitted,
@@ -44,7 +46,12 @@ pub(super) async fn submit(
                 };
             }
         }
-        insert_job(conn, &job, &input, &text)?;
+        // A scheduled job takes its turn when it is queued (its due time).
+        let order_at = match &job.group {
+            Some(group) if job.state == JobState::Queued => fair_order(conn, &job, group, ms(now))?,
+            _ => job.order_at(),
+        };
+        insert_job(conn, &job, &input, &text, order_at)?;
         append_event(conn, events, &job, EventKind::Accepted, &text)?;
         Ok(Submitted::Created(job))
     })
@@ -341,11 +348,45 @@ pub(super) fn load(conn: &Connection, id: JobId) -> StoreResult<Option<JobRecord
     text.as_deref().map(decode).transpose()
 }
 
+/// A grouped job's place in its queue's order: its group's turn
+/// (`fair_start`), less its priority's head start. Moves the group's clock.
+fn fair_order(conn: &Connection, job: &JobRecord, group: &str, now: i64) -> StoreResult<i64> {
+    let head: Option<i64> = conn
+        .prepare_cached("SELECT min(order_at) FROM jobs WHERE queue = ?1 AND state = 'queued'")
+        .and_then(|mut s| s.query_row([&job.queue], |r| r.get(0)))
+        .map_err(backend)?;
+    let clock: Option<i64> = conn
+        .prepare_cached(
+            "SELECT tag FROM group_clocks WHERE queue = ?1 AND tenant = ?2 AND grp = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![job.queue, job.tenant.0, group], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let start = fair_start(head, clock, now);
+    conn.prepare_cached(
+        "INSERT INTO group_clocks (queue, tenant, grp, tag) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (queue, tenant, grp) DO UPDATE SET tag = excluded.tag",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job.queue,
+            job.tenant.0,
+            group,
+            start + FAIR_STEP_MS
+        ])
+    })
+    .map_err(backend)?;
+    Ok(start.saturating_sub(i64::try_from(job.head_start_ms).unwrap_or(i64::MAX)))
+}
+
 pub(super) fn insert_job(
     conn: &Connection,
     job: &JobRecord,
     input: &[u8],
     text: &str,
+    order_at: i64,
 ) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant, queue, state, run_at, lease_expires_at, expires_at,
@@ -362,7 +403,7 @@ pub(super) fn insert_job(
             job.idempotency_key,
             input,
             text,
-            job.order_at()
+            order_at
         ])
     })
     .map_err(backend)?;

@@ -263,6 +263,15 @@ pub const SQLITE: &[(i64, &str)] = &[
         tokens REAL NOT NULL,
         at     INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- Fair share: each group's clock in its queue's order
+    -- (replyd_core::job::fair_start), kept a day after it last moved.
+    CREATE TABLE group_clocks (
+        queue  TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        grp    TEXT NOT NULL,
+        tag    INTEGER NOT NULL,
+        PRIMARY KEY (queue, tenant, grp)
+    ) WITHOUT ROWID;
     ",
     ),
 ];
