@@ -288,3 +288,50 @@ pub async fn groups_take_turns_in_their_queue(store: Arc<dyn Store>) {
     let j = store.get(b[0]).await.unwrap().unwrap();
     assert_eq!(j.group.as_deref(), Some("b"));
 }
+
+/// A flood of priority-9 jobs that takes all the queue's capacity, with
+/// priority-0 jobs among them (11,000 jobs): by strict priority none of
+/// the priority-0 jobs would be leased until the flood ends; with a
+/// priority worth 0.1 s a level, each is leased within the 0.9 s a
+/// priority-9 job is worth more, plus the backlog the flood builds.
+pub async fn a_flood_of_high_priorities_starves_no_low_one(store: Arc<dyn Store>) {
+    const TICKS: i64 = 2000;
+    let at = |tick: i64| t(0) + chrono::Duration::milliseconds(tick * 10);
+    let mixed = |priority: u8, run_at| NewJob {
+        priority,
+        head_start: Duration::from_millis(100 * u64::from(priority)),
+        run_at,
+        ..NewJob::plain(Tenant("t".into()), "q")
+    };
+    let mut low = std::collections::HashMap::new();
+    let mut waits = Vec::new();
+    for tick in 0..TICKS {
+        let now = at(tick);
+        let mut batch: Vec<_> = (0..5).map(|_| mixed(9, None)).collect();
+        if tick % 2 == 0 {
+            let j = mixed(0, None);
+            low.insert(j.id, tick);
+            batch.push(j);
+        }
+        let submits = batch.into_iter().map(|j| store.submit(j, now));
+        for s in futures::future::join_all(submits).await {
+            s.unwrap();
+        }
+        for l in store.lease(lq("q", 5), now).await.unwrap() {
+            if let Some(from) = low.remove(&l.job.id) {
+                waits.push((from, tick - from));
+            }
+        }
+    }
+    // Every low job of the flood's first half was leased during it.
+    let left_early = low.values().filter(|&&from| from < TICKS / 2).count();
+    assert_eq!(
+        left_early, 0,
+        "{} low jobs of the first half never leased",
+        left_early
+    );
+    let worst = waits.iter().map(|w| w.1).max().unwrap();
+    // 0.9 s (90 ticks) behind, plus the backlog: 0.5 jobs a tick more
+    // than the 5 a tick leased, 1,000 jobs (200 ticks) by the end.
+    assert!(worst <= 90 + 200 + 10, "a low job waited {worst} ticks");
+}
