@@ -15,6 +15,7 @@ pub mod kind;
 pub mod ops;
 pub mod outbox;
 pub mod reply;
+pub mod schedule;
 pub mod store;
 pub mod stream;
 pub mod trace;

@@ -19,6 +19,7 @@ use crate::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use crate::outbox::{
     AfterAttempt, AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec,
 };
+use crate::schedule::ScheduleRecord;
 
 /// A job's result as the worker gave it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -432,6 +433,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// The paused queues, each with when it was paused.
     async fn paused_queues(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
+
+    /// Creates or replaces the schedule of `s.tenant` named `s.name`
+    /// (keeping its `created_at` and, if its `next_at` is unchanged, its
+    /// `last_at`). True if it was created.
+    async fn put_schedule(&self, s: ScheduleRecord) -> StoreResult<bool>;
+
+    /// A tenant's schedule.
+    async fn schedule(&self, tenant: &Tenant, name: &str) -> StoreResult<Option<ScheduleRecord>>;
+
+    /// The schedules of a tenant (`None`: of every tenant), by tenant and
+    /// name.
+    async fn schedules(&self, tenant: Option<&Tenant>) -> StoreResult<Vec<ScheduleRecord>>;
+
+    /// Removes a schedule; false if there was none.
+    async fn delete_schedule(&self, tenant: &Tenant, name: &str) -> StoreResult<bool>;
+
+    /// Up to `limit` schedules whose next tick is due by `now`, earliest
+    /// first.
+    async fn due_schedules(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduleRecord>>;
+
+    /// Moves a schedule that fired the tick `fired` on to the tick `next`,
+    /// if it is still at `fired` (another node may have moved it first).
+    async fn advance_schedule(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        fired: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// A job's deliveries, oldest first, each with its attempts.
     async fn deliveries(&self, job: JobId) -> StoreResult<Vec<(Delivery, Vec<AttemptRecord>)>>;

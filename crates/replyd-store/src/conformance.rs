@@ -55,7 +55,8 @@ macro_rules! conformance_tests {
             higher_priorities_lease_first_and_each_in_order,
             a_job_waiting_longer_than_a_priority_is_worth_goes_first,
             max_running_caps_the_jobs_leased_at_once, a_rate_limit_takes_a_token_per_job_leased,
-            groups_take_turns_in_their_queue, a_flood_of_high_priorities_starves_no_low_one);
+            groups_take_turns_in_their_queue, a_flood_of_high_priorities_starves_no_low_one,
+            schedules_are_kept_and_a_tick_moves_on_once);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(

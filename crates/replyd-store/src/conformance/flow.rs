@@ -335,3 +335,73 @@ pub async fn a_flood_of_high_priorities_starves_no_low_one(store: Arc<dyn Store>
     // than the 5 a tick leased, 1,000 jobs (200 ticks) by the end.
     assert!(worst <= 90 + 200 + 10, "a low job waited {worst} ticks");
 }
+
+pub async fn schedules_are_kept_and_a_tick_moves_on_once(store: Arc<dyn Store>) {
+    use replyd_core::schedule::{ScheduleRecord, ScheduleSource};
+    let tenant = Tenant("t".into());
+    let rec = |name: &str, next: i64| ScheduleRecord {
+        tenant: tenant.clone(),
+        name: name.into(),
+        spec: serde_json::json!({"cron": "* * * * *", "job": {"queue": "q"}}),
+        source: ScheduleSource::Api,
+        next_at: t(next),
+        last_at: None,
+        created_at: t(0),
+        updated_at: t(0),
+    };
+    assert!(store.put_schedule(rec("b", 60)).await.unwrap());
+    assert!(store.put_schedule(rec("a", 120)).await.unwrap());
+    let other = ScheduleRecord {
+        tenant: Tenant("u".into()),
+        ..rec("a", 30)
+    };
+    assert!(store.put_schedule(other).await.unwrap());
+    let mine: Vec<_> = store.schedules(Some(&tenant)).await.unwrap();
+    assert_eq!(
+        mine.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(mine[1].spec["cron"], "* * * * *");
+    assert_eq!(store.schedules(None).await.unwrap().len(), 3);
+    // Due by their next tick, earliest first.
+    let due = store.due_schedules(t(60), 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|s| (s.tenant.0.as_str(), s.name.as_str()))
+            .collect::<Vec<_>>(),
+        [("u", "a"), ("t", "b")]
+    );
+    // A tick moves on once: the second node to try finds it moved.
+    assert!(
+        store
+            .advance_schedule(&tenant, "b", t(60), t(120))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_schedule(&tenant, "b", t(60), t(120))
+            .await
+            .unwrap()
+    );
+    let b = store.schedule(&tenant, "b").await.unwrap().unwrap();
+    assert_eq!((b.next_at, b.last_at), (t(120), Some(t(60))));
+    // Replaced: the same next tick keeps its last one; created stays.
+    assert!(
+        !store
+            .put_schedule(ScheduleRecord {
+                updated_at: t(90),
+                ..rec("b", 120)
+            })
+            .await
+            .unwrap()
+    );
+    let b = store.schedule(&tenant, "b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.last_at, b.created_at, b.updated_at),
+        (Some(t(60)), t(0), t(90))
+    );
+    assert!(store.delete_schedule(&tenant, "b").await.unwrap());
+    assert!(!store.delete_schedule(&tenant, "b").await.unwrap());
+    assert!(store.schedule(&tenant, "b").await.unwrap().is_none());
+}

@@ -21,6 +21,7 @@ use replyd_core::event::{EventId, EventRecord};
 use replyd_core::job::{Command, JobRecord, NewJob, RetryPolicy};
 use replyd_core::ops::{DeadLetters, Endpoint, OpsEvent, Watch};
 use replyd_core::outbox::{AttemptRecord, Channel, Delivery, DeliveryState, ReplyAsked, ReplySpec};
+use replyd_core::schedule::ScheduleRecord;
 use replyd_core::store::{
     Claimed, Counts, EventBatch, JobOutput, JobPage, LeaseQuery, Leased, ListQuery, Move, Outcome,
     Store, StoreError, StoreResult, Submitted,
@@ -37,6 +38,7 @@ mod jobs;
 mod leases;
 mod ops;
 mod outbox;
+mod schedules;
 mod schema;
 mod streams;
 mod submits;
@@ -291,6 +293,40 @@ impl Store for PgStore {
 
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
         leases::expire_leases(self, now, limit).await
+    }
+
+    async fn put_schedule(&self, s: ScheduleRecord) -> StoreResult<bool> {
+        schedules::put(self, s).await
+    }
+
+    async fn schedule(&self, tenant: &Tenant, name: &str) -> StoreResult<Option<ScheduleRecord>> {
+        schedules::get(self, tenant, name).await
+    }
+
+    async fn schedules(&self, tenant: Option<&Tenant>) -> StoreResult<Vec<ScheduleRecord>> {
+        schedules::list(self, tenant).await
+    }
+
+    async fn delete_schedule(&self, tenant: &Tenant, name: &str) -> StoreResult<bool> {
+        schedules::delete(self, tenant, name).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ScheduleRecord>> {
+        schedules::due(self, now, limit).await
+    }
+
+    async fn advance_schedule(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        fired: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        schedules::advance(self, tenant, name, fired, next).await
     }
 
     async fn promote_due(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {

@@ -382,6 +382,20 @@ const POSTGRES: &[(i64, &str)] = &[
         tokens float8 NOT NULL,
         at     bigint NOT NULL
     );
+    -- Recurring schedules (replyd_core::schedule), by the tick each fires
+    -- next.
+    CREATE TABLE schedules (
+        tenant     text NOT NULL,
+        name       text NOT NULL,
+        spec       text NOT NULL,
+        source     text NOT NULL,
+        next_at    bigint NOT NULL,
+        last_at    bigint,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE INDEX schedules_due ON schedules (next_at);
     -- Fair share: each group's clock in its queue's order
     -- (replyd_core::job::fair_start), kept a day after it last moved.
     CREATE TABLE group_clocks (

@@ -263,6 +263,20 @@ pub const SQLITE: &[(i64, &str)] = &[
         tokens REAL NOT NULL,
         at     INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- Recurring schedules (replyd_core::schedule), by the tick each fires
+    -- next.
+    CREATE TABLE schedules (
+        tenant     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        spec       TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        next_at    INTEGER NOT NULL,
+        last_at    INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules (next_at);
     -- Fair share: each group's clock in its queue's order
     -- (replyd_core::job::fair_start), kept a day after it last moved.
     CREATE TABLE group_clocks (
