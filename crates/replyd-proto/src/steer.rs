@@ -165,3 +165,47 @@ pub struct ConsoleSession {
     /// The configured queues' names.
     pub queues: Vec<String>,
 }
+
+/// `PUT /v1/schedules/{name}`: a job submitted at each tick of a cron
+/// expression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"cron": "0 9 * * MON-FRI", "timezone": "Europe/Paris", "job": {"queue": "reports", "input": {"kind": "daily"}}}))]
+pub struct ScheduleRequest {
+    /// Five fields (minute, hour, day of month, month, day of week), or
+    /// six with seconds first; names (`MON`, `JAN`), ranges, steps and
+    /// lists as in crontab, and `@hourly`, `@daily`, `@weekly`…
+    #[schema(min_length = 1, max_length = 256)]
+    pub cron: String,
+    /// An IANA time zone (default `UTC`): the ticks are its wall-clock
+    /// times, daylight saving included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The job each tick submits, as `POST /v1/jobs` takes it (without
+    /// `delay` or `run_at`).
+    pub job: crate::SubmitRequest,
+}
+
+/// A recurring schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub job: crate::SubmitRequest,
+    /// `config` (`[schedules.NAME]`: changed in the file only) or `api`.
+    pub source: String,
+    /// The tick it fires next.
+    pub next_at: DateTime<Utc>,
+    /// The last tick it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/schedules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod outputs;
 pub mod render;
 pub mod scheduler;
+pub mod schedules;
 pub mod stats;
 pub mod tails;
 pub mod tasks;
@@ -55,6 +56,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error("schedules: {0}")]
+    Schedules(String),
 }
 
 /// A started server: the store is open, background tasks are running.
@@ -97,6 +100,9 @@ impl Server {
             CancellationToken::new(),
         ));
         app.webhooks.jwt_keys.load(&*app.store, app.now()).await?;
+        schedules::sync_config(&app)
+            .await
+            .map_err(ServeError::Schedules)?;
         let mut tasks = JoinSet::new();
         tasks.spawn(app.webhooks.jwt_keys.clone().refresh(
             app.store.clone(),

@@ -1,6 +1,7 @@
 //! Scheduled jobs: a job submitted with `delay` or `run_at` is `scheduled`
 //! until it is due; the promoter queues it then (`job.queued`, which wakes
-//! the workers waiting on its queue).
+//! the workers waiting on its queue). The same loop fires the recurring
+//! schedules' ticks as they come due (`crate::schedules`), within a second.
 //!
 //! Every node runs a promoter; the store's `promote_due` lets them share
 //! the work (PostgreSQL: `FOR UPDATE SKIP LOCKED`). A promoter sleeps until
@@ -73,6 +74,9 @@ pub async fn promoter(app: Arc<App>) {
         }
         if promoted > 0 {
             tracing::debug!(jobs = promoted, "queued scheduled jobs that came due");
+        }
+        if let Err(e) = crate::schedules::fire_due(&app).await {
+            tracing::warn!(error = %e, "cannot fire the schedules that are due");
         }
         let now = app.now();
         let wait = match app.store.next_due().await {

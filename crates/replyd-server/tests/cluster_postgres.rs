@@ -381,3 +381,17 @@ async fn a_queues_limits_hold_across_three_nodes() {
     let clients: Vec<_> = nodes.iter().map(|n| n.client(None)).collect();
     common::flow::limits_hold(&clients).await;
 }
+
+/// Each tick of a schedule makes one job though three nodes fire it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_each_tick_once_across_three_nodes() {
+    let Some(url) = replyd_store::postgres::testing::fresh_schema("ticks").await else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestServer::start_on(common::flow::SCHEDULED, &url).await);
+    }
+    let clients: Vec<_> = nodes.iter().map(|n| n.client(None)).collect();
+    common::flow::each_tick_fires_once(&clients).await;
+}

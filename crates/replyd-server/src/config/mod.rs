@@ -24,6 +24,7 @@ pub mod limits;
 pub mod operations;
 pub mod queues;
 pub mod routes;
+pub mod schedules;
 pub mod storage;
 pub mod streams;
 pub mod telemetry;
@@ -61,6 +62,8 @@ pub struct Config {
     /// Gateway mode: requests under these paths become jobs that replay
     /// them to an upstream (each route gets a queue of its own).
     pub routes: Vec<Route>,
+    /// Recurring jobs by name.
+    pub schedules: BTreeMap<String, schedules::ScheduleConfig>,
     pub limits: Limits,
     /// Live channels: Server-Sent Events and WebSockets.
     pub streams: Streams,
@@ -103,6 +106,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             queues: BTreeMap::new(),
             routes: Vec::new(),
+            schedules: BTreeMap::new(),
             limits: Limits::default(),
             streams: Streams::default(),
             durable_streams: DurableStreams::default(),
@@ -222,6 +226,9 @@ impl Config {
             brokers::check_executor(name, q, &self.brokers())?;
         }
         let names: Vec<&str> = self.queues.keys().map(String::as_str).collect();
+        for (name, s) in &self.schedules {
+            s.check(name, &names)?;
+        }
         if let Some(a) = &self.amqp {
             a.validate(&names)?;
         }

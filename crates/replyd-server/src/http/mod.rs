@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod ops;
 pub mod queues;
+pub mod schedules;
 pub mod serve;
 pub mod steer;
 pub mod stream;
@@ -47,6 +48,7 @@ pub fn router(app: AppState) -> Router {
         .merge(jobs::router())
         .merge(steer::router())
         .merge(queues::router())
+        .merge(schedules::router())
         .merge(events::router())
         .merge(deliveries::router())
         .merge(endpoints::router())

@@ -8,7 +8,9 @@
 use replyd_proto as proto;
 use utoipa::OpenApi;
 
-use super::{console, deliveries, endpoints, events, jobs, ops, queues, steer, workers, ws};
+use super::{
+    console, deliveries, endpoints, events, jobs, ops, queues, schedules, steer, workers, ws,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +18,7 @@ use super::{console, deliveries, endpoints, events, jobs, ops, queues, steer, wo
     paths(
         jobs::submit, jobs::submit_batch, jobs::status, jobs::result, jobs::cancel, jobs::delete, jobs::list, jobs::input,
         steer::retry, steer::bulk, queues::list, queues::pause, queues::resume,
+        schedules::list, schedules::one, schedules::put, schedules::delete,
         console::portal_link,
         events::job_events, events::all_events, ws::upgrade,
         deliveries::of_job, deliveries::list, deliveries::retry, deliveries::retry_dead,
@@ -37,6 +40,7 @@ use super::{console, deliveries, endpoints, events, jobs, ops, queues, steer, wo
         proto::JobFilter, proto::BulkAction, proto::BulkRequest, proto::BulkRefusal, proto::BulkAnswer,
         proto::StateCounts, proto::Minute, proto::Queue, proto::QueueList,
         proto::PortalLinkRequest, proto::PortalLink,
+        proto::ScheduleRequest, proto::Schedule, proto::ScheduleList,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -117,3 +117,45 @@ pub async fn limits_hold(nodes: &[Client]) {
         capped.most_at_once
     ));
 }
+
+/// A schedule that fires every second.
+pub const SCHEDULED: &str = "[queues.work]\n[schedules.every-second]\ncron = \"* * * * * *\"\njob = { queue = \"work\", input = { n = 1 } }\n";
+
+/// Each tick of `every-second` made exactly one job, whichever of `nodes`
+/// fired it: over four ticks or more, one job under each tick's key.
+pub async fn each_tick_fires_once(nodes: &[Client]) {
+    let c = &nodes[0];
+    let schedule = |c: Client| async move {
+        let r = c.get("/v1/schedules/every-second").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let first = schedule(c.clone()).await;
+    assert_eq!(first["source"], "config");
+    let start: chrono::DateTime<chrono::Utc> = first["next_at"].as_str().unwrap().parse().unwrap();
+    let last = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = schedule(c.clone()).await;
+        if let Some(l) = s["last_at"].as_str() {
+            let l: chrono::DateTime<chrono::Utc> = l.parse().unwrap();
+            if (l - start).num_seconds() >= 3 {
+                break l;
+            }
+        }
+    };
+    let mut tick = start;
+    let mut ticks = 0;
+    while tick <= last {
+        let key = format!("schedule:every-second:{}", tick.timestamp_millis());
+        let r = c.get(&format!("/v1/jobs?idempotency_key={key}")).await;
+        assert_eq!(r.status, 200);
+        let jobs = r.json()["jobs"].as_array().unwrap().len();
+        assert_eq!(jobs, 1, "the tick {tick} made {jobs} jobs");
+        tick += chrono::Duration::seconds(1);
+        ticks += 1;
+    }
+    replyd_testkit::note(&format!(
+        "{} node(s): {ticks} ticks of a schedule firing every second, one job each",
+        nodes.len()
+    ));
+}

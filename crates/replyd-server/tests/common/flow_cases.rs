@@ -150,4 +150,51 @@ mod flow {
         };
         flow::limits_hold(&[s.client(None)]).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schedule_fires_each_tick_once_and_is_kept_by_name() {
+        let Some(s) = TestServer::start(flow::SCHEDULED).await else {
+            return;
+        };
+        let c = s.client(None);
+        flow::each_tick_fires_once(&[c.clone()]).await;
+        // By API: checked, created, replaced, listed, removed.
+        let put = |name: &str, body: Value| {
+            let c = c.clone();
+            let path = format!("/v1/schedules/{name}");
+            async move { c.send(reqwest::Method::PUT, &path, &[("content-type", "application/json")], Some(serde_json::to_vec(&body).unwrap())).await }
+        };
+        let hourly = json!({"cron": "0 * * * *", "timezone": "Asia/Tokyo", "job": {"queue": "work", "priority": 2}});
+        for (body, status, says) in [
+            (json!({"cron": "0 * * *", "job": {"queue": "work"}}), 400, "cron"),
+            (json!({"cron": "0 * * * *", "timezone": "Nowhere/Land", "job": {"queue": "work"}}), 400, "timezone"),
+            (json!({"cron": "0 * * * *", "job": {"queue": "nope"}}), 404, "nope"),
+            (json!({"cron": "0 * * * *", "job": {"queue": "work", "delay": 5}}), 400, "delay"),
+            (json!({"cron": "0 0 30 2 *", "job": {"queue": "work"}}), 400, "never"),
+        ] {
+            let r = put("bad", body.clone()).await;
+            let p = r.problem(status);
+            assert!(p["detail"].as_str().unwrap().contains(says), "{body}: {p}");
+        }
+        let r = put("hourly", hourly.clone()).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let made = r.json();
+        assert_eq!((made["timezone"].as_str(), made["source"].as_str()), (Some("Asia/Tokyo"), Some("api")));
+        let next: chrono::DateTime<Utc> = made["next_at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(next.timestamp() % 3600, 0, "on the hour: {next}");
+        assert_eq!(put("hourly", hourly).await.status, 200);
+        let names: Vec<String> = c.get("/v1/schedules").await.json()["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["every-second", "hourly"]);
+        // The configuration's are the file's.
+        put("every-second", json!({"cron": "0 * * * *", "job": {"queue": "work"}})).await.problem(409);
+        c.send(reqwest::Method::DELETE, "/v1/schedules/every-second", &[], None).await.problem(409);
+        assert_eq!(c.send(reqwest::Method::DELETE, "/v1/schedules/hourly", &[], None).await.status, 204);
+        c.get("/v1/schedules/hourly").await.problem(404);
+        c.get("/v1/schedules/a%2Fb").await.problem(400);
+    }
 }
