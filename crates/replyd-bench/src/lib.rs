@@ -55,6 +55,7 @@ mod console;
 mod dstreams;
 mod e2e;
 pub mod exposure;
+mod flow;
 mod harness;
 mod peers;
 #[cfg(feature = "postgres")]
@@ -101,6 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "dstreams" => dstreams::run(&args, &dir).await?,
             "tokens" => tokens::run(&args, &dir).await?,
             "console" => console::run(&args, &dir).await?,
+            "flow" => flow::run(&args, &dir).await?,
             #[cfg(feature = "otel")]
             "telemetry" => telemetry::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
@@ -117,7 +119,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, flow, streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka, telemetry)"
             ),
         }
