@@ -11,16 +11,47 @@
 //!   text ([`correlation_text`]) and come back as they were. Header names
 //!   are `[kafka.headers]`'s. Other headers are the `x-replyd-*` ones, plus
 //!   `message_id` (the duplicate key) and `content_type`.
-//! - **Consuming**: one consumer per source, in the section's group, with
-//!   no automatic commit: a record's offset is committed once it is
-//!   settled, and only when every earlier record of its partition is
-//!   too ([`Offsets`]), so a restart reads again what was not yet made
-//!   durable (the duplicate key makes it the same job). A partition taken
-//!   away by a rebalance commits what is done first. Kafka cannot give one
-//!   record back: giving one back rewinds its partition to it (the records
-//!   after it come again too, and find their jobs). A record with neither a message id
-//!   nor a correlation id is told apart by where it is (topic, partition,
-//!   offset), so that reading it again makes no second job.
+//! - **Consuming**: one consumer per source, with no automatic commit: a
+//!   record's offset is committed once it is settled, and only when every
+//!   earlier record of its partition is too ([`Offsets`]), so a restart reads
+//!   again what was not yet made durable (the duplicate key makes it the same
+//!   job). A partition taken away by a rebalance commits what is done first.
+//!   Kafka cannot give one record back: giving one back rewinds its partition
+//!   to it (the records after it come again too, and find their jobs). A
+//!   record with neither a message id nor a correlation id is told apart by
+//!   where it is (topic, partition, offset), so that reading it again makes
+//!   no second job.
+//! - **Groups**: the request topics' consumers are in the section's `group`;
+//!   the reply topic's (workers' replies, `executor = "kafka"`) is in a group
+//!   of its own, `<group>.replies` ([`KafkaConfig::group_of`]). In one group,
+//!   a replyd's two consumers (subscribed to different topics) were two
+//!   members, so any rebalance of one was a rebalance of both: an eager
+//!   rebalance takes every partition of the group away until every member has
+//!   joined again, and a consumer that is not polled (its pump waits for room
+//!   for a record: rebalances are served by `recv`) held the other's
+//!   partitions back too. On librdkafka's mock cluster it stalled the reply
+//!   consumer for 44 s, now and then: the two join together; the mock ends
+//!   the sync when the leader's SyncGroup brings every assignment, refuses
+//!   (`INVALID_REQUEST`) the other's SyncGroup if it comes after that, and
+//!   when that member joins again it waits `session.timeout.ms` − 1 s (45 s
+//!   by default) for the group to join before it assigns anything.
+//!
+//!   Upgrading from a replyd whose reply consumer was in `group`: the new
+//!   group has no committed offsets, so its first start reads the reply topic
+//!   from the earliest record retained (`auto.offset.reset = earliest`: no
+//!   reply is missed). A reply read again to a job that has finished is
+//!   dropped, and an output chunk lands once (one of an earlier attempt is
+//!   dropped); but a progress or final reply of an earlier attempt of a job
+//!   still running is taken as its current attempt's, as after any re-read
+//!   (at-least-once). To start where the old group stopped instead, stop
+//!   every node, then copy the old group's committed offsets of the reply
+//!   topic to the new group (`kafka-consumer-groups.sh --describe --group
+//!   <group>` shows them; `--reset-offsets --group <group>.replies
+//!   --from-file <csv of topic,partition,offset> --execute` sets them). The
+//!   old group's offsets of the reply topic are no longer read
+//!   (`--delete-offsets --group <group> --topic <reply topic>` removes them).
+//!   The request topics keep `group` and its committed offsets: nothing
+//!   changes for them.
 //! - **Publishing**: one idempotent producer (`acks=all`) per broker
 //!   handle; a publish is confirmed by its delivery report. A record's key
 //!   is its request's, else its correlation id: a job's records keep their
@@ -238,7 +269,7 @@ impl Broker for KafkaBroker {
         source: &str,
         prefetch: u16,
     ) -> Result<mpsc::Receiver<Received>, BrokerError> {
-        let pump = self.consumer(&self.cfg.group, false)?;
+        let pump = self.consumer(&self.cfg.group_of(source), false)?;
         // A subscription to a topic that is not there waits silently: say
         // so instead, and try again later.
         let consumer = pump.consumer.clone();

@@ -5,7 +5,7 @@
 //! [kafka]
 //! brokers = "127.0.0.1:9092"            # bootstrap servers, comma-separated
 //! request_topics = ["replyd.requests"]  # requests arrive here
-//! # group = "replyd"                    # the consumer group the nodes share
+//! # group = "replyd"                    # the consumer group the nodes share (replies: "<group>.replies")
 //! # tenant = "default"                  # whose jobs they become
 //! # queue = "report"                    # a request's job queue without x-replyd-queue
 //! # dead_letter_topic = "replyd.dead"   # default: "<request topic>.dead"
@@ -35,7 +35,8 @@ pub struct KafkaConfig {
     /// The bootstrap servers: `host:port`, comma-separated.
     pub brokers: String,
     /// The consumer group by which the nodes split the request topics'
-    /// partitions (and the reply topic's).
+    /// partitions; the reply topic's are split by a group of its own,
+    /// this one + [`REPLY_GROUP_SUFFIX`] (see [`KafkaConfig::group_of`]).
     pub group: String,
     /// Topics whose records are requests.
     pub request_topics: Vec<String>,
@@ -100,6 +101,9 @@ impl Default for KafkaConfig {
         }
     }
 }
+
+/// What follows `group` in the name of the reply topic's consumer group.
+pub const REPLY_GROUP_SUFFIX: &str = ".replies";
 
 /// The librdkafka settings replyd sets itself: its delivery guarantees
 /// rest on them.
@@ -182,6 +186,19 @@ impl KafkaConfig {
         shared.check(queues)
     }
 
+    /// The consumer group that reads `source`: `group` for a request topic
+    /// (or any other), `group` + [`REPLY_GROUP_SUFFIX`] for the reply topic.
+    /// One replyd's reply consumer and request consumer are not members of
+    /// one group: a rebalance of either would take the other's partitions
+    /// away too (see `brokers/kafka/client.rs`).
+    pub fn group_of(&self, source: &str) -> String {
+        if source == self.reply_topic && !self.request_topics.iter().any(|t| t == source) {
+            format!("{}{REPLY_GROUP_SUFFIX}", self.group)
+        } else {
+            self.group.clone()
+        }
+    }
+
     /// The dead-letter topic of requests that arrive on `source`.
     pub fn dead_letter_of(&self, source: &str) -> String {
         self.dead_letter_topic
@@ -202,6 +219,23 @@ mod tests {
         for bad in ["", ".", "..", "a b", "a/b", "é", &"t".repeat(250)] {
             assert!(!valid_topic(bad), "{bad:?}");
         }
+    }
+
+    /// The reply topic is read by a group of its own; the request topics
+    /// (and a topic that is both) by `group`.
+    #[test]
+    fn the_reply_topic_has_a_group_of_its_own() {
+        let mut c = KafkaConfig {
+            group: "g".into(),
+            request_topics: vec!["in.a".into(), "in.b".into()],
+            reply_topic: "back".into(),
+            ..KafkaConfig::default()
+        };
+        assert_eq!(c.group_of("in.a"), "g");
+        assert_eq!(c.group_of("in.b"), "g");
+        assert_eq!(c.group_of("back"), "g.replies");
+        c.reply_topic = "in.b".into();
+        assert_eq!(c.group_of("in.b"), "g");
     }
 
     #[cfg(feature = "kafka")]
