@@ -38,7 +38,10 @@ pub async fn client() -> Option<Arc<dyn Broker>> {
     Some(client_on(mock()))
 }
 
-/// The `[kafka]` section of `names`' topics on `mock`, after creating them.
+/// The `[kafka]` section of `names`' topics on `mock`, after creating them;
+/// with `REPLYD_TEST_KAFKA_DEBUG` set, replyd's clients log librdkafka's
+/// `debug` contexts it names (`cgrp,consumer,fetch`; see
+/// `REPLYD_TEST_LOG` in `mod.rs`).
 pub fn section_on(mock: &MockKafka, names: &Names) -> String {
     for topic in [&names.requests, &names.dead, &names.replies, &names.work] {
         mock.create_topic(topic, 3).expect("a topic");
@@ -53,12 +56,15 @@ dead_letter_topic = "{}"
 queue = "work"
 reply_topic = "{}"
 reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
-"#,
+{}"#,
         mock.bootstrap_servers(),
         names.requests,
         names.requests,
         names.dead,
-        names.replies
+        names.replies,
+        std::env::var("REPLYD_TEST_KAFKA_DEBUG")
+            .map(|d| format!("[kafka.properties]\ndebug = \"{d}\"\n"))
+            .unwrap_or_default()
     )
 }
 

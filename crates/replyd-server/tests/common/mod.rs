@@ -104,6 +104,23 @@ role = "admin"
 [queues.other]
 "#;
 
+/// With `REPLYD_TEST_LOG` set (an `EnvFilter`: `info,replyd_server=debug`;
+/// librdkafka's lines are under `librdkafka`), the servers' logs go to
+/// stderr, past the test harness's capture (run one test, or
+/// `--test-threads=1`, to tell them apart).
+fn log_if_asked() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("REPLYD_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_thread_names(true)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
 impl TestServer {
     /// A server with `config_toml` (plus the harness's store). `None` when
     /// the backend's service is absent (the test then skips, as said).
@@ -125,6 +142,7 @@ impl TestServer {
     }
 
     async fn launch(config_toml: &str, clock: Clock, postgres_url: Option<String>) -> TestServer {
+        log_if_asked();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::from_toml(config_toml).unwrap();
         config.storage.sqlite = dir.path().join("replyd.db");
