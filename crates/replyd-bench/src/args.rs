@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// `POST /v1/jobs/{id}/complete` per job.
     #[arg(long, default_value = "batch", value_parser = ["lease", "batch", "each"])]
     pub complete: String,
+    /// Delay scenario: jobs scheduled to come due over 5 s.
+    #[arg(long, default_value_t = 100_000)]
+    pub scheduled: usize,
     /// PostgreSQL for the `pg` scenario (a fresh schema per measurement).
     #[arg(long, env = "REPLYD_BENCH_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,

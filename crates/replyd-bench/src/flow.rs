@@ -6,7 +6,7 @@
 //!    and on PostgreSQL takes the queue's lock), alternating for
 //!    `--rounds` rounds on SQLite, and on PostgreSQL when
 //!    `--database-url` is given; the median jobs/s of each and their ratio.
-//! 2. **Delay**: `--jobs` jobs submitted in batches to come due over 5 s,
+//! 2. **Delay**: `--scheduled` jobs submitted in batches to come due over 5 s,
 //!    from 8 s ahead; workers lease them as they come due. How late each
 //!    was leased after its due time: p50, p99, the latest.
 
@@ -33,7 +33,7 @@ fn limited(c: &mut replyd_server::Config) {
     }
 }
 
-async fn limits(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) async fn limits(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "\nflow, limits: e2e ({} jobs, {} clients, {} workers) unlimited and with max_running = 1000000, rate = \"10000000/s\", {} alternating rounds",
         args.jobs,
@@ -87,8 +87,8 @@ async fn limits(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delay(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
-    let n = args.jobs;
+pub(crate) async fn delay(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let n = args.scheduled;
     println!(
         "\nflow, delay: {n} jobs due over 5 s from 8 s ahead, {} workers",
         args.workers

@@ -103,6 +103,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "tokens" => tokens::run(&args, &dir).await?,
             "console" => console::run(&args, &dir).await?,
             "flow" => flow::run(&args, &dir).await?,
+            "limits" => flow::limits(&args, &dir).await?,
+            "delay" => flow::delay(&args, &dir).await?,
             #[cfg(feature = "otel")]
             "telemetry" => telemetry::run(&args, &dir).await?,
             #[cfg(feature = "amqp")]
@@ -119,7 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 brokers::run(kind, &args, &dir).await?
             }
             other => bail!(
-                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, flow, streams, webhooks, exposure; \
+                "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, flow (limits, delay), streams, webhooks, exposure; \
                  with their features: pg, amqp, mqtt, nats, kafka, telemetry)"
             ),
         }

@@ -119,6 +119,12 @@ pub struct Queue {
     pub paused_at: Option<DateTime<Utc>>,
     /// Jobs by state (the caller's tenant's, or every tenant's).
     pub jobs: StateCounts,
+    /// Jobs that may run at once, across the cluster (`max_running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Jobs that may start per second, minute or hour (`rate`: `"100/s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
     /// The last hour, a minute each, oldest first (every tenant's traffic:
     /// operator keys only; empty otherwise).
     pub minutes: Vec<Minute>,

@@ -212,21 +212,40 @@ async fn queues(client: &Client, action: Option<QueuesAction>) -> anyhow::Result
         None => client.queues().await?.queues,
     };
     let mut out = format!(
-        "{:<24} {:<8} {:<7} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
-        "QUEUE", "EXECUTOR", "PAUSED", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"
+        "{:<24} {:<8} {:<7} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}  {}\n",
+        "QUEUE",
+        "EXECUTOR",
+        "PAUSED",
+        "SCHEDULED",
+        "QUEUED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELED",
+        "LIMITS"
     );
     for q in &list {
         let j = &q.jobs;
+        let limits = [
+            q.max_running.map(|m| format!("max_running={m}")),
+            q.rate.as_ref().map(|r| format!("rate={r}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         out += &format!(
-            "{:<24} {:<8} {:<7} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+            "{:<24} {:<8} {:<7} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}  {}\n",
             q.name,
             q.executor,
             if q.paused { "yes" } else { "no" },
+            j.scheduled,
             j.queued,
             j.running,
             j.succeeded,
             j.failed,
-            j.canceled
+            j.canceled,
+            if limits.is_empty() { "-" } else { &limits }
         );
     }
     std::io::stdout().write_all(out.as_bytes())?;

@@ -1,5 +1,5 @@
 //! End to end: `replyd queues` lists the queues of the real `replyd serve`
-//! with their jobs by state, and `replyd queues pause|resume NAME` stops and
+//! with their jobs by state and their limits, and `replyd queues pause|resume NAME` stops and
 //! restarts leases; a key that is not an operator's gets exit code 2.
 
 mod support;
@@ -23,6 +23,8 @@ tenant = "*"
 role = "worker"
 [queues.work]
 executor = "pull"
+max_running = 8
+rate = "50/s"
 "#;
 
 async fn run(server: &Server, key: &str, args: &[&str]) -> Output {
@@ -74,8 +76,11 @@ async fn queues_are_listed_paused_and_resumed_from_the_command_line() {
 
     let out = run(&server, "operator-key", &["queues"]).await;
     assert!(out.status.success());
-    // QUEUE EXECUTOR PAUSED QUEUED RUNNING SUCCEEDED FAILED CANCELED
-    assert_eq!(row(&out, "work")[1..4], ["pull", "no", "2"]);
+    // QUEUE EXECUTOR PAUSED SCHEDULED QUEUED RUNNING SUCCEEDED FAILED CANCELED LIMITS
+    let work = row(&out, "work");
+    assert_eq!(work[1..5], ["pull", "no", "0", "2"]);
+    assert_eq!(work[9..], ["max_running=8", "rate=50/s"]);
+    assert_eq!(row(&out, "demo")[9], "-");
 
     let out = run(&server, "operator-key", &["queues", "pause", "work"]).await;
     assert!(out.status.success());

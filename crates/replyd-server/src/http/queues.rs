@@ -70,6 +70,8 @@ async fn views(app: &AppState, names: &[&String]) -> ApiResult<Vec<proto::Queue>
             paused: paused_at.is_some(),
             paused_at,
             jobs,
+            max_running: q.max_running,
+            rate: q.rate.clone(),
             minutes: app.stats.minutes(name, now),
         });
     }

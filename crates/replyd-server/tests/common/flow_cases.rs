@@ -197,4 +197,31 @@ mod flow {
         c.get("/v1/schedules/hourly").await.problem(404);
         c.get("/v1/schedules/a%2Fb").await.problem(400);
     }
+
+    /// An in-process executor obeys its queue's max_running as workers do:
+    /// 16 slots, at most 2 jobs running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_process_executor_keeps_to_max_running() {
+        let Some(s) = TestServer::start("[queues.slow]\nexecutor = \"demo\"\nconcurrency = 16\nmax_running = 2\n").await else {
+            return;
+        };
+        let c = s.client(None);
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(c.submit("slow", json!({"seconds": 0.3})).await);
+        }
+        let mut most = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running = c.get("/v1/jobs?queue=slow&state=running").await.json()["jobs"].as_array().unwrap().len();
+            most = most.max(running);
+            let done = c.get("/v1/jobs?queue=slow&state=succeeded").await.json()["jobs"].as_array().unwrap().len();
+            if done == ids.len() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{done} of 6 done");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(most, 2, "max_running = 2 with 16 slots");
+    }
 }
