@@ -139,6 +139,15 @@ pub struct SubmitArgs {
     /// How many times the job may be tried (default: the queue's).
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// 0 to 9: a queue's jobs of a higher priority are leased first.
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u8>,
+    /// Run it this many seconds from now (it is scheduled until then).
+    #[arg(long, value_name = "SECS")]
+    pub delay: Option<f64>,
+    /// The group it shares its queue fairly by (a customer id, say).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     #[command(flatten)]
     pub conn: Connection,
 }
@@ -181,10 +190,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         timeout: None,
         ttl: None,
         output: None,
-        priority: None,
-        delay: None,
+        priority: args.priority,
+        delay: args.delay,
         run_at: None,
-        group: None,
+        group: args.group,
     };
     let key = args.idempotency_key.as_deref();
     if !args.wait {
@@ -474,6 +483,9 @@ mod tests {
             progress: None,
             attempt: 1,
             max_attempts: 1,
+            priority: 0,
+            run_at: None,
+            group: None,
             cancel_requested: false,
             created_at: now,
             updated_at: now,

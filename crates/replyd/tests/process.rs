@@ -625,3 +625,49 @@ async fn sigterm_drains_when_stderr_is_a_broken_pipe() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// A job scheduled for later survives a SIGKILL: after the restart it is
+/// still scheduled, then queued and leased when due, not before.
+#[tokio::test]
+async fn a_scheduled_job_survives_a_sigkill_and_runs_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), Some(WORK_QUEUE)).await;
+    let client = http();
+    let id = submit(
+        &client,
+        &server,
+        json!({"queue": "work", "input": {}, "delay": 3}),
+    )
+    .await;
+    let (_, job) = get_job(&client, &server, &id).await;
+    let due: chrono::DateTime<chrono::Utc> = job["run_at"].as_str().unwrap().parse().unwrap();
+    server.signal(Signal::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the server did not die within 10 s of SIGKILL");
+    drop(server);
+
+    let server = Server::start(dir.path(), Some(WORK_QUEUE)).await;
+    let (status, job) = get_job(&client, &server, &id).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("scheduled")),
+        "{job}"
+    );
+    let (status, lease) = post(
+        &client,
+        &server,
+        "/v1/queues/work/lease",
+        &json!({"worker": "t", "lease": 60, "wait": 10}),
+    )
+    .await;
+    let leased_at = chrono::Utc::now();
+    assert_eq!(status, StatusCode::OK, "lease: {lease}");
+    assert_eq!(lease["job"]["id"], id.as_str());
+    let late = (leased_at - due).num_milliseconds();
+    assert!(
+        (0..1000).contains(&late),
+        "leased {late} ms after it was due"
+    );
+}

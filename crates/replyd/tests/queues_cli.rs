@@ -74,11 +74,43 @@ async fn queues_are_listed_paused_and_resumed_from_the_command_line() {
         assert_eq!(r.status(), 202);
     }
 
+    // A job for later, from the command line.
+    let out = run(
+        &server,
+        "client-key",
+        &[
+            "submit",
+            "work",
+            "--delay",
+            "600",
+            "--priority",
+            "3",
+            "--group",
+            "acme",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&job["state"], &job["priority"], &job["group"]),
+        (
+            &serde_json::json!("scheduled"),
+            &serde_json::json!(3),
+            &serde_json::json!("acme")
+        ),
+        "{job}"
+    );
+
     let out = run(&server, "operator-key", &["queues"]).await;
     assert!(out.status.success());
     // QUEUE EXECUTOR PAUSED SCHEDULED QUEUED RUNNING SUCCEEDED FAILED CANCELED LIMITS
     let work = row(&out, "work");
-    assert_eq!(work[1..5], ["pull", "no", "0", "2"]);
+    assert_eq!(work[1..5], ["pull", "no", "1", "2"]);
     assert_eq!(work[9..], ["max_running=8", "rate=50/s"]);
     assert_eq!(row(&out, "demo")[9], "-");
 

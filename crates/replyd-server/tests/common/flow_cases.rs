@@ -157,7 +157,7 @@ mod flow {
             return;
         };
         let c = s.client(None);
-        flow::each_tick_fires_once(&[c.clone()]).await;
+        flow::each_tick_fires_once(std::slice::from_ref(&c)).await;
         // By API: checked, created, replaced, listed, removed.
         let put = |name: &str, body: Value| {
             let c = c.clone();
