@@ -115,7 +115,7 @@ impl Server {
                 .run(app.store.subscribe(), app.shutdown.clone()),
         );
         tasks.spawn(tasks::reaper(app.clone()));
-        tasks.spawn(scheduler::promoter(app.clone()));
+        tasks.spawn(tasks::promoter(app.clone()));
         tasks.spawn(tasks::stats(app.clone()));
         tasks.spawn(outbox::dispatch::run(app.outbox(), app.webhooks.clone()));
         tasks.spawn(tasks::garbage_collector(app.clone()));

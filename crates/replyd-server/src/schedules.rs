@@ -6,59 +6,30 @@
 //! the tick, so that nodes firing the same tick make one job, then moves
 //! the schedule on from that tick (compare and set: one node does). A
 //! node that stops between the two leaves the tick due: the next one to
-//! look fires it again, and finds its job. A tick missed while no node
-//! ran fires once, late; the ticks before it are skipped.
-
-use std::str::FromStr;
+//! look fires it again, and finds its job. Ticks a busy node fires late
+//! are each fired, in order, up to [`CATCH_UP`] back; after a longer
+//! outage the first tick missed fires, late, and the ticks older than
+//! that are skipped.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use replyd_core::Tenant;
 use replyd_core::schedule::{ScheduleRecord, ScheduleSource};
 use replyd_core::store::StoreError;
 use replyd_proto as proto;
 
 use crate::app::{App, Submission, request_hash};
+pub use crate::config::schedules::{Ticks, valid_name};
 use crate::error::{ApiError, ApiResult};
 
 /// Schedules fired per look.
 const BATCH: u32 = 100;
 
-/// A schedule's cron expression in its time zone.
-#[derive(Debug, Clone)]
-pub struct Ticks {
-    cron: croner::Cron,
-    tz: Tz,
-}
+/// How far back missed ticks are still fired, each once.
+pub const CATCH_UP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
-impl Ticks {
-    /// Parses a cron expression (five fields, or six with seconds) and an
-    /// IANA time zone (`None`: UTC).
-    pub fn parse(cron: &str, timezone: Option<&str>) -> Result<Ticks, String> {
-        let tz = match timezone {
-            None => Tz::UTC,
-            Some(name) => Tz::from_str(name)
-                .map_err(|_| format!("timezone {name:?} is not an IANA time zone"))?,
-        };
-        if cron.len() > 256 {
-            return Err("cron is longer than 256 characters".into());
-        }
-        let cron = croner::Cron::new(cron)
-            .with_seconds_optional()
-            .parse()
-            .map_err(|e| format!("cron {cron:?}: {e}"))?;
-        Ok(Ticks { cron, tz })
-    }
-
-    /// The first tick after `after`, if there is one (a cron can name a
-    /// day that never comes: the 30th of February).
-    pub fn after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&after.with_timezone(&self.tz), false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
-    }
-}
+/// Looks per call at most: a schedule behind by many ticks catches up
+/// by one tick per look.
+const LOOKS: usize = 64;
 
 /// Checks a schedule as a client or the configuration gives it: its cron,
 /// its time zone, and a job that can be scheduled. Returns its ticks.
@@ -77,14 +48,6 @@ pub fn check(app: &App, req: &proto::ScheduleRequest) -> ApiResult<Ticks> {
         ));
     }
     Ok(ticks)
-}
-
-/// Whether `name` may name a schedule.
-pub fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// The record of a schedule `req` of `tenant`, firing next after `now`.
@@ -173,6 +136,18 @@ pub async fn sync_config(app: &App) -> Result<(), String> {
 
 /// Fires the ticks due by now; returns how many.
 pub async fn fire_due(app: &App) -> Result<usize, StoreError> {
+    let mut fired = 0;
+    for _ in 0..LOOKS {
+        match fire_once(app).await? {
+            0 => break,
+            n => fired += n,
+        }
+    }
+    Ok(fired)
+}
+
+/// Fires each due schedule's next tick; returns how many were due.
+async fn fire_once(app: &App) -> Result<usize, StoreError> {
     let now = app.now();
     let due = app.store.due_schedules(now, BATCH).await?;
     let mut fired = 0;
@@ -183,9 +158,11 @@ pub async fn fire_due(app: &App) -> Result<usize, StoreError> {
             app.store.delete_schedule(&s.tenant, &s.name).await?;
             continue;
         };
+        // The next tick: the one after this, unless that is older than
+        // the catch-up window.
         let next = Ticks::parse(&req.cron, req.timezone.as_deref())
             .ok()
-            .and_then(|t| t.after(tick.max(now)));
+            .and_then(|t| t.after(tick.max(now - CATCH_UP)));
         let submitted = app
             .submit(Submission {
                 tenant: s.tenant.clone(),
@@ -199,11 +176,13 @@ pub async fn fire_due(app: &App) -> Result<usize, StoreError> {
                 via: "schedule",
             })
             .await;
+        fired += 1;
         match submitted {
-            Ok(_) => fired += 1,
+            Ok(_) => {}
             // The store could not take it: the tick stays due.
             Err(e) if e.status.is_server_error() => {
                 tracing::warn!(tenant = %s.tenant.0, schedule = %s.name, %tick, error = %e.detail, "cannot fire a schedule's tick; trying again");
+                fired -= 1;
                 continue;
             }
             // Another node fires it now (409), or fired it with the

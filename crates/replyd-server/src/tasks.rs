@@ -10,6 +10,7 @@ use replyd_core::store::StoreResult;
 
 use crate::app::App;
 use crate::config::secs;
+use crate::scheduler;
 
 /// Rows one sweep handles before it goes again.
 const SWEEP: u32 = 1000;
@@ -125,6 +126,50 @@ where
         }
         if total > 0 {
             tracing::info!(jobs = total, "{what}");
+        }
+    }
+}
+
+/// Queues scheduled jobs as they come due, and fires the recurring
+/// schedules' due ticks, until shutdown (see `crate::scheduler`).
+pub async fn promoter(app: Arc<App>) {
+    let p = &app.promoter;
+    loop {
+        let mut promoted = 0;
+        loop {
+            match app.store.promote_due(app.now(), scheduler::BATCH).await {
+                Ok(n) => {
+                    promoted += n;
+                    if (n as u32) < scheduler::BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot queue the scheduled jobs that are due");
+                    break;
+                }
+            }
+        }
+        if promoted > 0 {
+            tracing::debug!(jobs = promoted, "queued scheduled jobs that came due");
+        }
+        if let Err(e) = crate::schedules::fire_due(&app).await {
+            tracing::warn!(error = %e, "cannot fire the schedules that are due");
+        }
+        let now = app.now();
+        let wait = match app.store.next_due().await {
+            Ok(Some(at)) => (at - now).to_std().unwrap_or_default(),
+            Ok(None) => scheduler::LOOK_EVERY,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read when the next scheduled job is due");
+                scheduler::LOOK_EVERY
+            }
+        }
+        .clamp(scheduler::LOOK_AGAIN, scheduler::LOOK_EVERY);
+        let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
+        tokio::select! {
+            _ = p.sleep(until, wait) => {}
+            _ = app.shutdown.cancelled() => return,
         }
     }
 }

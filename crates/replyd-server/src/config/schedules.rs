@@ -9,6 +9,10 @@
 //! job = { queue = "reports", input = { kind = "nightly" }, priority = 3 }
 //! ```
 
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use replyd_proto as proto;
 use serde::Deserialize;
 
@@ -39,12 +43,12 @@ impl ScheduleConfig {
 
     /// Checks what can be checked before the server runs.
     pub fn check(&self, name: &str, queues: &[&str]) -> Result<(), String> {
-        if !crate::schedules::valid_name(name) {
+        if !valid_name(name) {
             return Err(format!(
                 "schedule name {name:?}: use 1-128 letters, digits, '.', '_' or '-'"
             ));
         }
-        crate::schedules::Ticks::parse(&self.cron, self.timezone.as_deref())
+        Ticks::parse(&self.cron, self.timezone.as_deref())
             .map_err(|e| format!("schedules.{name}: {e}"))?;
         if !queues.contains(&self.job.queue.as_str()) {
             return Err(format!(
@@ -59,4 +63,48 @@ impl ScheduleConfig {
         }
         Ok(())
     }
+}
+
+/// A schedule's cron expression in its time zone.
+#[derive(Debug, Clone)]
+pub struct Ticks {
+    cron: croner::Cron,
+    tz: Tz,
+}
+
+impl Ticks {
+    /// Parses a cron expression (five fields, or six with seconds) and an
+    /// IANA time zone (`None`: UTC).
+    pub fn parse(cron: &str, timezone: Option<&str>) -> Result<Ticks, String> {
+        let tz = match timezone {
+            None => Tz::UTC,
+            Some(name) => Tz::from_str(name)
+                .map_err(|_| format!("timezone {name:?} is not an IANA time zone"))?,
+        };
+        if cron.len() > 256 {
+            return Err("cron is longer than 256 characters".into());
+        }
+        let cron = croner::Cron::new(cron)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| format!("cron {cron:?}: {e}"))?;
+        Ok(Ticks { cron, tz })
+    }
+
+    /// The first tick after `after`, if there is one (a cron can name a
+    /// day that never comes: the 30th of February).
+    pub fn after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.tz), false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// Whether `name` may name a schedule.
+pub fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }

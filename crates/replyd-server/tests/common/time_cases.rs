@@ -131,3 +131,39 @@ async fn finished_jobs_expire_with_410_then_are_collected() {
     sweeps().await;
     c.get(&format!("/v1/jobs/{id}")).await.problem(404);
 }
+
+/// The ticks of a schedule (every second here) that its node fires late
+/// each fire, once and in order, up to a minute back; after a longer gap
+/// the first missed tick fires and those older than a minute are skipped.
+#[tokio::test]
+async fn late_ticks_fire_each_once_up_to_a_minute_back() {
+    let clock = Clock::manual(start());
+    let config = format!(
+        "{CONFIG}[schedules.tick]\ncron = \"* * * * * *\"\njob = {{ queue = \"work\", input = {{}} }}\n"
+    );
+    let Some(s) = TestServer::start_with(&config, clock.clone()).await else { return };
+    let c = s.client(None);
+    let jobs = || async {
+        c.get("/v1/jobs?queue=work&limit=1000").await.json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // Each scheduler look is at most a (real) second apart.
+    let look = || tokio::time::sleep(Duration::from_millis(1300));
+    // 5 s late: the 5 ticks, each once.
+    clock.advance(Duration::from_secs(5));
+    look().await;
+    assert_eq!(jobs().await, 5);
+    look().await;
+    assert_eq!(jobs().await, 5, "no tick twice");
+    // 10 minutes late: the first missed tick, then the last minute's 60.
+    clock.advance(Duration::from_secs(600));
+    for _ in 0..4 {
+        look().await;
+    }
+    assert_eq!(jobs().await, 5 + 1 + 60);
+    let s = c.get("/v1/schedules/tick").await.json();
+    let next: DateTime<Utc> = s["next_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next, start() + chrono::Duration::seconds(606));
+}
