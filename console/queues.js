@@ -43,6 +43,8 @@ function card(q, canPause, redraw) {
       h('h2', {}, h('a', { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
       h('span', { class: 'muted' }, q.executor),
       q.paused ? h('span', { class: 'badge held' }, `paused ${ago(q.paused_at)}`) : null,
+      q.max_running ? h('span', { class: 'muted', dataset: { limit: 'max_running' } }, `at most ${q.max_running} at once`) : null,
+      q.rate ? h('span', { class: 'muted', dataset: { limit: 'rate' } }, `at most ${q.rate}`) : null,
       canPause ? h('button', { type: 'button', class: 'small', dataset: { toggle: q.name }, onclick: toggle }, q.paused ? 'Resume' : 'Pause') : null),
     h('dl', { class: 'counts' },
       ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'canceled'].map((s) => h('div', {},

@@ -358,6 +358,32 @@ impl Workers {
     }
 }
 
+/// A broker executor is held to its queue's `max_running` as pull workers
+/// are: the second job is published only once the first one's reply is in.
+#[tokio::test]
+async fn the_broker_executor_keeps_to_max_running() {
+    let Some(w) = Workers::start("max_attempts = 1\nmax_running = 1", "").await else { return };
+    let Workers { server, broker, names, mut work } = w;
+    let c = server.client(None);
+    let a = c.submit("remote", json!({"n": 1})).await;
+    let b = c.submit("remote", json!({"n": 2})).await;
+    let first = next(&mut work).await;
+    assert_eq!(first.props.correlation_id.as_deref(), Some(a.as_str()));
+    quiet(&mut work, Duration::from_secs(1)).await;
+    let done = Message {
+        body: "{}".into(),
+        props: Props {
+            correlation_id: Some(a.clone()),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        },
+    };
+    broker.publish(&names.replies, done).await.unwrap();
+    let second = next(&mut work).await;
+    assert_eq!(second.props.correlation_id.as_deref(), Some(b.as_str()));
+    c.wait_state(&a, "succeeded").await;
+}
+
 #[tokio::test]
 async fn the_broker_executor_hands_jobs_to_workers_and_their_replies_complete_them() {
     let Some(w) = Workers::start("max_attempts = 1", "").await else { return };
