@@ -383,33 +383,30 @@ fn encode(m: &Message) -> (String, Vec<(String, String)>) {
     (body, attributes)
 }
 
-/// API.md §6's metadata from a received message.
+/// API.md §6's metadata from a received message (or from the SNS
+/// notification it carries: `super::envelope`).
 fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
-    let mut props = Props::default();
-    let mut headers = BTreeMap::new();
-    let mut base64_body = false;
-    if let Some(attrs) = m.message_attributes() {
-        for (k, v) in attrs {
-            let Some(value) = v.string_value().map(str::to_string) else {
-                continue;
-            };
-            match k.as_str() {
-                MESSAGE_ID => props.message_id = Some(value),
-                CORRELATION_ID => props.correlation_id = Some(value),
-                REPLY_TO => props.reply_to = Some(value),
-                CONTENT_TYPE => props.content_type = Some(value),
-                BODY_ENCODING => base64_body = value == "base64",
-                _ => {
-                    headers.insert(k.clone(), value);
-                }
-            }
-        }
+    let attrs: Vec<(String, String)> = m
+        .message_attributes()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
+        .collect();
+    let text = m.body().unwrap_or_default();
+    if attrs.is_empty()
+        && let Some(n) = super::envelope::notification(text)
+    {
+        let mut props = props_of(n.attributes).0;
+        props.message_id.get_or_insert(n.message_id);
+        return Message {
+            body: Bytes::from(n.message),
+            props,
+        };
     }
+    let (mut props, base64_body) = props_of(attrs);
     if props.message_id.is_none() {
         props.message_id = m.message_id().map(str::to_string);
     }
-    props.headers = headers;
-    let text = m.body().unwrap_or_default();
     let body = if base64_body {
         base64::engine::general_purpose::STANDARD
             .decode(text)
@@ -419,6 +416,25 @@ fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
         Bytes::from(text.to_string())
     };
     Message { body, props }
+}
+
+/// The metadata in a message's attributes, and whether its body is base64.
+fn props_of(attrs: Vec<(String, String)>) -> (Props, bool) {
+    let mut props = Props::default();
+    let mut base64_body = false;
+    for (k, value) in attrs {
+        match k.as_str() {
+            MESSAGE_ID => props.message_id = Some(value),
+            CORRELATION_ID => props.correlation_id = Some(value),
+            REPLY_TO => props.reply_to = Some(value),
+            CONTENT_TYPE => props.content_type = Some(value),
+            BODY_ENCODING => base64_body = value == "base64",
+            _ => {
+                props.headers.insert(k, value);
+            }
+        }
+    }
+    (props, base64_body)
 }
 
 #[cfg(test)]
@@ -467,6 +483,52 @@ mod tests {
         // Without its own MessageId, SQS's is the duplicate key.
         let plain = message_of(&as_received("{}".into(), vec![]));
         assert_eq!(plain.props.message_id.as_deref(), Some("sqs-own-id"));
+    }
+
+    #[test]
+    fn an_sns_notification_is_its_message_and_sns_id_is_the_duplicate_key() {
+        let envelope = |attrs: serde_json::Value| {
+            serde_json::json!({
+                "Type": "Notification",
+                "MessageId": "sns-id",
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:requests",
+                "Message": "{\"n\":1}",
+                "MessageAttributes": attrs,
+            })
+            .to_string()
+        };
+        let text = |v: &str| serde_json::json!({"Type": "String", "Value": v});
+        let m = message_of(&as_received(
+            envelope(serde_json::json!({
+                "CorrelationId": text("c-1"),
+                "ReplyTo": text("replies"),
+                "x-replyd-queue": text("report"),
+            })),
+            vec![],
+        ));
+        assert_eq!(&m.body[..], b"{\"n\":1}");
+        assert_eq!(
+            m.props.message_id.as_deref(),
+            Some("sns-id"),
+            "not SQS's own id"
+        );
+        assert_eq!(m.props.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(m.props.reply_to.as_deref(), Some("replies"));
+        assert_eq!(m.props.header("x-replyd-queue"), Some("report"));
+        // The publisher's own MessageId wins, as over SQS.
+        let own = message_of(&as_received(
+            envelope(serde_json::json!({"MessageId": text("mine")})),
+            vec![],
+        ));
+        assert_eq!(own.props.message_id.as_deref(), Some("mine"));
+        // A message with attributes of its own is read as it is.
+        let raw = message_of(&as_received(
+            envelope(serde_json::json!({})),
+            vec![("CorrelationId".into(), "c-2".into())],
+        ));
+        let body: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+        assert_eq!(body["Type"], "Notification", "the envelope itself");
+        assert_eq!(raw.props.correlation_id.as_deref(), Some("c-2"));
     }
 
     #[test]

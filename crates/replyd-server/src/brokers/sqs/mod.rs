@@ -7,6 +7,8 @@
 
 #[cfg(feature = "sqs")]
 pub mod client;
+#[cfg(feature = "sqs")]
+pub mod envelope;
 
 use std::sync::Arc;
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""An SNS requester on boto3 (not written for replyd): it creates a topic,
+subscribes replyd's request queue to it (with raw message delivery, or
+without: SNS's JSON envelope), creates a reply queue of its own, publishes
+N requests to the topic with the message attributes `CorrelationId` and
+`ReplyTo` (its queue's URL), and receives the replies.
+
+    sns_request_client.py ENDPOINT REQUEST_QUEUE N raw|envelope
+
+Prints one JSON object: what was sent (correlation id -> i) and every
+reply (by correlation id: its attributes and body).
+"""
+
+import json
+import sys
+import time
+import uuid
+
+import boto3
+
+
+def main():
+    endpoint, queue, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    aws = dict(
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    sqs, sns = boto3.client("sqs", **aws), boto3.client("sns", **aws)
+    request_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    request_arn = sqs.get_queue_attributes(
+        QueueUrl=request_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name=f"requests-{uuid.uuid4().hex[:12]}")["TopicArn"]
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=request_arn,
+        Attributes={"RawMessageDelivery": "true" if mode == "raw" else "false"},
+    )
+    reply_url = sqs.create_queue(QueueName=f"sns-replies-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    text = lambda v: {"DataType": "String", "StringValue": v}
+    sent = {}
+    for i in range(n):
+        corr = str(uuid.uuid4())
+        sent[corr] = i
+        sns.publish(
+            TopicArn=topic,
+            Message=json.dumps({"seconds": 0, "i": i}),
+            MessageAttributes={
+                "CorrelationId": text(corr),
+                "ReplyTo": text(reply_url),
+                "x-replyd-queue": text("demo"),
+            },
+        )
+    replies = {}
+    deadline = time.time() + 60
+    while sum(len(v) for v in replies.values()) < n and time.time() < deadline:
+        r = sqs.receive_message(
+            QueueUrl=reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+        )
+        for m in r.get("Messages", []):
+            attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+            replies.setdefault(attrs.get("CorrelationId"), []).append(
+                {"attributes": attrs, "body": m["Body"]}
+            )
+            sqs.delete_message(QueueUrl=reply_url, ReceiptHandle=m["ReceiptHandle"])
+    # A moment more: a duplicate reply would come now.
+    time.sleep(1)
+    r = sqs.receive_message(QueueUrl=reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                            MessageAttributeNames=["All"])
+    for m in r.get("Messages", []):
+        attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+        replies.setdefault(attrs.get("CorrelationId"), []).append({"attributes": attrs, "body": m["Body"]})
+    print(json.dumps({"sent": sent, "replies": replies}))
+
+
+if __name__ == "__main__":
+    main()
