@@ -18,7 +18,7 @@
 //!   queue that does not exist is a requester gone ([`Published::Unroutable`]).
 //! - Queues replyd consumes, and dead-letter queues, are created if absent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
