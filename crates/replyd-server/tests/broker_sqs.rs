@@ -24,8 +24,14 @@ fn boto3_here() -> bool {
 /// each from a job of its own.
 async fn boto3_requester(script: &str, n: usize, args: &[&str]) {
     let names = Names::new();
+    // moto's account: replies may go to its topics (feature `sns`).
+    let topics = if cfg!(feature = "sns") {
+        "account_id = \"123456789012\"\n"
+    } else {
+        ""
+    };
     let config = format!(
-        "{PULL_QUEUES}\n[queues.demo]\nexecutor = \"demo\"\nconcurrency = 64\n{}",
+        "{PULL_QUEUES}\n[queues.demo]\nexecutor = \"demo\"\nconcurrency = 64\n{}{topics}",
         section(&names)
     );
     let Some(server) = TestServer::start(&config).await else {
@@ -89,6 +95,17 @@ async fn requests_through_an_sns_topic_raw_and_enveloped_get_their_replies() {
     for mode in ["raw", "envelope"] {
         boto3_requester("sns_request_client.py", 20, &[mode]).await;
     }
+}
+
+/// Replies to an SNS topic: a requester whose ReplyTo is a topic ARN (its
+/// queue subscribed to it) gets one reply per request through SNS.
+#[cfg(feature = "sns")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_an_sns_topic_reach_its_subscribers() {
+    if client().await.is_none() || !boto3_here() {
+        return;
+    }
+    boto3_requester("sns_request_client.py", 20, &["envelope", "topic"]).await;
 }
 
 /// SNS delivers at least once: a notification that reaches the request

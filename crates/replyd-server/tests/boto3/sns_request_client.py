@@ -5,7 +5,10 @@ without: SNS's JSON envelope), creates a reply queue of its own, publishes
 N requests to the topic with the message attributes `CorrelationId` and
 `ReplyTo` (its queue's URL), and receives the replies.
 
-    sns_request_client.py ENDPOINT REQUEST_QUEUE N raw|envelope
+    sns_request_client.py ENDPOINT REQUEST_QUEUE N raw|envelope [queue|topic]
+
+With `topic`, the requester's ReplyTo is a topic of its own (its queue
+subscribed to it with raw delivery), so replies come through SNS too.
 
 Prints one JSON object: what was sent (correlation id -> i) and every
 reply (by correlation id: its attributes and body).
@@ -21,6 +24,7 @@ import boto3
 
 def main():
     endpoint, queue, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    reply_by = sys.argv[5] if len(sys.argv) > 5 else "queue"
     aws = dict(
         endpoint_url=endpoint,
         region_name="us-east-1",
@@ -40,6 +44,17 @@ def main():
         Attributes={"RawMessageDelivery": "true" if mode == "raw" else "false"},
     )
     reply_url = sqs.create_queue(QueueName=f"sns-replies-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    reply_to = reply_url
+    if reply_by == "topic":
+        reply_topic = sns.create_topic(Name=f"replies-{uuid.uuid4().hex[:12]}")["TopicArn"]
+        reply_arn = sqs.get_queue_attributes(
+            QueueUrl=reply_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        sns.subscribe(
+            TopicArn=reply_topic, Protocol="sqs", Endpoint=reply_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        reply_to = reply_topic
     text = lambda v: {"DataType": "String", "StringValue": v}
     sent = {}
     for i in range(n):
@@ -50,7 +65,7 @@ def main():
             Message=json.dumps({"seconds": 0, "i": i}),
             MessageAttributes={
                 "CorrelationId": text(corr),
-                "ReplyTo": text(reply_url),
+                "ReplyTo": text(reply_to),
                 "x-replyd-queue": text("demo"),
             },
         )

@@ -30,7 +30,9 @@ use replyd_core::outbox::Channel as OutboxChannel;
 use tokio::sync::mpsc;
 
 use crate::brokers::{Broker, BrokerError, Message, Props, Published, Received, Settle};
-use crate::config::brokers::sqs::SqsConfig;
+#[cfg(feature = "sns")]
+use crate::config::brokers::sqs::reply_topic_allowed;
+use crate::config::brokers::sqs::{SqsConfig, is_topic};
 
 const MESSAGE_ID: &str = "MessageId";
 const CORRELATION_ID: &str = "CorrelationId";
@@ -46,6 +48,9 @@ const LONG_POLL: i32 = 10;
 pub struct SqsBroker {
     config: SqsConfig,
     client: tokio::sync::OnceCell<Client>,
+    /// Feature `sns`: the SNS client replies to topics go through.
+    #[cfg(feature = "sns")]
+    sns: tokio::sync::OnceCell<aws_sdk_sns::Client>,
     /// Queue URLs by name.
     urls: tokio::sync::Mutex<HashMap<String, String>>,
 }
@@ -84,30 +89,23 @@ impl SqsBroker {
         SqsBroker {
             config: config.clone(),
             client: tokio::sync::OnceCell::new(),
+            #[cfg(feature = "sns")]
+            sns: tokio::sync::OnceCell::new(),
             urls: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
     async fn client(&self) -> &Client {
         self.client
-            .get_or_init(|| async {
-                let c = &self.config;
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(c.region.clone()));
-                if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
-                    loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                        id.clone(),
-                        secret.clone(),
-                        None,
-                        None,
-                        "replyd-config",
-                    ));
-                }
-                if let Some(e) = &c.endpoint_url {
-                    loader = loader.endpoint_url(e.clone());
-                }
-                Client::new(&loader.load().await)
-            })
+            .get_or_init(|| async { Client::new(&sdk_config(&self.config).await) })
+            .await
+    }
+
+    /// Feature `sns`: the SNS client, on the same settings.
+    #[cfg(feature = "sns")]
+    async fn sns(&self) -> &aws_sdk_sns::Client {
+        self.sns
+            .get_or_init(|| async { aws_sdk_sns::Client::new(&sdk_config(&self.config).await) })
             .await
     }
 
@@ -241,6 +239,9 @@ impl Broker for SqsBroker {
     }
 
     async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+        if is_topic(to) {
+            return self.publish_to_topic(to, message).await;
+        }
         if !reply_host_allowed(&self.config, to) {
             // A requester names its reply queue: only one on the SQS replyd
             // talks to (its endpoint's host, or AWS's), never another host.
@@ -288,6 +289,81 @@ impl Broker for SqsBroker {
             }
             Err(e) => Err(unavailable(describe(&e))),
         }
+    }
+}
+
+/// The AWS settings of a `[sqs]` section (SQS's and SNS's clients share
+/// them): its region, its credentials or AWS's chain, its endpoint.
+async fn sdk_config(c: &SqsConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(c.region.clone()));
+    if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            id.clone(),
+            secret.clone(),
+            None,
+            None,
+            "replyd-config",
+        ));
+    }
+    if let Some(e) = &c.endpoint_url {
+        loader = loader.endpoint_url(e.clone());
+    }
+    loader.load().await
+}
+
+impl SqsBroker {
+    /// A reply to an SNS topic (a `ReplyTo` that is a topic ARN): only a
+    /// topic the section allows (`reply_topics`, `account_id`), published
+    /// with the reply's attributes; a FIFO topic's message group is the
+    /// requester's correlation id, its deduplication id the job and state.
+    #[cfg(feature = "sns")]
+    async fn publish_to_topic(
+        &self,
+        arn: &str,
+        message: Message,
+    ) -> Result<Published, BrokerError> {
+        use crate::brokers::headers;
+        use aws_sdk_sns::types::MessageAttributeValue as Attribute;
+        if !reply_topic_allowed(&self.config, arn) {
+            tracing::warn!(broker = "sqs", to = %arn, "a reply to an SNS topic that sqs.account_id and sqs.reply_topics do not allow is refused");
+            return Ok(Published::Unroutable);
+        }
+        let (body, attributes) = encode(&message);
+        let mut publish = self.sns().await.publish().topic_arn(arn).message(body);
+        for (name, value) in attributes {
+            let v = Attribute::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| BrokerError::Refused(e.to_string()))?;
+            publish = publish.message_attributes(name, v);
+        }
+        if arn.ends_with(".fifo") {
+            let job = message.props.header(headers::JOB_ID).unwrap_or("replyd");
+            let group = message.props.correlation_id.as_deref().unwrap_or(job);
+            let dedupe = format!(
+                "{job}:{}",
+                message.props.header(headers::STATE).unwrap_or("reply")
+            );
+            publish = publish
+                .message_group_id(group)
+                .message_deduplication_id(dedupe);
+        }
+        match publish.send().await {
+            Ok(_) => Ok(Published::Accepted),
+            Err(e) if matches!(e.code(), Some("NotFound" | "NotFoundException")) => {
+                Ok(Published::Unroutable)
+            }
+            Err(e) => Err(unavailable(describe(&e))),
+        }
+    }
+
+    /// Without the feature `sns`, a topic is no reply address.
+    #[cfg(not(feature = "sns"))]
+    async fn publish_to_topic(&self, arn: &str, _: Message) -> Result<Published, BrokerError> {
+        tracing::warn!(broker = "sqs", to = %arn, "a reply to an SNS topic needs replyd built with --features sns");
+        Ok(Published::Unroutable)
     }
 }
 

@@ -14,6 +14,9 @@
 //! # visibility_timeout = 60                 # seconds a received message is hidden from others
 //! # reply_queue = "replyd-replies"          # where workers of `executor = "sqs"` queues reply
 //! # reply_retry_schedule = [0, 1, 2, 5, 10, 30, 60, 300, 900, 3600]
+//! # account_id = "123456789012"            # feature `sns`: replies to this account's
+//! #                                         # topics in `region` (a ReplyTo topic ARN)
+//! # reply_topics = ["arn:aws:sns:us-east-1:123456789012:replies"]   # or ARN prefixes ending in ':'
 //! ```
 
 use serde::Deserialize;
@@ -50,6 +53,13 @@ pub struct SqsConfig {
     /// Seconds before each attempt at a reply; after the last, the reply
     /// is dead (and can be replayed).
     pub reply_retry_schedule: Vec<f64>,
+    /// Feature `sns`: the account whose SNS topics in `region` a request's
+    /// `ReplyTo` may name.
+    pub account_id: Option<String>,
+    /// Feature `sns`: other SNS topics a `ReplyTo` may name: topic ARNs, or
+    /// prefixes of them ending in `:` (`arn:aws:sns:REGION:ACCOUNT:`). A
+    /// reply to any other topic is unroutable: never an arbitrary ARN.
+    pub reply_topics: Vec<String>,
 }
 
 impl std::fmt::Debug for SqsConfig {
@@ -78,6 +88,8 @@ impl Default for SqsConfig {
             visibility_timeout: 60,
             reply_queue: "replyd-replies".into(),
             reply_retry_schedule: DEFAULT_SCHEDULE.to_vec(),
+            account_id: None,
+            reply_topics: Vec::new(),
         }
     }
 }
@@ -137,6 +149,24 @@ impl SqsConfig {
         if self.prefetch > 10 * 100 {
             return Err("sqs.prefetch must be at most 1000".into());
         }
+        if (self.account_id.is_some() || !self.reply_topics.is_empty()) && !cfg!(feature = "sns") {
+            return Err(
+                "sqs.account_id and sqs.reply_topics are for replies to SNS topics: build with --features sns"
+                    .into(),
+            );
+        }
+        if let Some(a) = &self.account_id
+            && !(a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err("sqs.account_id must be 12 digits".into());
+        }
+        for t in &self.reply_topics {
+            if !(t.starts_with("arn:") && t.split(':').nth(2) == Some("sns")) {
+                return Err(format!(
+                    "sqs.reply_topics: {t:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME) or a prefix of one"
+                ));
+            }
+        }
         shared.check(queues)
     }
 
@@ -174,5 +204,66 @@ mod tests {
         assert_eq!(c.dead_letter_of("in"), "in-dead");
         assert_eq!(c.dead_letter_of("https://sqs.test/1/in"), "in-dead");
         assert_eq!(c.dead_letter_of("in.fifo"), "in-dead.fifo");
+    }
+}
+
+/// Whether a reply may go to the SNS topic `arn` (see
+/// [`SqsConfig::reply_topics`]): one of the configured account's topics in
+/// the configured region, or one the allow-list names.
+pub fn reply_topic_allowed(c: &SqsConfig, arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    // arn:PARTITION:sns:REGION:ACCOUNT:NAME
+    if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" || parts[5].is_empty() {
+        return false;
+    }
+    if c.account_id.as_deref() == Some(parts[4]) && parts[3] == c.region {
+        return true;
+    }
+    c.reply_topics
+        .iter()
+        .any(|t| t == arn || (t.ends_with(':') && arn.starts_with(t.as_str())))
+}
+
+/// Whether `to` names an SNS topic (`arn:…:sns:…`) rather than a queue.
+pub fn is_topic(to: &str) -> bool {
+    to.starts_with("arn:") && to.split(':').nth(2) == Some("sns")
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_accounts_topics_and_the_allowed_ones_are_answered() {
+        let c = SqsConfig {
+            account_id: Some("123456789012".into()),
+            reply_topics: vec![
+                "arn:aws:sns:eu-west-1:210987654321:replies".into(),
+                "arn:aws:sns:us-west-2:111111111111:".into(),
+            ],
+            ..SqsConfig::default()
+        };
+        for (arn, ok) in [
+            ("arn:aws:sns:us-east-1:123456789012:replies", true),
+            ("arn:aws:sns:us-east-1:123456789012:replies.fifo", true),
+            ("arn:aws:sns:eu-west-1:123456789012:replies", false),
+            ("arn:aws:sns:us-east-1:999999999999:replies", false),
+            ("arn:aws:sns:eu-west-1:210987654321:replies", true),
+            ("arn:aws:sns:eu-west-1:210987654321:other", false),
+            ("arn:aws:sns:us-west-2:111111111111:anything", true),
+            ("arn:aws:sns:us-west-2:111111111111:", false),
+            ("arn:aws:sqs:us-east-1:123456789012:replies", false),
+            ("arn:aws:sns:us-east-1:123456789012:a:b", false),
+        ] {
+            assert_eq!(reply_topic_allowed(&c, arn), ok, "{arn}");
+        }
+        assert!(is_topic("arn:aws:sns:us-east-1:123456789012:replies"));
+        assert!(!is_topic("https://sqs.us-east-1.amazonaws.com/1/replies"));
+        assert!(!is_topic("replies"));
+        let none = SqsConfig::default();
+        assert!(!reply_topic_allowed(
+            &none,
+            "arn:aws:sns:us-east-1:123456789012:replies"
+        ));
     }
 }
