@@ -130,25 +130,13 @@ pub(super) async fn expire_leases(
     now: DateTime<Utc>,
     limit: u32,
 ) -> StoreResult<usize> {
-    let retry = s.inner.retry;
-    s.write(move |conn, events| {
-        let ids = query_ids(
-            conn,
-            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1 LIMIT ?2",
-            params![ms(now), limit],
-        )?;
-        for &id in &ids {
-            let step = Step {
-                id,
-                scope: None,
-                cmd: Command::ExpireLease,
-                output: None,
-                now,
-            };
-            transition(conn, events, step, &retry)?;
-        }
-        Ok(ids.len())
-    })
+    sweep(
+        s,
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1 LIMIT ?2",
+        Command::ExpireLease,
+        now,
+        limit,
+    )
     .await
 }
 
@@ -157,19 +145,34 @@ pub(super) async fn promote_due(
     now: DateTime<Utc>,
     limit: u32,
 ) -> StoreResult<usize> {
+    sweep(
+        s,
+        "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1
+         ORDER BY run_at LIMIT ?2",
+        Command::Promote,
+        now,
+        limit,
+    )
+    .await
+}
+
+/// Applies `cmd` to the jobs `select` finds (`?1` now, `?2` the limit), in
+/// one write; returns how many.
+async fn sweep(
+    s: &SqliteStore,
+    select: &'static str,
+    cmd: Command,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> StoreResult<usize> {
     let retry = s.inner.retry;
     s.write(move |conn, events| {
-        let ids = query_ids(
-            conn,
-            "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1
-             ORDER BY run_at LIMIT ?2",
-            params![ms(now), limit],
-        )?;
+        let ids = query_ids(conn, select, params![ms(now), limit])?;
         for &id in &ids {
             let step = Step {
                 id,
                 scope: None,
-                cmd: Command::Promote,
+                cmd: cmd.clone(),
                 output: None,
                 now,
             };
