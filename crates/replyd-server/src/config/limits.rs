@@ -19,6 +19,9 @@ pub struct Limits {
     /// Furthest ahead a submission may schedule its job (`delay`,
     /// `run_at`), in seconds.
     pub max_delay: f64,
+    /// Recurring schedules a tenant may keep by API (each fires at most
+    /// a job a second).
+    pub max_schedules: usize,
     /// Seconds a client may take to send a request's headers (slowloris),
     /// and the longest a connection may stay idle between requests
     /// (HTTP/1.1 keep-alive and HTTP/2 alike).
@@ -100,6 +103,7 @@ impl Default for Limits {
             max_attempts: 100,
             max_ttl: 30.0 * 86_400.0,
             max_delay: 366.0 * 86_400.0,
+            max_schedules: 100,
             header_timeout: 30.0,
             body_timeout: 60.0,
             max_connections: None,

@@ -97,7 +97,7 @@ pub async fn one(
               (status = 200, description = "Replaced", body = proto::Schedule),
               (status = 400, description = "A cron, time zone or job that cannot be", body = proto::Problem),
               (status = 404, description = "Unknown queue", body = proto::Problem),
-              (status = 409, description = "Defined in the configuration", body = proto::Problem)))]
+              (status = 409, description = "Defined in the configuration, or the tenant has limits.max_schedules already", body = proto::Problem)))]
 pub async fn put(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -117,6 +117,16 @@ pub async fn put(
         .is_some_and(|o| o.source == ScheduleSource::Config)
     {
         return Err(from_config());
+    }
+    // A tenant's schedules are bounded: each fires jobs of its own accord.
+    let max = app.config.limits.max_schedules;
+    if old.is_none() && app.store.schedules(Some(&tenant)).await?.len() >= max {
+        return Err(ApiError::conflict(
+            "schedule-limit",
+            format!(
+                "a tenant keeps at most {max} schedules (limits.max_schedules); delete one first"
+            ),
+        ));
     }
     let mut rec = schedules::record(tenant, &name, &req, &ticks, ScheduleSource::Api, app.now())?;
     if let Some(o) = &old {

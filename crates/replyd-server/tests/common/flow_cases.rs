@@ -198,6 +198,31 @@ mod flow {
         c.get("/v1/schedules/a%2Fb").await.problem(400);
     }
 
+    /// A tenant's schedules are bounded (limits.max_schedules).
+    #[tokio::test]
+    async fn a_tenant_keeps_at_most_max_schedules() {
+        let Some(s) = TestServer::start("[limits]\nmax_schedules = 2\n[queues.work]\n").await else {
+            return;
+        };
+        let c = s.client(None);
+        let put = |name: &'static str| {
+            let c = c.clone();
+            async move {
+                let body = json!({"cron": "0 0 * * *", "job": {"queue": "work"}});
+                c.send(reqwest::Method::PUT, &format!("/v1/schedules/{name}"), &[("content-type", "application/json")], Some(serde_json::to_vec(&body).unwrap()))
+                    .await
+            }
+        };
+        assert_eq!(put("a").await.status, 201);
+        assert_eq!(put("b").await.status, 201);
+        let p = put("c").await.problem(409);
+        assert!(p["detail"].as_str().unwrap().contains("at most 2"), "{p}");
+        // Replacing one is not one more.
+        assert_eq!(put("a").await.status, 200);
+        assert_eq!(c.send(reqwest::Method::DELETE, "/v1/schedules/b", &[], None).await.status, 204);
+        assert_eq!(put("c").await.status, 201);
+    }
+
     /// An in-process executor obeys its queue's max_running as workers do:
     /// 16 slots, at most 2 jobs running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
