@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use replyd_core::Tenant;
 use replyd_core::schedule::ScheduleSource;
 use replyd_proto as proto;
 
@@ -27,14 +28,17 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn named(name: &str) -> ApiResult<()> {
-    if schedules::valid_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
+/// The tenant whose schedule `name` a request is about: a caller who may
+/// submit (credentials first, as for every request), a valid name.
+fn owner(app: &AppState, headers: &HeaderMap, name: &str) -> ApiResult<Tenant> {
+    let caller = app.auth.identify(headers, None)?;
+    caller.check(Action::Submit, None)?;
+    if !schedules::valid_name(name) {
+        return Err(ApiError::bad_request(
             "a schedule's name is 1 to 128 letters, digits, '.', '_' or '-'",
-        ))
+        ));
     }
+    caller.owner()
 }
 
 fn not_found() -> ApiError {
@@ -73,10 +77,7 @@ pub async fn one(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None)?;
-    caller.check(Action::Submit, None)?;
-    named(&name)?;
-    let tenant = caller.owner()?;
+    let tenant = owner(&app, &headers, &name)?;
     let s = app
         .store
         .schedule(&tenant, &name)
@@ -104,10 +105,7 @@ pub async fn put(
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None)?;
-    caller.check(Action::Submit, None)?;
-    named(&name)?;
-    let tenant = caller.owner()?;
+    let tenant = owner(&app, &headers, &name)?;
     let bytes = body(raw, app.config.limits.max_body)?;
     let req: proto::ScheduleRequest = parse_json(&headers, &bytes)?;
     let ticks = schedules::check(&app, &req)?;
@@ -152,10 +150,7 @@ pub async fn delete(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let caller = app.auth.identify(&headers, None)?;
-    caller.check(Action::Submit, None)?;
-    named(&name)?;
-    let tenant = caller.owner()?;
+    let tenant = owner(&app, &headers, &name)?;
     match app.store.schedule(&tenant, &name).await? {
         None => Err(not_found()),
         Some(s) if s.source == ScheduleSource::Config => Err(from_config()),
