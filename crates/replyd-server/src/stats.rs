@@ -55,8 +55,9 @@ struct Move {
     to: JobState,
 }
 
-/// Moves kept while a count runs; more make the next view count again.
-const MEANWHILE: usize = 1 << 20;
+/// Moves kept while a count runs (about 20 MB at most); more make the
+/// next view count again.
+const MEANWHILE: usize = 1 << 18;
 
 #[derive(Debug)]
 struct Tally {

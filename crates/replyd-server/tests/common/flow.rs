@@ -133,7 +133,12 @@ pub async fn each_tick_fires_once(nodes: &[Client]) {
     let first = schedule(c.clone()).await;
     assert_eq!(first["source"], "config");
     let start: chrono::DateTime<chrono::Utc> = first["next_at"].as_str().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
     let last = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the schedule fired no 4 ticks in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         let s = schedule(c.clone()).await;
         if let Some(l) = s["last_at"].as_str() {

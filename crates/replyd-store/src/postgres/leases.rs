@@ -102,9 +102,9 @@ impl Floors {
         }
         for (job, order_at) in jobs {
             let place = (order_at, job.id.0);
-            for (key, f) in floors.iter_mut() {
-                if key.0 == job.queue
-                    && key.1.as_ref().is_none_or(|t| *t == job.tenant.0)
+            // The floors of the job's queue: every tenant's, and its own's.
+            for tenant in [None, Some(job.tenant.0.clone())] {
+                if let Some(f) = floors.get_mut(&(job.queue.clone(), tenant))
                     && place < f.place()
                 {
                     (f.order_at, f.id) = place;
