@@ -214,7 +214,9 @@ impl App {
         }
         let run_at = self.due_time(req)?;
         let group = match &req.group {
-            Some(g) if g.is_empty() || g.len() > 128 || g.chars().any(char::is_control) => {
+            Some(g)
+                if g.is_empty() || g.chars().count() > 128 || g.chars().any(char::is_control) =>
+            {
                 return Err(ApiError::bad_request(
                     "group must be 1 to 128 characters, none of them control characters",
                 ));

@@ -21,6 +21,8 @@ import uuid
 
 import boto3
 
+from request_client import receive_replies
+
 
 def main():
     endpoint, queue, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -69,26 +71,7 @@ def main():
                 "x-replyd-queue": text("demo"),
             },
         )
-    replies = {}
-    deadline = time.time() + 60
-    while sum(len(v) for v in replies.values()) < n and time.time() < deadline:
-        r = sqs.receive_message(
-            QueueUrl=reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-        )
-        for m in r.get("Messages", []):
-            attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
-            replies.setdefault(attrs.get("CorrelationId"), []).append(
-                {"attributes": attrs, "body": m["Body"]}
-            )
-            sqs.delete_message(QueueUrl=reply_url, ReceiptHandle=m["ReceiptHandle"])
-    # A moment more: a duplicate reply would come now.
-    time.sleep(1)
-    r = sqs.receive_message(QueueUrl=reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                            MessageAttributeNames=["All"])
-    for m in r.get("Messages", []):
-        attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
-        replies.setdefault(attrs.get("CorrelationId"), []).append({"attributes": attrs, "body": m["Body"]})
+    replies = receive_replies(sqs, reply_url, n, linger=2)
     print(json.dumps({"sent": sent, "replies": replies}))
 
 
