@@ -158,7 +158,8 @@ mod tests {
             | Channel::Mqtt
             | Channel::Nats
             | Channel::Sqs
-            | Channel::Kafka => Channel::ALL.contains(&c),
+            | Channel::Kafka
+            | Channel::Sns => Channel::ALL.contains(&c),
         };
         for c in [
             Channel::Webhook,
@@ -167,6 +168,7 @@ mod tests {
             Channel::Nats,
             Channel::Sqs,
             Channel::Kafka,
+            Channel::Sns,
         ] {
             assert!(listed(c), "{c:?} is not in Channel::ALL");
             assert_eq!(Channel::parse(c.as_str()), Some(c));

@@ -24,16 +24,20 @@ pub enum Channel {
     Sqs,
     /// A reply over Apache Kafka.
     Kafka,
+    /// A reply to a request that came through AWS SNS (a topic, or SNS's
+    /// push to replyd): to an SNS topic or an SQS queue.
+    Sns,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Webhook,
         Channel::Amqp,
         Channel::Mqtt,
         Channel::Nats,
         Channel::Sqs,
         Channel::Kafka,
+        Channel::Sns,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Channel {
             Channel::Nats => "nats",
             Channel::Sqs => "sqs",
             Channel::Kafka => "kafka",
+            Channel::Sns => "sns",
         }
     }
 

@@ -7,7 +7,7 @@ use replyd_core::job::TransitionError;
 use replyd_core::store::StoreError;
 use replyd_proto::Problem;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     /// The last part of `urn:replyd:problem:<slug>`.

@@ -183,7 +183,8 @@ impl Server {
                 | Executor::Mqtt
                 | Executor::Nats
                 | Executor::Sqs
-                | Executor::Kafka => {}
+                | Executor::Kafka
+                | Executor::Sns => {}
             }
         }
         Ok(Server { app, tasks })

@@ -309,7 +309,7 @@ async fn dead_letter(
 
 /// Tells a requester at once that its request made no job (best effort:
 /// the dead letter keeps the request either way).
-async fn reject_reply(broker: &dyn Broker, m: &Message, reason: &str) {
+pub(crate) async fn reject_reply(broker: &dyn Broker, m: &Message, reason: &str) {
     let Some(to) = &m.props.reply_to else { return };
     let problem = ApiError::bad_request(reason).problem();
     let reply = Message {

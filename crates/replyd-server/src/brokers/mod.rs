@@ -21,7 +21,8 @@
 //! (which turns its section into a [`Setup`] and starts it with [`run`]);
 //! its configuration section is in `config::brokers` (always compiled, so
 //! that a configuration naming it gets a clear error). `amqp/` is RabbitMQ,
-//! `kafka/` Apache Kafka, `mqtt/` MQTT 5, `nats/` NATS, `sqs/` AWS SQS.
+//! `kafka/` Apache Kafka, `mqtt/` MQTT 5, `nats/` NATS, `sqs/` AWS SQS,
+//! `sns/` AWS SNS (on SQS's queues, and SNS's signed HTTP push).
 
 pub mod amqp;
 pub mod executor;
@@ -30,6 +31,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod replies;
+pub mod sns;
 pub mod sqs;
 
 use std::collections::BTreeMap;
@@ -255,6 +257,7 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     mqtt::start(app, tasks);
     nats::start(app, tasks);
     sqs::start(app, tasks);
+    sns::start(app, tasks);
 }
 
 /// What a broker's section says, in the terms every broker shares.

@@ -88,6 +88,9 @@ pub struct Config {
     pub sqs: Option<brokers::sqs::SqsConfig>,
     /// Apache Kafka: request topics, replies, `executor = "kafka"`.
     pub kafka: Option<brokers::kafka::KafkaConfig>,
+    /// AWS SNS (on `[sqs]`'s AWS settings): request topics, SNS's HTTP
+    /// push, replies, `executor = "sns"`.
+    pub sns: Option<brokers::sns::SnsConfig>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: f64,
     /// Seconds between sweeps for expired leases.
@@ -119,6 +122,7 @@ impl Default for Config {
             nats: None,
             sqs: None,
             kafka: None,
+            sns: None,
             shutdown_grace: 10.0,
             reaper_interval: 1.0,
             gc_interval: 60.0,
@@ -244,6 +248,9 @@ impl Config {
         if let Some(k) = &self.kafka {
             k.validate(&names)?;
         }
+        if let Some(s) = &self.sns {
+            s.validate(&names, self.sqs.as_ref())?;
+        }
         for (what, v) in [
             ("shutdown_grace", self.shutdown_grace),
             ("reaper_interval", self.reaper_interval),
@@ -275,6 +282,7 @@ impl Config {
             nats: self.nats.is_some(),
             sqs: self.sqs.is_some(),
             kafka: self.kafka.is_some(),
+            sns: self.sns.is_some(),
         }
     }
 
@@ -385,8 +393,11 @@ mod tests {
             ("nats", cfg!(feature = "nats")),
             ("sqs", cfg!(feature = "sqs")),
             ("kafka", cfg!(feature = "kafka")),
+            ("sns", cfg!(feature = "sns")),
         ] {
-            let mut c = Config::from_toml(&format!("[{section}]")).unwrap();
+            // SNS takes its AWS settings from [sqs].
+            let with = if section == "sns" { "[sqs]\n" } else { "" };
+            let mut c = Config::from_toml(&format!("{with}[{section}]")).unwrap();
             match c.validate() {
                 Ok(()) => assert!(built, "{section} taken without its feature"),
                 Err(e) => {

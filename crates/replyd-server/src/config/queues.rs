@@ -27,6 +27,9 @@ pub enum Executor {
     /// Published to workers over Kafka (`[kafka]`); their replies complete
     /// the jobs.
     Kafka,
+    /// Published to an AWS SNS topic (`[sns]`) for workers that subscribe
+    /// through SQS, HTTP or Lambda; their replies complete the jobs.
+    Sns,
     /// A command per job, run by the server (`command`).
     Exec,
     /// An HTTP request per job to an upstream service (`url`): the job's
@@ -313,7 +316,12 @@ impl Executor {
     pub fn is_broker(self) -> bool {
         matches!(
             self,
-            Executor::Amqp | Executor::Mqtt | Executor::Nats | Executor::Sqs | Executor::Kafka
+            Executor::Amqp
+                | Executor::Mqtt
+                | Executor::Nats
+                | Executor::Sqs
+                | Executor::Kafka
+                | Executor::Sns
         )
     }
 }

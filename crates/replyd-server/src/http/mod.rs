@@ -14,6 +14,8 @@ pub mod ops;
 pub mod queues;
 pub mod schedules;
 pub mod serve;
+#[cfg(feature = "sns")]
+pub mod sns;
 pub mod steer;
 pub mod stream;
 pub mod workers;
@@ -44,7 +46,7 @@ pub type AppState = Arc<App>;
 /// The whole HTTP API.
 pub fn router(app: AppState) -> Router {
     let limits = app.config.limits.clone();
-    Router::new()
+    let api = Router::new()
         .merge(jobs::router())
         .merge(steer::router())
         .merge(queues::router())
@@ -56,7 +58,10 @@ pub fn router(app: AppState) -> Router {
         .merge(workers::router(limits.max_result))
         .merge(ops::router())
         .merge(stream::router(app.config.durable_streams.max_append))
-        .merge(console::router(&app))
+        .merge(console::router(&app));
+    #[cfg(feature = "sns")]
+    let api = api.merge(sns::router(limits.max_body));
+    api
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
         .layer(axum::middleware::from_fn_with_state(

@@ -8,7 +8,6 @@
 //! attempt has a timeout, and at most `max_response` bytes of the answer
 //! are read.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,25 +48,6 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
-/// reqwest's resolver: every answer vetted by the guard.
-struct Vetting {
-    guard: Guard,
-    resolver: Arc<dyn Resolver>,
-}
-
-impl reqwest::dns::Resolve for Vetting {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let (guard, resolver) = (self.guard.clone(), self.resolver.clone());
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            // The port is set by reqwest after resolving; any will do here.
-            let url = url::Url::parse(&format!("http://{host}/"))?;
-            let addrs: Vec<SocketAddr> = guard.resolve(&url, &*resolver).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 impl Deliverer {
     /// A deliverer that connects only to vetted addresses. Proxy settings
     /// in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are
@@ -84,7 +64,7 @@ impl Deliverer {
         let mut builder = crate::outbound::client()
             .timeout(timeout)
             .user_agent(concat!("replyd-webhooks/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(Vetting {
+            .dns_resolver(Arc::new(super::ssrf::Vetting {
                 guard: guard.clone(),
                 resolver: resolver.clone(),
             }));

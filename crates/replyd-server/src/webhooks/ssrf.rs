@@ -133,6 +133,25 @@ impl Guard {
     }
 }
 
+/// reqwest's resolver: every answer vetted by the guard.
+pub struct Vetting {
+    pub guard: Guard,
+    pub resolver: std::sync::Arc<dyn Resolver>,
+}
+
+impl reqwest::dns::Resolve for Vetting {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (guard, resolver) = (self.guard.clone(), self.resolver.clone());
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            // The port is set by reqwest after resolving; any will do here.
+            let url = url::Url::parse(&format!("http://{host}/"))?;
+            let addrs: Vec<SocketAddr> = guard.resolve(&url, &*resolver).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// What the deny list says of a block.
 #[derive(Debug, Clone, Copy)]
 enum Rule {

@@ -103,7 +103,7 @@ impl SqsBroker {
 
     /// Feature `sns`: the SNS client, on the same settings.
     #[cfg(feature = "sns")]
-    async fn sns(&self) -> &aws_sdk_sns::Client {
+    pub(crate) async fn sns(&self) -> &aws_sdk_sns::Client {
         self.sns
             .get_or_init(|| async { aws_sdk_sns::Client::new(&sdk_config(&self.config).await) })
             .await
@@ -111,7 +111,11 @@ impl SqsBroker {
 
     /// The URL of `destination` (a URL already, or a queue name), creating
     /// the queue with `create`; `None`: no such queue.
-    async fn url(&self, destination: &str, create: bool) -> Result<Option<String>, BrokerError> {
+    pub(crate) async fn url(
+        &self,
+        destination: &str,
+        create: bool,
+    ) -> Result<Option<String>, BrokerError> {
         if destination.starts_with("https://") || destination.starts_with("http://") {
             return Ok(Some(destination.to_string()));
         }
@@ -294,7 +298,7 @@ impl Broker for SqsBroker {
 
 /// The AWS settings of a `[sqs]` section (SQS's and SNS's clients share
 /// them): its region, its credentials or AWS's chain, its endpoint.
-async fn sdk_config(c: &SqsConfig) -> aws_config::SdkConfig {
+pub(crate) async fn sdk_config(c: &SqsConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(c.region.clone()));
     if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
@@ -314,49 +318,65 @@ async fn sdk_config(c: &SqsConfig) -> aws_config::SdkConfig {
 
 impl SqsBroker {
     /// A reply to an SNS topic (a `ReplyTo` that is a topic ARN): only a
-    /// topic the section allows (`reply_topics`, `account_id`), published
-    /// with the reply's attributes; a FIFO topic's message group is the
-    /// requester's correlation id, its deduplication id the job and state.
+    /// topic the section allows (`reply_topics`, `account_id`).
     #[cfg(feature = "sns")]
     async fn publish_to_topic(
         &self,
         arn: &str,
         message: Message,
     ) -> Result<Published, BrokerError> {
-        use crate::brokers::headers;
-        use aws_sdk_sns::types::MessageAttributeValue as Attribute;
         if !reply_topic_allowed(&self.config, arn) {
             tracing::warn!(broker = "sqs", to = %arn, "a reply to an SNS topic that sqs.account_id and sqs.reply_topics do not allow is refused");
             return Ok(Published::Unroutable);
         }
-        let (body, attributes) = encode(&message);
-        let mut publish = self.sns().await.publish().topic_arn(arn).message(body);
-        for (name, value) in attributes {
-            let v = Attribute::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| BrokerError::Refused(e.to_string()))?;
-            publish = publish.message_attributes(name, v);
-        }
-        if arn.ends_with(".fifo") {
-            let job = message.props.header(headers::JOB_ID).unwrap_or("replyd");
-            let group = message.props.correlation_id.as_deref().unwrap_or(job);
-            let dedupe = format!(
-                "{job}:{}",
-                message.props.header(headers::STATE).unwrap_or("reply")
-            );
-            publish = publish
-                .message_group_id(group)
-                .message_deduplication_id(dedupe);
-        }
-        match publish.send().await {
-            Ok(_) => Ok(Published::Accepted),
-            Err(e) if matches!(e.code(), Some("NotFound" | "NotFoundException")) => {
-                Ok(Published::Unroutable)
-            }
-            Err(e) => Err(unavailable(describe(&e))),
-        }
+        crate::brokers::sns::client::publish_to(self.sns().await, arn, &message).await
+    }
+
+    /// The SQS queue `queue` (created if absent) that SNS topic
+    /// `topic_arn` may send to (its access policy says so), and its ARN.
+    #[cfg(feature = "sns")]
+    pub(crate) async fn queue_for_topic(
+        &self,
+        queue: &str,
+        topic_arn: &str,
+    ) -> Result<String, BrokerError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
+        let url = self
+            .url(queue, true)
+            .await?
+            .ok_or_else(|| unavailable(format!("no queue {queue:?}")))?;
+        let client = self.client().await;
+        let got = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(Name::QueueArn)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        let arn = got
+            .attributes()
+            .and_then(|a| a.get(&Name::QueueArn))
+            .cloned()
+            .ok_or_else(|| unavailable(format!("SQS named no ARN for {queue:?}")))?;
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "replyd-sns",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }],
+        });
+        client
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(Name::Policy, policy.to_string())
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        Ok(arn)
     }
 
     /// Without the feature `sns`, a topic is no reply address.
@@ -427,7 +447,7 @@ impl Settle for SqsSettle {
 
 /// The body (text) and attributes of a message (at most SQS's ten; API.md's
 /// first, then replyd's headers, then the rest).
-fn encode(m: &Message) -> (String, Vec<(String, String)>) {
+pub(crate) fn encode(m: &Message) -> (String, Vec<(String, String)>) {
     let p = &m.props;
     let mut attributes: Vec<(String, String)> = [
         (MESSAGE_ID, &p.message_id),
@@ -460,7 +480,7 @@ fn encode(m: &Message) -> (String, Vec<(String, String)>) {
 }
 
 /// API.md §6's metadata from a received message (or from the SNS
-/// notification it carries: `super::envelope`).
+/// notification it carries: `crate::brokers::sns::envelope`).
 fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
     let attrs: Vec<(String, String)> = m
         .message_attributes()
@@ -470,14 +490,9 @@ fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
         .collect();
     let text = m.body().unwrap_or_default();
     if attrs.is_empty()
-        && let Some(n) = super::envelope::notification(text)
+        && let Some(n) = crate::brokers::sns::envelope::notification(text)
     {
-        let mut props = props_of(n.attributes).0;
-        props.message_id.get_or_insert(n.message_id);
-        return Message {
-            body: Bytes::from(n.message),
-            props,
-        };
+        return n.into_message();
     }
     let (mut props, base64_body) = props_of(attrs);
     if props.message_id.is_none() {
@@ -495,7 +510,7 @@ fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
 }
 
 /// The metadata in a message's attributes, and whether its body is base64.
-fn props_of(attrs: Vec<(String, String)>) -> (Props, bool) {
+pub(crate) fn props_of(attrs: Vec<(String, String)>) -> (Props, bool) {
     let mut props = Props::default();
     let mut base64_body = false;
     for (k, value) in attrs {

@@ -7,8 +7,6 @@
 
 #[cfg(feature = "sqs")]
 pub mod client;
-#[cfg(feature = "sqs")]
-pub mod envelope;
 
 use std::sync::Arc;
 

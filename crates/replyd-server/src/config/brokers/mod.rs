@@ -1,4 +1,4 @@
-//! The broker sections (`[amqp]`, `[kafka]`, `[mqtt]`, `[nats]`, `[sqs]`), one file
+//! The broker sections (`[amqp]`, `[kafka]`, `[mqtt]`, `[nats]`, `[sqs]`, `[sns]`), one file
 //! each, and what they share: the keys every broker section has
 //! ([`Shared`], checked in one place), the reply retry schedule's default,
 //! and the rules of a queue whose executor is a broker.
@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod sns;
 pub mod sqs;
 
 use super::queues::{Executor, QueueConfig};
@@ -80,6 +81,7 @@ pub struct Present {
     pub nats: bool,
     pub sqs: bool,
     pub kafka: bool,
+    pub sns: bool,
 }
 
 /// A queue whose executor is a broker needs that broker's section, and a
@@ -91,6 +93,7 @@ pub fn check_executor(name: &str, q: &QueueConfig, present: &Present) -> Result<
         Executor::Nats => ("nats", present.nats, "a"),
         Executor::Sqs => ("sqs", present.sqs, "an"),
         Executor::Kafka => ("kafka", present.kafka, "a"),
+        Executor::Sns => ("sns", present.sns, "an"),
         _ => return Ok(()),
     };
     if !here {
@@ -106,6 +109,7 @@ pub fn check_executor(name: &str, q: &QueueConfig, present: &Present) -> Result<
         Executor::Nats => (nats::valid_subject(w), "a NATS subject without wildcards"),
         Executor::Mqtt => (mqtt::valid_topic(w), "an MQTT topic name without wildcards"),
         Executor::Kafka => (kafka::valid_topic(w), "a Kafka topic name"),
+        Executor::Sns => (sns::valid_topic(w), "an SNS topic name or ARN"),
         _ => (true, ""),
     };
     if ok {

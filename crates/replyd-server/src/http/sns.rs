@@ -1,0 +1,47 @@
+//! `POST /v1/sns/{name}`: SNS's HTTP(S) push (`brokers::sns::push`, which
+//! checks each message's signature: that is its only credential). Not in
+//! the OpenAPI document: SNS, not a client, calls it, in SNS's format.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::{AppState, body};
+use crate::brokers::sns::push::Answer;
+use crate::error::{ApiError, ApiResult};
+
+/// SNS's JSON around a message escapes it: room for a request of
+/// `max_body` escaped twice over, and SNS's fields.
+pub fn envelope_limit(max_body: usize) -> usize {
+    max_body.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+pub fn router(max_body: usize) -> Router<AppState> {
+    Router::new().route(
+        "/v1/sns/{name}",
+        post(receive).layer(DefaultBodyLimit::max(envelope_limit(max_body))),
+    )
+}
+
+async fn receive(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Some(push) = &app.sns_push else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no SNS push subscription is configured ([sns.push.NAME])",
+        ));
+    };
+    let raw = body(raw, envelope_limit(app.config.limits.max_body))?;
+    Ok(match push.receive(&app, &name, &raw).await? {
+        Answer::Accepted | Answer::Done => StatusCode::NO_CONTENT.into_response(),
+        Answer::Confirmed => (StatusCode::OK, "confirmed").into_response(),
+    })
+}
