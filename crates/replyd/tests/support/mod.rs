@@ -218,7 +218,7 @@ pub fn http() -> reqwest::Client {
 /// takes it), replyd is killed once it has made jobs of some of them,
 /// starts again on the same database, and every request
 /// gets its job and its reply on `rx` (subscribed to `mine` before).
-#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka", feature = "sns"))]
 pub async fn requests_in_flight_at_a_crash(
     broker: &std::sync::Arc<dyn replyd_server::brokers::Broker>,
     requests: &str,
@@ -295,7 +295,7 @@ pub fn fresh_id() -> String {
 /// After a crash: every one of `n` requests (`c-{i}`, demo jobs of input
 /// `{"i": i}`) has its reply on `rx`, each naming one job whatever the
 /// duplicates, and `server` lists a job per request.
-#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka"))]
+#[cfg(any(feature = "amqp", feature = "mqtt", feature = "kafka", feature = "sns"))]
 async fn every_request_has_its_job_and_reply(
     rx: &mut tokio::sync::mpsc::Receiver<replyd_server::brokers::Received>,
     n: usize,
