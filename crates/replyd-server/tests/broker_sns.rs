@@ -14,3 +14,69 @@ use common::sns::{EXECUTOR, cleanup, client, section};
 const BACKEND: common::Backend = common::Backend::Sqlite;
 
 include!("common/broker_cases.rs");
+
+/// A worker of an `executor = "sns"` queue on boto3, subscribed to the
+/// work topic through a queue of its own: it gets each job once and
+/// publishes the result to the reply topic's ARN the message names, which
+/// completes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boto3_worker_subscribed_to_the_work_topic_completes_its_jobs() {
+    use tokio::io::AsyncBufReadExt;
+    if client().await.is_none() || !replyd_testkit::python_has("boto3", "boto3") {
+        return;
+    }
+    let names = Names::new();
+    let config = format!(
+        "{PULL_QUEUES}\n[queues.remote]\nexecutor = \"sns\"\nwork_queue = \"{}\"\nmax_attempts = 1\n{}",
+        names.work,
+        section(&names)
+    );
+    let Some(server) = TestServer::start(&config).await else {
+        return;
+    };
+    common::brokers::until_consuming(&server, &names.replies).await;
+    let n = 12;
+    let script = format!("{}/tests/boto3/sns_worker.py", env!("CARGO_MANIFEST_DIR"));
+    let mut worker = tokio::process::Command::new(replyd_testkit::python())
+        .arg(&script)
+        .args([common::sns::ENDPOINT, &names.work, &n.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = tokio::io::BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
+    assert!(
+        matches!(&ready, Ok(Ok(Some(l))) if l == "ready"),
+        "the worker did not start: {ready:?}"
+    );
+    let c = server.client(None);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push((c.submit("remote", json!({"n": i})).await, i));
+    }
+    for (id, i) in &ids {
+        c.wait_state(id, "succeeded").await;
+        let result = c.get(&format!("/v1/jobs/{id}/result")).await.json();
+        assert_eq!(result, json!({"doubled": i * 2}), "{id}");
+    }
+    let summary = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        v["handled"].as_array().unwrap().len(),
+        n,
+        "each job once: {v}"
+    );
+    let reply_to = v["reply_to"][0].as_str().unwrap();
+    assert!(
+        reply_to.starts_with("arn:aws:sns:") && reply_to.ends_with(&format!(":{}", names.replies)),
+        "{v}"
+    );
+    server.stop.cancel();
+    let _ = server.task.await;
+}

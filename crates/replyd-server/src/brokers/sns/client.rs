@@ -38,6 +38,10 @@ pub struct SnsBroker {
     config: SqsConfig,
     /// This broker's own topics: name → ARN (and each ARN → itself).
     topics: tokio::sync::Mutex<HashMap<String, String>>,
+    /// replyd's reply topic (`sns.reply_topic`): a work message that
+    /// names it as its `reply_to` names its ARN instead, which is what a
+    /// worker outside replyd (a Lambda function) can publish to.
+    reply_topic: Option<String>,
 }
 
 impl std::fmt::Debug for SnsBroker {
@@ -68,7 +72,15 @@ impl SnsBroker {
             sqs: SqsBroker::new(config),
             config: config.clone(),
             topics: tokio::sync::Mutex::new(HashMap::new()),
+            reply_topic: None,
         }
+    }
+
+    /// The broker whose work messages name `topic` (replyd's reply
+    /// topic) by its ARN.
+    pub fn with_reply_topic(mut self, topic: &str) -> SnsBroker {
+        self.reply_topic = Some(topic.to_string());
+        self
     }
 
     /// The ARN of `topic` (a name or an ARN), created if absent (SNS's
@@ -143,7 +155,12 @@ impl Broker for SnsBroker {
         self.sqs.inbox().await
     }
 
-    async fn publish(&self, to: &str, message: Message) -> Result<Published, BrokerError> {
+    async fn publish(&self, to: &str, mut message: Message) -> Result<Published, BrokerError> {
+        if let Some(reply) = &self.reply_topic
+            && message.props.reply_to.as_ref() == Some(reply)
+        {
+            message.props.reply_to = Some(self.own_topic(reply).await?);
+        }
         if to.starts_with("https://") || to.starts_with("http://") {
             return self.sqs.publish(to, message).await;
         }

@@ -31,7 +31,8 @@ pub fn start(app: &Arc<App>, tasks: &mut JoinSet<()>) {
     let (Some(cfg), Some(aws)) = (&app.config.sns, &app.config.sqs) else {
         return;
     };
-    let broker: Arc<dyn Broker> = Arc::new(client::SnsBroker::new(aws));
+    let broker: Arc<dyn Broker> =
+        Arc::new(client::SnsBroker::new(aws).with_reply_topic(&cfg.reply_topic));
     let requests = request_sources(
         &cfg.request_topics,
         &cfg.tenant,
