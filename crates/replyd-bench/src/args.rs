@@ -111,8 +111,17 @@ pub struct BenchArgs {
         value_name = "URL"
     )]
     pub nats_url: String,
-    /// MQTT and NATS scenarios: requesters, each with one request in
-    /// flight.
+    /// SQS and SNS scenarios: the endpoint of both (moto_server, or
+    /// LocalStack), with static test credentials.
+    #[arg(
+        long,
+        env = "REPLYD_BENCH_AWS_ENDPOINT",
+        default_value = "http://127.0.0.1:5000",
+        value_name = "URL"
+    )]
+    pub aws_endpoint: String,
+    /// MQTT, NATS, SQS and SNS scenarios: requesters, each with one
+    /// request in flight.
     #[arg(long, alias = "mqtt-clients", default_value_t = 128)]
     pub broker_clients: usize,
     /// Kafka scenario: the cluster to use (`bootstrap.servers`); default:

@@ -1,9 +1,16 @@
 //! `replyd bench --scenarios mqtt` (feature `mqtt`), `nats` (feature
-//! `nats`) and `kafka` (feature `kafka`): request/response round trips
-//! over a broker, through replyd and through a bare echo, with the same
-//! client: replyd's own `Broker` of that broker, so that both sides pay
-//! the same client costs. Kafka runs on librdkafka's mock cluster in this
-//! process unless `--kafka-brokers` names a cluster.
+//! `nats`), `kafka` (feature `kafka`) and `sqs` (feature `sqs`):
+//! request/response round trips over a broker, through replyd and through
+//! a bare echo, with the same client: replyd's own `Broker` of that
+//! broker, so that both sides pay the same client costs. Kafka runs on
+//! librdkafka's mock cluster in this process unless `--kafka-brokers`
+//! names a cluster; SQS and SNS on `--aws-endpoint` (moto_server).
+//!
+//! `sns` (feature `sns`) compares two paths through replyd in alternating
+//! rounds: requests to an SQS queue and replies to the requester's queue,
+//! against requests published to an SNS topic (read through the SQS queue
+//! subscribed to it) and replies published to the requester's topic (read
+//! through its own queue).
 //!
 //! The client: requests published to a request destination (MQTT: at
 //! QoS 1, each waiting for its PUBACK; NATS: flushed) with the reply going
@@ -50,6 +57,28 @@ pub enum Kind {
     /// `mock`: on librdkafka's mock cluster, started for the run.
     #[cfg(feature = "kafka")]
     Kafka { mock: bool },
+    #[cfg(feature = "sqs")]
+    Sqs,
+    #[cfg(feature = "sns")]
+    Sns,
+}
+
+/// moto's account: the SNS requester's inbox topics are in it.
+#[cfg(feature = "sns")]
+const AWS_ACCOUNT: &str = "123456789012";
+
+/// The AWS settings of the SQS and SNS scenarios (`[sqs]`'s).
+#[cfg(feature = "sqs")]
+fn aws(endpoint: &str) -> replyd_server::config::brokers::sqs::SqsConfig {
+    replyd_server::config::brokers::sqs::SqsConfig {
+        region: "us-east-1".into(),
+        endpoint_url: Some(endpoint.to_string()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        #[cfg(feature = "sns")]
+        account_id: Some(AWS_ACCOUNT.into()),
+        ..Default::default()
+    }
 }
 
 impl Kind {
@@ -61,6 +90,10 @@ impl Kind {
             Kind::Nats => "NATS",
             #[cfg(feature = "kafka")]
             Kind::Kafka { .. } => "Kafka",
+            #[cfg(feature = "sqs")]
+            Kind::Sqs => "SQS",
+            #[cfg(feature = "sns")]
+            Kind::Sns => "SNS",
         }
     }
 
@@ -75,6 +108,10 @@ impl Kind {
             Kind::Mqtt => Ok((args.mqtt_url.clone(), None)),
             #[cfg(feature = "nats")]
             Kind::Nats => Ok((args.nats_url.clone(), None)),
+            #[cfg(feature = "sqs")]
+            Kind::Sqs => Ok((args.aws_endpoint.clone(), None)),
+            #[cfg(feature = "sns")]
+            Kind::Sns => Ok((args.aws_endpoint.clone(), None)),
             #[cfg(feature = "kafka")]
             Kind::Kafka { mock } => match &args.kafka_brokers {
                 Some(brokers) if !mock => Ok((brokers.clone(), None)),
@@ -106,6 +143,14 @@ impl Kind {
             Kind::Nats => format!("replyd.bench.{suffix}.{round}.{what}"),
             #[cfg(feature = "kafka")]
             Kind::Kafka { .. } => format!("replyd-bench-{suffix}-{round}-{what}"),
+            #[cfg(feature = "sqs")]
+            Kind::Sqs => format!("replyd-bench-{suffix}-{round}-{what}"),
+            // An ARN: any handle may publish to it (a name is only its
+            // declarer's).
+            #[cfg(feature = "sns")]
+            Kind::Sns => {
+                format!("arn:aws:sns:us-east-1:{AWS_ACCOUNT}:replyd-bench-{suffix}-{round}-{what}")
+            }
         }
     }
 
@@ -151,6 +196,14 @@ impl Kind {
                 };
                 Ok(Arc::new(KafkaBroker::new(&cfg, name)))
             }
+            #[cfg(feature = "sqs")]
+            Kind::Sqs => Ok(Arc::new(
+                replyd_server::brokers::sqs::client::SqsBroker::new(&aws(url)),
+            )),
+            #[cfg(feature = "sns")]
+            Kind::Sns => Ok(Arc::new(
+                replyd_server::brokers::sns::client::SnsBroker::new(&aws(url)),
+            )),
         }
     }
 
@@ -193,6 +246,25 @@ impl Kind {
                     prefetch: 256,
                     properties: kafka_properties(mock),
                     ..KafkaConfig::default()
+                });
+            }
+            #[cfg(feature = "sqs")]
+            Kind::Sqs => {
+                c.sqs = Some(replyd_server::config::brokers::sqs::SqsConfig {
+                    request_queues: vec![requests],
+                    queue: Some("bench".into()),
+                    prefetch: 256,
+                    ..aws(&url)
+                });
+            }
+            #[cfg(feature = "sns")]
+            Kind::Sns => {
+                c.sqs = Some(aws(&url));
+                c.sns = Some(replyd_server::config::brokers::sns::SnsConfig {
+                    request_topics: vec![requests],
+                    queue: Some("bench".into()),
+                    prefetch: 256,
+                    ..Default::default()
                 });
             }
         }
@@ -252,31 +324,7 @@ async fn measure(
         println!("{}", bare.line("bare echo (ceiling)"));
         bare_runs.push(bare);
 
-        // replyd.
-        let requests = kind.destination(&suffix, round, "requests");
-        kind.handle(url, "declare")?.declare(&requests).await?;
-        let db = dir.join(format!("bench-broker-{suffix}-{round}.db"));
-        let (r, u, id) = (
-            requests.clone(),
-            url.to_string(),
-            format!("replyd-bench-{suffix}-{round}"),
-        );
-        let server = start_replyd_with(&Storage::Sqlite(db), move |c| {
-            if let Some(b) = c.queues.get_mut("bench") {
-                b.executor = Executor::Demo;
-                b.concurrency = 256;
-            }
-            kind.configure(c, u, r, id);
-        })
-        .await?;
-        until_consuming(&requests).await?;
-        let replyd = load(kind, url, &requests, clients, duration).await?;
-        let batching = server.ops_per_commit();
-        server.stop().await;
-        println!(
-            "{}   group commit {batching:.1} writes/commit",
-            replyd.line("replyd (job + durable reply)")
-        );
+        let replyd = replyd_round(kind, url, clients, duration, &suffix, round, dir).await?;
         replyd_runs.push(replyd);
     }
     RoundTrips::conclude(
@@ -284,6 +332,103 @@ async fn measure(
         ("bare echo (ceiling)", bare_runs),
         ("replyd (job + durable reply)", replyd_runs),
         &format!("target: >= {TARGET_RATIO:.2} (the AMQP and Kafka issues' goal)"),
+    )
+}
+
+/// One measurement of replyd: a fresh replyd in this process consuming a
+/// request destination of `kind` into no-op demo jobs.
+async fn replyd_round(
+    kind: Kind,
+    url: &str,
+    clients: usize,
+    duration: Duration,
+    suffix: &str,
+    round: usize,
+    dir: &Path,
+) -> anyhow::Result<RoundTrips> {
+    let requests = kind.destination(suffix, round, "requests");
+    kind.handle(url, "declare")?.declare(&requests).await?;
+    let db = dir.join(format!("bench-broker-{suffix}-{round}.db"));
+    let (r, u, id) = (
+        requests.clone(),
+        url.to_string(),
+        format!("replyd-bench-{suffix}-{round}"),
+    );
+    let server = start_replyd_with(&Storage::Sqlite(db), move |c| {
+        if let Some(b) = c.queues.get_mut("bench") {
+            b.executor = Executor::Demo;
+            b.concurrency = 256;
+        }
+        kind.configure(c, u, r, id);
+    })
+    .await?;
+    until_consuming(&requests).await?;
+    let replyd = load(kind, url, &requests, clients, duration).await?;
+    let batching = server.ops_per_commit();
+    server.stop().await;
+    println!(
+        "{}   group commit {batching:.1} writes/commit",
+        replyd.line(&format!(
+            "replyd over {} (job + durable reply)",
+            kind.name()
+        ))
+    );
+    Ok(replyd)
+}
+
+/// Round trips through replyd over `base` and over `other`, in
+/// alternating rounds, as a ratio (other / base).
+#[cfg(feature = "sns")]
+pub async fn compare(base: Kind, other: Kind, args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let (base_url, _a) = base.url(args)?;
+    let (other_url, _b) = other.url(args)?;
+    let clients = args.broker_clients.max(1);
+    let duration = Duration::from_secs_f64(args.duration);
+    println!(
+        "\nreplyd over {} against replyd over {}: {clients} request/response clients, {:.0} s each, \
+         alternating (SQLite, synchronous=FULL, a demo queue of no-op jobs)",
+        other.name(),
+        base.name(),
+        args.duration
+    );
+    let suffix = format!("{:x}-{clients}", std::process::id());
+    let (mut base_runs, mut other_runs) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        base_runs.push(
+            replyd_round(
+                base,
+                &base_url,
+                clients,
+                duration,
+                &format!("{suffix}-a"),
+                round,
+                dir,
+            )
+            .await?,
+        );
+        other_runs.push(
+            replyd_round(
+                other,
+                &other_url,
+                clients,
+                duration,
+                &format!("{suffix}-b"),
+                round,
+                dir,
+            )
+            .await?,
+        );
+    }
+    let (a, b) = (
+        format!("replyd over {}", base.name()),
+        format!("replyd over {}", other.name()),
+    );
+    RoundTrips::conclude_as(
+        &format!("ratio {} / {}", other.name(), base.name()),
+        args.rounds,
+        (&a, base_runs),
+        (&b, other_runs),
+        "the same client, server and store; only the path differs",
     )
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn limits(args: &BenchArgs, dir: &std::path::Path) -> anyhow::R
         args.workers,
         args.rounds.max(1)
     );
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut stores: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
     #[cfg(feature = "postgres")]
     if let Some(url) = &args.database_url {

@@ -306,7 +306,8 @@ pub(crate) async fn load_with(
     feature = "amqp",
     feature = "mqtt",
     feature = "nats",
-    feature = "kafka"
+    feature = "kafka",
+    feature = "sqs"
 ))]
 #[derive(Clone, Default)]
 pub(crate) struct Waiting(
@@ -317,7 +318,8 @@ pub(crate) struct Waiting(
     feature = "amqp",
     feature = "mqtt",
     feature = "nats",
-    feature = "kafka"
+    feature = "kafka",
+    feature = "sqs"
 ))]
 impl Waiting {
     /// The reply to `corr` arrived `at`.
@@ -354,7 +356,8 @@ impl Waiting {
     feature = "amqp",
     feature = "mqtt",
     feature = "nats",
-    feature = "kafka"
+    feature = "kafka",
+    feature = "sqs"
 ))]
 pub(crate) struct RoundTrips {
     pub(crate) done: usize,
@@ -368,7 +371,8 @@ pub(crate) struct RoundTrips {
     feature = "amqp",
     feature = "mqtt",
     feature = "nats",
-    feature = "kafka"
+    feature = "kafka",
+    feature = "sqs"
 ))]
 impl RoundTrips {
     /// From each requester's latencies (nanoseconds) and unanswered count,
@@ -410,6 +414,18 @@ impl RoundTrips {
     /// round trip went unanswered.
     pub(crate) fn conclude(
         rounds: usize,
+        bare: (&str, Vec<RoundTrips>),
+        replyd: (&str, Vec<RoundTrips>),
+        target: &str,
+    ) -> anyhow::Result<()> {
+        RoundTrips::conclude_as("ratio to ceiling", rounds, bare, replyd, target)
+    }
+
+    /// The medians of each side's rounds and their ratio (`what` names
+    /// it).
+    pub(crate) fn conclude_as(
+        what: &str,
+        rounds: usize,
         (bare_name, bare): (&str, Vec<RoundTrips>),
         (replyd_name, replyd): (&str, Vec<RoundTrips>),
         target: &str,
@@ -420,10 +436,7 @@ impl RoundTrips {
             println!("{}", bare.line(bare_name));
             println!("{}", replyd.line(replyd_name));
         }
-        println!(
-            "  ratio to ceiling: {:.2}  ({target})",
-            replyd.rate / bare.rate
-        );
+        println!("  {what}: {:.2}  ({target})", replyd.rate / bare.rate);
         if replyd.lost > 0 || bare.lost > 0 {
             anyhow::bail!("round trips went unanswered");
         }

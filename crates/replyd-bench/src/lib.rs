@@ -49,7 +49,7 @@
 #[cfg(feature = "amqp")]
 mod amqp;
 mod args;
-#[cfg(any(feature = "mqtt", feature = "nats", feature = "kafka"))]
+#[cfg(any(feature = "mqtt", feature = "nats", feature = "kafka", feature = "sqs"))]
 mod brokers;
 mod console;
 mod dstreams;
@@ -113,6 +113,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "mqtt" => brokers::run(brokers::Kind::Mqtt, &args, &dir).await?,
             #[cfg(feature = "nats")]
             "nats" => brokers::run(brokers::Kind::Nats, &args, &dir).await?,
+            #[cfg(feature = "sqs")]
+            "sqs" => brokers::run(brokers::Kind::Sqs, &args, &dir).await?,
+            #[cfg(feature = "sns")]
+            "sns" => brokers::compare(brokers::Kind::Sqs, brokers::Kind::Sns, &args, &dir).await?,
             #[cfg(feature = "kafka")]
             "kafka" => {
                 let kind = brokers::Kind::Kafka {
@@ -122,7 +126,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             other => bail!(
                 "unknown scenario {other:?} (known: submit, e2e, drain, growth, peers, dstreams, tokens, console, flow (limits, delay), streams, webhooks, exposure; \
-                 with their features: pg, amqp, mqtt, nats, kafka, telemetry)"
+                 with their features: pg, amqp, mqtt, nats, kafka, sqs, sns, telemetry)"
             ),
         }
     }

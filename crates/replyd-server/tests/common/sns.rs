@@ -37,6 +37,8 @@ region = "us-east-1"
 endpoint_url = "{ENDPOINT}"
 access_key_id = "testing"
 secret_access_key = "testing"
+# Replies to moto's account's topics (the requesters' inboxes).
+account_id = "123456789012"
 
 [sns]
 request_topics = ["{}"]

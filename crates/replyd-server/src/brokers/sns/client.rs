@@ -9,6 +9,8 @@
 //! broker does it). Messages and their metadata are SQS's (API.md §6 as
 //! message attributes, `sqs/client.rs`).
 //!
+//! - An **inbox** (a requester's reply address) is a private topic, read
+//!   through its queue.
 //! - **Publishing** to a topic is `Publish` (its success is SNS's
 //!   confirmation; a FIFO topic's message group is the requester's
 //!   correlation id or the job, its deduplication id the message id or
@@ -151,8 +153,12 @@ impl Broker for SnsBroker {
         self.sqs.subscribe(topic_name(source), prefetch).await
     }
 
+    /// A private topic (and the queue of its name subscribed to it): the
+    /// reply address is the topic's ARN.
     async fn inbox(&self) -> Result<(String, mpsc::Receiver<Received>), BrokerError> {
-        self.sqs.inbox().await
+        let name = format!("replyd-inbox-{}", uuid::Uuid::new_v4().simple());
+        let rx = self.subscribe(&name, 256).await?;
+        Ok((self.own_topic(&name).await?, rx))
     }
 
     async fn publish(&self, to: &str, mut message: Message) -> Result<Published, BrokerError> {
