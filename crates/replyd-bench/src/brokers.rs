@@ -368,10 +368,7 @@ async fn replyd_round(
     server.stop().await;
     println!(
         "{}   group commit {batching:.1} writes/commit",
-        replyd.line(&format!(
-            "replyd over {} (job + durable reply)",
-            kind.name()
-        ))
+        replyd.line(&format!("replyd over {}", kind.name()))
     );
     Ok(replyd)
 }
