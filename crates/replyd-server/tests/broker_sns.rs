@@ -80,3 +80,42 @@ async fn a_boto3_worker_subscribed_to_the_work_topic_completes_its_jobs() {
     server.stop.cancel();
     let _ = server.task.await;
 }
+
+/// A requester names where its reply goes, but replyd answers only topics
+/// `[sqs]` allows (here moto's account's) and its own: a topic of another
+/// account, or a bare name replyd never declared, is a reply nobody may
+/// receive, recorded as such and not retried; an allowed topic that does
+/// not exist is a requester gone.
+#[tokio::test]
+async fn replies_go_only_to_allowed_topics() {
+    let Some(mut rig) = Rig::start("").await else {
+        return;
+    };
+    let c = rig.server.client(None);
+    for (i, to) in [
+        "arn:aws:sns:us-east-1:999999999999:elsewhere",
+        "some-topic-name",
+        "arn:aws:sns:us-east-1:123456789012:replyd-test-no-such-topic",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.request_to(to, "{}", Some(&format!("r-{i}")), &format!("c-{i}"), &[])
+            .await;
+        let (id, lease_id) = lease(&rig.server, "work").await;
+        c.complete(&id, &lease_id, json!(1)).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let d = loop {
+            let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
+            let d = log["deliveries"][0].clone();
+            if d["state"] == "dead" || tokio::time::Instant::now() > deadline {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(d["state"], "dead", "{to}: {d}");
+        assert_eq!(d["attempts"], 1, "{to}: not retried: {d}");
+    }
+    quiet(&mut rig.replies, Duration::from_millis(200)).await;
+    rig.finish().await;
+}
