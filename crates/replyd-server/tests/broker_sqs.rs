@@ -98,14 +98,17 @@ async fn requests_through_an_sns_topic_raw_and_enveloped_get_their_replies() {
 }
 
 /// Replies to an SNS topic: a requester whose ReplyTo is a topic ARN (its
-/// queue subscribed to it) gets one reply per request through SNS.
+/// queue subscribed to it) gets one reply per request through SNS, its
+/// requests published to a topic with raw delivery and without.
 #[cfg(feature = "sns")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_to_an_sns_topic_reach_its_subscribers() {
     if client().await.is_none() || !boto3_here() {
         return;
     }
-    boto3_requester("sns_request_client.py", 20, &["envelope", "topic"]).await;
+    for mode in ["raw", "envelope"] {
+        boto3_requester("sns_request_client.py", 20, &[mode, "topic"]).await;
+    }
 }
 
 /// SNS delivers at least once: a notification that reaches the request

@@ -447,6 +447,16 @@ async fn forgeries_are_refused_and_create_nothing() {
         "only certificates on the trusted origin were fetched: {fetched:?}"
     );
     assert!(rig.jobs().await.is_empty(), "no forgery made a job");
+    // Counted, for an operator's alert (other tests of this binary count
+    // too: at least these).
+    let metrics = rig.server.client(None).get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let forbidden: f64 = text
+        .lines()
+        .find(|l| l.starts_with("replyd_sns_push_total{outcome=\"forbidden\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no forbidden count: {text}"));
+    assert!(forbidden >= cases.len() as f64, "{forbidden}");
     // The good one still works, and no other subscription exists.
     assert_eq!(rig.post("orders", &good).await.status, 204);
     rig.post("nobody", &good).await.problem(404);

@@ -220,6 +220,10 @@ pub mod headers {
     pub const RUN_AT: &str = "x-replyd-run-at";
     /// Request: the group the job shares its queue fairly by.
     pub const GROUP: &str = "x-replyd-group";
+    /// Request (SQS, SNS): the message group of its replies in a FIFO
+    /// queue or topic (default: the correlation id). Kept in
+    /// `Props::echo` under this name.
+    pub const REPLY_GROUP: &str = "x-replyd-reply-group";
     /// Request: `true` for a reply on each progress report too.
     pub const PROGRESS: &str = "x-replyd-progress";
     /// Reply (and work message): the job.

@@ -1,6 +1,9 @@
 //! `POST /v1/sns/{name}`: SNS's HTTP(S) push (`brokers::sns::push`, which
 //! checks each message's signature: that is its only credential). Not in
 //! the OpenAPI document: SNS, not a client, calls it, in SNS's format.
+//! Each message counts in `replyd_sns_push_total{outcome}` (`accepted`,
+//! `confirmed`, `unsubscribed`, `forbidden`, `unknown`, `later`,
+//! `rejected`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -40,7 +43,20 @@ async fn receive(
         ));
     };
     let raw = body(raw, envelope_limit(app.config.limits.max_body))?;
-    Ok(match push.receive(&app, &name, &raw).await? {
+    let answer = push.receive(&app, &name, &raw).await;
+    let outcome = match &answer {
+        Ok(Answer::Accepted) => "accepted",
+        Ok(Answer::Confirmed) => "confirmed",
+        Ok(Answer::Done) => "unsubscribed",
+        Err(e) => match e.status {
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "unknown",
+            StatusCode::SERVICE_UNAVAILABLE => "later",
+            _ => "rejected",
+        },
+    };
+    metrics::counter!("replyd_sns_push_total", "outcome" => outcome).increment(1);
+    Ok(match answer? {
         Answer::Accepted | Answer::Done => StatusCode::NO_CONTENT.into_response(),
         Answer::Confirmed => (StatusCode::OK, "confirmed").into_response(),
     })

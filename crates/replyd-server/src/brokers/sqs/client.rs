@@ -520,6 +520,9 @@ pub(crate) fn props_of(attrs: Vec<(String, String)>) -> (Props, bool) {
             REPLY_TO => props.reply_to = Some(value),
             CONTENT_TYPE => props.content_type = Some(value),
             BODY_ENCODING => base64_body = value == "base64",
+            crate::brokers::headers::REPLY_GROUP => {
+                props.echo.insert(k, value);
+            }
             _ => {
                 props.headers.insert(k, value);
             }
