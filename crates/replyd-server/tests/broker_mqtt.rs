@@ -123,15 +123,7 @@ async fn a_reply_nobody_receives_is_recorded_as_gone() {
     let (id, lease_id) = lease(&rig.server, "work").await;
     let c = rig.server.client(None);
     c.complete(&id, &lease_id, json!(1)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let d = loop {
-        let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
-        let d = log["deliveries"][0].clone();
-        if d["state"] == "dead" || tokio::time::Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let d = common::brokers::dead_delivery(&rig.server, &id, WAIT).await;
     assert_eq!(d["state"], "dead", "{d}");
     assert_eq!(d["attempts"], 1, "not retried: {d}");
     let err = d["attempt_log"][0]["error"].as_str().unwrap_or("");

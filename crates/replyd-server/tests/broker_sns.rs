@@ -104,15 +104,7 @@ async fn replies_go_only_to_allowed_topics() {
             .await;
         let (id, lease_id) = lease(&rig.server, "work").await;
         c.complete(&id, &lease_id, json!(1)).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let d = loop {
-            let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
-            let d = log["deliveries"][0].clone();
-            if d["state"] == "dead" || tokio::time::Instant::now() > deadline {
-                break d;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let d = common::brokers::dead_delivery(&rig.server, &id, WAIT).await;
         assert_eq!(d["state"], "dead", "{to}: {d}");
         assert_eq!(d["attempts"], 1, "{to}: not retried: {d}");
     }

@@ -160,12 +160,7 @@ impl Rig {
         let (origin, base) = Origin::start(pems).await;
         let config = format!(
             r#"{}
-[sqs]
-region = "us-east-1"
-endpoint_url = "{}"
-access_key_id = "testing"
-secret_access_key = "testing"
-
+{}
 [sns]
 trusted_origins = ["{base}"]
 reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
@@ -175,7 +170,7 @@ topics = ["{TOPIC}"]
 queue = "work"
 "#,
             common::PULL_QUEUES,
-            common::sqs::ENDPOINT
+            common::sqs::AWS
         );
         let server = TestServer::start(&config).await?;
         Some(Rig {

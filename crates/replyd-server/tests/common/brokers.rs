@@ -33,6 +33,21 @@ pub async fn until_consuming(server: &TestServer, source: &str) {
     }
 }
 
+/// The first delivery of job `id` once it is dead (or as it is after
+/// `wait`): a reply nobody may receive is dead at its first attempt.
+pub async fn dead_delivery(server: &TestServer, id: &str, wait: Duration) -> serde_json::Value {
+    let c = server.client(None);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let log = c.get(&format!("/v1/jobs/{id}/deliveries")).await.json();
+        let d = log["deliveries"][0].clone();
+        if d["state"] == "dead" || tokio::time::Instant::now() > deadline {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Request `i`: the demo queue's input, replying to `names.work`.
 fn request(names: &Names, i: usize) -> Message {
     Message {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use replyd_server::brokers::Broker;
 use replyd_server::brokers::sns::client::SnsBroker;
-use replyd_server::config::brokers::sqs::SqsConfig;
 
 use super::Names;
 
@@ -20,24 +19,13 @@ pub const ENDPOINT: &str = super::sqs::ENDPOINT;
 /// is absent, unless prerequisites are required (`replyd_testkit`).
 pub async fn client() -> Option<Arc<dyn Broker>> {
     super::sqs::client().await?;
-    Some(Arc::new(SnsBroker::new(&SqsConfig {
-        region: "us-east-1".into(),
-        endpoint_url: Some(ENDPOINT.into()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        ..SqsConfig::default()
-    })))
+    Some(Arc::new(SnsBroker::new(&super::sqs::config())))
 }
 
 pub fn section(names: &Names) -> String {
     format!(
         r#"
-[sqs]
-region = "us-east-1"
-endpoint_url = "{ENDPOINT}"
-access_key_id = "testing"
-secret_access_key = "testing"
-# Replies to moto's account's topics (the requesters' inboxes).
+{}# Replies to moto's account's topics (the requesters' inboxes).
 account_id = "123456789012"
 
 [sns]
@@ -47,7 +35,10 @@ queue = "work"
 reply_topic = "{}"
 reply_retry_schedule = [0, 0.2, 0.5, 1, 2]
 "#,
-        names.requests, names.dead, names.replies
+        super::sqs::AWS,
+        names.requests,
+        names.dead,
+        names.replies
     )
 }
 

@@ -15,7 +15,8 @@ use super::Names;
 pub const EXECUTOR: &str = "sqs";
 pub const ENDPOINT: &str = "http://127.0.0.1:5000";
 
-fn config() -> SqsConfig {
+/// The AWS settings of every SQS and SNS test: moto, test credentials.
+pub fn config() -> SqsConfig {
     SqsConfig {
         region: "us-east-1".into(),
         endpoint_url: Some(ENDPOINT.into()),
@@ -38,15 +39,18 @@ pub async fn client() -> Option<Arc<dyn Broker>> {
     Some(Arc::new(SqsBroker::new(&config())))
 }
 
+/// `[sqs]`'s AWS settings in a configuration: moto, test credentials.
+pub const AWS: &str = r#"[sqs]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:5000"
+access_key_id = "testing"
+secret_access_key = "testing"
+"#;
+
 pub fn section(names: &Names) -> String {
     format!(
         r#"
-[sqs]
-region = "us-east-1"
-endpoint_url = "{ENDPOINT}"
-access_key_id = "testing"
-secret_access_key = "testing"
-request_queues = ["{}"]
+{AWS}request_queues = ["{}"]
 dead_letter_queue = "{}"
 queue = "work"
 reply_queue = "{}"

@@ -29,7 +29,7 @@ use aws_sdk_sns::types::MessageAttributeValue as Attribute;
 use replyd_core::outbox::Channel as OutboxChannel;
 use tokio::sync::mpsc;
 
-use crate::brokers::sqs::client::{SqsBroker, encode};
+use crate::brokers::sqs::client::{SqsBroker, describe, encode, unavailable};
 use crate::brokers::{Broker, BrokerError, Message, Published, Received, headers};
 use crate::config::brokers::sns::topic_name;
 use crate::config::brokers::sqs::{SqsConfig, is_topic, reply_topic_allowed};
@@ -51,19 +51,6 @@ impl std::fmt::Debug for SnsBroker {
         f.debug_struct("SnsBroker")
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
-/// The SDK's error as text, with its code.
-fn describe<E: ProvideErrorMetadata + std::fmt::Display>(e: &E) -> String {
-    match (e.code(), e.message()) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.to_string(),
-        _ => e.to_string(),
     }
 }
 

@@ -63,12 +63,12 @@ impl std::fmt::Debug for SqsBroker {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// The SDK's error as text, with its code.
-fn describe<E: ProvideErrorMetadata + std::fmt::Display>(e: &E) -> String {
+/// The SDK's error as text, with its code (SQS's and SNS's alike).
+pub(crate) fn describe<E: ProvideErrorMetadata + std::fmt::Display>(e: &E) -> String {
     match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_string(),

@@ -225,13 +225,9 @@ impl SnsConfig {
 
     /// The dead-letter topic of requests that arrive on `source`.
     pub fn dead_letter_of(&self, source: &str) -> String {
-        self.dead_letter_topic.clone().unwrap_or_else(|| {
-            let name = topic_name(source);
-            match name.strip_suffix(".fifo") {
-                Some(base) => format!("{base}-dead.fifo"),
-                None => format!("{name}-dead"),
-            }
-        })
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| super::sqs::dead_name(topic_name(source)))
     }
 }
 

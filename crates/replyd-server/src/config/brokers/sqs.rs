@@ -173,13 +173,9 @@ impl SqsConfig {
     /// The dead-letter queue of requests that arrive on `source` (a name,
     /// or the last segment of a URL).
     pub fn dead_letter_of(&self, source: &str) -> String {
-        self.dead_letter_queue.clone().unwrap_or_else(|| {
-            let name = source.rsplit('/').next().unwrap_or(source);
-            match name.strip_suffix(".fifo") {
-                Some(base) => format!("{base}-dead.fifo"),
-                None => format!("{name}-dead"),
-            }
-        })
+        self.dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| dead_name(source.rsplit('/').next().unwrap_or(source)))
     }
 }
 
@@ -222,6 +218,15 @@ pub fn reply_topic_allowed(c: &SqsConfig, arn: &str) -> bool {
     c.reply_topics
         .iter()
         .any(|t| t == arn || (t.ends_with(':') && arn.starts_with(t.as_str())))
+}
+
+/// The dead-letter destination of queue or topic `name`: `name-dead`
+/// (`base-dead.fifo` for a FIFO one).
+pub fn dead_name(name: &str) -> String {
+    match name.strip_suffix(".fifo") {
+        Some(base) => format!("{base}-dead.fifo"),
+        None => format!("{name}-dead"),
+    }
 }
 
 /// Whether `to` names an SNS topic (`arn:…:sns:…`) rather than a queue.
