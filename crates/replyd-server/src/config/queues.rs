@@ -297,7 +297,7 @@ impl QueueConfig {
         }
         if self.work_queue.is_some() && !self.executor.is_broker() {
             return Err(format!(
-                "queues.{name}.work_queue is for the broker executors (\"amqp\", \"kafka\", \"mqtt\", \"nats\", \"sqs\") only"
+                "queues.{name}.work_queue is for the broker executors (\"amqp\", \"kafka\", \"mqtt\", \"nats\", \"sqs\", \"sns\") only"
             ));
         }
         if self
