@@ -324,7 +324,16 @@ async fn measure(
         println!("{}", bare.line("bare echo (ceiling)"));
         bare_runs.push(bare);
 
-        let replyd = replyd_round(kind, url, clients, duration, &suffix, round, dir).await?;
+        let replyd = replyd_round(
+            kind,
+            url,
+            clients,
+            duration,
+            (&suffix, round),
+            dir,
+            "replyd (job + durable reply)",
+        )
+        .await?;
         replyd_runs.push(replyd);
     }
     RoundTrips::conclude(
@@ -336,15 +345,16 @@ async fn measure(
 }
 
 /// One measurement of replyd: a fresh replyd in this process consuming a
-/// request destination of `kind` into no-op demo jobs.
+/// request destination of `kind` (this run's `suffix` and `round`) into
+/// no-op demo jobs, printed as `label`.
 async fn replyd_round(
     kind: Kind,
     url: &str,
     clients: usize,
     duration: Duration,
-    suffix: &str,
-    round: usize,
+    (suffix, round): (&str, usize),
     dir: &Path,
+    label: &str,
 ) -> anyhow::Result<RoundTrips> {
     let requests = kind.destination(suffix, round, "requests");
     kind.handle(url, "declare")?.declare(&requests).await?;
@@ -368,7 +378,7 @@ async fn replyd_round(
     server.stop().await;
     println!(
         "{}   group commit {batching:.1} writes/commit",
-        replyd.line(&format!("replyd over {}", kind.name()))
+        replyd.line(label)
     );
     Ok(replyd)
 }
@@ -382,44 +392,25 @@ pub async fn compare(base: Kind, other: Kind, args: &BenchArgs, dir: &Path) -> a
     let clients = args.broker_clients.max(1);
     let duration = Duration::from_secs_f64(args.duration);
     println!(
-        "\nreplyd over {} against replyd over {}: {clients} request/response clients, {:.0} s each, \
+        "\n{} against {}, both through replyd: {clients} request/response clients, {:.0} s each, \
          alternating (SQLite, synchronous=FULL, a demo queue of no-op jobs)",
         other.name(),
         base.name(),
         args.duration
     );
     let suffix = format!("{:x}-{clients}", std::process::id());
-    let (mut base_runs, mut other_runs) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds.max(1) {
-        base_runs.push(
-            replyd_round(
-                base,
-                &base_url,
-                clients,
-                duration,
-                &format!("{suffix}-a"),
-                round,
-                dir,
-            )
-            .await?,
-        );
-        other_runs.push(
-            replyd_round(
-                other,
-                &other_url,
-                clients,
-                duration,
-                &format!("{suffix}-b"),
-                round,
-                dir,
-            )
-            .await?,
-        );
-    }
     let (a, b) = (
         format!("replyd over {}", base.name()),
         format!("replyd over {}", other.name()),
     );
+    let (mut base_runs, mut other_runs) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let (sa, sb) = (format!("{suffix}-a"), format!("{suffix}-b"));
+        let r = replyd_round(base, &base_url, clients, duration, (&sa, round), dir, &a);
+        base_runs.push(r.await?);
+        let r = replyd_round(other, &other_url, clients, duration, (&sb, round), dir, &b);
+        other_runs.push(r.await?);
+    }
     RoundTrips::conclude_as(
         &format!("ratio {} / {}", other.name(), base.name()),
         args.rounds,
