@@ -58,9 +58,6 @@ pub struct App {
     pub telemetry: crate::telemetry::Telemetry,
     /// Queues scheduled jobs as they come due.
     pub promoter: crate::scheduler::Promoter,
-    /// SNS's signed HTTP push (`[sns.push.NAME]`), if configured.
-    #[cfg(feature = "sns")]
-    pub sns_push: Option<crate::brokers::sns::push::Push>,
 }
 
 impl std::fmt::Debug for App {
@@ -122,16 +119,7 @@ impl App {
                 .filter(|(_, q)| q.limits().max_running.is_some())
                 .map(|(name, _)| name.clone()),
         );
-        #[cfg(feature = "sns")]
-        let sns_push = match (&config.sns, &config.sqs) {
-            (Some(sns), Some(aws)) if !sns.push.is_empty() => {
-                Some(crate::brokers::sns::push::Push::new(sns, aws))
-            }
-            _ => None,
-        };
         App {
-            #[cfg(feature = "sns")]
-            sns_push,
             stream_bytes,
             limits,
             hub,

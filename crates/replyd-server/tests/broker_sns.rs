@@ -111,3 +111,41 @@ async fn replies_go_only_to_allowed_topics() {
     quiet(&mut rig.replies, Duration::from_millis(200)).await;
     rig.finish().await;
 }
+
+/// A topic named by an ARN of another account is taken as it is: replyd
+/// never creates a topic of that name in its own account (a declare of a
+/// foreign topic that does not exist fails), while one of its own account
+/// (`[sqs] account_id`), named by ARN, is made when declared.
+#[tokio::test]
+async fn a_topic_of_another_account_is_never_created_here() {
+    use replyd_server::brokers::sns::client::SnsBroker;
+    use replyd_server::config::brokers::sqs::SqsConfig;
+    if client().await.is_none() {
+        return;
+    }
+    let broker = SnsBroker::new(&SqsConfig {
+        account_id: Some("123456789012".into()),
+        ..common::sqs::config()
+    });
+    let name = Names::new().requests;
+    let foreign = format!("arn:aws:sns:us-east-1:999999999999:{name}");
+    let mine = format!("arn:aws:sns:us-east-1:123456789012:{name}");
+    assert!(
+        broker.declare(&foreign).await.is_err(),
+        "no such topic there"
+    );
+    let probe = Message {
+        body: "{}".into(),
+        props: Props::default(),
+    };
+    assert_eq!(
+        broker.publish(&mine, probe.clone()).await.unwrap(),
+        Published::Unroutable,
+        "nothing was made in replyd's account"
+    );
+    broker.declare(&mine).await.unwrap();
+    assert_eq!(
+        broker.publish(&mine, probe).await.unwrap(),
+        Published::Accepted
+    );
+}

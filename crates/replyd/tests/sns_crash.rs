@@ -53,6 +53,8 @@ async fn requests_in_flight_at_a_crash_get_their_jobs_and_replies() {
         endpoint_url: Some(ENDPOINT.into()),
         access_key_id: Some("testing".into()),
         secret_access_key: Some("testing".into()),
+        // Its topic, named by ARN, is made in its account.
+        account_id: Some(ACCOUNT.into()),
         ..SqsConfig::default()
     }));
     broker.declare(&requests).await.unwrap();

@@ -60,7 +60,7 @@ pub fn router(app: AppState) -> Router {
         .merge(stream::router(app.config.durable_streams.max_append))
         .merge(console::router(&app));
     #[cfg(feature = "sns")]
-    let api = api.merge(sns::router(limits.max_body));
+    let api = api.merge(sns::router(&app));
     api
         // The gateway's routes, or 404.
         .fallback(gateway::handle)

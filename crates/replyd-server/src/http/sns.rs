@@ -8,13 +8,16 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{AppState, body};
-use crate::brokers::sns::push::Answer;
+use crate::brokers::sns::push::{Answer, Push};
 use crate::error::{ApiError, ApiResult};
 
 /// SNS's JSON around a message escapes it: room for a request of
@@ -23,19 +26,25 @@ pub fn envelope_limit(max_body: usize) -> usize {
     max_body.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-pub fn router(max_body: usize) -> Router<AppState> {
-    Router::new().route(
-        "/v1/sns/{name}",
-        post(receive).layer(DefaultBodyLimit::max(envelope_limit(max_body))),
-    )
+/// The push endpoints of `[sns.push.NAME]` (none: every name is 404).
+pub fn router(app: &AppState) -> Router<AppState> {
+    let push = match (&app.config.sns, &app.config.sqs) {
+        (Some(sns), Some(aws)) if !sns.push.is_empty() => Some(Arc::new(Push::new(sns, aws))),
+        _ => None,
+    };
+    let limit = DefaultBodyLimit::max(envelope_limit(app.config.limits.max_body));
+    Router::new()
+        .route("/v1/sns/{name}", post(receive).layer(limit))
+        .layer(Extension(push))
 }
 
 async fn receive(
     State(app): State<AppState>,
+    Extension(push): Extension<Option<Arc<Push>>>,
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let Some(push) = &app.sns_push else {
+    let Some(push) = push else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",

@@ -95,22 +95,31 @@ pub async fn crowd(
 }
 
 /// Both limits, measured by a crowd of workers: at most `max_running`
-/// at once (and that many reached), and the rate within 5%.
+/// at once (and that many reached), and the rate at most 5% over (and
+/// at most 15% under, on a loaded machine).
 pub const LIMITED: &str = "[queues.capped]\nmax_running = 4\n[queues.paced]\nrate = \"40/s\"\n";
 
 pub async fn limits_hold(nodes: &[Client]) {
     for i in 0..40 {
         nodes[i % nodes.len()].submit("capped", json!(i)).await;
     }
-    let capped = crowd(nodes, "capped", 12, 40, Duration::from_millis(30)).await;
+    // Each job held long enough that a freed slot is taken again (on
+    // another node too, woken by its listener) while the others still run.
+    let capped = crowd(nodes, "capped", 12, 40, Duration::from_millis(250)).await;
     assert_eq!(capped.most_at_once, 4, "max_running = 4, with 12 workers");
     for i in 0..100 {
         nodes[i % nodes.len()].submit("paced", json!(i)).await;
     }
     let paced = crowd(nodes, "paced", 8, 100, Duration::ZERO).await;
-    // A full bucket is a tenth of a second's: 4 jobs at once.
+    // A full bucket is a tenth of a second's: 4 jobs at once. Never over
+    // the rate (5% for the clock); under it only as far as a loaded
+    // machine's workers lag (three nodes, PostgreSQL and the crowd on 2
+    // cores, beside the binary's other tests: 37/s seen).
     let rate = paced.rate(4);
-    assert!((rate - 40.0).abs() <= 2.0, "rate = \"40/s\": {rate:.1}/s");
+    assert!(
+        (34.0..=42.0).contains(&rate),
+        "rate = \"40/s\": {rate:.1}/s"
+    );
     replyd_testkit::note(&format!(
         "{} node(s): max_running = 4, 12 workers held at most {} at once; rate = \"40/s\" measured {rate:.2}/s",
         nodes.len(),

@@ -2,8 +2,9 @@
 //! `[sqs]`'s AWS settings. Its section is `config::brokers::sns`,
 //! `client.rs` the [`Broker`] (topics, read through SQS queues subscribed
 //! to them), `push.rs` SNS's HTTP(S) push (`POST /v1/sns/NAME`, its
-//! signatures checked), `envelope.rs` SNS's JSON message (also read by the
-//! SQS broker, for a queue subscribed to a topic without raw delivery);
+//! signatures checked; SNS's JSON message is `sqs/envelope.rs`, which the
+//! SQS broker reads too, for a queue subscribed to a topic without raw
+//! delivery);
 //! here the broker's tasks start: a consumer per request topic, the reply
 //! dispatcher, and the executors of `executor = "sns"` queues.
 //!
@@ -11,8 +12,6 @@
 
 #[cfg(feature = "sns")]
 pub mod client;
-#[cfg(feature = "sqs")]
-pub mod envelope;
 #[cfg(feature = "sns")]
 pub mod push;
 

@@ -38,9 +38,9 @@ use replyd_core::outbox::Channel;
 use url::Url;
 
 use super::client::SnsBroker;
-use super::envelope::Envelope;
 use crate::app::App;
 use crate::brokers::ingress::{self, Refusal};
+use crate::brokers::sqs::envelope::Envelope;
 use crate::brokers::{Broker, Message};
 use crate::config::brokers::sns::{PushConfig, SnsConfig, topic_arn};
 use crate::config::brokers::sqs::SqsConfig;

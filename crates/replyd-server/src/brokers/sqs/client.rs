@@ -329,7 +329,7 @@ impl SqsBroker {
             tracing::warn!(broker = "sqs", to = %arn, "a reply to an SNS topic that sqs.account_id and sqs.reply_topics do not allow is refused");
             return Ok(Published::Unroutable);
         }
-        crate::brokers::sns::client::publish_to(self.sns().await, arn, &message).await
+        super::topics::publish_to(self.sns().await, arn, &message).await
     }
 
     /// The SQS queue `queue` (created if absent) that SNS topic
@@ -480,7 +480,7 @@ pub(crate) fn encode(m: &Message) -> (String, Vec<(String, String)>) {
 }
 
 /// API.md §6's metadata from a received message (or from the SNS
-/// notification it carries: `crate::brokers::sns::envelope`).
+/// notification it carries: `super::envelope`).
 fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
     let attrs: Vec<(String, String)> = m
         .message_attributes()
@@ -490,7 +490,7 @@ fn message_of(m: &aws_sdk_sqs::types::Message) -> Message {
         .collect();
     let text = m.body().unwrap_or_default();
     if attrs.is_empty()
-        && let Some(n) = crate::brokers::sns::envelope::notification(text)
+        && let Some(n) = super::envelope::notification(text)
     {
         return n.into_message();
     }

@@ -7,6 +7,10 @@
 
 #[cfg(feature = "sqs")]
 pub mod client;
+#[cfg(feature = "sqs")]
+pub mod envelope;
+#[cfg(feature = "sns")]
+pub mod topics;
 
 use std::sync::Arc;
 

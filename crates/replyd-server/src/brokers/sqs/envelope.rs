@@ -5,7 +5,7 @@
 //! as `{"Name": {"Type": "String", "Value": "…"}}`), or, pushed only,
 //! `SubscriptionConfirmation` and `UnsubscribeConfirmation` (with
 //! `SubscribeURL` and `Token`). Each carries SNS's signature of its
-//! [`Envelope::signed_text`], checked by `super::push` for pushed
+//! [`Envelope::signed_text`], checked by `brokers::sns::push` for pushed
 //! messages.
 //!
 //! A notification's request is its `Message` with those attributes, and
