@@ -11,8 +11,8 @@
 //!    topic's own region (`amazonaws.com.cn` in China), or under one of
 //!    `sns.trusted_origins`: no other URL is ever fetched;
 //! 4. the certificate there (fetched over that URL, through the SSRF
-//!    guard for AWS's hosts; at most 16 KiB; cached by URL) is an RSA
-//!    certificate valid now;
+//!    guard for AWS's hosts; at most 16 KiB; cached by URL; at most a
+//!    dozen new ones a minute, else 503) is an RSA certificate valid now;
 //! 5. the signature verifies over the message's signed text
 //!    ([`Envelope::signed_text`]).
 //!
@@ -55,6 +55,11 @@ const MAX_CACHED: usize = 64;
 const FAILURE_KEPT: Duration = Duration::from_secs(60);
 /// Fetches (certificates, confirmations) at once, for all subscriptions.
 const MAX_FETCHES: usize = 4;
+/// Certificates fetched per minute at most, for all subscriptions. SNS
+/// signs with one certificate per region for months: a stream of new
+/// `SigningCertURL`s is a stranger making replyd call out (anything on
+/// the topic region's SNS host passes the URL check), not SNS.
+const FETCHES_PER_MINUTE: u32 = 12;
 /// How long a fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,6 +75,8 @@ pub struct Push {
     direct: reqwest::Client,
     certificates: std::sync::Mutex<HashMap<String, Cached>>,
     fetches: tokio::sync::Semaphore,
+    /// This minute's start and the certificates fetched in it.
+    budget: std::sync::Mutex<(Instant, u32)>,
     replies: SnsBroker,
 }
 
@@ -141,6 +148,7 @@ impl Push {
             direct,
             certificates: std::sync::Mutex::new(HashMap::new()),
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            budget: std::sync::Mutex::new((Instant::now(), 0)),
             replies: SnsBroker::new(aws),
         }
     }
@@ -264,6 +272,7 @@ impl Push {
         if let Some(k) = cached() {
             return k;
         }
+        self.spend()?;
         let got = self.fetch_key(url, origin).await;
         let entry = match &got {
             Ok(k) => Cached::Key(k.clone()),
@@ -271,10 +280,31 @@ impl Push {
         };
         let mut certificates = self.lock();
         if certificates.len() >= MAX_CACHED {
-            certificates.clear();
+            // Failures go first: junk URLs must not push SNS's real
+            // certificate out.
+            certificates.retain(|_, c| matches!(c, Cached::Key(_)));
+            if certificates.len() >= MAX_CACHED {
+                certificates.clear();
+            }
         }
         certificates.insert(url.to_string(), entry);
         got
+    }
+
+    /// Takes one certificate fetch from this minute's budget, or says to
+    /// come back later (SNS delivers again).
+    fn spend(&self) -> Result<(), ApiError> {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.0.elapsed() >= Duration::from_secs(60) {
+            *b = (Instant::now(), 0);
+        }
+        if b.1 >= FETCHES_PER_MINUTE {
+            let mut e = unavailable("too many new SNS signing certificates this minute; try again");
+            e.retry_after = Some(60u64.saturating_sub(b.0.elapsed().as_secs()).max(1));
+            return Err(e);
+        }
+        b.1 += 1;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
@@ -516,6 +546,28 @@ mod tests {
             p.key(&url, Origin::Aws).await.unwrap_err();
             assert_eq!(table.asked.lock().unwrap().len(), 1, "{addr}");
         }
+    }
+
+    /// A stranger who names a new certificate URL on the topic region's
+    /// SNS host in every message makes replyd fetch at most a dozen a
+    /// minute; then the answer is 503 without a lookup.
+    #[tokio::test]
+    async fn certificates_fetched_are_bounded_per_minute() {
+        let table = Arc::new(Table::default());
+        let p = push(&[], table.clone());
+        for i in 0..FETCHES_PER_MINUTE {
+            let url = Url::parse(&format!("https://sns.us-east-1.amazonaws.com/{i}.pem")).unwrap();
+            let e = p.key(&url, Origin::Aws).await.unwrap_err();
+            assert!(!e.detail.contains("too many"), "{e:?}");
+        }
+        let asked = table.asked.lock().unwrap().len();
+        assert_eq!(asked, FETCHES_PER_MINUTE as usize);
+        let url = Url::parse("https://sns.us-east-1.amazonaws.com/one-more.pem").unwrap();
+        let e = p.key(&url, Origin::Aws).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.detail.contains("too many"), "{e:?}");
+        assert!(e.retry_after.is_some());
+        assert_eq!(table.asked.lock().unwrap().len(), asked, "no lookup");
     }
 
     #[test]
