@@ -18,7 +18,7 @@ use axum::routing::post;
 
 use super::{AppState, body};
 use crate::brokers::sns::push::{Answer, Push};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 /// SNS's JSON around a message escapes it: room for a request of
 /// `max_body` escaped twice over, and SNS's fields.
@@ -26,12 +26,17 @@ pub fn envelope_limit(max_body: usize) -> usize {
     max_body.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-/// The push endpoints of `[sns.push.NAME]` (none: every name is 404).
+/// The push endpoints of `[sns.push.NAME]`: none configured, no route
+/// (a stranger's body is then held to `limits.max_body` like any other,
+/// and the path answers 404 as an unknown one does).
 pub fn router(app: &AppState) -> Router<AppState> {
-    let push = match (&app.config.sns, &app.config.sqs) {
-        (Some(sns), Some(aws)) if !sns.push.is_empty() => Some(Arc::new(Push::new(sns, aws))),
-        _ => None,
+    let (Some(sns), Some(aws)) = (&app.config.sns, &app.config.sqs) else {
+        return Router::new();
     };
+    if sns.push.is_empty() {
+        return Router::new();
+    }
+    let push = Arc::new(Push::new(sns, aws));
     let limit = DefaultBodyLimit::max(envelope_limit(app.config.limits.max_body));
     Router::new()
         .route("/v1/sns/{name}", post(receive).layer(limit))
@@ -40,17 +45,10 @@ pub fn router(app: &AppState) -> Router<AppState> {
 
 async fn receive(
     State(app): State<AppState>,
-    Extension(push): Extension<Option<Arc<Push>>>,
+    Extension(push): Extension<Arc<Push>>,
     Path(name): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let Some(push) = push else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "no SNS push subscription is configured ([sns.push.NAME])",
-        ));
-    };
     let raw = body(raw, envelope_limit(app.config.limits.max_body))?;
     let answer = push.receive(&app, &name, &raw).await;
     let outcome = match &answer {
