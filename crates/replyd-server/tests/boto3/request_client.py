@@ -20,13 +20,7 @@ import boto3
 
 def main():
     endpoint, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    sqs = client("sqs", endpoint)
     request_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     reply_url = sqs.create_queue(QueueName=f"boto3-replies-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     text = lambda v: {"DataType": "String", "StringValue": v}
@@ -44,6 +38,18 @@ def main():
             },
         )
     print(json.dumps({"sent": sent, "replies": receive_replies(sqs, reply_url, n)}))
+
+
+def client(service, endpoint):
+    """A boto3 client of `service` on the local endpoint (moto), with test
+    credentials: nothing asks AWS for any."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def receive_replies(sqs, reply_url, n, linger=0):

@@ -19,21 +19,13 @@ import sys
 import time
 import uuid
 
-import boto3
-
-from request_client import receive_replies
+from request_client import client, receive_replies
 
 
 def main():
     endpoint, queue, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     reply_by = sys.argv[5] if len(sys.argv) > 5 else "queue"
-    aws = dict(
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    sqs, sns = boto3.client("sqs", **aws), boto3.client("sns", **aws)
+    sqs, sns = client("sqs", endpoint), client("sns", endpoint)
     request_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
     request_arn = sqs.get_queue_attributes(
         QueueUrl=request_url, AttributeNames=["QueueArn"]

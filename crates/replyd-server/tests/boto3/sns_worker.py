@@ -16,18 +16,12 @@ import sys
 import time
 import uuid
 
-import boto3
+from request_client import client
 
 
 def main():
     endpoint, work, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    aws = dict(
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    sqs, sns = boto3.client("sqs", **aws), boto3.client("sns", **aws)
+    sqs, sns = client("sqs", endpoint), client("sns", endpoint)
     topic = sns.create_topic(Name=work)["TopicArn"]
     url = sqs.create_queue(QueueName=f"sns-worker-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
