@@ -194,7 +194,7 @@ impl Server {
         &self.app
     }
 
-    pub fn router(&self) -> axum::Router {
+    pub fn router(&self) -> http::front::Api {
         http::router(self.app.clone())
     }
 

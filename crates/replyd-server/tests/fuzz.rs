@@ -15,7 +15,7 @@ use tower::ServiceExt;
 
 struct Harness {
     rt: tokio::runtime::Runtime,
-    router: axum::Router,
+    router: replyd_server::http::front::Api,
     job: String,
     _dir: tempfile::TempDir,
 }
@@ -73,7 +73,7 @@ fn harness() -> &'static Harness {
 }
 
 async fn send(
-    router: &axum::Router,
+    router: &replyd_server::http::front::Api,
     method: &str,
     path: &str,
     headers: Vec<(String, Vec<u8>)>,
@@ -237,7 +237,7 @@ fn stream_paths(job: &str) -> impl Strategy<Value = String> {
 /// The status and content type of a GET, without reading the body (a live
 /// stream has no end).
 async fn head_of(
-    router: &axum::Router,
+    router: &replyd_server::http::front::Api,
     path: &str,
     headers: Vec<(String, Vec<u8>)>,
 ) -> Option<(StatusCode, Option<String>)> {

@@ -305,7 +305,7 @@ impl Authenticator {
                 }
                 // A browser signed in to the console: its session cookie
                 // (the console's middleware has checked its CSRF token
-                // and origin, `crate::http::console::guard`).
+                // and origin, `crate::http::console::screen`).
                 None => passes::cookie(headers, passes::SESSION_COOKIE)
                     .filter(|c| c.starts_with(passes::SESSION_PREFIX)),
                 t => t,

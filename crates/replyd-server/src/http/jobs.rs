@@ -31,28 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}/result", get(result))
         .route("/v1/jobs/{id}/input", get(input))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .layer(axum::middleware::from_fn(token_cors))
-}
-
-/// A request that carries its job token in the URL (`?access_token=jt_…`,
-/// as links hand it to a browser) may come from a page of any origin:
-/// its answer says so (`Access-Control-Allow-Origin: *`, and the headers
-/// a poller reads), as event streams' do. No ambient credential is
-/// involved (a token in the URL is not sent by a browser on its own), and
-/// requests with an API key or the console's cookie get no CORS headers.
-async fn token_cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let by_token = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
-    let mut res = next.run(req).await;
-    if by_token {
-        super::allow_any_origin(
-            res.headers_mut(),
-            "location, retry-after, etag, content-location",
-        );
-    }
-    res
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {

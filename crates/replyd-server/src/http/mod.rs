@@ -1,12 +1,14 @@
 //! The HTTP surface: one file per resource, each with its handlers and its
 //! `router()`, and here what they share: request parsing that turns every
-//! bad input into a precise problem, `Prefer` and `If-None-Match` parsing,
-//! and the middleware (metrics, panics, body limits).
+//! bad input into a precise problem, `Prefer` and `If-None-Match` parsing;
+//! what every request passes through (metrics, panics, body limits, the
+//! console's guard) is [`front`].
 
 pub mod console;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
+pub mod front;
 pub mod gateway;
 pub mod jobs;
 pub mod openapi;
@@ -22,17 +24,13 @@ pub mod workers;
 pub mod ws;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request,
-};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use replyd_core::JobId;
 use serde::de::DeserializeOwned;
@@ -43,9 +41,9 @@ use crate::error::{ApiError, ApiResult};
 
 pub type AppState = Arc<App>;
 
-/// The whole HTTP API.
-pub fn router(app: AppState) -> Router {
-    let limits = app.config.limits.clone();
+/// The whole HTTP API: the routes, inside what every request passes
+/// through ([`front`]).
+pub fn router(app: AppState) -> front::Api {
     let api = Router::new()
         .merge(jobs::router())
         .merge(steer::router())
@@ -55,60 +53,18 @@ pub fn router(app: AppState) -> Router {
         .merge(deliveries::router())
         .merge(endpoints::router())
         .merge(ws::router())
-        .merge(workers::router(limits.max_result))
+        .merge(workers::router(app.config.limits.max_result))
         .merge(ops::router())
         .merge(stream::router(app.config.durable_streams.max_append))
         .merge(console::router(&app));
     #[cfg(feature = "sns")]
     let api = api.merge(sns::router(&app));
-    api
+    let routes = api
         // The gateway's routes, or 404.
         .fallback(gateway::handle)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            console::guard,
-        ))
-        .layer(DefaultBodyLimit::max(limits.max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            crate::config::secs(limits.body_timeout),
-            body_deadline,
-        ))
-        .layer(axum::middleware::from_fn(observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                tracing::error!("a request handler panicked");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "an internal error occurred; it has been logged",
-                )
-                .into_response()
-            },
-        ))
-        .with_state(app)
-}
-
-/// Records the request latency histogram by route (never by raw URI, which
-/// may carry a job token). Every label has a bounded set of values: the
-/// route is a template (or `unmatched`), the method one of HTTP's (or
-/// `other`: a client may send any token as a method), the status a code.
-async fn observe(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let res = next.run(req).await;
-    metrics::histogram!(
-        "replyd_http_request_duration_seconds",
-        "method" => method,
-        "route" => route,
-        "status" => res.status().as_u16().to_string(),
-    )
-    .record(start.elapsed().as_secs_f64());
-    res
+        .layer(front::Observe)
+        .with_state(app.clone());
+    front::wrap(app, routes)
 }
 
 /// A request method as a metrics label: one of RFC 9110's (and PATCH), or
@@ -126,61 +82,6 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
         M::CONNECT => "CONNECT",
         M::TRACE => "TRACE",
         _ => "other",
-    }
-}
-
-/// Gives a request's body `limit` to arrive, counted from when its headers
-/// were read: a client that trickles a body holds a connection and a
-/// buffer, and is cut off with 408 instead.
-async fn body_deadline(
-    axum::extract::State(limit): axum::extract::State<Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let req = req.map(|inner| {
-        axum::body::Body::new(Deadline {
-            inner,
-            timer: Box::pin(tokio::time::sleep(limit)),
-        })
-    });
-    next.run(req).await
-}
-
-/// A body that fails once its deadline passes before it has all arrived.
-struct Deadline {
-    inner: axum::body::Body,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-/// Why a body read failed: it did not arrive in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within limits.body_timeout")]
-pub struct BodyTimedOut;
-
-impl http_body::Body for Deadline {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        use std::future::Future;
-        let this = self.get_mut();
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            std::task::Poll::Pending if this.timer.as_mut().poll(cx).is_ready() => {
-                std::task::Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))))
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -390,11 +291,11 @@ pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> 
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
-        } else if caused_by::<BodyTimedOut>(&e) {
+        } else if caused_by::<front::BodyTimedOut>(&e) {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request-timeout",
-                BodyTimedOut.to_string(),
+                front::BodyTimedOut.to_string(),
             )
         } else {
             ApiError::bad_request(format!("cannot read the request body: {e}"))

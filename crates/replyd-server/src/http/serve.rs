@@ -14,7 +14,7 @@
 //!   `limits.header_timeout`; HTTP/1.1 then gives each request's headers
 //!   that long, idle keep-alive included (hyper's header timer); an
 //!   HTTP/2 connection with no request in progress for that long is sent
-//!   GOAWAY and closed. Bodies have their own deadline (`http::body_deadline`).
+//!   GOAWAY and closed. Bodies have their own deadline (`http::front`).
 //! - **Protocol.** HTTP/2 is told by its preface, peeked at without
 //!   consuming it, so that hyper's HTTP/1 read buffer starts empty
 //!   (hyper-util's `auto` builder reads it instead and hands hyper a 24-byte
@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use bytes::{Buf, Bytes};
@@ -79,7 +78,7 @@ pub struct ClientAddr(pub IpAddr);
 /// bounds that wait).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: super::front::Api,
     limiter: Arc<Limiter>,
     header_timeout: Duration,
     shutdown: CancellationToken,
@@ -171,7 +170,7 @@ async fn serve_one(
     mut stream: TcpStream,
     peer: SocketAddr,
     permit: Permit,
-    router: Router,
+    router: super::front::Api,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     header_timeout: Duration,

@@ -21,7 +21,6 @@ use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -58,24 +57,20 @@ pub fn router(app: &AppState) -> Router<AppState> {
 
 /// Refuses a request authenticated by the console's session cookie that
 /// comes from another site, or that changes something without the
-/// session's CSRF token. Requests with an Authorization header (API
-/// clients, the portal) or a job token in the query carry their
-/// credential explicitly and pass.
-pub async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// session's CSRF token (`http::front` asks this of every request).
+/// Requests with an Authorization header (API clients, the portal) or a
+/// job token in the query carry their credential explicitly and pass.
+pub fn screen(app: &AppState, req: &Request) -> ApiResult<()> {
     let h = req.headers();
     // A job token in the query (a link handed to a browser) is the
     // credential then, not the cookie the browser also sends.
-    let token_in_query = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
     let ambient = !h.contains_key(header::AUTHORIZATION)
-        && !token_in_query
+        && !super::front::token_in_query(req)
         && passes::cookie(h, SESSION_COOKIE).is_some_and(|c| c.starts_with(SESSION_PREFIX));
-    if ambient && let Err(e) = check_ambient(&app, &req) {
-        return e.into_response();
+    if ambient {
+        check_ambient(app, req)?;
     }
-    next.run(req).await
+    Ok(())
 }
 
 fn check_ambient(app: &AppState, req: &Request) -> ApiResult<()> {
