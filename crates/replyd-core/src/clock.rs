@@ -39,7 +39,12 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         let ms = match &self.manual {
             Some(ms) => ms.load(Ordering::SeqCst),
-            None => Utc::now().timestamp_millis(),
+            // The milliseconds since the epoch, straight from the system
+            // clock (`Utc::now()` would build a calendar date only for
+            // it to be taken apart again).
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         };
         DateTime::from_timestamp_millis(ms).unwrap_or_default()
     }
