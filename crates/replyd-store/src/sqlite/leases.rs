@@ -79,6 +79,14 @@ pub(super) async fn lease(
     .await
 }
 
+/// A queue's running jobs (index `jobs_running`, by its prefix).
+const RUNNING_IN_QUEUE: &str = "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'running'";
+
+/// Leases that have expired (index `jobs_running`, read whole: it holds
+/// only the running jobs).
+const EXPIRED_LEASES: &str =
+    "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1 LIMIT ?2";
+
 /// How many jobs a lease may take: its `max`, less what the queue's
 /// limits leave (its running jobs against `max_running`, the tokens in
 /// its bucket).
@@ -86,7 +94,7 @@ fn allowed(conn: &rusqlite::Connection, q: &LeaseQuery, now: DateTime<Utc>) -> S
     let mut allowed = q.max;
     if let Some(cap) = q.limits.max_running {
         let running: u32 = conn
-            .prepare_cached("SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'running'")
+            .prepare_cached(RUNNING_IN_QUEUE)
             .and_then(|mut s| s.query_row([&q.queue], |r| r.get(0)))
             .map_err(backend)?;
         allowed = allowed.min(cap.saturating_sub(running));
@@ -130,14 +138,7 @@ pub(super) async fn expire_leases(
     now: DateTime<Utc>,
     limit: u32,
 ) -> StoreResult<usize> {
-    sweep(
-        s,
-        "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1 LIMIT ?2",
-        Command::ExpireLease,
-        now,
-        limit,
-    )
-    .await
+    sweep(s, EXPIRED_LEASES, Command::ExpireLease, now, limit).await
 }
 
 pub(super) async fn promote_due(
@@ -270,4 +271,35 @@ pub(super) async fn paused_queues(s: &SqliteStore) -> StoreResult<Vec<(String, D
         rows.collect::<Result<_, _>>().map_err(backend)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(sql: &str) -> String {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::schema::apply(&mut conn).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let n = stmt.parameter_count();
+        let args = vec![rusqlite::types::Value::Integer(1); n];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The limits' count and the reaper read the running jobs' index,
+    /// never the jobs table (which holds every job until its time to live
+    /// ends).
+    #[test]
+    fn running_jobs_are_read_from_their_index() {
+        let count = plan(RUNNING_IN_QUEUE);
+        assert!(
+            count.contains("COVERING INDEX jobs_running (queue=?)"),
+            "{count}"
+        );
+        let expired = plan(EXPIRED_LEASES);
+        assert!(expired.contains("INDEX jobs_running"), "{expired}");
+    }
 }

@@ -288,6 +288,19 @@ pub const SQLITE: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     ",
     ),
+    (
+        11,
+        "
+    -- One index of running jobs instead of two: a lease and a completion
+    -- each changed both (issue 14, the writer's cost per transition). A
+    -- queue's running jobs are counted by its prefix (max_running); the
+    -- reaper finds expired leases by reading it whole, which holds only
+    -- the running jobs (as many as the workers run at once).
+    DROP INDEX jobs_leases;
+    DROP INDEX jobs_running;
+    CREATE INDEX jobs_running ON jobs (queue, lease_expires_at) WHERE state = 'running';
+    ",
+    ),
 ];
 
 /// Applies every migration not yet applied. Safe to run from several
