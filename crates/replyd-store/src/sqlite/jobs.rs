@@ -515,14 +515,8 @@ mod tests {
     /// index newest first, with no sort of what it finds (a sort reads
     /// every match before the first row comes back).
     fn plan(q: &ListQuery) -> String {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::apply(&mut conn).unwrap();
         let (sql, args) = list_sql(q);
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-            .unwrap();
-        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        super::super::query_plan(&sql, args)
     }
 
     #[test]

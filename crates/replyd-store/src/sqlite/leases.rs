@@ -278,15 +278,8 @@ mod tests {
     use super::*;
 
     fn plan(sql: &str) -> String {
-        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-        super::super::schema::apply(&mut conn).unwrap();
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let n = stmt.parameter_count();
-        let args = vec![rusqlite::types::Value::Integer(1); n];
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-            .unwrap();
-        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        let n = sql.matches('?').count();
+        super::super::query_plan(sql, vec![rusqlite::types::Value::Integer(1); n])
     }
 
     /// The limits' count and the reaper read the running jobs' index,

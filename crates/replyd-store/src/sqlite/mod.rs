@@ -474,6 +474,19 @@ impl Store for SqliteStore {
     }
 }
 
+/// The plan SQLite makes for `sql` with `args` on a fresh database with
+/// every migration applied (`EXPLAIN QUERY PLAN`'s lines, joined by `; `).
+#[cfg(test)]
+pub(super) fn query_plan(sql: &str, args: Vec<rusqlite::types::Value>) -> String {
+    let mut conn = Connection::open_in_memory().unwrap();
+    schema::apply(&mut conn).unwrap();
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+        .unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
