@@ -14,8 +14,9 @@ pub struct BenchArgs {
     /// Seconds each submit measurement runs.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Alternating rounds (ceiling, replyd) of the submit scenario; the
-    /// median of each is reported.
+    /// Alternating rounds (ceiling, replyd) of the submit scenario, and
+    /// how many times e2e and drain run (each on a fresh database): single
+    /// runs on a shared machine spread widely, so the median is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Submit scenario: jobs per `POST /v1/jobs:batch` in its batch

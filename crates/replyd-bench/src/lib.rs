@@ -10,9 +10,11 @@
 //!   this machine's HTTP ceiling.
 //! - `e2e`: N no-op jobs submitted, leased in batches over the worker API and
 //!   completed (a batch's outcomes per call, or one call per job); jobs/s
-//!   from the first submit to the last completion.
+//!   from the first submit to the last completion; the median of
+//!   `--rounds` runs, each on a fresh database.
 //! - `drain`: the peers' end-to-end shape: N jobs enqueued first (not
-//!   timed), then the workers' lease + complete is timed.
+//!   timed), then the workers' lease + complete is timed; the median of
+//!   `--rounds` runs.
 //! - `growth`: e2e with 20k, 200k and 1M finished jobs already in the
 //!   table: throughput and submit latency as the database grows.
 //! - `streams` (`streams.rs`): C idle SSE streams and C WebSocket
