@@ -76,22 +76,29 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let inner = self.inner.clone();
-        let refused = console::screen(&self.app, &req).err();
-        let by_token = token_in_query(&req);
+        let app = self.app.clone();
         let deadline = tokio::time::Instant::now() + self.body_timeout;
         Box::pin(async move {
-            if let Some(e) = refused {
-                return Ok(e.into_response());
-            }
-            let req = req.map(|inner| {
-                axum::body::Body::new(Deadline {
-                    inner,
-                    timer: None,
-                    deadline,
-                })
+            let by_token = token_in_query(&req);
+            // Everything the request reaches is inside the unwind guard,
+            // the console's screen too.
+            let answer = AssertUnwindSafe(async move {
+                if let Err(e) = console::screen(&app, &req) {
+                    return e.into_response();
+                }
+                let req = req.map(|inner| {
+                    axum::body::Body::new(Deadline {
+                        inner,
+                        timer: None,
+                        deadline,
+                    })
+                });
+                match inner.oneshot(req).await {
+                    Ok(res) => res,
+                }
             });
-            let mut res = match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
-                Ok(Ok(res)) => res,
+            let mut res = match answer.catch_unwind().await {
+                Ok(res) => res,
                 Err(_) => {
                     tracing::error!("a request handler panicked");
                     ApiError::new(
