@@ -579,3 +579,37 @@ async fn submissions_are_paced_per_tenant() {
         202
     );
 }
+
+/// A handler that panics is answered 500 `internal` (problem+json), and
+/// the same service goes on answering: `http::front`'s unwind guard holds
+/// everything a request reaches.
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_and_nothing_more() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let Some(s) = TestServer::start("").await else {
+        return;
+    };
+    let routes = axum::Router::new().route(
+        "/boom",
+        axum::routing::get(|| async {
+            if std::hint::black_box(true) {
+                panic!("a bug in a handler");
+            }
+            "unreachable"
+        }),
+    );
+    let api = replyd_server::http::front::wrap(s.app.clone(), routes);
+    let get = |path: &str| {
+        axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let res = api.clone().oneshot(get("/boom")).await.unwrap();
+    assert_eq!(res.status(), 500);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["type"], "urn:replyd:problem:internal", "{problem}");
+    let res = api.clone().oneshot(get("/elsewhere")).await.unwrap();
+    assert_eq!(res.status(), 404);
+}
