@@ -449,7 +449,10 @@ impl App {
             .limits
             .rate
             .map(|r| Duration::from_secs_f64((1.0 / r.per_sec).clamp(0.01, 60.0)));
-        let bell = self.hub.bells.bell(&query.queue, query.tenant.as_ref());
+        let bell = self
+            .hub
+            .bells
+            .bell(&query.queue, query.tenant.as_ref(), query.max);
         loop {
             // Listening before looking: a job queued after the look rings.
             let rung = bell.notify().notified();

@@ -1,15 +1,19 @@
-//! Doorbells: waiting leases woken one per queued job, not all per event.
+//! Doorbells: waiting leases woken as many as the queued jobs need, not
+//! all per event.
 //!
 //! A worker's long poll (`App::lease` with a wait) that found its queue
-//! empty waits on the bell of its (queue, tenant). Each committed event
-//! that leaves a job queued rings that bell once, and once the queue's
-//! unscoped bell (workers that lease for every tenant): one waiter wakes
-//! per job, so a hundred idle workers do not all run an empty lease for
-//! each new job. A bell exists only while someone waits on it, so the
-//! queues and tenants a client names cannot grow this map past its
-//! waiters.
+//! empty waits on the bell of its (queue, tenant). The jobs a committed
+//! batch of events leaves queued ring that bell, and the queue's unscoped
+//! bell (workers that lease for every tenant): a ring of n jobs wakes
+//! n / take waiters (rounded up), where take is the fewest jobs a waiter
+//! of that bell asks for per lease. So a hundred idle workers do not all
+//! run an empty lease for each new job, and a batch of 60 jobs wakes one
+//! worker that leases 100 at a time, not 60 of which 59 find nothing. A
+//! bell exists only while someone waits on it, so the queues and tenants
+//! a client names cannot grow this map past its waiters.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use replyd_core::Tenant;
@@ -18,28 +22,49 @@ use tokio::sync::Notify;
 
 type Key = (String, Option<Tenant>);
 
+/// A bell, and what one of its waiters takes per look.
+#[derive(Debug)]
+struct Waiting {
+    notify: Notify,
+    /// The fewest jobs a waiter of this bell leases at once (since the
+    /// bell was made: it only falls, so a ring never wakes too few).
+    take: AtomicU32,
+}
+
 /// The bells of every (queue, tenant) that has waiters.
 #[derive(Debug, Default)]
 pub struct Doorbells {
-    bells: Arc<Mutex<HashMap<Key, Arc<Notify>>>>,
+    bells: Arc<Mutex<HashMap<Key, Arc<Waiting>>>>,
     /// The queues with limits (`max_running`): a job of one that ends
     /// frees a slot, and rings too.
     limited: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 impl Doorbells {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Notify>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Waiting>>> {
         self.bells.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The bell a lease of `queue` (for `tenant`, or every tenant) waits on.
-    pub fn bell(&self, queue: &str, tenant: Option<&Tenant>) -> Bell {
+    /// The bell a lease of `queue` (for `tenant`, or every tenant) that
+    /// takes up to `take` jobs at a time waits on.
+    pub fn bell(&self, queue: &str, tenant: Option<&Tenant>, take: u32) -> Bell {
+        let take = take.max(1);
         let key = (queue.to_string(), tenant.cloned());
-        let notify = self.lock().entry(key.clone()).or_default().clone();
+        let waiting = self
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Waiting {
+                    notify: Notify::new(),
+                    take: AtomicU32::new(take),
+                })
+            })
+            .clone();
+        waiting.take.fetch_min(take, Ordering::Relaxed);
         Bell {
             bells: self.bells.clone(),
             key,
-            notify,
+            waiting,
         }
     }
 
@@ -48,35 +73,45 @@ impl Doorbells {
         let _ = self.limited.set(queues.into_iter().collect());
     }
 
-    /// Rings, once each, the bells of the jobs `events` leave queued, and
-    /// of the jobs of limited queues that end.
+    /// Rings the bells of the jobs `events` leave queued, and of the jobs
+    /// of limited queues that end: each bell wakes as many of its waiters
+    /// as it takes to lease them all.
     pub fn ring<'a>(&self, events: impl IntoIterator<Item = &'a EventRecord>) {
-        let mut bells = None;
+        let mut jobs: HashMap<(&str, Option<&Tenant>), u32> = HashMap::new();
         for e in events {
             let frees =
                 e.kind.is_terminal() && self.limited.get().is_some_and(|l| l.contains(&e.queue));
             if e.job.state != replyd_core::JobState::Queued && !frees {
                 continue;
             }
-            let bells = bells.get_or_insert_with(|| self.lock());
-            if bells.is_empty() {
-                return;
-            }
             for tenant in [Some(&e.tenant), None] {
-                // A lookup without building a key per event would need a
-                // borrowed key type; the map holds waiters' bells only.
-                let key = (e.queue.clone(), tenant.cloned());
-                if let Some(n) = bells.get(&key) {
-                    n.notify_one();
-                }
+                *jobs.entry((e.queue.as_str(), tenant)).or_default() += 1;
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let bells = self.lock();
+        if bells.is_empty() {
+            return;
+        }
+        for ((queue, tenant), n) in jobs {
+            // A lookup without building a key would need a borrowed key
+            // type; this runs once per bell and batch, not per event.
+            let Some(w) = bells.get(&(queue.to_string(), tenant.cloned())) else {
+                continue;
+            };
+            // Past the waiters there are, a wake is a stored permit: one.
+            for _ in 0..n.div_ceil(w.take.load(Ordering::Relaxed)) {
+                w.notify.notify_one();
             }
         }
     }
 
     /// Wakes every waiter: the events that would have rung were missed.
     pub fn ring_all(&self) {
-        for n in self.lock().values() {
-            n.notify_waiters();
+        for w in self.lock().values() {
+            w.notify.notify_waiters();
         }
     }
 }
@@ -84,14 +119,14 @@ impl Doorbells {
 /// One waiter's hold on a bell; the last one out removes it.
 #[derive(Debug)]
 pub struct Bell {
-    bells: Arc<Mutex<HashMap<Key, Arc<Notify>>>>,
+    bells: Arc<Mutex<HashMap<Key, Arc<Waiting>>>>,
     key: Key,
-    notify: Arc<Notify>,
+    waiting: Arc<Waiting>,
 }
 
 impl Bell {
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.waiting.notify
     }
 }
 
@@ -99,7 +134,7 @@ impl Drop for Bell {
     fn drop(&mut self) {
         let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
         // The map's and ours: nobody else waits.
-        if Arc::strong_count(&self.notify) == 2 {
+        if Arc::strong_count(&self.waiting) == 2 {
             bells.remove(&self.key);
         }
     }
@@ -126,10 +161,10 @@ mod tests {
     #[test]
     fn one_waiter_wakes_per_job_queued_in_its_queue_and_tenant() {
         let bells = Doorbells::default();
-        let a = bells.bell("q", Some(&Tenant("a".into())));
-        let a2 = bells.bell("q", Some(&Tenant("a".into())));
-        let b = bells.bell("q", Some(&Tenant("b".into())));
-        let any = bells.bell("q", None);
+        let a = bells.bell("q", Some(&Tenant("a".into())), 1);
+        let a2 = bells.bell("q", Some(&Tenant("a".into())), 1);
+        let b = bells.bell("q", Some(&Tenant("b".into())), 1);
+        let any = bells.bell("q", None, 1);
         let mut wa = pin!(a.notify().notified());
         let mut wa2 = pin!(a2.notify().notified());
         let mut wb = pin!(b.notify().notified());
@@ -154,11 +189,48 @@ mod tests {
         assert_eq!(woken(&mut [wany.as_mut()]), 1);
     }
 
+    /// `n` jobs of tenant a queued in "q", in one batch of events.
+    fn queued(n: usize) -> Vec<replyd_core::event::EventRecord> {
+        (0..n)
+            .map(|i| record(i as i64 + 1, JobId::new(), "a", "q", EventKind::Accepted))
+            .collect()
+    }
+
+    #[test]
+    fn a_ring_wakes_as_many_waiters_as_it_takes_to_lease_its_jobs() {
+        let bells = Doorbells::default();
+        let held: Vec<Bell> = (0..4).map(|_| bells.bell("q", None, 100)).collect();
+        let small: Bell;
+        let mut waiters: Vec<_> = held
+            .iter()
+            .map(|b| Box::pin(b.notify().notified()))
+            .collect();
+        for w in &mut waiters {
+            w.as_mut().enable();
+        }
+        let mut pins: Vec<_> = waiters.iter_mut().map(|w| w.as_mut()).collect();
+        // (A waiter once woken stays woken: the counts add up.)
+        // 60 jobs: one waiter leasing 100 at a time takes them all.
+        bells.ring(&queued(60));
+        assert_eq!(woken(&mut pins), 1);
+        // 150 more: two of the three left.
+        bells.ring(&queued(150));
+        assert_eq!(woken(&mut pins), 3);
+        // A waiter that takes fewer makes the bell wake more: 15 jobs, 10
+        // per waiter, two wake (the last of the four and this one).
+        small = bells.bell("q", None, 10);
+        let mut last = pin!(small.notify().notified());
+        last.as_mut().enable();
+        pins.push(last.as_mut());
+        bells.ring(&queued(15));
+        assert_eq!(woken(&mut pins), 5);
+    }
+
     #[test]
     fn a_bell_lives_while_someone_waits_on_it() {
         let bells = Doorbells::default();
-        let first = bells.bell("q", None);
-        let second = bells.bell("q", None);
+        let first = bells.bell("q", None, 1);
+        let second = bells.bell("q", None, 100);
         assert_eq!(bells.lock().len(), 1);
         drop(first);
         assert_eq!(bells.lock().len(), 1);
