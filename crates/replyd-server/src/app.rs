@@ -455,7 +455,8 @@ impl App {
             .bell(&query.queue, query.tenant.as_ref(), query.max);
         loop {
             // Listening before looking: a job queued after the look rings.
-            let rung = bell.notify().notified();
+            let listening = bell.listen();
+            let rung = listening.notified();
             tokio::pin!(rung);
             rung.as_mut().enable();
             let leased = self.store.lease(query.clone(), self.now()).await?;

@@ -6,19 +6,27 @@
 //! batch of events leaves queued ring that bell, and the queue's unscoped
 //! bell (workers that lease for every tenant): a ring of n jobs wakes
 //! n / take waiters (rounded up), where take is the fewest jobs a waiter
-//! of that bell asks for per lease. So a hundred idle workers do not all
-//! run an empty lease for each new job, and a batch of 60 jobs wakes one
-//! worker that leases 100 at a time, not 60 of which 59 find nothing. A
-//! bell exists only while someone waits on it, so the queues and tenants
-//! a client names cannot grow this map past its waiters.
+//! of that bell asks for per lease, and never more than listen: a ring
+//! nobody listens for leaves nothing behind (a stored wake would send the
+//! next worker to come by on a second, empty look after its first). So a
+//! hundred idle workers do not all run an empty lease for each new job,
+//! and a batch of 60 jobs wakes one worker that leases 100 at a time, not
+//! 60 of which 59 find nothing. A bell exists only while someone holds
+//! it, so the queues and tenants a client names cannot grow this map past
+//! its waiters.
+//!
+//! A waiter listens before it looks (`Bell::listen`): a ring that came
+//! before it listened was for jobs committed before its look, which the
+//! look finds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use replyd_core::Tenant;
 use replyd_core::event::EventRecord;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 type Key = (String, Option<Tenant>);
 
@@ -29,6 +37,8 @@ struct Waiting {
     /// The fewest jobs a waiter of this bell leases at once (since the
     /// bell was made: it only falls, so a ring never wakes too few).
     take: AtomicU32,
+    /// Waiters listening now (looking, or waiting for a ring).
+    listening: AtomicUsize,
 }
 
 /// The bells of every (queue, tenant) that has waiters.
@@ -57,6 +67,7 @@ impl Doorbells {
                 Arc::new(Waiting {
                     notify: Notify::new(),
                     take: AtomicU32::new(take),
+                    listening: AtomicUsize::new(0),
                 })
             })
             .clone();
@@ -64,7 +75,7 @@ impl Doorbells {
         Bell {
             bells: self.bells.clone(),
             key,
-            waiting,
+            shared: waiting,
         }
     }
 
@@ -101,8 +112,8 @@ impl Doorbells {
             let Some(w) = bells.get(&(queue.to_string(), tenant.cloned())) else {
                 continue;
             };
-            // Past the waiters there are, a wake is a stored permit: one.
-            for _ in 0..n.div_ceil(w.take.load(Ordering::Relaxed)) {
+            let wakes = n.div_ceil(w.take.load(Ordering::Relaxed)) as usize;
+            for _ in 0..wakes.min(w.listening.load(Ordering::SeqCst)) {
                 w.notify.notify_one();
             }
         }
@@ -121,12 +132,32 @@ impl Doorbells {
 pub struct Bell {
     bells: Arc<Mutex<HashMap<Key, Arc<Waiting>>>>,
     key: Key,
-    waiting: Arc<Waiting>,
+    shared: Arc<Waiting>,
 }
 
 impl Bell {
-    pub fn notify(&self) -> &Notify {
-        &self.waiting.notify
+    /// Listens for rings until the returned guard is dropped: take it
+    /// before looking, hold it while waiting.
+    pub fn listen(&self) -> Listening<'_> {
+        self.shared.listening.fetch_add(1, Ordering::SeqCst);
+        Listening(&self.shared)
+    }
+}
+
+/// A waiter listening on its bell.
+#[derive(Debug)]
+pub struct Listening<'a>(&'a Waiting);
+
+impl Listening<'_> {
+    /// Ready once a ring wakes this waiter (`enable` it before looking).
+    pub fn notified(&self) -> Notified<'_> {
+        self.0.notify.notified()
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.listening.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -134,7 +165,7 @@ impl Drop for Bell {
     fn drop(&mut self) {
         let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
         // The map's and ours: nobody else waits.
-        if Arc::strong_count(&self.waiting) == 2 {
+        if Arc::strong_count(&self.shared) == 2 {
             bells.remove(&self.key);
         }
     }
@@ -165,10 +196,11 @@ mod tests {
         let a2 = bells.bell("q", Some(&Tenant("a".into())), 1);
         let b = bells.bell("q", Some(&Tenant("b".into())), 1);
         let any = bells.bell("q", None, 1);
-        let mut wa = pin!(a.notify().notified());
-        let mut wa2 = pin!(a2.notify().notified());
-        let mut wb = pin!(b.notify().notified());
-        let mut wany = pin!(any.notify().notified());
+        let (la, la2, lb, lany) = (a.listen(), a2.listen(), b.listen(), any.listen());
+        let mut wa = pin!(la.notified());
+        let mut wa2 = pin!(la2.notified());
+        let mut wb = pin!(lb.notified());
+        let mut wany = pin!(lany.notified());
         for w in [wa.as_mut(), wa2.as_mut(), wb.as_mut(), wany.as_mut()] {
             w.enable();
         }
@@ -201,10 +233,9 @@ mod tests {
         let bells = Doorbells::default();
         let held: Vec<Bell> = (0..4).map(|_| bells.bell("q", None, 100)).collect();
         let small: Bell;
-        let mut waiters: Vec<_> = held
-            .iter()
-            .map(|b| Box::pin(b.notify().notified()))
-            .collect();
+        let small_listening: Listening<'_>;
+        let listening: Vec<Listening<'_>> = held.iter().map(|b| b.listen()).collect();
+        let mut waiters: Vec<_> = listening.iter().map(|l| Box::pin(l.notified())).collect();
         for w in &mut waiters {
             w.as_mut().enable();
         }
@@ -219,11 +250,28 @@ mod tests {
         // A waiter that takes fewer makes the bell wake more: 15 jobs, 10
         // per waiter, two wake (the last of the four and this one).
         small = bells.bell("q", None, 10);
-        let mut last = pin!(small.notify().notified());
+        small_listening = small.listen();
+        let mut last = pin!(small_listening.notified());
         last.as_mut().enable();
         pins.push(last.as_mut());
         bells.ring(&queued(15));
         assert_eq!(woken(&mut pins), 5);
+    }
+
+    #[test]
+    fn a_ring_nobody_listens_for_leaves_no_wake_behind() {
+        let bells = Doorbells::default();
+        let bell = bells.bell("q", None, 1);
+        // Held (a lease under way) but not listening: the ring is for jobs
+        // its next look will find anyway.
+        bells.ring(&queued(3));
+        let listening = bell.listen();
+        let mut w = pin!(listening.notified());
+        w.as_mut().enable();
+        assert_eq!(woken(&mut [w.as_mut()]), 0, "a stale wake was kept");
+        // Listening now: the next ring wakes it.
+        bells.ring(&queued(1));
+        assert_eq!(woken(&mut [w.as_mut()]), 1);
     }
 
     #[test]
