@@ -23,6 +23,11 @@ use crate::render::Renderer;
 /// The longest a request may be held (long polling, `Prefer: wait`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How soon a waiting lease looks again when its queue holds a job that
+/// is due but was not its to take (another lease's, another tenant's,
+/// held by a limit): the ring of a job queued anew wakes it sooner.
+const DUE_RECHECK: Duration = Duration::from_millis(250);
+
 /// Shared by every request and background task of one server.
 pub struct App {
     pub config: Config,
@@ -470,8 +475,13 @@ impl App {
                 wake = wake.min(tokio::time::Instant::now() + r);
             }
             if let Some(at) = self.store.next_run_at(&query.queue).await? {
+                // A job due already that this look did not get is being
+                // leased by another, or is another tenant's, or held by
+                // the queue's limits, or committed after the look (its
+                // commit rings): waking for it at once only repeats the
+                // empty look, as fast as the store answers.
                 let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
-                wake = wake.min(tokio::time::Instant::now() + until);
+                wake = wake.min(tokio::time::Instant::now() + until.max(DUE_RECHECK));
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
