@@ -599,3 +599,71 @@ fn positive_secs(name: &str, v: Option<f64>, default: f64, max: f64) -> ApiResul
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use replyd_core::job::NewJob;
+    use replyd_core::{JobId, Tenant};
+    use replyd_store::{SqliteOptions, SqliteStore};
+    use std::sync::atomic::Ordering;
+
+    /// A worker of tenant a waits on a queue whose only job is tenant
+    /// b's, due now: each look finds nothing, and the queue's next job is
+    /// due already. It looks again on a ring or every `DUE_RECHECK`, not
+    /// in a loop as fast as the store answers (which made hundreds of
+    /// looks in this wait).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_lease_does_not_spin_on_a_due_job_it_cannot_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open(dir.path().join("a.db"), SqliteOptions::default())
+            .await
+            .unwrap();
+        let clock = Clock::system();
+        let app = App::new(
+            Config::default(),
+            Arc::new(sqlite.clone()),
+            clock.clone(),
+            vec![7; 32],
+            crate::telemetry::Telemetry::default(),
+            CancellationToken::new(),
+        );
+        let job = NewJob {
+            id: JobId::new(),
+            tenant: Tenant("b".into()),
+            queue: "q".into(),
+            input: Bytes::from_static(b"{}"),
+            max_attempts: 1,
+            timeout: Duration::from_secs(60),
+            ttl: Duration::from_secs(600),
+            webhook: None,
+            reply: None,
+            idempotency_key: None,
+            request_hash: None,
+            output_type: None,
+            trace: None,
+            priority: 0,
+            head_start: Duration::ZERO,
+            group: None,
+            run_at: None,
+        };
+        app.store.submit(job, clock.now()).await.unwrap();
+        let query = LeaseQuery {
+            queue: "q".into(),
+            tenant: Some(Tenant("a".into())),
+            worker: "w".into(),
+            length: Duration::from_secs(60),
+            max: 10,
+            limits: Default::default(),
+        };
+        // Each look is one write op of the SQLite writer.
+        let before = sqlite.stats().ops.load(Ordering::Relaxed);
+        let leased = app.lease(query, Duration::from_millis(700)).await.unwrap();
+        let looks = sqlite.stats().ops.load(Ordering::Relaxed) - before;
+        assert!(leased.is_empty(), "tenant a leased tenant b's job");
+        // 700 ms / 250 ms: the first look and about three more (538
+        // before the recheck's floor).
+        assert!((1..=6).contains(&looks), "{looks} looks in a 700 ms wait");
+    }
+}
