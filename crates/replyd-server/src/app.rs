@@ -603,9 +603,8 @@ fn positive_secs(name: &str, v: Option<f64>, default: f64, max: f64) -> ApiResul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use replyd_core::Tenant;
     use replyd_core::job::NewJob;
-    use replyd_core::{JobId, Tenant};
     use replyd_store::{SqliteOptions, SqliteStore};
     use std::sync::atomic::Ordering;
 
@@ -629,25 +628,7 @@ mod tests {
             crate::telemetry::Telemetry::default(),
             CancellationToken::new(),
         );
-        let job = NewJob {
-            id: JobId::new(),
-            tenant: Tenant("b".into()),
-            queue: "q".into(),
-            input: Bytes::from_static(b"{}"),
-            max_attempts: 1,
-            timeout: Duration::from_secs(60),
-            ttl: Duration::from_secs(600),
-            webhook: None,
-            reply: None,
-            idempotency_key: None,
-            request_hash: None,
-            output_type: None,
-            trace: None,
-            priority: 0,
-            head_start: Duration::ZERO,
-            group: None,
-            run_at: None,
-        };
+        let job = NewJob::plain(Tenant("b".into()), "q");
         app.store.submit(job, clock.now()).await.unwrap();
         let query = LeaseQuery {
             queue: "q".into(),
