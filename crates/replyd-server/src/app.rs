@@ -481,7 +481,7 @@ impl App {
                 // commit rings): waking for it at once only repeats the
                 // empty look, as fast as the store answers.
                 let until = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
-                wake = wake.min(tokio::time::Instant::now() + until.max(DUE_RECHECK));
+                wake = wake.min(tokio::time::Instant::now() + next_look(until));
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
@@ -600,6 +600,13 @@ fn positive_secs(name: &str, v: Option<f64>, default: f64, max: f64) -> ApiResul
     }
 }
 
+/// How long a waiting lease sleeps for its queue's next job, due in
+/// `until`: until then, or [`DUE_RECHECK`] for one due already (the look
+/// just made did not get it).
+fn next_look(until: Duration) -> Duration {
+    if until.is_zero() { DUE_RECHECK } else { until }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +614,18 @@ mod tests {
     use replyd_core::job::NewJob;
     use replyd_store::{SqliteOptions, SqliteStore};
     use std::sync::atomic::Ordering;
+
+    /// A job due soon is looked for when it is due; only one due already
+    /// waits for the recheck (a backoff ending in 10 ms is not 250 ms).
+    #[test]
+    fn a_lease_waits_for_the_next_job_until_it_is_due() {
+        assert_eq!(
+            next_look(Duration::from_millis(10)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(next_look(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(next_look(Duration::ZERO), DUE_RECHECK);
+    }
 
     /// A worker of tenant a waits on a queue whose only job is tenant
     /// b's, due now: each look finds nothing, and the queue's next job is
