@@ -88,6 +88,11 @@ impl Doorbells {
     /// of limited queues that end: each bell wakes as many of its waiters
     /// as it takes to lease them all.
     pub fn ring<'a>(&self, events: impl IntoIterator<Item = &'a EventRecord>) {
+        // Nobody waits (a server without pull workers): nothing to count.
+        let bells = self.lock();
+        if bells.is_empty() {
+            return;
+        }
         let mut jobs: HashMap<(&str, Option<&Tenant>), u32> = HashMap::new();
         for e in events {
             let frees =
@@ -98,13 +103,6 @@ impl Doorbells {
             for tenant in [Some(&e.tenant), None] {
                 *jobs.entry((e.queue.as_str(), tenant)).or_default() += 1;
             }
-        }
-        if jobs.is_empty() {
-            return;
-        }
-        let bells = self.lock();
-        if bells.is_empty() {
-            return;
         }
         for ((queue, tenant), n) in jobs {
             // A lookup without building a key would need a borrowed key
