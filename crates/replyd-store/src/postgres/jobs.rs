@@ -257,15 +257,11 @@ pub(super) async fn transition_all(
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    let mut places: std::collections::HashMap<uuid::Uuid, String> =
-        std::collections::HashMap::with_capacity(rows.len());
+    let places: std::collections::HashMap<uuid::Uuid, String> =
+        rows.iter().map(|r| (r.get("id"), r.get("place"))).collect();
     let mut current: std::collections::HashMap<uuid::Uuid, JobRecord> = rows
         .iter()
-        .map(|r| {
-            let id = r.get::<uuid::Uuid, _>("id");
-            places.insert(id, r.get("place"));
-            Ok((id, decode(r.get("record"))?))
-        })
+        .map(|r| Ok((r.get::<uuid::Uuid, _>("id"), decode(r.get("record"))?)))
         .collect::<StoreResult<_>>()?;
     // Of the jobs not locked, those that exist are held by another.
     let missing: Vec<uuid::Uuid> = ids
