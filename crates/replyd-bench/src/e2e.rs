@@ -37,9 +37,7 @@ pub(crate) async fn e2e(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
         );
         runs.push(run);
     }
-    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    let (low, high) = (runs[0].rate(), runs[runs.len() - 1].rate());
-    let run = runs.swap_remove(runs.len() / 2);
+    let (run, low, high) = median_by(runs, E2eRun::rate);
     println!(
         "  median of {rounds} rounds: {:.0} jobs/s end to end (submit + lease + complete, each \
          durable; rounds {low:.0} to {high:.0})",
@@ -75,15 +73,20 @@ pub(crate) async fn drain(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Re
         );
         rates.push(rate);
     }
-    rates.sort_by(f64::total_cmp);
+    let (rate, low, high) = median_by(rates, |r| *r);
     println!(
-        "  median of {rounds} rounds: {:.0} jobs/s drained (lease + complete, each durable; \
-         rounds {:.0} to {:.0})",
-        rates[rates.len() / 2],
-        rates[0],
-        rates[rates.len() - 1]
+        "  median of {rounds} rounds: {rate:.0} jobs/s drained (lease + complete, each durable; \
+         rounds {low:.0} to {high:.0})"
     );
     Ok(())
+}
+
+/// The median of `runs` (not empty) by `rate`, and the lowest and highest
+/// rates.
+fn median_by<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> (T, f64, f64) {
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let (low, high) = (rate(&runs[0]), rate(&runs[runs.len() - 1]));
+    (runs.swap_remove(runs.len() / 2), low, high)
 }
 
 /// `growth`: the e2e measurement with ever more finished jobs already in
