@@ -184,9 +184,13 @@ async fn insert_jobs(pool: &PgPool, batch: usize) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO jobs (id, tenant, queue, state, run_at, input, record)
-         SELECT id, 'default', 'bench', 'queued', $2, '\\x7b226e223a317d', record
-         FROM unnest($1::uuid[], $3::text[]) AS j(id, record)",
+        "WITH created AS (
+             INSERT INTO jobs (id, tenant, queue, state, run_at, input, record)
+             SELECT id, 'default', 'bench', 'queued', $2, '\\x7b226e223a317d', record
+             FROM unnest($1::uuid[], $3::text[]) AS j(id, record)
+             RETURNING tenant, queue, id
+         )
+         INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM created",
     )
     .bind(&ids)
     .bind(now)

@@ -24,7 +24,8 @@ pub(crate) fn bounds(q: &ListQuery) -> (Option<JobId>, Option<JobId>) {
 }
 
 /// The index a listing walks, newest first: the narrowest its filters
-/// give. Each is in both stores' schemas.
+/// give. Each is in both stores' schemas (PostgreSQL's by tenant and by
+/// queue on `job_keys`: `postgres/jobs.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     /// `jobs_failed` or `jobs_canceled`: the jobs that ended so (the

@@ -385,6 +385,18 @@ async fn an_upgraded_log_goes_on_after_the_sequencers_positions() {
     let all = store.log(None, 100).await.unwrap();
     let positions: Vec<i64> = all.iter().map(|e| e.id.0).collect();
     assert_eq!(&positions[..4], [5, 9, 13, 14]);
+    // The old jobs are listed by their tenant (the keys of v14 carried
+    // them over), newest first, the fresh one with them.
+    let listed = store
+        .list(replyd_core::store::ListQuery {
+            tenant: Some(fresh.job().tenant.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<JobId> = listed.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [fresh.job().id, old[3], old[2], old[1], old[0]]);
     pool.close().await;
 }
 

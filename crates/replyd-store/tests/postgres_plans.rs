@@ -165,3 +165,57 @@ async fn a_lease_stops_at_its_limit_when_jobs_share_a_run_at() {
     );
     pool.close().await;
 }
+
+/// A tenant's or a queue's page of jobs, when 100,000 newer jobs are
+/// another tenant's in another queue (the table grown since its last
+/// ANALYZE), reads the few pages of its own keys (`job_keys`, schema v14)
+/// and rows: not the newer jobs, which a walk of the primary key would
+/// read all of (about 7,000 pages) to reach them.
+#[tokio::test]
+async fn a_small_tenants_page_walks_its_own_keys() {
+    let Some(url) = testing::fresh_schema("plans").await else {
+        return;
+    };
+    let _store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+    sqlx::query("ANALYZE job_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The small tenant's five jobs sort below every other id: the oldest.
+    for sql in [
+        "INSERT INTO jobs (id, tenant, queue, state, run_at, record, input)
+         SELECT ('00000000-0000-7000-8000-' || lpad(g::text, 12, '0'))::uuid, 'small', 'rare',
+                'succeeded', g, repeat('x', 400), '\\x7b7d'
+         FROM generate_series(1, 5) g",
+        "INSERT INTO jobs (id, tenant, queue, state, run_at, record, input)
+         SELECT gen_random_uuid(), 'big', 'q', 'succeeded', g, repeat('x', 400), '\\x7b7d'
+         FROM generate_series(1, 100000) g",
+        "INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM jobs",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let tenant = replyd_core::store::ListQuery {
+        tenant: Some(replyd_core::Tenant("small".into())),
+        limit: 10,
+        ..Default::default()
+    };
+    let queue = replyd_core::store::ListQuery {
+        queue: Some("rare".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    for (q, index) in [(tenant, "job_keys_tenant"), (queue, "job_keys_queue")] {
+        let plan = testing::explain_list(&url, &q).await.unwrap();
+        let text = plan.join("\n");
+        assert!(text.contains("rows=5 loops=1"), "finds 5:\n{text}");
+        assert!(text.contains(index), "walks {index}:\n{text}");
+        let touched = pages(&plan);
+        assert!(
+            touched < 100,
+            "a page of 5 touched {touched} pages:\n{text}"
+        );
+    }
+    pool.close().await;
+}

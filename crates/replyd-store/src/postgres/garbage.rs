@@ -1,6 +1,6 @@
 //! Garbage: expired jobs become tombstones, then are gone.
 
-use super::jobs::forget_history;
+use super::jobs::{forget_history, forget_keys};
 use super::{PgStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
@@ -27,11 +27,16 @@ pub(super) async fn collect_garbage(
         .await
         .map_err(backend)?;
     let retention = chrono::Duration::from_std(TOMBSTONE_RETENTION).unwrap_or_default();
-    sqlx::query("DELETE FROM jobs WHERE input IS NULL AND expires_at <= $1")
-        .bind(ms(now - retention))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+    let gone: Vec<(String, Uuid)> = sqlx::query_as(
+        "DELETE FROM jobs WHERE input IS NULL AND expires_at <= $1 RETURNING tenant, id",
+    )
+    .bind(ms(now - retention))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let (tenants, gone): (Vec<&str>, Vec<Uuid>) =
+        gone.iter().map(|(t, id)| (t.as_str(), *id)).unzip();
+    forget_keys(&mut tx, &tenants, &gone).await?;
     super::ops::trim(&mut tx, now).await?;
     s.commit(tx, None).await?;
     // Idle groups' clocks, on their own: no lock of the sweep's is held

@@ -75,72 +75,11 @@ pub(super) async fn output(s: &PgStore, id: JobId) -> StoreResult<Option<JobOutp
 /// PostgreSQL reads no further than the page needs. A lookup by
 /// idempotency key (a handful of rows) is fenced off (`OFFSET 0`) from the
 /// order, so that the planner takes its index whatever its statistics say.
+///
+/// A walk by tenant or by queue reads `job_keys` (schema v14) in id order
+/// and each job's row by its id; the id bounds are on the walked index.
 pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
-    let (lower, upper) = listing::bounds(&q);
-    let bound = if listing::filters_rows(&q) {
-        i64::from(listing::scan_bound(&q))
-    } else {
-        i64::from(q.limit)
-    };
-    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-        "SELECT id, m, rn, CASE WHEN m THEN record END AS record FROM (
-             SELECT id, record, m, row_number() OVER (ORDER BY id DESC) AS rn FROM (
-                 SELECT id, record, coalesce(true",
-    );
-    if let Some(queue) = &q.queue {
-        b.push(" AND queue = ").push_bind(queue.clone());
-    }
-    if let Some(state) = q.state {
-        b.push(" AND state = ").push_bind(state.as_str());
-    }
-    if let Some(text) = &q.text {
-        let p = listing::like_pattern(text);
-        b.push(" AND (convert_from(input, 'UTF8') ILIKE ")
-            .push_bind(p.clone())
-            .push(" OR (record::jsonb #>> '{error,message}') ILIKE ")
-            .push_bind(p)
-            .push(")");
-    }
-    // On a partial or queue index the tenant is tested row by row too:
-    // in the WHERE clause, a planner without fresh statistics may combine
-    // it with the tenant's index and sort every match (30 ms for 20,000
-    // failed jobs), where walking the index newest first stops at the page.
-    let access = listing::access(&q);
-    let tenant_in_walk = access != listing::Access::Key;
-    if let Some(t) = q.tenant.as_ref().filter(|_| tenant_in_walk) {
-        b.push(" AND tenant = ").push_bind(t.0.clone());
-    }
-    b.push(", false) AS m FROM jobs WHERE true");
-    match access {
-        listing::Access::Ended(state) => {
-            b.push(format!(" AND state = '{state}'"));
-        }
-        listing::Access::Queue => {
-            b.push(" AND queue = ").push_bind(q.queue.clone());
-        }
-        listing::Access::Key => {}
-    }
-    if let Some(t) = q.tenant.as_ref().filter(|_| !tenant_in_walk) {
-        b.push(" AND tenant = ").push_bind(t.0.clone());
-    }
-    if let Some(key) = &q.idempotency_key {
-        b.push(" AND idempotency_key = ").push_bind(key.clone());
-    }
-    if let Some(l) = lower {
-        b.push(" AND id >= ").push_bind(l.0);
-    }
-    if let Some(u) = upper {
-        b.push(" AND id < ").push_bind(u.0);
-    }
-    if q.idempotency_key.is_some() {
-        b.push(" OFFSET 0");
-    }
-    b.push(") f ORDER BY id DESC LIMIT ")
-        .push_bind(bound)
-        .push(") w WHERE m OR rn = ")
-        .push_bind(bound)
-        .push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(q.limit));
+    let (mut b, bound) = list_query("", &q);
     let rows = b.build().fetch_all(&s.inner.pool).await.map_err(backend)?;
     let mut page = JobPage::default();
     for row in rows {
@@ -159,6 +98,91 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
         }
     }
     Ok(page)
+}
+
+/// [`list`]'s statement after `head` (`EXPLAIN …` in the plans' tests),
+/// and the scan's bound.
+pub(super) fn list_query(
+    head: &str,
+    q: &ListQuery,
+) -> (sqlx::QueryBuilder<sqlx::Postgres>, i64) {
+    let (lower, upper) = listing::bounds(q);
+    let bound = if listing::filters_rows(q) {
+        i64::from(listing::scan_bound(q))
+    } else {
+        i64::from(q.limit)
+    };
+    let access = listing::access(q);
+    // On a partial or queue index the tenant is tested row by row too:
+    // in the WHERE clause, a planner without fresh statistics may combine
+    // it with the tenant's index and sort every match (30 ms for 20,000
+    // failed jobs), where walking the index newest first stops at the page.
+    let tenant_in_walk = access != listing::Access::Key;
+    // What the walk reads: `job_keys` by queue or by tenant, or `jobs`.
+    let by_keys = access == listing::Access::Queue
+        || (access == listing::Access::Key && q.idempotency_key.is_none() && q.tenant.is_some());
+    let walked = if by_keys { "k.id" } else { "j.id" };
+    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(head);
+    b.push(
+        "SELECT id, m, rn, CASE WHEN m THEN record END AS record FROM (
+             SELECT id, record, m, row_number() OVER (ORDER BY id DESC) AS rn FROM (
+                 SELECT ",
+    );
+    b.push(walked).push(" AS id, j.record, coalesce(true");
+    if let Some(queue) = &q.queue {
+        b.push(" AND j.queue = ").push_bind(queue.clone());
+    }
+    if let Some(state) = q.state {
+        b.push(" AND j.state = ").push_bind(state.as_str());
+    }
+    if let Some(text) = &q.text {
+        let p = listing::like_pattern(text);
+        b.push(" AND (convert_from(j.input, 'UTF8') ILIKE ")
+            .push_bind(p.clone())
+            .push(" OR (j.record::jsonb #>> '{error,message}') ILIKE ")
+            .push_bind(p)
+            .push(")");
+    }
+    if let Some(t) = q.tenant.as_ref().filter(|_| tenant_in_walk) {
+        b.push(" AND j.tenant = ").push_bind(t.0.clone());
+    }
+    b.push(if by_keys {
+        ", false) AS m FROM job_keys k JOIN jobs j ON j.id = k.id WHERE true"
+    } else {
+        ", false) AS m FROM jobs j WHERE true"
+    });
+    match access {
+        listing::Access::Ended(state) => {
+            b.push(format!(" AND j.state = '{state}'"));
+        }
+        listing::Access::Queue => {
+            b.push(" AND k.queue = ").push_bind(q.queue.clone());
+        }
+        listing::Access::Key => {}
+    }
+    if let Some(t) = q.tenant.as_ref().filter(|_| !tenant_in_walk) {
+        let column = if by_keys { "k.tenant" } else { "j.tenant" };
+        b.push(format!(" AND {column} = ")).push_bind(t.0.clone());
+    }
+    if let Some(key) = &q.idempotency_key {
+        b.push(" AND j.idempotency_key = ").push_bind(key.clone());
+    }
+    if let Some(l) = lower {
+        b.push(format!(" AND {walked} >= ")).push_bind(l.0);
+    }
+    if let Some(u) = upper {
+        b.push(format!(" AND {walked} < ")).push_bind(u.0);
+    }
+    if q.idempotency_key.is_some() {
+        b.push(" OFFSET 0");
+    }
+    b.push(") f ORDER BY id DESC LIMIT ")
+        .push_bind(bound)
+        .push(") w WHERE m OR rn = ")
+        .push_bind(bound)
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
+    (b, bound)
 }
 
 pub(super) async fn apply(
@@ -421,7 +445,34 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+    forget_keys(&mut tx, &[job.tenant.0.as_str()], &[id.0]).await?;
     s.commit(tx, None).await
+}
+
+/// Removes the console's keys (`job_keys`) of jobs deleted: `tenants[i]`
+/// is `ids[i]`'s. Each row is found by its index (tenant, id), one probe
+/// per job (`LIMIT` keeps the subquery a probe: joined whole, a planner
+/// could prefer a scan of the table), and deleted by its place.
+pub(super) async fn forget_keys(
+    tx: &mut Tx,
+    tenants: &[&str],
+    ids: &[uuid::Uuid],
+) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM job_keys WHERE ctid = ANY(ARRAY(
+             SELECT k.ctid FROM unnest($1::text[], $2::uuid[]) AS g(tenant, id),
+                  LATERAL (SELECT ctid FROM job_keys
+                           WHERE tenant = g.tenant AND id = g.id LIMIT 1) k))",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// Removes what jobs (`ids`) have beyond their records: their results,

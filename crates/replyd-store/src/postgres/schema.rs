@@ -407,4 +407,32 @@ const POSTGRES: &[(i64, &str)] = &[
     );
     ",
     ),
+    (
+        14,
+        "
+    -- Every transition of a job writes a new version of its row (a change
+    -- of state is never a HOT update: the partial indexes name it), and a
+    -- new version gets an entry in every index of the table, whether its
+    -- key changed or not. The console's indexes by tenant and by queue
+    -- (whose keys never change) move to a table written once per job, so
+    -- that a lease and a completion no longer write two entries each
+    -- into them (issue 25). Deleted by (tenant, id), its index.
+    CREATE TABLE job_keys (
+        tenant text NOT NULL,
+        queue  text NOT NULL,
+        id     uuid NOT NULL
+    );
+    INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM jobs;
+    CREATE INDEX job_keys_tenant ON job_keys (tenant, id);
+    CREATE INDEX job_keys_queue ON job_keys (queue, id);
+    DROP INDEX jobs_tenant;
+    DROP INDEX jobs_queue;
+    -- One index of running jobs instead of two (see SQLite's v11): a
+    -- queue's running jobs are counted by its prefix (max_running), the
+    -- lease expiry walks it whole (as many entries as jobs run at once).
+    DROP INDEX jobs_leases;
+    DROP INDEX jobs_running;
+    CREATE INDEX jobs_running ON jobs (queue, lease_expires_at) WHERE state = 'running';
+    ",
+    ),
 ];

@@ -159,17 +159,23 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
     let records: Vec<&JobRecord> = rows.iter().map(|p| &p.job).collect();
     let now = records.iter().map(|j| ms(j.created_at)).max().unwrap_or(0);
     let places = super::fair::places(&mut tx, &records, now).await?;
+    // The jobs created, and their keys for the console's lists (schema v14).
     let created: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
-                           order_at)
-         SELECT id, tenant, queue, state, run_at, idempotency_key, input, record, order_at
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                     $7::bytea[], $8::text[], $9::bigint[])
-              WITH ORDINALITY AS j(id, tenant, queue, state, run_at, idempotency_key, input,
-                                   record, order_at, n)
-         ORDER BY n
-         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id",
+        "WITH created AS (
+             INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
+                               order_at)
+             SELECT id, tenant, queue, state, run_at, idempotency_key, input, record, order_at
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::bytea[], $8::text[], $9::bigint[])
+                  WITH ORDINALITY AS j(id, tenant, queue, state, run_at, idempotency_key,
+                                       input, record, order_at, n)
+             ORDER BY n
+             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id, tenant, queue
+         ), keys AS (
+             INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM created
+         )
+         SELECT id FROM created",
     )
     .bind(rows.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
     .bind(

@@ -65,6 +65,21 @@ pub async fn explain_lease(
     Ok(plan)
 }
 
+/// The plan of a listing (`list`'s own statement for `q`), as
+/// [`explain_claim`] gives it.
+pub async fn explain_list(
+    url: &str,
+    q: &replyd_core::store::ListQuery,
+) -> sqlx::Result<Vec<String>> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    let mut tx = pool.begin().await?;
+    let (mut b, _) = super::jobs::list_query("EXPLAIN (ANALYZE, BUFFERS) ", q);
+    let plan: Vec<String> = b.build_query_scalar().fetch_all(&mut *tx).await?;
+    tx.rollback().await?;
+    pool.close().await;
+    Ok(plan)
+}
+
 /// Migrates the schema of `url` up to `version` only, as an older
 /// replyd left it (tests of an upgrade).
 pub async fn migrate_schema_to(url: &str, version: i64) -> replyd_core::store::StoreResult<()> {
