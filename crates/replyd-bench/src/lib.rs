@@ -89,6 +89,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.clients,
         dir.display()
     );
+    // The pg scenario's figures, for the peers' table after it.
+    #[allow(unused_mut)]
+    let mut pg_figures: Vec<peers::PgFigures> = Vec::new();
     for scenario in &args.scenarios {
         match scenario.as_str() {
             "submit" => submit::submit(&args, &dir).await?,
@@ -96,11 +99,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "drain" => e2e::drain(&args, &dir).await?,
             "growth" => e2e::growth(&args, &dir).await?,
             #[cfg(feature = "postgres")]
-            "pg" => pg::run(&args).await?,
+            "pg" => pg_figures.extend(pg::run(&args).await?),
             "streams" => streams::run(&args, &dir).await?,
             "webhooks" => webhooks::run(&args, &dir).await?,
             "exposure" => exposure::run(&args, &dir).await?,
-            "peers" => peers::run(&args, &dir).await?,
+            "peers" => peers::run(&args, &dir, &pg_figures).await?,
             "dstreams" => dstreams::run(&args, &dir).await?,
             "tokens" => tokens::run(&args, &dir).await?,
             "console" => console::run(&args, &dir).await?,

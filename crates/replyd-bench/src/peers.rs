@@ -57,12 +57,18 @@ struct PeerFigures {
     about: String,
     submit: Option<Wrk>,
     ceiling: Option<Wrk>,
+    /// Jobs/s from the workers' start (the jobs enqueued beforehand).
     e2e: Option<f64>,
+    /// Jobs/s from the enqueue's start to the last completion: what
+    /// replyd's own e2e, whose submits are timed, is set beside (issue 25).
+    e2e_with_enqueue: Option<f64>,
 }
 
 impl PeerFigures {
     fn parse(out: &str) -> PeerFigures {
         let mut f = PeerFigures::default();
+        let mut enqueued: Option<(f64, f64)> = None;
+        let mut worker_secs: Option<f64> = None;
         for line in out.lines() {
             if let Some(about) = line.strip_prefix("== ") {
                 f.about = about.trim().to_string();
@@ -70,19 +76,46 @@ impl PeerFigures {
                 f.submit = Wrk::parse(rest);
             } else if let Some(rest) = line.strip_prefix("ceiling ") {
                 f.ceiling = Wrk::parse(rest);
+            } else if let Some(rest) = line.strip_prefix("e2e: enqueued ") {
+                // "20000 jobs in 0.79 s"
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if let [n, "jobs", "in", secs, ..] = words[..] {
+                    enqueued = n.parse::<f64>().ok().zip(secs.parse::<f64>().ok());
+                }
             } else if line.starts_with("e2e: worker start") {
                 // "... completed in 2.45 s = 8174 jobs/s (first ...)"
                 f.e2e = line
                     .split_once(" = ")
                     .and_then(|(_, r)| r.split_whitespace().next())
                     .and_then(|v| v.parse().ok());
+                worker_secs = line
+                    .split_once("completed in ")
+                    .and_then(|(_, r)| r.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok());
             }
+        }
+        if let (Some((n, enqueue)), Some(work)) = (enqueued, worker_secs)
+            && enqueue + work > 0.0
+        {
+            f.e2e_with_enqueue = Some(n / (enqueue + work));
         }
         f
     }
 }
 
-pub(crate) async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+/// replyd on PostgreSQL's end to end figures with `nodes` nodes, from a
+/// `pg` scenario earlier in the same invocation: set beside pg-boss's.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct PgFigures {
+    pub nodes: usize,
+    /// Its own e2e: every job submitted over HTTP while the workers run.
+    pub e2e: f64,
+    /// The peers' shape: enqueued first, then the workers' drain timed.
+    pub drain: f64,
+}
+
+pub(crate) async fn run(args: &BenchArgs, dir: &Path, pg: &[PgFigures]) -> anyhow::Result<()> {
     let peers_dir = args.peers_dir.clone();
     let n = args.peer_jobs;
     println!(
@@ -180,6 +213,34 @@ pub(crate) async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         println!(
             "  {name:<10} submit {submit_ratio:>7}   e2e {e2e_ratio:>7}   (replyd's own e2e: {full_ratio})"
         );
+    }
+    let pgboss = peers
+        .iter()
+        .find(|(name, _)| name == "pgboss")
+        .and_then(|(_, got)| got.as_ref().ok());
+    if let Some(boss) = pgboss.filter(|_| !pg.is_empty()) {
+        println!(
+            "\n  replyd on PostgreSQL (the pg scenario of this invocation) / pg-boss on the same PostgreSQL:"
+        );
+        let ratio = |a: f64, b: Option<f64>| {
+            b.filter(|b| *b > 0.0)
+                .map_or("-".into(), |b| format!("{:.2}x", a / b))
+        };
+        let with = boss
+            .e2e_with_enqueue
+            .map_or("-".into(), |v| format!("{v:.0}"));
+        let from = boss.e2e.map_or("-".into(), |v| format!("{v:.0}"));
+        println!("    pg-boss e2e: {with} jobs/s with its enqueue, {from} from its workers' start");
+        for f in pg {
+            println!(
+                "    {} node(s): own e2e {:.0} jobs/s = {} pg-boss's with enqueue; drain {:.0} = {} pg-boss's from workers' start",
+                f.nodes,
+                f.e2e,
+                ratio(f.e2e, boss.e2e_with_enqueue),
+                f.drain,
+                ratio(f.drain, boss.e2e),
+            );
+        }
     }
     Ok(())
 }
@@ -302,6 +363,9 @@ e2e: worker start -> 20000 completed in 2.45 s = 8174 jobs/s (first completion s
         assert_eq!(f.submit.as_ref().map(|w| w.p99_ms), Some(179.06));
         assert_eq!(f.ceiling.as_ref().map(|w| w.rps), Some(19589.0));
         assert_eq!(f.e2e, Some(8174.0));
+        // 20,000 jobs from the enqueue's start: 0.79 + 2.45 s.
+        let with = f.e2e_with_enqueue.unwrap();
+        assert!((with - 20_000.0 / 3.24).abs() < 0.01, "{with}");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::BenchArgs;
 use crate::e2e::{drain_run, e2e_run};
 use crate::harness::{Replyd, Storage, load, report, start_replyd};
 
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// The pg scenario; its end to end figures, a row per node count.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<crate::peers::PgFigures>> {
     let url = args
         .database_url
         .as_deref()
@@ -33,11 +34,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "\npg: PostgreSQL, synchronous_commit = {sync}, {} clients",
         args.clients
     );
+    let mut figures = Vec::new();
     for &nodes in &args.nodes {
         submit(args, url, nodes).await?;
-        e2e(args, url, nodes).await?;
+        figures.push(e2e(args, url, nodes).await?);
     }
-    Ok(())
+    Ok(figures)
 }
 
 /// A fresh schema of `url`'s database; its URL.
@@ -77,7 +79,7 @@ async fn submit(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
+async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<crate::peers::PgFigures> {
     println!(
         "  e2e, {n} node(s): {} jobs, {} workers (batch {}):",
         args.jobs, args.workers, args.batch
@@ -115,7 +117,11 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
         "bare client (ceiling)"
     );
     println!("  ratio to ceiling: {:.2}", rate / ceiling);
-    Ok(())
+    Ok(crate::peers::PgFigures {
+        nodes: n,
+        e2e: rate,
+        drain: drained,
+    })
 }
 
 /// The database connections `n` nodes use at most: the ceiling's client

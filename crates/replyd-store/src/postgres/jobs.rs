@@ -102,10 +102,7 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> StoreResult<JobPage> {
 
 /// [`list`]'s statement after `head` (`EXPLAIN …` in the plans' tests),
 /// and the scan's bound.
-pub(super) fn list_query(
-    head: &str,
-    q: &ListQuery,
-) -> (sqlx::QueryBuilder<sqlx::Postgres>, i64) {
+pub(super) fn list_query(head: &str, q: &ListQuery) -> (sqlx::QueryBuilder<sqlx::Postgres>, i64) {
     let (lower, upper) = listing::bounds(q);
     let bound = if listing::filters_rows(q) {
         i64::from(listing::scan_bound(q))
