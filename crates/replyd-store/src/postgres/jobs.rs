@@ -266,41 +266,81 @@ pub(super) async fn transition_all(
     retry: &RetryPolicy,
 ) -> StoreResult<(Vec<Moved>, Option<i64>)> {
     let ids: Vec<uuid::Uuid> = moves.iter().map(|m| m.id.0).collect();
-    // Each row's place (`ctid`) as well: the UPDATE below finds the rows
-    // by it (a TID scan), which no planner estimate can turn into a scan
-    // of the whole table. A row locked here keeps its place until this
-    // transaction updates it.
+    let locked = lock_jobs(tx, &ids).await?;
+    transition_locked(tx, moves, locked, scope, now, retry).await
+}
+
+/// Jobs' rows this transaction holds: each one's place (`ctid`) and
+/// record; and of the ids asked for, those another transaction holds.
+pub(super) struct Locked {
+    places: std::collections::HashMap<uuid::Uuid, String>,
+    current: std::collections::HashMap<uuid::Uuid, JobRecord>,
+    held: std::collections::HashSet<uuid::Uuid>,
+}
+
+impl Locked {
+    /// The rows (`id`, `place`: `ctid::text`, `record`) of a statement
+    /// that locked them itself (a lease's pick): none held by another.
+    pub(super) fn from_rows(rows: &[sqlx::postgres::PgRow]) -> StoreResult<Locked> {
+        Ok(Locked {
+            places: rows.iter().map(|r| (r.get("id"), r.get("place"))).collect(),
+            current: rows
+                .iter()
+                .map(|r| Ok((r.get::<uuid::Uuid, _>("id"), decode(r.get("record"))?)))
+                .collect::<StoreResult<_>>()?,
+            held: Default::default(),
+        })
+    }
+}
+
+/// Locks the rows of `ids` (in id order, so that two batches sharing jobs
+/// cannot deadlock), skipping those another transaction holds.
+async fn lock_jobs(tx: &mut Tx, ids: &[uuid::Uuid]) -> StoreResult<Locked> {
+    // Each row's place (`ctid`) as well: the UPDATE of `transition_locked`
+    // finds the rows by it (a TID scan), which no planner estimate can
+    // turn into a scan of the whole table. A row locked here keeps its
+    // place until this transaction updates it.
     let rows = sqlx::query(
         "SELECT id, ctid::text AS place, record FROM jobs WHERE id = ANY($1)
          ORDER BY id FOR UPDATE SKIP LOCKED",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    let places: std::collections::HashMap<uuid::Uuid, String> =
-        rows.iter().map(|r| (r.get("id"), r.get("place"))).collect();
-    let mut current: std::collections::HashMap<uuid::Uuid, JobRecord> = rows
-        .iter()
-        .map(|r| Ok((r.get::<uuid::Uuid, _>("id"), decode(r.get("record"))?)))
-        .collect::<StoreResult<_>>()?;
+    let mut locked = Locked::from_rows(&rows)?;
     // Of the jobs not locked, those that exist are held by another.
     let missing: Vec<uuid::Uuid> = ids
         .iter()
-        .filter(|id| !current.contains_key(id))
+        .filter(|id| !locked.current.contains_key(id))
         .copied()
         .collect();
-    let held: std::collections::HashSet<uuid::Uuid> = if missing.is_empty() {
-        Default::default()
-    } else {
-        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+    if !missing.is_empty() {
+        locked.held = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
             .bind(&missing)
             .fetch_all(&mut **tx)
             .await
             .map_err(backend)?
             .into_iter()
-            .collect()
-    };
+            .collect();
+    }
+    Ok(locked)
+}
+
+/// [`transition_all`] of jobs whose rows are `locked` already.
+pub(super) async fn transition_locked(
+    tx: &mut Tx,
+    moves: Vec<Move>,
+    locked: Locked,
+    scope: Option<&Tenant>,
+    now: DateTime<Utc>,
+    retry: &RetryPolicy,
+) -> StoreResult<(Vec<Moved>, Option<i64>)> {
+    let Locked {
+        places,
+        mut current,
+        held,
+    } = locked;
     let mut answers = Vec::with_capacity(moves.len());
     // What to write: each job's last record (by id), every event in order,
     // each job's last output.

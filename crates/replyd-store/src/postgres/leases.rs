@@ -1,6 +1,6 @@
 //! Leases: handing queued jobs to workers (`FOR UPDATE SKIP LOCKED`), and taking back the ones whose lease ran out.
 
-use super::jobs::{Moved, transition, transition_all};
+use super::jobs::{Locked, Moved, transition, transition_locked};
 use super::{PgStore, backend};
 use crate::record::{from_ms, ms};
 use bytes::Bytes;
@@ -15,8 +15,9 @@ use uuid::Uuid;
 /// NULL, `$4` how many, from (`$5` order_at, `$6` id) on (the scan
 /// floor). `jobs_ready` serves the order (`JobRecord::order_at`: run_at
 /// less the priority's head start), so the scan starts at the floor and
-/// stops at the limit.
-pub(super) const LEASE: &str = "SELECT id, input, order_at FROM jobs
+/// stops at the limit. With each row's place and record, for the
+/// transition (`jobs::Locked`): the rows are not looked up again.
+pub(super) const LEASE: &str = "SELECT id, input, order_at, ctid::text AS place, record FROM jobs
      WHERE queue = $1 AND state = 'queued' AND run_at <= $2
        AND ($3::text IS NULL OR tenant = $3)
        AND (order_at, id) >= ($5, $6)
@@ -211,7 +212,9 @@ pub(super) async fn lease(
         inputs.push((lease_id, Bytes::from(input.unwrap_or_default())));
     }
     // The rows are ours (locked above): every lease is granted.
-    let (moved, appended) = transition_all(&mut tx, moves, None, now, &s.inner.retry).await?;
+    let locked = Locked::from_rows(&picked)?;
+    let (moved, appended) =
+        transition_locked(&mut tx, moves, locked, None, now, &s.inner.retry).await?;
     let mut leased = Vec::with_capacity(moved.len());
     for (m, (lease_id, input)) in moved.into_iter().zip(inputs) {
         let (job, _) = match m {
@@ -338,8 +341,9 @@ pub(super) async fn expire_leases(
 
 pub(super) async fn promote_due(s: &PgStore, now: DateTime<Utc>, limit: u32) -> StoreResult<usize> {
     let mut tx = s.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
+    let due = sqlx::query(
+        "SELECT id, ctid::text AS place, record FROM jobs
+         WHERE state = 'scheduled' AND run_at <= $1
          ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(ms(now))
@@ -347,16 +351,18 @@ pub(super) async fn promote_due(s: &PgStore, now: DateTime<Utc>, limit: u32) -> 
     .fetch_all(&mut *tx)
     .await
     .map_err(backend)?;
-    let moves = ids
+    let moves = due
         .iter()
-        .map(|&id| Move {
-            id: JobId(id),
+        .map(|r| Move {
+            id: JobId(r.get("id")),
             cmd: Command::Promote,
             output: None,
         })
         .collect();
     // The rows are ours (locked above).
-    let (moved, appended) = transition_all(&mut tx, moves, None, now, &s.inner.retry).await?;
+    let locked = Locked::from_rows(&due)?;
+    let (moved, appended) =
+        transition_locked(&mut tx, moves, locked, None, now, &s.inner.retry).await?;
     let mut queued = Vec::with_capacity(moved.len());
     for m in moved {
         match m {
@@ -370,7 +376,7 @@ pub(super) async fn promote_due(s: &PgStore, now: DateTime<Utc>, limit: u32) -> 
     }
     s.commit(tx, appended).await?;
     s.inner.floors.saw(&queued);
-    Ok(ids.len())
+    Ok(queued.len())
 }
 
 pub(super) async fn next_due(s: &PgStore) -> StoreResult<Option<DateTime<Utc>>> {
