@@ -54,6 +54,14 @@ pub struct BenchArgs {
     /// Node counts the `pg` scenario runs with.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
     pub nodes: Vec<usize>,
+    /// `pg` scenario: the connections all its nodes keep to PostgreSQL
+    /// together, shared evenly (each node's `storage.postgres_pool_size`,
+    /// at least 4), as an operator sizes a cluster to its database; the
+    /// bare client gets as many. The default is one node's default pool:
+    /// on this 2-core machine 96 connections (3 nodes × 32) made the bare
+    /// client itself about 40 % slower than 32 did (BENCHMARKS.md).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub pg_connections: u32,
     /// Streams scenario: C, the idle SSE streams and (as many) WebSocket
     /// subscriptions held at once; one measurement per value.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000, 20_000])]

@@ -18,7 +18,7 @@ use sqlx::{PgPool, Row};
 
 use crate::BenchArgs;
 use crate::e2e::{drain_run, e2e_run};
-use crate::harness::{Replyd, Storage, load, report, start_replyd};
+use crate::harness::{Replyd, Storage, load, report, start_replyd_with};
 
 /// The pg scenario; its end to end figures, a row per node count.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<crate::peers::PgFigures>> {
@@ -30,9 +30,23 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<crate::peers::PgFigures
     let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(&admin)
         .await?;
+    // Encryption costs both ends CPU: on this machine's loopback TLS took
+    // 7-24 % off the figures (BENCHMARKS.md); the peers' PostgreSQL has
+    // none, so a comparison with them wants `?sslmode=disable`.
+    let tls: bool = sqlx::query_scalar(
+        "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+    )
+    .fetch_one(&admin)
+    .await?;
     println!(
-        "\npg: PostgreSQL, synchronous_commit = {sync}, {} clients",
-        args.clients
+        "\npg: PostgreSQL, synchronous_commit = {sync}, {} clients, {} connections to it in all, {}",
+        args.clients,
+        args.pg_connections,
+        if tls {
+            "over TLS (`?sslmode=disable` for the peers' terms)"
+        } else {
+            "unencrypted"
+        }
     );
     let mut figures = Vec::new();
     for &nodes in &args.nodes {
@@ -49,10 +63,20 @@ async fn schema(url: &str) -> anyhow::Result<String> {
         .context("no PostgreSQL answered at the bench URL")
 }
 
-async fn nodes_on(url: &str, n: usize) -> anyhow::Result<(Vec<Replyd>, Vec<SocketAddr>)> {
+async fn nodes_on(
+    args: &BenchArgs,
+    url: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<Replyd>, Vec<SocketAddr>)> {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(start_replyd(&Storage::Postgres(url.to_string())).await?);
+        let pool = node_pool(args, n);
+        nodes.push(
+            start_replyd_with(&Storage::Postgres(url.to_string()), |c| {
+                c.storage.postgres_pool_size = pool;
+            })
+            .await?,
+        );
     }
     let addrs = nodes.iter().map(|n| n.addr).collect();
     Ok((nodes, addrs))
@@ -62,14 +86,14 @@ async fn submit(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration);
     println!("  submit, {n} node(s), {:.0} s each:", args.duration);
     let db = schema(url).await?;
-    let (nodes, addrs) = nodes_on(&db, n).await?;
+    let (nodes, addrs) = nodes_on(args, &db, n).await?;
     load(&addrs, args.clients, Duration::from_secs(1)).await?;
     let replyd = load(&addrs, args.clients, duration).await?;
     for node in nodes {
         node.stop().await;
     }
     report("replyd on PostgreSQL", &replyd);
-    let conns = db_concurrency(n);
+    let conns = db_concurrency(args, n);
     let ceiling = insert_ceiling(&db, conns, duration).await?;
     println!(
         "  {:<34} {ceiling:>9.0} jobs/s   (the same rows, {CEILING_BATCH} jobs a transaction, {conns} connections)",
@@ -85,7 +109,7 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<crate::pee
         args.jobs, args.workers, args.batch
     );
     let db = schema(url).await?;
-    let (nodes, addrs) = nodes_on(&db, n).await?;
+    let (nodes, addrs) = nodes_on(args, &db, n).await?;
     let run = e2e_run(args, &addrs).await?;
     for node in nodes {
         node.stop().await;
@@ -101,7 +125,7 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<crate::pee
     // The peers' shape (pg-boss's e2e): the jobs enqueued first, then the
     // workers' drain timed; a fresh schema.
     let db2 = schema(url).await?;
-    let (nodes, addrs) = nodes_on(&db2, n).await?;
+    let (nodes, addrs) = nodes_on(args, &db2, n).await?;
     let drained = drain_run(args, &addrs, args.jobs).await;
     for node in nodes {
         node.stop().await;
@@ -111,7 +135,7 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<crate::pee
         "  {:<34} {drained:>9.0} jobs/s   (enqueued first, then the workers' drain: pg-boss's e2e shape)",
         "replyd on PostgreSQL, drain"
     );
-    let ceiling = e2e_ceiling(&db, args, db_concurrency(n)).await?;
+    let ceiling = e2e_ceiling(&db, args, db_concurrency(args, n)).await?;
     println!(
         "  {:<34} {ceiling:>9.0} jobs/s   (batched insert, set-based claim and complete)",
         "bare client (ceiling)"
@@ -124,10 +148,15 @@ async fn e2e(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<crate::pee
     })
 }
 
+/// Each of `n` nodes' pool: `--pg-connections` shared.
+fn node_pool(args: &BenchArgs, n: usize) -> u32 {
+    (args.pg_connections / n as u32).max(4)
+}
+
 /// The database connections `n` nodes use at most: the ceiling's client
 /// gets as many.
-fn db_concurrency(n: usize) -> usize {
-    n * replyd_store::PgOptions::default().max_connections as usize
+fn db_concurrency(args: &BenchArgs, n: usize) -> usize {
+    n * node_pool(args, n) as usize
 }
 
 /// A job row and its text as replyd writes them.
