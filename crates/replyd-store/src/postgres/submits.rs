@@ -1,12 +1,13 @@
 //! Submissions' group commit: concurrent submits share one transaction.
 //!
-//! A submit is two rows (the job, its `job.accepted` event) and a commit;
-//! alone, the commit's round trips and WAL flush are most of its cost.
-//! So `submit` hands the job to a queue, and a few flushers each take
-//! what has gathered (up to [`MAX_JOBS`] jobs or [`MAX_BYTES`] of input),
-//! write it with one statement per table and commit once; each caller is
-//! answered after that commit. While one flusher commits, the next batch
-//! gathers: the busier the server, the larger the batches.
+//! A submit is three rows (the job, its key for the console's lists, its
+//! `job.accepted` event) and a commit; alone, the commit's round trips and
+//! WAL flush are most of its cost. So `submit` hands the job to a queue,
+//! and a few flushers each take what has gathered (up to [`MAX_JOBS`] jobs
+//! or [`MAX_BYTES`] of input) and write it with one statement, which
+//! commits on its own (its implicit transaction); each caller is answered
+//! after that commit. While one flusher commits, the next batch gathers:
+//! the busier the server, the larger the batches.
 //!
 //! Idempotency keys: the unique index decides, as for one job. A key
 //! already committed (or repeated within the batch) inserts nothing, and
@@ -14,7 +15,7 @@
 //! (tenant, key) order, so two batches that share keys wait on each other
 //! in one order and cannot deadlock.
 
-use super::events::append_events;
+use super::outbox::owe;
 use super::{Inner, backend};
 use crate::record::{decode, ms};
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use replyd_core::event::EventKind;
 use replyd_core::job::{JobRecord, JobState};
 use replyd_core::store::{StoreError, StoreResult, Submitted};
 use sqlx::postgres::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -139,7 +140,13 @@ type Written = (
 );
 
 /// Writes `jobs` in one transaction.
-#[allow(clippy::type_complexity)]
+///
+/// Most batches are one statement and its implicit transaction (one
+/// round trip: jobs, their keys and their events together): no BEGIN, no
+/// COMMIT of its own. A batch with a grouped job (its place in the queue
+/// is read and its group's clock moved first, `fair.rs`) or a job owed a
+/// delivery of `job.accepted` (an outbox row each) takes a transaction
+/// around the same statement.
 async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
     // Keyed jobs first, by (tenant, key): the order rows are locked in.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -155,12 +162,78 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
         key(a).cmp(&key(b))
     });
     let rows: Vec<&Pending> = order.iter().map(|&i| &jobs[i]).collect();
-    let mut tx = pool.begin().await.map_err(backend)?;
-    let records: Vec<&JobRecord> = rows.iter().map(|p| &p.job).collect();
-    let now = records.iter().map(|j| ms(j.created_at)).max().unwrap_or(0);
-    let places = super::fair::places(&mut tx, &records, now).await?;
-    // The jobs created, and their keys for the console's lists (schema v14).
-    let created: Vec<uuid::Uuid> = sqlx::query_scalar(
+    let plain = rows
+        .iter()
+        .all(|p| p.job.group.is_none() && p.job.owed(EventKind::Accepted).next().is_none());
+    let (created, top, places) = if plain {
+        let places = HashMap::new();
+        let (created, top) = insert(pool, &rows, &places).await?;
+        (created, top, places)
+    } else {
+        let mut tx = pool.begin().await.map_err(backend)?;
+        let records: Vec<&JobRecord> = rows.iter().map(|p| &p.job).collect();
+        let now = records.iter().map(|j| ms(j.created_at)).max().unwrap_or(0);
+        let places = super::fair::places(&mut tx, &records, now).await?;
+        let (created, top) = insert(&mut *tx, &rows, &places).await?;
+        for p in rows.iter().filter(|p| created.contains(&p.job.id.0)) {
+            for (channel, target) in p.job.owed(EventKind::Accepted) {
+                owe(
+                    &mut tx,
+                    &p.job,
+                    EventKind::Accepted,
+                    channel,
+                    &target,
+                    &p.text,
+                    p.job.updated_at,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        (created, top, places)
+    };
+    // The jobs that hold the keys of those that inserted nothing: those
+    // committed (a conflict with a transaction in flight waits for it).
+    let holders = holders(pool, jobs.iter().filter(|p| !created.contains(&p.job.id.0))).await?;
+    let answers = jobs
+        .iter()
+        .map(|p| {
+            if created.contains(&p.job.id.0) {
+                return Ok(Submitted::Created(p.job.clone()));
+            }
+            let key = (
+                p.job.tenant.0.clone(),
+                p.job.idempotency_key.clone().unwrap_or_default(),
+            );
+            match holders.get(&key) {
+                Some(existing) if existing.request_hash == p.job.request_hash => {
+                    Ok(Submitted::Existing(existing.clone()))
+                }
+                Some(_) => Err(StoreError::IdempotencyMismatch),
+                // A row that did not insert conflicted with a key, whose
+                // holder committed; gone since (deleted), it is told so.
+                None => Err(StoreError::Backend(
+                    "a job that did not insert has no key holder".into(),
+                )),
+            }
+        })
+        .collect();
+    Ok((answers, top, places))
+}
+
+/// Inserts `rows` (in their order) in one statement: the jobs (a row
+/// whose idempotency key is taken inserts nothing), the created ones'
+/// keys for the console's lists (schema v14) and their `job.accepted`
+/// events, positioned as `events::append_events` does (after this
+/// transaction's earlier events, in the rows' order; a batch holds at most
+/// [`MAX_JOBS`], far below a transaction's 65,536). Returns the ids
+/// created and the highest position written.
+async fn insert<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    rows: &[&Pending],
+    places: &HashMap<uuid::Uuid, i64>,
+) -> StoreResult<(HashSet<uuid::Uuid>, Option<i64>)> {
+    let written: Vec<(uuid::Uuid, Option<i64>)> = sqlx::query_as(
         "WITH created AS (
              INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
                                order_at)
@@ -174,8 +247,23 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
              RETURNING id, tenant, queue
          ), keys AS (
              INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM created
+         ), here AS (
+             SELECT pg_current_xact_id()::text::bigint * 65536
+                    + (SELECT shift FROM event_origin) AS lo
+         ), next AS (
+             SELECT coalesce(
+                 (SELECT max(position) + 1 FROM events, here
+                  WHERE position >= here.lo AND position < here.lo + 65536),
+                 (SELECT lo FROM here)) AS p
+         ), appended AS (
+             INSERT INTO events (position, job_id, kind, at, job)
+             SELECT next.p + row_number() OVER (ORDER BY e.n) - 1, e.id, $11, e.at, e.record
+             FROM next, unnest($1::uuid[], $10::bigint[], $8::text[])
+                  WITH ORDINALITY AS e(id, at, record, n)
+             WHERE e.id IN (SELECT id FROM created)
+             RETURNING position
          )
-         SELECT id FROM created",
+         SELECT id, (SELECT max(position) FROM appended) FROM created",
     )
     .bind(rows.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
     .bind(
@@ -206,56 +294,22 @@ async fn write(pool: &PgPool, jobs: &[Pending]) -> StoreResult<Written> {
             .map(|p| places.get(&p.job.id.0).copied().unwrap_or(p.job.order_at()))
             .collect::<Vec<_>>(),
     )
-    .fetch_all(&mut *tx)
+    .bind(
+        rows.iter()
+            .map(|p| ms(p.job.updated_at))
+            .collect::<Vec<_>>(),
+    )
+    .bind(EventKind::Accepted.name())
+    .fetch_all(db)
     .await
     .map_err(backend)?;
-    let created: std::collections::HashSet<uuid::Uuid> = created.into_iter().collect();
-    // The jobs that hold the keys of those that inserted nothing.
-    let holders = holders(
-        &mut tx,
-        jobs.iter().filter(|p| !created.contains(&p.job.id.0)),
-    )
-    .await?;
-    let fresh: Vec<&Pending> = rows
-        .iter()
-        .copied()
-        .filter(|p| created.contains(&p.job.id.0))
-        .collect();
-    let accepted: Vec<_> = fresh
-        .iter()
-        .map(|p| (&p.job, EventKind::Accepted, p.text.as_str()))
-        .collect();
-    let top = append_events(&mut tx, &accepted).await?;
-    tx.commit().await.map_err(backend)?;
-    let answers = jobs
-        .iter()
-        .map(|p| {
-            if created.contains(&p.job.id.0) {
-                return Ok(Submitted::Created(p.job.clone()));
-            }
-            let key = (
-                p.job.tenant.0.clone(),
-                p.job.idempotency_key.clone().unwrap_or_default(),
-            );
-            match holders.get(&key) {
-                Some(existing) if existing.request_hash == p.job.request_hash => {
-                    Ok(Submitted::Existing(existing.clone()))
-                }
-                Some(_) => Err(StoreError::IdempotencyMismatch),
-                // A row that did not insert conflicted with a key: its
-                // holder is there, in this transaction's view.
-                None => Err(StoreError::Backend(
-                    "a job that did not insert has no key holder".into(),
-                )),
-            }
-        })
-        .collect();
-    Ok((answers, top, places))
+    let top = written.iter().filter_map(|(_, top)| *top).max();
+    Ok((written.into_iter().map(|(id, _)| id).collect(), top))
 }
 
 /// The records holding the (tenant, key) of each of `jobs`.
 async fn holders<'a>(
-    tx: &mut super::Tx,
+    pool: &PgPool,
     jobs: impl Iterator<Item = &'a Pending>,
 ) -> StoreResult<HashMap<(String, String), JobRecord>> {
     let (tenants, keys): (Vec<&str>, Vec<&str>) = jobs
@@ -271,7 +325,7 @@ async fn holders<'a>(
     )
     .bind(&tenants)
     .bind(&keys)
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
     .await
     .map_err(backend)?;
     texts
