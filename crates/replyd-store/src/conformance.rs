@@ -56,7 +56,8 @@ macro_rules! conformance_tests {
             a_job_waiting_longer_than_a_priority_is_worth_goes_first,
             max_running_caps_the_jobs_leased_at_once, a_rate_limit_takes_a_token_per_job_leased,
             groups_take_turns_in_their_queue, a_flood_of_high_priorities_starves_no_low_one,
-            schedules_are_kept_and_a_tick_moves_on_once);
+            schedules_are_kept_and_a_tick_moves_on_once,
+            an_accepted_event_asked_for_is_owed_from_the_submit);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -965,6 +966,50 @@ fn attempt(at: DateTime<Utc>, status: Option<u16>) -> AttemptRecord {
         status,
         latency_ms: 12,
         error: status.filter(|s| *s >= 300).map(|s| format!("HTTP {s}")),
+    }
+}
+
+/// A webhook that asks for `job.accepted` is owed it from the submit's
+/// own transaction, among submits that owe nothing (PostgreSQL writes a
+/// batch of those in one statement, and a batch with an owed delivery in
+/// a transaction around it); each job has its accepted event once.
+pub async fn an_accepted_event_asked_for_is_owed_from_the_submit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let new = if i % 4 == 0 {
+                    hooked("t", serde_json::json!(["job.accepted"]))
+                } else {
+                    new_job("t", "q", None, "{}")
+                };
+                (i, store.submit(new, t(0)).await.unwrap().job().id)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, id) = task.await.unwrap();
+        let kinds: Vec<EventKind> = store
+            .deliveries(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(d, _)| d.kind)
+            .collect();
+        let want: &[EventKind] = if i % 4 == 0 {
+            &[EventKind::Accepted]
+        } else {
+            &[]
+        };
+        assert_eq!(kinds, want, "job {i}");
+        let events: Vec<EventKind> = store
+            .events(id, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(events, [EventKind::Accepted], "job {i}");
     }
 }
 
