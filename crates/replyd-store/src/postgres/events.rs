@@ -52,6 +52,25 @@ pub(super) const CHANNEL: &str = "replyd_events";
 /// Positions one transaction may use: the ordinals of its events.
 pub(super) const PER_TRANSACTION: i64 = 65_536;
 
+/// The CTEs that place a transaction's next events: `here.lo`, its first
+/// position (`xid × 65,536 + shift`), and `next.p`, the one after the
+/// events it appended already. Every statement that appends events
+/// starts from them: the one rule of positions.
+macro_rules! next_position_ctes {
+    () => {
+        "here AS (
+             SELECT pg_current_xact_id()::text::bigint * 65536
+                    + (SELECT shift FROM event_origin) AS lo
+         ), next AS (
+             SELECT coalesce(
+                 (SELECT max(position) + 1 FROM events, here
+                  WHERE position >= here.lo AND position < here.lo + 65536),
+                 (SELECT lo FROM here)) AS p
+         )"
+    };
+}
+pub(super) use next_position_ctes;
+
 /// Appends `events` (job, kind, the job's record as JSON) in order, with
 /// their positions, and owes their deliveries. The position continues
 /// after this transaction's own earlier events. Returns the highest
@@ -68,22 +87,16 @@ pub(super) async fn append_events(
             format!("{} events in one statement", events.len()).into(),
         ));
     }
-    let done = sqlx::query(
-        "WITH here AS (
-             SELECT pg_current_xact_id()::text::bigint * 65536
-                    + (SELECT shift FROM event_origin) AS lo
-         ), next AS (
-             SELECT coalesce(
-                 (SELECT max(position) + 1 FROM events, here
-                  WHERE position >= here.lo AND position < here.lo + 65536),
-                 (SELECT lo FROM here)) AS p
-         )
+    let done = sqlx::query(concat!(
+        "WITH ",
+        next_position_ctes!(),
+        "
          INSERT INTO events (position, job_id, kind, at, job)
          SELECT next.p + e.n - 1, e.job_id, e.kind, e.at, e.job
          FROM next, unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[])
               WITH ORDINALITY AS e(job_id, kind, at, job, n)
-         RETURNING position, position - (SELECT lo FROM here) AS ordinal",
-    )
+         RETURNING position, position - (SELECT lo FROM here) AS ordinal"
+    ))
     .bind(events.iter().map(|(j, _, _)| j.id.0).collect::<Vec<_>>())
     .bind(events.iter().map(|(_, k, _)| k.name()).collect::<Vec<_>>())
     .bind(

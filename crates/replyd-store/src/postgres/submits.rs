@@ -15,6 +15,7 @@
 //! (tenant, key) order, so two batches that share keys wait on each other
 //! in one order and cannot deadlock.
 
+use super::events::next_position_ctes;
 use super::outbox::owe;
 use super::{Inner, backend};
 use crate::record::{decode, ms};
@@ -233,7 +234,7 @@ async fn insert<'e>(
     rows: &[&Pending],
     places: &HashMap<uuid::Uuid, i64>,
 ) -> StoreResult<(HashSet<uuid::Uuid>, Option<i64>)> {
-    let written: Vec<(uuid::Uuid, Option<i64>)> = sqlx::query_as(
+    let written: Vec<(uuid::Uuid, Option<i64>)> = sqlx::query_as(concat!(
         "WITH created AS (
              INSERT INTO jobs (id, tenant, queue, state, run_at, idempotency_key, input, record,
                                order_at)
@@ -247,15 +248,9 @@ async fn insert<'e>(
              RETURNING id, tenant, queue
          ), keys AS (
              INSERT INTO job_keys (tenant, queue, id) SELECT tenant, queue, id FROM created
-         ), here AS (
-             SELECT pg_current_xact_id()::text::bigint * 65536
-                    + (SELECT shift FROM event_origin) AS lo
-         ), next AS (
-             SELECT coalesce(
-                 (SELECT max(position) + 1 FROM events, here
-                  WHERE position >= here.lo AND position < here.lo + 65536),
-                 (SELECT lo FROM here)) AS p
-         ), appended AS (
+         ), ",
+        next_position_ctes!(),
+        ", appended AS (
              INSERT INTO events (position, job_id, kind, at, job)
              SELECT next.p + row_number() OVER (ORDER BY e.n) - 1, e.id, $11, e.at, e.record
              FROM next, unnest($1::uuid[], $10::bigint[], $8::text[])
@@ -263,8 +258,8 @@ async fn insert<'e>(
              WHERE e.id IN (SELECT id FROM created)
              RETURNING position
          )
-         SELECT id, (SELECT max(position) FROM appended) FROM created",
-    )
+         SELECT id, (SELECT max(position) FROM appended) FROM created"
+    ))
     .bind(rows.iter().map(|p| p.job.id.0).collect::<Vec<_>>())
     .bind(
         rows.iter()
