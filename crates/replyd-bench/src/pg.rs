@@ -53,6 +53,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<crate::peers::PgFigures
         submit(args, url, nodes).await?;
         figures.push(e2e(args, url, nodes).await?);
     }
+    // The measurements' schemas go with the scenario: a bench run leaves
+    // nothing in the database it was given.
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, 'bench_')",
+    )
+    .fetch_all(&admin)
+    .await?;
+    for s in schemas {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&admin)
+            .await?;
+    }
     Ok(figures)
 }
 
