@@ -103,3 +103,29 @@ async fn a_job_below_the_lease_floor_is_still_leased() {
     // And a store's view of when the queue's next job is due sees it too.
     assert!(store.next_run_at("q").await.unwrap().is_none());
 }
+
+/// A deleted job takes its console key (`job_keys`, schema v14) with it:
+/// none is left behind to be walked by the tenant's listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_job_leaves_no_key_behind() {
+    let Some(url) = testing::fresh_schema("conformance").await else {
+        return;
+    };
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let now = chrono::Utc::now();
+    let kept = store.submit(job("t"), now).await.unwrap().job().id;
+    let gone = store.submit(job("t"), now).await.unwrap().job().id;
+    use replyd_core::Store;
+    store
+        .apply(gone, None, replyd_core::job::Command::Cancel, None, now)
+        .await
+        .unwrap();
+    store.delete(gone).await.unwrap();
+    let keys: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM job_keys")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, [kept.0]);
+    pool.close().await;
+}

@@ -1,6 +1,6 @@
 //! Garbage: expired jobs become tombstones, then are gone.
 
-use super::jobs::{forget_history, forget_keys};
+use super::jobs::{forget_history, forget_keys_of_gone};
 use super::{PgStore, backend};
 use crate::record::ms;
 use chrono::{DateTime, Utc};
@@ -27,16 +27,18 @@ pub(super) async fn collect_garbage(
         .await
         .map_err(backend)?;
     let retention = chrono::Duration::from_std(TOMBSTONE_RETENTION).unwrap_or_default();
-    let gone: Vec<(String, Uuid)> = sqlx::query_as(
-        "DELETE FROM jobs WHERE input IS NULL AND expires_at <= $1 RETURNING tenant, id",
-    )
+    // The tombstones past their retention, and their keys, in one
+    // statement (however many there are, none passes through here).
+    sqlx::query(concat!(
+        "WITH gone AS (
+             DELETE FROM jobs WHERE input IS NULL AND expires_at <= $1 RETURNING tenant, id
+         )",
+        forget_keys_of_gone!()
+    ))
     .bind(ms(now - retention))
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await
     .map_err(backend)?;
-    let (tenants, gone): (Vec<&str>, Vec<Uuid>) =
-        gone.iter().map(|(t, id)| (t.as_str(), *id)).unzip();
-    forget_keys(&mut tx, &tenants, &gone).await?;
     super::ops::trim(&mut tx, now).await?;
     s.commit(tx, None).await?;
     // Idle groups' clocks, on their own: no lock of the sweep's is held

@@ -477,40 +477,31 @@ pub(super) async fn delete(s: &PgStore, id: JobId) -> StoreResult<()> {
             .await;
     }
     forget_history(&mut tx, &[id.0]).await?;
-    sqlx::query("DELETE FROM jobs WHERE id = $1")
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    forget_keys(&mut tx, &[job.tenant.0.as_str()], &[id.0]).await?;
+    sqlx::query(concat!(
+        "WITH gone AS (DELETE FROM jobs WHERE id = $1 RETURNING tenant, id)",
+        forget_keys_of_gone!()
+    ))
+    .bind(id.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     s.commit(tx, None).await
 }
 
-/// Removes the console's keys (`job_keys`) of jobs deleted: `tenants[i]`
-/// is `ids[i]`'s. Each row is found by its index (tenant, id), one probe
-/// per job (`LIMIT` keeps the subquery a probe: joined whole, a planner
-/// could prefer a scan of the table), and deleted by its place.
-pub(super) async fn forget_keys(
-    tx: &mut Tx,
-    tenants: &[&str],
-    ids: &[uuid::Uuid],
-) -> StoreResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "DELETE FROM job_keys WHERE ctid = ANY(ARRAY(
-             SELECT k.ctid FROM unnest($1::text[], $2::uuid[]) AS g(tenant, id),
+/// After `WITH gone AS (… tenant, id …)`: removes the console's keys
+/// (`job_keys`) of the jobs `gone` names. Each row is found by its index
+/// (tenant, id), one probe per job (`LIMIT` keeps the subquery a probe:
+/// joined whole, a planner could prefer a scan of the table), and deleted
+/// by its place.
+macro_rules! forget_keys_of_gone {
+    () => {
+        " DELETE FROM job_keys WHERE ctid = ANY(ARRAY(
+             SELECT k.ctid FROM gone g,
                   LATERAL (SELECT ctid FROM job_keys
-                           WHERE tenant = g.tenant AND id = g.id LIMIT 1) k))",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
+                           WHERE tenant = g.tenant AND id = g.id LIMIT 1) k))"
+    };
 }
+pub(super) use forget_keys_of_gone;
 
 /// Removes what jobs (`ids`) have beyond their records: their results,
 /// their events (raising the log's floor past them), their deliveries and
